@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {Fixture} from "./utils/Fixture.sol";
+import {ChannelsHandler} from "./invariant/ChannelsHandler.sol";
+import {StakingHandler} from "./invariant/StakingHandler.sol";
+import {PaymentChannels} from "../src/PaymentChannels.sol";
+import {NodeRegistry} from "../src/NodeRegistry.sol";
+import {Validation} from "../src/Validation.sol";
+
+/// @notice Protocol-wide invariants under random sequences of payments, staking, reports and votes.
+contract InvariantsTest is Fixture {
+    ChannelsHandler internal payments;
+    StakingHandler internal staking;
+    address[] internal actors;
+
+    function setUp() public override {
+        super.setUp();
+        address[] memory payers = new address[](3);
+        uint256[] memory payerKeys = new uint256[](3);
+        address[] memory nodes = new address[](3);
+        uint256[] memory nodeKeys = new uint256[](3);
+        address[] memory vals = new address[](3);
+        for (uint256 i; i < 3; ++i) {
+            string memory suffix = vm.toString(i);
+            (payers[i], payerKeys[i]) = makeAccount(string.concat("payer", suffix));
+            (nodes[i], nodeKeys[i]) = makeAccount(string.concat("node", suffix));
+            (vals[i],) = makeAccount(string.concat("validator", suffix));
+            fund(payers[i], 1_000 ether);
+            fund(nodes[i], 1_000 ether);
+            fund(vals[i], 10_000 ether);
+            actors.push(payers[i]);
+            actors.push(nodes[i]);
+            actors.push(vals[i]);
+        }
+        payments = new ChannelsHandler(btt, channels, payers, payerKeys, nodes);
+        staking = new StakingHandler(btt, registry, validation, nodes, nodeKeys, vals);
+        targetContract(address(payments));
+        targetContract(address(staking));
+    }
+
+    /// @notice (1) Every token is held by an actor, the treasury or a contract, and each contract holds exactly
+    ///         what its books say.
+    function invariant_tokenConservation() public view {
+        uint256 sum = btt.balanceOf(treasury) + btt.balanceOf(address(registry)) + btt.balanceOf(address(channels))
+            + btt.balanceOf(address(validation)) + btt.balanceOf(address(staking));
+        for (uint256 i; i < actors.length; ++i) {
+            sum += btt.balanceOf(actors[i]);
+        }
+        vm.assertEq(sum, btt.totalSupply(), "supply == sum of holders");
+
+        vm.assertEq(btt.balanceOf(address(registry)), staking.nodeHoldings(), "registry == stakes + unbonding");
+
+        uint256 open;
+        for (uint256 id = 1; id <= channels.channelCount(); ++id) {
+            PaymentChannels.Channel memory channel = channels.getChannel(id);
+            open += channel.deposit - channel.paid;
+        }
+        vm.assertEq(btt.balanceOf(address(channels)), open, "channels == deposits - paid");
+
+        uint256 bonded;
+        for (uint256 i; i < staking.validatorCount(); ++i) {
+            address v = staking.validators(i);
+            (uint256 unbonding,) = validation.validatorUnbonding(v);
+            bonded += validation.validatorStake(v) + unbonding;
+        }
+        uint256 pending;
+        for (uint256 id = 1; id <= validation.faultReportCount(); ++id) {
+            if (validation.getFaultReport(id).status == validation.FAULT_PENDING()) ++pending;
+        }
+        vm.assertEq(
+            btt.balanceOf(address(validation)), bonded + pending * REPORT_BOND, "validation == stakes + pending bonds"
+        );
+    }
+
+    /// @notice (2) A channel never pays out more than was deposited into it.
+    function invariant_channelPaysAtMostDeposit() public view {
+        for (uint256 id = 1; id <= channels.channelCount(); ++id) {
+            PaymentChannels.Channel memory channel = channels.getChannel(id);
+            vm.assertLe(channel.paid, channel.deposit, "paid <= deposit");
+        }
+    }
+
+    /// @notice (3) No voucher amount pays twice: per channel `paid` only grows and never passes the highest signed
+    ///         amount, each redeem paid exactly the growth of `paid`, and each node holds its initial balance plus
+    ///         the sum of `paid` over its channels.
+    function invariant_voucherNeverPaysTwice() public view {
+        vm.assertFalse(payments.violated(), "a redeem paid more than the growth of paid");
+        for (uint256 id = 1; id <= channels.channelCount(); ++id) {
+            vm.assertLe(channels.getChannel(id).paid, payments.maxSigned(id), "paid <= max signed");
+        }
+        for (uint256 i; i < payments.nodeCount(); ++i) {
+            address node = payments.nodes(i);
+            uint256 paidToNode;
+            for (uint256 id = 1; id <= channels.channelCount(); ++id) {
+                PaymentChannels.Channel memory channel = channels.getChannel(id);
+                if (channel.node == node) paidToNode += channel.paid;
+            }
+            vm.assertEq(payments.received(node), paidToNode, "node received == sum of paid");
+        }
+    }
+
+    /// @notice (4) Node stake leaves the registry only by withdrawal or by a slash in a call that finalized a guilty
+    ///         report, and the slashes add up to the nodes' recorded totals.
+    function invariant_slashOnlyThroughQuorum() public view {
+        vm.assertFalse(staking.slashWithoutQuorum(), "slash without a guilty quorum");
+        vm.assertEq(
+            staking.nodeHoldings(),
+            staking.nodeDeposited() - staking.nodeWithdrawn() - staking.slashedViaQuorum(),
+            "holdings == deposited - withdrawn - slashed"
+        );
+        uint256 recorded;
+        for (uint256 i; i < staking.operatorCount(); ++i) {
+            recorded += validation.getNodeRecord(staking.operators(i)).totalSlashed;
+        }
+        vm.assertEq(recorded, staking.slashedViaQuorum(), "recorded slashes");
+    }
+
+    /// @notice (5) No withdrawal, of node or validator stake, happened before its unbonding period ended.
+    function invariant_withdrawalsRespectUnbonding() public view {
+        vm.assertFalse(staking.earlyWithdrawal(), "early withdrawal");
+    }
+}

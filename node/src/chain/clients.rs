@@ -1,0 +1,307 @@
+//! One typed client per contract. Transactions wait for their receipt and decode reverts;
+//! views return the contract's own types.
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::DynProvider;
+use alloy::rpc::types::TransactionReceipt;
+
+use super::bindings::{
+    BTT::{self, BTTInstance},
+    NodeRegistry::{self, NodeRegistryInstance},
+    PaymentChannels::{self, PaymentChannelsInstance},
+    Validation::{self, ValidationInstance},
+};
+use super::{ChainError, send};
+use crate::pay::SignedVoucher;
+
+type Tx = Result<TransactionReceipt, ChainError>;
+
+/// The BTT token (or any ERC-20 with the same interface).
+#[derive(Debug, Clone)]
+pub struct Token(BTTInstance<DynProvider>);
+
+impl Token {
+    pub fn new(address: Address, provider: DynProvider) -> Self {
+        Self(BTT::new(address, provider))
+    }
+    pub fn address(&self) -> Address {
+        *self.0.address()
+    }
+    /// Mints test tokens (only the test token's owner).
+    pub async fn mint(&self, to: Address, amount: U256) -> Tx {
+        send(self.0.mint(to, amount)).await
+    }
+    pub async fn approve(&self, spender: Address, amount: U256) -> Tx {
+        send(self.0.approve(spender, amount)).await
+    }
+    pub async fn transfer(&self, to: Address, amount: U256) -> Tx {
+        send(self.0.transfer(to, amount)).await
+    }
+    pub async fn balance_of(&self, holder: Address) -> Result<U256, ChainError> {
+        Ok(self.0.balanceOf(holder).call().await?)
+    }
+    pub async fn total_supply(&self) -> Result<U256, ChainError> {
+        Ok(self.0.totalSupply().call().await?)
+    }
+}
+
+/// What an operator registers for its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRegistration {
+    pub peer_id: Bytes,
+    pub model_id: B256,
+    pub first_block: u32,
+    pub last_block: u32,
+    pub price_per_token: U256,
+    pub multiaddrs: Vec<String>,
+    pub stake: U256,
+}
+
+/// The node registry: stake, registration, unbonding, jailing.
+#[derive(Debug, Clone)]
+pub struct Registry(NodeRegistryInstance<DynProvider>);
+
+impl Registry {
+    pub fn new(address: Address, provider: DynProvider) -> Self {
+        Self(NodeRegistry::new(address, provider))
+    }
+    pub fn address(&self) -> Address {
+        *self.0.address()
+    }
+    /// Registers the caller's node, bonding `stake` (approve the registry first).
+    pub async fn register(&self, node: &NodeRegistration) -> Tx {
+        send(self.0.register(
+            node.peer_id.clone(),
+            node.model_id,
+            node.first_block,
+            node.last_block,
+            node.price_per_token,
+            node.multiaddrs.clone(),
+            node.stake,
+        ))
+        .await
+    }
+    pub async fn update_service(
+        &self,
+        model_id: B256,
+        blocks: (u32, u32),
+        price: U256,
+        multiaddrs: Vec<String>,
+    ) -> Tx {
+        send(
+            self.0
+                .updateService(model_id, blocks.0, blocks.1, price, multiaddrs),
+        )
+        .await
+    }
+    pub async fn add_stake(&self, amount: U256) -> Tx {
+        send(self.0.addStake(amount)).await
+    }
+    pub async fn request_unbond(&self, amount: U256) -> Tx {
+        send(self.0.requestUnbond(amount)).await
+    }
+    pub async fn withdraw(&self) -> Tx {
+        send(self.0.withdraw()).await
+    }
+    pub async fn unjail(&self) -> Tx {
+        send(self.0.unjail()).await
+    }
+    pub async fn node(&self, operator: Address) -> Result<NodeRegistry::Node, ChainError> {
+        Ok(self.0.getNode(operator).call().await?)
+    }
+    pub async fn stake_of(&self, operator: Address) -> Result<U256, ChainError> {
+        Ok(self.0.stakeOf(operator).call().await?)
+    }
+    pub async fn is_active(&self, operator: Address) -> Result<bool, ChainError> {
+        Ok(self.0.isActive(operator).call().await?)
+    }
+    pub async fn operator_of(&self, peer_id: Bytes) -> Result<Address, ChainError> {
+        Ok(self.0.operatorOf(peer_id).call().await?)
+    }
+    pub async fn operators(&self) -> Result<Vec<Address>, ChainError> {
+        Ok(self.0.operators().call().await?)
+    }
+    pub async fn active_nodes(
+        &self,
+        model_id: B256,
+        block: u32,
+    ) -> Result<Vec<Address>, ChainError> {
+        Ok(self.0.activeNodes(model_id, block).call().await?)
+    }
+    pub async fn min_stake(&self) -> Result<U256, ChainError> {
+        Ok(self.0.minStake().call().await?)
+    }
+}
+
+/// Payment channels: deposits, vouchers, redemption, close and refund.
+#[derive(Debug, Clone)]
+pub struct Channels(PaymentChannelsInstance<DynProvider>);
+
+impl Channels {
+    pub fn new(address: Address, provider: DynProvider) -> Self {
+        Self(PaymentChannels::new(address, provider))
+    }
+    pub fn address(&self) -> Address {
+        *self.0.address()
+    }
+    /// Opens a channel to `node` with `deposit` (approve the channels contract first) and
+    /// returns its id, read from the `ChannelOpened` event.
+    pub async fn open(&self, node: Address, deposit: U256) -> Result<U256, ChainError> {
+        let receipt = send(self.0.open(node, deposit)).await?;
+        receipt
+            .decoded_log::<PaymentChannels::ChannelOpened>()
+            .map(|log| log.channelId)
+            .ok_or_else(|| ChainError::Rpc("open() emitted no ChannelOpened event".into()))
+    }
+    pub async fn top_up(&self, channel_id: U256, amount: U256) -> Tx {
+        send(self.0.topUp(channel_id, amount)).await
+    }
+    /// Redeems one voucher (only the channel's node).
+    pub async fn redeem(&self, voucher: &SignedVoucher) -> Tx {
+        let v = voucher.voucher;
+        send(
+            self.0
+                .redeem(v.channel_id, v.cumulative_amount, voucher.signature.clone()),
+        )
+        .await
+    }
+    /// Redeems the latest voucher of many channels in one transaction and one transfer.
+    pub async fn redeem_batch(&self, vouchers: &[SignedVoucher]) -> Tx {
+        let batch = vouchers
+            .iter()
+            .map(|v| PaymentChannels::SignedVoucher {
+                channelId: v.voucher.channel_id,
+                cumulativeAmount: v.voucher.cumulative_amount,
+                signature: v.signature.clone(),
+            })
+            .collect();
+        send(self.0.redeemBatch(batch)).await
+    }
+    pub async fn request_close(&self, channel_id: U256) -> Tx {
+        send(self.0.requestClose(channel_id)).await
+    }
+    pub async fn finalize_close(&self, channel_id: U256) -> Tx {
+        send(self.0.finalizeClose(channel_id)).await
+    }
+    pub async fn channel(&self, channel_id: U256) -> Result<PaymentChannels::Channel, ChainError> {
+        Ok(self.0.getChannel(channel_id).call().await?)
+    }
+    /// The contract's own EIP-712 digest of a voucher.
+    pub async fn voucher_digest(
+        &self,
+        channel_id: U256,
+        cumulative_amount: U256,
+    ) -> Result<B256, ChainError> {
+        Ok(self
+            .0
+            .voucherDigest(channel_id, cumulative_amount)
+            .call()
+            .await?)
+    }
+}
+
+/// Validators, challenge commitments, result quorums, fault reports and reputation.
+#[derive(Debug, Clone)]
+pub struct ValidationClient(ValidationInstance<DynProvider>);
+
+impl ValidationClient {
+    pub fn new(address: Address, provider: DynProvider) -> Self {
+        Self(Validation::new(address, provider))
+    }
+    pub fn address(&self) -> Address {
+        *self.0.address()
+    }
+    pub async fn register_validator(&self, stake: U256) -> Tx {
+        send(self.0.registerValidator(stake)).await
+    }
+    pub async fn current_epoch(&self) -> Result<u64, ChainError> {
+        Ok(self.0.currentEpoch().call().await?)
+    }
+    pub async fn epoch_end(&self, epoch: u64) -> Result<u64, ChainError> {
+        Ok(self.0.epochEnd(epoch).call().await?)
+    }
+    pub async fn commit_challenge_root(&self, epoch: u64, root: B256) -> Tx {
+        send(self.0.commitChallengeRoot(epoch, root)).await
+    }
+    pub async fn result_commitment(
+        &self,
+        node: Address,
+        epoch: u64,
+        tally: Tally,
+        validator: Address,
+    ) -> Result<B256, ChainError> {
+        Ok(self
+            .0
+            .resultCommitment(
+                node,
+                epoch,
+                tally.passed,
+                tally.failed,
+                tally.salt,
+                validator,
+            )
+            .call()
+            .await?)
+    }
+    pub async fn commit_result(&self, node: Address, epoch: u64, commitment: B256) -> Tx {
+        send(self.0.commitResult(node, epoch, commitment)).await
+    }
+    pub async fn reveal_result(&self, node: Address, epoch: u64, tally: Tally) -> Tx {
+        send(
+            self.0
+                .revealResult(node, epoch, tally.passed, tally.failed, tally.salt),
+        )
+        .await
+    }
+    /// Reports a fault and returns the report id, read from the `FaultReported` event.
+    pub async fn report_fault(
+        &self,
+        node: Address,
+        epoch: u64,
+        evidence: Validation::Evidence,
+    ) -> Result<U256, ChainError> {
+        let receipt = send(self.0.reportFault(node, epoch, evidence)).await?;
+        receipt
+            .decoded_log::<Validation::FaultReported>()
+            .map(|log| log.reportId)
+            .ok_or_else(|| ChainError::Rpc("reportFault() emitted no FaultReported event".into()))
+    }
+    pub async fn vote_on_fault(&self, report_id: U256, guilty: bool) -> Tx {
+        send(self.0.voteOnFault(report_id, guilty)).await
+    }
+    pub async fn finalize_fault(&self, report_id: U256) -> Tx {
+        send(self.0.finalizeFault(report_id)).await
+    }
+    pub async fn fault_report(
+        &self,
+        report_id: U256,
+    ) -> Result<Validation::FaultReport, ChainError> {
+        Ok(self.0.getFaultReport(report_id).call().await?)
+    }
+    pub async fn node_record(&self, node: Address) -> Result<Validation::NodeRecord, ChainError> {
+        Ok(self.0.getNodeRecord(node).call().await?)
+    }
+    pub async fn reputation_of(&self, node: Address) -> Result<u32, ChainError> {
+        Ok(self.0.reputationOf(node).call().await?)
+    }
+    pub async fn response_digest(
+        &self,
+        request_hash: B256,
+        output_hash: B256,
+    ) -> Result<B256, ChainError> {
+        Ok(self
+            .0
+            .responseDigest(request_hash, output_hash)
+            .call()
+            .await?)
+    }
+}
+
+/// A validator's challenge results for one node in one epoch, with the salt that hides
+/// them until the reveal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u32,
+    pub failed: u32,
+    pub salt: B256,
+}

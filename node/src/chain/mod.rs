@@ -1,0 +1,143 @@
+//! The chain: contract bindings, deployment, and typed clients over alloy.
+
+pub mod bindings;
+mod clients;
+mod deployment;
+mod error;
+
+pub use clients::{Channels, NodeRegistration, Registry, Tally, Token, ValidationClient};
+pub use deployment::{ContractAddresses, DeployParams, Deployment, DeploymentFileError, deploy};
+pub use error::{ChainError, describe_revert};
+
+use alloy::contract::{CallBuilder, CallDecoder};
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::http::reqwest::Url as ReqwestUrl;
+
+/// A connection to an RPC endpoint that signs as one account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub provider: DynProvider,
+    pub address: Address,
+    pub url: String,
+}
+
+impl Account {
+    /// Connects to `url` as the holder of `secret`, checking that the endpoint answers.
+    pub async fn connect(url: &str, secret: &B256) -> Result<Self, ChainError> {
+        let signer = PrivateKeySigner::from_bytes(secret)
+            .map_err(|e| ChainError::Rpc(format!("invalid private key: {e}")))?;
+        let address = signer.address();
+        // The nonce is read from the node for every transaction: a cached nonce would skip
+        // ahead after a call that failed gas estimation, and anvil would then hold every
+        // later transaction back forever waiting for the gap.
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(parse_url(url)?)
+            .erased();
+        ensure_reachable(&provider, url).await?;
+        Ok(Self {
+            provider,
+            address,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Checks that this endpoint serves `deployment`: same chain id, contracts present.
+    pub async fn check_deployment(&self, deployment: &Deployment) -> Result<(), ChainError> {
+        let actual = self.provider.get_chain_id().await?;
+        if actual != deployment.chain_id {
+            return Err(ChainError::WrongChain {
+                url: self.url.clone(),
+                expected: deployment.chain_id,
+                actual,
+            });
+        }
+        let c = deployment.contracts;
+        for address in [c.token, c.registry, c.channels, c.validation] {
+            if self.provider.get_code_at(address).await?.is_empty() {
+                return Err(ChainError::NoCode(address));
+            }
+        }
+        Ok(())
+    }
+
+    /// Typed clients for every contract of `deployment`, signing as this account.
+    pub fn contracts(&self, deployment: &Deployment) -> Contracts {
+        let c = deployment.contracts;
+        let p = || self.provider.clone();
+        Contracts {
+            token: Token::new(c.token, p()),
+            registry: Registry::new(c.registry, p()),
+            channels: Channels::new(c.channels, p()),
+            validation: ValidationClient::new(c.validation, p()),
+        }
+    }
+}
+
+/// A read-only connection to `url`, checked to answer.
+pub async fn connect_reader(url: &str) -> Result<DynProvider, ChainError> {
+    let provider = ProviderBuilder::new()
+        .connect_http(parse_url(url)?)
+        .erased();
+    ensure_reachable(&provider, url).await?;
+    Ok(provider)
+}
+
+fn parse_url(url: &str) -> Result<ReqwestUrl, ChainError> {
+    url.parse().map_err(|e| ChainError::Unreachable {
+        url: url.to_owned(),
+        reason: format!("invalid URL: {e}"),
+    })
+}
+
+async fn ensure_reachable(provider: &DynProvider, url: &str) -> Result<(), ChainError> {
+    provider
+        .get_chain_id()
+        .await
+        .map(|_| ())
+        .map_err(|e| ChainError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The four contracts of a deployment, as seen by one account.
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    pub token: Token,
+    pub registry: Registry,
+    pub channels: Channels,
+    pub validation: ValidationClient,
+}
+
+/// Sends a contract call as a transaction and waits until it is mined.
+///
+/// Reverts surface as [`ChainError::Reverted`] with the decoded custom error, because the
+/// gas estimate already executes the call.
+pub async fn send<P, D>(call: CallBuilder<P, D>) -> Result<TransactionReceipt, ChainError>
+where
+    P: Provider,
+    D: CallDecoder,
+{
+    let pending = call.send().await?;
+    let hash = *pending.tx_hash();
+    // With anvil's automine the receipt exists as soon as the send returns; asking for it
+    // directly avoids the watcher's poll interval on every transaction.
+    let receipt = match pending.provider().get_transaction_receipt(hash).await? {
+        Some(receipt) => receipt,
+        None => pending.get_receipt().await?,
+    };
+    if receipt.status() {
+        Ok(receipt)
+    } else {
+        Err(ChainError::MinedRevert(hash))
+    }
+}

@@ -1,0 +1,132 @@
+use std::path::PathBuf;
+
+use alloy::primitives::{Address, B256, utils::format_ether};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use infergrid::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
+use infergrid::chain::{Account, DeployParams, Deployment, connect_reader};
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// JSON-RPC endpoint of the target chain.
+    #[arg(long, env = "INFERGRID_RPC_URL")]
+    rpc_url: String,
+    /// Environment variable holding the deployer's private key (hex). Keys are never
+    /// taken as plain arguments, which would leak into shell history and `ps`.
+    #[arg(long, default_value = "INFERGRID_DEPLOYER_KEY")]
+    key_env: String,
+    /// An existing ERC-20 to stake and pay with (e.g. wrapped BTT); default deploys the
+    /// mintable test token.
+    #[arg(long)]
+    token: Option<Address>,
+    /// Deployment parameters as JSON (the `params` object of a deployment file); default:
+    /// the devnet parameters with the deployer as treasury.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Where to write the deployment file.
+    #[arg(long, default_value = "deployment.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChainCommand {
+    /// Print a deployment's parameters and state as read from the chain.
+    Info {
+        /// JSON-RPC endpoint.
+        #[arg(
+            long,
+            env = "INFERGRID_RPC_URL",
+            default_value = "http://127.0.0.1:8545"
+        )]
+        rpc_url: String,
+        /// Deployment file written by `infergrid devnet` or `infergrid deploy`.
+        #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
+        deployment: PathBuf,
+    },
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let key = std::env::var(&args.key_env)
+        .with_context(|| format!("set {} to the deployer's private key (hex)", args.key_env))?;
+    let key: B256 = key
+        .trim()
+        .parse()
+        .with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
+    let account = Account::connect(&args.rpc_url, &key).await?;
+    let params = match &args.params {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => DeployParams::devnet(account.address),
+    };
+    eprintln!(
+        "deploy: deploying to {} from {}",
+        args.rpc_url, account.address
+    );
+    let deployment = infergrid::chain::deploy(&account, &params, args.token).await?;
+    deployment
+        .save(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&deployment)?);
+    eprintln!("deploy: wrote {}", args.out.display());
+    Ok(())
+}
+
+pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
+    match cmd {
+        ChainCommand::Info {
+            rpc_url,
+            deployment,
+        } => info(&rpc_url, &deployment).await,
+    }
+}
+
+async fn info(url: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let deployment = Deployment::load(path)?;
+    let provider = connect_reader(url).await?;
+    let c = deployment.contracts;
+    let registry = NodeRegistry::new(c.registry, provider.clone());
+    let channels = PaymentChannels::new(c.channels, provider.clone());
+    let validation = Validation::new(c.validation, provider.clone());
+    let operators = registry
+        .operators()
+        .call()
+        .await
+        .context("reading NodeRegistry.operators")?;
+    println!(
+        "chain {} at {url}, contracts since block {}",
+        deployment.chain_id, deployment.deploy_block
+    );
+    println!(
+        "registry {}: min stake {} BTT",
+        c.registry,
+        format_ether(registry.minStake().call().await?)
+    );
+    for operator in operators {
+        let node = registry.getNode(operator).call().await?;
+        let active = registry.isActive(operator).call().await?;
+        let reputation = validation.reputationOf(operator).call().await?;
+        println!(
+            "  node {operator}: blocks {}-{}, stake {} BTT, reputation {reputation} bps, {}",
+            node.firstBlock,
+            node.lastBlock,
+            format_ether(node.stake),
+            if active { "active" } else { "inactive" }
+        );
+    }
+    println!(
+        "channels {}: {} opened",
+        c.channels,
+        channels.channelCount().call().await?
+    );
+    println!(
+        "validation {}: epoch {}, total validator stake {} BTT, {} fault reports",
+        c.validation,
+        validation.currentEpoch().call().await?,
+        format_ether(validation.totalValidatorStake().call().await?),
+        validation.faultReportCount().call().await?
+    );
+    Ok(())
+}

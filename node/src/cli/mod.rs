@@ -1,0 +1,37 @@
+//! Subcommands. `anyhow` lives here at the edge; the library speaks typed errors.
+
+mod chain;
+mod devnet;
+
+use clap::{Parser, Subcommand};
+
+/// InferGrid: a decentralized inference network paid per token in BTT.
+///
+/// Operators stake and serve layer blocks of a model, dApps pay per token through payment
+/// channels, validators challenge nodes and vote on faults, auditors read it all on-chain.
+#[derive(Debug, Parser)]
+#[command(name = "infergrid", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a local chain (anvil) with the contracts deployed and every role provisioned.
+    Devnet(devnet::DevnetArgs),
+    /// Deploy the contract suite to an RPC endpoint and write a deployment file.
+    Deploy(chain::DeployArgs),
+    /// Inspect a deployment on-chain.
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Devnet(args) => devnet::run(args).await,
+        Command::Deploy(args) => chain::deploy(args).await,
+        Command::Chain(cmd) => chain::run(cmd).await,
+    }
+}

@@ -1,0 +1,227 @@
+//! `infergrid devnet`: a local chain with the contracts deployed and every role funded and
+//! registered from anvil's well-known accounts, ready for nodes, gateways and tests.
+
+mod accounts;
+mod anvil;
+
+pub use accounts::{DevAccount, Role, accounts_with, dev_accounts};
+pub use anvil::{AnvilError, AnvilProcess};
+
+use std::path::{Path, PathBuf};
+
+use alloy::primitives::{Address, B256, Bytes, U256, utils::parse_ether};
+use alloy::providers::Provider;
+use serde::Serialize;
+
+use crate::chain::{Account, ChainError, DeployParams, Deployment, NodeRegistration, deploy};
+use crate::eip712::keccak256;
+use crate::identity::node_peer_id;
+
+/// Anvil's default chain id.
+pub const DEVNET_CHAIN_ID: u64 = 31337;
+
+/// The model id operators register when the devnet serves no real model yet.
+pub fn placeholder_model_id() -> B256 {
+    keccak256(b"infergrid/devnet/placeholder-model")
+}
+
+/// A failure while bringing the devnet up.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    #[error(transparent)]
+    Anvil(#[from] AnvilError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One registered operator, as written to the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorInfo {
+    pub address: Address,
+    pub peer_id: String,
+    pub model_id: B256,
+    pub first_block: u32,
+    pub last_block: u32,
+    pub price_per_token: U256,
+    pub stake: U256,
+    pub multiaddrs: Vec<String>,
+}
+
+/// Who plays which role on the devnet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Roles {
+    pub deployer: Address,
+    pub treasury: Address,
+    pub operators: Vec<OperatorInfo>,
+    pub validators: Vec<Address>,
+    pub payers: Vec<Address>,
+}
+
+/// Everything `--ready-file` and `anvil-fixtures/devnet/manifest.json` hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub rpc_url: String,
+    pub chain_id: u64,
+    pub deploy_block: u64,
+    pub contracts: crate::chain::ContractAddresses,
+    pub deployment_file: PathBuf,
+    pub state_file: PathBuf,
+    pub roles: Roles,
+}
+
+/// Amounts the devnet hands out.
+const FUNDING: &str = "1000000";
+const NODE_STAKE: &str = "10000";
+const VALIDATOR_STAKE: &str = "10000";
+/// 10^12 wei (10^-6 BTT) per token.
+const PRICE_PER_TOKEN: u64 = 1_000_000_000_000;
+
+/// Deploys the suite to the anvil at `url`, funds every role and registers the operators
+/// and validators. Returns the deployment and who plays which role.
+pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
+    let role = |r| accounts_with(r);
+    let deployer_key = role(Role::Deployer)[0].private_key;
+    let treasury = role(Role::Treasury)[0].address;
+    let deployer = Account::connect(url, &deployer_key).await?;
+    let deployment = deploy(&deployer, &DeployParams::devnet(treasury), None).await?;
+    let admin = deployer.contracts(&deployment);
+
+    let funding = parse_ether(FUNDING).expect("constant");
+    let funded: Vec<DevAccount> = [Role::Operator, Role::Validator, Role::Payer]
+        .into_iter()
+        .flat_map(role)
+        .collect();
+    for account in &funded {
+        admin.token.mint(account.address, funding).await?;
+    }
+
+    let mut operators = Vec::new();
+    for (block, operator) in (0u32..).zip(role(Role::Operator)) {
+        let peer_id = node_peer_id(&operator.private_key);
+        let registration = NodeRegistration {
+            peer_id: Bytes::from(peer_id.to_bytes()),
+            model_id: placeholder_model_id(),
+            first_block: block,
+            last_block: block,
+            price_per_token: U256::from(PRICE_PER_TOKEN),
+            multiaddrs: vec![format!(
+                "/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}",
+                40_000 + block
+            )],
+            stake: parse_ether(NODE_STAKE).expect("constant"),
+        };
+        let contracts = Account::connect(url, &operator.private_key)
+            .await?
+            .contracts(&deployment);
+        contracts
+            .token
+            .approve(deployment.contracts.registry, registration.stake)
+            .await?;
+        contracts.registry.register(&registration).await?;
+        operators.push(OperatorInfo {
+            address: operator.address,
+            peer_id: peer_id.to_string(),
+            model_id: registration.model_id,
+            first_block: block,
+            last_block: block,
+            price_per_token: registration.price_per_token,
+            stake: registration.stake,
+            multiaddrs: registration.multiaddrs,
+        });
+    }
+
+    let validator_stake = parse_ether(VALIDATOR_STAKE).expect("constant");
+    for validator in role(Role::Validator) {
+        let contracts = Account::connect(url, &validator.private_key)
+            .await?
+            .contracts(&deployment);
+        contracts
+            .token
+            .approve(deployment.contracts.validation, validator_stake)
+            .await?;
+        contracts
+            .validation
+            .register_validator(validator_stake)
+            .await?;
+    }
+
+    let roles = Roles {
+        deployer: deployer.address,
+        treasury,
+        operators,
+        validators: role(Role::Validator).iter().map(|a| a.address).collect(),
+        payers: role(Role::Payer).iter().map(|a| a.address).collect(),
+    };
+    Ok((deployment, roles))
+}
+
+/// Asks anvil for a snapshot of its whole state (`anvil_dumpState`: gzipped JSON, hex).
+/// Load it into a fresh anvil with [`load_state`] to skip deployment.
+pub async fn dump_state(account: &Account) -> Result<Bytes, ChainError> {
+    Ok(account
+        .provider
+        .raw_request::<_, Bytes>("anvil_dumpState".into(), ())
+        .await?)
+}
+
+/// Loads a state written by [`dump_state`] into the anvil behind `account`.
+pub async fn load_state(account: &Account, state: Bytes) -> Result<(), ChainError> {
+    let loaded: bool = account
+        .provider
+        .raw_request("anvil_loadState".into(), (state,))
+        .await?;
+    if loaded {
+        Ok(())
+    } else {
+        Err(ChainError::Rpc("anvil_loadState returned false".into()))
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its directory.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), DevnetError> {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(value).expect("serializable") + "\n",
+        )
+    };
+    write().map_err(|source| DevnetError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// An anvil state snapshot on disk: a fresh anvil that loads it has the whole devnet
+/// (contracts, balances, registrations) without redeploying.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StateFile {
+    pub chain_id: u64,
+    pub block_number: u64,
+    /// `anvil_dumpState` output: gzipped JSON.
+    pub state: Bytes,
+}
+
+impl StateFile {
+    /// Snapshots the anvil behind `account`.
+    pub async fn capture(account: &Account) -> Result<Self, ChainError> {
+        Ok(Self {
+            chain_id: account.provider.get_chain_id().await?,
+            block_number: account.provider.get_block_number().await?,
+            state: dump_state(account).await?,
+        })
+    }
+
+    /// Reads a state file.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+}

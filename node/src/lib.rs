@@ -1,0 +1,15 @@
+//! InferGrid: a node of a decentralized inference network paid per token in BTT.
+//!
+//! - [`chain`]: contract bindings, deployment and typed clients;
+//! - [`pay`]: EIP-712 vouchers against payment channels;
+//! - [`validate`]: response attestations and challenge-set Merkle trees;
+//! - [`devnet`]: a local anvil chain with every role provisioned;
+//! - [`tools`]: where `scripts/setup` put anvil, forge and `libonnxruntime`.
+
+pub mod chain;
+pub mod devnet;
+pub mod eip712;
+pub mod identity;
+pub mod pay;
+pub mod tools;
+pub mod validate;

@@ -1,0 +1,93 @@
+//! Shared harness for the end-to-end tests: a real anvil with the real contracts.
+
+use alloy::primitives::{Address, B256, U256, utils::parse_ether};
+use alloy::providers::Provider;
+use infergrid::chain::{Account, Contracts, DeployParams, Deployment, deploy};
+use infergrid::devnet::{AnvilProcess, DEVNET_CHAIN_ID, DevAccount, Role, accounts_with};
+use infergrid::tools::{self, Tool};
+
+/// A fresh anvil (on a free port) with the suite deployed by the deployer dev account.
+pub struct Chain {
+    pub anvil: AnvilProcess,
+    pub deployment: Deployment,
+    pub deployer: Account,
+}
+
+impl Chain {
+    /// Starts anvil and deploys with the devnet parameters.
+    pub async fn start() -> anyhow::Result<Self> {
+        let anvil = AnvilProcess::spawn(
+            &tools::locate(Tool::Anvil)?,
+            "127.0.0.1",
+            0,
+            DEVNET_CHAIN_ID,
+        )
+        .await?;
+        let deployer = Account::connect(anvil.url(), &dev(Role::Deployer, 0).private_key).await?;
+        let params = DeployParams::devnet(dev(Role::Treasury, 0).address);
+        let deployment = deploy(&deployer, &params, None).await?;
+        Ok(Self {
+            anvil,
+            deployment,
+            deployer,
+        })
+    }
+
+    /// Connects as `account` and returns its contract clients.
+    pub async fn as_account(&self, account: &DevAccount) -> anyhow::Result<Contracts> {
+        Ok(Account::connect(self.anvil.url(), &account.private_key)
+            .await?
+            .contracts(&self.deployment))
+    }
+
+    /// Mints `amount` whole BTT to `to`.
+    pub async fn fund(&self, to: Address, amount: &str) -> anyhow::Result<()> {
+        self.deployer
+            .contracts(&self.deployment)
+            .token
+            .mint(to, parse_ether(amount)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the chain's clock forward and mines a block.
+    pub async fn advance_time(&self, seconds: u64) -> anyhow::Result<()> {
+        let p = &self.deployer.provider;
+        let _: serde_json::Value = p.raw_request("evm_increaseTime".into(), (seconds,)).await?;
+        let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await?;
+        Ok(())
+    }
+
+    /// The latest block's timestamp.
+    pub async fn now(&self) -> anyhow::Result<u64> {
+        let block = self
+            .deployer
+            .provider
+            .get_block_by_number(Default::default())
+            .await?;
+        Ok(block
+            .ok_or_else(|| anyhow::anyhow!("no latest block"))?
+            .header
+            .timestamp)
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> u64 {
+        self.deployment.chain_id
+    }
+}
+
+/// The `n`-th development account with `role`.
+pub fn dev(role: Role, n: usize) -> DevAccount {
+    accounts_with(role).swap_remove(n)
+}
+
+/// `amount` whole BTT in wei.
+pub fn btt(amount: &str) -> U256 {
+    parse_ether(amount).expect("valid amount")
+}
+
+/// A deterministic 32-byte value for test data.
+pub fn word(tag: &str) -> B256 {
+    infergrid::eip712::keccak256(tag.as_bytes())
+}

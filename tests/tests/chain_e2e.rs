@@ -1,0 +1,417 @@
+//! The money and validation paths on a real anvil with the real contracts: staking and
+//! registration, 1,000 vouchers signed in Rust and redeemed, batch redemption, replays,
+//! close and refund, and a validator quorum that slashes and jails a cheating node.
+
+use alloy::primitives::{B256, Bytes, U256};
+use infergrid::chain::bindings::Validation;
+use infergrid::chain::{ChainError, NodeRegistration, Tally};
+use infergrid::devnet::Role;
+use infergrid::eip712::Eip712Signer;
+use infergrid::identity::node_peer_id;
+use infergrid::pay::{SignedVoucher, Voucher, channels_domain};
+use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
+use infergrid_e2e::{Chain, btt, dev, word};
+
+fn reverted_with(result: Result<impl std::fmt::Debug, ChainError>, error: &str) {
+    match result {
+        Err(ChainError::Reverted(reason)) => {
+            assert!(reason.contains(error), "expected {error}, got {reason}")
+        }
+        other => panic!("expected a revert with {error}, got {other:?}"),
+    }
+}
+
+async fn register_node(
+    chain: &Chain,
+    operator: &infergrid::devnet::DevAccount,
+    block: u32,
+) -> anyhow::Result<()> {
+    chain.fund(operator.address, "20000").await?;
+    let c = chain.as_account(operator).await?;
+    let stake = btt("10000");
+    c.token
+        .approve(chain.deployment.contracts.registry, stake)
+        .await?;
+    c.registry
+        .register(&NodeRegistration {
+            peer_id: Bytes::from(node_peer_id(&operator.private_key).to_bytes()),
+            model_id: word("model"),
+            first_block: block,
+            last_block: block,
+            price_per_token: U256::from(1_000_000_000_000u64),
+            multiaddrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            stake,
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
+    let chain = Chain::start().await?;
+    let (operator, payer, other_payer) = (
+        dev(Role::Operator, 0),
+        dev(Role::Payer, 0),
+        dev(Role::Payer, 1),
+    );
+    register_node(&chain, &operator, 0).await?;
+
+    let node = chain.as_account(&operator).await?;
+    assert_eq!(
+        node.registry.stake_of(operator.address).await?,
+        btt("10000")
+    );
+    assert!(node.registry.is_active(operator.address).await?);
+    assert_eq!(
+        node.registry.active_nodes(word("model"), 0).await?,
+        vec![operator.address]
+    );
+    assert_eq!(
+        node.registry
+            .operator_of(Bytes::from(node_peer_id(&operator.private_key).to_bytes()))
+            .await?,
+        operator.address
+    );
+
+    // A payer opens a channel and signs 1,000 cumulative vouchers, one per token.
+    chain.fund(payer.address, "1000").await?;
+    chain.fund(other_payer.address, "1000").await?;
+    let pays = chain.as_account(&payer).await?;
+    pays.token
+        .approve(chain.deployment.contracts.channels, btt("1000"))
+        .await?;
+    let deposit = btt("100");
+    let channel = pays.channels.open(operator.address, deposit).await?;
+
+    let domain = channels_domain(chain.chain_id(), chain.deployment.contracts.channels);
+    let signer = Eip712Signer::from_bytes(&payer.private_key)?;
+    let price = U256::from(1_000_000_000_000_000u64); // 0.001 BTT per token
+    let vouchers: Vec<SignedVoucher> = (1..=1000u64)
+        .map(|tokens| {
+            Voucher {
+                channel_id: channel,
+                cumulative_amount: price * U256::from(tokens),
+            }
+            .sign(&domain, &signer)
+        })
+        .collect();
+    for v in [&vouchers[0], &vouchers[499], &vouchers[999]] {
+        // The Rust digest is byte-identical to the contract's own.
+        let ours = v.voucher.digest(&domain);
+        let theirs = pays
+            .channels
+            .voucher_digest(v.voucher.channel_id, v.voucher.cumulative_amount)
+            .await?;
+        assert_eq!(ours, theirs);
+        v.verify(&domain, payer.address)?;
+    }
+
+    // The node redeems only the last voucher, in one transaction, and is paid the total.
+    let before = node.token.balance_of(operator.address).await?;
+    let last = vouchers.last().expect("1000 vouchers");
+    node.channels.redeem(last).await?;
+    let earned = node.token.balance_of(operator.address).await? - before;
+    assert_eq!(earned, price * U256::from(1000));
+    assert_eq!(
+        U256::from(node.channels.channel(channel).await?.paid),
+        earned
+    );
+
+    // Replays of the same or an older voucher pay nothing.
+    reverted_with(node.channels.redeem(last).await, "VoucherAlreadyRedeemed");
+    reverted_with(
+        node.channels.redeem(&vouchers[10]).await,
+        "VoucherAlreadyRedeemed",
+    );
+    // A voucher signed by someone other than the payer is refused by Rust and by the contract.
+    let forger = Eip712Signer::from_bytes(&other_payer.private_key)?;
+    let forged = Voucher {
+        channel_id: channel,
+        cumulative_amount: btt("50"),
+    }
+    .sign(&domain, &forger);
+    assert!(forged.verify(&domain, payer.address).is_err());
+    reverted_with(node.channels.redeem(&forged).await, "InvalidSignature");
+    // A voucher for another chain id or contract does not verify either.
+    let wrong_chain = Voucher {
+        channel_id: channel,
+        cumulative_amount: btt("50"),
+    }
+    .sign(
+        &channels_domain(1, chain.deployment.contracts.channels),
+        &signer,
+    );
+    reverted_with(node.channels.redeem(&wrong_chain).await, "InvalidSignature");
+    // Only the channel's node may redeem.
+    reverted_with(pays.channels.redeem(last).await, "NotChannelNode");
+
+    // Batch: three more channels from two payers to the same node, redeemed in one tx.
+    let other = chain.as_account(&other_payer).await?;
+    other
+        .token
+        .approve(chain.deployment.contracts.channels, btt("1000"))
+        .await?;
+    let ch2 = pays.channels.open(operator.address, btt("10")).await?;
+    let ch3 = other.channels.open(operator.address, btt("10")).await?;
+    let ch4 = other.channels.open(operator.address, btt("10")).await?;
+    let other_signer = Eip712Signer::from_bytes(&other_payer.private_key)?;
+    let batch = vec![
+        Voucher {
+            channel_id: ch2,
+            cumulative_amount: btt("1"),
+        }
+        .sign(&domain, &signer),
+        Voucher {
+            channel_id: ch3,
+            cumulative_amount: btt("2"),
+        }
+        .sign(&domain, &other_signer),
+        // Signed beyond the deposit: pays the deposit, no more.
+        Voucher {
+            channel_id: ch4,
+            cumulative_amount: btt("15"),
+        }
+        .sign(&domain, &other_signer),
+    ];
+    let before = node.token.balance_of(operator.address).await?;
+    node.channels.redeem_batch(&batch).await?;
+    assert_eq!(
+        node.token.balance_of(operator.address).await? - before,
+        btt("13")
+    );
+    reverted_with(
+        node.channels.redeem_batch(&batch[..1]).await,
+        "VoucherAlreadyRedeemed",
+    );
+
+    // Close and refund: the payer asks to close, the node may still redeem in the window,
+    // afterwards the rest goes back to the payer and vouchers have expired.
+    let refund_from = deposit - earned;
+    let payer_before = pays.token.balance_of(payer.address).await?;
+    pays.channels.request_close(channel).await?;
+    reverted_with(
+        pays.channels.finalize_close(channel).await,
+        "CloseWindowOpen",
+    );
+    chain
+        .advance_time(chain.deployment.params.channel_close_window + 1)
+        .await?;
+    let late = Voucher {
+        channel_id: channel,
+        cumulative_amount: btt("2"),
+    }
+    .sign(&domain, &signer);
+    reverted_with(node.channels.redeem(&late).await, "ChannelExpired");
+    pays.channels.finalize_close(channel).await?;
+    assert_eq!(
+        pays.token.balance_of(payer.address).await? - payer_before,
+        refund_from
+    );
+    reverted_with(
+        pays.channels.finalize_close(channel).await,
+        "ChannelAlreadyClosed",
+    );
+    reverted_with(node.channels.redeem(&late).await, "ChannelExpired");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
+    let chain = Chain::start().await?;
+    let (cheat, honest) = (dev(Role::Operator, 0), dev(Role::Operator, 1));
+    register_node(&chain, &cheat, 0).await?;
+    register_node(&chain, &honest, 1).await?;
+    let validators: Vec<_> = (0..3).map(|i| dev(Role::Validator, i)).collect();
+    let mut clients = Vec::new();
+    for v in &validators {
+        chain.fund(v.address, "20000").await?;
+        let c = chain.as_account(v).await?;
+        c.token
+            .approve(chain.deployment.contracts.validation, btt("20000"))
+            .await?;
+        c.validation.register_validator(btt("10000")).await?;
+        clients.push(c);
+    }
+
+    // Each validator commits the Merkle root of its secret challenge set for this epoch.
+    let epoch = clients[0].validation.current_epoch().await?;
+    let challenges: Vec<(B256, B256)> = (0..4)
+        .map(|i| {
+            (
+                word(&format!("prompt {i}")),
+                word(&format!("expected output {i}")),
+            )
+        })
+        .collect();
+    let tree = ChallengeTree::new(
+        challenges
+            .iter()
+            .map(|(req, out)| challenge_leaf(*req, *out))
+            .collect(),
+    )
+    .expect("non-empty");
+    for c in &clients {
+        c.validation
+            .commit_challenge_root(epoch, tree.root())
+            .await?;
+    }
+    reverted_with(
+        clients[0]
+            .validation
+            .commit_challenge_root(epoch, tree.root())
+            .await,
+        "Already",
+    );
+
+    // The cheating node answers challenge 2 with a wrong output and signs its response.
+    let v_domain = validation_domain(chain.chain_id(), chain.deployment.contracts.validation);
+    let (request_hash, expected) = challenges[2];
+    let attestation = ResponseAttestation {
+        request_hash,
+        output_hash: word("a cheap wrong answer"),
+    };
+    let node_signer = Eip712Signer::from_bytes(&cheat.private_key)?;
+    let signature = attestation.sign(&v_domain, &node_signer);
+    assert_eq!(
+        attestation.digest(&v_domain),
+        clients[0]
+            .validation
+            .response_digest(request_hash, attestation.output_hash)
+            .await?
+    );
+
+    // Results for the honest node, committed then revealed, so nobody can copy.
+    let end = clients[0].validation.epoch_end(epoch).await?;
+    chain
+        .advance_time(end.saturating_sub(chain.now().await?) + 1)
+        .await?;
+    let tallies = [(9u32, 1u32), (10, 0), (8, 2)];
+    for (i, (c, (passed, failed))) in clients.iter().zip(tallies).enumerate() {
+        let tally = Tally {
+            passed,
+            failed,
+            salt: word(&format!("salt {i}")),
+        };
+        let commitment = c
+            .validation
+            .result_commitment(honest.address, epoch, tally, validators[i].address)
+            .await?;
+        c.validation
+            .commit_result(honest.address, epoch, commitment)
+            .await?;
+    }
+
+    // A validator reports the fault with evidence; two more vote guilty: quorum.
+    let evidence = Validation::Evidence {
+        requestHash: request_hash,
+        outputHash: attestation.output_hash,
+        nodeSignature: Bytes::copy_from_slice(&signature),
+        expectedOutputHash: expected,
+        proof: tree.proof(2).expect("leaf 2"),
+    };
+    let mut bad_proof = evidence.clone();
+    bad_proof.proof = tree.proof(1).expect("leaf 1");
+    reverted_with(
+        clients[0]
+            .validation
+            .report_fault(cheat.address, epoch, bad_proof)
+            .await,
+        "InvalidProof",
+    );
+
+    let token = &clients[0].token;
+    let treasury = dev(Role::Treasury, 0).address;
+    let (reporter_before, treasury_before) = (
+        token.balance_of(validators[0].address).await?,
+        token.balance_of(treasury).await?,
+    );
+    let stake_before = clients[0].registry.stake_of(cheat.address).await?;
+    let report = clients[0]
+        .validation
+        .report_fault(cheat.address, epoch, evidence)
+        .await?;
+    clients[1].validation.vote_on_fault(report, true).await?;
+    reverted_with(
+        clients[1].validation.vote_on_fault(report, true).await,
+        "Already",
+    );
+    assert_eq!(
+        clients[0].validation.fault_report(report).await?.status,
+        0,
+        "2 of 3 is short of a 2/3 quorum"
+    );
+    clients[2].validation.vote_on_fault(report, true).await?;
+
+    let p = &chain.deployment.params;
+    let slashed = stake_before * U256::from(p.slash_bps) / U256::from(10_000);
+    let reward = slashed * U256::from(p.reporter_reward_bps) / U256::from(10_000);
+    assert_eq!(clients[0].validation.fault_report(report).await?.status, 1);
+    assert_eq!(
+        clients[0].registry.stake_of(cheat.address).await?,
+        stake_before - slashed
+    );
+    assert!(
+        !clients[0].registry.is_active(cheat.address).await?,
+        "a proven cheat is jailed"
+    );
+    assert_eq!(
+        token.balance_of(validators[0].address).await? - reporter_before,
+        reward
+    );
+    assert_eq!(
+        token.balance_of(treasury).await? - treasury_before,
+        slashed - reward
+    );
+    let record = clients[0].validation.node_record(cheat.address).await?;
+    assert_eq!(
+        (record.faults, record.totalSlashed, record.reputationBps),
+        (1, slashed, 0)
+    );
+    assert!(
+        clients[0]
+            .registry
+            .active_nodes(word("model"), 0)
+            .await?
+            .is_empty()
+    );
+
+    // The reveal window opens after the commit window; the third reveal completes the
+    // quorum and moves the honest node's reputation.
+    chain.advance_time(p.result_commit_window).await?;
+    assert_eq!(
+        clients[0].validation.reputation_of(honest.address).await?,
+        5000,
+        "neutral before scoring"
+    );
+    for (i, (c, (passed, failed))) in clients.iter().zip(tallies).enumerate() {
+        let tally = Tally {
+            passed,
+            failed,
+            salt: word(&format!("salt {i}")),
+        };
+        c.validation
+            .reveal_result(honest.address, epoch, tally)
+            .await?;
+        if i == 0 {
+            reverted_with(
+                c.validation
+                    .reveal_result(honest.address, epoch, tally)
+                    .await,
+                "AlreadyRevealed",
+            );
+        }
+    }
+    // Equal stakes: the epoch score is the mean of 9000, 10000 and 8000 bps; it is the
+    // first scored epoch, so it becomes the reputation.
+    let record = clients[0].validation.node_record(honest.address).await?;
+    assert_eq!(record.reputationBps, 9000);
+    assert_eq!(
+        (
+            record.challengesPassed,
+            record.challengesFailed,
+            record.epochsScored
+        ),
+        (27, 3, 1)
+    );
+    Ok(())
+}
