@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error("{tool} not found ({detail}); run `scripts/setup` or set {var}")]
-    Missing {
-        tool: &'static str,
-        var: &'static str,
-        detail: String,
-    },
+    Missing { tool: &'static str, var: &'static str, detail: String },
 }
 
 /// The tools `scripts/setup` installs.
@@ -52,11 +48,8 @@ impl Tool {
 
 /// Resolves the path of `tool`: its environment variable first, then the env file.
 pub fn locate(tool: Tool) -> Result<PathBuf, ToolError> {
-    let missing = |detail: String| ToolError::Missing {
-        tool: tool.name(),
-        var: tool.var(),
-        detail,
-    };
+    let missing =
+        |detail: String| ToolError::Missing { tool: tool.name(), var: tool.var(), detail };
     let path = match std::env::var_os(tool.var()) {
         Some(value) => PathBuf::from(value),
         None => {
@@ -96,10 +89,7 @@ pub fn repo_root() -> Option<PathBuf> {
 }
 
 fn find_upwards(start: &Path, relative: &str) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .map(|dir| dir.join(relative))
-        .find(|candidate| candidate.is_file())
+    start.ancestors().map(|dir| dir.join(relative)).find(|candidate| candidate.is_file())
 }
 
 fn read_env_file(path: &Path) -> std::io::Result<HashMap<String, String>> {

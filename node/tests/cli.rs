@@ -35,70 +35,29 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    assert!(
-        wait_for_file(&ready, Duration::from_secs(60)),
-        "devnet never wrote its ready file"
-    );
-    eprintln!(
-        "devnet ready after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    assert!(wait_for_file(&ready, Duration::from_secs(60)), "devnet never wrote its ready file");
+    eprintln!("devnet ready after {:.1} s", started.elapsed().as_secs_f64());
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready)?)?;
     let url = manifest["rpc_url"].as_str().expect("rpc_url").to_owned();
-    let registry = manifest["contracts"]["registry"]
-        .as_str()
-        .expect("registry")
-        .to_owned();
-    let operator = manifest["roles"]["operators"][0]["address"]
-        .as_str()
-        .expect("operator")
-        .to_owned();
-    assert_eq!(
-        manifest["roles"]["operators"].as_array().map(Vec::len),
-        Some(3)
-    );
-    assert_eq!(
-        manifest["roles"]["validators"].as_array().map(Vec::len),
-        Some(3)
-    );
-    assert_eq!(
-        manifest["roles"]["payers"].as_array().map(Vec::len),
-        Some(2)
-    );
+    let registry = manifest["contracts"]["registry"].as_str().expect("registry").to_owned();
+    let operator =
+        manifest["roles"]["operators"][0]["address"].as_str().expect("operator").to_owned();
+    assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(3));
+    assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(3));
+    assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(2));
 
     // `cast` reads the registered node's stake from the address in the ready file.
     let out = Command::new(tools::locate(Tool::Cast)?)
-        .args([
-            "call",
-            &registry,
-            "stakeOf(address)(uint256)",
-            &operator,
-            "--rpc-url",
-            &url,
-        ])
+        .args(["call", &registry, "stakeOf(address)(uint256)", &operator, "--rpc-url", &url])
         .output()?;
-    assert!(
-        out.status.success(),
-        "cast failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cast failed: {}", String::from_utf8_lossy(&out.stderr));
     let stake = String::from_utf8(out.stdout)?;
-    assert_eq!(
-        stake.split_whitespace().next(),
-        Some(parse_ether("10000")?.to_string().as_str())
-    );
+    assert_eq!(stake.split_whitespace().next(), Some(parse_ether("10000")?.to_string().as_str()));
 
     // The state dump brings a fresh anvil to the same state without redeploying.
-    let state = StateFile::load(Path::new(
-        manifest["state_file"].as_str().expect("state_file"),
-    ))?;
-    let fresh = AnvilProcess::spawn(
-        &tools::locate(Tool::Anvil)?,
-        "127.0.0.1",
-        0,
-        DEVNET_CHAIN_ID,
-    )
-    .await?;
+    let state = StateFile::load(Path::new(manifest["state_file"].as_str().expect("state_file")))?;
+    let fresh =
+        AnvilProcess::spawn(&tools::locate(Tool::Anvil)?, "127.0.0.1", 0, DEVNET_CHAIN_ID).await?;
     let account = Account::connect(fresh.url(), &accounts_with(Role::Payer)[0].private_key).await?;
     infergrid::devnet::load_state(&account, state.state).await?;
     let registry: Address = registry.parse()?;
@@ -113,36 +72,21 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
     let status = devnet.wait()?;
     assert!(status.success(), "devnet exited with {status}");
     assert!(
-        Account::connect(&url, &accounts_with(Role::Payer)[0].private_key)
-            .await
-            .is_err(),
+        Account::connect(&url, &accounts_with(Role::Payer)[0].private_key).await.is_err(),
         "anvil still up"
     );
     Ok(())
 }
 
 fn one_line_error(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run infergrid");
+    let out = Command::new(BIN).args(args).output().expect("run infergrid");
     assert!(!out.status.success(), "{args:?} should fail");
     let stderr = String::from_utf8(out.stderr).expect("utf-8");
     // Progress lines may come first; the failure itself is one line, and the last.
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error:"))
-        .collect();
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().last(),
-        Some(errors[0]),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
+    assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     errors[0].to_owned()
 }
 
@@ -173,10 +117,7 @@ fn unreachable_rpc_is_one_clear_line() {
         "--deployment",
         deployment.to_str().unwrap(),
     ]);
-    assert!(
-        err.starts_with("error: cannot reach the RPC at http://127.0.0.1:9"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: cannot reach the RPC at http://127.0.0.1:9"), "{err}");
 
     let err = one_line_error(&[
         "deploy",
@@ -191,10 +132,7 @@ fn unreachable_rpc_is_one_clear_line() {
 #[test]
 fn missing_anvil_points_at_setup() {
     let err = one_line_error(&["devnet", "--anvil", "/nonexistent/anvil", "--port", "0"]);
-    assert!(
-        err.contains("cannot start anvil at /nonexistent/anvil"),
-        "{err}"
-    );
+    assert!(err.contains("cannot start anvil at /nonexistent/anvil"), "{err}");
     let out = Command::new(BIN)
         .args(["devnet", "--port", "0"])
         .env("INFERGRID_ANVIL", "/nonexistent/anvil")

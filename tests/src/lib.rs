@@ -16,21 +16,13 @@ pub struct Chain {
 impl Chain {
     /// Starts anvil and deploys with the devnet parameters.
     pub async fn start() -> anyhow::Result<Self> {
-        let anvil = AnvilProcess::spawn(
-            &tools::locate(Tool::Anvil)?,
-            "127.0.0.1",
-            0,
-            DEVNET_CHAIN_ID,
-        )
-        .await?;
+        let anvil =
+            AnvilProcess::spawn(&tools::locate(Tool::Anvil)?, "127.0.0.1", 0, DEVNET_CHAIN_ID)
+                .await?;
         let deployer = Account::connect(anvil.url(), &dev(Role::Deployer, 0).private_key).await?;
         let params = DeployParams::devnet(dev(Role::Treasury, 0).address);
         let deployment = deploy(&deployer, &params, None).await?;
-        Ok(Self {
-            anvil,
-            deployment,
-            deployer,
-        })
+        Ok(Self { anvil, deployment, deployer })
     }
 
     /// Connects as `account` and returns its contract clients.
@@ -42,11 +34,7 @@ impl Chain {
 
     /// Mints `amount` whole BTT to `to`.
     pub async fn fund(&self, to: Address, amount: &str) -> anyhow::Result<()> {
-        self.deployer
-            .contracts(&self.deployment)
-            .token
-            .mint(to, parse_ether(amount)?)
-            .await?;
+        self.deployer.contracts(&self.deployment).token.mint(to, parse_ether(amount)?).await?;
         Ok(())
     }
 
@@ -60,15 +48,8 @@ impl Chain {
 
     /// The latest block's timestamp.
     pub async fn now(&self) -> anyhow::Result<u64> {
-        let block = self
-            .deployer
-            .provider
-            .get_block_by_number(Default::default())
-            .await?;
-        Ok(block
-            .ok_or_else(|| anyhow::anyhow!("no latest block"))?
-            .header
-            .timestamp)
+        let block = self.deployer.provider.get_block_by_number(Default::default()).await?;
+        Ok(block.ok_or_else(|| anyhow::anyhow!("no latest block"))?.header.timestamp)
     }
 
     /// The chain id.

@@ -29,9 +29,7 @@ async fn register_node(
     chain.fund(operator.address, "20000").await?;
     let c = chain.as_account(operator).await?;
     let stake = btt("10000");
-    c.token
-        .approve(chain.deployment.contracts.registry, stake)
-        .await?;
+    c.token.approve(chain.deployment.contracts.registry, stake).await?;
     c.registry
         .register(&NodeRegistration {
             peer_id: Bytes::from(node_peer_id(&operator.private_key).to_bytes()),
@@ -49,23 +47,14 @@ async fn register_node(
 #[tokio::test(flavor = "multi_thread")]
 async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
     let chain = Chain::start().await?;
-    let (operator, payer, other_payer) = (
-        dev(Role::Operator, 0),
-        dev(Role::Payer, 0),
-        dev(Role::Payer, 1),
-    );
+    let (operator, payer, other_payer) =
+        (dev(Role::Operator, 0), dev(Role::Payer, 0), dev(Role::Payer, 1));
     register_node(&chain, &operator, 0).await?;
 
     let node = chain.as_account(&operator).await?;
-    assert_eq!(
-        node.registry.stake_of(operator.address).await?,
-        btt("10000")
-    );
+    assert_eq!(node.registry.stake_of(operator.address).await?, btt("10000"));
     assert!(node.registry.is_active(operator.address).await?);
-    assert_eq!(
-        node.registry.active_nodes(word("model"), 0).await?,
-        vec![operator.address]
-    );
+    assert_eq!(node.registry.active_nodes(word("model"), 0).await?, vec![operator.address]);
     assert_eq!(
         node.registry
             .operator_of(Bytes::from(node_peer_id(&operator.private_key).to_bytes()))
@@ -77,9 +66,7 @@ async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
     chain.fund(payer.address, "1000").await?;
     chain.fund(other_payer.address, "1000").await?;
     let pays = chain.as_account(&payer).await?;
-    pays.token
-        .approve(chain.deployment.contracts.channels, btt("1000"))
-        .await?;
+    pays.token.approve(chain.deployment.contracts.channels, btt("1000")).await?;
     let deposit = btt("100");
     let channel = pays.channels.open(operator.address, deposit).await?;
 
@@ -88,20 +75,15 @@ async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
     let price = U256::from(1_000_000_000_000_000u64); // 0.001 BTT per token
     let vouchers: Vec<SignedVoucher> = (1..=1000u64)
         .map(|tokens| {
-            Voucher {
-                channel_id: channel,
-                cumulative_amount: price * U256::from(tokens),
-            }
-            .sign(&domain, &signer)
+            Voucher { channel_id: channel, cumulative_amount: price * U256::from(tokens) }
+                .sign(&domain, &signer)
         })
         .collect();
     for v in [&vouchers[0], &vouchers[499], &vouchers[999]] {
         // The Rust digest is byte-identical to the contract's own.
         let ours = v.voucher.digest(&domain);
-        let theirs = pays
-            .channels
-            .voucher_digest(v.voucher.channel_id, v.voucher.cumulative_amount)
-            .await?;
+        let theirs =
+            pays.channels.voucher_digest(v.voucher.channel_id, v.voucher.cumulative_amount).await?;
         assert_eq!(ours, theirs);
         v.verify(&domain, payer.address)?;
     }
@@ -109,108 +91,59 @@ async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
     // The node redeems only the last voucher, in one transaction, and is paid the total.
     let before = node.token.balance_of(operator.address).await?;
     let last = vouchers.last().expect("1000 vouchers");
-    node.channels.redeem(last).await?;
+    let receipt = node.channels.redeem(last).await?;
+    eprintln!("gas: redeem of one voucher, whole transaction: {}", receipt.gas_used);
     let earned = node.token.balance_of(operator.address).await? - before;
     assert_eq!(earned, price * U256::from(1000));
-    assert_eq!(
-        U256::from(node.channels.channel(channel).await?.paid),
-        earned
-    );
+    assert_eq!(U256::from(node.channels.channel(channel).await?.paid), earned);
 
     // Replays of the same or an older voucher pay nothing.
     reverted_with(node.channels.redeem(last).await, "VoucherAlreadyRedeemed");
-    reverted_with(
-        node.channels.redeem(&vouchers[10]).await,
-        "VoucherAlreadyRedeemed",
-    );
+    reverted_with(node.channels.redeem(&vouchers[10]).await, "VoucherAlreadyRedeemed");
     // A voucher signed by someone other than the payer is refused by Rust and by the contract.
     let forger = Eip712Signer::from_bytes(&other_payer.private_key)?;
-    let forged = Voucher {
-        channel_id: channel,
-        cumulative_amount: btt("50"),
-    }
-    .sign(&domain, &forger);
+    let forged =
+        Voucher { channel_id: channel, cumulative_amount: btt("50") }.sign(&domain, &forger);
     assert!(forged.verify(&domain, payer.address).is_err());
     reverted_with(node.channels.redeem(&forged).await, "InvalidSignature");
     // A voucher for another chain id or contract does not verify either.
-    let wrong_chain = Voucher {
-        channel_id: channel,
-        cumulative_amount: btt("50"),
-    }
-    .sign(
-        &channels_domain(1, chain.deployment.contracts.channels),
-        &signer,
-    );
+    let wrong_chain = Voucher { channel_id: channel, cumulative_amount: btt("50") }
+        .sign(&channels_domain(1, chain.deployment.contracts.channels), &signer);
     reverted_with(node.channels.redeem(&wrong_chain).await, "InvalidSignature");
     // Only the channel's node may redeem.
     reverted_with(pays.channels.redeem(last).await, "NotChannelNode");
 
     // Batch: three more channels from two payers to the same node, redeemed in one tx.
     let other = chain.as_account(&other_payer).await?;
-    other
-        .token
-        .approve(chain.deployment.contracts.channels, btt("1000"))
-        .await?;
+    other.token.approve(chain.deployment.contracts.channels, btt("1000")).await?;
     let ch2 = pays.channels.open(operator.address, btt("10")).await?;
     let ch3 = other.channels.open(operator.address, btt("10")).await?;
     let ch4 = other.channels.open(operator.address, btt("10")).await?;
     let other_signer = Eip712Signer::from_bytes(&other_payer.private_key)?;
     let batch = vec![
-        Voucher {
-            channel_id: ch2,
-            cumulative_amount: btt("1"),
-        }
-        .sign(&domain, &signer),
-        Voucher {
-            channel_id: ch3,
-            cumulative_amount: btt("2"),
-        }
-        .sign(&domain, &other_signer),
+        Voucher { channel_id: ch2, cumulative_amount: btt("1") }.sign(&domain, &signer),
+        Voucher { channel_id: ch3, cumulative_amount: btt("2") }.sign(&domain, &other_signer),
         // Signed beyond the deposit: pays the deposit, no more.
-        Voucher {
-            channel_id: ch4,
-            cumulative_amount: btt("15"),
-        }
-        .sign(&domain, &other_signer),
+        Voucher { channel_id: ch4, cumulative_amount: btt("15") }.sign(&domain, &other_signer),
     ];
     let before = node.token.balance_of(operator.address).await?;
-    node.channels.redeem_batch(&batch).await?;
-    assert_eq!(
-        node.token.balance_of(operator.address).await? - before,
-        btt("13")
-    );
-    reverted_with(
-        node.channels.redeem_batch(&batch[..1]).await,
-        "VoucherAlreadyRedeemed",
-    );
+    let receipt = node.channels.redeem_batch(&batch).await?;
+    eprintln!("gas: redeemBatch of 3 channels, whole transaction: {}", receipt.gas_used);
+    assert_eq!(node.token.balance_of(operator.address).await? - before, btt("13"));
+    reverted_with(node.channels.redeem_batch(&batch[..1]).await, "VoucherAlreadyRedeemed");
 
     // Close and refund: the payer asks to close, the node may still redeem in the window,
     // afterwards the rest goes back to the payer and vouchers have expired.
     let refund_from = deposit - earned;
     let payer_before = pays.token.balance_of(payer.address).await?;
     pays.channels.request_close(channel).await?;
-    reverted_with(
-        pays.channels.finalize_close(channel).await,
-        "CloseWindowOpen",
-    );
-    chain
-        .advance_time(chain.deployment.params.channel_close_window + 1)
-        .await?;
-    let late = Voucher {
-        channel_id: channel,
-        cumulative_amount: btt("2"),
-    }
-    .sign(&domain, &signer);
+    reverted_with(pays.channels.finalize_close(channel).await, "CloseWindowOpen");
+    chain.advance_time(chain.deployment.params.channel_close_window + 1).await?;
+    let late = Voucher { channel_id: channel, cumulative_amount: btt("2") }.sign(&domain, &signer);
     reverted_with(node.channels.redeem(&late).await, "ChannelExpired");
     pays.channels.finalize_close(channel).await?;
-    assert_eq!(
-        pays.token.balance_of(payer.address).await? - payer_before,
-        refund_from
-    );
-    reverted_with(
-        pays.channels.finalize_close(channel).await,
-        "ChannelAlreadyClosed",
-    );
+    assert_eq!(pays.token.balance_of(payer.address).await? - payer_before, refund_from);
+    reverted_with(pays.channels.finalize_close(channel).await, "ChannelAlreadyClosed");
     reverted_with(node.channels.redeem(&late).await, "ChannelExpired");
     Ok(())
 }
@@ -226,9 +159,7 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     for v in &validators {
         chain.fund(v.address, "20000").await?;
         let c = chain.as_account(v).await?;
-        c.token
-            .approve(chain.deployment.contracts.validation, btt("20000"))
-            .await?;
+        c.token.approve(chain.deployment.contracts.validation, btt("20000")).await?;
         c.validation.register_validator(btt("10000")).await?;
         clients.push(c);
     }
@@ -236,69 +167,40 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     // Each validator commits the Merkle root of its secret challenge set for this epoch.
     let epoch = clients[0].validation.current_epoch().await?;
     let challenges: Vec<(B256, B256)> = (0..4)
-        .map(|i| {
-            (
-                word(&format!("prompt {i}")),
-                word(&format!("expected output {i}")),
-            )
-        })
+        .map(|i| (word(&format!("prompt {i}")), word(&format!("expected output {i}"))))
         .collect();
     let tree = ChallengeTree::new(
-        challenges
-            .iter()
-            .map(|(req, out)| challenge_leaf(*req, *out))
-            .collect(),
+        challenges.iter().map(|(req, out)| challenge_leaf(*req, *out)).collect(),
     )
     .expect("non-empty");
     for c in &clients {
-        c.validation
-            .commit_challenge_root(epoch, tree.root())
-            .await?;
+        c.validation.commit_challenge_root(epoch, tree.root()).await?;
     }
-    reverted_with(
-        clients[0]
-            .validation
-            .commit_challenge_root(epoch, tree.root())
-            .await,
-        "Already",
-    );
+    reverted_with(clients[0].validation.commit_challenge_root(epoch, tree.root()).await, "Already");
 
     // The cheating node answers challenge 2 with a wrong output and signs its response.
     let v_domain = validation_domain(chain.chain_id(), chain.deployment.contracts.validation);
     let (request_hash, expected) = challenges[2];
-    let attestation = ResponseAttestation {
-        request_hash,
-        output_hash: word("a cheap wrong answer"),
-    };
+    let attestation =
+        ResponseAttestation { request_hash, output_hash: word("a cheap wrong answer") };
     let node_signer = Eip712Signer::from_bytes(&cheat.private_key)?;
     let signature = attestation.sign(&v_domain, &node_signer);
     assert_eq!(
         attestation.digest(&v_domain),
-        clients[0]
-            .validation
-            .response_digest(request_hash, attestation.output_hash)
-            .await?
+        clients[0].validation.response_digest(request_hash, attestation.output_hash).await?
     );
 
     // Results for the honest node, committed then revealed, so nobody can copy.
     let end = clients[0].validation.epoch_end(epoch).await?;
-    chain
-        .advance_time(end.saturating_sub(chain.now().await?) + 1)
-        .await?;
+    chain.advance_time(end.saturating_sub(chain.now().await?) + 1).await?;
     let tallies = [(9u32, 1u32), (10, 0), (8, 2)];
     for (i, (c, (passed, failed))) in clients.iter().zip(tallies).enumerate() {
-        let tally = Tally {
-            passed,
-            failed,
-            salt: word(&format!("salt {i}")),
-        };
+        let tally = Tally { passed, failed, salt: word(&format!("salt {i}")) };
         let commitment = c
             .validation
             .result_commitment(honest.address, epoch, tally, validators[i].address)
             .await?;
-        c.validation
-            .commit_result(honest.address, epoch, commitment)
-            .await?;
+        c.validation.commit_result(honest.address, epoch, commitment).await?;
     }
 
     // A validator reports the fault with evidence; two more vote guilty: quorum.
@@ -312,29 +214,18 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     let mut bad_proof = evidence.clone();
     bad_proof.proof = tree.proof(1).expect("leaf 1");
     reverted_with(
-        clients[0]
-            .validation
-            .report_fault(cheat.address, epoch, bad_proof)
-            .await,
+        clients[0].validation.report_fault(cheat.address, epoch, bad_proof).await,
         "InvalidProof",
     );
 
     let token = &clients[0].token;
     let treasury = dev(Role::Treasury, 0).address;
-    let (reporter_before, treasury_before) = (
-        token.balance_of(validators[0].address).await?,
-        token.balance_of(treasury).await?,
-    );
+    let (reporter_before, treasury_before) =
+        (token.balance_of(validators[0].address).await?, token.balance_of(treasury).await?);
     let stake_before = clients[0].registry.stake_of(cheat.address).await?;
-    let report = clients[0]
-        .validation
-        .report_fault(cheat.address, epoch, evidence)
-        .await?;
+    let report = clients[0].validation.report_fault(cheat.address, epoch, evidence).await?;
     clients[1].validation.vote_on_fault(report, true).await?;
-    reverted_with(
-        clients[1].validation.vote_on_fault(report, true).await,
-        "Already",
-    );
+    reverted_with(clients[1].validation.vote_on_fault(report, true).await, "Already");
     assert_eq!(
         clients[0].validation.fault_report(report).await?.status,
         0,
@@ -346,34 +237,13 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     let slashed = stake_before * U256::from(p.slash_bps) / U256::from(10_000);
     let reward = slashed * U256::from(p.reporter_reward_bps) / U256::from(10_000);
     assert_eq!(clients[0].validation.fault_report(report).await?.status, 1);
-    assert_eq!(
-        clients[0].registry.stake_of(cheat.address).await?,
-        stake_before - slashed
-    );
-    assert!(
-        !clients[0].registry.is_active(cheat.address).await?,
-        "a proven cheat is jailed"
-    );
-    assert_eq!(
-        token.balance_of(validators[0].address).await? - reporter_before,
-        reward
-    );
-    assert_eq!(
-        token.balance_of(treasury).await? - treasury_before,
-        slashed - reward
-    );
+    assert_eq!(clients[0].registry.stake_of(cheat.address).await?, stake_before - slashed);
+    assert!(!clients[0].registry.is_active(cheat.address).await?, "a proven cheat is jailed");
+    assert_eq!(token.balance_of(validators[0].address).await? - reporter_before, reward);
+    assert_eq!(token.balance_of(treasury).await? - treasury_before, slashed - reward);
     let record = clients[0].validation.node_record(cheat.address).await?;
-    assert_eq!(
-        (record.faults, record.totalSlashed, record.reputationBps),
-        (1, slashed, 0)
-    );
-    assert!(
-        clients[0]
-            .registry
-            .active_nodes(word("model"), 0)
-            .await?
-            .is_empty()
-    );
+    assert_eq!((record.faults, record.totalSlashed, record.reputationBps), (1, slashed, 0));
+    assert!(clients[0].registry.active_nodes(word("model"), 0).await?.is_empty());
 
     // The reveal window opens after the commit window; the third reveal completes the
     // quorum and moves the honest node's reputation.
@@ -384,19 +254,12 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
         "neutral before scoring"
     );
     for (i, (c, (passed, failed))) in clients.iter().zip(tallies).enumerate() {
-        let tally = Tally {
-            passed,
-            failed,
-            salt: word(&format!("salt {i}")),
-        };
-        c.validation
-            .reveal_result(honest.address, epoch, tally)
-            .await?;
+        let tally = Tally { passed, failed, salt: word(&format!("salt {i}")) };
+        let receipt = c.validation.reveal_result(honest.address, epoch, tally).await?;
+        eprintln!("gas: reveal {} of 3, whole transaction: {}", i + 1, receipt.gas_used);
         if i == 0 {
             reverted_with(
-                c.validation
-                    .reveal_result(honest.address, epoch, tally)
-                    .await,
+                c.validation.reveal_result(honest.address, epoch, tally).await,
                 "AlreadyRevealed",
             );
         }
@@ -405,13 +268,6 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     // first scored epoch, so it becomes the reputation.
     let record = clients[0].validation.node_record(honest.address).await?;
     assert_eq!(record.reputationBps, 9000);
-    assert_eq!(
-        (
-            record.challengesPassed,
-            record.challengesFailed,
-            record.epochsScored
-        ),
-        (27, 3, 1)
-    );
+    assert_eq!((record.challengesPassed, record.challengesFailed, record.epochsScored), (27, 3, 1));
     Ok(())
 }

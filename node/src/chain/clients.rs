@@ -88,11 +88,7 @@ impl Registry {
         price: U256,
         multiaddrs: Vec<String>,
     ) -> Tx {
-        send(
-            self.0
-                .updateService(model_id, blocks.0, blocks.1, price, multiaddrs),
-        )
-        .await
+        send(self.0.updateService(model_id, blocks.0, blocks.1, price, multiaddrs)).await
     }
     pub async fn add_stake(&self, amount: U256) -> Tx {
         send(self.0.addStake(amount)).await
@@ -159,11 +155,7 @@ impl Channels {
     /// Redeems one voucher (only the channel's node).
     pub async fn redeem(&self, voucher: &SignedVoucher) -> Tx {
         let v = voucher.voucher;
-        send(
-            self.0
-                .redeem(v.channel_id, v.cumulative_amount, voucher.signature.clone()),
-        )
-        .await
+        send(self.0.redeem(v.channel_id, v.cumulative_amount, voucher.signature.clone())).await
     }
     /// Redeems the latest voucher of many channels in one transaction and one transfer.
     pub async fn redeem_batch(&self, vouchers: &[SignedVoucher]) -> Tx {
@@ -192,11 +184,7 @@ impl Channels {
         channel_id: U256,
         cumulative_amount: U256,
     ) -> Result<B256, ChainError> {
-        Ok(self
-            .0
-            .voucherDigest(channel_id, cumulative_amount)
-            .call()
-            .await?)
+        Ok(self.0.voucherDigest(channel_id, cumulative_amount).call().await?)
     }
 }
 
@@ -232,14 +220,7 @@ impl ValidationClient {
     ) -> Result<B256, ChainError> {
         Ok(self
             .0
-            .resultCommitment(
-                node,
-                epoch,
-                tally.passed,
-                tally.failed,
-                tally.salt,
-                validator,
-            )
+            .resultCommitment(node, epoch, tally.passed, tally.failed, tally.salt, validator)
             .call()
             .await?)
     }
@@ -247,11 +228,7 @@ impl ValidationClient {
         send(self.0.commitResult(node, epoch, commitment)).await
     }
     pub async fn reveal_result(&self, node: Address, epoch: u64, tally: Tally) -> Tx {
-        send(
-            self.0
-                .revealResult(node, epoch, tally.passed, tally.failed, tally.salt),
-        )
-        .await
+        send(self.0.revealResult(node, epoch, tally.passed, tally.failed, tally.salt)).await
     }
     /// Reports a fault and returns the report id, read from the `FaultReported` event.
     pub async fn report_fault(
@@ -289,11 +266,7 @@ impl ValidationClient {
         request_hash: B256,
         output_hash: B256,
     ) -> Result<B256, ChainError> {
-        Ok(self
-            .0
-            .responseDigest(request_hash, output_hash)
-            .call()
-            .await?)
+        Ok(self.0.responseDigest(request_hash, output_hash).call().await?)
     }
 }
 

@@ -103,37 +103,24 @@ pub struct Deployment {
 #[derive(Debug, thiserror::Error)]
 pub enum DeploymentFileError {
     #[error("cannot read deployment file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("deployment file {path} is not a valid deployment: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
+    Parse { path: String, source: serde_json::Error },
 }
 
 impl Deployment {
     /// Reads a deployment file.
     pub fn load(path: &Path) -> Result<Self, DeploymentFileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| DeploymentFileError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| DeploymentFileError::Parse {
-            path: shown,
-            source,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DeploymentFileError::Io { path: shown.clone(), source })?;
+        serde_json::from_str(&text)
+            .map_err(|source| DeploymentFileError::Parse { path: shown, source })
     }
 
     /// Writes this deployment as pretty JSON.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(self).expect("serializable") + "\n",
-        )
+        std::fs::write(path, serde_json::to_string_pretty(self).expect("serializable") + "\n")
     }
 }
 

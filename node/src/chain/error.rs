@@ -9,11 +9,7 @@ pub enum ChainError {
     #[error("cannot reach the RPC at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the chain at {url} has chain id {actual}, the deployment is for {expected}")]
-    WrongChain {
-        url: String,
-        expected: u64,
-        actual: u64,
-    },
+    WrongChain { url: String, expected: u64, actual: u64 },
     #[error("no contract code at {0}: wrong deployment file or a fresh chain?")]
     NoCode(alloy::primitives::Address),
     #[error("reverted: {0}")]
@@ -55,9 +51,7 @@ pub fn describe_revert(data: &Bytes) -> String {
         contract: &str,
         data: &[u8],
     ) -> Option<String> {
-        E::abi_decode(data)
-            .ok()
-            .map(|e| format!("{contract}.{e:?}"))
+        E::abi_decode(data).ok().map(|e| format!("{contract}.{e:?}"))
     }
     try_decode::<NodeRegistry::NodeRegistryErrors>("NodeRegistry", data)
         .or_else(|| try_decode::<PaymentChannels::PaymentChannelsErrors>("PaymentChannels", data))

@@ -43,11 +43,7 @@ impl Account {
             .connect_http(parse_url(url)?)
             .erased();
         ensure_reachable(&provider, url).await?;
-        Ok(Self {
-            provider,
-            address,
-            url: url.to_owned(),
-        })
+        Ok(Self { provider, address, url: url.to_owned() })
     }
 
     /// Checks that this endpoint serves `deployment`: same chain id, contracts present.
@@ -84,9 +80,7 @@ impl Account {
 
 /// A read-only connection to `url`, checked to answer.
 pub async fn connect_reader(url: &str) -> Result<DynProvider, ChainError> {
-    let provider = ProviderBuilder::new()
-        .connect_http(parse_url(url)?)
-        .erased();
+    let provider = ProviderBuilder::new().connect_http(parse_url(url)?).erased();
     ensure_reachable(&provider, url).await?;
     Ok(provider)
 }
@@ -103,10 +97,7 @@ async fn ensure_reachable(provider: &DynProvider, url: &str) -> Result<(), Chain
         .get_chain_id()
         .await
         .map(|_| ())
-        .map_err(|e| ChainError::Unreachable {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| ChainError::Unreachable { url: url.to_owned(), reason: e.to_string() })
 }
 
 /// The four contracts of a deployment, as seen by one account.
@@ -135,9 +126,5 @@ where
         Some(receipt) => receipt,
         None => pending.get_receipt().await?,
     };
-    if receipt.status() {
-        Ok(receipt)
-    } else {
-        Err(ChainError::MinedRevert(hash))
-    }
+    if receipt.status() { Ok(receipt) } else { Err(ChainError::MinedRevert(hash)) }
 }

@@ -33,11 +33,7 @@ pub enum ChainCommand {
     /// Print a deployment's parameters and state as read from the chain.
     Info {
         /// JSON-RPC endpoint.
-        #[arg(
-            long,
-            env = "INFERGRID_RPC_URL",
-            default_value = "http://127.0.0.1:8545"
-        )]
+        #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
         rpc_url: String,
         /// Deployment file written by `infergrid devnet` or `infergrid deploy`.
         #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
@@ -48,10 +44,8 @@ pub enum ChainCommand {
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let key = std::env::var(&args.key_env)
         .with_context(|| format!("set {} to the deployer's private key (hex)", args.key_env))?;
-    let key: B256 = key
-        .trim()
-        .parse()
-        .with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
+    let key: B256 =
+        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
     let account = Account::connect(&args.rpc_url, &key).await?;
     let params = match &args.params {
         Some(path) => {
@@ -61,14 +55,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         None => DeployParams::devnet(account.address),
     };
-    eprintln!(
-        "deploy: deploying to {} from {}",
-        args.rpc_url, account.address
-    );
+    eprintln!("deploy: deploying to {} from {}", args.rpc_url, account.address);
     let deployment = infergrid::chain::deploy(&account, &params, args.token).await?;
-    deployment
-        .save(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    deployment.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", serde_json::to_string_pretty(&deployment)?);
     eprintln!("deploy: wrote {}", args.out.display());
     Ok(())
@@ -76,10 +65,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
     match cmd {
-        ChainCommand::Info {
-            rpc_url,
-            deployment,
-        } => info(&rpc_url, &deployment).await,
+        ChainCommand::Info { rpc_url, deployment } => info(&rpc_url, &deployment).await,
     }
 }
 
@@ -90,11 +76,7 @@ async fn info(url: &str, path: &std::path::Path) -> anyhow::Result<()> {
     let registry = NodeRegistry::new(c.registry, provider.clone());
     let channels = PaymentChannels::new(c.channels, provider.clone());
     let validation = Validation::new(c.validation, provider.clone());
-    let operators = registry
-        .operators()
-        .call()
-        .await
-        .context("reading NodeRegistry.operators")?;
+    let operators = registry.operators().call().await.context("reading NodeRegistry.operators")?;
     println!(
         "chain {} at {url}, contracts since block {}",
         deployment.chain_id, deployment.deploy_block
@@ -116,11 +98,7 @@ async fn info(url: &str, path: &std::path::Path) -> anyhow::Result<()> {
             if active { "active" } else { "inactive" }
         );
     }
-    println!(
-        "channels {}: {} opened",
-        c.channels,
-        channels.channelCount().call().await?
-    );
+    println!("channels {}: {} opened", c.channels, channels.channelCount().call().await?);
     println!(
         "validation {}: epoch {}, total validator stake {} BTT, {} fault reports",
         c.validation,

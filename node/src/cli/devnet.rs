@@ -75,15 +75,9 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     println!("  PaymentChannels  {}", c.channels);
     println!("  Validation       {}", c.validation);
     for op in &manifest.roles.operators {
-        println!(
-            "  operator {} peer {} block {}",
-            op.address, op.peer_id, op.first_block
-        );
+        println!("  operator {} peer {} block {}", op.address, op.peer_id, op.first_block);
     }
-    println!(
-        "  manifest         {}",
-        args.out.join("manifest.json").display()
-    );
+    println!("  manifest         {}", args.out.join("manifest.json").display());
     println!("press Ctrl-C to stop");
 
     tokio::select! {

@@ -37,8 +37,5 @@ pub fn dev_accounts() -> Vec<DevAccount> {
 
 /// The development accounts with `role`, in index order.
 pub fn accounts_with(role: Role) -> Vec<DevAccount> {
-    dev_accounts()
-        .into_iter()
-        .filter(|a| a.role == role)
-        .collect()
+    dev_accounts().into_iter().filter(|a| a.role == role).collect()
 }

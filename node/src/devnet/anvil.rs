@@ -9,10 +9,7 @@ use tokio::process::{Child, Command};
 #[derive(Debug, thiserror::Error)]
 pub enum AnvilError {
     #[error("cannot start anvil at {path}: {source}")]
-    Spawn {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { path: PathBuf, source: std::io::Error },
     #[error("anvil exited before it was ready: {0}")]
     Exited(String),
     #[error("anvil did not report `Listening on` within {0:?}")]
@@ -48,10 +45,7 @@ impl AnvilProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| AnvilError::Spawn {
-                path: anvil.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| AnvilError::Spawn { path: anvil.to_path_buf(), source })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
@@ -84,10 +78,7 @@ impl AnvilProcess {
             let mut err_lines = BufReader::new(stderr).lines();
             while let Ok(Some(_)) = err_lines.next_line().await {}
         });
-        Ok(Self {
-            child,
-            url: format!("http://{addr}"),
-        })
+        Ok(Self { child, url: format!("http://{addr}") })
     }
 
     /// The HTTP RPC URL.
@@ -110,10 +101,7 @@ impl AnvilProcess {
         if let Some(pid) = self.child.id() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-                .await
-                .is_ok()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_ok() {
                 return Ok(());
             }
         }

@@ -33,10 +33,7 @@ pub enum DevnetError {
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// One registered operator, as written to the manifest.
@@ -92,10 +89,8 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
     let admin = deployer.contracts(&deployment);
 
     let funding = parse_ether(FUNDING).expect("constant");
-    let funded: Vec<DevAccount> = [Role::Operator, Role::Validator, Role::Payer]
-        .into_iter()
-        .flat_map(role)
-        .collect();
+    let funded: Vec<DevAccount> =
+        [Role::Operator, Role::Validator, Role::Payer].into_iter().flat_map(role).collect();
     for account in &funded {
         admin.token.mint(account.address, funding).await?;
     }
@@ -109,19 +104,11 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
             first_block: block,
             last_block: block,
             price_per_token: U256::from(PRICE_PER_TOKEN),
-            multiaddrs: vec![format!(
-                "/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}",
-                40_000 + block
-            )],
+            multiaddrs: vec![format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}", 40_000 + block)],
             stake: parse_ether(NODE_STAKE).expect("constant"),
         };
-        let contracts = Account::connect(url, &operator.private_key)
-            .await?
-            .contracts(&deployment);
-        contracts
-            .token
-            .approve(deployment.contracts.registry, registration.stake)
-            .await?;
+        let contracts = Account::connect(url, &operator.private_key).await?.contracts(&deployment);
+        contracts.token.approve(deployment.contracts.registry, registration.stake).await?;
         contracts.registry.register(&registration).await?;
         operators.push(OperatorInfo {
             address: operator.address,
@@ -137,17 +124,9 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
 
     let validator_stake = parse_ether(VALIDATOR_STAKE).expect("constant");
     for validator in role(Role::Validator) {
-        let contracts = Account::connect(url, &validator.private_key)
-            .await?
-            .contracts(&deployment);
-        contracts
-            .token
-            .approve(deployment.contracts.validation, validator_stake)
-            .await?;
-        contracts
-            .validation
-            .register_validator(validator_stake)
-            .await?;
+        let contracts = Account::connect(url, &validator.private_key).await?.contracts(&deployment);
+        contracts.token.approve(deployment.contracts.validation, validator_stake).await?;
+        contracts.validation.register_validator(validator_stake).await?;
     }
 
     let roles = Roles {
@@ -163,23 +142,13 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
 /// Asks anvil for a snapshot of its whole state (`anvil_dumpState`: gzipped JSON, hex).
 /// Load it into a fresh anvil with [`load_state`] to skip deployment.
 pub async fn dump_state(account: &Account) -> Result<Bytes, ChainError> {
-    Ok(account
-        .provider
-        .raw_request::<_, Bytes>("anvil_dumpState".into(), ())
-        .await?)
+    Ok(account.provider.raw_request::<_, Bytes>("anvil_dumpState".into(), ()).await?)
 }
 
 /// Loads a state written by [`dump_state`] into the anvil behind `account`.
 pub async fn load_state(account: &Account, state: Bytes) -> Result<(), ChainError> {
-    let loaded: bool = account
-        .provider
-        .raw_request("anvil_loadState".into(), (state,))
-        .await?;
-    if loaded {
-        Ok(())
-    } else {
-        Err(ChainError::Rpc("anvil_loadState returned false".into()))
-    }
+    let loaded: bool = account.provider.raw_request("anvil_loadState".into(), (state,)).await?;
+    if loaded { Ok(()) } else { Err(ChainError::Rpc("anvil_loadState returned false".into())) }
 }
 
 /// Writes `value` as pretty JSON to `path`, creating its directory.
@@ -188,15 +157,9 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), DevnetError
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(value).expect("serializable") + "\n",
-        )
+        std::fs::write(path, serde_json::to_string_pretty(value).expect("serializable") + "\n")
     };
-    write().map_err(|source| DevnetError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    write().map_err(|source| DevnetError::Write { path: path.to_path_buf(), source })
 }
 
 /// An anvil state snapshot on disk: a fresh anvil that loads it has the whole devnet

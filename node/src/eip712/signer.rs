@@ -27,9 +27,7 @@ pub struct Eip712Signer {
 
 impl std::fmt::Debug for Eip712Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Eip712Signer")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
+        f.debug_struct("Eip712Signer").field("address", &self.address).finish_non_exhaustive()
     }
 }
 
@@ -61,9 +59,8 @@ impl Eip712Signer {
 /// The address that signed `digest`, with the same acceptance rules as OpenZeppelin's
 /// `ECDSA.recover`: 65 bytes, low `s`, `v` of 27 or 28.
 pub fn recover_signer(digest: &B256, signature: &[u8]) -> Result<Address, SignatureError> {
-    let bytes: &[u8; 65] = signature
-        .try_into()
-        .map_err(|_| SignatureError::Length(signature.len()))?;
+    let bytes: &[u8; 65] =
+        signature.try_into().map_err(|_| SignatureError::Length(signature.len()))?;
     let v = bytes[64];
     if v != 27 && v != 28 {
         return Err(SignatureError::RecoveryByte(v));

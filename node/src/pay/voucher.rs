@@ -49,10 +49,7 @@ impl Voucher {
     pub fn struct_hash(&self) -> B256 {
         hash_static_struct(
             *VOUCHER_TYPEHASH,
-            &[
-                self.channel_id.to_be_bytes::<32>(),
-                self.cumulative_amount.to_be_bytes::<32>(),
-            ],
+            &[self.channel_id.to_be_bytes::<32>(), self.cumulative_amount.to_be_bytes::<32>()],
         )
     }
 
@@ -64,10 +61,7 @@ impl Voucher {
     /// Signs this voucher with the payer's key.
     pub fn sign(self, domain: &Domain, payer: &Eip712Signer) -> SignedVoucher {
         let signature = payer.sign_digest(&self.digest(domain));
-        SignedVoucher {
-            voucher: self,
-            signature: Bytes::copy_from_slice(&signature),
-        }
+        SignedVoucher { voucher: self, signature: Bytes::copy_from_slice(&signature) }
     }
 }
 
@@ -75,11 +69,7 @@ impl SignedVoucher {
     /// Checks that the voucher was signed by `payer` for this domain (chain and contract).
     pub fn verify(&self, domain: &Domain, payer: Address) -> Result<(), VoucherError> {
         let signer = recover_signer(&self.voucher.digest(domain), &self.signature)?;
-        if signer == payer {
-            Ok(())
-        } else {
-            Err(VoucherError::WrongSigner { signer, payer })
-        }
+        if signer == payer { Ok(()) } else { Err(VoucherError::WrongSigner { signer, payer }) }
     }
 }
 
@@ -116,16 +106,10 @@ mod tests {
 
     #[test]
     fn digest_matches_alloy_eip712() {
-        for (id, amount) in [
-            (1u64, 0u64),
-            (7, 1_000_000_000_000_000_000),
-            (u64::MAX, u64::MAX),
-        ] {
-            let ours = Voucher {
-                channel_id: U256::from(id),
-                cumulative_amount: U256::from(amount),
-            }
-            .digest(&channels_domain(31337, CONTRACT));
+        for (id, amount) in [(1u64, 0u64), (7, 1_000_000_000_000_000_000), (u64::MAX, u64::MAX)] {
+            let ours =
+                Voucher { channel_id: U256::from(id), cumulative_amount: U256::from(amount) }
+                    .digest(&channels_domain(31337, CONTRACT));
             let theirs = reference::Voucher {
                 channelId: U256::from(id),
                 cumulativeAmount: U256::from(amount),
@@ -138,16 +122,10 @@ mod tests {
     #[test]
     fn signature_recovers_to_payer_and_only_in_its_domain() {
         let payer = Eip712Signer::from_bytes(&KEY).unwrap();
-        assert_eq!(
-            payer.address(),
-            address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266")
-        );
+        assert_eq!(payer.address(), address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
         let domain = channels_domain(31337, CONTRACT);
-        let signed = Voucher {
-            channel_id: U256::from(3),
-            cumulative_amount: U256::from(42),
-        }
-        .sign(&domain, &payer);
+        let signed = Voucher { channel_id: U256::from(3), cumulative_amount: U256::from(42) }
+            .sign(&domain, &payer);
         assert_eq!(signed.verify(&domain, payer.address()), Ok(()));
 
         let other_chain = channels_domain(1, CONTRACT);
@@ -166,15 +144,9 @@ mod tests {
     fn malformed_signatures_are_refused() {
         let domain = channels_domain(31337, CONTRACT);
         let payer = Eip712Signer::from_bytes(&KEY).unwrap();
-        let mut signed = Voucher {
-            channel_id: U256::from(3),
-            cumulative_amount: U256::from(42),
-        }
-        .sign(&domain, &payer);
-        let short = SignedVoucher {
-            signature: signed.signature.slice(..64),
-            ..signed.clone()
-        };
+        let mut signed = Voucher { channel_id: U256::from(3), cumulative_amount: U256::from(42) }
+            .sign(&domain, &payer);
+        let short = SignedVoucher { signature: signed.signature.slice(..64), ..signed.clone() };
         assert_eq!(
             short.verify(&domain, payer.address()),
             Err(VoucherError::Signature(SignatureError::Length(64)))

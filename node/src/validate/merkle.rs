@@ -55,9 +55,7 @@ impl ChallengeTree {
 
 /// What `MerkleProof.verify` computes: folds the proof into the leaf.
 pub fn fold_proof(leaf: B256, proof: &[B256]) -> B256 {
-    proof
-        .iter()
-        .fold(leaf, |node, sibling| hash_pair(&node, sibling))
+    proof.iter().fold(leaf, |node, sibling| hash_pair(&node, sibling))
 }
 
 fn hash_pair(a: &B256, b: &B256) -> B256 {
@@ -78,17 +76,10 @@ mod tests {
             let leaves: Vec<B256> = (0..n).map(|i| keccak256(&[i])).collect();
             let tree = ChallengeTree::new(leaves.clone()).unwrap();
             for (i, leaf) in leaves.iter().enumerate() {
-                assert_eq!(
-                    fold_proof(*leaf, &tree.proof(i).unwrap()),
-                    tree.root(),
-                    "n={n} i={i}"
-                );
+                assert_eq!(fold_proof(*leaf, &tree.proof(i).unwrap()), tree.root(), "n={n} i={i}");
             }
             assert!(tree.proof(n as usize).is_none());
-            assert_ne!(
-                fold_proof(keccak256(b"not a leaf"), &tree.proof(0).unwrap()),
-                tree.root()
-            );
+            assert_ne!(fold_proof(keccak256(b"not a leaf"), &tree.proof(0).unwrap()), tree.root());
         }
         assert!(ChallengeTree::new(Vec::new()).is_none());
     }

@@ -12,12 +12,7 @@ pub static RESPONSE_TYPEHASH: LazyLock<B256> =
 
 /// The EIP-712 domain of a `Validation` deployment.
 pub fn validation_domain(chain_id: u64, validation: Address) -> Domain {
-    Domain {
-        name: "InferGrid Validation",
-        version: "1",
-        chain_id,
-        verifying_contract: validation,
-    }
+    Domain { name: "InferGrid Validation", version: "1", chain_id, verifying_contract: validation }
 }
 
 /// A node's signed statement "for the request hashing to `request_hash` I returned the output

@@ -1,0 +1,140 @@
+"""Block plans and the per-block graph scaffolding shared by all families.
+
+The interface of each block (input/output names, dtypes, symbolic shapes) is produced
+in one place, `block_io`, and used both to declare the ONNX graph's inputs/outputs and
+to write the manifest, so the two can never disagree."""
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+from .errors import UsageError
+from .onnxgraph import GraphBuilder
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    first_layer: int  # global layer index, inclusive
+    last_layer: int   # inclusive
+    count: int        # number of blocks in the import
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.count - 1
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.last_layer + 1)
+
+
+def plan_even(num_layers: int, blocks: int) -> list[Block]:
+    """Split layers into `blocks` contiguous ranges; earlier blocks take the remainder."""
+    if not 1 <= blocks <= num_layers:
+        raise UsageError(f"--blocks must be between 1 and the layer count {num_layers}, got {blocks}")
+    base, extra = divmod(num_layers, blocks)
+    plan, start = [], 0
+    for i in range(blocks):
+        size = base + (1 if i < extra else 0)
+        plan.append(Block(i, start, start + size - 1, blocks))
+        start += size
+    return plan
+
+
+def plan_ranges(num_layers: int, spec: str) -> list[Block]:
+    """Parse `0-3,4-7,8-11`: contiguous, in order, covering every layer exactly once."""
+    ranges = []
+    for part in spec.split(","):
+        try:
+            lo, _, hi = part.strip().partition("-")
+            ranges.append((int(lo), int(hi) if hi else int(lo)))
+        except ValueError:
+            raise UsageError(f"--layers: cannot parse {part!r} (expected e.g. 0-3,4-7)") from None
+    expected = 0
+    for lo, hi in ranges:
+        if lo != expected or hi < lo:
+            raise UsageError(f"--layers {spec!r}: ranges must be contiguous and ascending from layer 0 "
+                             f"(expected a range starting at {expected}, got {lo}-{hi})")
+        expected = hi + 1
+    if expected != num_layers:
+        raise UsageError(f"--layers {spec!r} covers layers 0-{expected - 1} but the model has {num_layers} layers")
+    return [Block(i, lo, hi, len(ranges)) for i, (lo, hi) in enumerate(ranges)]
+
+
+def _tensor(name: str, dtype: str, shape: list) -> dict:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def block_io(cfg: ModelConfig, block: Block) -> tuple[list[dict], list[dict]]:
+    """The block's inputs and outputs as manifest entries (symbolic dims: seq, past, total)."""
+    hidden = _tensor("hidden_in", "float32", [1, "seq", cfg.hidden_size])
+    inputs, outputs = [], []
+    if cfg.is_decoder:
+        inputs.append(_tensor("input_ids", "int64", [1, "seq"]) if block.is_first else hidden)
+        for layer in block.layers:
+            for kind in ("key", "value"):
+                inputs.append(_tensor(f"past_{kind}.{layer}", "float32", [1, cfg.num_kv_heads, "past", cfg.head_dim]))
+        outputs.append(_tensor("logits", "float32", [1, "seq", cfg.vocab_size]) if block.is_last
+                       else _tensor("hidden_out", "float32", [1, "seq", cfg.hidden_size]))
+        for layer in block.layers:
+            for kind in ("key", "value"):
+                outputs.append(_tensor(f"present_{kind}.{layer}", "float32",
+                                       [1, cfg.num_kv_heads, "total", cfg.head_dim]))
+    else:
+        if block.is_first:
+            inputs += [_tensor(n, "int64", [1, "seq"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+        else:
+            inputs += [hidden, _tensor("attention_mask", "int64", [1, "seq"])]
+        outputs.append(_tensor("token_embeddings" if block.is_last else "hidden_out", "float32",
+                               [1, "seq", cfg.hidden_size]))
+    return inputs, outputs
+
+
+def build_decoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family) -> None:
+    """Decoder scaffolding: inputs, positions P+arange(S), causal mask, layers, outputs.
+
+    `family` supplies embed(g, ids, pos), prepare(g, pos) (per-block position tables),
+    layer(g, h, layer, allowed, past) → (h, present_k, present_v) and head(g, h)."""
+    inputs, outputs = block_io(cfg, block)
+    for spec in inputs:
+        g.add_input(spec["name"], spec["dtype"], spec["shape"])
+    x = inputs[0]["name"]
+    first_past = f"past_key.{block.first_layer}"
+    seq = g.op("Shape", [x], hint="seq_len", start=1, end=2)
+    past = g.op("Shape", [first_past], hint="past_len", start=2, end=3)
+    total = g.op("Add", [past, seq], hint="total_len")
+    zero_axis = g.const([0])
+    past_s = g.op("Squeeze", [past, zero_axis], hint="past_scalar")
+    total_s = g.op("Squeeze", [total, zero_axis], hint="total_scalar")
+    one = g.const(1)
+    pos = g.op("Range", [past_s, total_s, one], hint="positions")  # [S]: P .. P+S-1
+    keys = g.op("Range", [g.const(0), total_s, one], hint="key_positions")  # [T]
+    allowed = g.op("LessOrEqual", [keys, g.op("Unsqueeze", [pos, g.const([1])], hint="query_positions")],
+                   hint="causal_allowed")  # [S, T]
+    family.prepare(g, pos)
+    h = family.embed(g, x, pos) if block.is_first else x
+    for layer in block.layers:
+        h, present_k, present_v = family.layer(g, h, layer, allowed, (f"past_key.{layer}", f"past_value.{layer}"))
+        g.add_output(present_k, f"present_key.{layer}", "float32", [1, cfg.num_kv_heads, "total", cfg.head_dim])
+        g.add_output(present_v, f"present_value.{layer}", "float32", [1, cfg.num_kv_heads, "total", cfg.head_dim])
+    main = outputs[0]
+    g.add_output(family.head(g, h) if block.is_last else h, main["name"], main["dtype"], main["shape"])
+    # present_* were added before the main output; put the main output first as in the manifest.
+    g.outputs.insert(0, g.outputs.pop())
+
+
+def build_encoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family) -> None:
+    """Encoder scaffolding: padded keys (attention_mask 0) are excluded from attention."""
+    inputs, outputs = block_io(cfg, block)
+    for spec in inputs:
+        g.add_input(spec["name"], spec["dtype"], spec["shape"])
+    mask = g.op("Cast", ["attention_mask"], hint="key_mask", to=9)  # bool
+    allowed = g.op("Unsqueeze", [mask, g.const([1, 2, 3])], hint="key_allowed")  # [1,1,1,1,S]
+    h = family.embed(g, "input_ids", "token_type_ids") if block.is_first else "hidden_in"
+    for layer in block.layers:
+        h = family.layer(g, h, layer, allowed)
+    main = outputs[0]
+    g.add_output(h, main["name"], main["dtype"], main["shape"])

@@ -1,0 +1,121 @@
+"""import-model: Hugging Face checkpoint → InferGrid layer blocks (ONNX + aligned weights).
+
+Usage: import-model --hf DIR --out DIR (--blocks N | --layers 0-3,4-7,...) [--name NAME]
+
+The manifest is written last, through a rename, so an interrupted import never leaves
+a valid-looking model behind."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .blocks import Block, build_decoder_block, build_encoder_block, plan_even, plan_ranges, block_io
+from .checkpoint import Checkpoint
+from .cli import ArgumentParser, progress, run
+from .config import ModelConfig, load_config
+from .errors import CheckpointError, UnsupportedModelError
+from .families import FAMILIES
+from .manifest import FORMAT, file_sha3, model_id
+from .onnxgraph import GraphBuilder
+
+
+def pooling_of(ckpt: Checkpoint) -> dict:
+    """Sentence-transformers pooling: 1_Pooling/config.json and a Normalize module in modules.json."""
+    modules = ckpt.json_file("modules.json") or []
+    normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    pool_dir = next((m.get("path") for m in modules if str(m.get("type", "")).endswith(".Pooling")), "1_Pooling")
+    pool = ckpt.json_file(f"{pool_dir}/config.json")
+    if pool is not None:
+        modes = [k[len("pooling_mode_"):] for k, v in pool.items() if k.startswith("pooling_mode_") and v]
+        if modes != ["mean_tokens"]:
+            raise UnsupportedModelError(f"pooling modes {modes} are not supported (only mean_tokens)")
+    return {"mode": "mean", "normalize": normalize}
+
+
+def tokenizer_info(cfg: ModelConfig) -> dict:
+    return {"file": "tokenizer.json", "bos_token_id": cfg.bos_token_id, "eos_token_ids": cfg.eos_token_ids,
+            "pad_token_id": cfg.pad_token_id}
+
+
+def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path) -> dict:
+    """Write block-K.onnx + block-K.weights and return the block's manifest entry."""
+    graph, weights = f"block-{block.index}.onnx", f"block-{block.index}.weights"
+    g = GraphBuilder(out / weights)
+    family = FAMILIES[cfg.architecture](ckpt, cfg)
+    if cfg.is_decoder:
+        build_decoder_block(g, cfg, block, family)
+    else:
+        build_encoder_block(g, cfg, block, family)
+    g.save(out / graph, f"{cfg.architecture}-block-{block.index}")
+    inputs, outputs = block_io(cfg, block)
+    return {"index": block.index, "first_layer": block.first_layer, "last_layer": block.last_layer,
+            "graph": graph, "weights": weights, "weight_bytes": g.weight_bytes, "inputs": inputs, "outputs": outputs,
+            "_tensors": sum(1 for t in g.initializers if t.external_data)}
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove an earlier import's manifest and blocks so nothing stale survives."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    for path in list(out.glob("block-*.onnx")) + list(out.glob("block-*.weights")):
+        path.unlink()
+
+
+def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, name: str | None) -> dict:
+    ckpt = Checkpoint(hf)
+    cfg = load_config(ckpt)
+    plan = plan_ranges(cfg.num_layers, layers) if layers else plan_even(cfg.num_layers, blocks)
+    tokenizer = hf / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise CheckpointError(f"{hf}: no tokenizer.json")
+    pooling = None if cfg.is_decoder else pooling_of(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)
+    shutil.copyfile(tokenizer, out / "tokenizer.json")
+    progress(f"import: {cfg.architecture} {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+             f"vocab {cfg.vocab_size}, {cfg.source_dtype} → {len(plan)} block(s)")
+    entries = []
+    for block in plan:
+        started = time.monotonic()
+        entry = build_block(ckpt, cfg, block, out)
+        progress(f"import: block {block.index + 1}/{len(plan)} layers {block.first_layer}-{block.last_layer}: "
+                 f"{entry.pop('_tensors')} tensors, {entry['weight_bytes'] / 1e6:.1f} MB "
+                 f"({time.monotonic() - started:.1f} s)")
+        entries.append(entry)
+    files = {p: file_sha3(out / p) for p in
+             ["tokenizer.json"] + [e[k] for e in entries for k in ("graph", "weights")]}
+    manifest = {
+        "format": FORMAT,
+        "model_id": model_id(files),
+        "name": name or hf.resolve().name,
+        "architecture": cfg.architecture,
+        "config": cfg.manifest_config(),
+        "tokenizer": tokenizer_info(cfg),
+        "pooling": pooling,
+        "blocks": entries,
+        "files": files,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    progress(f"import: wrote {out / 'manifest.json'} (model id {manifest['model_id']})")
+    return manifest
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = ArgumentParser(prog="import-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--hf", required=True, type=Path, help="Hugging Face checkpoint folder")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for manifest + blocks")
+    split = parser.add_mutually_exclusive_group(required=True)
+    split.add_argument("--blocks", type=int, help="split the layers evenly into N blocks")
+    split.add_argument("--layers", help="explicit inclusive layer ranges, e.g. 0-3,4-7,8-11")
+    parser.add_argument("--name", help="model name in the manifest (default: the checkpoint folder's name)")
+    args = parser.parse_args(argv)
+    import_model(args.hf, args.out, args.blocks, args.layers, args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
