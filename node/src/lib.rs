@@ -9,7 +9,10 @@
 pub mod chain;
 pub mod devnet;
 pub mod eip712;
+pub mod engine;
+pub mod generate;
 pub mod identity;
+pub mod model;
 pub mod pay;
 pub mod tools;
 pub mod validate;

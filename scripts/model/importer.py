@@ -53,7 +53,7 @@ def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path) -> 
     inputs, outputs = block_io(cfg, block)
     return {"index": block.index, "first_layer": block.first_layer, "last_layer": block.last_layer,
             "graph": graph, "weights": weights, "weight_bytes": g.weight_bytes, "inputs": inputs, "outputs": outputs,
-            "_tensors": sum(1 for t in g.initializers if t.external_data)}
+            "tensors": g.external}
 
 
 def _clear_previous(out: Path) -> None:
@@ -81,7 +81,7 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
         started = time.monotonic()
         entry = build_block(ckpt, cfg, block, out)
         progress(f"import: block {block.index + 1}/{len(plan)} layers {block.first_layer}-{block.last_layer}: "
-                 f"{entry.pop('_tensors')} tensors, {entry['weight_bytes'] / 1e6:.1f} MB "
+                 f"{len(entry['tensors'])} tensors, {entry['weight_bytes'] / 1e6:.1f} MB "
                  f"({time.monotonic() - started:.1f} s)")
         entries.append(entry)
     files = {p: file_sha3(out / p) for p in

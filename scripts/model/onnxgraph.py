@@ -27,6 +27,9 @@ class GraphBuilder:
         self._offset = 0
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        # Where each weight lives in the weights file: the Rust engine maps the file and
+        # hands these ranges to ORT as external initializers, without reading the ONNX file.
+        self.external: list[dict] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._names: dict[str, int] = {}
@@ -51,6 +54,8 @@ class GraphBuilder:
         for key, value in (("location", self.weights_path.name), ("offset", str(self._offset)),
                            ("length", str(data.nbytes))):
             tensor.external_data.add(key=key, value=value)
+        self.external.append({"name": name, "dtype": "float32", "shape": list(data.shape),
+                              "offset": self._offset, "length": data.nbytes})
         self._weights.write(data.tobytes())
         self._offset += data.nbytes
         self.initializers.append(tensor)

@@ -190,10 +190,18 @@ def embed_texts(folder: Path, model: BertRef, texts: list[str]) -> dict[str, np.
             "attention_mask": np.array(masks, dtype=np.int64)}
 
 
+def save(path: Path, **arrays) -> None:
+    """`.json` for consumers without an npz reader (the Rust tests), else `.npz`."""
+    if path.suffix == ".json":
+        path.write_text(json.dumps({k: np.asarray(v).tolist() for k, v in arrays.items()}))
+    else:
+        np.savez(path, **arrays)
+
+
 def main(argv: Sequence[str]) -> int:
     p = ArgumentParser(prog="reference-forward", description=__doc__.splitlines()[0])
     p.add_argument("--hf", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="results as .npz, or .json")
     p.add_argument("--prompt-ids", help="comma-separated prompt token ids (decoders)")
     p.add_argument("--steps", type=int, help="greedy steps (decoders)")
     p.add_argument("--texts-json", type=Path, help="JSON list of strings to embed (encoders)")
@@ -207,11 +215,11 @@ def main(argv: Sequence[str]) -> int:
         model = LlamaRef(cfg, tensors) if any("lama" in x for x in archs) else GPT2Ref(cfg, tensors)
         prompt = [int(x) for x in a.prompt_ids.split(",")]
         logits, tokens = greedy(model, prompt, a.steps)
-        np.savez(a.out, prompt_ids=np.array(prompt, dtype=np.int64), token_ids=tokens, logits=logits)
+        save(a.out, prompt_ids=np.array(prompt, dtype=np.int64), token_ids=tokens, logits=logits)
     elif any(x in ("BertModel", "bert") for x in archs):
         if a.texts_json is None:
             raise UsageError("encoders need --texts-json")
-        np.savez(a.out, **embed_texts(a.hf, BertRef(cfg, tensors), json.loads(a.texts_json.read_text())))
+        save(a.out, **embed_texts(a.hf, BertRef(cfg, tensors), json.loads(a.texts_json.read_text())))
     else:
         raise UnsupportedModelError(f"reference-forward supports llama, gpt2 and bert, not {archs}")
     return 0

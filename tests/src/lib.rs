@@ -1,4 +1,7 @@
-//! Shared harness for the end-to-end tests: a real anvil with the real contracts.
+//! Shared harness for the end-to-end tests: a real anvil with the real contracts, and
+//! model fixtures made by the repository's scripts.
+
+pub mod models;
 
 use alloy::primitives::{Address, B256, U256, utils::parse_ether};
 use alloy::providers::Provider;

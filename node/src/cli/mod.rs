@@ -2,6 +2,8 @@
 
 mod chain;
 mod devnet;
+mod infer;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,13 @@ enum Command {
     /// Inspect a deployment on-chain.
     #[command(subcommand)]
     Chain(chain::ChainCommand),
+    /// Import and verify models split into layer blocks.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate text with a model, all blocks in this process.
+    Infer(infer::InferArgs),
+    /// Print sentence embeddings from an encoder model.
+    Embed(infer::EmbedArgs),
 }
 
 /// Runs one parsed command line.
@@ -33,5 +42,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(args) => devnet::run(args).await,
         Command::Deploy(args) => chain::deploy(args).await,
         Command::Chain(cmd) => chain::run(cmd).await,
+        Command::Model(cmd) => model::run(cmd),
+        Command::Infer(args) => infer::infer(args),
+        Command::Embed(args) => infer::embed(args),
     }
 }

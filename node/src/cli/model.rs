@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use infergrid::model::{ModelManifest, verify_model};
+use infergrid::tools;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Turn a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)
+    /// into InferGrid layer blocks: a manifest plus one ONNX graph and weights file per block.
+    /// Llama, GPT-2 and BERT-style encoders; float32, float16 or bfloat16 weights.
+    Import(ImportArgs),
+    /// Check every file of a model folder against the hashes in its manifest.
+    Verify {
+        /// The model folder (holding manifest.json).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Hugging Face checkpoint folder.
+    #[arg(long)]
+    hf: PathBuf,
+    /// Output model folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Split the layers evenly into N blocks.
+    #[arg(long, conflicts_with = "layers", required_unless_present = "layers")]
+    blocks: Option<usize>,
+    /// Explicit inclusive layer ranges, e.g. 0-3,4-7,8-11.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Model name recorded in the manifest (default: the checkpoint folder's name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Import(args) => import(args),
+        ModelCommand::Verify { dir } => {
+            let manifest = ModelManifest::load(&dir)?;
+            verify_model(&manifest)?;
+            println!(
+                "{}: {} files OK, model id {}",
+                dir.display(),
+                manifest.files.len(),
+                manifest.model_id
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The graphs are built by the Python importer in `scripts/model/` (ONNX's own protobuf
+/// tooling); this command drives it and checks what it wrote.
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let root = tools::repo_root().context("`model import` runs scripts/import-model: run it inside the InferGrid repository after scripts/setup")?;
+    let script = root.join("scripts/import-model");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).arg("--hf").arg(&args.hf).arg("--out").arg(&args.out);
+    if let Some(blocks) = args.blocks {
+        cmd.arg("--blocks").arg(blocks.to_string());
+    }
+    if let Some(layers) = &args.layers {
+        cmd.arg("--layers").arg(layers);
+    }
+    if let Some(name) = &args.name {
+        cmd.arg("--name").arg(name);
+    }
+    let status = cmd.status().with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("import failed (see the importer's message above)");
+    }
+    let manifest = ModelManifest::load(&args.out)?;
+    verify_model(&manifest)?;
+    println!(
+        "{}: {} model, {} blocks, model id {}",
+        args.out.display(),
+        serde_json::to_value(manifest.architecture)?.as_str().unwrap_or_default(),
+        manifest.blocks.len(),
+        manifest.model_id
+    );
+    Ok(())
+}

@@ -1,0 +1,275 @@
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+
+use super::kv::{CacheLimits, KvStore};
+use super::{Activation, BlockInput, EngineError, Runtime, weights::MappedWeights};
+use crate::model::{BlockSpec, ModelConfig, ModelManifest};
+
+/// One layer block loaded once and kept resident: its ORT session, its memory-mapped
+/// weights and the KV caches of the sessions it serves.
+///
+/// This is the unit a node serves; the in-process [`super::Pipeline`] and the network
+/// layer both drive it through [`BlockRunner::forward`], which checks every input at the
+/// edge because it may come from a peer.
+pub struct BlockRunner {
+    spec: BlockSpec,
+    config: ModelConfig,
+    is_decoder: bool,
+    is_first: bool,
+    is_last: bool,
+    // Field order is drop order: the session goes before the weights it reads.
+    session: Mutex<Session>,
+    weights: MappedWeights,
+    kv: Mutex<KvStore>,
+}
+
+impl std::fmt::Debug for BlockRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockRunner")
+            .field("block", &self.spec.index)
+            .field("weights", &self.weights)
+            .finish()
+    }
+}
+
+/// Extra inputs an encoder block takes besides ids or hidden states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderMask {
+    pub attention_mask: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+}
+
+impl BlockRunner {
+    /// Loads block `index` of `manifest` on `runtime`'s device.
+    pub fn load(
+        manifest: &ModelManifest,
+        index: usize,
+        runtime: &Runtime,
+        limits: CacheLimits,
+    ) -> Result<Self, EngineError> {
+        let spec = manifest
+            .block(index)
+            .ok_or(EngineError::NoSuchBlock { index, count: manifest.blocks.len() })?
+            .clone();
+        let graph = manifest.path(&spec.graph);
+        let weights = MappedWeights::map(&manifest.path(&spec.weights), &spec)?;
+        let mut builder = runtime.session_builder().map_err(|e| EngineError::load(&graph, e))?;
+        weights.register(&mut builder).map_err(|e| EngineError::load(&graph, e))?;
+        let session = builder.commit_from_file(&graph).map_err(|e| EngineError::load(&graph, e))?;
+        Ok(Self {
+            is_first: index == 0,
+            is_last: index + 1 == manifest.blocks.len(),
+            is_decoder: manifest.architecture.is_decoder(),
+            config: manifest.config.clone(),
+            spec,
+            session: Mutex::new(session),
+            weights,
+            kv: Mutex::new(KvStore::new(limits)),
+        })
+    }
+
+    pub fn spec(&self) -> &BlockSpec {
+        &self.spec
+    }
+
+    /// Bytes of weights mapped for this block.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Sessions cached and KV tokens held.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.kv.lock().expect("kv lock").usage()
+    }
+
+    /// KV tokens free before eviction starts.
+    pub fn free_cache_tokens(&self) -> usize {
+        self.kv.lock().expect("kv lock").free_tokens()
+    }
+
+    /// Forgets a session's KV cache.
+    pub fn close(&self, session: u64) -> bool {
+        self.kv.lock().expect("kv lock").close(session)
+    }
+
+    /// Runs one decoder step for `session`: `input` holds the positions
+    /// `position..position + len`; the block's KV cache for the session must hold exactly
+    /// `position` tokens (0 starts the session). Returns `hidden_out`, or `logits` for the
+    /// last block, shaped `[1, len, N]`.
+    pub fn forward(
+        &self,
+        session: u64,
+        position: usize,
+        input: BlockInput,
+    ) -> Result<Activation, EngineError> {
+        if !self.is_decoder {
+            return Err(EngineError::WrongKind {
+                found: "encoder",
+                wanted: "use encode() for embeddings",
+            });
+        }
+        let steps = self.check_input(&input)?;
+        let needed = position + steps;
+        if needed > self.config.max_positions {
+            return Err(EngineError::ContextOverflow { needed, limit: self.config.max_positions });
+        }
+        let cached = self.kv.lock().expect("kv lock").take(session, position, steps)?;
+
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+        inputs.push(self.main_input(input)?);
+        let mut past = cached.map(|entry| entry.layers.into_iter());
+        for layer in self.spec.layers() {
+            let (key, value) = match past.as_mut().and_then(Iterator::next) {
+                Some(kv) => kv,
+                None => (self.empty_past()?, self.empty_past()?),
+            };
+            inputs.push((format!("past_key.{layer}").into(), key.into()));
+            inputs.push((format!("past_value.{layer}").into(), value.into()));
+        }
+
+        let block = self.spec.index;
+        let mut ort_session = self.session.lock().expect("session lock");
+        let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
+        let mut present = Vec::with_capacity(self.spec.layers().count());
+        for layer in self.spec.layers() {
+            let key = outputs.remove(format!("present_key.{layer}"));
+            let value = outputs.remove(format!("present_value.{layer}"));
+            match (key, value) {
+                (Some(k), Some(v)) => present.push((k, v)),
+                _ => {
+                    return Err(EngineError::run(
+                        block,
+                        format!("graph returned no present cache for layer {layer}"),
+                    ));
+                }
+            }
+        }
+        let main = if self.is_last { "logits" } else { "hidden_out" };
+        let out = outputs
+            .remove(main)
+            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
+        drop(outputs);
+        drop(ort_session);
+        let activation = to_activation(block, &out)?;
+        self.kv.lock().expect("kv lock").put(session, present, needed);
+        Ok(activation)
+    }
+
+    /// Runs an encoder block (stateless). Returns `hidden_out`, or `token_embeddings` for
+    /// the last block, shaped `[1, S, hidden]`.
+    pub fn encode(&self, input: BlockInput, mask: &EncoderMask) -> Result<Activation, EngineError> {
+        if self.is_decoder {
+            return Err(EngineError::WrongKind {
+                found: "decoder",
+                wanted: "use forward() to generate",
+            });
+        }
+        let steps = self.check_input(&input)?;
+        if steps > self.config.max_positions {
+            return Err(EngineError::ContextOverflow {
+                needed: steps,
+                limit: self.config.max_positions,
+            });
+        }
+        let block = self.spec.index;
+        if mask.attention_mask.len() != steps
+            || (self.is_first && mask.token_type_ids.len() != steps)
+        {
+            return Err(EngineError::input(
+                block,
+                "attention_mask/token_type_ids length differs from the input",
+            ));
+        }
+        let mut inputs = vec![self.main_input(input)?];
+        inputs.push(("attention_mask".into(), int_tensor(block, &mask.attention_mask)?));
+        if self.is_first {
+            inputs.push(("token_type_ids".into(), int_tensor(block, &mask.token_type_ids)?));
+        }
+        let mut ort_session = self.session.lock().expect("session lock");
+        let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
+        let main = if self.is_last { "token_embeddings" } else { "hidden_out" };
+        let out = outputs
+            .remove(main)
+            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
+        to_activation(block, &out)
+    }
+
+    /// Checks that `input` is what this block takes (ids for the first block, `[1, S, hidden]`
+    /// for the others) with ids inside the vocabulary; returns S.
+    fn check_input(&self, input: &BlockInput) -> Result<usize, EngineError> {
+        let block = self.spec.index;
+        match (self.is_first, input) {
+            (true, BlockInput::Tokens(ids)) => {
+                let vocab = self.config.vocab_size as i64;
+                if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
+                    return Err(EngineError::input(
+                        block,
+                        format!("token id {bad} is outside the vocabulary of {vocab}"),
+                    ));
+                }
+            }
+            (false, BlockInput::Hidden(a)) => {
+                let shape = a.shape();
+                if shape.len() != 3 || shape[0] != 1 || shape[2] != self.config.hidden_size {
+                    return Err(EngineError::input(
+                        block,
+                        format!(
+                            "hidden states must be [1, S, {}], got {shape:?}",
+                            self.config.hidden_size
+                        ),
+                    ));
+                }
+            }
+            (true, _) => return Err(EngineError::input(block, "the first block takes token ids")),
+            (false, _) => {
+                return Err(EngineError::input(
+                    block,
+                    "this block takes hidden states, not token ids",
+                ));
+            }
+        }
+        match input.len() {
+            0 => Err(EngineError::input(block, "empty input")),
+            n => Ok(n),
+        }
+    }
+
+    fn main_input(
+        &self,
+        input: BlockInput,
+    ) -> Result<(Cow<'static, str>, SessionInputValue<'static>), EngineError> {
+        let block = self.spec.index;
+        Ok(match input {
+            BlockInput::Tokens(ids) => ("input_ids".into(), int_tensor(block, &ids)?),
+            BlockInput::Hidden(activation) => {
+                let (shape, data) = activation.into_parts();
+                let tensor =
+                    Tensor::from_array((shape, data)).map_err(|e| EngineError::run(block, e))?;
+                ("hidden_in".into(), tensor.into())
+            }
+        })
+    }
+
+    fn empty_past(&self) -> Result<DynValue, EngineError> {
+        let shape = [1, self.config.num_kv_heads, 0, self.config.head_dim];
+        Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
+            .map(|t| t.into_dyn())
+            .map_err(|e| EngineError::run(self.spec.index, e))
+    }
+}
+
+fn int_tensor(block: usize, values: &[i64]) -> Result<SessionInputValue<'static>, EngineError> {
+    Tensor::from_array(([1, values.len()], values.to_vec()))
+        .map(Into::into)
+        .map_err(|e| EngineError::run(block, e))
+}
+
+fn to_activation(block: usize, value: &DynValue) -> Result<Activation, EngineError> {
+    let (shape, data) =
+        value.try_extract_tensor::<f32>().map_err(|e| EngineError::run(block, e))?;
+    let shape = shape.iter().map(|&d| d as usize).collect();
+    Activation::new(shape, data.to_vec()).map_err(|e| EngineError::run(block, e))
+}

@@ -1,0 +1,162 @@
+use std::collections::{HashMap, VecDeque};
+
+use ort::value::DynValue;
+
+use super::EngineError;
+
+/// One session's cached keys and values in one block: `(key, value)` per layer, exactly the
+/// `present_*` tensors ORT returned last, fed back as `past_*` without a copy.
+pub(crate) struct KvEntry {
+    pub layers: Vec<(DynValue, DynValue)>,
+    pub tokens: usize,
+    last_used: u64,
+}
+
+/// The KV caches of every session a block serves, bounded in sessions and in tokens.
+/// When full, the least recently used sessions are evicted, and a later request for one of
+/// them gets [`EngineError::SessionEvicted`] instead of a wrong answer.
+pub(crate) struct KvStore {
+    entries: HashMap<u64, KvEntry>,
+    evicted: VecDeque<u64>,
+    max_sessions: usize,
+    max_tokens: usize,
+    clock: u64,
+}
+
+/// Evicted ids remembered for a clear error.
+const EVICTED_MEMORY: usize = 1024;
+
+impl KvStore {
+    pub(crate) fn new(limits: CacheLimits) -> Self {
+        Self {
+            entries: HashMap::new(),
+            evicted: VecDeque::new(),
+            max_sessions: limits.max_sessions.max(1),
+            max_tokens: limits.max_tokens,
+            clock: 0,
+        }
+    }
+
+    /// Takes the cache of `session` for a step that starts at `position` and adds `new_tokens`.
+    /// Position 0 starts (or restarts) the session. Returns `None` for a fresh session.
+    pub(crate) fn take(
+        &mut self,
+        session: u64,
+        position: usize,
+        new_tokens: usize,
+    ) -> Result<Option<KvEntry>, EngineError> {
+        let needed = position + new_tokens;
+        if needed > self.max_tokens {
+            return Err(EngineError::CacheFull { needed, limit: self.max_tokens });
+        }
+        let entry = if position == 0 {
+            self.entries.remove(&session);
+            None
+        } else {
+            let entry = self.entries.remove(&session).ok_or_else(|| {
+                if self.evicted.contains(&session) {
+                    EngineError::SessionEvicted(session)
+                } else {
+                    EngineError::UnknownSession(session)
+                }
+            })?;
+            if entry.tokens != position {
+                let cached = entry.tokens;
+                self.entries.insert(session, entry);
+                return Err(EngineError::PositionMismatch { session, cached, requested: position });
+            }
+            Some(entry)
+        };
+        self.make_room(needed);
+        Ok(entry)
+    }
+
+    /// Stores the cache after a step.
+    pub(crate) fn put(&mut self, session: u64, layers: Vec<(DynValue, DynValue)>, tokens: usize) {
+        self.clock += 1;
+        self.evicted.retain(|&id| id != session);
+        self.entries.insert(session, KvEntry { layers, tokens, last_used: self.clock });
+    }
+
+    /// Drops a session's cache; returns whether it existed.
+    pub(crate) fn close(&mut self, session: u64) -> bool {
+        self.entries.remove(&session).is_some()
+    }
+
+    /// Sessions cached and tokens held.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.entries.values().map(|e| e.tokens).sum())
+    }
+
+    /// Tokens that can still be cached without evicting anyone.
+    pub(crate) fn free_tokens(&self) -> usize {
+        self.max_tokens.saturating_sub(self.usage().1)
+    }
+
+    /// Evicts least recently used sessions until one more session of `needed` tokens fits.
+    fn make_room(&mut self, needed: usize) {
+        while self.entries.len() >= self.max_sessions || self.usage().1 + needed > self.max_tokens {
+            let Some((&oldest, _)) = self.entries.iter().min_by_key(|(_, e)| e.last_used) else {
+                break;
+            };
+            self.entries.remove(&oldest);
+            if self.evicted.len() == EVICTED_MEMORY {
+                self.evicted.pop_front();
+            }
+            self.evicted.push_back(oldest);
+        }
+    }
+}
+
+/// Bounds on a block's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub max_sessions: usize,
+    /// Tokens summed over all sessions.
+    pub max_tokens: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self { max_sessions: 64, max_tokens: 65_536 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_sessions_are_evicted_with_a_clear_error() {
+        let mut store = KvStore::new(CacheLimits { max_sessions: 2, max_tokens: 100 });
+        for session in 1..=3 {
+            assert!(store.take(session, 0, 10).unwrap().is_none());
+            store.put(session, Vec::new(), 10);
+        }
+        assert_eq!(store.usage(), (2, 20));
+        assert!(matches!(store.take(1, 10, 1), Err(EngineError::SessionEvicted(1))));
+        assert!(matches!(store.take(9, 10, 1), Err(EngineError::UnknownSession(9))));
+        assert!(matches!(
+            store.take(3, 5, 1),
+            Err(EngineError::PositionMismatch { cached: 10, .. })
+        ));
+        assert_eq!(store.take(3, 10, 1).unwrap().map(|e| e.tokens), Some(10));
+        assert!(matches!(
+            store.take(4, 0, 101),
+            Err(EngineError::CacheFull { needed: 101, limit: 100 })
+        ));
+    }
+
+    #[test]
+    fn token_budget_evicts_until_the_new_session_fits() {
+        let mut store = KvStore::new(CacheLimits { max_sessions: 10, max_tokens: 30 });
+        for session in 1..=3 {
+            store.take(session, 0, 10).unwrap();
+            store.put(session, Vec::new(), 10);
+        }
+        store.take(4, 0, 15).unwrap();
+        store.put(4, Vec::new(), 15);
+        assert_eq!(store.usage(), (2, 25));
+        assert!(matches!(store.take(1, 10, 1), Err(EngineError::SessionEvicted(1))));
+    }
+}

@@ -1,0 +1,17 @@
+//! The inference engine: layer blocks run by ONNX Runtime from memory-mapped weights,
+//! kept resident, with a bounded per-session KV cache.
+
+mod block;
+mod error;
+mod kv;
+mod pipeline;
+mod runtime;
+mod tensor;
+mod weights;
+
+pub use block::{BlockRunner, EncoderMask};
+pub use error::EngineError;
+pub use kv::CacheLimits;
+pub use pipeline::Pipeline;
+pub use runtime::{Device, GpuInfo, Runtime};
+pub use tensor::{Activation, ActivationError, BlockInput};

@@ -1,0 +1,10 @@
+//! Text generation and embeddings on top of any forward function: the in-process
+//! [`crate::engine::Pipeline`] today, a route through the network tomorrow.
+
+mod embed;
+mod sampler;
+mod text;
+
+pub use embed::{cosine, embed_texts};
+pub use sampler::{Sampler, SamplingParams, TokenChoice};
+pub use text::{FinishReason, GeneratedToken, Generation, GenerationError, TextModel, generate};

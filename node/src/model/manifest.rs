@@ -1,0 +1,210 @@
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The manifest format this node reads.
+pub const FORMAT: &str = "infergrid-model/1";
+
+/// Model families the importer produces and the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Gpt2,
+    Bert,
+}
+
+impl Architecture {
+    /// Decoders generate text with a KV cache; encoders produce embeddings.
+    pub fn is_decoder(self) -> bool {
+        matches!(self, Architecture::Llama | Architecture::Gpt2)
+    }
+}
+
+/// Dimensions of the whole model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub intermediate_size: usize,
+    pub max_positions: usize,
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    pub tie_word_embeddings: bool,
+    pub source_dtype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    pub file: String,
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// Sentence-embedding pooling of an encoder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pooling {
+    pub mode: String,
+    pub normalize: bool,
+}
+
+/// A graph input or output: name, element type and shape (numbers, or symbolic dims such as
+/// `"seq"`, `"past"`, `"total"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<Value>,
+}
+
+impl TensorSpec {
+    /// The fixed size of dimension `axis`, or `None` when it is symbolic.
+    pub fn fixed_dim(&self, axis: usize) -> Option<usize> {
+        self.shape.get(axis).and_then(Value::as_u64).map(|d| d as usize)
+    }
+}
+
+/// Where one weight lives in a block's weights file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorLocation {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub length: usize,
+}
+
+/// One layer block: an ONNX graph plus its weights file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockSpec {
+    pub index: usize,
+    pub first_layer: usize,
+    pub last_layer: usize,
+    pub graph: String,
+    pub weights: String,
+    pub weight_bytes: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub tensors: Vec<TensorLocation>,
+}
+
+impl BlockSpec {
+    /// Global indices of the layers this block runs.
+    pub fn layers(&self) -> std::ops::RangeInclusive<usize> {
+        self.first_layer..=self.last_layer
+    }
+}
+
+/// `manifest.json` of an imported model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub format: String,
+    pub model_id: String,
+    pub name: String,
+    pub architecture: Architecture,
+    pub config: ModelConfig,
+    pub tokenizer: TokenizerSpec,
+    pub pooling: Option<Pooling>,
+    pub blocks: Vec<BlockSpec>,
+    pub files: std::collections::BTreeMap<String, String>,
+    /// The folder the manifest was read from (not serialized).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// A model folder that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an InferGrid model manifest: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path}: unsupported architecture {found:?}; supported: llama, gpt2, bert (import with `infergrid model import`)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+}
+
+impl ModelManifest {
+    /// Reads `DIR/manifest.json` and checks that it is internally consistent.
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        let raw: Value = serde_json::from_str(&text)
+            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        if let Some(found) = raw.get("architecture").and_then(Value::as_str)
+            && !["llama", "gpt2", "bert"].contains(&found)
+        {
+            return Err(ManifestError::UnsupportedArchitecture { path, found: found.to_owned() });
+        }
+        let mut manifest: ModelManifest = serde_json::from_value(raw)
+            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        manifest.dir = dir.to_path_buf();
+        manifest.check().map_err(|reason| ManifestError::Invalid { path, reason })?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format {:?}, expected {FORMAT:?}", self.format));
+        }
+        if self.blocks.is_empty() {
+            return Err("no blocks".into());
+        }
+        let mut next_layer = 0;
+        for (i, block) in self.blocks.iter().enumerate() {
+            if block.index != i
+                || block.first_layer != next_layer
+                || block.last_layer < block.first_layer
+            {
+                return Err(format!(
+                    "block {i} does not continue the layer ranges at layer {next_layer}"
+                ));
+            }
+            next_layer = block.last_layer + 1;
+            for file in [&block.graph, &block.weights] {
+                if !self.files.contains_key(file) {
+                    return Err(format!("block {i} file {file} has no hash"));
+                }
+            }
+            for t in &block.tensors {
+                let elements: usize = t.shape.iter().product();
+                if t.dtype != "float32"
+                    || t.length != elements * 4
+                    || t.offset as u64 + t.length as u64 > block.weight_bytes
+                {
+                    return Err(format!(
+                        "block {i} tensor {} has an inconsistent location",
+                        t.name
+                    ));
+                }
+            }
+        }
+        if next_layer != self.config.num_layers {
+            return Err(format!(
+                "blocks cover {next_layer} layers, the model has {}",
+                self.config.num_layers
+            ));
+        }
+        Ok(())
+    }
+
+    /// The block with `index`.
+    pub fn block(&self, index: usize) -> Option<&BlockSpec> {
+        self.blocks.get(index)
+    }
+
+    /// Path of a file of this model.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}

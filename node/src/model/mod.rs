@@ -1,0 +1,11 @@
+//! Models split into layer blocks: the manifest, its hashes and the model id
+//! (`protocol-spec/model-format.md`).
+
+mod manifest;
+mod verify;
+
+pub use manifest::{
+    Architecture, BlockSpec, ManifestError, ModelConfig, ModelManifest, Pooling, TensorLocation,
+    TensorSpec, TokenizerSpec,
+};
+pub use verify::{VerifyError, file_sha3, model_id, verify_block_files, verify_model};

