@@ -159,9 +159,9 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<()> {
             let head: Vec<String> = e.iter().take(4).map(|v| format!("{v:.4}")).collect();
             println!("{sentence:?}: [{}, …] ({} dims)", head.join(", "), e.len());
         }
-        for i in 0..n {
-            for j in i + 1..n {
-                println!("cosine({i}, {j}) = {:.4}", similarity[i][j]);
+        for (i, row) in similarity.iter().enumerate() {
+            for (j, value) in row.iter().enumerate().skip(i + 1) {
+                println!("cosine({i}, {j}) = {value:.4}");
             }
         }
     }
