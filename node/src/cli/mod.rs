@@ -1,5 +1,6 @@
 //! Subcommands. `anyhow` lives here at the edge; the library speaks typed errors.
 
+mod bench;
 mod chain;
 mod devnet;
 mod infer;
@@ -34,6 +35,9 @@ enum Command {
     Infer(infer::InferArgs),
     /// Print sentence embeddings from an encoder model.
     Embed(infer::EmbedArgs),
+    /// Benchmarks that print the figures the project reports.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Runs one parsed command line.
@@ -45,5 +49,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Infer(args) => infer::infer(args),
         Command::Embed(args) => infer::embed(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

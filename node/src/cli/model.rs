@@ -1,5 +1,6 @@
 use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -71,9 +72,18 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.name {
         cmd.arg("--name").arg(name);
     }
-    let status = cmd.status().with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!("import failed (see the importer's message above)");
+    // Progress lines pass through as they come; the importer's own error line becomes ours.
+    let mut child = cmd.stderr(Stdio::piped()).spawn().with_context(|| format!("running {}", script.display()))?;
+    let mut failure = None;
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
+        let line = line?;
+        match line.strip_prefix("error: ") {
+            Some(message) => failure = Some(message.to_owned()),
+            None => eprintln!("{line}"),
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("import failed: {}", failure.unwrap_or_else(|| "the importer exited with an error".into()));
     }
     let manifest = ModelManifest::load(&args.out)?;
     verify_model(&manifest)?;

@@ -14,7 +14,7 @@ pub enum EngineError {
     Verify(#[from] crate::model::VerifyError),
     #[error("model has no block {index} (it has {count})")]
     NoSuchBlock { index: usize, count: usize },
-    #[error("cannot map weights file {path}: {source}")]
+    #[error("cannot open weights file {path}: {source}")]
     MapWeights { path: PathBuf, source: std::io::Error },
     #[error("weights file {path} has {actual} bytes, the manifest says {expected}")]
     WeightsSize { path: PathBuf, expected: u64, actual: u64 },

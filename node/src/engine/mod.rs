@@ -7,7 +7,6 @@ mod kv;
 mod pipeline;
 mod runtime;
 mod tensor;
-mod weights;
 
 pub use block::{BlockRunner, EncoderMask};
 pub use error::EngineError;

@@ -1,0 +1,267 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+use infergrid::tools;
+use serde_json::Value;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decode and prefill speed of a 3-block split model against one-process onnxruntime
+    /// (Python) on the unsplit graph, block load time, and resident memory against weight bytes.
+    Engine(EngineBench),
+}
+
+#[derive(Debug, Args)]
+pub struct EngineBench {
+    /// Where the generated benchmark model is cached.
+    #[arg(long, default_value = "target/bench-models")]
+    work: PathBuf,
+    /// Prompt tokens for the prefill.
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    /// Decode steps timed.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Intra-op threads for both engines.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Measurement rounds; the best of each side is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+/// A llama with ~126 MB of float32 weights (31.4 M parameters).
+const BENCH_MODEL: &[&str] = &[
+    "--arch",
+    "llama",
+    "--hidden",
+    "512",
+    "--layers",
+    "8",
+    "--heads",
+    "8",
+    "--kv-heads",
+    "4",
+    "--intermediate",
+    "1376",
+    "--vocab",
+    "8000",
+    "--max-pos",
+    "2048",
+    "--seed",
+    "11",
+];
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Engine(args) => engine(args),
+    }
+}
+
+fn engine(args: EngineBench) -> anyhow::Result<()> {
+    let root = tools::repo_root()
+        .context("the benchmark uses scripts/: run it inside the repository after scripts/setup")?;
+    let hf = args.work.join("llama-126mb-hf");
+    let (whole, split) =
+        (args.work.join("llama-126mb-1block"), args.work.join("llama-126mb-3blocks"));
+    if !hf.join("config.json").is_file() {
+        eprintln!("bench: generating the benchmark checkpoint in {}", hf.display());
+        script(
+            &root,
+            "make-fixture",
+            BENCH_MODEL.iter().map(|s| s.to_string()).chain(["--out".into(), path(&hf)]),
+        )?;
+    }
+    for (dir, blocks) in [(&whole, "1"), (&split, "3")] {
+        if !dir.join("manifest.json").is_file() {
+            eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
+            script(
+                &root,
+                "import-model",
+                ["--hf", &path(&hf), "--out", &path(dir), "--blocks", blocks].map(String::from),
+            )?;
+        }
+    }
+    let prompt: Vec<i64> = (0..args.prompt_len as i64).map(|i| (7 + 31 * i) % 8000).collect();
+    let prompt_arg = prompt.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+
+    let runtime = Runtime::new(args.device, Some(args.threads))?;
+    if let Some(reason) = runtime.fallback() {
+        eprintln!("warning: {reason}");
+    }
+    let rss_before = resident_bytes()?;
+    let started = Instant::now();
+    let pipeline = Pipeline::load(&split, &runtime, CacheLimits::default())?;
+    let load_s = started.elapsed().as_secs_f64();
+    let rss_loaded = resident_bytes()? - rss_before;
+    let weights = pipeline.weight_bytes() as f64;
+
+    let (mut ours, mut theirs) = (Speed::default(), Speed::default());
+    let mut our_ids = Vec::new();
+    let mut baseline = Value::Null;
+    for round in 0..args.rounds {
+        eprintln!("bench: round {}/{}", round + 1, args.rounds);
+        let (speed, ids) = decode_run(&pipeline, &prompt, args.decode)?;
+        ours = ours.best(speed);
+        our_ids = ids;
+        baseline = serde_json::from_str(&script(
+            &root,
+            "ort-baseline",
+            [
+                "--model",
+                &path(&whole),
+                "--prompt-len",
+                &args.prompt_len.to_string(),
+                "--decode",
+                &args.decode.to_string(),
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                "--threads".into(),
+                args.threads.to_string(),
+                "--prompt-ids".into(),
+                prompt_arg.clone(),
+            ]),
+        )?)?;
+        theirs = theirs.best(Speed {
+            prefill: baseline["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+            decode: baseline["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+        });
+    }
+    let rss_decoded = resident_bytes()? - rss_before;
+    // The same engine on the unsplit model: what splitting itself costs.
+    let unsplit = Pipeline::load(&whole, &runtime, CacheLimits::default())?;
+    let mut ours_unsplit = Speed::default();
+    for _ in 0..args.rounds {
+        ours_unsplit = ours_unsplit.best(decode_run(&unsplit, &prompt, args.decode)?.0);
+    }
+    let same_tokens = baseline["token_ids"]
+        .as_array()
+        .is_some_and(|ids| ids.iter().filter_map(Value::as_i64).collect::<Vec<_>>() == our_ids);
+
+    println!(
+        "engine benchmark: llama, {:.1} MB of float32 weights, 3 blocks vs 1, device {}",
+        weights / 1e6,
+        runtime.device()
+    );
+    println!(
+        "  prompt {} tokens, decode {} tokens, {} threads, best of {} rounds",
+        args.prompt_len, args.decode, args.threads, args.rounds
+    );
+    println!(
+        "  decode   split (this engine) {:8.1} tok/s | onnxruntime python unsplit {:8.1} tok/s | ratio {:.2}x",
+        ours.decode,
+        theirs.decode,
+        ours.decode / theirs.decode
+    );
+    println!(
+        "  decode   unsplit (this engine) {:7.1} tok/s | split/unsplit in this engine {:.2}x",
+        ours_unsplit.decode,
+        ours.decode / ours_unsplit.decode
+    );
+    println!(
+        "  prefill  split (this engine) {:8.1} tok/s | onnxruntime python unsplit {:8.1} tok/s | ratio {:.2}x",
+        ours.prefill,
+        theirs.prefill,
+        ours.prefill / theirs.prefill
+    );
+    println!(
+        "  load     3 blocks {:.2} s (python unsplit {:.2} s)",
+        load_s,
+        baseline["load_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  resident after load   {:7.1} MB = {:.2}x weight bytes",
+        rss_loaded / 1e6,
+        rss_loaded / weights
+    );
+    println!(
+        "  resident after decode {:7.1} MB = {:.2}x weight bytes",
+        rss_decoded / 1e6,
+        rss_decoded / weights
+    );
+    println!("  greedy tokens identical to the baseline: {same_tokens}");
+    if !same_tokens {
+        bail!("the split model's greedy tokens differ from the baseline's");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Speed {
+    prefill: f64,
+    decode: f64,
+}
+
+impl Speed {
+    fn best(self, other: Speed) -> Speed {
+        Speed { prefill: self.prefill.max(other.prefill), decode: self.decode.max(other.decode) }
+    }
+}
+
+/// One warm-up then one timed greedy run: prefill of `prompt`, then `decode` steps.
+fn decode_run(
+    pipeline: &Pipeline,
+    prompt: &[i64],
+    decode: usize,
+) -> anyhow::Result<(Speed, Vec<i64>)> {
+    let mut result = (Speed::default(), Vec::new());
+    for session in 0..2 {
+        let started = Instant::now();
+        let logits = pipeline.step(session, 0, prompt)?;
+        let prefill = prompt.len() as f64 / started.elapsed().as_secs_f64();
+        let mut token = argmax(logits.last_row());
+        let mut ids = vec![token];
+        let started = Instant::now();
+        for step in 0..decode {
+            token = argmax(pipeline.step(session, prompt.len() + step, &[token])?.last_row());
+            ids.push(token);
+        }
+        let speed = Speed { prefill, decode: decode as f64 / started.elapsed().as_secs_f64() };
+        pipeline.close(session);
+        result = (speed, ids);
+    }
+    Ok(result)
+}
+
+fn argmax(v: &[f32]) -> i64 {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .0 as i64
+}
+
+fn resident_bytes() -> anyhow::Result<f64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(kb * 1024.0)
+}
+
+fn script(
+    root: &Path,
+    name: &str,
+    args: impl IntoIterator<Item = String>,
+) -> anyhow::Result<String> {
+    let out = Command::new("bash").arg(root.join("scripts").join(name)).args(args).output()?;
+    if !out.status.success() {
+        bail!("scripts/{name} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
