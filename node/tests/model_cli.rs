@@ -146,6 +146,25 @@ fn prompt_over_the_context_and_missing_runtime_are_clear_errors() {
     ]));
     assert!(err.contains("exceeds the context length 16"), "{err}");
 
+    // No GPU here: a CUDA request says so in one line and runs on the CPU.
+    let out = infergrid(&[
+        "infer",
+        "--model",
+        s(&model),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+        "--device",
+        "cuda",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cuda:0 requested but") && stderr.contains("running on CPU"),
+        "{stderr}"
+    );
+
     let out = Command::new(BIN)
         .args(["infer", "--model", s(&model), "--prompt", "hi"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")

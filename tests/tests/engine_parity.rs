@@ -130,3 +130,57 @@ fn minilm_two_blocks_reproduce_published_similarities() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn blocks_refuse_malformed_inputs_with_typed_errors() -> anyhow::Result<()> {
+    use infergrid::engine::{Activation, BlockInput, EngineError};
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "3", "--max-pos", "64"])?;
+    let model = Pipeline::load(
+        &import(&hf, &dir.path().join("m"), 3)?,
+        &runtime(),
+        CacheLimits::default(),
+    )?;
+    let (first, second) = (&model.blocks()[0], &model.blocks()[1]);
+    let hidden = model.manifest().config.hidden_size;
+
+    let bad = |r: Result<Activation, EngineError>| matches!(r, Err(EngineError::BadInput { .. }));
+    // Hidden states of the wrong width, rank or batch, as a confused or hostile peer might send.
+    assert!(bad(second.forward(
+        1,
+        0,
+        BlockInput::Hidden(Activation::new(vec![1, 2, hidden + 1], vec![0.0; 2 * (hidden + 1)])?)
+    )));
+    assert!(bad(second.forward(
+        1,
+        0,
+        BlockInput::Hidden(Activation::new(vec![2, hidden], vec![0.0; 2 * hidden])?)
+    )));
+    assert!(bad(second.forward(
+        1,
+        0,
+        BlockInput::Hidden(Activation::new(vec![2, 1, hidden], vec![0.0; 2 * hidden])?)
+    )));
+    assert!(bad(second.forward(1, 0, BlockInput::Tokens(vec![1, 2]))));
+    assert!(bad(first.forward(1, 0, BlockInput::Tokens(vec![1, 1_000_000]))));
+    assert!(bad(first.forward(1, 0, BlockInput::Tokens(vec![-3]))));
+    assert!(bad(first.forward(1, 0, BlockInput::Tokens(Vec::new()))));
+
+    // Positions must continue the session's cache; the context length is enforced.
+    first.forward(2, 0, BlockInput::Tokens(vec![1, 2, 3]))?;
+    assert!(matches!(
+        first.forward(2, 5, BlockInput::Tokens(vec![4])),
+        Err(EngineError::PositionMismatch { cached: 3, requested: 5, .. })
+    ));
+    assert!(matches!(
+        first.forward(3, 2, BlockInput::Tokens(vec![4])),
+        Err(EngineError::UnknownSession(3))
+    ));
+    assert!(matches!(
+        first.forward(4, 0, BlockInput::Tokens(vec![1; 65])),
+        Err(EngineError::ContextOverflow { needed: 65, limit: 64 })
+    ));
+    // The cache still serves the session after the refused requests.
+    first.forward(2, 3, BlockInput::Tokens(vec![4]))?;
+    Ok(())
+}

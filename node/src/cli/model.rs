@@ -1,5 +1,5 @@
-use std::path::PathBuf;
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
@@ -73,7 +73,10 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         cmd.arg("--name").arg(name);
     }
     // Progress lines pass through as they come; the importer's own error line becomes ours.
-    let mut child = cmd.stderr(Stdio::piped()).spawn().with_context(|| format!("running {}", script.display()))?;
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", script.display()))?;
     let mut failure = None;
     for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
         let line = line?;
@@ -83,7 +86,10 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
     }
     if !child.wait()?.success() {
-        bail!("import failed: {}", failure.unwrap_or_else(|| "the importer exited with an error".into()));
+        bail!(
+            "import failed: {}",
+            failure.unwrap_or_else(|| "the importer exited with an error".into())
+        );
     }
     let manifest = ModelManifest::load(&args.out)?;
     verify_model(&manifest)?;
