@@ -13,6 +13,8 @@ pub mod engine;
 pub mod generate;
 pub mod identity;
 pub mod model;
+pub mod net;
 pub mod pay;
+pub mod serve;
 pub mod tools;
 pub mod validate;

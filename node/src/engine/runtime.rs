@@ -129,7 +129,9 @@ impl Runtime {
             // Without the arena, activation buffers go back to the system after each run
             // instead of growing a pool that stays resident next to the weights.
             builder = builder
-                .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+                .with_execution_providers([ort::ep::CPU::default()
+                    .with_arena_allocator(false)
+                    .build()])
                 .map_err(|e| e.to_string())?;
         }
         if let Device::Cuda(ordinal) = self.device {

@@ -1,0 +1,451 @@
+//! The binary wire format of the inference protocol (`protocol-spec/wire.md`).
+//!
+//! Everything a peer sends is parsed here with explicit bounds, so a malformed, oversized or
+//! truncated message is a [`CodecError`], never a panic or an allocation the peer controls.
+
+use crate::engine::Activation;
+
+/// Largest encoded request or response accepted.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Highest tensor rank on the wire.
+pub const MAX_RANK: usize = 4;
+/// Longest error message carried.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+const REQUEST_MAGIC: &[u8; 4] = b"IGQ1";
+const RESPONSE_MAGIC: &[u8; 4] = b"IGS1";
+
+/// What a step does to the session's KV cache on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StepKind {
+    /// The first tokens of a session (position 0).
+    Prefill = 0,
+    /// One more token.
+    Decode = 1,
+    /// Rebuilding a cache on a replacement node from the inputs the gateway kept.
+    Replay = 2,
+    /// Drop the session's cache.
+    Close = 3,
+}
+
+/// The data of a step: token ids for a span starting at block 0, hidden states otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Empty,
+    Tokens(Vec<i64>),
+    Tensor(Activation),
+}
+
+/// One step of one session through a span of consecutive blocks served by one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    pub model_id: [u8; 32],
+    pub first_block: u16,
+    pub last_block: u16,
+    pub session: u64,
+    pub position: u32,
+    pub kind: StepKind,
+    pub payload: Payload,
+}
+
+/// Why a node refused or failed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    Malformed = 1,
+    NotAdmitted = 2,
+    UnknownModel = 3,
+    BlocksNotServed = 4,
+    BadInput = 5,
+    SessionLost = 6,
+    Overloaded = 7,
+    Internal = 8,
+    PaymentRequired = 9,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<Self> {
+        use ErrorCode::*;
+        [
+            Malformed,
+            NotAdmitted,
+            UnknownModel,
+            BlocksNotServed,
+            BadInput,
+            SessionLost,
+            Overloaded,
+            Internal,
+            PaymentRequired,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+    }
+}
+
+/// A typed refusal, as sent to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut cut = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self { code, message }
+    }
+}
+
+/// A node's answer: the output payload with its signature over (request, output), or a
+/// typed error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InferResponse {
+    Ok { output: Payload, signature: [u8; 65] },
+    Err(WireError),
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("message truncated")]
+    Truncated,
+    #[error("bad magic bytes")]
+    BadMagic,
+    #[error("unknown step kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown payload tag {0}")]
+    UnknownTag(u8),
+    #[error("unknown status {0}")]
+    UnknownStatus(u8),
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u16),
+    #[error("tensor rank {0} outside 1..={MAX_RANK}")]
+    Rank(u8),
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("error message is not UTF-8")]
+    Utf8,
+}
+
+impl StepKind {
+    fn from_u8(v: u8) -> Result<Self, CodecError> {
+        Ok(match v {
+            0 => StepKind::Prefill,
+            1 => StepKind::Decode,
+            2 => StepKind::Replay,
+            3 => StepKind::Close,
+            other => return Err(CodecError::UnknownKind(other)),
+        })
+    }
+}
+
+impl InferRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + payload_len(&self.payload));
+        out.extend_from_slice(REQUEST_MAGIC);
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.model_id);
+        out.extend_from_slice(&self.first_block.to_le_bytes());
+        out.extend_from_slice(&self.last_block.to_le_bytes());
+        out.extend_from_slice(&self.session.to_le_bytes());
+        out.extend_from_slice(&self.position.to_le_bytes());
+        encode_payload(&self.payload, &mut out);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes)?;
+        if r.take(4)? != REQUEST_MAGIC {
+            return Err(CodecError::BadMagic);
+        }
+        let kind = StepKind::from_u8(r.u8()?)?;
+        let model_id = r.take(32)?.try_into().expect("32 bytes");
+        let first_block = r.u16()?;
+        let last_block = r.u16()?;
+        let session = r.u64()?;
+        let position = r.u32()?;
+        let payload = decode_payload(&mut r)?;
+        r.finish()?;
+        Ok(Self { model_id, first_block, last_block, session, position, kind, payload })
+    }
+}
+
+impl InferResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(RESPONSE_MAGIC);
+        match self {
+            InferResponse::Ok { output, signature } => {
+                out.push(0);
+                encode_payload(output, &mut out);
+                out.extend_from_slice(signature);
+            }
+            InferResponse::Err(err) => {
+                out.push(1);
+                out.extend_from_slice(&(err.code as u16).to_le_bytes());
+                out.extend_from_slice(&(err.message.len() as u32).to_le_bytes());
+                out.extend_from_slice(err.message.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(bytes)?;
+        if r.take(4)? != RESPONSE_MAGIC {
+            return Err(CodecError::BadMagic);
+        }
+        let response = match r.u8()? {
+            0 => {
+                let output = decode_payload(&mut r)?;
+                let signature = r.take(65)?.try_into().expect("65 bytes");
+                InferResponse::Ok { output, signature }
+            }
+            1 => {
+                let raw = r.u16()?;
+                let code = ErrorCode::from_u16(raw).ok_or(CodecError::UnknownErrorCode(raw))?;
+                let len = r.u32()? as usize;
+                if len > MAX_ERROR_MESSAGE {
+                    return Err(CodecError::TooLarge(len));
+                }
+                let message =
+                    std::str::from_utf8(r.take(len)?).map_err(|_| CodecError::Utf8)?.to_owned();
+                InferResponse::Err(WireError { code, message })
+            }
+            other => return Err(CodecError::UnknownStatus(other)),
+        };
+        r.finish()?;
+        Ok(response)
+    }
+}
+
+/// The bytes a node's signature covers for an output: the encoded payload.
+pub fn payload_bytes(payload: &Payload) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_payload(payload, &mut out);
+    out
+}
+
+fn payload_len(payload: &Payload) -> usize {
+    match payload {
+        Payload::Empty => 1,
+        Payload::Tokens(t) => 5 + 8 * t.len(),
+        Payload::Tensor(a) => 2 + 4 * a.shape().len() + 4 * a.data().len(),
+    }
+}
+
+const TAG_EMPTY: u8 = 0;
+const TAG_TOKENS: u8 = 1;
+const TAG_F32: u8 = 2;
+
+fn encode_payload(payload: &Payload, out: &mut Vec<u8>) {
+    match payload {
+        Payload::Empty => out.push(TAG_EMPTY),
+        Payload::Tokens(ids) => {
+            out.push(TAG_TOKENS);
+            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()));
+        }
+        Payload::Tensor(a) => {
+            out.push(TAG_F32);
+            out.push(a.shape().len() as u8);
+            a.shape().iter().for_each(|&d| out.extend_from_slice(&(d as u32).to_le_bytes()));
+            out.extend_from_slice(&a.to_le_bytes());
+        }
+    }
+}
+
+fn decode_payload(r: &mut Reader<'_>) -> Result<Payload, CodecError> {
+    Ok(match r.u8()? {
+        TAG_EMPTY => Payload::Empty,
+        TAG_TOKENS => {
+            let count = r.u32()? as usize;
+            let bytes = r.take(count.checked_mul(8).ok_or(CodecError::TooLarge(usize::MAX))?)?;
+            Payload::Tokens(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            )
+        }
+        TAG_F32 => {
+            let rank = r.u8()?;
+            if rank == 0 || rank as usize > MAX_RANK {
+                return Err(CodecError::Rank(rank));
+            }
+            let shape: Vec<usize> =
+                (0..rank).map(|_| r.u32().map(|d| d as usize)).collect::<Result<_, _>>()?;
+            let elements = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or(CodecError::TooLarge(usize::MAX))?;
+            let bytes = r.take(elements.checked_mul(4).ok_or(CodecError::TooLarge(usize::MAX))?)?;
+            Payload::Tensor(
+                Activation::from_le_bytes(shape, bytes).map_err(|_| CodecError::Truncated)?,
+            )
+        }
+        other => return Err(CodecError::UnknownTag(other)),
+    })
+}
+
+/// A bounds-checked cursor.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(CodecError::TooLarge(bytes.len()));
+        }
+        Ok(Self { bytes, at: 0 })
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(CodecError::Truncated)?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn finish(self) -> Result<(), CodecError> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            n => Err(CodecError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn payload() -> impl Strategy<Value = Payload> {
+        prop_oneof![
+            Just(Payload::Empty),
+            proptest::collection::vec(any::<i64>(), 0..64).prop_map(Payload::Tokens),
+            (1usize..4, 1usize..8, 1usize..16).prop_flat_map(|(a, b, c)| {
+                proptest::collection::vec(
+                    any::<f32>().prop_filter("NaN breaks equality", |v| !v.is_nan()),
+                    a * b * c,
+                )
+                .prop_map(move |data| {
+                    Payload::Tensor(Activation::new(vec![a, b, c], data).expect("shape"))
+                })
+            }),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = InferRequest> {
+        (
+            any::<[u8; 32]>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u64>(),
+            any::<u32>(),
+            0u8..4,
+            payload(),
+        )
+            .prop_map(
+                |(model_id, first_block, last_block, session, position, kind, payload)| {
+                    InferRequest {
+                        model_id,
+                        first_block,
+                        last_block,
+                        session,
+                        position,
+                        kind: StepKind::from_u8(kind).expect("0..4"),
+                        payload,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in request()) {
+            prop_assert_eq!(InferRequest::decode(&req.encode()), Ok(req));
+        }
+
+        #[test]
+        fn responses_round_trip(output in payload(), sig in proptest::collection::vec(any::<u8>(), 65), code in 1u16..10, msg in ".{0,64}") {
+            let ok = InferResponse::Ok { output, signature: sig.try_into().unwrap() };
+            prop_assert_eq!(InferResponse::decode(&ok.encode()), Ok(ok));
+            let err = InferResponse::Err(WireError::new(ErrorCode::from_u16(code).unwrap(), msg));
+            prop_assert_eq!(InferResponse::decode(&err.encode()), Ok(err));
+        }
+
+        /// Arbitrary bytes never panic the decoders.
+        #[test]
+        fn garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = InferRequest::decode(&bytes);
+            let _ = InferResponse::decode(&bytes);
+        }
+
+        /// Valid messages with a corrupted byte or cut short decode to an error or a value, never a panic.
+        #[test]
+        fn mutated_messages_never_panic(req in request(), at in any::<usize>(), flip in 1u8..=255, cut in any::<usize>()) {
+            let mut bytes = req.encode();
+            let i = at % bytes.len();
+            bytes[i] ^= flip;
+            let _ = InferRequest::decode(&bytes);
+            let _ = InferRequest::decode(&bytes[..cut % bytes.len()]);
+        }
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_without_allocating() {
+        // Claims 2^32-1 tokens in a 30-byte message.
+        let mut bytes = InferRequest {
+            model_id: [0; 32],
+            first_block: 0,
+            last_block: 0,
+            session: 1,
+            position: 0,
+            kind: StepKind::Prefill,
+            payload: Payload::Tokens(vec![]),
+        }
+        .encode();
+        let n = bytes.len();
+        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(InferRequest::decode(&bytes), Err(CodecError::Truncated));
+        assert_eq!(
+            InferRequest::decode(&vec![0u8; MAX_MESSAGE_BYTES + 1]),
+            Err(CodecError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
+        let mut trailing = InferResponse::Err(WireError::new(ErrorCode::Internal, "x")).encode();
+        trailing.push(0);
+        assert_eq!(InferResponse::decode(&trailing), Err(CodecError::Trailing(1)));
+    }
+}

@@ -1,0 +1,8 @@
+//! Networking: libp2p transport and discovery, and the inference wire protocol.
+
+pub mod codec;
+mod protocol;
+mod service;
+
+pub use protocol::{INFER_PROTOCOL, InferCodec};
+pub use service::{Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key};

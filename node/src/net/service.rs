@@ -1,0 +1,430 @@
+//! The swarm: one [`NetworkBehaviour`] of small behaviours, driven by one event loop that
+//! talks to the rest of the node through channels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, ping, tcp,
+    yamux,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{CodecError, InferRequest, InferResponse};
+use super::protocol::{INFER_PROTOCOL, InferCodec};
+
+const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
+
+/// What a node tells the swarm about itself every few seconds (gossipsub).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub peer_id: String,
+    pub model_id: String,
+    pub first_block: u16,
+    pub last_block: u16,
+    /// Sessions in its KV cache.
+    pub active_sessions: usize,
+    /// KV-cache tokens it can still take.
+    pub free_cache_tokens: usize,
+    /// Measured milliseconds for one decode step through its span.
+    pub compute_ms_per_token: f64,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    infer: request_response::Behaviour<InferCodec>,
+}
+
+/// A failed network operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot start the network: {0}")]
+    Start(String),
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// Something the network delivers to the node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A peer's request; answer through `reply` (dropping it answers nothing).
+    Request {
+        peer: PeerId,
+        request: Result<InferRequest, CodecError>,
+        reply: oneshot::Sender<InferResponse>,
+    },
+    /// A peer's load announcement.
+    Announcement { from: PeerId, announcement: Announcement },
+}
+
+enum Command {
+    Dial {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    Request {
+        peer: PeerId,
+        request: InferRequest,
+        reply: oneshot::Sender<Result<InferResponse, NetError>>,
+    },
+    Respond {
+        channel: request_response::ResponseChannel<InferResponse>,
+        response: InferResponse,
+    },
+    Provide {
+        key: Vec<u8>,
+    },
+    FindProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Publish {
+        announcement: Announcement,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+}
+
+/// Smoothed ping round-trip times, per peer.
+#[derive(Debug, Default)]
+pub struct PeerRtts(Mutex<HashMap<PeerId, f64>>);
+
+impl PeerRtts {
+    /// Exponential moving average of the RTT in milliseconds.
+    pub fn get(&self, peer: &PeerId) -> Option<f64> {
+        self.0.lock().expect("rtt lock").get(peer).copied()
+    }
+
+    fn record(&self, peer: PeerId, rtt: Duration) {
+        let ms = rtt.as_secs_f64() * 1e3;
+        let mut map = self.0.lock().expect("rtt lock");
+        let avg = map.entry(peer).or_insert(ms);
+        *avg = 0.8 * *avg + 0.2 * ms;
+    }
+}
+
+/// Handle to the network task.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    local_peer: PeerId,
+    rtts: Arc<PeerRtts>,
+}
+
+/// How to start the network.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub keypair: identity::Keypair,
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start, each `/…/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    pub request_timeout: Duration,
+}
+
+impl Network {
+    /// Starts the swarm task; inbound requests and announcements arrive on the receiver.
+    pub fn spawn(config: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
+        let swarm = build_swarm(&config).map_err(NetError::Start)?;
+        let local_peer = *swarm.local_peer_id();
+        let (commands, command_rx) = mpsc::channel(256);
+        let (inbound_tx, inbound) = mpsc::channel(256);
+        let rtts = Arc::new(PeerRtts::default());
+        let mut event_loop = EventLoop {
+            swarm,
+            commands: command_rx,
+            respond: commands.clone(),
+            inbound: inbound_tx,
+            rtts: rtts.clone(),
+            pending: HashMap::new(),
+            providers: HashMap::new(),
+        };
+        event_loop.start(&config).map_err(NetError::Start)?;
+        tokio::spawn(event_loop.run());
+        Ok((Network { commands, local_peer, rtts }, inbound))
+    }
+
+    pub fn local_peer(&self) -> PeerId {
+        self.local_peer
+    }
+
+    /// RTTs measured by ping.
+    pub fn rtts(&self) -> &PeerRtts {
+        &self.rtts
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands.send(command).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Remembers `addr` for `peer` and connects.
+    pub async fn dial(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::Dial { peer, addr }).await
+    }
+
+    /// Sends one inference request and waits for the answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: InferRequest,
+    ) -> Result<InferResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request { peer, request, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Announces on the DHT that this node provides `key`.
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::Provide { key }).await
+    }
+
+    /// Peers the DHT knows to provide `key`.
+    pub async fn find_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FindProviders { key, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Publishes a load announcement.
+    pub async fn publish(&self, announcement: Announcement) -> Result<(), NetError> {
+        self.send(Command::Publish { announcement }).await
+    }
+
+    /// Addresses the swarm listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ListenAddrs { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// The DHT key of one block of one model.
+pub fn block_key(model_id: &[u8; 32], block: u16) -> Vec<u8> {
+    let mut key = b"infergrid/block/".to_vec();
+    key.extend_from_slice(model_id);
+    key.extend_from_slice(&block.to_be_bytes());
+    key
+}
+
+fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, String> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| e.to_string())?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer,
+                kad::store::MemoryStore::new(peer),
+                kad::Config::new(StreamProtocol::new("/infergrid/kad/1")),
+            );
+            // Loopback and private addresses would keep auto mode in client mode.
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/infergrid/id/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(1)),
+                ),
+                kad,
+                gossipsub,
+                infer: request_response::Behaviour::with_codec(
+                    InferCodec,
+                    [(INFER_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout),
+                ),
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    respond: mpsc::Sender<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    rtts: Arc<PeerRtts>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse, NetError>>>,
+    providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
+}
+
+impl EventLoop {
+    fn start(&mut self, config: &NetConfig) -> Result<(), String> {
+        for addr in &config.listen {
+            self.swarm.listen_on(addr.clone()).map_err(|e| format!("listen on {addr}: {e}"))?;
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(ANNOUNCE_TOPIC))
+            .map_err(|e| e.to_string())?;
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                self.dial(peer, addr.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn dial(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        self.swarm.add_peer_address(peer, addr);
+        let _ = self.swarm.dial(peer);
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Dial { peer, addr } => self.dial(peer, addr),
+            Command::Request { peer, request, reply } => {
+                let id = behaviour.infer.send_request(&peer, Ok(request));
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                let _ = behaviour.infer.send_response(channel, response);
+            }
+            Command::Provide { key } => {
+                let _ = behaviour.kad.start_providing(kad::RecordKey::new(&key));
+            }
+            Command::FindProviders { key, reply } => {
+                let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
+                self.providers.insert(id, (reply, Vec::new()));
+            }
+            Command::Publish { announcement } => {
+                let data = serde_json::to_vec(&announcement).expect("serializable");
+                // No subscribed peer yet is not an error: the next announcement will reach them.
+                let _ =
+                    behaviour.gossipsub.publish(gossipsub::IdentTopic::new(ANNOUNCE_TOPIC), data);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Infer(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let (reply, answer) = oneshot::channel();
+                        let respond = self.respond.clone();
+                        // The node answers asynchronously; the answer comes back as a command.
+                        tokio::spawn(async move {
+                            if let Ok(response) = answer.await {
+                                let _ = respond.send(Command::Respond { channel, response }).await;
+                            }
+                        });
+                        let _ = self.inbound.send(Inbound::Request { peer, request, reply }).await;
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = self.pending.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Infer(
+                request_response::Event::OutboundFailure { peer, request_id, error, .. },
+            )) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request { peer, reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts.record(peer, rtt);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if let (Some(from), Ok(announcement)) =
+                    (message.source, serde_json::from_slice::<Announcement>(&message.data))
+                {
+                    let _ = self.inbound.send(Inbound::Announcement { from, announcement }).await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                if let Some((_, found)) = self.providers.get_mut(&id)
+                    && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                {
+                    found.extend(providers);
+                }
+                if step.last
+                    && let Some((reply, found)) = self.providers.remove(&id)
+                {
+                    let _ = reply.send(found);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}

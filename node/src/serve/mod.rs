@@ -1,0 +1,168 @@
+//! A node serving its layer blocks to the swarm: admission, the span of blocks run per
+//! request, typed refusals, and a signature over every answer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use crate::eip712::{Domain, Eip712Signer, keccak256};
+use crate::engine::{Activation, BlockInput, BlockRunner, EngineError};
+use crate::net::Inbound;
+use crate::net::codec::{
+    CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
+};
+use crate::validate::ResponseAttestation;
+
+/// Who may send this node requests.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Only these peers (a local test network, or a private deployment).
+    Peers(HashSet<PeerId>),
+}
+
+impl Admission {
+    fn admits(&self, peer: &PeerId) -> bool {
+        match self {
+            Admission::Peers(allowed) => allowed.contains(peer),
+        }
+    }
+}
+
+/// Signs answers so that a payer or validator can later prove what this node returned: the
+/// EIP-712 `Response(requestHash, outputHash)` of the `Validation` contract, where
+/// `requestHash` is keccak-256 of the encoded request and `outputHash` of the encoded output.
+#[derive(Debug, Clone)]
+pub struct Attester {
+    pub signer: Eip712Signer,
+    pub domain: Domain,
+}
+
+impl Attester {
+    pub fn attest(&self, request: &InferRequest, output: &Payload) -> [u8; 65] {
+        ResponseAttestation {
+            request_hash: keccak256(&request.encode()),
+            output_hash: keccak256(&payload_bytes(output)),
+        }
+        .sign(&self.domain, &self.signer)
+    }
+}
+
+/// The blocks `first..=last` of one model, served to the swarm.
+pub struct BlockServer {
+    pub model_id: [u8; 32],
+    pub first_block: u16,
+    pub blocks: Vec<Arc<BlockRunner>>,
+    pub attester: Attester,
+    pub admission: Admission,
+}
+
+impl BlockServer {
+    /// Answers requests until the network stops.
+    pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
+        while let Some(message) = inbound.recv().await {
+            if let Inbound::Request { peer, request, reply } = message {
+                let server = self.clone();
+                tokio::spawn(async move {
+                    let response = server.handle(peer, request).await;
+                    let _ = reply.send(response);
+                });
+            }
+        }
+    }
+
+    /// The answer to one request.
+    pub async fn handle(
+        self: &Arc<Self>,
+        peer: PeerId,
+        request: Result<InferRequest, CodecError>,
+    ) -> InferResponse {
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return refuse(ErrorCode::Malformed, format!("malformed request: {e}")),
+        };
+        if !self.admission.admits(&peer) {
+            return refuse(
+                ErrorCode::NotAdmitted,
+                format!("peer {peer} is not admitted by this node"),
+            );
+        }
+        if request.model_id != self.model_id {
+            return refuse(
+                ErrorCode::UnknownModel,
+                format!("this node serves model 0x{}", hex::encode(self.model_id)),
+            );
+        }
+        let last_served = self.first_block as usize + self.blocks.len() - 1;
+        if request.first_block < self.first_block
+            || request.last_block as usize > last_served
+            || request.last_block < request.first_block
+        {
+            return refuse(
+                ErrorCode::BlocksNotServed,
+                format!(
+                    "blocks {}-{} requested, this node serves {}-{last_served}",
+                    request.first_block, request.last_block, self.first_block
+                ),
+            );
+        }
+        let server = self.clone();
+        let request_copy = request.clone();
+        let result = tokio::task::spawn_blocking(move || server.compute(&request_copy)).await;
+        match result {
+            Ok(Ok(output)) => {
+                let signature = self.attester.attest(&request, &output);
+                InferResponse::Ok { output, signature }
+            }
+            Ok(Err(e)) => InferResponse::Err(e),
+            Err(e) => refuse(ErrorCode::Internal, format!("inference task failed: {e}")),
+        }
+    }
+
+    fn compute(&self, request: &InferRequest) -> Result<Payload, WireError> {
+        let span = request.first_block as usize - self.first_block as usize
+            ..=request.last_block as usize - self.first_block as usize;
+        if request.kind == StepKind::Close {
+            self.blocks[span].iter().for_each(|b| {
+                b.close(request.session);
+            });
+            return Ok(Payload::Empty);
+        }
+        let mut input = match &request.payload {
+            Payload::Tokens(ids) => BlockInput::Tokens(ids.clone()),
+            Payload::Tensor(a) => BlockInput::Hidden(a.clone()),
+            Payload::Empty => {
+                return Err(WireError::new(
+                    ErrorCode::BadInput,
+                    "a step needs tokens or hidden states",
+                ));
+            }
+        };
+        let mut output: Option<Activation> = None;
+        for block in &self.blocks[span] {
+            let out = block
+                .forward(request.session, request.position as usize, input)
+                .map_err(engine_refusal)?;
+            input = BlockInput::Hidden(out.clone());
+            output = Some(out);
+        }
+        output.map(Payload::Tensor).ok_or_else(|| WireError::new(ErrorCode::Internal, "empty span"))
+    }
+}
+
+fn refuse(code: ErrorCode, message: String) -> InferResponse {
+    InferResponse::Err(WireError::new(code, message))
+}
+
+fn engine_refusal(e: EngineError) -> WireError {
+    let code = match &e {
+        EngineError::BadInput { .. } | EngineError::ContextOverflow { .. } => ErrorCode::BadInput,
+        EngineError::UnknownSession(_)
+        | EngineError::SessionEvicted(_)
+        | EngineError::PositionMismatch { .. } => ErrorCode::SessionLost,
+        EngineError::CacheFull { .. } => ErrorCode::Overloaded,
+        _ => ErrorCode::Internal,
+    };
+    WireError::new(code, e.to_string())
+}
