@@ -1,0 +1,173 @@
+//! The wire path: real libp2p swarms on loopback, a node serving blocks, a client chaining
+//! them. What crosses the network must equal the in-process pipeline, bit for bit.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use infergrid::eip712::Eip712Signer;
+use infergrid::engine::{BlockRunner, CacheLimits, Device, Pipeline, Runtime};
+use infergrid::model::ModelManifest;
+use infergrid::net::codec::{
+    ErrorCode, InferRequest, InferResponse, Payload, StepKind, payload_bytes,
+};
+use infergrid::net::{NetConfig, Network};
+use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::validate::{ResponseAttestation, validation_domain};
+use infergrid_e2e::models::{import, make_checkpoint};
+use libp2p::{Multiaddr, PeerId, identity};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn network(
+    listen: Option<u16>,
+) -> anyhow::Result<(Network, tokio::sync::mpsc::Receiver<infergrid::net::Inbound>)> {
+    let listen =
+        listen.map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap()).into_iter().collect();
+    Ok(Network::spawn(NetConfig {
+        keypair: identity::Keypair::generate_ed25519(),
+        listen,
+        bootstrap: Vec::new(),
+        request_timeout: Duration::from_secs(30),
+    })?)
+}
+
+struct Served {
+    peer: PeerId,
+    addr: Multiaddr,
+    operator: Eip712Signer,
+    _net: Network,
+}
+
+/// Starts a node serving `blocks` of the model, admitting only `clients`.
+fn serve(
+    manifest: &ModelManifest,
+    runtime: &Runtime,
+    blocks: std::ops::RangeInclusive<usize>,
+    clients: &[PeerId],
+    key: u8,
+) -> anyhow::Result<Served> {
+    let port = free_port();
+    let (net, inbound) = network(Some(port))?;
+    let operator = Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(key))?;
+    let server = Arc::new(BlockServer {
+        model_id: model_id(manifest),
+        first_block: *blocks.start() as u16,
+        blocks: blocks
+            .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
+            .collect::<Result<_, _>>()?,
+        attester: Attester {
+            signer: operator.clone(),
+            domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        },
+        admission: Admission::Peers(clients.iter().copied().collect::<HashSet<_>>()),
+    });
+    tokio::spawn(server.run(inbound));
+    let peer = net.local_peer();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
+    Ok(Served { peer, addr, operator, _net: net })
+}
+
+fn model_id(manifest: &ModelManifest) -> [u8; 32] {
+    hex::decode(manifest.model_id.trim_start_matches("0x")).unwrap().try_into().unwrap()
+}
+
+fn step(
+    manifest: &ModelManifest,
+    blocks: (u16, u16),
+    position: u32,
+    kind: StepKind,
+    payload: Payload,
+) -> InferRequest {
+    InferRequest {
+        model_id: model_id(manifest),
+        first_block: blocks.0,
+        last_block: blocks.1,
+        session: 42,
+        position,
+        kind,
+        payload,
+    }
+}
+
+fn output(response: InferResponse) -> Payload {
+    match response {
+        InferResponse::Ok { output, .. } => output,
+        InferResponse::Err(e) => panic!("node refused: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "4"])?;
+    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
+    let manifest = ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+
+    let (client, _client_inbound) = network(None)?;
+    let first = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 1)?;
+    let rest = serve(&manifest, &runtime, 1..=2, &[client.local_peer()], 2)?;
+    client.dial(first.peer, first.addr.clone()).await?;
+    client.dial(rest.peer, rest.addr.clone()).await?;
+
+    // Greedy decoding through node 1 (block 0) then node 2 (blocks 1-2).
+    let mut tokens = vec![1i64, 5, 9, 13];
+    let mut position = 0u32;
+    for i in 0..8 {
+        let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
+        let request = step(&manifest, (0, 0), position, kind, Payload::Tokens(tokens.clone()));
+        let response = client.request(first.peer, request.clone()).await?;
+        let InferResponse::Ok { output: hidden, signature } = response else {
+            panic!("refused: {response:?}")
+        };
+        // The answer is signed by the node's operator key over (request, output).
+        let attestation = ResponseAttestation {
+            request_hash: infergrid::eip712::keccak256(&request.encode()),
+            output_hash: infergrid::eip712::keccak256(&payload_bytes(&hidden)),
+        };
+        let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
+        assert_eq!(attestation.signer(&domain, &signature)?, first.operator.address());
+
+        let logits = output(
+            client.request(rest.peer, step(&manifest, (1, 2), position, kind, hidden)).await?,
+        );
+        let Payload::Tensor(logits) = logits else { panic!("expected logits") };
+        let expected = local.step(42, position as usize, &tokens)?;
+        assert_eq!(logits, expected, "step {i}: network and in-process logits differ");
+        position += tokens.len() as u32;
+        let next =
+            expected.last_row().iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+                as i64;
+        tokens = vec![next];
+    }
+    assert_eq!(
+        rest.operator.address(),
+        Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(2))?.address()
+    );
+
+    // Typed refusals: wrong model, blocks not served, bad shapes, a lost session, a stranger.
+    let refusal = |r: InferResponse| match r {
+        InferResponse::Err(e) => e.code,
+        InferResponse::Ok { .. } => panic!("expected a refusal"),
+    };
+    let mut wrong_model = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1]));
+    wrong_model.model_id = [9; 32];
+    assert_eq!(refusal(client.request(first.peer, wrong_model).await?), ErrorCode::UnknownModel);
+    let wrong_span = step(&manifest, (1, 2), 0, StepKind::Prefill, Payload::Tokens(vec![1]));
+    assert_eq!(refusal(client.request(first.peer, wrong_span).await?), ErrorCode::BlocksNotServed);
+    let bad_shape = infergrid::engine::Activation::new(vec![1, 1, 7], vec![0.0; 7])?;
+    let bad = step(&manifest, (1, 2), 0, StepKind::Prefill, Payload::Tensor(bad_shape));
+    assert_eq!(refusal(client.request(rest.peer, bad).await?), ErrorCode::BadInput);
+    let lost = step(&manifest, (0, 0), 99, StepKind::Decode, Payload::Tokens(vec![1]));
+    assert_eq!(refusal(client.request(first.peer, lost).await?), ErrorCode::SessionLost);
+
+    let (stranger, _inbound) = network(None)?;
+    stranger.dial(first.peer, first.addr.clone()).await?;
+    let request = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1]));
+    assert_eq!(refusal(stranger.request(first.peer, request).await?), ErrorCode::NotAdmitted);
+    Ok(())
+}
