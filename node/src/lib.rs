@@ -15,6 +15,7 @@ pub mod identity;
 pub mod model;
 pub mod net;
 pub mod pay;
+pub mod route;
 pub mod serve;
 pub mod tools;
 pub mod validate;
