@@ -10,6 +10,7 @@ pub mod chain;
 pub mod devnet;
 pub mod eip712;
 pub mod engine;
+pub mod gateway;
 pub mod generate;
 pub mod identity;
 pub mod model;

@@ -38,7 +38,7 @@ struct Served {
     peer: PeerId,
     addr: Multiaddr,
     operator: Eip712Signer,
-    _net: Network,
+    net: Network,
 }
 
 /// Starts a node serving `blocks` of the model, admitting only `clients`.
@@ -67,7 +67,7 @@ fn serve(
     tokio::spawn(server.run(inbound));
     let peer = net.local_peer();
     let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
-    Ok(Served { peer, addr, operator, _net: net })
+    Ok(Served { peer, addr, operator, net })
 }
 
 fn model_id(manifest: &ModelManifest) -> [u8; 32] {
@@ -169,5 +169,99 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
     stranger.dial(first.peer, first.addr.clone()).await?;
     let request = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1]));
     assert_eq!(refusal(stranger.request(first.peer, request).await?), ErrorCode::NotAdmitted);
+    Ok(())
+}
+
+fn candidate(served: &Served, blocks: (u16, u16), rtt_ms: f64) -> infergrid::route::Candidate {
+    infergrid::route::Candidate {
+        peer: served.peer,
+        first_block: blocks.0,
+        last_block: blocks.1,
+        rtt_ms: Some(rtt_ms),
+        compute_ms: Some(1.0),
+        active_sessions: 0,
+        free_cache_tokens: None,
+    }
+}
+
+/// Greedy decoding through a remote model: the chosen ids.
+fn greedy(
+    model: &mut impl infergrid::generate::TextModel,
+    session: u64,
+    prompt: &[i64],
+    steps: usize,
+    mut before_step: impl FnMut(usize),
+) -> Vec<i64> {
+    let (mut input, mut position, mut ids) = (prompt.to_vec(), 0, Vec::new());
+    for step in 0..steps {
+        before_step(step);
+        let logits = model.next_logits(session, position, &input).expect("step");
+        position += input.len();
+        let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+        ids.push(next);
+        input = vec![next];
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_output()
+-> anyhow::Result<()> {
+    use infergrid::gateway::{RemoteModel, RemoteModelConfig};
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "6"])?;
+    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
+    let manifest = ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+
+    let (client, _inbound) = network(None)?;
+    let me = [client.local_peer()];
+    let head = serve(&manifest, &runtime, 0..=0, &me, 1)?;
+    let tail = serve(&manifest, &runtime, 1..=2, &me, 2)?;
+    let replica = serve(&manifest, &runtime, 1..=2, &me, 3)?;
+    for s in [&head, &tail, &replica] {
+        client.dial(s.peer, s.addr.clone()).await?;
+    }
+    // The replica looks slower, so the route uses `tail` until it dies.
+    let directory = Arc::new(std::sync::Mutex::new(vec![
+        candidate(&head, (0, 0), 1.0),
+        candidate(&tail, (1, 2), 1.0),
+        candidate(&replica, (1, 2), 20.0),
+    ]));
+    let config = RemoteModelConfig {
+        model_id: model_id(&manifest),
+        num_blocks: 3,
+        context_length: manifest.config.max_positions,
+        eos_ids: Vec::new(),
+        max_failovers_per_step: 3,
+    };
+    let mut remote = RemoteModel::new(client.clone(), config, directory);
+    let tail_net = tail.net.clone();
+    let handle = tokio::runtime::Handle::current();
+    let prompt = [1i64, 8, 27, 64];
+    let (clean, failed_over, failovers, reference) = tokio::task::spawn_blocking(move || {
+        let clean = greedy(&mut remote, 1, &prompt, 16, |_| {});
+        let failed_over = greedy(&mut remote, 2, &prompt, 16, |step| {
+            if step == 6 {
+                handle.block_on(tail_net.shutdown()).expect("shutdown");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let reference = greedy(&mut &local, 3, &prompt, 16, |_| {});
+        (clean, failed_over, remote.failovers().to_vec(), reference)
+    })
+    .await?;
+
+    assert_eq!(clean, reference, "remote greedy output differs from the in-process pipeline");
+    assert_eq!(failed_over, clean, "failover changed the output");
+    assert_eq!(failovers.len(), 1, "{failovers:?}");
+    assert_eq!(failovers[0].failed_peer, tail.peer);
+    assert!(failovers[0].replacement.iter().any(|h| h.peer == replica.peer));
+    eprintln!(
+        "failover: {} died at step 6, stall {:.1} ms (replay of 6 steps included)",
+        tail.peer,
+        failovers[0].stall.as_secs_f64() * 1e3
+    );
     Ok(())
 }

@@ -69,6 +69,7 @@ pub enum Inbound {
 }
 
 enum Command {
+    Shutdown,
     Dial {
         peer: PeerId,
         addr: Multiaddr,
@@ -201,6 +202,11 @@ impl Network {
         self.send(Command::Publish { announcement }).await
     }
 
+    /// Stops the swarm: connections close and peers see this node go away.
+    pub async fn shutdown(&self) -> Result<(), NetError> {
+        self.send(Command::Shutdown).await
+    }
+
     /// Addresses the swarm listens on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         let (reply, rx) = oneshot::channel();
@@ -304,8 +310,8 @@ impl EventLoop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => return,
                     Some(command) => self.on_command(command),
-                    None => return,
                 },
             }
         }
@@ -338,6 +344,7 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::Shutdown => {}
         }
     }
 

@@ -101,8 +101,10 @@ pub fn plan(
     cost: &CostModel,
     needed_tokens: usize,
 ) -> Option<Vec<Hop>> {
-    let usable: Vec<&Candidate> =
-        candidates.iter().filter(|c| !banned.contains(&c.peer) && c.first_block <= c.last_block).collect();
+    let usable: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !banned.contains(&c.peer) && c.first_block <= c.last_block)
+        .collect();
     let mut best: HashMap<u16, (f64, Option<(u16, Hop)>)> = HashMap::from([(from, (0.0, None))]);
     let mut heap = BinaryHeap::from([Frontier(0.0, from)]);
     while let Some(Frontier(dist, at)) = heap.pop() {
@@ -195,8 +197,19 @@ mod tests {
 
         // A slow whole-model peer loses to fast single-block peers.
         let slow = cand(1, 0, 2, 200.0, 300.0);
-        let route = plan(&[slow, singles[0].clone(), singles[1].clone(), singles[2].clone()], 0, 3, &HashSet::new(), &cost, 16).unwrap();
-        assert_eq!(route.iter().map(|h| h.peer).collect::<Vec<_>>(), vec![peer(2), peer(3), peer(4)]);
+        let route = plan(
+            &[slow, singles[0].clone(), singles[1].clone(), singles[2].clone()],
+            0,
+            3,
+            &HashSet::new(),
+            &cost,
+            16,
+        )
+        .unwrap();
+        assert_eq!(
+            route.iter().map(|h| h.peer).collect::<Vec<_>>(),
+            vec![peer(2), peer(3), peer(4)]
+        );
     }
 
     #[test]
@@ -204,7 +217,8 @@ mod tests {
         let cost = CostModel::default();
         let cands = [cand(1, 0, 1, 1.0, 2.0), cand(2, 1, 2, 1.0, 2.0), cand(3, 2, 2, 100.0, 100.0)];
         let route = plan(&cands, 0, 3, &HashSet::new(), &cost, 16).unwrap();
-        let covered: Vec<(u16, u16)> = route.iter().map(|h| (h.first_block, h.last_block)).collect();
+        let covered: Vec<(u16, u16)> =
+            route.iter().map(|h| (h.first_block, h.last_block)).collect();
         assert_eq!(covered.first().unwrap().0, 0);
         assert_eq!(covered.last().unwrap().1, 2);
         assert!(covered.windows(2).all(|w| w[0].1 + 1 == w[1].0), "contiguous: {covered:?}");

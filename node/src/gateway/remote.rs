@@ -1,0 +1,274 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use crate::engine::{Activation, EngineError};
+use crate::generate::TextModel;
+use crate::net::Network;
+use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
+use crate::route::{Bans, Candidate, CostModel, Hop, plan};
+
+/// What the gateway knows about the model it routes.
+#[derive(Debug, Clone)]
+pub struct RemoteModelConfig {
+    pub model_id: [u8; 32],
+    pub num_blocks: u16,
+    pub context_length: usize,
+    pub eos_ids: Vec<u32>,
+    /// Failovers allowed within one step before giving up.
+    pub max_failovers_per_step: usize,
+}
+
+/// One recovery from a failed node, for reporting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    pub failed_peer: PeerId,
+    pub reason: String,
+    pub replacement: Vec<Hop>,
+    /// From the failure to the step's answer, replay included.
+    pub stall: Duration,
+}
+
+/// A session's route and every input sent at every block boundary, so that any hop can be
+/// rebuilt on another peer by replaying exactly the same steps.
+#[derive(Debug, Default)]
+struct SessionState {
+    hops: Vec<Hop>,
+    /// Inputs at boundary `b` (the input of block `b`), in order: (position, payload).
+    history: HashMap<u16, Vec<(u32, Payload)>>,
+}
+
+/// A [`TextModel`] whose blocks run on the swarm.
+pub struct RemoteModel {
+    net: Network,
+    config: RemoteModelConfig,
+    candidates: Arc<Mutex<Vec<Candidate>>>,
+    cost: CostModel,
+    bans: Mutex<Bans>,
+    sessions: HashMap<u64, SessionState>,
+    failovers: Vec<Failover>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Why a hop failed.
+enum HopError {
+    /// The peer is unusable (network failure, lost session, overload): fail over.
+    Peer(String),
+    /// The request itself is wrong: failing over would not help.
+    Fatal(EngineError),
+}
+
+impl RemoteModel {
+    /// `candidates` is the live directory of usable peers (staked on-chain, with announced
+    /// load and measured RTT), shared with whoever keeps it current.
+    pub fn new(
+        net: Network,
+        config: RemoteModelConfig,
+        candidates: Arc<Mutex<Vec<Candidate>>>,
+    ) -> Self {
+        Self {
+            net,
+            config,
+            candidates,
+            cost: CostModel::default(),
+            bans: Mutex::new(Bans::default()),
+            sessions: HashMap::new(),
+            failovers: Vec::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Failovers so far.
+    pub fn failovers(&self) -> &[Failover] {
+        &self.failovers
+    }
+
+    /// The current route of a session.
+    pub fn route(&self, session: u64) -> Option<&[Hop]> {
+        self.sessions.get(&session).map(|s| s.hops.as_slice())
+    }
+
+    fn plan_from(&self, from: u16, needed_tokens: usize) -> Result<Vec<Hop>, EngineError> {
+        let candidates = self.candidates.lock().expect("candidates").clone();
+        let banned = self.bans.lock().expect("bans").banned();
+        plan(&candidates, from, self.config.num_blocks, &banned, &self.cost, needed_tokens)
+            .ok_or_else(|| EngineError::Run {
+                block: from as usize,
+                reason: "no staked, reachable peer serves this block".into(),
+            })
+    }
+
+    fn call(
+        &self,
+        hop: &Hop,
+        session: u64,
+        position: u32,
+        kind: StepKind,
+        payload: Payload,
+    ) -> Result<Payload, HopError> {
+        let request = InferRequest {
+            model_id: self.config.model_id,
+            first_block: hop.first_block,
+            last_block: hop.last_block,
+            session,
+            position,
+            kind,
+            payload,
+        };
+        match self.runtime.block_on(self.net.request(hop.peer, request)) {
+            Ok(InferResponse::Ok { output, .. }) => {
+                self.bans.lock().expect("bans").succeed(&hop.peer);
+                Ok(output)
+            }
+            Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
+                Err(HopError::Fatal(EngineError::BadInput {
+                    block: hop.first_block as usize,
+                    reason: e.message,
+                }))
+            }
+            Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
+            Err(e) => Err(HopError::Peer(e.to_string())),
+        }
+    }
+
+    /// Rebuilds the caches of `hops` by replaying, step by step, the session's inputs from
+    /// their first boundary (positions before `before`); the same chunks as originally sent, so
+    /// the rebuilt caches are bit-identical. Refreshes the history of the later boundaries.
+    fn replay(
+        &self,
+        state: &mut SessionState,
+        hops: &[Hop],
+        session: u64,
+        before: u32,
+    ) -> Result<(), (Hop, HopError)> {
+        for hop in hops {
+            let inputs: Vec<(u32, Payload)> = state
+                .history
+                .get(&hop.first_block)
+                .map(|h| h.iter().filter(|(p, _)| *p < before).cloned().collect())
+                .unwrap_or_default();
+            let mut outputs = Vec::with_capacity(inputs.len());
+            for (position, input) in inputs {
+                let output = self
+                    .call(hop, session, position, StepKind::Replay, input)
+                    .map_err(|e| (*hop, e))?;
+                outputs.push((position, output));
+            }
+            if hop.last_block + 1 < self.config.num_blocks {
+                state.history.insert(hop.last_block + 1, outputs);
+            }
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        session: u64,
+        position: u32,
+        tokens: &[i64],
+    ) -> Result<Activation, EngineError> {
+        let mut state = match self.sessions.remove(&session) {
+            Some(state) if position > 0 => state,
+            _ => SessionState { hops: self.plan_from(0, tokens.len())?, ..Default::default() },
+        };
+        let kind = if position == 0 { StepKind::Prefill } else { StepKind::Decode };
+        let mut payload = Payload::Tokens(tokens.to_vec());
+        let mut index = 0;
+        let mut failovers = 0;
+        let mut stalled: Option<(Instant, PeerId, String)> = None;
+        while index < state.hops.len() {
+            let hop = state.hops[index];
+            let kept = state.history.entry(hop.first_block).or_default();
+            kept.retain(|(p, _)| *p < position);
+            kept.push((position, payload.clone()));
+            match self.call(&hop, session, position, kind, payload.clone()) {
+                Ok(output) => {
+                    payload = output;
+                    index += 1;
+                }
+                Err(HopError::Fatal(e)) => {
+                    self.sessions.insert(session, state);
+                    return Err(e);
+                }
+                Err(HopError::Peer(reason)) => {
+                    stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
+                    self.bans.lock().expect("bans").fail(hop.peer);
+                    for old in &state.hops[index + 1..] {
+                        let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
+                    }
+                    // Plan the failed hop and everything after it again, and rebuild the
+                    // replacement's caches; a replacement failing during replay is banned too.
+                    loop {
+                        failovers += 1;
+                        if failovers > self.config.max_failovers_per_step {
+                            return Err(EngineError::Run {
+                                block: hop.first_block as usize,
+                                reason,
+                            });
+                        }
+                        let replacement =
+                            self.plan_from(hop.first_block, (position as usize) + tokens.len())?;
+                        state.hops.truncate(index);
+                        state.hops.extend(replacement.iter().copied());
+                        match self.replay(&mut state, &replacement, session, position) {
+                            Ok(()) => break,
+                            Err((bad, HopError::Fatal(e))) => {
+                                let _ = bad;
+                                return Err(e);
+                            }
+                            Err((bad, HopError::Peer(_))) => {
+                                self.bans.lock().expect("bans").fail(bad.peer)
+                            }
+                        }
+                    }
+                    // The current step resumes at the same boundary with the same input.
+                }
+            }
+        }
+        if let Some((started, failed_peer, reason)) = stalled {
+            self.failovers.push(Failover {
+                failed_peer,
+                reason,
+                replacement: state.hops.clone(),
+                stall: started.elapsed(),
+            });
+        }
+        self.sessions.insert(session, state);
+        match payload {
+            Payload::Tensor(logits) => Ok(logits),
+            _ => Err(EngineError::Run {
+                block: self.config.num_blocks as usize - 1,
+                reason: "last hop returned no logits".into(),
+            }),
+        }
+    }
+}
+
+impl TextModel for RemoteModel {
+    fn next_logits(
+        &mut self,
+        session: u64,
+        position: usize,
+        tokens: &[i64],
+    ) -> Result<Vec<f32>, EngineError> {
+        Ok(self.step(session, position as u32, tokens)?.last_row().to_vec())
+    }
+
+    fn close(&mut self, session: u64) {
+        if let Some(state) = self.sessions.remove(&session) {
+            for hop in &state.hops {
+                let _ = self.call(hop, session, 0, StepKind::Close, Payload::Empty);
+            }
+        }
+    }
+
+    fn context_length(&self) -> usize {
+        self.config.context_length
+    }
+
+    fn eos_ids(&self) -> &[u32] {
+        &self.config.eos_ids
+    }
+}
