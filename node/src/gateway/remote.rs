@@ -57,7 +57,7 @@ enum HopError {
     /// The peer is unusable (network failure, lost session, overload): fail over.
     Peer(String),
     /// The request itself is wrong: failing over would not help.
-    Fatal(EngineError),
+    Fatal(Box<EngineError>),
 }
 
 impl RemoteModel {
@@ -190,7 +190,7 @@ impl RemoteModel {
                 }
                 Err(HopError::Fatal(e)) => {
                     self.sessions.insert(session, state);
-                    return Err(e);
+                    return Err(*e);
                 }
                 Err(HopError::Peer(reason)) => {
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
@@ -214,10 +214,7 @@ impl RemoteModel {
                         state.hops.extend(replacement.iter().copied());
                         match self.replay(&mut state, &replacement, session, position) {
                             Ok(()) => break,
-                            Err((bad, HopError::Fatal(e))) => {
-                                let _ = bad;
-                                return Err(e);
-                            }
+                            Err((_, HopError::Fatal(e))) => return Err(*e),
                             Err((bad, HopError::Peer(_))) => {
                                 self.bans.lock().expect("bans").fail(bad.peer)
                             }
