@@ -123,10 +123,10 @@ impl RemoteModel {
                 Ok(output)
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
-                Err(HopError::Fatal(EngineError::BadInput {
+                Err(HopError::Fatal(Box::new(EngineError::BadInput {
                     block: hop.first_block as usize,
                     reason: e.message,
-                }))
+                })))
             }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
