@@ -109,7 +109,8 @@ impl BlockServer {
         }
         let server = self.clone();
         let request_copy = request.clone();
-        let result = tokio::task::spawn_blocking(move || server.compute(&request_copy)).await;
+        let session = session_key(&peer, request.session);
+        let result = tokio::task::spawn_blocking(move || server.compute(session, &request_copy)).await;
         match result {
             Ok(Ok(output)) => {
                 let signature = self.attester.attest(&request, &output);
@@ -120,12 +121,12 @@ impl BlockServer {
         }
     }
 
-    fn compute(&self, request: &InferRequest) -> Result<Payload, WireError> {
+    fn compute(&self, session: u64, request: &InferRequest) -> Result<Payload, WireError> {
         let span = request.first_block as usize - self.first_block as usize
             ..=request.last_block as usize - self.first_block as usize;
         if request.kind == StepKind::Close {
             self.blocks[span].iter().for_each(|b| {
-                b.close(request.session);
+                b.close(session);
             });
             return Ok(Payload::Empty);
         }
@@ -149,6 +150,15 @@ impl BlockServer {
         }
         output.map(Payload::Tensor).ok_or_else(|| WireError::new(ErrorCode::Internal, "empty span"))
     }
+}
+
+/// Sessions are the requester's own: the cache key binds the session id to the peer, so no
+/// peer can continue, overwrite or close another peer's session by guessing its id.
+fn session_key(peer: &PeerId, session: u64) -> u64 {
+    let mut preimage = peer.to_bytes();
+    preimage.extend_from_slice(&session.to_le_bytes());
+    let hash = keccak256(&preimage);
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
 fn refuse(code: ErrorCode, message: String) -> InferResponse {
