@@ -4,7 +4,7 @@
 //! secret: the registry binds the derived peer id to the operator address at registration.
 
 use alloy::primitives::B256;
-use libp2p_identity::{Keypair, PeerId};
+use libp2p::identity::{Keypair, PeerId};
 
 use crate::eip712::keccak256;
 

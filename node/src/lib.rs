@@ -6,6 +6,7 @@
 //! - [`devnet`]: a local anvil chain with every role provisioned;
 //! - [`tools`]: where `scripts/setup` put anvil, forge and `libonnxruntime`.
 
+pub mod api;
 pub mod chain;
 pub mod devnet;
 pub mod eip712;

@@ -42,7 +42,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
     let registry = manifest["contracts"]["registry"].as_str().expect("registry").to_owned();
     let operator =
         manifest["roles"]["operators"][0]["address"].as_str().expect("operator").to_owned();
-    assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(3));
+    assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(4));
     assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(3));
     assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(2));
 
@@ -64,7 +64,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
     let operator: Address = operator.parse()?;
     let reloaded = infergrid::chain::Registry::new(registry, account.provider.clone());
     assert_eq!(reloaded.stake_of(operator).await?, parse_ether("10000")?);
-    assert_eq!(reloaded.operators().await?.len(), 3);
+    assert_eq!(reloaded.operators().await?.len(), 4);
 
     // Ctrl-C stops the devnet and its anvil.
     // SAFETY: kill(2) on our own child.

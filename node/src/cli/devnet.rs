@@ -26,6 +26,10 @@ pub struct DevnetArgs {
     /// The anvil binary (default: from `scripts/setup`'s env file or INFERGRID_ANVIL).
     #[arg(long)]
     anvil: Option<PathBuf>,
+    /// Register the operators for this imported model (operator i serves block i mod N),
+    /// instead of a placeholder model id.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -40,7 +44,17 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let url = anvil.url().to_owned();
 
     eprintln!("devnet: deploying contracts and provisioning roles");
-    let (deployment, roles) = provision(&url).await.context("provisioning the devnet")?;
+    let served = match &args.model {
+        Some(dir) => {
+            let manifest = infergrid::model::ModelManifest::load(dir)?;
+            Some(devnet::ServedModel {
+                model_id: manifest.model_id.parse().context("manifest model id")?,
+                num_blocks: manifest.blocks.len() as u32,
+            })
+        }
+        None => None,
+    };
+    let (deployment, roles) = provision(&url, served).await.context("provisioning the devnet")?;
 
     let deployment_file = args.out.join("deployment.json");
     let state_file = args.out.join("state.json");

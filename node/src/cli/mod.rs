@@ -5,6 +5,7 @@ mod chain;
 mod devnet;
 mod infer;
 mod model;
+mod swarm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,10 @@ enum Command {
     Infer(infer::InferArgs),
     /// Print sentence embeddings from an encoder model.
     Embed(infer::EmbedArgs),
+    /// Serve layer blocks of a model to the swarm (operators).
+    Node(swarm::NodeArgs),
+    /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
+    Gateway(swarm::GatewayArgs),
     /// Benchmarks that print the figures the project reports.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,5 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => infer::infer(args),
         Command::Embed(args) => infer::embed(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Node(args) => swarm::node(args).await,
+        Command::Gateway(args) => swarm::gateway(args).await,
     }
 }

@@ -39,6 +39,9 @@ impl AnvilProcess {
                 &port.to_string(),
                 "--chain-id",
                 &chain_id.to_string(),
+                // Every account of anvil-fixtures/dev-accounts.json gets ether for gas.
+                "--accounts",
+                &super::dev_accounts().len().to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -78,9 +78,20 @@ const VALIDATOR_STAKE: &str = "10000";
 /// 10^12 wei (10^-6 BTT) per token.
 const PRICE_PER_TOKEN: u64 = 1_000_000_000_000;
 
+/// The model the devnet's operators register: its id and how many blocks it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedModel {
+    pub model_id: B256,
+    pub num_blocks: u32,
+}
+
 /// Deploys the suite to the anvil at `url`, funds every role and registers the operators
-/// and validators. Returns the deployment and who plays which role.
-pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
+/// (operator `i` serving block `i mod num_blocks` of `model`, or block `i` of a placeholder
+/// model) and validators. Returns the deployment and who plays which role.
+pub async fn provision(
+    url: &str,
+    model: Option<ServedModel>,
+) -> Result<(Deployment, Roles), ChainError> {
     let role = |r| accounts_with(r);
     let deployer_key = role(Role::Deployer)[0].private_key;
     let treasury = role(Role::Treasury)[0].address;
@@ -96,15 +107,18 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
     }
 
     let mut operators = Vec::new();
-    for (block, operator) in (0u32..).zip(role(Role::Operator)) {
+    let model =
+        model.unwrap_or(ServedModel { model_id: placeholder_model_id(), num_blocks: u32::MAX });
+    for (index, operator) in (0u32..).zip(role(Role::Operator)) {
+        let block = index % model.num_blocks;
         let peer_id = node_peer_id(&operator.private_key);
         let registration = NodeRegistration {
             peer_id: Bytes::from(peer_id.to_bytes()),
-            model_id: placeholder_model_id(),
+            model_id: model.model_id,
             first_block: block,
             last_block: block,
             price_per_token: U256::from(PRICE_PER_TOKEN),
-            multiaddrs: vec![format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}", 40_000 + block)],
+            multiaddrs: vec![node_multiaddr(index, &peer_id)],
             stake: parse_ether(NODE_STAKE).expect("constant"),
         };
         let contracts = Account::connect(url, &operator.private_key).await?.contracts(&deployment);
@@ -137,6 +151,11 @@ pub async fn provision(url: &str) -> Result<(Deployment, Roles), ChainError> {
         payers: role(Role::Payer).iter().map(|a| a.address).collect(),
     };
     Ok((deployment, roles))
+}
+
+/// Where the devnet's operator `index` listens: `/ip4/127.0.0.1/tcp/<40000 + index>/p2p/<peer>`.
+pub fn node_multiaddr(index: u32, peer: &libp2p::PeerId) -> String {
+    format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer}", 40_000 + index)
 }
 
 /// Asks anvil for a snapshot of its whole state (`anvil_dumpState`: gzipped JSON, hex).

@@ -87,7 +87,7 @@ pub enum GenerationError {
 /// Stops at an EOS token or when the text contains one of `stop` (which is cut off).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
-    model: &mut impl TextModel,
+    model: &mut (impl TextModel + ?Sized),
     tokenizer: &Tokenizer,
     session: u64,
     prompt: &str,

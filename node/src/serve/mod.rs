@@ -20,12 +20,25 @@ use crate::validate::ResponseAttestation;
 pub enum Admission {
     /// Only these peers (a local test network, or a private deployment).
     Peers(HashSet<PeerId>),
+    /// These peers, and every peer registered on-chain as an active (staked, not jailed) node.
+    Registry { allowed: HashSet<PeerId>, registry: crate::chain::Registry },
 }
 
 impl Admission {
-    fn admits(&self, peer: &PeerId) -> bool {
+    async fn admits(&self, peer: &PeerId) -> bool {
         match self {
             Admission::Peers(allowed) => allowed.contains(peer),
+            Admission::Registry { allowed, registry } => {
+                if allowed.contains(peer) {
+                    return true;
+                }
+                match registry.operator_of(peer.to_bytes().into()).await {
+                    Ok(operator) if !operator.is_zero() => {
+                        registry.is_active(operator).await.unwrap_or(false)
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 }
@@ -82,7 +95,7 @@ impl BlockServer {
             Ok(request) => request,
             Err(e) => return refuse(ErrorCode::Malformed, format!("malformed request: {e}")),
         };
-        if !self.admission.admits(&peer) {
+        if !self.admission.admits(&peer).await {
             return refuse(
                 ErrorCode::NotAdmitted,
                 format!("peer {peer} is not admitted by this node"),
@@ -110,7 +123,8 @@ impl BlockServer {
         let server = self.clone();
         let request_copy = request.clone();
         let session = session_key(&peer, request.session);
-        let result = tokio::task::spawn_blocking(move || server.compute(session, &request_copy)).await;
+        let result =
+            tokio::task::spawn_blocking(move || server.compute(session, &request_copy)).await;
         match result {
             Ok(Ok(output)) => {
                 let signature = self.attester.attest(&request, &output);

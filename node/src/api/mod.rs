@@ -1,0 +1,276 @@
+//! The gateway's OpenAI-compatible HTTP API (axum): completions and chat completions, with
+//! SSE streaming, log-probabilities and usage; models; health. Errors use OpenAI's JSON shape.
+
+mod types;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Json, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{Stream, StreamExt};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use crate::generate::{
+    GeneratedToken, Generation, GenerationError, SamplingParams, TextModel, generate,
+};
+pub use types::{ApiError, ChatRequest, CompletionRequest};
+
+/// Something that generates for the API: the routed remote model on a gateway.
+pub type Backend = Arc<std::sync::Mutex<Box<dyn TextModel + Send>>>;
+
+/// Shared state of the API.
+pub struct ApiState {
+    pub model_name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub backend: Backend,
+    next_session: AtomicU64,
+}
+
+impl ApiState {
+    pub fn new(model_name: String, tokenizer: Tokenizer, backend: Backend) -> Arc<Self> {
+        let seed =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Arc::new(Self {
+            model_name,
+            tokenizer: Arc::new(tokenizer),
+            backend,
+            next_session: AtomicU64::new(seed),
+        })
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
+                .into_response()
+        })
+        .with_state(state)
+}
+
+async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "infergrid"}],
+    }))
+}
+
+async fn embeddings(State(state): State<Arc<ApiState>>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        format!("model {} is a text generation model; it has no embeddings", state.model_name),
+    )
+}
+
+/// What a request asks the generator for.
+struct Job {
+    prompt: String,
+    max_tokens: usize,
+    stop: Vec<String>,
+    params: SamplingParams,
+}
+
+fn run_job(
+    state: &Arc<ApiState>,
+    job: Job,
+    on_token: impl FnMut(&GeneratedToken) + Send + 'static,
+) -> tokio::task::JoinHandle<Result<Generation, GenerationError>> {
+    let state = state.clone();
+    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        let mut backend = state.backend.lock().expect("backend lock");
+        generate(
+            &mut **backend,
+            &state.tokenizer,
+            session,
+            &job.prompt,
+            job.max_tokens,
+            &job.stop,
+            job.params,
+            on_token,
+        )
+    })
+}
+
+fn generation_error(e: GenerationError) -> ApiError {
+    match e {
+        GenerationError::Engine(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", other.to_string()),
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    let request =
+        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+    let job = Job {
+        prompt: request.prompt_text(),
+        max_tokens: request.max_tokens(),
+        stop: request.stop(),
+        params: request.sampling(),
+    };
+    let created = now();
+    let id = format!("cmpl-{}", state.next_session.load(Ordering::Relaxed));
+    if request.stream.unwrap_or(false) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let token_tx = tx.clone();
+        let model = state.model_name.clone();
+        let chunk_id = id.clone();
+        let handle = run_job(&state, job, move |token| {
+            let _ = token_tx.send(types::completion_chunk(
+                &chunk_id,
+                &model,
+                created,
+                &token.text_delta,
+                None,
+            ));
+        });
+        let model = state.model_name.clone();
+        tokio::spawn(async move {
+            let last = match handle.await {
+                Ok(Ok(generation)) => types::completion_chunk(
+                    &id,
+                    &model,
+                    created,
+                    "",
+                    Some(generation.finish_reason),
+                ),
+                Ok(Err(e)) => generation_error(e).body(),
+                Err(e) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+                        .body()
+                }
+            };
+            let _ = tx.send(last);
+        });
+        return sse(rx).into_response();
+    }
+    match run_job(&state, job, |_| {}).await {
+        Ok(Ok(generation)) => Json(types::completion_response(
+            &id,
+            &state.model_name,
+            created,
+            &generation,
+            request.logprobs,
+            &state.tokenizer,
+        ))
+        .into_response(),
+        Ok(Err(e)) => generation_error(e).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+            .into_response(),
+    }
+}
+
+async fn chat_completions(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let request =
+        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+    let job = Job {
+        prompt: request.prompt_text(),
+        max_tokens: request.max_tokens(),
+        stop: request.stop(),
+        params: request.sampling(),
+    };
+    let created = now();
+    let id = format!("chatcmpl-{}", state.next_session.load(Ordering::Relaxed));
+    if request.stream.unwrap_or(false) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(types::chat_chunk(
+            &id,
+            &state.model_name,
+            created,
+            Some("assistant"),
+            "",
+            None,
+        ));
+        let token_tx = tx.clone();
+        let model = state.model_name.clone();
+        let chunk_id = id.clone();
+        let handle = run_job(&state, job, move |token| {
+            let _ = token_tx.send(types::chat_chunk(
+                &chunk_id,
+                &model,
+                created,
+                None,
+                &token.text_delta,
+                None,
+            ));
+        });
+        let model = state.model_name.clone();
+        tokio::spawn(async move {
+            let last = match handle.await {
+                Ok(Ok(generation)) => types::chat_chunk(
+                    &id,
+                    &model,
+                    created,
+                    None,
+                    "",
+                    Some(generation.finish_reason),
+                ),
+                Ok(Err(e)) => generation_error(e).body(),
+                Err(e) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+                        .body()
+                }
+            };
+            let _ = tx.send(last);
+        });
+        return sse(rx).into_response();
+    }
+    match run_job(&state, job, |_| {}).await {
+        Ok(Ok(generation)) => Json(types::chat_response(
+            &id,
+            &state.model_name,
+            created,
+            &generation,
+            request.top_logprobs(),
+            &state.tokenizer,
+        ))
+        .into_response(),
+        Ok(Err(e)) => generation_error(e).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+            .into_response(),
+    }
+}
+
+/// Server-sent events: each JSON value as a `data:` event, then `data: [DONE]`.
+fn sse(
+    rx: mpsc::UnboundedReceiver<serde_json::Value>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|value| (Ok(Event::default().data(value.to_string())), rx))
+    });
+    Sse::new(events.chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) })))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,262 @@
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use anyhow::{Context, bail};
+use clap::Args;
+use infergrid::api::{ApiState, router};
+use infergrid::chain::{Deployment, Registry, connect_reader};
+use infergrid::eip712::Eip712Signer;
+use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
+use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
+use infergrid::identity::node_keypair;
+use infergrid::model::{ModelManifest, verify_block_files};
+use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
+use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::validate::validation_domain;
+use libp2p::{Multiaddr, PeerId};
+
+/// Chain access shared by `node` and `gateway`.
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// JSON-RPC endpoint of the chain with the InferGrid contracts.
+    #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    rpc_url: String,
+    /// Deployment file (from `infergrid devnet` or `infergrid deploy`).
+    #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
+    deployment: PathBuf,
+    /// Environment variable holding this participant's private key (hex); never a plain argument.
+    #[arg(long)]
+    key_env: String,
+}
+
+impl ChainArgs {
+    fn key(&self) -> anyhow::Result<B256> {
+        let key = std::env::var(&self.key_env)
+            .with_context(|| format!("set {} to the private key (hex)", self.key_env))?;
+        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", self.key_env))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The model folder; only the blocks served need to be present and intact.
+    #[arg(long)]
+    model: PathBuf,
+    /// Blocks served, inclusive: `2` or `1-2`.
+    #[arg(long)]
+    blocks: String,
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// libp2p listen address (repeatable).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/40000")]
+    listen: Vec<Multiaddr>,
+    /// Peers to dial at start, `/…/p2p/<peer id>` (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// A peer admitted besides the staked nodes (a gateway), repeatable.
+    #[arg(long)]
+    allow_peer: Vec<PeerId>,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_span(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+    if b < a {
+        bail!("block range {s} ends before it starts");
+    }
+    Ok((a, b))
+}
+
+fn model_id_bytes(manifest: &ModelManifest) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(manifest.model_id.trim_start_matches("0x"))
+        .context("manifest model id is not hex")?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("manifest model id is not 32 bytes"))
+}
+
+pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let manifest = ModelManifest::load(&args.model)?;
+    let (first, last) = parse_span(&args.blocks)?;
+    if last >= manifest.blocks.len() {
+        bail!("the model has {} blocks; cannot serve {first}-{last}", manifest.blocks.len());
+    }
+    let key = args.chain.key()?;
+    let operator = Eip712Signer::from_bytes(&key)?;
+    let deployment = Deployment::load(&args.chain.deployment)?;
+    let provider = connect_reader(&args.chain.rpc_url).await?;
+    let registry = Registry::new(deployment.contracts.registry, provider);
+    let keypair = node_keypair(&key);
+    let peer = keypair.public().to_peer_id();
+    if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
+        eprintln!(
+            "warning: peer id {peer} is not registered on-chain for {}; gateways will not route here",
+            operator.address()
+        );
+    }
+
+    let runtime = Runtime::new(args.device, args.threads)?;
+    if let Some(reason) = runtime.fallback() {
+        eprintln!("warning: {reason}");
+    }
+    let mut blocks = Vec::new();
+    for index in first..=last {
+        verify_block_files(&manifest, &manifest.blocks[index])?;
+        blocks.push(Arc::new(BlockRunner::load(
+            &manifest,
+            index,
+            &runtime,
+            CacheLimits::default(),
+        )?));
+    }
+    let model_id = model_id_bytes(&manifest)?;
+    let (net, inbound) = Network::spawn(NetConfig {
+        keypair,
+        listen: args.listen.clone(),
+        bootstrap: args.bootstrap.clone(),
+        request_timeout: Duration::from_secs(60),
+    })?;
+    for block in first..=last {
+        net.provide(block_key(&model_id, block as u16)).await?;
+    }
+    let server = Arc::new(BlockServer {
+        model_id,
+        first_block: first as u16,
+        blocks: blocks.clone(),
+        attester: Attester {
+            signer: operator,
+            domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
+        },
+        admission: Admission::Registry {
+            allowed: args.allow_peer.iter().copied().collect::<HashSet<_>>(),
+            registry,
+        },
+    });
+    tokio::spawn(server.run(inbound));
+
+    // Load announcements, so gateways can weigh routes.
+    let announcer = net.clone();
+    let model_hex = manifest.model_id.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sessions, _) = blocks[0].cache_usage();
+            let free = blocks.iter().map(|b| b.free_cache_tokens()).min().unwrap_or(0);
+            let _ = announcer
+                .publish(Announcement {
+                    peer_id: peer.to_string(),
+                    model_id: model_hex.clone(),
+                    first_block: first as u16,
+                    last_block: last as u16,
+                    active_sessions: sessions,
+                    free_cache_tokens: free,
+                    compute_ms_per_token: 0.0,
+                })
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    println!(
+        "node ready: peer {peer}, blocks {first}-{last} of {}, listening on {:?}",
+        manifest.model_id, args.listen
+    );
+    tokio::signal::ctrl_c().await?;
+    eprintln!("node: stopping");
+    net.shutdown().await?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The model folder (the manifest and tokenizer are read; no weights needed).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// HTTP address of the OpenAI-compatible API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// libp2p listen address.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    p2p_listen: Vec<Multiaddr>,
+    /// Extra peers to dial, `/…/p2p/<peer id>`.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let manifest = ModelManifest::load(&args.model)?;
+    if !manifest.architecture.is_decoder() {
+        bail!("the gateway serves decoder models for now");
+    }
+    let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
+    let key = args.chain.key()?;
+    let deployment = Deployment::load(&args.chain.deployment)?;
+    let provider = connect_reader(&args.chain.rpc_url).await?;
+    let registry = Registry::new(deployment.contracts.registry, provider);
+    let (net, mut inbound) = Network::spawn(NetConfig {
+        keypair: node_keypair(&key),
+        listen: args.p2p_listen.clone(),
+        bootstrap: args.bootstrap.clone(),
+        request_timeout: Duration::from_secs(30),
+    })?;
+    let model_id = model_id_bytes(&manifest)?;
+    let directory = Directory::new(registry, B256::from(model_id), manifest.blocks.len() as u16);
+    let found = directory.refresh(&net).await?;
+    eprintln!(
+        "gateway: peer {}, {found} staked nodes serve {}",
+        net.local_peer(),
+        manifest.model_id
+    );
+
+    let refresher = (directory.clone(), net.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = inbound.recv() => match message {
+                    Some(Inbound::Announcement { from, announcement }) => refresher.0.announce(from, announcement),
+                    Some(Inbound::Request { .. }) => {}
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if let Err(e) = refresher.0.refresh(&refresher.1).await {
+                        eprintln!("gateway: registry refresh failed: {e}");
+                    }
+                }
+            }
+        }
+    });
+
+    let config = RemoteModelConfig {
+        model_id,
+        num_blocks: manifest.blocks.len() as u16,
+        context_length: manifest.config.max_positions,
+        eos_ids: manifest.tokenizer.eos_token_ids.clone(),
+        max_failovers_per_step: 4,
+    };
+    let remote = RemoteModel::new(net.clone(), config, directory.candidates());
+    let state = ApiState::new(
+        manifest.name.clone(),
+        tokenizer,
+        Arc::new(std::sync::Mutex::new(Box::new(remote))),
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!(
+        "gateway ready: OpenAI API on http://{}/v1 (model {:?})",
+        listener.local_addr()?,
+        manifest.name
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use alloy::primitives::{Address, B256};
+use libp2p::{Multiaddr, PeerId};
+
+use crate::chain::{ChainError, Registry};
+use crate::net::{Announcement, Network};
+use crate::route::Candidate;
+
+/// The peers a gateway may route to: exactly the nodes registered on-chain as active for the
+/// model, with their measured RTT and last announced load.
+#[derive(Clone)]
+pub struct Directory {
+    registry: Registry,
+    model_id: B256,
+    num_blocks: u16,
+    candidates: Arc<Mutex<Vec<Candidate>>>,
+    announcements: Arc<Mutex<HashMap<PeerId, Announcement>>>,
+}
+
+impl Directory {
+    pub fn new(registry: Registry, model_id: B256, num_blocks: u16) -> Self {
+        Self {
+            registry,
+            model_id,
+            num_blocks,
+            candidates: Arc::default(),
+            announcements: Arc::default(),
+        }
+    }
+
+    /// The live candidate list the route planner reads.
+    pub fn candidates(&self) -> Arc<Mutex<Vec<Candidate>>> {
+        self.candidates.clone()
+    }
+
+    /// Records a node's announcement.
+    pub fn announce(&self, from: PeerId, announcement: Announcement) {
+        self.announcements.lock().expect("announcements").insert(from, announcement);
+    }
+
+    /// Re-reads the registry, dials new nodes and rebuilds the candidates. Returns how many.
+    pub async fn refresh(&self, net: &Network) -> Result<usize, ChainError> {
+        let mut operators: Vec<Address> = Vec::new();
+        for block in 0..self.num_blocks {
+            for operator in self.registry.active_nodes(self.model_id, block as u32).await? {
+                if !operators.contains(&operator) {
+                    operators.push(operator);
+                }
+            }
+        }
+        let mut fresh = Vec::new();
+        for operator in operators {
+            let node = self.registry.node(operator).await?;
+            let Ok(peer) = PeerId::from_bytes(&node.peerId) else { continue };
+            for addr in node.multiaddrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                let _ = net.dial(peer, addr).await;
+            }
+            let announced = self.announcements.lock().expect("announcements").get(&peer).cloned();
+            fresh.push(Candidate {
+                peer,
+                first_block: node.firstBlock as u16,
+                last_block: (node.lastBlock as u16).min(self.num_blocks.saturating_sub(1)),
+                rtt_ms: net.rtts().get(&peer),
+                compute_ms: announced
+                    .as_ref()
+                    .map(|a| a.compute_ms_per_token)
+                    .filter(|ms| *ms > 0.0),
+                active_sessions: announced.as_ref().map_or(0, |a| a.active_sessions),
+                free_cache_tokens: announced.as_ref().map(|a| a.free_cache_tokens),
+            });
+        }
+        let count = fresh.len();
+        *self.candidates.lock().expect("candidates") = fresh;
+        Ok(count)
+    }
+}

@@ -1,0 +1,204 @@
+//! The whole swarm as users run it: `infergrid devnet` with a real model registered,
+//! four `infergrid node` processes (three blocks, block 0 replicated), an `infergrid gateway`,
+//! and the OpenAI API answered through them, compared with the single-process result.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use infergrid::devnet::Role;
+use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+use infergrid::generate::{SamplingParams, generate};
+use infergrid::identity::node_peer_id;
+use infergrid_e2e::dev;
+use infergrid_e2e::models::{import, make_checkpoint};
+
+/// Kills the process when the test ends, whatever happens.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("infergrid")
+}
+
+/// Starts `infergrid ARGS` and waits for a stdout line starting with `ready`.
+fn start(args: &[&str], env: &[(&str, String)], ready: &str) -> (Proc, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn infergrid");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with(ready) => break line,
+            Some(Ok(_)) => continue,
+            _ => panic!("infergrid {args:?} exited before {ready:?}"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), line)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let script = "import sys,json,urllib.request,urllib.error\nreq=urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),headers={'Content-Type':'application/json'})\ntry:\n r=urllib.request.urlopen(req,timeout=60); print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())";
+    let out = Command::new(python).args(["-c", script, url, &body.to_string()]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, body) = text.split_once('\n').expect("status line");
+    (
+        status.trim().parse().unwrap(),
+        serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn gateway_over_four_node_processes_matches_single_process_inference() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "21"]).unwrap();
+    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
+    let m = model.to_str().unwrap();
+
+    let ready_file = dir.path().join("ready.json");
+    let out = dir.path().join("devnet");
+    let mut devnet = Proc(
+        Command::new(binary())
+            .args([
+                "devnet",
+                "--port",
+                "0",
+                "--model",
+                m,
+                "--out",
+                out.to_str().unwrap(),
+                "--ready-file",
+                ready_file.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start_at = Instant::now();
+    while !ready_file.is_file() {
+        assert!(start_at.elapsed() < Duration::from_secs(60), "devnet not ready");
+        assert!(devnet.0.try_wait().unwrap().is_none(), "devnet exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let deployment = out.join("deployment.json");
+    let d = deployment.to_str().unwrap();
+
+    let payer = dev(Role::Payer, 0);
+    let gateway_peer = node_peer_id(&payer.private_key).to_string();
+    // Operators 0..4 serve blocks 0, 1, 2, 0 (devnet: operator i serves block i mod 3).
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let operator = dev(Role::Operator, i);
+        let block = (i % 3).to_string();
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + i);
+        let (node, _) = start(
+            &[
+                "node",
+                "--model",
+                m,
+                "--blocks",
+                &block,
+                "--key-env",
+                "NODE_KEY",
+                "--rpc-url",
+                &rpc,
+                "--deployment",
+                d,
+                "--listen",
+                &listen,
+                "--allow-peer",
+                &gateway_peer,
+            ],
+            &[("NODE_KEY", operator.private_key.to_string())],
+            "node ready",
+        );
+        nodes.push(node);
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (_gateway, _) = start(
+        &[
+            "gateway",
+            "--model",
+            m,
+            "--key-env",
+            "PAYER_KEY",
+            "--rpc-url",
+            &rpc,
+            "--deployment",
+            d,
+            "--listen",
+            &listen,
+        ],
+        &[("PAYER_KEY", payer.private_key.to_string())],
+        "gateway ready",
+    );
+    let api = format!("http://{listen}/v1");
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+
+    // Greedy completion through the swarm vs the same model in one process.
+    let prompt = "the quick brown fox";
+    let (status, body) = post(
+        &format!("{api}/completions"),
+        &serde_json::json!({
+            "model": name, "prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 2
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let remote_ids: Vec<u32> =
+        serde_json::from_value(body["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 24);
+    assert_eq!(
+        body["choices"][0]["logprobs"]["top_logprobs"][0].as_object().map(|o| o.len()),
+        Some(2)
+    );
+
+    let runtime = Runtime::new(Device::Cpu, None).unwrap();
+    let local = Pipeline::load(Path::new(m), &runtime, CacheLimits::default()).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let params = SamplingParams { temperature: 0.0, ..Default::default() };
+    let expected = generate(&mut &local, &tokenizer, 1, prompt, 24, &[], params, |_| {}).unwrap();
+    let local_ids: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
+    assert_eq!(remote_ids, local_ids, "swarm and single-process greedy outputs differ");
+    assert_eq!(body["choices"][0]["text"].as_str(), Some(expected.text.as_str()));
+
+    // Malformed requests get OpenAI-shaped errors.
+    let (status, body) = post(&format!("{api}/completions"), &serde_json::json!({"model": name}));
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) =
+        post(&format!("{api}/completions"), &serde_json::json!({"model": "nope", "prompt": "x"}));
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = post(
+        &format!("{api}/chat/completions"),
+        &serde_json::json!({"model": name, "messages": [], "temperature": 0}),
+    );
+    assert_eq!(status, 400);
+
+    // The official openai SDK, unmodified: a streamed chat completion.
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let script = "import sys\nfrom openai import OpenAI\nc=OpenAI(base_url=sys.argv[1], api_key='unused')\ns=c.chat.completions.create(model=sys.argv[2], messages=[{'role':'user','content':'hello'}], max_tokens=8, temperature=0, stream=True)\nparts=[ch.choices[0].delta.content or '' for ch in s]\nr=c.chat.completions.create(model=sys.argv[2], messages=[{'role':'user','content':'hello'}], max_tokens=8, temperature=0)\nassert ''.join(parts)==r.choices[0].message.content, (parts, r.choices[0].message.content)\nassert r.usage.completion_tokens==8\nprint('openai-sdk-ok', len(parts))";
+    let out = Command::new(python).args(["-c", script, &api, &name]).output().unwrap();
+    assert!(out.status.success(), "openai SDK: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai-sdk-ok"));
+    drop(nodes);
+}
