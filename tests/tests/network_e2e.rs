@@ -67,7 +67,12 @@ fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
 #[test]
 fn gateway_over_four_node_processes_matches_single_process_inference() {
     let dir = tempfile::tempdir().unwrap();
-    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "21"]).unwrap();
+    let hf = make_checkpoint(
+        dir.path(),
+        "llama",
+        &["--layers", "5", "--seed", "21", "--max-pos", "4096"],
+    )
+    .unwrap();
     let model = import(&hf, &dir.path().join("model"), 3).unwrap();
     let m = model.to_str().unwrap();
 
@@ -200,5 +205,62 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let out = Command::new(python).args(["-c", script, &api, &name]).output().unwrap();
     assert!(out.status.success(), "openai SDK: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai-sdk-ok"));
+
+    // kill -9 of the node serving the replicated block 0, mid-stream: the stream completes
+    // with exactly the output of a run without failure.
+    let long = serde_json::json!({"model": name, "prompt": "once upon a time", "max_tokens": 600, "temperature": 0});
+    let (status, clean) = post(&format!("{api}/completions"), &long);
+    assert_eq!(status, 200);
+    assert_eq!(
+        clean["usage"]["completion_tokens"], 1500,
+        "the fixture hit EOS early; pick another prompt"
+    );
+    let mut stream_body = long.clone();
+    stream_body["stream"] = serde_json::json!(true);
+    let client = "import sys,json,urllib.request\nr=urllib.request.urlopen(urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),headers={'Content-Type':'application/json'}),timeout=120)\ntext='';n=0\nfor raw in r:\n line=raw.decode().strip()\n if not line.startswith('data: '): continue\n data=line[6:]\n if data=='[DONE]': break\n obj=json.loads(data)\n if 'error' in obj: print('ERROR',json.dumps(obj),flush=True); sys.exit(1)\n text+=obj['choices'][0]['text']; n+=1\n if n==10: print('KILL',flush=True); sys.stdin.readline()\nprint('TEXT',json.dumps(text),flush=True)";
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let mut reader = Command::new(&python)
+        .args(["-c", client, &format!("{api}/completions"), &stream_body.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "KILL");
+    let health = get(&format!("http://{listen}/healthz"));
+    let victim = health["routing"]["route"][0]["peer"].as_str().expect("a route").to_owned();
+    let index = (0..4)
+        .find(|&i| node_peer_id(&dev(Role::Operator, i).private_key).to_string() == victim)
+        .expect("a node");
+    assert_eq!(index % 3, 0, "hop 0 serves the replicated block");
+    nodes[index].0.kill().unwrap(); // SIGKILL
+    let killed_at = Instant::now();
+    use std::io::Write;
+    writeln!(reader.stdin.as_mut().unwrap()).unwrap();
+    let last = lines.next().unwrap().unwrap();
+    let text: String = serde_json::from_str(
+        last.strip_prefix("TEXT ").unwrap_or_else(|| panic!("stream failed: {last}")),
+    )
+    .unwrap();
+    assert!(reader.wait().unwrap().success());
+    assert_eq!(text, clean["choices"][0]["text"].as_str().unwrap(), "failover changed the output");
+    let health = get(&format!("http://{listen}/healthz"));
+    let failovers = health["routing"]["failovers"].as_array().unwrap();
+    assert_eq!(failovers.len(), 1, "{health}");
+    assert_eq!(failovers[0]["failed_peer"], victim.as_str());
+    eprintln!(
+        "failover: killed {victim} after 10 streamed tokens; stall {:.1} ms; stream finished {:.0} ms after the kill",
+        failovers[0]["stall_ms"].as_f64().unwrap(),
+        killed_at.elapsed().as_secs_f64() * 1e3
+    );
     drop(nodes);
+}
+
+fn get(url: &str) -> serde_json::Value {
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let out = Command::new(python)
+        .args(["-c", "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1],timeout=30).read().decode())", url])
+        .output()
+        .unwrap();
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
 }

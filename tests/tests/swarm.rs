@@ -249,7 +249,7 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
             }
         });
         let reference = greedy(&mut &local, 3, &prompt, 16, |_| {});
-        (clean, failed_over, remote.failovers().to_vec(), reference)
+        (clean, failed_over, remote.failovers(), reference)
     })
     .await?;
 

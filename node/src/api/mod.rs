@@ -32,17 +32,25 @@ pub struct ApiState {
     pub model_name: String,
     pub tokenizer: Arc<Tokenizer>,
     pub backend: Backend,
+    /// Routing facts for `/healthz`, when the backend routes over the swarm.
+    pub routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
     next_session: AtomicU64,
 }
 
 impl ApiState {
-    pub fn new(model_name: String, tokenizer: Tokenizer, backend: Backend) -> Arc<Self> {
+    pub fn new(
+        model_name: String,
+        tokenizer: Tokenizer,
+        backend: Backend,
+        routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
+    ) -> Arc<Self> {
         let seed =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         Arc::new(Self {
             model_name,
             tokenizer: Arc::new(tokenizer),
             backend,
+            routing,
             next_session: AtomicU64::new(seed),
         })
     }
@@ -51,7 +59,7 @@ impl ApiState {
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/healthz", get(health))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -61,6 +69,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .into_response()
         })
         .with_state(state)
+}
+
+/// Liveness, plus the current route and every failover with its stall.
+async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    let routing = state.routing.as_ref().map(|r| {
+        let report = r.lock().expect("route report");
+        serde_json::json!({
+            "route": report.route.iter().map(|h| serde_json::json!({
+                "peer": h.peer.to_string(), "first_block": h.first_block, "last_block": h.last_block,
+            })).collect::<Vec<_>>(),
+            "failovers": report.failovers.iter().map(|f| serde_json::json!({
+                "failed_peer": f.failed_peer.to_string(), "reason": f.reason, "stall_ms": f.stall.as_secs_f64() * 1e3,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    Json(serde_json::json!({"status": "ok", "routing": routing}))
 }
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {

@@ -240,11 +240,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_failovers_per_step: 4,
     };
     let remote = RemoteModel::new(net.clone(), config, directory.candidates());
-    let state = ApiState::new(
-        manifest.name.clone(),
-        tokenizer,
-        Arc::new(std::sync::Mutex::new(Box::new(remote))),
-    );
+    let report = remote.report();
+    let backend = Arc::new(std::sync::Mutex::new(
+        Box::new(remote) as Box<dyn infergrid::generate::TextModel + Send>
+    ));
+    let state = ApiState::new(manifest.name.clone(), tokenizer, backend, Some(report));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -5,4 +5,4 @@ mod directory;
 mod remote;
 
 pub use directory::Directory;
-pub use remote::{Failover, RemoteModel, RemoteModelConfig};
+pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport};

@@ -40,6 +40,15 @@ struct SessionState {
     history: HashMap<u16, Vec<(u32, Payload)>>,
 }
 
+/// What the gateway reports about routing while it generates (read by `/healthz`).
+#[derive(Debug, Clone, Default)]
+pub struct RouteReport {
+    /// The route of the step that ran last.
+    pub route: Vec<Hop>,
+    /// Every failover so far.
+    pub failovers: Vec<Failover>,
+}
+
 /// A [`TextModel`] whose blocks run on the swarm.
 pub struct RemoteModel {
     net: Network,
@@ -48,7 +57,7 @@ pub struct RemoteModel {
     cost: CostModel,
     bans: Mutex<Bans>,
     sessions: HashMap<u64, SessionState>,
-    failovers: Vec<Failover>,
+    report: Arc<Mutex<RouteReport>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -75,14 +84,19 @@ impl RemoteModel {
             cost: CostModel::default(),
             bans: Mutex::new(Bans::default()),
             sessions: HashMap::new(),
-            failovers: Vec::new(),
+            report: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
         }
     }
 
     /// Failovers so far.
-    pub fn failovers(&self) -> &[Failover] {
-        &self.failovers
+    pub fn failovers(&self) -> Vec<Failover> {
+        self.report.lock().expect("report").failovers.clone()
+    }
+
+    /// The live routing report, readable while a generation holds the model.
+    pub fn report(&self) -> Arc<Mutex<RouteReport>> {
+        self.report.clone()
     }
 
     /// The current route of a session.
@@ -225,13 +239,14 @@ impl RemoteModel {
             }
         }
         if let Some((started, failed_peer, reason)) = stalled {
-            self.failovers.push(Failover {
+            self.report.lock().expect("report").failovers.push(Failover {
                 failed_peer,
                 reason,
                 replacement: state.hops.clone(),
                 stall: started.elapsed(),
             });
         }
+        self.report.lock().expect("report").route = state.hops.clone();
         self.sessions.insert(session, state);
         match payload {
             Payload::Tensor(logits) => Ok(logits),
