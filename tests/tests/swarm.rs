@@ -49,6 +49,18 @@ fn serve(
     clients: &[PeerId],
     key: u8,
 ) -> anyhow::Result<Served> {
+    let admission = Admission::Peers(clients.iter().copied().collect::<HashSet<_>>());
+    serve_with(manifest, runtime, blocks, admission, key)
+}
+
+/// Starts a node serving `blocks` of the model with `admission`.
+fn serve_with(
+    manifest: &ModelManifest,
+    runtime: &Runtime,
+    blocks: std::ops::RangeInclusive<usize>,
+    admission: Admission,
+    key: u8,
+) -> anyhow::Result<Served> {
     let port = free_port();
     let (net, inbound) = network(Some(port))?;
     let operator = Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(key))?;
@@ -62,7 +74,7 @@ fn serve(
             signer: operator.clone(),
             domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
         },
-        admission: Admission::Peers(clients.iter().copied().collect::<HashSet<_>>()),
+        admission,
     });
     tokio::spawn(server.run(inbound));
     let peer = net.local_peer();
@@ -263,5 +275,86 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
         tail.peer,
         failovers[0].stall.as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Result<()> {
+    use alloy::primitives::Bytes;
+    use infergrid::chain::{NodeRegistration, connect_reader};
+    use infergrid::devnet::Role;
+    use infergrid::gateway::Directory;
+    use infergrid::identity::node_keypair;
+    use infergrid_e2e::{Chain, btt, dev};
+
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "2"])?;
+    let model_dir = import(&hf, &dir.path().join("m"), 1)?;
+    let manifest = ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+
+    // A staked operator whose node identity is registered for block 0 of the model.
+    let chain = Chain::start().await?;
+    let staked = dev(Role::Operator, 0);
+    chain.fund(staked.address, "20000").await?;
+    let operator = chain.as_account(&staked).await?;
+    operator.token.approve(chain.deployment.contracts.registry, btt("10000")).await?;
+    let staked_peer = node_keypair(&staked.private_key).public().to_peer_id();
+    operator
+        .registry
+        .register(&NodeRegistration {
+            peer_id: Bytes::from(staked_peer.to_bytes()),
+            model_id: manifest.model_id.parse()?,
+            first_block: 0,
+            last_block: 0,
+            price_per_token: btt("0.000001"),
+            multiaddrs: vec![],
+            stake: btt("10000"),
+        })
+        .await?;
+
+    let reader = infergrid::chain::Registry::new(
+        chain.deployment.contracts.registry,
+        connect_reader(chain.anvil.url()).await?,
+    );
+    let admission = Admission::Registry { allowed: HashSet::new(), registry: reader.clone() };
+    let server = serve_with(&manifest, &runtime, 0..=0, admission, 5)?;
+
+    let connect = |keypair: identity::Keypair| {
+        Network::spawn(NetConfig {
+            keypair,
+            listen: vec![],
+            bootstrap: vec![],
+            request_timeout: Duration::from_secs(30),
+        })
+    };
+    let (staked_client, _a) = connect(node_keypair(&staked.private_key))?;
+    let (unstaked_client, _b) = connect(node_keypair(&dev(Role::Validator, 0).private_key))?;
+    for c in [&staked_client, &unstaked_client] {
+        c.dial(server.peer, server.addr.clone()).await?;
+    }
+    let request = || step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2]));
+    assert!(matches!(
+        staked_client.request(server.peer, request()).await?,
+        InferResponse::Ok { .. }
+    ));
+    let refused =
+        |r: InferResponse| matches!(r, InferResponse::Err(e) if e.code == ErrorCode::NotAdmitted);
+    assert!(
+        refused(unstaked_client.request(server.peer, request()).await?),
+        "an unregistered peer was served"
+    );
+
+    // The gateway's directory lists exactly the registered, staked nodes...
+    let directory = Directory::new(reader.clone(), manifest.model_id.parse()?, 1);
+    assert_eq!(directory.refresh(&unstaked_client).await?, 1);
+    assert_eq!(directory.candidates().lock().unwrap()[0].peer, staked_peer);
+    // ...and once the operator unbonds below the minimum stake, neither admits nor lists it.
+    operator.registry.request_unbond(btt("9500")).await?;
+    assert!(
+        refused(staked_client.request(server.peer, request()).await?),
+        "an unstaked peer was served"
+    );
+    assert_eq!(directory.refresh(&unstaked_client).await?, 0);
     Ok(())
 }
