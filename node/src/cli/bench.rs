@@ -13,6 +13,9 @@ pub enum BenchCommand {
     /// Decode and prefill speed of a 3-block split model against one-process onnxruntime
     /// (Python) on the unsplit graph, block load time, and resident memory against weight bytes.
     Engine(EngineBench),
+    /// Added latency per network hop against a raw TCP echo, and decode speed of a pipeline
+    /// of 3 nodes over libp2p against the in-process split model.
+    Swarm(super::bench_swarm::SwarmBench),
 }
 
 #[derive(Debug, Args)]
@@ -58,9 +61,10 @@ const BENCH_MODEL: &[&str] = &[
     "11",
 ];
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Engine(args) => engine(args),
+        BenchCommand::Engine(args) => tokio::task::block_in_place(|| engine(args)),
+        BenchCommand::Swarm(args) => super::bench_swarm::run(args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Subcommands. `anyhow` lives here at the edge; the library speaks typed errors.
 
 mod bench;
+mod bench_swarm;
 mod chain;
 mod devnet;
 mod infer;
@@ -54,7 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Infer(args) => infer::infer(args),
         Command::Embed(args) => infer::embed(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd).await,
         Command::Node(args) => swarm::node(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
     }

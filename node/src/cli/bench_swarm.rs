@@ -1,0 +1,254 @@
+//! `infergrid bench swarm`: what the network adds to inference.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use infergrid::eip712::Eip712Signer;
+use infergrid::engine::{Activation, BlockRunner, CacheLimits, Device, Pipeline, Runtime};
+use infergrid::gateway::{RemoteModel, RemoteModelConfig};
+use infergrid::generate::TextModel;
+use infergrid::model::ModelManifest;
+use infergrid::net::codec::{InferRequest, InferResponse, Payload, StepKind};
+use infergrid::net::{Inbound, NetConfig, Network};
+use infergrid::route::Candidate;
+use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::validate::validation_domain;
+use libp2p::{Multiaddr, PeerId, identity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Args)]
+pub struct SwarmBench {
+    /// A 3-block model (default: the engine benchmark's, imported by `bench engine`).
+    #[arg(long, default_value = "target/bench-models/llama-126mb-3blocks")]
+    model: std::path::PathBuf,
+    /// Hidden size of the decode-size activation for the hop latency test.
+    #[arg(long, default_value_t = 4096)]
+    hidden: usize,
+    /// Round trips timed per transport.
+    #[arg(long, default_value_t = 2000)]
+    round_trips: usize,
+    /// Decode steps timed per pipeline.
+    #[arg(long, default_value_t = 64)]
+    decode: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn_net(
+    port: Option<u16>,
+) -> anyhow::Result<(Network, tokio::sync::mpsc::Receiver<Inbound>, Option<Multiaddr>)> {
+    let keypair = identity::Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let listen: Vec<Multiaddr> =
+        port.map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse()).transpose()?.into_iter().collect();
+    let addr = port.map(|p| format!("/ip4/127.0.0.1/tcp/{p}/p2p/{peer}").parse()).transpose()?;
+    let (net, inbound) = Network::spawn(NetConfig {
+        keypair,
+        listen,
+        bootstrap: vec![],
+        request_timeout: Duration::from_secs(30),
+    })?;
+    Ok((net, inbound, addr))
+}
+
+pub async fn run(args: SwarmBench) -> anyhow::Result<()> {
+    let (libp2p_us, tcp_us) = hop_latency(&args).await?;
+    println!("swarm benchmark");
+    println!(
+        "  hop round trip, [1, 1, {}] f32 activation ({} KiB), median of {}: libp2p request-response {:.0} µs | raw TCP echo {:.0} µs | added per hop {:.0} µs",
+        args.hidden,
+        args.hidden * 4 / 1024,
+        args.round_trips,
+        libp2p_us,
+        tcp_us,
+        libp2p_us - tcp_us
+    );
+    if args.model.join("manifest.json").is_file() {
+        let (remote, local) = pipeline_speed(&args).await?;
+        println!(
+            "  decode: 3 nodes over libp2p (loopback, one swarm each) {remote:.1} tok/s | in-process split {local:.1} tok/s | ratio {:.2}x",
+            remote / local
+        );
+    } else {
+        println!(
+            "  (no model at {}: run `infergrid bench engine` first for the pipeline figure)",
+            args.model.display()
+        );
+    }
+    Ok(())
+}
+
+async fn hop_latency(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
+    let activation =
+        Activation::new(vec![1, 1, args.hidden], (0..args.hidden).map(|i| i as f32).collect())?;
+
+    // libp2p: a peer that answers every request with its payload.
+    let port = free_port()?;
+    let (_server, mut inbound, addr) = spawn_net(Some(port))?;
+    tokio::spawn(async move {
+        while let Some(message) = inbound.recv().await {
+            if let Inbound::Request { request: Ok(request), reply, .. } = message {
+                let _ =
+                    reply.send(InferResponse::Ok { output: request.payload, signature: [0; 65] });
+            }
+        }
+    });
+    let (client, _rx, _) = spawn_net(None)?;
+    let addr = addr.context("listen address")?;
+    let server_peer: PeerId = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        })
+        .context("peer id")?;
+    client.dial(server_peer, addr).await?;
+    let request = InferRequest {
+        model_id: [0; 32],
+        first_block: 1,
+        last_block: 1,
+        session: 1,
+        position: 7,
+        kind: StepKind::Decode,
+        payload: Payload::Tensor(activation.clone()),
+    };
+    let mut libp2p = Vec::with_capacity(args.round_trips);
+    for i in 0..args.round_trips + 100 {
+        let started = Instant::now();
+        client.request(server_peer, request.clone()).await?;
+        if i >= 100 {
+            libp2p.push(started.elapsed());
+        }
+    }
+
+    // Raw TCP: a length-prefixed echo of the same encoded bytes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tcp_addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket.set_nodelay(true);
+            let mut buf = Vec::new();
+            loop {
+                let Ok(len) = socket.read_u32().await else { return };
+                buf.resize(len as usize, 0);
+                if socket.read_exact(&mut buf).await.is_err()
+                    || socket.write_u32(len).await.is_err()
+                    || socket.write_all(&buf).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let mut socket = tokio::net::TcpStream::connect(tcp_addr).await?;
+    socket.set_nodelay(true)?;
+    let bytes = request.encode();
+    let mut back = vec![0u8; bytes.len()];
+    let mut tcp = Vec::with_capacity(args.round_trips);
+    for i in 0..args.round_trips + 100 {
+        let started = Instant::now();
+        socket.write_u32(bytes.len() as u32).await?;
+        socket.write_all(&bytes).await?;
+        let len = socket.read_u32().await? as usize;
+        back.resize(len, 0);
+        socket.read_exact(&mut back).await?;
+        if i >= 100 {
+            tcp.push(started.elapsed());
+        }
+    }
+    Ok((median_us(&mut libp2p), median_us(&mut tcp)))
+}
+
+fn median_us(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}
+
+async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
+    let manifest = ModelManifest::load(&args.model)?;
+    anyhow::ensure!(manifest.blocks.len() == 3, "the swarm benchmark wants a 3-block model");
+    let runtime = Runtime::new(Device::Cpu, Some(args.threads))?;
+    let model_id: [u8; 32] = hex::decode(manifest.model_id.trim_start_matches("0x"))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("model id"))?;
+    let (client, _rx, _) = spawn_net(None)?;
+    let mut candidates = Vec::new();
+    for index in 0..3usize {
+        let port = free_port()?;
+        let (net, inbound, addr) = spawn_net(Some(port))?;
+        let server = Arc::new(BlockServer {
+            model_id,
+            first_block: index as u16,
+            blocks: vec![Arc::new(BlockRunner::load(
+                &manifest,
+                index,
+                &runtime,
+                CacheLimits::default(),
+            )?)],
+            attester: Attester {
+                signer: Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(
+                    index as u8 + 1,
+                ))?,
+                domain: validation_domain(31337, alloy::primitives::Address::ZERO),
+            },
+            admission: Admission::Peers(HashSet::from([client.local_peer()])),
+        });
+        tokio::spawn(server.run(inbound));
+        client.dial(net.local_peer(), addr.context("addr")?).await?;
+        candidates.push(Candidate {
+            peer: net.local_peer(),
+            first_block: index as u16,
+            last_block: index as u16,
+            rtt_ms: Some(0.1),
+            compute_ms: Some(1.0),
+            active_sessions: 0,
+            free_cache_tokens: None,
+        });
+    }
+    let config = RemoteModelConfig {
+        model_id,
+        num_blocks: 3,
+        context_length: manifest.config.max_positions,
+        eos_ids: vec![],
+        max_failovers_per_step: 0,
+    };
+    let mut remote = RemoteModel::new(client, config, Arc::new(Mutex::new(candidates)));
+    let local = Pipeline::load(&args.model, &runtime, CacheLimits::default())?;
+    let decode = args.decode;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+        let remote_speed = decode_speed(&mut remote, decode)?;
+        let local_speed = decode_speed(&mut &local, decode)?;
+        Ok((remote_speed, local_speed))
+    })
+    .await?
+}
+
+fn decode_speed(model: &mut dyn TextModel, steps: usize) -> anyhow::Result<f64> {
+    let prompt: Vec<i64> = (0..16).map(|i| 7 + 31 * i).collect();
+    let mut best = 0f64;
+    for session in 0..2u64 {
+        let logits = model.next_logits(session + 100, 0, &prompt)?;
+        let mut token = argmax(&logits);
+        let started = Instant::now();
+        for step in 0..steps {
+            token = argmax(&model.next_logits(session + 100, prompt.len() + step, &[token])?);
+        }
+        best = best.max(steps as f64 / started.elapsed().as_secs_f64());
+        model.close(session + 100);
+    }
+    Ok(best)
+}
+
+fn argmax(v: &[f32]) -> i64 {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0 as i64
+}
