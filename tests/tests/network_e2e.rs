@@ -14,10 +14,19 @@ use infergrid::identity::node_peer_id;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
 
-/// Kills the process when the test ends, whatever happens.
+/// Stops the process when the test ends, whatever happens: Ctrl-C first, so a devnet
+/// takes its anvil down with it, then SIGKILL.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -30,6 +30,13 @@ pub struct DevnetArgs {
     /// instead of a placeholder model id.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Also start this many `infergrid node` processes (needs --model; at most one per dev
+    /// operator, 4): node i serves block i mod blocks, so extra nodes are replicas.
+    #[arg(long, default_value_t = 0, requires = "model")]
+    nodes: usize,
+    /// With --nodes: the gateway's OpenAI API address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: std::net::SocketAddr,
 }
 
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -64,7 +71,21 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let state = StateFile::capture(&deployer).await?;
     devnet::write_json(&state_file, &state)?;
 
+    let swarm = if args.nodes > 0 {
+        let model = args.model.as_ref().expect("clap requires --model with --nodes");
+        eprintln!("devnet: starting {} node processes and a gateway", args.nodes);
+        Some(start_swarm(model, args.nodes, &url, &deployment_file, args.api).await?)
+    } else {
+        None
+    };
+
     let manifest = Manifest {
+        api_url: swarm.as_ref().map(|s| s.api_url.clone()),
+        node_pids: swarm
+            .as_ref()
+            .map(|s| s.nodes.iter().filter_map(|c| c.id()).collect())
+            .unwrap_or_default(),
+        gateway_pid: swarm.as_ref().and_then(|s| s.gateway.id()),
         rpc_url: url.clone(),
         chain_id: deployment.chain_id,
         deploy_block: deployment.deploy_block,
@@ -92,11 +113,18 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
         println!("  operator {} peer {} block {}", op.address, op.peer_id, op.first_block);
     }
     println!("  manifest         {}", args.out.join("manifest.json").display());
+    if let Some(api) = &manifest.api_url {
+        println!("  OpenAI API       {api} ({} nodes)", manifest.node_pids.len());
+    }
     println!("press Ctrl-C to stop");
 
     tokio::select! {
         signal = tokio::signal::ctrl_c() => {
             signal.context("waiting for Ctrl-C")?;
+            if let Some(swarm) = swarm {
+                eprintln!("devnet: stopping the gateway and nodes");
+                swarm.stop().await;
+            }
             eprintln!("devnet: stopping anvil");
             anvil.stop().await.context("stopping anvil")?;
         }
@@ -109,4 +137,122 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
 
 fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The node processes and gateway a devnet started.
+struct Swarm {
+    nodes: Vec<tokio::process::Child>,
+    gateway: tokio::process::Child,
+    api_url: String,
+}
+
+impl Swarm {
+    /// Interrupts every process (as Ctrl-C would) and waits for it.
+    async fn stop(mut self) {
+        for child in self.nodes.iter_mut().chain(std::iter::once(&mut self.gateway)) {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+            }
+        }
+        for child in self.nodes.iter_mut().chain(std::iter::once(&mut self.gateway)) {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await.is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Starts `infergrid ARGS` with `env` and waits for its `ready` line on stdout.
+async fn spawn_ready(
+    args: &[String],
+    env: (&str, String),
+    ready: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.starts_with(ready) => break,
+            Ok(Ok(Some(_))) => continue,
+            _ => anyhow::bail!("`infergrid {}` did not become ready", args.join(" ")),
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(child)
+}
+
+async fn start_swarm(
+    model: &std::path::Path,
+    count: usize,
+    url: &str,
+    deployment: &std::path::Path,
+    api: std::net::SocketAddr,
+) -> anyhow::Result<Swarm> {
+    let manifest = infergrid::model::ModelManifest::load(model)?;
+    let operators = accounts_with(devnet::Role::Operator);
+    anyhow::ensure!(
+        count <= operators.len(),
+        "--nodes {count}: the devnet has {} operators",
+        operators.len()
+    );
+    let payer = &accounts_with(devnet::Role::Payer)[0];
+    let gateway_peer = infergrid::identity::node_peer_id(&payer.private_key).to_string();
+    let (model, deployment) = (model.display().to_string(), deployment.display().to_string());
+    let mut nodes = Vec::new();
+    for (index, operator) in operators.iter().take(count).enumerate() {
+        let block = index % manifest.blocks.len();
+        let args = [
+            "node",
+            "--model",
+            &model,
+            "--blocks",
+            &block.to_string(),
+            "--key-env",
+            "INFERGRID_NODE_KEY",
+            "--rpc-url",
+            url,
+            "--deployment",
+            &deployment,
+            "--listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index),
+            "--allow-peer",
+            &gateway_peer,
+        ]
+        .map(String::from);
+        nodes.push(
+            spawn_ready(
+                &args,
+                ("INFERGRID_NODE_KEY", operator.private_key.to_string()),
+                "node ready",
+            )
+            .await?,
+        );
+    }
+    let api = if api.port() == 0 { std::net::TcpListener::bind(api)?.local_addr()? } else { api };
+    let args = [
+        "gateway",
+        "--model",
+        &model,
+        "--key-env",
+        "INFERGRID_PAYER_KEY",
+        "--rpc-url",
+        url,
+        "--deployment",
+        &deployment,
+        "--listen",
+        &api.to_string(),
+    ]
+    .map(String::from);
+    let gateway =
+        spawn_ready(&args, ("INFERGRID_PAYER_KEY", payer.private_key.to_string()), "gateway ready")
+            .await?;
+    Ok(Swarm { nodes, gateway, api_url: format!("http://{api}/v1") })
 }

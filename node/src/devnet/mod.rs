@@ -69,6 +69,14 @@ pub struct Manifest {
     pub deployment_file: PathBuf,
     pub state_file: PathBuf,
     pub roles: Roles,
+    /// The gateway's OpenAI API, when the devnet started nodes and a gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// Process ids of the node processes it started.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_pids: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_pid: Option<u32>,
 }
 
 /// Amounts the devnet hands out.
