@@ -73,20 +73,14 @@ fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     )
 }
 
-#[test]
-fn gateway_over_four_node_processes_matches_single_process_inference() {
-    let dir = tempfile::tempdir().unwrap();
-    let hf = make_checkpoint(
-        dir.path(),
-        "llama",
-        &["--layers", "5", "--seed", "21", "--max-pos", "4096"],
-    )
-    .unwrap();
-    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
-    let m = model.to_str().unwrap();
+/// The devnet's nodes listen on fixed ports (their registered multiaddrs): one swarm at a time.
+static SWARM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    let ready_file = dir.path().join("ready.json");
-    let out = dir.path().join("devnet");
+/// Starts `infergrid devnet` for `model` and waits for its ready file; returns it and the
+/// manifest it wrote.
+fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
+    let ready_file = dir.join("ready.json");
+    let out = dir.join("devnet");
     let mut devnet = Proc(
         Command::new(binary())
             .args([
@@ -94,7 +88,7 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
                 "--port",
                 "0",
                 "--model",
-                m,
+                model,
                 "--out",
                 out.to_str().unwrap(),
                 "--ready-file",
@@ -110,10 +104,119 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
         assert!(devnet.0.try_wait().unwrap().is_none(), "devnet exited");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    let manifest = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    (devnet, manifest, out.join("deployment.json"))
+}
+
+#[test]
+fn minilm_embeddings_through_two_node_processes_match_local_ones() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hf = infergrid_e2e::models::minilm_checkpoint().unwrap();
+    let model = import(&hf, &dir.path().join("minilm"), 2).unwrap();
+    let m = model.to_str().unwrap();
+    let (_devnet, manifest, deployment) = devnet(dir.path(), m);
+    let (rpc, d) =
+        (manifest["rpc_url"].as_str().unwrap().to_owned(), deployment.to_str().unwrap().to_owned());
+    let payer = dev(Role::Payer, 0);
+    let gateway_peer = node_peer_id(&payer.private_key).to_string();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + i);
+        nodes.push(start(
+            &[
+                "node",
+                "--model",
+                m,
+                "--blocks",
+                &i.to_string(),
+                "--key-env",
+                "NODE_KEY",
+                "--rpc-url",
+                &rpc,
+                "--deployment",
+                &d,
+                "--listen",
+                &listen,
+                "--allow-peer",
+                &gateway_peer,
+            ],
+            &[("NODE_KEY", dev(Role::Operator, i).private_key.to_string())],
+            "node ready",
+        ));
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _gateway = start(
+        &[
+            "gateway",
+            "--model",
+            m,
+            "--key-env",
+            "PAYER_KEY",
+            "--rpc-url",
+            &rpc,
+            "--deployment",
+            &d,
+            "--listen",
+            &listen,
+        ],
+        &[("PAYER_KEY", payer.private_key.to_string())],
+        "gateway ready",
+    );
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+
+    let texts =
+        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."];
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let script = "import sys,json\nfrom openai import OpenAI\nc=OpenAI(base_url=sys.argv[1], api_key='unused')\nr=c.embeddings.create(model=sys.argv[2], input=json.loads(sys.argv[3]))\nprint(json.dumps([d.embedding for d in r.data]))";
+    let out = Command::new(python)
+        .args([
+            "-c",
+            script,
+            &format!("http://{listen}/v1"),
+            &name,
+            &serde_json::to_string(&texts).unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openai SDK: {}", String::from_utf8_lossy(&out.stderr));
+    let remote: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let runtime = Runtime::new(Device::Cpu, None).unwrap();
+    let local = Pipeline::load(&model, &runtime, CacheLimits::default()).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    let expected = infergrid::generate::embed_texts(&local, &tokenizer, &owned).unwrap();
+    for (r, e) in remote.iter().zip(&expected) {
+        let cos = infergrid::generate::cosine(r, e);
+        assert!(cos >= 0.9999, "cosine {cos} between swarm and local embeddings");
+    }
+    let published = infergrid::generate::cosine(&remote[0], &remote[1]);
+    assert!((published - 0.6660).abs() < 1e-3, "{published}");
+    // A text-generation request to an embedding model is a clear 400.
+    let (status, body) = post(
+        &format!("http://{listen}/v1/completions"),
+        &serde_json::json!({"model": name, "prompt": "x"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    drop(nodes);
+}
+
+#[test]
+fn gateway_over_four_node_processes_matches_single_process_inference() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hf = make_checkpoint(
+        dir.path(),
+        "llama",
+        &["--layers", "5", "--seed", "21", "--max-pos", "4096"],
+    )
+    .unwrap();
+    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
+    let m = model.to_str().unwrap();
+
+    let (_devnet, manifest, deployment) = devnet(dir.path(), m);
     let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let deployment = out.join("deployment.json");
     let d = deployment.to_str().unwrap();
 
     let payer = dev(Role::Payer, 0);

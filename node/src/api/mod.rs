@@ -22,16 +22,22 @@ use tokio::sync::mpsc;
 use crate::generate::{
     GeneratedToken, Generation, GenerationError, SamplingParams, TextModel, generate,
 };
-pub use types::{ApiError, ChatRequest, CompletionRequest};
+pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest};
 
 /// Something that generates for the API: the routed remote model on a gateway.
 pub type Backend = Arc<std::sync::Mutex<Box<dyn TextModel + Send>>>;
+
+/// Something that embeds texts for the API; returns the embeddings and the tokens used.
+pub type Embedder = Arc<
+    dyn Fn(&[String]) -> Result<(Vec<Vec<f32>>, usize), crate::engine::EngineError> + Send + Sync,
+>;
 
 /// Shared state of the API.
 pub struct ApiState {
     pub model_name: String,
     pub tokenizer: Arc<Tokenizer>,
-    pub backend: Backend,
+    pub backend: Option<Backend>,
+    pub embedder: Option<Embedder>,
     /// Routing facts for `/healthz`, when the backend routes over the swarm.
     pub routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
     next_session: AtomicU64,
@@ -41,7 +47,8 @@ impl ApiState {
     pub fn new(
         model_name: String,
         tokenizer: Tokenizer,
-        backend: Backend,
+        backend: Option<Backend>,
+        embedder: Option<Embedder>,
         routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
     ) -> Arc<Self> {
         let seed =
@@ -50,6 +57,7 @@ impl ApiState {
             model_name,
             tokenizer: Arc::new(tokenizer),
             backend,
+            embedder,
             routing,
             next_session: AtomicU64::new(seed),
         })
@@ -94,12 +102,46 @@ async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn embeddings(State(state): State<Arc<ApiState>>) -> ApiError {
+async fn embeddings(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<types::EmbeddingRequest>, JsonRejection>,
+) -> Response {
+    let request =
+        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+    let Some(embedder) = state.embedder.clone() else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("model {} is a text generation model; it has no embeddings", state.model_name),
+        )
+        .into_response();
+    };
+    let texts = request.texts();
+    match tokio::task::spawn_blocking(move || embedder(&texts)).await {
+        Ok(Ok((embeddings, tokens))) => Json(types::embedding_response(
+            &state.model_name,
+            &embeddings,
+            tokens,
+            request.base64(),
+        ))
+        .into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+            .into_response(),
+    }
+}
+
+fn no_generation(state: &ApiState) -> Response {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
-        format!("model {} is a text generation model; it has no embeddings", state.model_name),
+        format!("model {} is an embedding model; use /v1/embeddings", state.model_name),
     )
+    .into_response()
 }
 
 /// What a request asks the generator for.
@@ -118,7 +160,8 @@ fn run_job(
     let state = state.clone();
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     tokio::task::spawn_blocking(move || {
-        let mut backend = state.backend.lock().expect("backend lock");
+        let backend = state.backend.as_ref().expect("handlers check for a backend");
+        let mut backend = backend.lock().expect("backend lock");
         generate(
             &mut **backend,
             &state.tokenizer,
@@ -150,6 +193,9 @@ async fn completions(
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
+    if state.backend.is_none() {
+        return no_generation(&state);
+    }
     let job = Job {
         prompt: request.prompt_text(),
         max_tokens: request.max_tokens(),
@@ -217,6 +263,9 @@ async fn chat_completions(
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
+    if state.backend.is_none() {
+        return no_generation(&state);
+    }
     let job = Job {
         prompt: request.prompt_text(),
         max_tokens: request.max_tokens(),

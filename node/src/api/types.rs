@@ -321,3 +321,59 @@ pub fn chat_chunk(
         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason.map(finish)}],
     })
 }
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: OneOrMany,
+    /// `float` (default) or `base64` (little-endian f32), as the openai SDK asks by default.
+    pub encoding_format: Option<String>,
+}
+
+impl EmbeddingRequest {
+    pub fn validate(self, model: &str) -> Result<Self, ApiError> {
+        check_model(&self.model, model)?;
+        if let Some(format) = &self.encoding_format
+            && format != "float"
+            && format != "base64"
+        {
+            return Err(ApiError::invalid(format!(
+                "encoding_format {format:?} is not float or base64"
+            )));
+        }
+        if self.texts().is_empty() {
+            return Err(ApiError::invalid("input must not be empty"));
+        }
+        Ok(self)
+    }
+    pub fn texts(&self) -> Vec<String> {
+        self.input.clone().into_vec()
+    }
+    pub fn base64(&self) -> bool {
+        self.encoding_format.as_deref() == Some("base64")
+    }
+}
+
+pub fn embedding_response(
+    model: &str,
+    embeddings: &[Vec<f32>],
+    tokens: usize,
+    base64: bool,
+) -> Value {
+    use base64::Engine;
+    let data: Vec<Value> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(e)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+}

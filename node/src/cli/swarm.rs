@@ -191,9 +191,6 @@ pub struct GatewayArgs {
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
-    if !manifest.architecture.is_decoder() {
-        bail!("the gateway serves decoder models for now");
-    }
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
     let key = args.chain.key()?;
     let deployment = Deployment::load(&args.chain.deployment)?;
@@ -241,10 +238,23 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let remote = RemoteModel::new(net.clone(), config, directory.candidates());
     let report = remote.report();
-    let backend = Arc::new(std::sync::Mutex::new(
-        Box::new(remote) as Box<dyn infergrid::generate::TextModel + Send>
-    ));
-    let state = ApiState::new(manifest.name.clone(), tokenizer, backend, Some(report));
+    let state = if manifest.architecture.is_decoder() {
+        let backend: Box<dyn infergrid::generate::TextModel + Send> = Box::new(remote);
+        ApiState::new(
+            manifest.name.clone(),
+            tokenizer,
+            Some(Arc::new(std::sync::Mutex::new(backend))),
+            None,
+            Some(report),
+        )
+    } else {
+        let pooling = manifest.pooling.clone().context("the encoder's manifest has no pooling")?;
+        let (remote, tokenizer_for_embeddings) = (Arc::new(remote), tokenizer.clone());
+        let embedder: infergrid::api::Embedder = Arc::new(move |texts: &[String]| {
+            infergrid::generate::pool_texts(&*remote, &tokenizer_for_embeddings, &pooling, texts)
+        });
+        ApiState::new(manifest.name.clone(), tokenizer, None, Some(embedder), Some(report))
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -258,6 +258,54 @@ impl RemoteModel {
     }
 }
 
+impl crate::generate::TokenEncoder for RemoteModel {
+    /// Runs an encoder input through the route; encoders are stateless, so a failing hop is
+    /// simply re-planned around and the whole input sent again.
+    fn encode_tokens(
+        &self,
+        ids: &[i64],
+        mask: &crate::engine::EncoderMask,
+    ) -> Result<Activation, EngineError> {
+        let mut failovers = 0;
+        'attempt: loop {
+            let mut payload = Payload::Tokens(ids.to_vec());
+            for hop in self.plan_from(0, ids.len())? {
+                let masked = Payload::Masked {
+                    input: Box::new(payload),
+                    attention_mask: mask.attention_mask.clone(),
+                    token_type_ids: if hop.first_block == 0 {
+                        mask.token_type_ids.clone()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                match self.call(&hop, 0, 0, StepKind::Prefill, masked) {
+                    Ok(output) => payload = output,
+                    Err(HopError::Fatal(e)) => return Err(*e),
+                    Err(HopError::Peer(reason)) => {
+                        self.bans.lock().expect("bans").fail(hop.peer);
+                        failovers += 1;
+                        if failovers > self.config.max_failovers_per_step {
+                            return Err(EngineError::Run {
+                                block: hop.first_block as usize,
+                                reason,
+                            });
+                        }
+                        continue 'attempt;
+                    }
+                }
+            }
+            return match payload {
+                Payload::Tensor(embeddings) => Ok(embeddings),
+                _ => Err(EngineError::Run {
+                    block: 0,
+                    reason: "the route returned no token embeddings".into(),
+                }),
+            };
+        }
+    }
+}
+
 impl TextModel for RemoteModel {
     fn next_logits(
         &mut self,

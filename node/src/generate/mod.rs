@@ -5,6 +5,6 @@ mod embed;
 mod sampler;
 mod text;
 
-pub use embed::{cosine, embed_texts};
+pub use embed::{TokenEncoder, cosine, embed_texts, pool_texts};
 pub use sampler::{Sampler, SamplingParams, TokenChoice};
 pub use text::{FinishReason, GeneratedToken, Generation, GenerationError, TextModel, generate};

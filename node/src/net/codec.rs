@@ -35,6 +35,13 @@ pub enum Payload {
     Empty,
     Tokens(Vec<i64>),
     Tensor(Activation),
+    /// An encoder step: ids or hidden states with the attention mask (and token types for
+    /// block 0). Encoders are stateless: no KV cache, positions are ignored.
+    Masked {
+        input: Box<Payload>,
+        attention_mask: Vec<i64>,
+        token_type_ids: Vec<i64>,
+    },
 }
 
 /// One step of one session through a span of consecutive blocks served by one node.
@@ -242,12 +249,16 @@ fn payload_len(payload: &Payload) -> usize {
         Payload::Empty => 1,
         Payload::Tokens(t) => 5 + 8 * t.len(),
         Payload::Tensor(a) => 2 + 4 * a.shape().len() + 4 * a.data().len(),
+        Payload::Masked { input, attention_mask, token_type_ids } => {
+            9 + payload_len(input) + 8 * (attention_mask.len() + token_type_ids.len())
+        }
     }
 }
 
 const TAG_EMPTY: u8 = 0;
 const TAG_TOKENS: u8 = 1;
 const TAG_F32: u8 = 2;
+const TAG_MASKED: u8 = 3;
 
 fn encode_payload(payload: &Payload, out: &mut Vec<u8>) {
     match payload {
@@ -263,21 +274,36 @@ fn encode_payload(payload: &Payload, out: &mut Vec<u8>) {
             a.shape().iter().for_each(|&d| out.extend_from_slice(&(d as u32).to_le_bytes()));
             out.extend_from_slice(&a.to_le_bytes());
         }
+        Payload::Masked { input, attention_mask, token_type_ids } => {
+            out.push(TAG_MASKED);
+            encode_payload(input, out);
+            for ints in [attention_mask, token_type_ids] {
+                out.extend_from_slice(&(ints.len() as u32).to_le_bytes());
+                ints.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            }
+        }
     }
+}
+
+fn decode_ints(r: &mut Reader<'_>) -> Result<Vec<i64>, CodecError> {
+    let count = r.u32()? as usize;
+    let bytes = r.take(count.checked_mul(8).ok_or(CodecError::TooLarge(usize::MAX))?)?;
+    Ok(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
 }
 
 fn decode_payload(r: &mut Reader<'_>) -> Result<Payload, CodecError> {
     Ok(match r.u8()? {
         TAG_EMPTY => Payload::Empty,
-        TAG_TOKENS => {
-            let count = r.u32()? as usize;
-            let bytes = r.take(count.checked_mul(8).ok_or(CodecError::TooLarge(usize::MAX))?)?;
-            Payload::Tokens(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            )
+        TAG_TOKENS => Payload::Tokens(decode_ints(r)?),
+        TAG_MASKED => {
+            // One level only: the inner payload is ids or a tensor, never another mask.
+            let input = match decode_payload(r)? {
+                inner @ (Payload::Tokens(_) | Payload::Tensor(_)) => inner,
+                _ => return Err(CodecError::UnknownTag(TAG_MASKED)),
+            };
+            let attention_mask = decode_ints(r)?;
+            let token_type_ids = decode_ints(r)?;
+            Payload::Masked { input: Box::new(input), attention_mask, token_type_ids }
         }
         TAG_F32 => {
             let rank = r.u8()?;
@@ -364,6 +390,16 @@ mod tests {
                     Payload::Tensor(Activation::new(vec![a, b, c], data).expect("shape"))
                 })
             }),
+            (
+                proptest::collection::vec(any::<i64>(), 1..16),
+                proptest::collection::vec(0i64..2, 0..16),
+                proptest::collection::vec(0i64..2, 0..16),
+            )
+                .prop_map(|(ids, attention_mask, token_type_ids)| Payload::Masked {
+                    input: Box::new(Payload::Tokens(ids)),
+                    attention_mask,
+                    token_type_ids,
+                }),
         ]
     }
 

@@ -8,7 +8,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use crate::eip712::{Domain, Eip712Signer, keccak256};
-use crate::engine::{Activation, BlockInput, BlockRunner, EngineError};
+use crate::engine::{Activation, BlockInput, BlockRunner, EncoderMask, EngineError};
 use crate::net::Inbound;
 use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
@@ -144,26 +144,46 @@ impl BlockServer {
             });
             return Ok(Payload::Empty);
         }
-        let mut input = match &request.payload {
-            Payload::Tokens(ids) => BlockInput::Tokens(ids.clone()),
-            Payload::Tensor(a) => BlockInput::Hidden(a.clone()),
-            Payload::Empty => {
-                return Err(WireError::new(
-                    ErrorCode::BadInput,
-                    "a step needs tokens or hidden states",
-                ));
-            }
-        };
-        let mut output: Option<Activation> = None;
-        for block in &self.blocks[span] {
-            let out = block
-                .forward(request.session, request.position as usize, input)
-                .map_err(engine_refusal)?;
-            input = BlockInput::Hidden(out.clone());
-            output = Some(out);
+        let blocks = &self.blocks[span];
+        if let Payload::Masked { input, attention_mask, token_type_ids } = &request.payload {
+            let mask = EncoderMask {
+                attention_mask: attention_mask.clone(),
+                token_type_ids: token_type_ids.clone(),
+            };
+            return run_span(blocks, block_input(input)?, |block, input| {
+                block.encode(input, &mask)
+            });
         }
-        output.map(Payload::Tensor).ok_or_else(|| WireError::new(ErrorCode::Internal, "empty span"))
+        let position = request.position as usize;
+        run_span(blocks, block_input(&request.payload)?, |block, input| {
+            block.forward(session, position, input)
+        })
     }
+}
+
+fn block_input(payload: &Payload) -> Result<BlockInput, WireError> {
+    match payload {
+        Payload::Tokens(ids) => Ok(BlockInput::Tokens(ids.clone())),
+        Payload::Tensor(a) => Ok(BlockInput::Hidden(a.clone())),
+        Payload::Empty | Payload::Masked { .. } => {
+            Err(WireError::new(ErrorCode::BadInput, "a step needs tokens or hidden states"))
+        }
+    }
+}
+
+/// Runs `input` through consecutive blocks, each block's output feeding the next.
+fn run_span(
+    blocks: &[Arc<BlockRunner>],
+    mut input: BlockInput,
+    run: impl Fn(&BlockRunner, BlockInput) -> Result<Activation, EngineError>,
+) -> Result<Payload, WireError> {
+    let mut output: Option<Activation> = None;
+    for block in blocks {
+        let out = run(block, input).map_err(engine_refusal)?;
+        input = BlockInput::Hidden(out.clone());
+        output = Some(out);
+    }
+    output.map(Payload::Tensor).ok_or_else(|| WireError::new(ErrorCode::Internal, "empty span"))
 }
 
 /// Sessions are the requester's own: the cache key binds the session id to the peer, so no
@@ -181,7 +201,9 @@ fn refuse(code: ErrorCode, message: String) -> InferResponse {
 
 fn engine_refusal(e: EngineError) -> WireError {
     let code = match &e {
-        EngineError::BadInput { .. } | EngineError::ContextOverflow { .. } => ErrorCode::BadInput,
+        EngineError::BadInput { .. }
+        | EngineError::ContextOverflow { .. }
+        | EngineError::WrongKind { .. } => ErrorCode::BadInput,
         EngineError::UnknownSession(_)
         | EngineError::SessionEvicted(_)
         | EngineError::PositionMismatch { .. } => ErrorCode::SessionLost,
