@@ -76,6 +76,11 @@ pub async fn run(args: SwarmBench) -> anyhow::Result<()> {
             "  decode: 3 nodes over libp2p (loopback, one swarm each) {remote:.1} tok/s | in-process split {local:.1} tok/s | ratio {:.2}x",
             remote / local
         );
+        let api = processes_speed(&args).await?;
+        println!(
+            "  decode: devnet with 3 node processes + gateway, through the HTTP API {api:.1} tok/s | in-process split {local:.1} tok/s | ratio {:.2}x",
+            api / local
+        );
     } else {
         println!(
             "  (no model at {}: run `infergrid bench engine` first for the pipeline figure)",
@@ -251,4 +256,68 @@ fn argmax(v: &[f32]) -> i64 {
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
         .0 as i64
+}
+
+/// Decode speed through `infergrid devnet --nodes 3` (3 node processes and a gateway), timed
+/// as the difference between a 1-token and a (1 + decode)-token greedy completion.
+async fn processes_speed(args: &SwarmBench) -> anyhow::Result<f64> {
+    let dir = std::env::temp_dir().join(format!("infergrid-bench-{}", std::process::id()));
+    let ready = dir.join("ready.json");
+    let mut devnet = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["devnet", "--port", "0", "--api", "127.0.0.1:0", "--nodes", "3", "--model"])
+        .arg(&args.model)
+        .arg("--out")
+        .arg(dir.join("devnet"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let started = Instant::now();
+    while !ready.is_file() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "devnet did not come up");
+        anyhow::ensure!(devnet.try_wait()?.is_none(), "devnet exited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready)?)?;
+    let api = manifest["api_url"]
+        .as_str()
+        .context("api_url")?
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    let name = ModelManifest::load(&args.model)?.name;
+    let complete = |tokens: usize| {
+        let body = serde_json::json!({"model": name, "prompt": "once upon a time", "max_tokens": tokens, "temperature": 0});
+        let api = api.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+            use std::io::{Read, Write};
+            let started = Instant::now();
+            let mut stream = std::net::TcpStream::connect(&api)?;
+            let body = body.to_string();
+            write!(
+                stream,
+                "POST /v1/completions HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "completion failed: {response}");
+            Ok(started.elapsed())
+        })
+    };
+    complete(8).await??; // warm-up
+    let mut best = 0f64;
+    for _ in 0..2 {
+        let one = complete(1).await??;
+        let many = complete(1 + args.decode).await??;
+        best = best.max(args.decode as f64 / (many.saturating_sub(one)).as_secs_f64());
+    }
+    if let Some(pid) = devnet.id() {
+        // SAFETY: kill(2) on our own child: Ctrl-C stops its nodes, gateway and anvil.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), devnet.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(best)
 }

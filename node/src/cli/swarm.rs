@@ -101,7 +101,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let runtime = Runtime::new(args.device, args.threads)?;
+    let runtime = Runtime::new_shared_host(args.device, args.threads)?;
     if let Some(reason) = runtime.fallback() {
         eprintln!("warning: {reason}");
     }

@@ -68,6 +68,24 @@ impl Runtime {
     /// first time a runtime is created (default: one thread per core). A CUDA request without a usable GPU falls back to
     /// the CPU; [`Runtime::fallback`] says why.
     pub fn new(requested: Device, intra_threads: Option<usize>) -> Result<Self, EngineError> {
+        Self::build(requested, intra_threads, true)
+    }
+
+    /// Like [`Runtime::new`], for a process that shares its cores with others (a node among
+    /// several on one host): idle pool threads sleep instead of spinning. Measured on 2 cores,
+    /// 3 node processes + gateway: 0.24× → 0.60× of in-process decode speed.
+    pub fn new_shared_host(
+        requested: Device,
+        intra_threads: Option<usize>,
+    ) -> Result<Self, EngineError> {
+        Self::build(requested, intra_threads, false)
+    }
+
+    fn build(
+        requested: Device,
+        intra_threads: Option<usize>,
+        spin: bool,
+    ) -> Result<Self, EngineError> {
         let library = tools::locate(Tool::OnnxRuntime)
             .map_err(|e| EngineError::MissingRuntime(e.to_string()))?;
         let env = ORT_ENVIRONMENT
@@ -77,7 +95,11 @@ impl Runtime {
                 // needs (measured: 3 blocks ran 3–4× slower than 1 on 2 cores).
                 // The library must be loaded before the pool options touch its API.
                 let builder = ort::init_from(&library).map_err(|e| e.to_string())?;
-                let mut pool = GlobalThreadPoolOptions::default();
+                // Spinning idle threads cut latency in a process that owns its cores, and
+                // starve other processes (and the network) on shared ones.
+                let mut pool = GlobalThreadPoolOptions::default()
+                    .with_spin_control(spin)
+                    .map_err(|e| e.to_string())?;
                 if let Some(threads) = intra_threads {
                     pool = pool.with_intra_threads(threads).map_err(|e| e.to_string())?;
                 }
