@@ -75,6 +75,7 @@ fn serve_with(
             domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
         },
         admission,
+        decode_ms: Default::default(),
     });
     tokio::spawn(server.run(inbound));
     let peer = net.local_peer();

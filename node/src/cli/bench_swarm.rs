@@ -204,6 +204,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
                 domain: validation_domain(31337, alloy::primitives::Address::ZERO),
             },
             admission: Admission::Peers(HashSet::from([client.local_peer()])),
+            decode_ms: Default::default(),
         });
         tokio::spawn(server.run(inbound));
         client.dial(net.local_peer(), addr.context("addr")?).await?;

@@ -133,12 +133,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             signer: operator,
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
         },
+        decode_ms: Default::default(),
         admission: Admission::Registry {
             allowed: args.allow_peer.iter().copied().collect::<HashSet<_>>(),
             registry,
         },
     });
-    tokio::spawn(server.run(inbound));
+    tokio::spawn(server.clone().run(inbound));
 
     // Load announcements, so gateways can weigh routes.
     let announcer = net.clone();
@@ -155,7 +156,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                     last_block: last as u16,
                     active_sessions: sessions,
                     free_cache_tokens: free,
-                    compute_ms_per_token: 0.0,
+                    compute_ms_per_token: server.decode_ms.get().unwrap_or(0.0),
                 })
                 .await;
             tokio::time::sleep(Duration::from_secs(2)).await;

@@ -292,12 +292,19 @@ fn decode_ints(r: &mut Reader<'_>) -> Result<Vec<i64>, CodecError> {
 }
 
 fn decode_payload(r: &mut Reader<'_>) -> Result<Payload, CodecError> {
+    decode_payload_nested(r, false)
+}
+
+/// Decodes a payload; a `Masked` payload may only appear at the top, and the check comes
+/// before any recursion, so nested tags cannot exhaust the stack.
+fn decode_payload_nested(r: &mut Reader<'_>, inside_mask: bool) -> Result<Payload, CodecError> {
     Ok(match r.u8()? {
         TAG_EMPTY => Payload::Empty,
         TAG_TOKENS => Payload::Tokens(decode_ints(r)?),
+        TAG_MASKED if inside_mask => return Err(CodecError::UnknownTag(TAG_MASKED)),
         TAG_MASKED => {
             // One level only: the inner payload is ids or a tensor, never another mask.
-            let input = match decode_payload(r)? {
+            let input = match decode_payload_nested(r, true)? {
                 inner @ (Payload::Tokens(_) | Payload::Tensor(_)) => inner,
                 _ => return Err(CodecError::UnknownTag(TAG_MASKED)),
             };
@@ -483,5 +490,9 @@ mod tests {
         let mut trailing = InferResponse::Err(WireError::new(ErrorCode::Internal, "x")).encode();
         trailing.push(0);
         assert_eq!(InferResponse::decode(&trailing), Err(CodecError::Trailing(1)));
+        // A payload of nested mask tags is refused at the second tag, not by recursion.
+        let mut nested = bytes[..bytes.len() - 5].to_vec();
+        nested.extend(std::iter::repeat_n(TAG_MASKED, 1 << 20));
+        assert_eq!(InferRequest::decode(&nested), Err(CodecError::UnknownTag(TAG_MASKED)));
     }
 }

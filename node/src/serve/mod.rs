@@ -69,6 +69,24 @@ pub struct BlockServer {
     pub blocks: Vec<Arc<BlockRunner>>,
     pub attester: Attester,
     pub admission: Admission,
+    /// Moving average of the compute time of one decode step through the whole span.
+    pub decode_ms: DecodeTimer,
+}
+
+/// A moving average of decode-step compute times, announced to gateways for routing.
+#[derive(Debug, Default)]
+pub struct DecodeTimer(std::sync::Mutex<Option<f64>>);
+
+impl DecodeTimer {
+    fn record(&self, ms: f64) {
+        let mut avg = self.0.lock().expect("timer lock");
+        *avg = Some(avg.map_or(ms, |a| 0.9 * a + 0.1 * ms));
+    }
+
+    /// Milliseconds per decode step, once measured.
+    pub fn get(&self) -> Option<f64> {
+        *self.0.lock().expect("timer lock")
+    }
 }
 
 impl BlockServer {
@@ -123,8 +141,15 @@ impl BlockServer {
         let server = self.clone();
         let request_copy = request.clone();
         let session = session_key(&peer, request.session);
+        let started = std::time::Instant::now();
         let result =
             tokio::task::spawn_blocking(move || server.compute(session, &request_copy)).await;
+        let span_blocks = (request.last_block - request.first_block + 1) as f64;
+        if request.kind == StepKind::Decode && matches!(result, Ok(Ok(_))) {
+            // Scaled to the whole span, which is what a route through this node uses.
+            let full_span = self.blocks.len() as f64;
+            self.decode_ms.record(started.elapsed().as_secs_f64() * 1e3 * full_span / span_blocks);
+        }
         match result {
             Ok(Ok(output)) => {
                 let signature = self.attester.attest(&request, &output);
