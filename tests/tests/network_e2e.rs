@@ -296,6 +296,13 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let expected = generate(&mut &local, &tokenizer, 1, prompt, 24, &[], params, |_| {}).unwrap();
     let local_ids: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
     assert_eq!(remote_ids, local_ids, "swarm and single-process greedy outputs differ");
+    let infer = Command::new(binary())
+        .args(["infer", "--model", m, "--prompt", prompt, "--max-tokens", "24", "--json"])
+        .output()
+        .unwrap();
+    let infer: serde_json::Value = serde_json::from_slice(&infer.stdout).expect("infer --json");
+    let infer_ids: Vec<u32> = serde_json::from_value(infer["token_ids"].clone()).unwrap();
+    assert_eq!(remote_ids, infer_ids, "swarm output differs from `infergrid infer`");
     assert_eq!(body["choices"][0]["text"].as_str(), Some(expected.text.as_str()));
 
     // Malformed requests get OpenAI-shaped errors.

@@ -359,3 +359,45 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
     assert_eq!(directory.refresh(&unstaked_client).await?, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let keypair = identity::Keypair::generate_ed25519();
+    let server_peer = keypair.public().to_peer_id();
+    let (_server, mut inbound) = Network::spawn(NetConfig {
+        keypair,
+        listen: vec![format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse()?],
+        bootstrap: vec![],
+        request_timeout: Duration::from_secs(30),
+    })?;
+    tokio::spawn(async move {
+        while let Some(infergrid::net::Inbound::Request { request: Ok(request), reply, .. }) =
+            inbound.recv().await
+        {
+            let _ = reply.send(InferResponse::Ok { output: request.payload, signature: [1; 65] });
+        }
+    });
+    let (client, _rx) = network(None)?;
+    client
+        .dial(server_peer, format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{server_peer}").parse()?)
+        .await?;
+    let payload = Payload::Tensor(infergrid::engine::Activation::new(
+        vec![1, 1, 8],
+        (0..8).map(|v| v as f32).collect(),
+    )?);
+    let request = InferRequest {
+        model_id: [3; 32],
+        first_block: 0,
+        last_block: 0,
+        session: 1,
+        position: 0,
+        kind: StepKind::Decode,
+        payload: payload.clone(),
+    };
+    assert_eq!(
+        client.request(server_peer, request).await?,
+        InferResponse::Ok { output: payload, signature: [1; 65] }
+    );
+    Ok(())
+}
