@@ -20,7 +20,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::generate::{
-    GeneratedToken, Generation, GenerationError, SamplingParams, TextModel, generate,
+    FinishReason, GeneratedToken, Generation, GenerationError, SamplingParams, TextModel, generate,
 };
 pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest};
 
@@ -202,56 +202,23 @@ async fn completions(
         stop: request.stop(),
         params: request.sampling(),
     };
-    let created = now();
-    let id = format!("cmpl-{}", state.next_session.load(Ordering::Relaxed));
-    if request.stream.unwrap_or(false) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let token_tx = tx.clone();
-        let model = state.model_name.clone();
-        let chunk_id = id.clone();
-        let handle = run_job(&state, job, move |token| {
-            let _ = token_tx.send(types::completion_chunk(
-                &chunk_id,
-                &model,
-                created,
-                &token.text_delta,
-                None,
-            ));
-        });
-        let model = state.model_name.clone();
-        tokio::spawn(async move {
-            let last = match handle.await {
-                Ok(Ok(generation)) => types::completion_chunk(
-                    &id,
-                    &model,
-                    created,
-                    "",
-                    Some(generation.finish_reason),
-                ),
-                Ok(Err(e)) => generation_error(e).body(),
-                Err(e) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
-                        .body()
-                }
-            };
-            let _ = tx.send(last);
-        });
-        return sse(rx).into_response();
-    }
-    match run_job(&state, job, |_| {}).await {
-        Ok(Ok(generation)) => Json(types::completion_response(
-            &id,
-            &state.model_name,
-            created,
-            &generation,
-            request.logprobs,
-            &state.tokenizer,
-        ))
-        .into_response(),
-        Ok(Err(e)) => generation_error(e).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
-            .into_response(),
-    }
+    let (id, model, created) = (
+        format!("cmpl-{}", state.next_session.load(Ordering::Relaxed)),
+        state.model_name.clone(),
+        now(),
+    );
+    let (tokenizer, logprobs) = (state.tokenizer.clone(), request.logprobs);
+    let shape = Shape {
+        opening: None,
+        chunk: Arc::new({
+            let (id, model) = (id.clone(), model.clone());
+            move |text, finish| types::completion_chunk(&id, &model, created, text, finish)
+        }),
+        full: Box::new(move |g| {
+            types::completion_response(&id, &model, created, g, logprobs, &tokenizer)
+        }),
+    };
+    respond(&state, job, request.stream.unwrap_or(false), shape).await
 }
 
 async fn chat_completions(
@@ -272,66 +239,67 @@ async fn chat_completions(
         stop: request.stop(),
         params: request.sampling(),
     };
-    let created = now();
-    let id = format!("chatcmpl-{}", state.next_session.load(Ordering::Relaxed));
-    if request.stream.unwrap_or(false) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(types::chat_chunk(
-            &id,
-            &state.model_name,
-            created,
-            Some("assistant"),
-            "",
-            None,
-        ));
-        let token_tx = tx.clone();
-        let model = state.model_name.clone();
-        let chunk_id = id.clone();
-        let handle = run_job(&state, job, move |token| {
-            let _ = token_tx.send(types::chat_chunk(
-                &chunk_id,
-                &model,
-                created,
-                None,
-                &token.text_delta,
-                None,
-            ));
-        });
-        let model = state.model_name.clone();
-        tokio::spawn(async move {
-            let last = match handle.await {
-                Ok(Ok(generation)) => types::chat_chunk(
-                    &id,
-                    &model,
-                    created,
-                    None,
-                    "",
-                    Some(generation.finish_reason),
-                ),
-                Ok(Err(e)) => generation_error(e).body(),
-                Err(e) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
-                        .body()
-                }
-            };
-            let _ = tx.send(last);
-        });
-        return sse(rx).into_response();
+    let (id, model, created) = (
+        format!("chatcmpl-{}", state.next_session.load(Ordering::Relaxed)),
+        state.model_name.clone(),
+        now(),
+    );
+    let (tokenizer, top_logprobs) = (state.tokenizer.clone(), request.top_logprobs());
+    let shape = Shape {
+        opening: Some(types::chat_chunk(&id, &model, created, Some("assistant"), "", None)),
+        chunk: Arc::new({
+            let (id, model) = (id.clone(), model.clone());
+            move |text, finish| types::chat_chunk(&id, &model, created, None, text, finish)
+        }),
+        full: Box::new(move |g| {
+            types::chat_response(&id, &model, created, g, top_logprobs, &tokenizer)
+        }),
+    };
+    respond(&state, job, request.stream.unwrap_or(false), shape).await
+}
+
+/// Builds one streamed chunk from a text delta and, on the last one, the finish reason.
+type ChunkFn = Arc<dyn Fn(&str, Option<FinishReason>) -> serde_json::Value + Send + Sync>;
+
+/// How an endpoint shapes its answer.
+struct Shape {
+    /// Sent before the first token of a stream (chat's role chunk).
+    opening: Option<serde_json::Value>,
+    /// One streamed chunk: a text delta, and the finish reason on the last one.
+    chunk: ChunkFn,
+    /// The whole non-streamed answer.
+    full: Box<dyn FnOnce(&Generation) -> serde_json::Value + Send>,
+}
+
+/// Runs a generation and answers with one JSON object, or with SSE chunks as tokens arrive.
+async fn respond(state: &Arc<ApiState>, job: Job, stream: bool, shape: Shape) -> Response {
+    let internal = |e: tokio::task::JoinError| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+    };
+    if !stream {
+        return match run_job(state, job, |_| {}).await {
+            Ok(Ok(generation)) => Json((shape.full)(&generation)).into_response(),
+            Ok(Err(e)) => generation_error(e).into_response(),
+            Err(e) => internal(e).into_response(),
+        };
     }
-    match run_job(&state, job, |_| {}).await {
-        Ok(Ok(generation)) => Json(types::chat_response(
-            &id,
-            &state.model_name,
-            created,
-            &generation,
-            request.top_logprobs(),
-            &state.tokenizer,
-        ))
-        .into_response(),
-        Ok(Err(e)) => generation_error(e).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
-            .into_response(),
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(opening) = shape.opening {
+        let _ = tx.send(opening);
     }
+    let (token_tx, chunk) = (tx.clone(), shape.chunk.clone());
+    let handle = run_job(state, job, move |token| {
+        let _ = token_tx.send(chunk(&token.text_delta, None));
+    });
+    tokio::spawn(async move {
+        let last = match handle.await {
+            Ok(Ok(generation)) => (shape.chunk)("", Some(generation.finish_reason)),
+            Ok(Err(e)) => generation_error(e).body(),
+            Err(e) => internal(e).body(),
+        };
+        let _ = tx.send(last);
+    });
+    sse(rx).into_response()
 }
 
 /// Server-sent events: each JSON value as a `data:` event, then `data: [DONE]`.
