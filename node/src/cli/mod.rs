@@ -6,6 +6,7 @@ mod chain;
 mod devnet;
 mod infer;
 mod model;
+mod operator;
 mod swarm;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Infer(infer::InferArgs),
     /// Print sentence embeddings from an encoder model.
     Embed(infer::EmbedArgs),
+    /// Stake, register, unbond and withdraw as a node operator.
+    Operator(operator::OperatorArgs),
     /// Serve layer blocks of a model to the swarm (operators).
     Node(swarm::NodeArgs),
     /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
@@ -57,6 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => infer::embed(args),
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Node(args) => swarm::node(args).await,
+        Command::Operator(args) => operator::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
     }
 }

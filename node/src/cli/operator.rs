@@ -1,0 +1,170 @@
+use std::path::PathBuf;
+
+use alloy::primitives::{Address, Bytes, U256, utils::format_ether, utils::parse_ether};
+use alloy::rpc::types::TransactionReceipt;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use infergrid::chain::{Account, Contracts, Deployment, NodeRegistration};
+use infergrid::identity::node_peer_id;
+
+/// Where and as whom an operator command runs.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// JSON-RPC endpoint.
+    #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    rpc_url: String,
+    /// Deployment file.
+    #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
+    deployment: PathBuf,
+    /// Environment variable holding the operator's private key (hex); keys are never
+    /// taken as plain arguments, which would leak into shell history and `ps`.
+    #[arg(long, default_value = "INFERGRID_OPERATOR_KEY")]
+    key_env: String,
+    #[command(subcommand)]
+    command: OperatorCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Stake and register this operator's node (its libp2p peer id is derived from the key).
+    Register {
+        /// Imported model folder whose id is registered.
+        #[arg(long)]
+        model: PathBuf,
+        /// Blocks served, inclusive: `2` or `1-2`.
+        #[arg(long)]
+        blocks: String,
+        /// Price per token, e.g. `0.000001BTT` or `1000000000000wei`.
+        #[arg(long)]
+        price: String,
+        /// Stake to bond, e.g. `1000BTT`.
+        #[arg(long)]
+        stake: String,
+        /// Where gateways dial the node, e.g. /ip4/1.2.3.4/tcp/40000 (repeatable; the
+        /// /p2p/<peer id> suffix is added).
+        #[arg(long)]
+        multiaddr: Vec<String>,
+    },
+    /// Add stake.
+    Stake { amount: String },
+    /// Move stake into unbonding; it can be withdrawn after the unbonding period.
+    Unbond { amount: String },
+    /// Withdraw stake whose unbonding period has passed.
+    Withdraw,
+    /// Print the node's on-chain state (default: this operator's).
+    Status {
+        #[arg(long)]
+        address: Option<Address>,
+    },
+}
+
+/// Parses `1000`, `1000BTT`, `1.5 btt` (whole tokens) or `123wei`.
+pub fn parse_amount(text: &str) -> anyhow::Result<U256> {
+    let t = text.trim().to_ascii_lowercase();
+    let amount = if let Some(wei) = t.strip_suffix("wei") {
+        wei.trim().parse::<U256>().with_context(|| format!("{text:?} is not a wei amount"))?
+    } else {
+        let tokens = t.strip_suffix("btt").unwrap_or(&t).trim();
+        parse_ether(tokens)
+            .with_context(|| format!("{text:?} is not an amount (e.g. 1000BTT or 5wei)"))?
+    };
+    if amount.is_zero() {
+        bail!("amount must be greater than zero");
+    }
+    Ok(amount)
+}
+
+fn parse_span(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    Ok((a.trim().parse()?, b.trim().parse()?))
+}
+
+fn report(what: &str, receipt: &TransactionReceipt) {
+    println!(
+        "{what}: tx {} (block {}, gas {})",
+        receipt.transaction_hash,
+        receipt.block_number.unwrap_or(0),
+        receipt.gas_used
+    );
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let key = std::env::var(&args.key_env)
+        .with_context(|| format!("set {} to the operator's private key (hex)", args.key_env))?;
+    let key =
+        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
+    let deployment = Deployment::load(&args.deployment)?;
+    let account = Account::connect(&args.rpc_url, &key).await?;
+    account.check_deployment(&deployment).await?;
+    let c = account.contracts(&deployment);
+    match args.command {
+        OperatorCommand::Register { model, blocks, price, stake, multiaddr } => {
+            let manifest = infergrid::model::ModelManifest::load(&model)?;
+            let (first_block, last_block) = parse_span(&blocks)?;
+            let peer = node_peer_id(&key);
+            let registration = NodeRegistration {
+                peer_id: Bytes::from(peer.to_bytes()),
+                model_id: manifest.model_id.parse().context("manifest model id")?,
+                first_block,
+                last_block,
+                price_per_token: parse_amount(&price)?,
+                multiaddrs: multiaddr
+                    .iter()
+                    .map(|a| format!("{}/p2p/{peer}", a.trim_end_matches('/')))
+                    .collect(),
+                stake: parse_amount(&stake)?,
+            };
+            report(
+                "approve",
+                &c.token.approve(deployment.contracts.registry, registration.stake).await?,
+            );
+            report("register", &c.registry.register(&registration).await?);
+        }
+        OperatorCommand::Stake { amount } => {
+            let amount = parse_amount(&amount)?;
+            report("approve", &c.token.approve(deployment.contracts.registry, amount).await?);
+            report("stake", &c.registry.add_stake(amount).await?);
+        }
+        OperatorCommand::Unbond { amount } => {
+            report("unbond", &c.registry.request_unbond(parse_amount(&amount)?).await?)
+        }
+        OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
+        OperatorCommand::Status { address } => {
+            return status(&c, address.unwrap_or(account.address)).await;
+        }
+    }
+    status(&c, account.address).await
+}
+
+async fn status(c: &Contracts, operator: Address) -> anyhow::Result<()> {
+    let node = c.registry.node(operator).await?;
+    if node.registeredAt == 0 {
+        println!("{operator}: not registered");
+        return Ok(());
+    }
+    let peer = libp2p::PeerId::from_bytes(&node.peerId)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| "(invalid)".into());
+    println!("operator   {operator}");
+    println!("peer id    {peer}");
+    println!("model      {}  blocks {}-{}", node.modelId, node.firstBlock, node.lastBlock);
+    println!("price      {} BTT per token", format_ether(node.pricePerToken));
+    println!("stake      {} BTT", format_ether(node.stake));
+    println!(
+        "unbonding  {} BTT (withdrawable at unix {})",
+        format_ether(node.unbonding),
+        node.unbondingEndsAt
+    );
+    println!(
+        "jailed     {}",
+        if node.jailedUntil == 0 {
+            "never".to_owned()
+        } else {
+            format!("until unix {}", node.jailedUntil)
+        }
+    );
+    println!("active     {}", c.registry.is_active(operator).await?);
+    println!("reputation {} bps", c.validation.reputation_of(operator).await?);
+    println!("multiaddrs {}", node.multiaddrs.join(", "));
+    Ok(())
+}
