@@ -17,14 +17,6 @@ fn runtime() -> Runtime {
     Runtime::new(Device::Cpu, None).expect("ONNX Runtime from scripts/setup")
 }
 
-fn argmax(v: &[f32]) -> i64 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-        .map(|(i, _)| i as i64)
-        .unwrap()
-}
-
 /// Greedy decoding with the KV cache; per-step last-position logits and the chosen ids.
 fn greedy(pipeline: &Pipeline, prompt: &[i64]) -> (Vec<i64>, Vec<Vec<f32>>) {
     let (mut ids, mut all_logits) = (Vec::new(), Vec::new());
@@ -33,7 +25,7 @@ fn greedy(pipeline: &Pipeline, prompt: &[i64]) -> (Vec<i64>, Vec<Vec<f32>>) {
     for _ in 0..STEPS {
         let logits = pipeline.step(7, position, &input).expect("step").last_row().to_vec();
         position += input.len();
-        let next = argmax(&logits);
+        let next = i64::from(infergrid::generate::argmax(&logits));
         ids.push(next);
         all_logits.push(logits);
         input = vec![next];

@@ -65,7 +65,7 @@ fn serve_with(
     let (net, inbound) = network(Some(port))?;
     let operator = Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(key))?;
     let server = Arc::new(BlockServer {
-        model_id: model_id(manifest),
+        model_id: manifest.id().0,
         first_block: *blocks.start() as u16,
         blocks: blocks
             .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
@@ -83,10 +83,6 @@ fn serve_with(
     Ok(Served { peer, addr, operator, net })
 }
 
-fn model_id(manifest: &ModelManifest) -> [u8; 32] {
-    hex::decode(manifest.model_id.trim_start_matches("0x")).unwrap().try_into().unwrap()
-}
-
 fn step(
     manifest: &ModelManifest,
     blocks: (u16, u16),
@@ -95,7 +91,7 @@ fn step(
     payload: Payload,
 ) -> InferRequest {
     InferRequest {
-        model_id: model_id(manifest),
+        model_id: manifest.id().0,
         first_block: blocks.0,
         last_block: blocks.1,
         session: 42,
@@ -210,7 +206,7 @@ fn greedy(
         before_step(step);
         let logits = model.next_logits(session, position, &input).expect("step");
         position += input.len();
-        let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+        let next = i64::from(infergrid::generate::argmax(&logits));
         ids.push(next);
         input = vec![next];
     }
@@ -243,7 +239,7 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
         candidate(&replica, (1, 2), 20.0),
     ]));
     let config = RemoteModelConfig {
-        model_id: model_id(&manifest),
+        model_id: manifest.id().0,
         num_blocks: 3,
         context_length: manifest.config.max_positions,
         eos_ids: Vec::new(),
@@ -305,7 +301,7 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
         .registry
         .register(&NodeRegistration {
             peer_id: Bytes::from(staked_peer.to_bytes()),
-            model_id: manifest.model_id.parse()?,
+            model_id: manifest.id(),
             first_block: 0,
             last_block: 0,
             price_per_token: btt("0.000001"),
@@ -347,7 +343,7 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
     );
 
     // The gateway's directory lists exactly the registered, staked nodes...
-    let directory = Directory::new(reader.clone(), manifest.model_id.parse()?, 1);
+    let directory = Directory::new(reader.clone(), manifest.id(), 1);
     assert_eq!(directory.refresh(&unstaked_client).await?, 1);
     assert_eq!(directory.candidates().lock().unwrap()[0].peer, staked_peer);
     // ...and once the operator unbonds below the minimum stake, neither admits nor lists it.

@@ -20,9 +20,9 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::generate::{
-    FinishReason, GeneratedToken, Generation, GenerationError, SamplingParams, TextModel, generate,
+    FinishReason, GeneratedToken, Generation, GenerationError, TextModel, generate,
 };
-pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest};
+pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Job};
 
 /// Something that generates for the API: the routed remote model on a gateway.
 pub type Backend = Arc<std::sync::Mutex<Box<dyn TextModel + Send>>>;
@@ -144,14 +144,6 @@ fn no_generation(state: &ApiState) -> Response {
     .into_response()
 }
 
-/// What a request asks the generator for.
-struct Job {
-    prompt: String,
-    max_tokens: usize,
-    stop: Vec<String>,
-    params: SamplingParams,
-}
-
 fn run_job(
     state: &Arc<ApiState>,
     job: Job,
@@ -188,20 +180,11 @@ async fn completions(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let request =
-        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
+    let (request, job) =
+        match prepare(&state, body, CompletionRequest::validate, CompletionRequest::job) {
+            Ok(prepared) => prepared,
+            Err(response) => return response,
         };
-    if state.backend.is_none() {
-        return no_generation(&state);
-    }
-    let job = Job {
-        prompt: request.prompt_text(),
-        max_tokens: request.max_tokens(),
-        stop: request.stop(),
-        params: request.sampling(),
-    };
     let (id, model, created) = (
         format!("cmpl-{}", state.next_session.load(Ordering::Relaxed)),
         state.model_name.clone(),
@@ -225,19 +208,9 @@ async fn chat_completions(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
-    let request =
-        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
-    if state.backend.is_none() {
-        return no_generation(&state);
-    }
-    let job = Job {
-        prompt: request.prompt_text(),
-        max_tokens: request.max_tokens(),
-        stop: request.stop(),
-        params: request.sampling(),
+    let (request, job) = match prepare(&state, body, ChatRequest::validate, ChatRequest::job) {
+        Ok(prepared) => prepared,
+        Err(response) => return response,
     };
     let (id, model, created) = (
         format!("chatcmpl-{}", state.next_session.load(Ordering::Relaxed)),
@@ -260,6 +233,25 @@ async fn chat_completions(
 
 /// Builds one streamed chunk from a text delta and, on the last one, the finish reason.
 type ChunkFn = Arc<dyn Fn(&str, Option<FinishReason>) -> serde_json::Value + Send + Sync>;
+
+/// Validates a generation request body and turns it into a job, or answers the error.
+#[allow(clippy::result_large_err)]
+fn prepare<R>(
+    state: &ApiState,
+    body: Result<Json<R>, JsonRejection>,
+    validate: impl FnOnce(R, &str) -> Result<R, ApiError>,
+    job: impl FnOnce(&R) -> Job,
+) -> Result<(R, Job), Response> {
+    let request = body
+        .map_err(ApiError::from)
+        .and_then(|Json(r)| validate(r, &state.model_name))
+        .map_err(IntoResponse::into_response)?;
+    if state.backend.is_none() {
+        return Err(no_generation(state));
+    }
+    let job = job(&request);
+    Ok((request, job))
+}
 
 /// How an endpoint shapes its answer.
 struct Shape {

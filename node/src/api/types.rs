@@ -101,6 +101,15 @@ impl Sampling {
     }
 }
 
+/// What a generation request asks the generator for.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub params: SamplingParams,
+}
+
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
@@ -114,6 +123,14 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
+    pub fn job(&self) -> Job {
+        Job {
+            prompt: self.prompt_text(),
+            max_tokens: self.max_tokens(),
+            stop: self.stop(),
+            params: self.sampling(),
+        }
+    }
     pub fn validate(self, model: &str) -> Result<Self, ApiError> {
         check_model(&self.model, model)?;
         self.sampling.check()?;
@@ -160,6 +177,14 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    pub fn job(&self) -> Job {
+        Job {
+            prompt: self.prompt_text(),
+            max_tokens: self.max_tokens(),
+            stop: self.stop(),
+            params: self.sampling(),
+        }
+    }
     pub fn validate(self, model: &str) -> Result<Self, ApiError> {
         check_model(&self.model, model)?;
         self.sampling.check()?;

@@ -221,11 +221,13 @@ fn decode_run(
         let started = Instant::now();
         let logits = pipeline.step(session, 0, prompt)?;
         let prefill = prompt.len() as f64 / started.elapsed().as_secs_f64();
-        let mut token = argmax(logits.last_row());
+        let mut token = i64::from(infergrid::generate::argmax(logits.last_row()));
         let mut ids = vec![token];
         let started = Instant::now();
         for step in 0..decode {
-            token = argmax(pipeline.step(session, prompt.len() + step, &[token])?.last_row());
+            token = i64::from(infergrid::generate::argmax(
+                pipeline.step(session, prompt.len() + step, &[token])?.last_row(),
+            ));
             ids.push(token);
         }
         let speed = Speed { prefill, decode: decode as f64 / started.elapsed().as_secs_f64() };
@@ -233,13 +235,6 @@ fn decode_run(
         result = (speed, ids);
     }
     Ok(result)
-}
-
-fn argmax(v: &[f32]) -> i64 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
-        .0 as i64
 }
 
 fn resident_bytes() -> anyhow::Result<f64> {

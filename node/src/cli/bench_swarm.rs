@@ -180,9 +180,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
     let manifest = ModelManifest::load(&args.model)?;
     anyhow::ensure!(manifest.blocks.len() == 3, "the swarm benchmark wants a 3-block model");
     let runtime = Runtime::new(Device::Cpu, Some(args.threads))?;
-    let model_id: [u8; 32] = hex::decode(manifest.model_id.trim_start_matches("0x"))?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("model id"))?;
+    let model_id = manifest.id().0;
     let (client, _rx, _) = spawn_net(None)?;
     let mut candidates = Vec::new();
     for index in 0..3usize {
@@ -241,22 +239,19 @@ fn decode_speed(model: &mut dyn TextModel, steps: usize) -> anyhow::Result<f64> 
     let mut best = 0f64;
     for session in 0..2u64 {
         let logits = model.next_logits(session + 100, 0, &prompt)?;
-        let mut token = argmax(&logits);
+        let mut token = i64::from(infergrid::generate::argmax(&logits));
         let started = Instant::now();
         for step in 0..steps {
-            token = argmax(&model.next_logits(session + 100, prompt.len() + step, &[token])?);
+            token = i64::from(infergrid::generate::argmax(&model.next_logits(
+                session + 100,
+                prompt.len() + step,
+                &[token],
+            )?));
         }
         best = best.max(steps as f64 / started.elapsed().as_secs_f64());
         model.close(session + 100);
     }
     Ok(best)
-}
-
-fn argmax(v: &[f32]) -> i64 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0 as i64
 }
 
 /// Decode speed through `infergrid devnet --nodes 3` (3 node processes and a gateway), timed

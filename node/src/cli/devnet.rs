@@ -55,7 +55,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
         Some(dir) => {
             let manifest = infergrid::model::ModelManifest::load(dir)?;
             Some(devnet::ServedModel {
-                model_id: manifest.model_id.parse().context("manifest model id")?,
+                model_id: manifest.id(),
                 num_blocks: manifest.blocks.len() as u32,
             })
         }

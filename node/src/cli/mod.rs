@@ -64,3 +64,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => swarm::gateway(args).await,
     }
 }
+
+/// Parses an inclusive block range: `2` or `1-3`.
+fn parse_block_range(text: &str) -> anyhow::Result<(u32, u32)> {
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| anyhow::anyhow!("{text:?} is not a block range like 2 or 1-3"))
+    };
+    let (first, last) = (parse(a)?, parse(b)?);
+    anyhow::ensure!(first <= last, "block range {text} ends before it starts");
+    Ok((first, last))
+}

@@ -74,11 +74,6 @@ pub fn parse_amount(text: &str) -> anyhow::Result<U256> {
     Ok(amount)
 }
 
-fn parse_span(s: &str) -> anyhow::Result<(u32, u32)> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    Ok((a.trim().parse()?, b.trim().parse()?))
-}
-
 fn report(what: &str, receipt: &TransactionReceipt) {
     println!(
         "{what}: tx {} (block {}, gas {})",
@@ -100,11 +95,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     match args.command {
         OperatorCommand::Register { model, blocks, price, stake, multiaddr } => {
             let manifest = infergrid::model::ModelManifest::load(&model)?;
-            let (first_block, last_block) = parse_span(&blocks)?;
+            let (first_block, last_block) = super::parse_block_range(&blocks)?;
             let peer = node_peer_id(&key);
             let registration = NodeRegistration {
                 peer_id: Bytes::from(peer.to_bytes()),
-                model_id: manifest.model_id.parse().context("manifest model id")?,
+                model_id: manifest.id(),
                 first_block,
                 last_block,
                 price_per_token: parse_amount(&price)?,

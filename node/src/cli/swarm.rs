@@ -66,24 +66,10 @@ pub struct NodeArgs {
     threads: Option<usize>,
 }
 
-fn parse_span(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
-    if b < a {
-        bail!("block range {s} ends before it starts");
-    }
-    Ok((a, b))
-}
-
-fn model_id_bytes(manifest: &ModelManifest) -> anyhow::Result<[u8; 32]> {
-    let bytes = hex::decode(manifest.model_id.trim_start_matches("0x"))
-        .context("manifest model id is not hex")?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("manifest model id is not 32 bytes"))
-}
-
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
-    let (first, last) = parse_span(&args.blocks)?;
+    let (first, last) = super::parse_block_range(&args.blocks)?;
+    let (first, last) = (first as usize, last as usize);
     if last >= manifest.blocks.len() {
         bail!("the model has {} blocks; cannot serve {first}-{last}", manifest.blocks.len());
     }
@@ -115,7 +101,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             CacheLimits::default(),
         )?));
     }
-    let model_id = model_id_bytes(&manifest)?;
+    let model_id = manifest.id().0;
     let (net, inbound) = Network::spawn(NetConfig {
         keypair,
         listen: args.listen.clone(),
@@ -203,8 +189,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
     })?;
-    let model_id = model_id_bytes(&manifest)?;
-    let directory = Directory::new(registry, B256::from(model_id), manifest.blocks.len() as u16);
+    let model_id = manifest.id().0;
+    let directory = Directory::new(registry, manifest.id(), manifest.blocks.len() as u16);
     let found = directory.refresh(&net).await?;
     eprintln!(
         "gateway: peer {}, {found} staked nodes serve {}",

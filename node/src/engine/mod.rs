@@ -11,6 +11,6 @@ mod tensor;
 pub use block::{BlockRunner, EncoderMask};
 pub use error::EngineError;
 pub use kv::CacheLimits;
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, run_chain};
 pub use runtime::{Device, GpuInfo, Runtime};
 pub use tensor::{Activation, ActivationError, BlockInput};

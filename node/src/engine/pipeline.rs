@@ -48,26 +48,16 @@ impl Pipeline {
         position: usize,
         tokens: &[i64],
     ) -> Result<Activation, EngineError> {
-        let mut input = BlockInput::Tokens(tokens.to_vec());
-        let mut output = None;
-        for block in &self.blocks {
-            let out = block.forward(session, position, input)?;
-            input = BlockInput::Hidden(out.clone());
-            output = Some(out);
-        }
-        output.ok_or(EngineError::NoSuchBlock { index: 0, count: 0 })
+        run_chain(&self.blocks, BlockInput::Tokens(tokens.to_vec()), |block, input| {
+            block.forward(session, position, input)
+        })
     }
 
     /// Runs an encoder over one tokenized input; returns `token_embeddings` `[1, S, hidden]`.
     pub fn encode(&self, ids: &[i64], mask: &EncoderMask) -> Result<Activation, EngineError> {
-        let mut input = BlockInput::Tokens(ids.to_vec());
-        let mut output = None;
-        for block in &self.blocks {
-            let out = block.encode(input, mask)?;
-            input = BlockInput::Hidden(out.clone());
-            output = Some(out);
-        }
-        output.ok_or(EngineError::NoSuchBlock { index: 0, count: 0 })
+        run_chain(&self.blocks, BlockInput::Tokens(ids.to_vec()), |block, input| {
+            block.encode(input, mask)
+        })
     }
 
     /// Forgets `session` in every block.
@@ -76,4 +66,16 @@ impl Pipeline {
             block.close(session);
         }
     }
+}
+
+/// Runs `input` through consecutive `blocks`, each block's output moving into the next, and
+/// returns the last output: the chaining both the in-process pipeline and a node's span use.
+pub fn run_chain<'a>(
+    blocks: impl IntoIterator<Item = &'a BlockRunner>,
+    input: BlockInput,
+    mut run: impl FnMut(&BlockRunner, BlockInput) -> Result<Activation, EngineError>,
+) -> Result<Activation, EngineError> {
+    let mut blocks = blocks.into_iter();
+    let first = blocks.next().ok_or(EngineError::NoSuchBlock { index: 0, count: 0 })?;
+    blocks.try_fold(run(first, input)?, |output, block| run(block, BlockInput::Hidden(output)))
 }

@@ -6,5 +6,5 @@ mod sampler;
 mod text;
 
 pub use embed::{TokenEncoder, cosine, embed_texts, pool_texts};
-pub use sampler::{Sampler, SamplingParams, TokenChoice};
+pub use sampler::{Sampler, SamplingParams, TokenChoice, argmax};
 pub use text::{FinishReason, GeneratedToken, Generation, GenerationError, TextModel, generate};

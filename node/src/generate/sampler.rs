@@ -86,6 +86,15 @@ impl Sampler {
     }
 }
 
+/// The most likely token; ties go to the lowest id, as in greedy sampling.
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .0 as u32
+}
+
 fn log_softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / temperature;
     let sum: f64 = logits.iter().map(|&l| (l as f64 / temperature - max).exp()).sum();

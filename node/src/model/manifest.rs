@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use alloy::primitives::B256;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -157,6 +158,9 @@ impl ModelManifest {
         if self.format != FORMAT {
             return Err(format!("format {:?}, expected {FORMAT:?}", self.format));
         }
+        if self.model_id.parse::<B256>().is_err() {
+            return Err(format!("model id {:?} is not 0x and 64 hex digits", self.model_id));
+        }
         if self.blocks.is_empty() {
             return Err("no blocks".into());
         }
@@ -196,6 +200,11 @@ impl ModelManifest {
             ));
         }
         Ok(())
+    }
+
+    /// The model id as 32 bytes (checked when the manifest is loaded).
+    pub fn id(&self) -> B256 {
+        self.model_id.parse().expect("checked at load")
     }
 
     /// The block with `index`.

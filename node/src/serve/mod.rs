@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use alloy::primitives::B256;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use crate::eip712::{Domain, Eip712Signer, keccak256};
-use crate::engine::{Activation, BlockInput, BlockRunner, EncoderMask, EngineError};
+use crate::engine::{BlockInput, BlockRunner, EncoderMask, EngineError, run_chain};
 use crate::net::Inbound;
 use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
@@ -53,12 +54,10 @@ pub struct Attester {
 }
 
 impl Attester {
-    pub fn attest(&self, request: &InferRequest, output: &Payload) -> [u8; 65] {
-        ResponseAttestation {
-            request_hash: keccak256(&request.encode()),
-            output_hash: keccak256(&payload_bytes(output)),
-        }
-        .sign(&self.domain, &self.signer)
+    /// Signs (keccak-256 of the encoded request, keccak-256 of the encoded output).
+    pub fn attest(&self, request_hash: B256, output: &Payload) -> [u8; 65] {
+        ResponseAttestation { request_hash, output_hash: keccak256(&payload_bytes(output)) }
+            .sign(&self.domain, &self.signer)
     }
 }
 
@@ -138,21 +137,21 @@ impl BlockServer {
                 ),
             );
         }
-        let server = self.clone();
-        let request_copy = request.clone();
-        let session = session_key(&peer, request.session);
-        let started = std::time::Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || server.compute(session, &request_copy)).await;
+        let request_hash = keccak256(&request.encode());
+        let kind = request.kind;
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
-        if request.kind == StepKind::Decode && matches!(result, Ok(Ok(_))) {
+        let session = session_key(&peer, request.session);
+        let server = self.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || server.compute(session, request)).await;
+        if kind == StepKind::Decode && matches!(result, Ok(Ok(_))) {
             // Scaled to the whole span, which is what a route through this node uses.
             let full_span = self.blocks.len() as f64;
             self.decode_ms.record(started.elapsed().as_secs_f64() * 1e3 * full_span / span_blocks);
         }
         match result {
             Ok(Ok(output)) => {
-                let signature = self.attester.attest(&request, &output);
+                let signature = self.attester.attest(request_hash, &output);
                 InferResponse::Ok { output, signature }
             }
             Ok(Err(e)) => InferResponse::Err(e),
@@ -160,55 +159,40 @@ impl BlockServer {
         }
     }
 
-    fn compute(&self, session: u64, request: &InferRequest) -> Result<Payload, WireError> {
+    fn compute(&self, session: u64, request: InferRequest) -> Result<Payload, WireError> {
         let span = request.first_block as usize - self.first_block as usize
             ..=request.last_block as usize - self.first_block as usize;
+        let blocks = self.blocks[span].iter().map(|b| &**b);
         if request.kind == StepKind::Close {
-            self.blocks[span].iter().for_each(|b| {
+            blocks.for_each(|b| {
                 b.close(session);
             });
             return Ok(Payload::Empty);
         }
-        let blocks = &self.blocks[span];
-        if let Payload::Masked { input, attention_mask, token_type_ids } = &request.payload {
-            let mask = EncoderMask {
-                attention_mask: attention_mask.clone(),
-                token_type_ids: token_type_ids.clone(),
-            };
-            return run_span(blocks, block_input(input)?, |block, input| {
-                block.encode(input, &mask)
-            });
-        }
-        let position = request.position as usize;
-        run_span(blocks, block_input(&request.payload)?, |block, input| {
-            block.forward(session, position, input)
-        })
+        let output = match request.payload {
+            Payload::Masked { input, attention_mask, token_type_ids } => {
+                let mask = EncoderMask { attention_mask, token_type_ids };
+                run_chain(blocks, block_input(*input)?, |block, input| block.encode(input, &mask))
+            }
+            payload => {
+                let position = request.position as usize;
+                run_chain(blocks, block_input(payload)?, |block, input| {
+                    block.forward(session, position, input)
+                })
+            }
+        };
+        output.map(Payload::Tensor).map_err(engine_refusal)
     }
 }
 
-fn block_input(payload: &Payload) -> Result<BlockInput, WireError> {
+fn block_input(payload: Payload) -> Result<BlockInput, WireError> {
     match payload {
-        Payload::Tokens(ids) => Ok(BlockInput::Tokens(ids.clone())),
-        Payload::Tensor(a) => Ok(BlockInput::Hidden(a.clone())),
+        Payload::Tokens(ids) => Ok(BlockInput::Tokens(ids)),
+        Payload::Tensor(a) => Ok(BlockInput::Hidden(a)),
         Payload::Empty | Payload::Masked { .. } => {
             Err(WireError::new(ErrorCode::BadInput, "a step needs tokens or hidden states"))
         }
     }
-}
-
-/// Runs `input` through consecutive blocks, each block's output feeding the next.
-fn run_span(
-    blocks: &[Arc<BlockRunner>],
-    mut input: BlockInput,
-    run: impl Fn(&BlockRunner, BlockInput) -> Result<Activation, EngineError>,
-) -> Result<Payload, WireError> {
-    let mut output: Option<Activation> = None;
-    for block in blocks {
-        let out = run(block, input).map_err(engine_refusal)?;
-        input = BlockInput::Hidden(out.clone());
-        output = Some(out);
-    }
-    output.map(Payload::Tensor).ok_or_else(|| WireError::new(ErrorCode::Internal, "empty span"))
 }
 
 /// Sessions are the requester's own: the cache key binds the session id to the peer, so no
