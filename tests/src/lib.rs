@@ -2,6 +2,8 @@
 //! model fixtures made by the repository's scripts.
 
 pub mod models;
+pub mod nodes;
+pub mod procs;
 
 use alloy::primitives::{Address, B256, U256, utils::parse_ether};
 use alloy::providers::Provider;

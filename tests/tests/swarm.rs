@@ -5,41 +5,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy::primitives::B256;
 use infergrid::eip712::Eip712Signer;
-use infergrid::engine::{BlockRunner, CacheLimits, Device, Pipeline, Runtime};
+use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
 use infergrid::model::ModelManifest;
 use infergrid::net::codec::{
     ErrorCode, InferRequest, InferResponse, Payload, StepKind, payload_bytes,
 };
 use infergrid::net::{NetConfig, Network};
-use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::serve::Admission;
 use infergrid::validate::{ResponseAttestation, validation_domain};
 use infergrid_e2e::models::{import, make_checkpoint};
-use libp2p::{Multiaddr, PeerId, identity};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn network(
-    listen: Option<u16>,
-) -> anyhow::Result<(Network, tokio::sync::mpsc::Receiver<infergrid::net::Inbound>)> {
-    let listen =
-        listen.map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap()).into_iter().collect();
-    Ok(Network::spawn(NetConfig {
-        keypair: identity::Keypair::generate_ed25519(),
-        listen,
-        bootstrap: Vec::new(),
-        request_timeout: Duration::from_secs(30),
-    })?)
-}
-
-struct Served {
-    peer: PeerId,
-    addr: Multiaddr,
-    operator: Eip712Signer,
-    net: Network,
-}
+use infergrid_e2e::nodes::{Served, network, serve_blocks};
+use libp2p::{PeerId, identity};
 
 /// Starts a node serving `blocks` of the model, admitting only `clients`.
 fn serve(
@@ -61,26 +39,7 @@ fn serve_with(
     admission: Admission,
     key: u8,
 ) -> anyhow::Result<Served> {
-    let port = free_port();
-    let (net, inbound) = network(Some(port))?;
-    let operator = Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(key))?;
-    let server = Arc::new(BlockServer {
-        model_id: manifest.id().0,
-        first_block: *blocks.start() as u16,
-        blocks: blocks
-            .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
-            .collect::<Result<_, _>>()?,
-        attester: Attester {
-            signer: operator.clone(),
-            domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
-        },
-        admission,
-        decode_ms: Default::default(),
-    });
-    tokio::spawn(server.run(inbound));
-    let peer = net.local_peer();
-    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
-    Ok(Served { peer, addr, operator, net })
+    serve_blocks(manifest, runtime, blocks, admission, None, B256::repeat_byte(key))
 }
 
 fn step(
@@ -97,6 +56,7 @@ fn step(
         session: 42,
         position,
         kind,
+        payment: None,
         payload,
     }
 }
@@ -389,6 +349,7 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
         session: 1,
         position: 0,
         kind: StepKind::Decode,
+        payment: None,
         payload: payload.clone(),
     };
     assert_eq!(

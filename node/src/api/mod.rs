@@ -79,7 +79,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Liveness, plus the current route and every failover with its stall.
+/// Liveness, plus the current route, every failover with its stall, and what the gateway
+/// owes each node it paid.
 async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     let routing = state.routing.as_ref().map(|r| {
         let report = r.lock().expect("route report");
@@ -89,6 +90,12 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
             })).collect::<Vec<_>>(),
             "failovers": report.failovers.iter().map(|f| serde_json::json!({
                 "failed_peer": f.failed_peer.to_string(), "reason": f.reason, "stall_ms": f.stall.as_secs_f64() * 1e3,
+            })).collect::<Vec<_>>(),
+            // Amounts in wei as decimal strings: exact, unlike JSON numbers.
+            "payments": report.payments.iter().map(|t| serde_json::json!({
+                "operator": t.operator.to_string(), "channel": t.channel.to_string(),
+                "deposit": t.deposit.to_string(), "metered_block_tokens": t.metered,
+                "owed": t.owed.to_string(), "signed": t.signed.to_string(),
             })).collect::<Vec<_>>(),
         })
     });

@@ -2,7 +2,7 @@
 //! views return the contract's own types.
 
 use alloy::primitives::{Address, B256, Bytes, U256};
-use alloy::providers::DynProvider;
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionReceipt;
 
 use super::bindings::{
@@ -177,6 +177,17 @@ impl Channels {
     }
     pub async fn channel(&self, channel_id: U256) -> Result<PaymentChannels::Channel, ChainError> {
         Ok(self.0.getChannel(channel_id).call().await?)
+    }
+    /// The gas price and the latest block's timestamp: what a transaction costs now, and
+    /// the chain's clock that close windows run on.
+    pub async fn gas_price_and_time(&self) -> Result<(u128, u64), ChainError> {
+        let provider = self.0.provider();
+        let gas_price = provider.get_gas_price().await?;
+        let block = provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await?
+            .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
+        Ok((gas_price, block.header.timestamp))
     }
     /// The contract's own EIP-712 digest of a voucher.
     pub async fn voucher_digest(

@@ -1,5 +1,6 @@
 //! The chain: contract bindings, deployment, and typed clients over alloy.
 
+pub mod audit;
 pub mod bindings;
 mod clients;
 mod deployment;
@@ -48,21 +49,7 @@ impl Account {
 
     /// Checks that this endpoint serves `deployment`: same chain id, contracts present.
     pub async fn check_deployment(&self, deployment: &Deployment) -> Result<(), ChainError> {
-        let actual = self.provider.get_chain_id().await?;
-        if actual != deployment.chain_id {
-            return Err(ChainError::WrongChain {
-                url: self.url.clone(),
-                expected: deployment.chain_id,
-                actual,
-            });
-        }
-        let c = deployment.contracts;
-        for address in [c.token, c.registry, c.channels, c.validation] {
-            if self.provider.get_code_at(address).await?.is_empty() {
-                return Err(ChainError::NoCode(address));
-            }
-        }
-        Ok(())
+        check_deployment(&self.provider, &self.url, deployment).await
     }
 
     /// Typed clients for every contract of `deployment`, signing as this account.
@@ -78,11 +65,50 @@ impl Account {
     }
 }
 
+/// Identifies a deployment's chain history: the hash of the block the contracts were
+/// deployed in. A fresh anvil deploying to the same addresses has another, so state kept
+/// for one deployment (ledgers, wallets) is never applied to another.
+pub async fn deployment_fingerprint(
+    provider: &DynProvider,
+    deployment: &Deployment,
+) -> Result<B256, ChainError> {
+    let block = provider
+        .get_block_by_number(deployment.deploy_block.into())
+        .await?
+        .ok_or_else(|| ChainError::Rpc(format!("no block {}", deployment.deploy_block)))?;
+    Ok(block.header.hash)
+}
+
 /// A read-only connection to `url`, checked to answer.
 pub async fn connect_reader(url: &str) -> Result<DynProvider, ChainError> {
     let provider = ProviderBuilder::new().connect_http(parse_url(url)?).erased();
     ensure_reachable(&provider, url).await?;
     Ok(provider)
+}
+
+/// Checks that the endpoint `url` behind `provider` serves `deployment`: same chain id,
+/// contracts present. Without it a wrong deployment file reads as zeroes or as undecodable
+/// return data instead of saying what is wrong.
+pub async fn check_deployment(
+    provider: &DynProvider,
+    url: &str,
+    deployment: &Deployment,
+) -> Result<(), ChainError> {
+    let actual = provider.get_chain_id().await?;
+    if actual != deployment.chain_id {
+        return Err(ChainError::WrongChain {
+            url: url.to_owned(),
+            expected: deployment.chain_id,
+            actual,
+        });
+    }
+    let c = deployment.contracts;
+    for address in [c.token, c.registry, c.channels, c.validation] {
+        if provider.get_code_at(address).await?.is_empty() {
+            return Err(ChainError::NoCode(address));
+        }
+    }
+    Ok(())
 }
 
 fn parse_url(url: &str) -> Result<ReqwestUrl, ChainError> {

@@ -122,6 +122,7 @@ async fn hop_latency(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
         session: 1,
         position: 7,
         kind: StepKind::Decode,
+        payment: None,
         payload: Payload::Tensor(activation.clone()),
     };
     let mut libp2p = Vec::with_capacity(args.round_trips);
@@ -202,6 +203,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
                 domain: validation_domain(31337, alloy::primitives::Address::ZERO),
             },
             admission: Admission::Peers(HashSet::from([client.local_peer()])),
+            collector: None,
             decode_ms: Default::default(),
         });
         tokio::spawn(server.run(inbound));

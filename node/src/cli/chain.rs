@@ -1,20 +1,22 @@
 use std::path::PathBuf;
 
-use alloy::primitives::{Address, B256, utils::format_ether};
+use alloy::primitives::{Address, utils::format_ether};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use infergrid::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
 use infergrid::chain::{Account, DeployParams, Deployment, connect_reader};
 
+use super::keys::KeyArgs;
+
 #[derive(Debug, Args)]
+#[command(mut_arg("key_env", |a| a.default_value("INFERGRID_DEPLOYER_KEY")))]
 pub struct DeployArgs {
     /// JSON-RPC endpoint of the target chain.
     #[arg(long, env = "INFERGRID_RPC_URL")]
     rpc_url: String,
-    /// Environment variable holding the deployer's private key (hex). Keys are never
-    /// taken as plain arguments, which would leak into shell history and `ps`.
-    #[arg(long, default_value = "INFERGRID_DEPLOYER_KEY")]
-    key_env: String,
+    /// The deployer's key.
+    #[command(flatten)]
+    key: KeyArgs,
     /// An existing ERC-20 to stake and pay with (e.g. wrapped BTT); default deploys the
     /// mintable test token.
     #[arg(long)]
@@ -42,11 +44,7 @@ pub enum ChainCommand {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let key = std::env::var(&args.key_env)
-        .with_context(|| format!("set {} to the deployer's private key (hex)", args.key_env))?;
-    let key: B256 =
-        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
-    let account = Account::connect(&args.rpc_url, &key).await?;
+    let account = Account::connect(&args.rpc_url, &args.key.secret()?).await?;
     let params = match &args.params {
         Some(path) => {
             let text = std::fs::read_to_string(path)

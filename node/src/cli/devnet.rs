@@ -74,7 +74,13 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let swarm = if args.nodes > 0 {
         let model = args.model.as_ref().expect("clap requires --model with --nodes");
         eprintln!("devnet: starting {} node processes and a gateway", args.nodes);
-        Some(start_swarm(model, args.nodes, &url, &deployment_file, args.api).await?)
+        // A fresh chain: vouchers and channels of an earlier run are void.
+        let payments = args.out.join("payments");
+        if payments.exists() {
+            std::fs::remove_dir_all(&payments)?;
+        }
+        std::fs::create_dir_all(&payments)?;
+        Some(start_swarm(model, args.nodes, &url, &deployment_file, &payments, args.api).await?)
     } else {
         None
     };
@@ -194,6 +200,7 @@ async fn start_swarm(
     count: usize,
     url: &str,
     deployment: &std::path::Path,
+    payments: &std::path::Path,
     api: std::net::SocketAddr,
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
@@ -204,7 +211,6 @@ async fn start_swarm(
         operators.len()
     );
     let payer = &accounts_with(devnet::Role::Payer)[0];
-    let gateway_peer = infergrid::identity::node_peer_id(&payer.private_key).to_string();
     let (model, deployment) = (model.display().to_string(), deployment.display().to_string());
     let mut nodes = Vec::new();
     for (index, operator) in operators.iter().take(count).enumerate() {
@@ -223,8 +229,8 @@ async fn start_swarm(
             &deployment,
             "--listen",
             &format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index),
-            "--allow-peer",
-            &gateway_peer,
+            "--ledger",
+            &payments.join(format!("node-{}.redb", operator.address)).display().to_string(),
         ]
         .map(String::from);
         nodes.push(
@@ -249,6 +255,8 @@ async fn start_swarm(
         &deployment,
         "--listen",
         &api.to_string(),
+        "--wallet",
+        &payments.join("gateway-wallet.redb").display().to_string(),
     ]
     .map(String::from);
     let gateway =

@@ -1,10 +1,13 @@
 //! Subcommands. `anyhow` lives here at the edge; the library speaks typed errors.
 
+mod audit;
 mod bench;
 mod bench_swarm;
 mod chain;
 mod devnet;
 mod infer;
+mod keys;
+mod ledger;
 mod model;
 mod operator;
 mod swarm;
@@ -40,10 +43,17 @@ enum Command {
     Embed(infer::EmbedArgs),
     /// Stake, register, unbond and withdraw as a node operator.
     Operator(operator::OperatorArgs),
+    /// Create encrypted keystore files for `--keystore`.
+    #[command(subcommand)]
+    Keystore(keys::KeystoreCommand),
+    /// Read stake, reputation, slashes, challenges and payments back from the chain (auditors).
+    Audit(audit::AuditArgs),
     /// Serve layer blocks of a model to the swarm (operators).
     Node(swarm::NodeArgs),
     /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
     Gateway(swarm::GatewayArgs),
+    /// Print a node's payment ledger: vouchers held, usage metered, amounts redeemed.
+    Ledger(ledger::LedgerArgs),
     /// Benchmarks that print the figures the project reports.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,7 +71,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Node(args) => swarm::node(args).await,
         Command::Operator(args) => operator::run(args).await,
+        Command::Keystore(cmd) => keys::run(cmd),
+        Command::Audit(args) => audit::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
+        Command::Ledger(args) => ledger::run(args),
     }
 }
 

@@ -7,8 +7,11 @@ use clap::{Args, Subcommand};
 use infergrid::chain::{Account, Contracts, Deployment, NodeRegistration};
 use infergrid::identity::node_peer_id;
 
+use super::keys::KeyArgs;
+
 /// Where and as whom an operator command runs.
 #[derive(Debug, Args)]
+#[command(mut_arg("key_env", |a| a.default_value("INFERGRID_OPERATOR_KEY")))]
 pub struct OperatorArgs {
     /// JSON-RPC endpoint.
     #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
@@ -16,10 +19,9 @@ pub struct OperatorArgs {
     /// Deployment file.
     #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
     deployment: PathBuf,
-    /// Environment variable holding the operator's private key (hex); keys are never
-    /// taken as plain arguments, which would leak into shell history and `ps`.
-    #[arg(long, default_value = "INFERGRID_OPERATOR_KEY")]
-    key_env: String,
+    /// The operator's key.
+    #[command(flatten)]
+    key: KeyArgs,
     #[command(subcommand)]
     command: OperatorCommand,
 }
@@ -84,10 +86,7 @@ fn report(what: &str, receipt: &TransactionReceipt) {
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    let key = std::env::var(&args.key_env)
-        .with_context(|| format!("set {} to the operator's private key (hex)", args.key_env))?;
-    let key =
-        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", args.key_env))?;
+    let key = args.key.secret()?;
     let deployment = Deployment::load(&args.deployment)?;
     let account = Account::connect(&args.rpc_url, &key).await?;
     account.check_deployment(&deployment).await?;

@@ -4,20 +4,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256, U256};
 use anyhow::{Context, bail};
 use clap::Args;
 use infergrid::api::{ApiState, router};
-use infergrid::chain::{Deployment, Registry, connect_reader};
+use infergrid::chain::{Account, Deployment, Registry, connect_reader, deployment_fingerprint};
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
 use infergrid::identity::node_keypair;
 use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
+use infergrid::pay::meter::Tariff;
+use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
 use infergrid::serve::{Admission, Attester, BlockServer};
 use infergrid::validate::validation_domain;
 use libp2p::{Multiaddr, PeerId};
+
+use super::keys::KeyArgs;
 
 /// Chain access shared by `node` and `gateway`.
 #[derive(Debug, Args)]
@@ -28,16 +32,14 @@ pub struct ChainArgs {
     /// Deployment file (from `infergrid devnet` or `infergrid deploy`).
     #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
     deployment: PathBuf,
-    /// Environment variable holding this participant's private key (hex); never a plain argument.
-    #[arg(long)]
-    key_env: String,
+    /// This participant's key: the operator's for a node, the payer's for a gateway.
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 impl ChainArgs {
     fn key(&self) -> anyhow::Result<B256> {
-        let key = std::env::var(&self.key_env)
-            .with_context(|| format!("set {} to the private key (hex)", self.key_env))?;
-        key.trim().parse().with_context(|| format!("{} is not a 32-byte hex key", self.key_env))
+        self.key.secret()
     }
 }
 
@@ -57,9 +59,24 @@ pub struct NodeArgs {
     /// Peers to dial at start, `/…/p2p/<peer id>` (repeatable).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
-    /// A peer admitted besides the staked nodes (a gateway), repeatable.
+    /// A peer served without payment (a private deployment's own gateway), repeatable.
+    /// Everyone else pays through a payment channel to this operator.
     #[arg(long)]
     allow_peer: Vec<PeerId>,
+    /// The payment ledger: latest voucher per channel, written durably before serving
+    /// against it. Default: .infergrid/ledgers/<operator address>.redb
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// Usage a payer may run up beyond its latest voucher, in tokens at this node's price.
+    #[arg(long, default_value_t = 256)]
+    credit_tokens: u64,
+    /// Redeem once the vouchers' value is this many times the redemption's gas cost
+    /// (channels being closed are redeemed at once).
+    #[arg(long, default_value_t = RedeemPolicy::default().value_to_gas)]
+    redeem_value_to_gas: u64,
+    /// Seconds between looks at the channels (close requests, value worth redeeming).
+    #[arg(long, default_value_t = 10)]
+    redeem_check_secs: u64,
     #[arg(long, default_value = "cpu")]
     device: Device,
     #[arg(long)]
@@ -80,12 +97,16 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let registry = Registry::new(deployment.contracts.registry, provider);
     let keypair = node_keypair(&key);
     let peer = keypair.public().to_peer_id();
-    if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
+    let collector = if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
         eprintln!(
-            "warning: peer id {peer} is not registered on-chain for {}; gateways will not route here",
+            "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
+             here and only --allow-peer peers are served",
             operator.address()
         );
-    }
+        None
+    } else {
+        Some(Arc::new(collector(&args, &key, &deployment, &registry, operator.address()).await?))
+    };
 
     let runtime = Runtime::new_shared_host(args.device, args.threads)?;
     if let Some(reason) = runtime.fallback() {
@@ -120,12 +141,27 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
         },
         decode_ms: Default::default(),
-        admission: Admission::Registry {
-            allowed: args.allow_peer.iter().copied().collect::<HashSet<_>>(),
-            registry,
-        },
+        admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
+        collector: collector.clone(),
     });
     tokio::spawn(server.clone().run(inbound));
+    if let Some(collector) = collector.clone() {
+        let policy = RedeemPolicy { value_to_gas: args.redeem_value_to_gas };
+        let every = Duration::from_secs(args.redeem_check_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                match collector.settle(&policy).await {
+                    Ok(Some(s)) => println!(
+                        "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
+                        s.value, s.channels, s.tx, s.gas_used
+                    ),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("node: redemption failed (retrying): {e}"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 
     // Load announcements, so gateways can weigh routes.
     let announcer = net.clone();
@@ -155,7 +191,52 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     eprintln!("node: stopping");
     net.shutdown().await?;
+    if let Some(collector) = collector {
+        collector.flush().await?;
+    }
     Ok(())
+}
+
+/// The node's payment collector: its registered price, its ledger, a signing connection
+/// for redemptions.
+async fn collector(
+    args: &NodeArgs,
+    key: &B256,
+    deployment: &Deployment,
+    registry: &Registry,
+    operator: Address,
+) -> anyhow::Result<Collector> {
+    let registered = registry.node(operator).await?;
+    let tariff = Tariff {
+        price_per_token: registered.pricePerToken,
+        span_blocks: u16::try_from(registered.lastBlock - registered.firstBlock + 1)?,
+    };
+    let account = Account::connect(&args.chain.rpc_url, key).await?;
+    account.check_deployment(deployment).await?;
+    let path = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!(".infergrid/ledgers/{operator}.redb")));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let fingerprint = deployment_fingerprint(&account.provider, deployment).await?;
+    let ledger = Ledger::open(&path, fingerprint)
+        .with_context(|| format!("opening the ledger {}", path.display()))?;
+    let credit = tariff.price_per_token * U256::from(args.credit_tokens);
+    eprintln!(
+        "node: paid at {} wei per token, credit {credit} wei, ledger {}",
+        tariff.price_per_token,
+        path.display()
+    );
+    Ok(Collector::new(
+        operator,
+        tariff,
+        channels_domain(deployment.chain_id, deployment.contracts.channels),
+        credit,
+        account.contracts(deployment).channels,
+        ledger,
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +255,20 @@ pub struct GatewayArgs {
     /// Extra peers to dial, `/…/p2p/<peer id>`.
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// Deposit of each payment channel to a node, and of each top-up (`1BTT`, `5000wei`).
+    #[arg(long, default_value = "1BTT")]
+    deposit: String,
+    /// Most this gateway deposits into channels in one run.
+    #[arg(long, default_value = "100BTT")]
+    budget: String,
+    /// Sign a new voucher for a node once this many tokens' worth is unpaid (and at the
+    /// end of every request). Must stay below the nodes' credit.
+    #[arg(long, default_value_t = 32)]
+    sign_every_tokens: u64,
+    /// What was signed to which channel, kept across restarts.
+    /// Default: .infergrid/wallets/<payer address>.redb
+    #[arg(long)]
+    wallet: Option<PathBuf>,
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -183,6 +278,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let deployment = Deployment::load(&args.chain.deployment)?;
     let provider = connect_reader(&args.chain.rpc_url).await?;
     let registry = Registry::new(deployment.contracts.registry, provider);
+    let wallet = Arc::new(wallet(&args, &key, &deployment).await?);
     let (net, mut inbound) = Network::spawn(NetConfig {
         keypair: node_keypair(&key),
         listen: args.p2p_listen.clone(),
@@ -223,7 +319,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         eos_ids: manifest.tokenizer.eos_token_ids.clone(),
         max_failovers_per_step: 4,
     };
-    let remote = RemoteModel::new(net.clone(), config, directory.candidates());
+    let remote = RemoteModel::new(net.clone(), config, directory.candidates())
+        .paying(wallet, directory.terms());
     let report = remote.report();
     let state = if manifest.architecture.is_decoder() {
         let backend: Box<dyn infergrid::generate::TextModel + Send> = Box::new(remote);
@@ -256,4 +353,49 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The gateway's wallet: the payer key's channels, funded from the budget.
+async fn wallet(args: &GatewayArgs, key: &B256, deployment: &Deployment) -> anyhow::Result<Wallet> {
+    let payer = Eip712Signer::from_bytes(key)?;
+    let account = Account::connect(&args.chain.rpc_url, key).await?;
+    account.check_deployment(deployment).await?;
+    let contracts = account.contracts(deployment);
+    let config = WalletConfig {
+        deposit: super::operator::parse_amount(&args.deposit)?,
+        budget: super::operator::parse_amount(&args.budget)?,
+        sign_every_tokens: args.sign_every_tokens,
+    };
+    let balance = contracts.token.balance_of(payer.address()).await?;
+    if balance < config.deposit {
+        bail!(
+            "the payer {} holds {balance} wei of BTT, less than one channel deposit ({} wei)",
+            payer.address(),
+            config.deposit
+        );
+    }
+    let path = args
+        .wallet
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!(".infergrid/wallets/{}.redb", payer.address())));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    eprintln!(
+        "gateway: paying as {}, deposit {} wei per channel, budget {} wei, wallet {}",
+        payer.address(),
+        config.deposit,
+        config.budget,
+        path.display()
+    );
+    Wallet::open(
+        payer,
+        channels_domain(deployment.chain_id, deployment.contracts.channels),
+        contracts.token,
+        contracts.channels,
+        config,
+        &path,
+        deployment_fingerprint(&account.provider, deployment).await?,
+    )
+    .with_context(|| format!("opening the wallet {}", path.display()))
 }

@@ -83,7 +83,8 @@ pub struct Manifest {
 const FUNDING: &str = "1000000";
 const NODE_STAKE: &str = "10000";
 const VALIDATOR_STAKE: &str = "10000";
-/// 10^12 wei (10^-6 BTT) per token.
+/// Operator `i` charges `(i + 1) · 10^12` wei (10^-6 BTT) per token: distinct prices, so
+/// that what each node is paid tells its metering apart.
 const PRICE_PER_TOKEN: u64 = 1_000_000_000_000;
 
 /// The model the devnet's operators register: its id and how many blocks it has.
@@ -95,7 +96,7 @@ pub struct ServedModel {
 
 /// Deploys the suite to the anvil at `url`, funds every role and registers the operators
 /// (operator `i` serving block `i mod num_blocks` of `model`, or block `i` of a placeholder
-/// model) and validators. Returns the deployment and who plays which role.
+/// model, at price `(i + 1) · 10^12` wei per token) and validators. Returns the deployment and who plays which role.
 pub async fn provision(
     url: &str,
     model: Option<ServedModel>,
@@ -125,7 +126,7 @@ pub async fn provision(
             model_id: model.model_id,
             first_block: block,
             last_block: block,
-            price_per_token: U256::from(PRICE_PER_TOKEN),
+            price_per_token: U256::from(PRICE_PER_TOKEN) * U256::from(index + 1),
             multiaddrs: vec![node_multiaddr(index, &peer_id)],
             stake: parse_ether(NODE_STAKE).expect("constant"),
         };

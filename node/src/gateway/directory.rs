@@ -6,7 +6,12 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::chain::{ChainError, Registry};
 use crate::net::{Announcement, Network};
+use crate::pay::NodeTerms;
+use crate::pay::meter::Tariff;
 use crate::route::Candidate;
+
+/// Each routable peer's operator and price, as registered.
+pub type TermsBook = Arc<Mutex<HashMap<PeerId, NodeTerms>>>;
 
 /// The peers a gateway may route to: exactly the nodes registered on-chain as active for the
 /// model, with their measured RTT and last announced load.
@@ -16,6 +21,7 @@ pub struct Directory {
     model_id: B256,
     num_blocks: u16,
     candidates: Arc<Mutex<Vec<Candidate>>>,
+    terms: TermsBook,
     announcements: Arc<Mutex<HashMap<PeerId, Announcement>>>,
 }
 
@@ -26,6 +32,7 @@ impl Directory {
             model_id,
             num_blocks,
             candidates: Arc::default(),
+            terms: Arc::default(),
             announcements: Arc::default(),
         }
     }
@@ -33,6 +40,11 @@ impl Directory {
     /// The live candidate list the route planner reads.
     pub fn candidates(&self) -> Arc<Mutex<Vec<Candidate>>> {
         self.candidates.clone()
+    }
+
+    /// The live operator and price of every candidate, which the gateway pays by.
+    pub fn terms(&self) -> TermsBook {
+        self.terms.clone()
     }
 
     /// Records a node's announcement.
@@ -51,12 +63,18 @@ impl Directory {
             }
         }
         let mut fresh = Vec::new();
+        let mut terms = HashMap::new();
         for operator in operators {
             let node = self.registry.node(operator).await?;
             let Ok(peer) = PeerId::from_bytes(&node.peerId) else { continue };
             for addr in node.multiaddrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                 let _ = net.dial(peer, addr).await;
             }
+            let tariff = Tariff {
+                price_per_token: node.pricePerToken,
+                span_blocks: (node.lastBlock - node.firstBlock + 1).min(u16::MAX as u32) as u16,
+            };
+            terms.insert(peer, NodeTerms { operator, tariff });
             let announced = self.announcements.lock().expect("announcements").get(&peer).cloned();
             fresh.push(Candidate {
                 peer,
@@ -73,6 +91,7 @@ impl Directory {
         }
         let count = fresh.len();
         *self.candidates.lock().expect("candidates") = fresh;
+        *self.terms.lock().expect("terms") = terms;
         Ok(count)
     }
 }

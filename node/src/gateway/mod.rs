@@ -1,8 +1,9 @@
 //! The gateway's side of inference: a model whose blocks run on remote nodes, chosen by the
-//! route planner from the nodes staked on-chain, with failover that the caller never sees.
+//! route planner from the nodes staked on-chain, with failover that the caller never sees,
+//! and every node on the route paid per token from the gateway's wallet.
 
 mod directory;
 mod remote;
 
-pub use directory::Directory;
+pub use directory::{Directory, TermsBook};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport};

@@ -4,10 +4,13 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
+use super::TermsBook;
 use crate::engine::{Activation, EngineError};
 use crate::generate::TextModel;
 use crate::net::Network;
 use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
+use crate::pay::meter::step_units;
+use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Candidate, CostModel, Hop, plan};
 
 /// What the gateway knows about the model it routes.
@@ -47,6 +50,8 @@ pub struct RouteReport {
     pub route: Vec<Hop>,
     /// Every failover so far.
     pub failovers: Vec<Failover>,
+    /// What the gateway owes each node it paid, as of the last finished request.
+    pub payments: Vec<Tab>,
 }
 
 /// A [`TextModel`] whose blocks run on the swarm.
@@ -59,6 +64,7 @@ pub struct RemoteModel {
     sessions: HashMap<u64, SessionState>,
     report: Arc<Mutex<RouteReport>>,
     runtime: tokio::runtime::Handle,
+    payer: Option<(Arc<Wallet>, TermsBook)>,
 }
 
 /// Why a hop failed.
@@ -86,7 +92,14 @@ impl RemoteModel {
             sessions: HashMap::new(),
             report: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
+            payer: None,
         }
+    }
+
+    /// Pays every node on the route from `wallet`, at the prices in `terms`.
+    pub fn paying(mut self, wallet: Arc<Wallet>, terms: TermsBook) -> Self {
+        self.payer = Some((wallet, terms));
+        self
     }
 
     /// Failovers so far.
@@ -122,18 +135,37 @@ impl RemoteModel {
         kind: StepKind,
         payload: Payload,
     ) -> Result<Payload, HopError> {
-        let request = InferRequest {
+        // Encoder steps are whole requests; decoder requests settle on their Close step.
+        let settle = kind == StepKind::Close || matches!(payload, Payload::Masked { .. });
+        let mut request = InferRequest {
             model_id: self.config.model_id,
             first_block: hop.first_block,
             last_block: hop.last_block,
             session,
             position,
             kind,
+            payment: None,
             payload,
         };
-        match self.runtime.block_on(self.net.request(hop.peer, request)) {
+        let units = step_units(&request);
+        let terms = self.terms(hop)?;
+        if let Some(terms) = terms {
+            request.payment = self.voucher(terms, units, settle, false)?;
+        }
+        let mut response = self.runtime.block_on(self.net.request(hop.peer, request.clone()));
+        if let (Some(terms), Ok(InferResponse::Err(e))) = (terms, &response)
+            && e.code == ErrorCode::PaymentRequired
+        {
+            // The node may have restarted, or keeps a smaller credit: pay now and retry once.
+            request.payment = self.voucher(terms, units, settle, true)?;
+            response = self.runtime.block_on(self.net.request(hop.peer, request));
+        }
+        match response {
             Ok(InferResponse::Ok { output, .. }) => {
                 self.bans.lock().expect("bans").succeed(&hop.peer);
+                if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
+                    self.runtime.block_on(wallet.record(terms.operator, units));
+                }
                 Ok(output)
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
@@ -145,6 +177,31 @@ impl RemoteModel {
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
         }
+    }
+
+    /// The on-chain terms of a hop's node, when this gateway pays.
+    fn terms(&self, hop: &Hop) -> Result<Option<NodeTerms>, HopError> {
+        let Some((_, book)) = &self.payer else { return Ok(None) };
+        match book.lock().expect("terms").get(&hop.peer) {
+            Some(terms) => Ok(Some(*terms)),
+            None => Err(HopError::Peer(format!("no on-chain price known for {}", hop.peer))),
+        }
+    }
+
+    fn voucher(
+        &self,
+        terms: NodeTerms,
+        units: u64,
+        settle: bool,
+        force: bool,
+    ) -> Result<Option<SignedVoucher>, HopError> {
+        let (wallet, _) = self.payer.as_ref().expect("only called when paying");
+        self.runtime.block_on(wallet.voucher(terms, units, settle, force)).map_err(|e| {
+            HopError::Fatal(Box::new(EngineError::Run {
+                block: 0,
+                reason: format!("cannot pay node {}: {e}", terms.operator),
+            }))
+        })
     }
 
     /// Rebuilds the caches of `hops` by replaying, step by step, the session's inputs from
@@ -321,6 +378,10 @@ impl TextModel for RemoteModel {
             for hop in &state.hops {
                 let _ = self.call(hop, session, 0, StepKind::Close, Payload::Empty);
             }
+        }
+        if let Some((wallet, _)) = &self.payer {
+            let tabs = self.runtime.block_on(wallet.tabs());
+            self.report.lock().expect("report").payments = tabs;
         }
     }
 

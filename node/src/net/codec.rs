@@ -3,7 +3,10 @@
 //! Everything a peer sends is parsed here with explicit bounds, so a malformed, oversized or
 //! truncated message is a [`CodecError`], never a panic or an allocation the peer controls.
 
+use alloy::primitives::{Bytes, U256};
+
 use crate::engine::Activation;
+use crate::pay::{SignedVoucher, Voucher};
 
 /// Largest encoded request or response accepted.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -12,7 +15,7 @@ pub const MAX_RANK: usize = 4;
 /// Longest error message carried.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 
-const REQUEST_MAGIC: &[u8; 4] = b"IGQ1";
+const REQUEST_MAGIC: &[u8; 4] = b"IGQ2";
 const RESPONSE_MAGIC: &[u8; 4] = b"IGS1";
 
 /// What a step does to the session's KV cache on the node.
@@ -53,6 +56,9 @@ pub struct InferRequest {
     pub session: u64,
     pub position: u32,
     pub kind: StepKind,
+    /// The payer's latest cumulative voucher for the channel to this node, when the gateway
+    /// signed a new one (or the node asked for it); `None` continues on the last one.
+    pub payment: Option<SignedVoucher>,
     pub payload: Payload,
 }
 
@@ -131,6 +137,8 @@ pub enum CodecError {
     UnknownKind(u8),
     #[error("unknown payload tag {0}")]
     UnknownTag(u8),
+    #[error("unknown payment flag {0}")]
+    UnknownPaymentFlag(u8),
     #[error("unknown status {0}")]
     UnknownStatus(u8),
     #[error("unknown error code {0}")]
@@ -167,6 +175,19 @@ impl InferRequest {
         out.extend_from_slice(&self.last_block.to_le_bytes());
         out.extend_from_slice(&self.session.to_le_bytes());
         out.extend_from_slice(&self.position.to_le_bytes());
+        match &self.payment {
+            None => out.push(0),
+            Some(payment) => {
+                out.push(1);
+                out.extend_from_slice(&payment.voucher.channel_id.to_be_bytes::<32>());
+                out.extend_from_slice(&payment.voucher.cumulative_amount.to_be_bytes::<32>());
+                // Signatures are 65 bytes; anything else is refused by the node as malformed.
+                let mut signature = [0u8; 65];
+                let n = payment.signature.len().min(65);
+                signature[..n].copy_from_slice(&payment.signature[..n]);
+                out.extend_from_slice(&signature);
+            }
+        }
         encode_payload(&self.payload, &mut out);
         out
     }
@@ -182,9 +203,22 @@ impl InferRequest {
         let last_block = r.u16()?;
         let session = r.u64()?;
         let position = r.u32()?;
+        let payment = match r.u8()? {
+            0 => None,
+            1 => {
+                let channel_id = U256::from_be_slice(r.take(32)?);
+                let cumulative_amount = U256::from_be_slice(r.take(32)?);
+                let signature = Bytes::copy_from_slice(r.take(65)?);
+                Some(SignedVoucher {
+                    voucher: Voucher { channel_id, cumulative_amount },
+                    signature,
+                })
+            }
+            other => return Err(CodecError::UnknownPaymentFlag(other)),
+        };
         let payload = decode_payload(&mut r)?;
         r.finish()?;
-        Ok(Self { model_id, first_block, last_block, session, position, kind, payload })
+        Ok(Self { model_id, first_block, last_block, session, position, kind, payment, payload })
     }
 }
 
@@ -418,10 +452,11 @@ mod tests {
             any::<u64>(),
             any::<u32>(),
             0u8..4,
+            proptest::option::of((any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>())),
             payload(),
         )
             .prop_map(
-                |(model_id, first_block, last_block, session, position, kind, payload)| {
+                |(model_id, first_block, last_block, session, position, kind, paid, payload)| {
                     InferRequest {
                         model_id,
                         first_block,
@@ -429,6 +464,13 @@ mod tests {
                         session,
                         position,
                         kind: StepKind::from_u8(kind).expect("0..4"),
+                        payment: paid.map(|(channel, amount, r)| SignedVoucher {
+                            voucher: Voucher {
+                                channel_id: U256::from_be_bytes(channel),
+                                cumulative_amount: U256::from_be_bytes(amount),
+                            },
+                            signature: [&r[..], &r[..], &[27u8]].concat().into(),
+                        }),
                         payload,
                     }
                 },
@@ -477,6 +519,7 @@ mod tests {
             session: 1,
             position: 0,
             kind: StepKind::Prefill,
+            payment: None,
             payload: Payload::Tokens(vec![]),
         }
         .encode();

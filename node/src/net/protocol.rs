@@ -6,7 +6,7 @@ use libp2p::StreamProtocol;
 use super::codec::{CodecError, InferRequest, InferResponse, MAX_MESSAGE_BYTES};
 
 /// The versioned protocol id.
-pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/infer/1");
+pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/infer/2");
 
 /// Reads a whole stream (one message per stream) up to the size limit. A request that does
 /// not parse is still delivered, as an error, so the node can answer it with a typed refusal.

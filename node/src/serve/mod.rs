@@ -1,5 +1,5 @@
-//! A node serving its layer blocks to the swarm: admission, the span of blocks run per
-//! request, typed refusals, and a signature over every answer.
+//! A node serving its layer blocks to the swarm: admission or payment, the span of blocks
+//! run per request, typed refusals, and a signature over every answer.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use crate::net::Inbound;
 use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
 };
+use crate::pay::{Collector, meter::step_units};
 use crate::validate::ResponseAttestation;
 
-/// Who may send this node requests.
+/// Who may send this node requests without paying.
 #[derive(Debug, Clone)]
 pub enum Admission {
     /// Only these peers (a local test network, or a private deployment).
@@ -68,6 +69,8 @@ pub struct BlockServer {
     pub blocks: Vec<Arc<BlockRunner>>,
     pub attester: Attester,
     pub admission: Admission,
+    /// Payment for everyone not admitted: vouchers checked, usage metered.
+    pub collector: Option<Arc<Collector>>,
     /// Moving average of the compute time of one decode step through the whole span.
     pub decode_ms: DecodeTimer,
 }
@@ -112,7 +115,8 @@ impl BlockServer {
             Ok(request) => request,
             Err(e) => return refuse(ErrorCode::Malformed, format!("malformed request: {e}")),
         };
-        if !self.admission.admits(&peer).await {
+        let free = self.admission.admits(&peer).await;
+        if !free && self.collector.is_none() {
             return refuse(
                 ErrorCode::NotAdmitted,
                 format!("peer {peer} is not admitted by this node"),
@@ -137,6 +141,18 @@ impl BlockServer {
                 ),
             );
         }
+        let charge = match &self.collector {
+            Some(collector) if !free => {
+                match collector.admit(peer, request.payment.as_ref(), step_units(&request)).await {
+                    Ok(charge) => Some(charge),
+                    Err(e) if e.is_payer_fault() => {
+                        return refuse(ErrorCode::PaymentRequired, e.to_string());
+                    }
+                    Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
+                }
+            }
+            _ => None,
+        };
         let request_hash = keccak256(&request.encode());
         let kind = request.kind;
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
@@ -148,6 +164,11 @@ impl BlockServer {
             // Scaled to the whole span, which is what a route through this node uses.
             let full_span = self.blocks.len() as f64;
             self.decode_ms.record(started.elapsed().as_secs_f64() * 1e3 * full_span / span_blocks);
+        }
+        if let (Some(collector), Some(charge), false) =
+            (&self.collector, charge, matches!(result, Ok(Ok(_))))
+        {
+            collector.refund(charge).await;
         }
         match result {
             Ok(Ok(output)) => {

@@ -1,0 +1,320 @@
+//! The node's side of payment: every voucher is checked (signature, channel, chain id,
+//! contract, amount) and stored durably before the node serves against it, work is metered
+//! per channel, and a payer is served beyond its vouchers only up to a bounded credit.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use alloy::primitives::{Address, U256};
+use libp2p::PeerId;
+use tokio::sync::Mutex;
+
+use super::ledger::{ChannelRecord, Ledger};
+use super::meter::Tariff;
+use super::store::StoreError;
+use super::{SignedVoucher, VoucherError};
+use crate::chain::{ChainError, Channels};
+use crate::eip712::Domain;
+
+/// Why a node will not serve a step against a payment.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("payment required: open a payment channel to node {operator} and attach a voucher")]
+    NoChannel { operator: Address },
+    #[error("payment channel {0} does not exist on this chain")]
+    UnknownChannel(U256),
+    #[error("payment channel {channel} pays {node}, not this node ({operator})")]
+    NotOurChannel { channel: U256, node: Address, operator: Address },
+    #[error(
+        "payment channel {0} is closed or closing: top it up to cancel the close, or open another"
+    )]
+    Closing(U256),
+    #[error("payment channel {0} is already in use by another peer")]
+    OtherPeer(U256),
+    #[error(
+        "voucher for {offered} wei on channel {channel} is below the latest accepted {latest} wei (replayed or stale)"
+    )]
+    Stale { channel: U256, offered: U256, latest: U256 },
+    #[error(
+        "voucher for channel {channel} is not signed by its payer {payer} for chain {chain_id} and contract {contract} \
+         (forged, or signed for another chain or contract): {reason}"
+    )]
+    BadSignature {
+        channel: U256,
+        payer: Address,
+        chain_id: u64,
+        contract: Address,
+        reason: VoucherError,
+    },
+    #[error(
+        "payment required: {unpaid} wei of usage on channel {channel} would be unpaid, over the credit of {credit} wei; \
+         sign a newer voucher"
+    )]
+    CreditExceeded { channel: U256, unpaid: U256, credit: U256 },
+    #[error("cannot read payment channel state: {0}")]
+    Chain(#[from] ChainError),
+    #[error("payment ledger: {0}")]
+    Ledger(#[from] StoreError),
+}
+
+impl PaymentError {
+    /// Whether the payer can fix it (as opposed to a failure of this node).
+    pub fn is_payer_fault(&self) -> bool {
+        !matches!(self, PaymentError::Chain(_) | PaymentError::Ledger(_))
+    }
+}
+
+/// A channel as the node tracks it.
+#[derive(Debug, Clone)]
+struct Channel {
+    record: ChannelRecord,
+    deposit: U256,
+    /// Close requested or finalized: serve no more on it.
+    closing: bool,
+    /// The peer paying through it (vouchers travel only on authenticated, encrypted
+    /// streams, so a second peer presenting one was handed it: refuse).
+    peer: Option<PeerId>,
+}
+
+impl Channel {
+    /// What the node can actually collect: the voucher, capped at the deposit.
+    fn collectable(&self) -> U256 {
+        self.record.vouched().min(self.deposit)
+    }
+}
+
+/// Work admitted against a channel; give it back with [`Collector::refund`] if the step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub channel: U256,
+    pub units: u64,
+}
+
+/// One channel's standing, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStanding {
+    pub channel: U256,
+    pub payer: Address,
+    pub metered: u64,
+    pub owed: U256,
+    pub vouched: U256,
+    pub redeemed: U256,
+}
+
+#[derive(Default)]
+struct Book {
+    channels: HashMap<U256, Channel>,
+    /// The channel each peer last paid from.
+    peers: HashMap<PeerId, U256>,
+}
+
+/// Checks vouchers, meters usage and keeps the ledger.
+pub struct Collector {
+    operator: Address,
+    tariff: Tariff,
+    domain: Domain,
+    credit: U256,
+    channels: Channels,
+    ledger: Ledger,
+    book: Mutex<Book>,
+}
+
+impl Collector {
+    /// `credit`: how much usage (wei) a payer may run up beyond its latest voucher.
+    pub fn new(
+        operator: Address,
+        tariff: Tariff,
+        domain: Domain,
+        credit: U256,
+        channels: Channels,
+        ledger: Ledger,
+    ) -> Self {
+        Self { operator, tariff, domain, credit, channels, ledger, book: Mutex::default() }
+    }
+
+    pub fn operator(&self) -> Address {
+        self.operator
+    }
+
+    pub fn tariff(&self) -> Tariff {
+        self.tariff
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub(super) fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    /// Admits a step of `units` block-tokens from `peer`, taking `payment` into account
+    /// first. A new voucher is verified and written to the ledger before this returns.
+    pub async fn admit(
+        &self,
+        peer: PeerId,
+        payment: Option<&SignedVoucher>,
+        units: u64,
+    ) -> Result<Charge, PaymentError> {
+        let mut book = self.book.lock().await;
+        let id = match payment {
+            Some(voucher) => {
+                self.accept(&mut book, peer, voucher).await?;
+                voucher.voucher.channel_id
+            }
+            None => {
+                *book.peers.get(&peer).ok_or(PaymentError::NoChannel { operator: self.operator })?
+            }
+        };
+        let channel = book.channels.get_mut(&id).expect("accepted channels are in the book");
+        if channel.closing {
+            return Err(PaymentError::Closing(id));
+        }
+        let metered = channel.record.metered + units;
+        let unpaid = self.tariff.amount(metered).saturating_sub(channel.collectable());
+        if unpaid > self.credit {
+            return Err(PaymentError::CreditExceeded { channel: id, unpaid, credit: self.credit });
+        }
+        channel.record.metered = metered;
+        Ok(Charge { channel: id, units })
+    }
+
+    /// Takes back the units of a step that failed.
+    pub async fn refund(&self, charge: Charge) {
+        if let Some(channel) = self.book.lock().await.channels.get_mut(&charge.channel) {
+            channel.record.metered = channel.record.metered.saturating_sub(charge.units);
+        }
+    }
+
+    async fn accept(
+        &self,
+        book: &mut Book,
+        peer: PeerId,
+        voucher: &SignedVoucher,
+    ) -> Result<(), PaymentError> {
+        let id = voucher.voucher.channel_id;
+        let channel = match book.channels.entry(id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => slot.insert(self.load(id).await?),
+        };
+        if channel.peer.is_some_and(|p| p != peer) {
+            return Err(PaymentError::OtherPeer(id));
+        }
+        let offered = voucher.voucher.cumulative_amount;
+        let latest = channel.record.vouched().max(channel.record.redeemed);
+        let same = channel.record.voucher.as_ref() == Some(voucher);
+        if offered < latest || (offered == latest && !same && !latest.is_zero()) {
+            return Err(PaymentError::Stale { channel: id, offered, latest });
+        }
+        if !same {
+            voucher.verify(&self.domain, channel.record.payer).map_err(|reason| {
+                PaymentError::BadSignature {
+                    channel: id,
+                    payer: channel.record.payer,
+                    chain_id: self.domain.chain_id,
+                    contract: self.domain.verifying_contract,
+                    reason,
+                }
+            })?;
+            if offered > channel.deposit {
+                // Perhaps topped up since it was read.
+                let state = self.channels.channel(id).await?;
+                channel.deposit = U256::from(state.deposit);
+            }
+            channel.record.voucher = Some(voucher.clone());
+            self.ledger.put(id, &channel.record)?;
+        }
+        channel.peer = Some(peer);
+        book.peers.insert(peer, id);
+        Ok(())
+    }
+
+    /// Reads a channel from the chain (and the ledger, for what was received before a
+    /// restart) and checks that it pays this node and is open.
+    async fn load(&self, id: U256) -> Result<Channel, PaymentError> {
+        let state = self.channels.channel(id).await?;
+        if state.payer.is_zero() {
+            return Err(PaymentError::UnknownChannel(id));
+        }
+        if state.node != self.operator {
+            return Err(PaymentError::NotOurChannel {
+                channel: id,
+                node: state.node,
+                operator: self.operator,
+            });
+        }
+        let record = self.ledger.get(id)?.unwrap_or(ChannelRecord {
+            payer: state.payer,
+            voucher: None,
+            metered: 0,
+            redeemed: U256::from(state.paid),
+        });
+        // Finalizing requires a close request first, so this covers closed channels too.
+        if state.closesAt != 0 {
+            return Err(PaymentError::Closing(id));
+        }
+        Ok(Channel { record, deposit: U256::from(state.deposit), closing: false, peer: None })
+    }
+
+    /// Every channel's standing: the ledger's, overlaid with this run's metering.
+    pub async fn standings(&self) -> Result<Vec<ChannelStanding>, PaymentError> {
+        let book = self.book.lock().await;
+        let mut records = self.ledger.all()?;
+        for (id, record) in &mut records {
+            if let Some(live) = book.channels.get(id) {
+                *record = live.record.clone();
+            }
+        }
+        Ok(records.into_iter().map(|(id, r)| self.standing(id, &r)).collect())
+    }
+
+    fn standing(&self, channel: U256, record: &ChannelRecord) -> ChannelStanding {
+        ChannelStanding {
+            channel,
+            payer: record.payer,
+            metered: record.metered,
+            owed: self.tariff.amount(record.metered),
+            vouched: record.vouched(),
+            redeemed: record.redeemed,
+        }
+    }
+
+    /// Writes this run's metering to the ledger (on shutdown).
+    pub async fn flush(&self) -> Result<(), PaymentError> {
+        let book = self.book.lock().await;
+        for (id, channel) in &book.channels {
+            self.ledger.put(*id, &channel.record)?;
+        }
+        Ok(())
+    }
+
+    /// Records the chain's view of a channel: paid so far, deposit, close state.
+    pub(super) async fn observe(
+        &self,
+        id: U256,
+        paid: U256,
+        deposit: U256,
+        closing: bool,
+    ) -> Result<(), PaymentError> {
+        let mut book = self.book.lock().await;
+        let record = match book.channels.get_mut(&id) {
+            Some(channel) => {
+                channel.deposit = deposit;
+                channel.closing = closing;
+                if channel.record.redeemed == paid {
+                    return Ok(());
+                }
+                channel.record.redeemed = paid;
+                channel.record.clone()
+            }
+            None => match self.ledger.get(id)? {
+                Some(record) if record.redeemed != paid => {
+                    ChannelRecord { redeemed: paid, ..record }
+                }
+                _ => return Ok(()),
+            },
+        };
+        self.ledger.put(id, &record)?;
+        Ok(())
+    }
+}

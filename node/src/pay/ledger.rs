@@ -1,0 +1,154 @@
+//! A node's crash-safe record of what each channel owes it: the latest voucher, the usage
+//! metered against it and what the chain has paid. Every write is a durable redb commit, so
+//! a voucher acknowledged to a payer survives `kill -9` and is redeemed after a restart.
+
+use std::path::Path;
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::store::{self, StoreError};
+use super::{SignedVoucher, Voucher};
+
+/// channel id (32 bytes, big-endian) → [`ChannelRecord::encode`].
+const CHANNELS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("channels");
+
+/// What a node knows about one channel paying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    pub payer: Address,
+    /// The highest valid voucher received.
+    pub voucher: Option<SignedVoucher>,
+    /// Block-tokens served on the channel (as of the last write).
+    pub metered: u64,
+    /// What the channel has paid this node on-chain (as of the last redemption or read).
+    pub redeemed: U256,
+}
+
+impl ChannelRecord {
+    /// The voucher's amount, 0 without one.
+    pub fn vouched(&self) -> U256 {
+        self.voucher.as_ref().map_or(U256::ZERO, |v| v.voucher.cumulative_amount)
+    }
+
+    // Layout: payer 20 ‖ metered u64 LE ‖ redeemed 32 ‖ [amount 32 ‖ signature 65].
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(157);
+        out.extend_from_slice(self.payer.as_slice());
+        out.extend_from_slice(&self.metered.to_le_bytes());
+        out.extend_from_slice(&self.redeemed.to_be_bytes::<32>());
+        if let Some(v) = &self.voucher {
+            out.extend_from_slice(&v.voucher.cumulative_amount.to_be_bytes::<32>());
+            out.extend_from_slice(&v.signature);
+        }
+        out
+    }
+
+    fn decode(channel_id: U256, bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("channel {channel_id}"));
+        if bytes.len() != 60 && bytes.len() != 60 + 32 + 65 {
+            return Err(corrupt());
+        }
+        let voucher = (bytes.len() > 60).then(|| SignedVoucher {
+            voucher: Voucher { channel_id, cumulative_amount: U256::from_be_slice(&bytes[60..92]) },
+            signature: Bytes::copy_from_slice(&bytes[92..]),
+        });
+        Ok(Self {
+            payer: Address::from_slice(&bytes[..20]),
+            metered: u64::from_le_bytes(bytes[20..28].try_into().map_err(|_| corrupt())?),
+            redeemed: U256::from_be_slice(&bytes[28..60]),
+            voucher,
+        })
+    }
+}
+
+/// The node's payment ledger file.
+pub struct Ledger {
+    db: Database,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path` for the deployment `fingerprint`
+    /// ([`crate::chain::deployment_fingerprint`]).
+    pub fn open(path: &Path, fingerprint: B256) -> Result<Self, StoreError> {
+        Ok(Self { db: store::open(path, fingerprint, CHANNELS)? })
+    }
+
+    /// Opens an existing ledger whatever its deployment, to read it.
+    pub fn inspect(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { db: Database::open(path).map_err(redb::Error::from)? })
+    }
+
+    /// Writes one channel's record durably (fsync before returning).
+    pub fn put(&self, channel_id: U256, record: &ChannelRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CHANNELS)?
+            .insert(&channel_id.to_be_bytes::<32>(), record.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// One channel's record.
+    pub fn get(&self, channel_id: U256) -> Result<Option<ChannelRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHANNELS)?;
+        let value = table.get(&channel_id.to_be_bytes::<32>())?;
+        value.map(|v| ChannelRecord::decode(channel_id, v.value())).transpose()
+    }
+
+    /// Every channel's record, by channel id.
+    pub fn all(&self) -> Result<Vec<(U256, ChannelRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHANNELS)?;
+        let mut records = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let id = U256::from_be_bytes(*key.value());
+            records.push((id, ChannelRecord::decode(id, value.value())?));
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let record = ChannelRecord {
+            payer: Address::repeat_byte(7),
+            voucher: Some(SignedVoucher {
+                voucher: Voucher { channel_id: U256::from(3), cumulative_amount: U256::from(99) },
+                signature: Bytes::from(vec![5u8; 65]),
+            }),
+            metered: 1234,
+            redeemed: U256::from(40),
+        };
+        let bare = ChannelRecord { voucher: None, ..record.clone() };
+        let deployment = B256::repeat_byte(1);
+        {
+            let ledger = Ledger::open(&path, deployment).unwrap();
+            ledger.put(U256::from(3), &record).unwrap();
+            ledger.put(U256::from(4), &bare).unwrap();
+        }
+        assert!(matches!(
+            Ledger::open(&path, B256::repeat_byte(2)),
+            Err(StoreError::OtherDeployment { .. })
+        ));
+        let ledger = Ledger::open(&path, deployment).unwrap();
+        assert_eq!(ledger.get(U256::from(3)).unwrap(), Some(record.clone()));
+        assert_eq!(ledger.get(U256::from(5)).unwrap(), None);
+        assert_eq!(ledger.all().unwrap(), vec![(U256::from(3), record), (U256::from(4), bare)]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        std::fs::write(&path, vec![0xAB; 4096]).unwrap();
+        assert!(Ledger::open(&path, B256::ZERO).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! Metering: what one step through a node costs (`protocol-spec/payments.md`, "Metering").
+//!
+//! The unit is the *block-token*: one token position through one layer block. A node's
+//! registered `pricePerToken` buys one token through its whole registered span, so a step
+//! using `k` of the span's `n` blocks for `t` tokens is `t·k` block-tokens at `price / n`
+//! each. Amounts are computed from the cumulative count, so rounding never accumulates and
+//! payer and node, counting the same steps, arrive at the same wei.
+
+use alloy::primitives::U256;
+
+use crate::net::codec::{InferRequest, Payload, StepKind};
+
+/// A node's price as registered on-chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tariff {
+    /// Token wei for one token through the whole registered span.
+    pub price_per_token: U256,
+    /// Blocks in the registered span (`lastBlock - firstBlock + 1`), at least 1.
+    pub span_blocks: u16,
+}
+
+impl Tariff {
+    /// The cumulative amount owed for `block_tokens` metered units: `⌊price · units / span⌋`.
+    pub fn amount(&self, block_tokens: u64) -> U256 {
+        self.price_per_token * U256::from(block_tokens) / U256::from(self.span_blocks.max(1))
+    }
+}
+
+/// Block-tokens of one request: the positions it carries times the blocks it runs. Close
+/// steps are free; prefill, decode and replay steps all run the blocks and are metered.
+pub fn step_units(request: &InferRequest) -> u64 {
+    if request.kind == StepKind::Close {
+        return 0;
+    }
+    let blocks = u64::from(request.last_block.saturating_sub(request.first_block)) + 1;
+    positions(&request.payload) as u64 * blocks
+}
+
+/// Token positions in a payload: ids, the sequence axis of hidden states `[1, S, D]`, or the
+/// attention mask's length for an encoder step (padding included: it is computed).
+pub fn positions(payload: &Payload) -> usize {
+    match payload {
+        Payload::Empty => 0,
+        Payload::Tokens(ids) => ids.len(),
+        Payload::Tensor(a) => a.shape().get(1).copied().unwrap_or(0),
+        Payload::Masked { attention_mask, .. } => attention_mask.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Activation;
+
+    fn request(kind: StepKind, blocks: (u16, u16), payload: Payload) -> InferRequest {
+        InferRequest {
+            model_id: [0; 32],
+            first_block: blocks.0,
+            last_block: blocks.1,
+            session: 1,
+            position: 0,
+            kind,
+            payment: None,
+            payload,
+        }
+    }
+
+    #[test]
+    fn steps_count_positions_times_blocks() {
+        let prefill = request(StepKind::Prefill, (0, 1), Payload::Tokens(vec![1, 2, 3]));
+        assert_eq!(step_units(&prefill), 6);
+        let hidden = Activation::new(vec![1, 4, 2], vec![0.0; 8]).unwrap();
+        let decode = request(StepKind::Replay, (2, 2), Payload::Tensor(hidden));
+        assert_eq!(step_units(&decode), 4);
+        assert_eq!(step_units(&request(StepKind::Close, (0, 3), Payload::Empty)), 0);
+        let masked = Payload::Masked {
+            input: Box::new(Payload::Tokens(vec![5; 3])),
+            attention_mask: vec![1, 1, 1, 0],
+            token_type_ids: vec![],
+        };
+        assert_eq!(step_units(&request(StepKind::Prefill, (0, 0), masked)), 4);
+    }
+
+    #[test]
+    fn amounts_come_from_the_cumulative_count_without_drift() {
+        // A 3-block span at 10 wei per token: each block-token is 3⅓ wei.
+        let tariff = Tariff { price_per_token: U256::from(10), span_blocks: 3 };
+        assert_eq!(tariff.amount(1), U256::from(3));
+        assert_eq!(tariff.amount(2), U256::from(6));
+        assert_eq!(tariff.amount(3), U256::from(10));
+        // Rounding each step separately would have lost a wei per step.
+        assert_eq!(tariff.amount(3_000), U256::from(10_000));
+        let whole = Tariff { price_per_token: U256::from(7), span_blocks: 1 };
+        assert_eq!(whole.amount(5), U256::from(35));
+    }
+}

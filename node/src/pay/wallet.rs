@@ -1,0 +1,243 @@
+//! The gateway's side of payment: one channel per node it routes through, opened (or
+//! reused, and topped up) from a budget, and cumulative vouchers signed for exactly the
+//! block-tokens each node served (`protocol-spec/payments.md`, "Voucher flow").
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use alloy::primitives::{Address, B256, U256};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::Mutex;
+
+use super::meter::Tariff;
+use super::store::{self, StoreError};
+use super::{SignedVoucher, Voucher};
+use crate::chain::{ChainError, Channels, Token};
+use crate::eip712::{Domain, Eip712Signer};
+
+/// node operator (20 bytes) → channel id 32 ‖ signed amount 32 ‖ metered u64 LE.
+const TABS: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("tabs");
+
+/// Who a node is on-chain and what it charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTerms {
+    pub operator: Address,
+    pub tariff: Tariff,
+}
+
+/// How a gateway spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalletConfig {
+    /// Deposit of a new channel, and the amount of each top-up.
+    pub deposit: U256,
+    /// Most the gateway deposits across all channels in this run.
+    pub budget: U256,
+    /// Sign a new voucher for a node once this many tokens' worth (at its price) is unpaid.
+    pub sign_every_tokens: u64,
+}
+
+/// What the gateway owes one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tab {
+    pub operator: Address,
+    pub channel: U256,
+    pub deposit: U256,
+    /// Block-tokens the node served.
+    pub metered: u64,
+    /// Their price.
+    pub owed: U256,
+    /// The latest voucher signed.
+    pub signed: U256,
+}
+
+/// Why the gateway could not pay.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error(
+        "payment budget exhausted: {deposited} wei deposited, a further {needed} wei would exceed the budget of {budget} wei"
+    )]
+    Budget { deposited: U256, needed: U256, budget: U256 },
+    #[error("payment channel transaction failed: {0}")]
+    Chain(#[from] ChainError),
+    #[error("gateway wallet: {0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    channel: U256,
+    deposit: U256,
+    metered: u64,
+    signed: U256,
+}
+
+#[derive(Default)]
+struct Tabs {
+    open: HashMap<Address, Open>,
+    tariffs: HashMap<Address, Tariff>,
+    deposited: U256,
+}
+
+/// A payer's channels and vouchers.
+pub struct Wallet {
+    payer: Eip712Signer,
+    domain: Domain,
+    token: Token,
+    channels: Channels,
+    config: WalletConfig,
+    db: Database,
+    tabs: Mutex<Tabs>,
+}
+
+impl Wallet {
+    /// `token` and `channels` sign as the payer; `path` keeps what was signed across restarts
+    /// (a voucher below one already sent would be refused as stale), for the deployment
+    /// `fingerprint` ([`crate::chain::deployment_fingerprint`]).
+    pub fn open(
+        payer: Eip712Signer,
+        domain: Domain,
+        token: Token,
+        channels: Channels,
+        config: WalletConfig,
+        path: &Path,
+        fingerprint: B256,
+    ) -> Result<Self, WalletError> {
+        let db = store::open(path, fingerprint, TABS)?;
+        Ok(Self { payer, domain, token, channels, config, db, tabs: Mutex::default() })
+    }
+
+    /// The voucher to attach to a step of `units` block-tokens for `node`, if one is due:
+    /// when the unpaid amount including this step reaches the signing threshold, when
+    /// `settle` (the end of a request), or when `force`d (the node asked for payment).
+    /// Opens or tops up the node's channel first when needed.
+    pub async fn voucher(
+        &self,
+        node: NodeTerms,
+        units: u64,
+        settle: bool,
+        force: bool,
+    ) -> Result<Option<SignedVoucher>, WalletError> {
+        let mut tabs = self.tabs.lock().await;
+        tabs.tariffs.insert(node.operator, node.tariff);
+        let mut tab = self.tab(&mut tabs, node.operator).await?;
+        let owed = node.tariff.amount(tab.metered + units);
+        let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
+        let unpaid = owed.saturating_sub(tab.signed);
+        let due = force || (!unpaid.is_zero() && (settle || unpaid >= threshold));
+        if !due {
+            return Ok(None);
+        }
+        let amount = owed.max(tab.signed);
+        while tab.deposit < amount + threshold {
+            self.fund(&mut tabs, node.operator, &mut tab).await?;
+        }
+        tab.signed = amount;
+        self.save(node.operator, &tab)?;
+        tabs.open.insert(node.operator, tab);
+        let voucher = Voucher { channel_id: tab.channel, cumulative_amount: amount };
+        Ok(Some(voucher.sign(&self.domain, &self.payer)))
+    }
+
+    /// Counts `units` block-tokens that `operator`'s node served.
+    pub async fn record(&self, operator: Address, units: u64) {
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+            tab.metered += units;
+        }
+    }
+
+    /// Every node's tab in this run.
+    pub async fn tabs(&self) -> Vec<Tab> {
+        let tabs = self.tabs.lock().await;
+        let mut out: Vec<Tab> = tabs
+            .open
+            .iter()
+            .map(|(operator, t)| Tab {
+                operator: *operator,
+                channel: t.channel,
+                deposit: t.deposit,
+                metered: t.metered,
+                owed: tabs.tariffs.get(operator).map_or(U256::ZERO, |r| r.amount(t.metered)),
+                signed: t.signed,
+            })
+            .collect();
+        out.sort_by_key(|t| t.channel);
+        out
+    }
+
+    /// The open channel to `operator`: this run's, the stored one if still open on-chain,
+    /// or a new one.
+    async fn tab(&self, tabs: &mut Tabs, operator: Address) -> Result<Open, WalletError> {
+        if let Some(open) = tabs.open.get(&operator) {
+            return Ok(*open);
+        }
+        if let Some(stored) = self.load(operator)? {
+            let state = self.channels.channel(stored.channel).await?;
+            if state.payer == self.payer.address() && state.node == operator && state.closesAt == 0
+            {
+                let open = Open { deposit: U256::from(state.deposit), ..stored };
+                tabs.open.insert(operator, open);
+                return Ok(open);
+            }
+        }
+        self.spend(tabs, self.config.deposit)?;
+        self.token.approve(self.channels.address(), self.config.deposit).await?;
+        let channel = self.channels.open(operator, self.config.deposit).await?;
+        let open = Open { channel, deposit: self.config.deposit, metered: 0, signed: U256::ZERO };
+        self.save(operator, &open)?;
+        tabs.open.insert(operator, open);
+        Ok(open)
+    }
+
+    async fn fund(
+        &self,
+        tabs: &mut Tabs,
+        operator: Address,
+        tab: &mut Open,
+    ) -> Result<(), WalletError> {
+        self.spend(tabs, self.config.deposit)?;
+        self.token.approve(self.channels.address(), self.config.deposit).await?;
+        self.channels.top_up(tab.channel, self.config.deposit).await?;
+        tab.deposit += self.config.deposit;
+        tabs.open.insert(operator, *tab);
+        Ok(())
+    }
+
+    fn spend(&self, tabs: &mut Tabs, amount: U256) -> Result<(), WalletError> {
+        if tabs.deposited + amount > self.config.budget {
+            return Err(WalletError::Budget {
+                deposited: tabs.deposited,
+                needed: amount,
+                budget: self.config.budget,
+            });
+        }
+        tabs.deposited += amount;
+        Ok(())
+    }
+
+    fn save(&self, operator: Address, tab: &Open) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(72);
+        value.extend_from_slice(&tab.channel.to_be_bytes::<32>());
+        value.extend_from_slice(&tab.signed.to_be_bytes::<32>());
+        value.extend_from_slice(&tab.metered.to_le_bytes());
+        let txn = self.db.begin_write()?;
+        txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn load(&self, operator: Address) -> Result<Option<Open>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TABS)?;
+        let Some(value) = table.get(&operator.0.0)? else { return Ok(None) };
+        let bytes = value.value();
+        if bytes.len() != 72 {
+            return Err(StoreError::Corrupt(format!("the tab of node {operator}")));
+        }
+        Ok(Some(Open {
+            channel: U256::from_be_slice(&bytes[..32]),
+            signed: U256::from_be_slice(&bytes[32..64]),
+            metered: u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")),
+            deposit: U256::ZERO,
+        }))
+    }
+}

@@ -1,0 +1,71 @@
+//! In-process nodes for the libp2p tests: real swarms on loopback serving real blocks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use infergrid::eip712::Eip712Signer;
+use infergrid::engine::{BlockRunner, CacheLimits, Runtime};
+use infergrid::model::ModelManifest;
+use infergrid::net::{Inbound, NetConfig, Network};
+use infergrid::pay::Collector;
+use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::validate::validation_domain;
+use libp2p::{Multiaddr, PeerId, identity};
+
+use crate::procs::free_port;
+
+/// A libp2p endpoint with a fresh identity, listening on `listen` if given.
+pub fn network(
+    listen: Option<u16>,
+) -> anyhow::Result<(Network, tokio::sync::mpsc::Receiver<Inbound>)> {
+    let listen =
+        listen.map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap()).into_iter().collect();
+    Ok(Network::spawn(NetConfig {
+        keypair: identity::Keypair::generate_ed25519(),
+        listen,
+        bootstrap: Vec::new(),
+        request_timeout: Duration::from_secs(30),
+    })?)
+}
+
+/// A running node.
+pub struct Served {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+    pub operator: Eip712Signer,
+    pub net: Network,
+}
+
+/// Starts a node serving `blocks` of the model as the operator `secret`, serving `admission`
+/// free and everyone else against payment to `collector` (if any).
+pub fn serve_blocks(
+    manifest: &ModelManifest,
+    runtime: &Runtime,
+    blocks: std::ops::RangeInclusive<usize>,
+    admission: Admission,
+    collector: Option<Arc<Collector>>,
+    secret: B256,
+) -> anyhow::Result<Served> {
+    let port = free_port();
+    let (net, inbound) = network(Some(port))?;
+    let operator = Eip712Signer::from_bytes(&secret)?;
+    let server = Arc::new(BlockServer {
+        model_id: manifest.id().0,
+        first_block: *blocks.start() as u16,
+        blocks: blocks
+            .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
+            .collect::<Result<_, _>>()?,
+        attester: Attester {
+            signer: operator.clone(),
+            domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        },
+        admission,
+        collector,
+        decode_ms: Default::default(),
+    });
+    tokio::spawn(server.run(inbound));
+    let peer = net.local_peer();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
+    Ok(Served { peer, addr, operator, net })
+}

@@ -1,0 +1,104 @@
+//! Processes for the process-level tests: the `infergrid` binary started as users start it,
+//! stopped whatever happens, and the HTTP API called as a client would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Stops the process when the test ends, whatever happens: Ctrl-C first, so a devnet
+/// takes its anvil down with it, then SIGKILL.
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("infergrid")
+}
+
+/// Starts `infergrid ARGS` and waits for a stdout line starting with `ready`.
+pub fn start(args: &[&str], env: &[(&str, String)], ready: &str) -> (Proc, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn infergrid");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with(ready) => break line,
+            Some(Ok(_)) => continue,
+            _ => panic!("infergrid {args:?} exited before {ready:?}"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), line)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let script = "import sys,json,urllib.request,urllib.error\nreq=urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),headers={'Content-Type':'application/json'})\ntry:\n r=urllib.request.urlopen(req,timeout=60); print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())";
+    let out = Command::new(python).args(["-c", script, url, &body.to_string()]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, body) = text.split_once('\n').expect("status line");
+    (
+        status.trim().parse().unwrap(),
+        serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The devnet's nodes listen on fixed ports (their registered multiaddrs): one swarm at a time.
+pub static SWARM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts `infergrid devnet` for `model` and waits for its ready file; returns it and the
+/// manifest it wrote.
+pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
+    let ready_file = dir.join("ready.json");
+    let out = dir.join("devnet");
+    let mut devnet = Proc(
+        Command::new(binary())
+            .args([
+                "devnet",
+                "--port",
+                "0",
+                "--model",
+                model,
+                "--out",
+                out.to_str().unwrap(),
+                "--ready-file",
+                ready_file.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start_at = Instant::now();
+    while !ready_file.is_file() {
+        assert!(start_at.elapsed() < Duration::from_secs(60), "devnet not ready");
+        assert!(devnet.0.try_wait().unwrap().is_none(), "devnet exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let manifest = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    (devnet, manifest, out.join("deployment.json"))
+}
