@@ -26,7 +26,6 @@ fn minilm_embeddings_through_two_node_processes_match_local_ones() {
     let (rpc, d) =
         (manifest["rpc_url"].as_str().unwrap().to_owned(), deployment.to_str().unwrap().to_owned());
     let payer = dev(Role::Payer, 0);
-    let gateway_peer = node_peer_id(&payer.private_key).to_string();
     let mut nodes = Vec::new();
     for i in 0..2 {
         let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + i);
@@ -45,8 +44,8 @@ fn minilm_embeddings_through_two_node_processes_match_local_ones() {
                 &d,
                 "--listen",
                 &listen,
-                "--allow-peer",
-                &gateway_peer,
+                "--ledger",
+                &dir.path().join(format!("node-{i}.redb")).display().to_string(),
             ],
             &[("NODE_KEY", dev(Role::Operator, i).private_key.to_string())],
             "node ready",
@@ -66,6 +65,8 @@ fn minilm_embeddings_through_two_node_processes_match_local_ones() {
             &d,
             "--listen",
             &listen,
+            "--wallet",
+            &dir.path().join("wallet.redb").display().to_string(),
         ],
         &[("PAYER_KEY", payer.private_key.to_string())],
         "gateway ready",
@@ -127,7 +128,6 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let d = deployment.to_str().unwrap();
 
     let payer = dev(Role::Payer, 0);
-    let gateway_peer = node_peer_id(&payer.private_key).to_string();
     // Operators 0..4 serve blocks 0, 1, 2, 0 (devnet: operator i serves block i mod 3).
     let mut nodes = Vec::new();
     for i in 0..4 {
@@ -149,8 +149,8 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
                 d,
                 "--listen",
                 &listen,
-                "--allow-peer",
-                &gateway_peer,
+                "--ledger",
+                &dir.path().join(format!("node-{i}.redb")).display().to_string(),
             ],
             &[("NODE_KEY", operator.private_key.to_string())],
             "node ready",
@@ -172,6 +172,8 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
             d,
             "--listen",
             &listen,
+            "--wallet",
+            &dir.path().join("wallet.redb").display().to_string(),
         ],
         &[("PAYER_KEY", payer.private_key.to_string())],
         "gateway ready",
@@ -274,6 +276,13 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let failovers = health["routing"]["failovers"].as_array().unwrap();
     assert_eq!(failovers.len(), 1, "{health}");
     assert_eq!(failovers[0]["failed_peer"], victim.as_str());
+    // The replica that took over block 0 was paid for its work (the replayed steps included),
+    // as was every node the stream went through.
+    let replica = dev(Role::Operator, 3 - index).address.to_string();
+    let payments = health["routing"]["payments"].as_array().unwrap();
+    let tab = payments.iter().find(|t| t["operator"] == replica.as_str()).expect("replica paid");
+    assert!(tab["metered_block_tokens"].as_u64().unwrap() > 0, "{tab}");
+    assert_eq!(tab["owed"], tab["signed"], "the finished request is settled: {tab}");
     eprintln!(
         "failover: killed {victim} after 10 streamed tokens; stall {:.1} ms; stream finished {:.0} ms after the kill",
         failovers[0]["stall_ms"].as_f64().unwrap(),

@@ -69,6 +69,8 @@ struct Open {
     deposit: U256,
     metered: u64,
     signed: U256,
+    /// Whether the node has had a voucher from this run (it binds the channel to this peer).
+    introduced: bool,
 }
 
 #[derive(Default)]
@@ -107,8 +109,9 @@ impl Wallet {
     }
 
     /// The voucher to attach to a step of `units` block-tokens for `node`, if one is due:
-    /// when the unpaid amount including this step reaches the signing threshold, when
-    /// `settle` (the end of a request), or when `force`d (the node asked for payment).
+    /// on the first step to the node in this run, when the unpaid amount including this
+    /// step reaches the signing threshold, when `settle` (the end of a request), or when
+    /// `force`d (the node asked for payment).
     /// Opens or tops up the node's channel first when needed.
     pub async fn voucher(
         &self,
@@ -123,7 +126,8 @@ impl Wallet {
         let owed = node.tariff.amount(tab.metered + units);
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let unpaid = owed.saturating_sub(tab.signed);
-        let due = force || (!unpaid.is_zero() && (settle || unpaid >= threshold));
+        let due =
+            force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
         if !due {
             return Ok(None);
         }
@@ -132,6 +136,7 @@ impl Wallet {
             self.fund(&mut tabs, node.operator, &mut tab).await?;
         }
         tab.signed = amount;
+        tab.introduced = true;
         self.save(node.operator, &tab)?;
         tabs.open.insert(node.operator, tab);
         let voucher = Voucher { channel_id: tab.channel, cumulative_amount: amount };
@@ -174,7 +179,7 @@ impl Wallet {
             let state = self.channels.channel(stored.channel).await?;
             if state.payer == self.payer.address() && state.node == operator && state.closesAt == 0
             {
-                let open = Open { deposit: U256::from(state.deposit), ..stored };
+                let open = Open { deposit: U256::from(state.deposit), introduced: false, ..stored };
                 tabs.open.insert(operator, open);
                 return Ok(open);
             }
@@ -182,7 +187,13 @@ impl Wallet {
         self.spend(tabs, self.config.deposit)?;
         self.token.approve(self.channels.address(), self.config.deposit).await?;
         let channel = self.channels.open(operator, self.config.deposit).await?;
-        let open = Open { channel, deposit: self.config.deposit, metered: 0, signed: U256::ZERO };
+        let open = Open {
+            channel,
+            deposit: self.config.deposit,
+            metered: 0,
+            signed: U256::ZERO,
+            introduced: false,
+        };
         self.save(operator, &open)?;
         tabs.open.insert(operator, open);
         Ok(open)
@@ -238,6 +249,7 @@ impl Wallet {
             signed: U256::from_be_slice(&bytes[32..64]),
             metered: u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")),
             deposit: U256::ZERO,
+            introduced: false,
         }))
     }
 }
