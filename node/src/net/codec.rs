@@ -181,7 +181,8 @@ impl InferRequest {
                 out.push(1);
                 out.extend_from_slice(&payment.voucher.channel_id.to_be_bytes::<32>());
                 out.extend_from_slice(&payment.voucher.cumulative_amount.to_be_bytes::<32>());
-                // Signatures are 65 bytes; anything else is refused by the node as malformed.
+                // The field is 65 bytes: a signature of another length (`Voucher::sign` never
+                // makes one) is zero-padded or cut here, and then fails verification on the node.
                 let mut signature = [0u8; 65];
                 let n = payment.signature.len().min(65);
                 signature[..n].copy_from_slice(&payment.signature[..n]);
@@ -507,6 +508,78 @@ mod tests {
             let _ = InferRequest::decode(&bytes);
             let _ = InferRequest::decode(&bytes[..cut % bytes.len()]);
         }
+    }
+
+    /// The worked examples of `protocol-spec/wire.md` ("Worked example"), byte for byte: if
+    /// this fails, the wire format changed; update the spec with it.
+    #[test]
+    fn spec_worked_example_is_current() {
+        let hash = |bytes: &[u8]| crate::eip712::keccak256(bytes).to_string();
+        let mut model_id = [0u8; 32];
+        model_id.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let request = InferRequest {
+            model_id,
+            first_block: 0,
+            last_block: 1,
+            session: 0x0123_4567_89ab_cdef,
+            position: 0,
+            kind: StepKind::Prefill,
+            payment: None,
+            payload: Payload::Tokens(vec![1, 500]),
+        };
+        let spec = "49475132 00 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f                     0000 0100 efcdab8967452301 00000000 00                     01 02000000 0100000000000000 f401000000000000";
+        let spec = hex::decode(spec.replace(' ', "")).expect("hex");
+        let bytes = request.encode();
+        assert_eq!(bytes.len(), 75);
+        assert_eq!(bytes, spec);
+        assert_eq!(InferRequest::decode(&spec), Ok(request.clone()));
+        assert_eq!(
+            hash(&bytes),
+            "0xec3e47aa5a5ba46a000bbfd0812132835902bc207d167b829300948bd5e1a30a"
+        );
+
+        // The payment field with a voucher: flag 1, channel 1, 1000 wei, a 65-byte signature;
+        // the payload follows at offset 183.
+        let signature = [0xaa; 65];
+        let paid = InferRequest {
+            payment: Some(SignedVoucher {
+                voucher: Voucher {
+                    channel_id: U256::from(1u64),
+                    cumulative_amount: U256::from(1000u64),
+                },
+                signature: signature.to_vec().into(),
+            }),
+            ..request.clone()
+        };
+        let field = "01                      0000000000000000000000000000000000000000000000000000000000000001                      00000000000000000000000000000000000000000000000000000000000003e8";
+        let mut field = hex::decode(field.replace(' ', "")).expect("hex");
+        field.extend_from_slice(&signature);
+        let paid_bytes = paid.encode();
+        assert_eq!(paid_bytes.len(), 75 + 129);
+        assert_eq!(paid_bytes[..53], bytes[..53]);
+        assert_eq!(paid_bytes[53..183], field[..]);
+        assert_eq!(paid_bytes[183..], bytes[54..]);
+        assert_eq!(InferRequest::decode(&paid_bytes), Ok(paid));
+        let mut bad_flag = bytes.clone();
+        bad_flag[53] = 2;
+        assert_eq!(InferRequest::decode(&bad_flag), Err(CodecError::UnknownPaymentFlag(2)));
+
+        // A Tensor output [1, 1, 2] = [1.0, -2.0], and the Empty output of a Close answer.
+        let output =
+            Payload::Tensor(Activation::new(vec![1, 1, 2], vec![1.0, -2.0]).expect("shape"));
+        let out = payload_bytes(&output);
+        assert_eq!(hex::encode(&out), "02030100000001000000020000000000803f000000c0");
+        assert_eq!(
+            hash(&out),
+            "0x99851f04313f75ea2407fd56cf39aa1234ce9152319220489c9eb5f86282a06f"
+        );
+        assert_eq!(
+            hash(&payload_bytes(&Payload::Empty)),
+            "0xbc36789e7a1e281436464229828f817d6612f7b477d66591ff96a9e064bcc98a"
+        );
+        // A SessionLost refusal with message "lost".
+        let lost = InferResponse::Err(WireError::new(ErrorCode::SessionLost, "lost")).encode();
+        assert_eq!(hex::encode(&lost), "49475331010600040000006c6f7374");
     }
 
     #[test]
