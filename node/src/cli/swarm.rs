@@ -77,8 +77,10 @@ pub struct NodeArgs {
     /// Seconds between looks at the channels (close requests, value worth redeeming).
     #[arg(long, default_value_t = 10)]
     redeem_check_secs: u64,
+    /// Where the blocks run: `cpu`, or `cuda[:N]` (falls back to CPU with a warning).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// ONNX Runtime threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -145,7 +147,9 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         collector: collector.clone(),
     });
     tokio::spawn(server.clone().run(inbound));
-    if let Some(collector) = collector.clone() {
+    // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
+    let (stop_redeeming, mut stopped) = tokio::sync::watch::channel(false);
+    let redeemer = collector.clone().map(|collector| {
         let policy = RedeemPolicy { value_to_gas: args.redeem_value_to_gas };
         let every = Duration::from_secs(args.redeem_check_secs.max(1));
         tokio::spawn(async move {
@@ -158,10 +162,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                     Ok(None) => {}
                     Err(e) => eprintln!("node: redemption failed (retrying): {e}"),
                 }
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
             }
-        });
-    }
+        })
+    });
 
     // Load announcements, so gateways can weigh routes.
     let announcer = net.clone();
@@ -191,6 +198,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     eprintln!("node: stopping");
     net.shutdown().await?;
+    let _ = stop_redeeming.send(true);
+    if let Some(redeemer) = redeemer {
+        let _ = redeemer.await;
+    }
     if let Some(collector) = collector {
         collector.flush().await?;
     }

@@ -288,6 +288,11 @@ impl Collector {
         Ok(())
     }
 
+    /// Whether a payer has used the channel since this node started.
+    pub(super) async fn is_live(&self, id: U256) -> bool {
+        self.book.lock().await.channels.contains_key(&id)
+    }
+
     /// Records the chain's view of a channel: paid so far, deposit, close state.
     pub(super) async fn observe(
         &self,

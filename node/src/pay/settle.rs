@@ -53,6 +53,10 @@ impl Collector {
         let mut batch: Vec<(SignedVoucher, U256)> = Vec::new();
         let (mut value, mut closing) = (U256::ZERO, false);
         for (id, record) in self.ledger().all()? {
+            if record.vouched() <= record.redeemed && !self.is_live(id).await {
+                // Fully paid and not in use since this node started: nothing to read.
+                continue;
+            }
             let state = self.channels().channel(id).await?;
             if state.node != self.operator() || state.payer != record.payer {
                 // Not this deployment's channel (a ledger reused across chains): never redeemable.
