@@ -66,7 +66,7 @@ fn operator_signs_with_a_keystore() {
 
     // The operator commands act as the keystore's account.
     let status = stdout(&operator(&devnet, &file, password, &["status"]));
-    assert!(status.contains(&format!("operator   {address}")), "{status}");
+    assert!(status.contains(&format!("operator     {address}")), "{status}");
     let before = stake_of(&devnet, &address);
     stdout(&operator(&devnet, &file, password, &["stake", "1BTT"]));
     assert_eq!(stake_of(&devnet, &address), before + parse_ether("1").unwrap());
@@ -103,7 +103,7 @@ fn operator_signs_with_a_keystore() {
     args.extend(["--keystore", by_cast.to_str().unwrap()]);
     args.extend(["--password-env", "CAST_PASSWORD", "status"]);
     let status = stdout(&infergrid(&args, &[("CAST_PASSWORD", "from cast")]));
-    assert!(status.contains(&format!("operator   {address}")), "{status}");
+    assert!(status.contains(&format!("operator     {address}")), "{status}");
 
     // A new random key.
     let fresh = dir.join("fresh.json");

@@ -138,7 +138,7 @@ fn jailed(node: &NodeAudit) -> String {
     if node.jailed { format!("until unix {}", node.jailed_until) } else { "no".to_owned() }
 }
 
-fn print_node(n: &NodeAudit) {
+pub fn print_node(n: &NodeAudit) {
     println!("operator     {}", n.operator);
     println!("peer id      {}", peer_id_text(&n.peer_id));
     println!("model        {}", n.model_id);

@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
-use alloy::primitives::{Address, Bytes, U256, utils::format_ether, utils::parse_ether};
+use alloy::primitives::{Address, Bytes, U256, utils::parse_ether};
 use alloy::rpc::types::TransactionReceipt;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use infergrid::chain::{Account, Contracts, Deployment, NodeRegistration};
+use infergrid::chain::audit::{AuditError, Auditor};
+use infergrid::chain::{Account, Deployment, NodeRegistration};
 use infergrid::identity::node_peer_id;
 
 use super::keys::KeyArgs;
@@ -124,41 +125,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
         OperatorCommand::Status { address } => {
-            return status(&c, address.unwrap_or(account.address)).await;
+            return status(&args.rpc_url, &deployment, address.unwrap_or(account.address)).await;
         }
     }
-    status(&c, account.address).await
+    status(&args.rpc_url, &deployment, account.address).await
 }
 
-async fn status(c: &Contracts, operator: Address) -> anyhow::Result<()> {
-    let node = c.registry.node(operator).await?;
-    if node.registeredAt == 0 {
-        println!("{operator}: not registered");
-        return Ok(());
+/// The node's on-chain state, as an auditor sees it.
+async fn status(rpc_url: &str, deployment: &Deployment, operator: Address) -> anyhow::Result<()> {
+    match Auditor::connect(rpc_url, deployment).await?.node(operator).await {
+        Ok(node) => super::audit::print_node(&node),
+        Err(AuditError::NotRegistered { .. }) => println!("{operator}: not registered"),
+        Err(e) => return Err(e.into()),
     }
-    let peer = libp2p::PeerId::from_bytes(&node.peerId)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|_| "(invalid)".into());
-    println!("operator   {operator}");
-    println!("peer id    {peer}");
-    println!("model      {}  blocks {}-{}", node.modelId, node.firstBlock, node.lastBlock);
-    println!("price      {} BTT per token", format_ether(node.pricePerToken));
-    println!("stake      {} BTT", format_ether(node.stake));
-    println!(
-        "unbonding  {} BTT (withdrawable at unix {})",
-        format_ether(node.unbonding),
-        node.unbondingEndsAt
-    );
-    println!(
-        "jailed     {}",
-        if node.jailedUntil == 0 {
-            "never".to_owned()
-        } else {
-            format!("until unix {}", node.jailedUntil)
-        }
-    );
-    println!("active     {}", c.registry.is_active(operator).await?);
-    println!("reputation {} bps", c.validation.reputation_of(operator).await?);
-    println!("multiaddrs {}", node.multiaddrs.join(", "));
     Ok(())
 }
