@@ -178,6 +178,25 @@ impl Channels {
     pub async fn channel(&self, channel_id: U256) -> Result<PaymentChannels::Channel, ChainError> {
         Ok(self.0.getChannel(channel_id).call().await?)
     }
+    /// Ids of the channels `payer` opened, oldest first (from `ChannelOpened`, indexed by payer).
+    pub async fn opened_by(
+        &self,
+        payer: Address,
+        from_block: u64,
+    ) -> Result<Vec<U256>, ChainError> {
+        let logs = self
+            .0
+            .ChannelOpened_filter()
+            .topic2(payer.into_word())
+            .from_block(from_block)
+            .query()
+            .await?;
+        Ok(logs.into_iter().map(|(event, _)| event.channelId).collect())
+    }
+    /// Whether `finalizeClose` has run on the channel.
+    pub async fn is_closed(&self, channel_id: U256) -> Result<bool, ChainError> {
+        Ok(self.0.isClosed(channel_id).call().await?)
+    }
     /// The gas price and the latest block's timestamp: what a transaction costs now, and
     /// the chain's clock that close windows run on.
     pub async fn gas_price_and_time(&self) -> Result<(u128, u64), ChainError> {

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_swarm;
 mod chain;
+mod channels;
 mod devnet;
 mod infer;
 mod keys;
@@ -52,6 +53,8 @@ enum Command {
     Node(swarm::NodeArgs),
     /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
     Gateway(swarm::GatewayArgs),
+    /// A payer's payment channels: list them, close them, take unused deposits back (dApps).
+    Channels(channels::ChannelsArgs),
     /// Print a node's payment ledger: vouchers held, usage metered, amounts redeemed.
     Ledger(ledger::LedgerArgs),
     /// Benchmarks that print the figures the project reports.
@@ -75,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
         Command::Ledger(args) => ledger::run(args),
+        Command::Channels(args) => channels::run(args).await,
     }
 }
 
