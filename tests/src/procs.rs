@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use infergrid::devnet::Role;
+
 /// Stops the process when the test ends, whatever happens: Ctrl-C first, so a devnet
 /// takes its anvil down with it, then SIGKILL.
 pub struct Proc(pub Child);
@@ -101,4 +103,39 @@ pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
     }
     let manifest = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
     (devnet, manifest, out.join("deployment.json"))
+}
+
+/// A test's devnet, as `infergrid node` and `infergrid gateway` processes are pointed at it;
+/// their ledgers and wallet go to `dir`.
+pub struct Swarm<'a> {
+    pub model: &'a str,
+    pub rpc: &'a str,
+    pub deployment: &'a str,
+    pub dir: &'a Path,
+}
+
+impl Swarm<'_> {
+    /// `infergrid node` as devnet operator `index`, serving `blocks`, listening on the port
+    /// registered for it (40000 + index), with `extra` arguments.
+    pub fn node(&self, index: usize, blocks: &str, extra: &[&str]) -> Proc {
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index);
+        let ledger = self.dir.join(format!("node-{index}.redb"));
+        let mut args = vec!["node", "--model", self.model, "--blocks", blocks, "--key-env"];
+        args.extend(["NODE_KEY", "--rpc-url", self.rpc, "--deployment", self.deployment]);
+        args.extend(["--listen", &listen, "--ledger", ledger.to_str().expect("utf-8 path")]);
+        args.extend_from_slice(extra);
+        let key = crate::dev(Role::Operator, index).private_key.to_string();
+        start(&args, &[("NODE_KEY", key)], "node ready").0
+    }
+
+    /// `infergrid gateway` paying as devnet payer 0, its API on `listen`, with `extra` arguments.
+    pub fn gateway(&self, listen: &str, extra: &[&str]) -> Proc {
+        let wallet = self.dir.join("wallet.redb");
+        let mut args = vec!["gateway", "--model", self.model, "--key-env", "PAYER_KEY"];
+        args.extend(["--rpc-url", self.rpc, "--deployment", self.deployment, "--listen", listen]);
+        args.extend(["--wallet", wallet.to_str().expect("utf-8 path")]);
+        args.extend_from_slice(extra);
+        let key = crate::dev(Role::Payer, 0).private_key.to_string();
+        start(&args, &[("PAYER_KEY", key)], "gateway ready").0
+    }
 }

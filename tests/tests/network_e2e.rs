@@ -13,7 +13,7 @@ use infergrid::generate::{SamplingParams, generate};
 use infergrid::identity::node_peer_id;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
-use infergrid_e2e::procs::{SWARM, binary, devnet, free_port, post, start};
+use infergrid_e2e::procs::{Proc, SWARM, Swarm, binary, devnet, free_port, post};
 
 #[test]
 fn minilm_embeddings_through_two_node_processes_match_local_ones() {
@@ -25,52 +25,10 @@ fn minilm_embeddings_through_two_node_processes_match_local_ones() {
     let (_devnet, manifest, deployment) = devnet(dir.path(), m);
     let (rpc, d) =
         (manifest["rpc_url"].as_str().unwrap().to_owned(), deployment.to_str().unwrap().to_owned());
-    let payer = dev(Role::Payer, 0);
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + i);
-        nodes.push(start(
-            &[
-                "node",
-                "--model",
-                m,
-                "--blocks",
-                &i.to_string(),
-                "--key-env",
-                "NODE_KEY",
-                "--rpc-url",
-                &rpc,
-                "--deployment",
-                &d,
-                "--listen",
-                &listen,
-                "--ledger",
-                &dir.path().join(format!("node-{i}.redb")).display().to_string(),
-            ],
-            &[("NODE_KEY", dev(Role::Operator, i).private_key.to_string())],
-            "node ready",
-        ));
-    }
+    let swarm = Swarm { model: m, rpc: &rpc, deployment: &d, dir: dir.path() };
+    let nodes: Vec<Proc> = (0..2).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
     let listen = format!("127.0.0.1:{}", free_port());
-    let _gateway = start(
-        &[
-            "gateway",
-            "--model",
-            m,
-            "--key-env",
-            "PAYER_KEY",
-            "--rpc-url",
-            &rpc,
-            "--deployment",
-            &d,
-            "--listen",
-            &listen,
-            "--wallet",
-            &dir.path().join("wallet.redb").display().to_string(),
-        ],
-        &[("PAYER_KEY", payer.private_key.to_string())],
-        "gateway ready",
-    );
+    let _gateway = swarm.gateway(&listen, &[]);
     let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
 
     let texts =
@@ -127,57 +85,12 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
     let d = deployment.to_str().unwrap();
 
-    let payer = dev(Role::Payer, 0);
     // Operators 0..4 serve blocks 0, 1, 2, 0 (devnet: operator i serves block i mod 3).
-    let mut nodes = Vec::new();
-    for i in 0..4 {
-        let operator = dev(Role::Operator, i);
-        let block = (i % 3).to_string();
-        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + i);
-        let (node, _) = start(
-            &[
-                "node",
-                "--model",
-                m,
-                "--blocks",
-                &block,
-                "--key-env",
-                "NODE_KEY",
-                "--rpc-url",
-                &rpc,
-                "--deployment",
-                d,
-                "--listen",
-                &listen,
-                "--ledger",
-                &dir.path().join(format!("node-{i}.redb")).display().to_string(),
-            ],
-            &[("NODE_KEY", operator.private_key.to_string())],
-            "node ready",
-        );
-        nodes.push(node);
-    }
+    let swarm = Swarm { model: m, rpc: &rpc, deployment: d, dir: dir.path() };
+    let mut nodes: Vec<Proc> = (0..4).map(|i| swarm.node(i, &(i % 3).to_string(), &[])).collect();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let (_gateway, _) = start(
-        &[
-            "gateway",
-            "--model",
-            m,
-            "--key-env",
-            "PAYER_KEY",
-            "--rpc-url",
-            &rpc,
-            "--deployment",
-            d,
-            "--listen",
-            &listen,
-            "--wallet",
-            &dir.path().join("wallet.redb").display().to_string(),
-        ],
-        &[("PAYER_KEY", payer.private_key.to_string())],
-        "gateway ready",
-    );
+    let _gateway = swarm.gateway(&listen, &[]);
     let api = format!("http://{listen}/v1");
     let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
 

@@ -15,49 +15,12 @@ use infergrid::chain::{Account, Contracts, Deployment};
 use infergrid::devnet::Role;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
-use infergrid_e2e::procs::{Proc, binary, devnet, free_port, start};
+use infergrid_e2e::procs::{Proc, Swarm, binary, devnet, free_port};
 
 const REQUESTS: usize = 1000;
 /// Nodes redeem only when a channel closes (or a restart says otherwise): the run's
 /// redemptions are then exactly one per node.
 const NEVER: &str = "1000000000000000000";
-
-fn start_node(
-    model: &str,
-    index: usize,
-    rpc: &str,
-    deployment: &str,
-    ledger: &Path,
-    value_to_gas: &str,
-) -> Proc {
-    let operator = dev(Role::Operator, index);
-    let (node, _) = start(
-        &[
-            "node",
-            "--model",
-            model,
-            "--blocks",
-            &index.to_string(),
-            "--key-env",
-            "NODE_KEY",
-            "--rpc-url",
-            rpc,
-            "--deployment",
-            deployment,
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index),
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--redeem-value-to-gas",
-            value_to_gas,
-            "--redeem-check-secs",
-            "1",
-        ],
-        &[("NODE_KEY", operator.private_key.to_string())],
-        "node ready",
-    );
-    node
-}
 
 /// Polls `check` for up to 30 s.
 async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
@@ -90,19 +53,14 @@ async fn thousand_paid_completions_settle_exactly_even_across_a_node_crash() -> 
 
     let operators: Vec<Address> = (0..3).map(|i| dev(Role::Operator, i).address).collect();
     let prices: Vec<U256> = (0..3).map(|i| U256::from(1_000_000_000_000u64 * (i + 1))).collect();
-    let ledgers: Vec<_> = (0..3).map(|i| dir.path().join(format!("node-{i}.redb"))).collect();
-    let mut nodes: Vec<Proc> =
-        (0..3).map(|i| start_node(m, i, &rpc, &d, &ledgers[i], NEVER)).collect();
+    let swarm = Swarm { model: m, rpc: &rpc, deployment: &d, dir: dir.path() };
+    let node = |i: usize, value_to_gas: &str| {
+        let policy = ["--redeem-value-to-gas", value_to_gas, "--redeem-check-secs", "1"];
+        swarm.node(i, &i.to_string(), &policy)
+    };
+    let mut nodes: Vec<Proc> = (0..3).map(|i| node(i, NEVER)).collect();
     let api = format!("127.0.0.1:{}", free_port());
-    let wallet = dir.path().join("wallet.redb");
-    let _gateway = start(
-        &["gateway", "--model", m, "--key-env", "PAYER_KEY", "--rpc-url", &rpc, "--deployment", &d]
-            .into_iter()
-            .chain(["--listen", &api, "--wallet", wallet.to_str().unwrap(), "--deposit", "1BTT"])
-            .collect::<Vec<_>>(),
-        &[("PAYER_KEY", payer.private_key.to_string())],
-        "gateway ready",
-    );
+    let _gateway = swarm.gateway(&api, &["--deposit", "1BTT"]);
     let before: Vec<U256> = {
         let mut v = Vec::new();
         for op in &operators {
@@ -171,14 +129,14 @@ async fn thousand_paid_completions_settle_exactly_even_across_a_node_crash() -> 
     // ledger, it redeems what it was owed. A second crash and restart pays nothing more.
     nodes[1].0.kill()?;
     nodes[1].0.wait()?;
-    nodes[1] = start_node(m, 1, &rpc, &d, &ledgers[1], "1");
+    nodes[1] = node(1, "1");
     eventually("the restarted node to redeem", || async {
         paid(&contracts, channels[1]).await == expected[1]
     })
     .await;
     nodes[1].0.kill()?;
     nodes[1].0.wait()?;
-    nodes[1] = start_node(m, 1, &rpc, &d, &ledgers[1], "1");
+    nodes[1] = node(1, "1");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(paid(&contracts, channels[1]).await, expected[1]);
 
@@ -201,7 +159,8 @@ async fn thousand_paid_completions_settle_exactly_even_across_a_node_crash() -> 
         assert_eq!(gained, expected[i], "node {i}: paid {gained}, metered {}", expected[i]);
     }
     drop(nodes);
-    for (i, ledger) in ledgers.iter().enumerate() {
+    for (i, amount) in expected.iter().enumerate() {
+        let ledger = dir.path().join(format!("node-{i}.redb"));
         let out = std::process::Command::new(binary())
             .args(["ledger", "--ledger", ledger.to_str().unwrap(), "--json"])
             .output()?;
@@ -209,8 +168,8 @@ async fn thousand_paid_completions_settle_exactly_even_across_a_node_crash() -> 
         let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let row = &rows[0];
         assert_eq!(row["metered_block_tokens"].as_u64(), Some(positions), "node {i}");
-        assert_eq!(row["vouched"].as_str(), Some(expected[i].to_string().as_str()));
-        assert_eq!(row["redeemed"].as_str(), Some(expected[i].to_string().as_str()));
+        assert_eq!(row["vouched"].as_str(), Some(amount.to_string().as_str()));
+        assert_eq!(row["redeemed"].as_str(), Some(amount.to_string().as_str()));
     }
 
     // Gas: the redemptions against one ERC-20 transfer per request, measured on this chain.

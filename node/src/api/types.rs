@@ -90,13 +90,19 @@ impl Sampling {
         Ok(())
     }
 
-    fn params(&self, top_logprobs: usize) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_k: 0,
-            top_p: self.top_p.unwrap_or(1.0),
-            seed: self.seed.unwrap_or(0),
-            top_logprobs,
+    /// The generation of `prompt` these fields ask for, up to `max_tokens`.
+    fn job(&self, prompt: String, max_tokens: usize, top_logprobs: usize) -> Job {
+        Job {
+            prompt,
+            max_tokens,
+            stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
+            params: SamplingParams {
+                temperature: self.temperature.unwrap_or(1.0),
+                top_k: 0,
+                top_p: self.top_p.unwrap_or(1.0),
+                seed: self.seed.unwrap_or(0),
+                top_logprobs,
+            },
         }
     }
 }
@@ -124,12 +130,12 @@ pub struct CompletionRequest {
 
 impl CompletionRequest {
     pub fn job(&self) -> Job {
-        Job {
-            prompt: self.prompt_text(),
-            max_tokens: self.max_tokens(),
-            stop: self.stop(),
-            params: self.sampling(),
-        }
+        let prompt = self.prompt.clone().into_vec().concat();
+        self.sampling.job(
+            prompt,
+            self.sampling.max_tokens.unwrap_or(16),
+            self.logprobs.unwrap_or(0),
+        )
     }
     pub fn validate(self, model: &str) -> Result<Self, ApiError> {
         check_model(&self.model, model)?;
@@ -143,18 +149,6 @@ impl CompletionRequest {
             return Err(ApiError::invalid("logprobs must be at most 20"));
         }
         Ok(self)
-    }
-    pub fn prompt_text(&self) -> String {
-        self.prompt.clone().into_vec().concat()
-    }
-    pub fn max_tokens(&self) -> usize {
-        self.sampling.max_tokens.unwrap_or(16)
-    }
-    pub fn stop(&self) -> Vec<String> {
-        self.sampling.stop.clone().map(OneOrMany::into_vec).unwrap_or_default()
-    }
-    pub fn sampling(&self) -> SamplingParams {
-        self.sampling.params(self.logprobs.unwrap_or(0))
     }
 }
 
@@ -178,12 +172,9 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn job(&self) -> Job {
-        Job {
-            prompt: self.prompt_text(),
-            max_tokens: self.max_tokens(),
-            stop: self.stop(),
-            params: self.sampling(),
-        }
+        let max_tokens =
+            self.sampling.max_completion_tokens.or(self.sampling.max_tokens).unwrap_or(64);
+        self.sampling.job(self.prompt_text(), max_tokens, self.top_logprobs().unwrap_or(0))
     }
     pub fn validate(self, model: &str) -> Result<Self, ApiError> {
         check_model(&self.model, model)?;
@@ -210,17 +201,8 @@ impl ChatRequest {
         prompt.push_str("assistant:");
         prompt
     }
-    pub fn max_tokens(&self) -> usize {
-        self.sampling.max_completion_tokens.or(self.sampling.max_tokens).unwrap_or(64)
-    }
-    pub fn stop(&self) -> Vec<String> {
-        self.sampling.stop.clone().map(OneOrMany::into_vec).unwrap_or_default()
-    }
     pub fn top_logprobs(&self) -> Option<usize> {
         self.logprobs.unwrap_or(false).then(|| self.top_logprobs.unwrap_or(0))
-    }
-    pub fn sampling(&self) -> SamplingParams {
-        self.sampling.params(self.top_logprobs().unwrap_or(0))
     }
 }
 

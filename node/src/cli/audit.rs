@@ -1,11 +1,8 @@
 //! `infergrid audit`: stake, reputation, challenges, slashes and payments read back from
 //! the chain, as tables for people or JSON for scripts. Read-only: no key.
 
-use std::path::PathBuf;
-
 use alloy::primitives::Address;
 use clap::{Args, Subcommand};
-use infergrid::chain::Deployment;
 use infergrid::chain::audit::{
     Auditor, DEFAULT_LOG_WINDOW, HistoryEvent, NodeAudit, Value, format_tokens, peer_id_text,
 };
@@ -13,12 +10,8 @@ use serde::Serialize;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// JSON-RPC endpoint.
-    #[arg(long, global = true, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    rpc_url: String,
-    /// Deployment file.
-    #[arg(long, global = true, default_value = "anvil-fixtures/devnet/deployment.json")]
-    deployment: PathBuf,
+    #[command(flatten)]
+    chain: super::ChainTarget,
     #[command(subcommand)]
     command: AuditCommand,
 }
@@ -52,8 +45,8 @@ struct NodeReport<'a> {
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let deployment = Deployment::load(&args.deployment)?;
-    let auditor = Auditor::connect(&args.rpc_url, &deployment).await?;
+    let deployment = args.chain.load()?;
+    let auditor = Auditor::connect(&args.chain.rpc_url, &deployment).await?;
     match args.command {
         AuditCommand::Nodes { json } => {
             let nodes = auditor.nodes().await?;

@@ -34,12 +34,8 @@ pub struct DeployArgs {
 pub enum ChainCommand {
     /// Print a deployment's parameters and state as read from the chain.
     Info {
-        /// JSON-RPC endpoint.
-        #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-        rpc_url: String,
-        /// Deployment file written by `infergrid devnet` or `infergrid deploy`.
-        #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
-        deployment: PathBuf,
+        #[command(flatten)]
+        chain: super::ChainTarget,
     },
 }
 
@@ -63,12 +59,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
     match cmd {
-        ChainCommand::Info { rpc_url, deployment } => info(&rpc_url, &deployment).await,
+        ChainCommand::Info { chain } => info(&chain.rpc_url, &chain.load()?).await,
     }
 }
 
-async fn info(url: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    let deployment = Deployment::load(path)?;
+async fn info(url: &str, deployment: &Deployment) -> anyhow::Result<()> {
     let provider = connect_reader(url).await?;
     let c = deployment.contracts;
     let registry = NodeRegistry::new(c.registry, provider.clone());

@@ -1,25 +1,19 @@
 //! `infergrid channels`: a payer's payment channels — what each holds and has paid, and
 //! closing them to take the unused deposit back. Gateways open and top them up on their own.
 
-use std::path::PathBuf;
-
 use alloy::primitives::{Address, U256};
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use infergrid::chain::Channels;
 use infergrid::chain::audit::format_tokens;
-use infergrid::chain::{Account, Channels, Deployment};
 
 use super::keys::KeyArgs;
 
 #[derive(Debug, Args)]
 #[command(mut_arg("key_env", |a| a.default_value("INFERGRID_PAYER_KEY")))]
 pub struct ChannelsArgs {
-    /// JSON-RPC endpoint.
-    #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    rpc_url: String,
-    /// Deployment file.
-    #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
-    deployment: PathBuf,
+    #[command(flatten)]
+    chain: super::ChainTarget,
     /// The payer's key.
     #[command(flatten)]
     key: KeyArgs,
@@ -84,9 +78,7 @@ async fn rows(channels: &Channels, payer: Address, from_block: u64) -> anyhow::R
 }
 
 pub async fn run(args: ChannelsArgs) -> anyhow::Result<()> {
-    let deployment = Deployment::load(&args.deployment)?;
-    let account = Account::connect(&args.rpc_url, &args.key.secret()?).await?;
-    account.check_deployment(&deployment).await?;
+    let (deployment, account) = args.chain.account(&args.key.secret()?).await?;
     let channels = account.contracts(&deployment).channels;
     let all = rows(&channels, account.address, deployment.deploy_block).await?;
     let (_, now) = channels.gas_price_and_time().await?;

@@ -13,7 +13,11 @@ mod model;
 mod operator;
 mod swarm;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use alloy::primitives::B256;
+use clap::{Args, Parser, Subcommand};
+use infergrid::chain::{Account, Deployment};
 
 /// InferGrid: a decentralized inference network paid per token in BTT.
 ///
@@ -79,6 +83,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => swarm::gateway(args).await,
         Command::Ledger(args) => ledger::run(args),
         Command::Channels(args) => channels::run(args).await,
+    }
+}
+
+/// The chain a command talks to and the InferGrid deployment on it.
+#[derive(Debug, Args)]
+pub struct ChainTarget {
+    /// JSON-RPC endpoint of the chain with the InferGrid contracts.
+    #[arg(long, global = true, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
+    rpc_url: String,
+    /// Deployment file (from `infergrid devnet` or `infergrid deploy`).
+    #[arg(long, global = true, default_value = "anvil-fixtures/devnet/deployment.json")]
+    deployment: PathBuf,
+}
+
+impl ChainTarget {
+    /// The deployment file's contents.
+    fn load(&self) -> anyhow::Result<Deployment> {
+        Ok(Deployment::load(&self.deployment)?)
+    }
+
+    /// Connects as the holder of `secret`, checked to serve the deployment.
+    async fn account(&self, secret: &B256) -> anyhow::Result<(Deployment, Account)> {
+        let deployment = self.load()?;
+        let account = Account::connect(&self.rpc_url, secret).await?;
+        account.check_deployment(&deployment).await?;
+        Ok((deployment, account))
     }
 }
 

@@ -5,7 +5,7 @@ use alloy::rpc::types::TransactionReceipt;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use infergrid::chain::audit::{AuditError, Auditor};
-use infergrid::chain::{Account, Deployment, NodeRegistration};
+use infergrid::chain::{Deployment, NodeRegistration};
 use infergrid::identity::node_peer_id;
 
 use super::keys::KeyArgs;
@@ -14,12 +14,8 @@ use super::keys::KeyArgs;
 #[derive(Debug, Args)]
 #[command(mut_arg("key_env", |a| a.default_value("INFERGRID_OPERATOR_KEY")))]
 pub struct OperatorArgs {
-    /// JSON-RPC endpoint.
-    #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    rpc_url: String,
-    /// Deployment file.
-    #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
-    deployment: PathBuf,
+    #[command(flatten)]
+    chain: super::ChainTarget,
     /// The operator's key.
     #[command(flatten)]
     key: KeyArgs,
@@ -88,9 +84,7 @@ fn report(what: &str, receipt: &TransactionReceipt) {
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let key = args.key.secret()?;
-    let deployment = Deployment::load(&args.deployment)?;
-    let account = Account::connect(&args.rpc_url, &key).await?;
-    account.check_deployment(&deployment).await?;
+    let (deployment, account) = args.chain.account(&key).await?;
     let c = account.contracts(&deployment);
     match args.command {
         OperatorCommand::Register { model, blocks, price, stake, multiaddr } => {
@@ -125,10 +119,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
         OperatorCommand::Status { address } => {
-            return status(&args.rpc_url, &deployment, address.unwrap_or(account.address)).await;
+            return status(&args.chain.rpc_url, &deployment, address.unwrap_or(account.address))
+                .await;
         }
     }
-    status(&args.rpc_url, &deployment, account.address).await
+    status(&args.chain.rpc_url, &deployment, account.address).await
 }
 
 /// The node's on-chain state, as an auditor sees it.

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{B256, U256};
 use anyhow::{Context, bail};
 use clap::Args;
 use infergrid::api::{ApiState, router};
-use infergrid::chain::{Account, Deployment, Registry, connect_reader, deployment_fingerprint};
+use infergrid::chain::{Account, Deployment, Registry, deployment_fingerprint};
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
@@ -21,27 +21,8 @@ use infergrid::serve::{Admission, Attester, BlockServer};
 use infergrid::validate::validation_domain;
 use libp2p::{Multiaddr, PeerId};
 
+use super::ChainTarget;
 use super::keys::KeyArgs;
-
-/// Chain access shared by `node` and `gateway`.
-#[derive(Debug, Args)]
-pub struct ChainArgs {
-    /// JSON-RPC endpoint of the chain with the InferGrid contracts.
-    #[arg(long, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    rpc_url: String,
-    /// Deployment file (from `infergrid devnet` or `infergrid deploy`).
-    #[arg(long, default_value = "anvil-fixtures/devnet/deployment.json")]
-    deployment: PathBuf,
-    /// This participant's key: the operator's for a node, the payer's for a gateway.
-    #[command(flatten)]
-    key: KeyArgs,
-}
-
-impl ChainArgs {
-    fn key(&self) -> anyhow::Result<B256> {
-        self.key.secret()
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -52,7 +33,10 @@ pub struct NodeArgs {
     #[arg(long)]
     blocks: String,
     #[command(flatten)]
-    chain: ChainArgs,
+    chain: ChainTarget,
+    /// The operator's key for a node, the payer's for a gateway.
+    #[command(flatten)]
+    key: KeyArgs,
     /// libp2p listen address (repeatable).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/40000")]
     listen: Vec<Multiaddr>,
@@ -92,11 +76,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     if last >= manifest.blocks.len() {
         bail!("the model has {} blocks; cannot serve {first}-{last}", manifest.blocks.len());
     }
-    let key = args.chain.key()?;
+    let key = args.key.secret()?;
     let operator = Eip712Signer::from_bytes(&key)?;
-    let deployment = Deployment::load(&args.chain.deployment)?;
-    let provider = connect_reader(&args.chain.rpc_url).await?;
-    let registry = Registry::new(deployment.contracts.registry, provider);
+    let (deployment, account) = args.chain.account(&key).await?;
+    let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let keypair = node_keypair(&key);
     let peer = keypair.public().to_peer_id();
     let collector = if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
@@ -107,7 +90,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
         None
     } else {
-        Some(Arc::new(collector(&args, &key, &deployment, &registry, operator.address()).await?))
+        Some(Arc::new(collector(&args, &deployment, &account, &registry).await?))
     };
 
     let runtime = Runtime::new_shared_host(args.device, args.threads)?;
@@ -208,22 +191,20 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The node's payment collector: its registered price, its ledger, a signing connection
-/// for redemptions.
+/// The node's payment collector: its registered price, its ledger, and the operator's
+/// account for redemptions.
 async fn collector(
     args: &NodeArgs,
-    key: &B256,
     deployment: &Deployment,
+    account: &Account,
     registry: &Registry,
-    operator: Address,
 ) -> anyhow::Result<Collector> {
+    let operator = account.address;
     let registered = registry.node(operator).await?;
     let tariff = Tariff {
         price_per_token: registered.pricePerToken,
         span_blocks: u16::try_from(registered.lastBlock - registered.firstBlock + 1)?,
     };
-    let account = Account::connect(&args.chain.rpc_url, key).await?;
-    account.check_deployment(deployment).await?;
     let path = args
         .ledger
         .clone()
@@ -256,7 +237,10 @@ pub struct GatewayArgs {
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
-    chain: ChainArgs,
+    chain: ChainTarget,
+    /// The operator's key for a node, the payer's for a gateway.
+    #[command(flatten)]
+    key: KeyArgs,
     /// HTTP address of the OpenAI-compatible API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -285,11 +269,10 @@ pub struct GatewayArgs {
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
-    let key = args.chain.key()?;
-    let deployment = Deployment::load(&args.chain.deployment)?;
-    let provider = connect_reader(&args.chain.rpc_url).await?;
-    let registry = Registry::new(deployment.contracts.registry, provider);
-    let wallet = Arc::new(wallet(&args, &key, &deployment).await?);
+    let key = args.key.secret()?;
+    let (deployment, account) = args.chain.account(&key).await?;
+    let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
+    let wallet = Arc::new(wallet(&args, &key, &deployment, &account).await?);
     let (net, mut inbound) = Network::spawn(NetConfig {
         keypair: node_keypair(&key),
         listen: args.p2p_listen.clone(),
@@ -367,10 +350,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 /// The gateway's wallet: the payer key's channels, funded from the budget.
-async fn wallet(args: &GatewayArgs, key: &B256, deployment: &Deployment) -> anyhow::Result<Wallet> {
+async fn wallet(
+    args: &GatewayArgs,
+    key: &B256,
+    deployment: &Deployment,
+    account: &Account,
+) -> anyhow::Result<Wallet> {
     let payer = Eip712Signer::from_bytes(key)?;
-    let account = Account::connect(&args.chain.rpc_url, key).await?;
-    account.check_deployment(deployment).await?;
     let contracts = account.contracts(deployment);
     let config = WalletConfig {
         deposit: super::operator::parse_amount(&args.deposit)?,

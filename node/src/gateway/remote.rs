@@ -152,8 +152,11 @@ impl RemoteModel {
         if let Some(terms) = terms {
             request.payment = self.voucher(terms, units, settle, false)?;
         }
-        let mut response = self.runtime.block_on(self.net.request(hop.peer, request.clone()));
-        if let (Some(terms), Ok(InferResponse::Err(e))) = (terms, &response)
+        // Only a paid step can be refused for payment and retried; only it keeps a copy.
+        let retry = terms.is_some().then(|| request.clone());
+        let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
+        if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
+            (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
         {
             // The node may have restarted, or keeps a smaller credit: pay now and retry once.
@@ -176,6 +179,14 @@ impl RemoteModel {
             }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
+        }
+    }
+
+    /// Publishes what the gateway owes each node, after a request.
+    fn report_payments(&self) {
+        if let Some((wallet, _)) = &self.payer {
+            let tabs = self.runtime.block_on(wallet.tabs());
+            self.report.lock().expect("report").payments = tabs;
         }
     }
 
@@ -352,6 +363,7 @@ impl crate::generate::TokenEncoder for RemoteModel {
                     }
                 }
             }
+            self.report_payments();
             return match payload {
                 Payload::Tensor(embeddings) => Ok(embeddings),
                 _ => Err(EngineError::Run {
@@ -379,10 +391,7 @@ impl TextModel for RemoteModel {
                 let _ = self.call(hop, session, 0, StepKind::Close, Payload::Empty);
             }
         }
-        if let Some((wallet, _)) = &self.payer {
-            let tabs = self.runtime.block_on(wallet.tabs());
-            self.report.lock().expect("report").payments = tabs;
-        }
+        self.report_payments();
     }
 
     fn context_length(&self) -> usize {

@@ -136,10 +136,6 @@ impl Collector {
         self.operator
     }
 
-    pub fn tariff(&self) -> Tariff {
-        self.tariff
-    }
-
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }

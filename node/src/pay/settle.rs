@@ -50,7 +50,9 @@ impl Collector {
     /// redeems all collectable vouchers in one transaction.
     pub async fn settle(&self, policy: &RedeemPolicy) -> Result<Option<Settlement>, PaymentError> {
         let (gas_price, now) = self.channels().gas_price_and_time().await?;
-        let mut batch: Vec<(SignedVoucher, U256)> = Vec::new();
+        let mut batch: Vec<SignedVoucher> = Vec::new();
+        // Per channel in the batch: what redeeming makes `paid`, the deposit, the close state.
+        let mut after: Vec<(U256, U256, U256, bool)> = Vec::new();
         let (mut value, mut closing) = (U256::ZERO, false);
         for (id, record) in self.ledger().all()? {
             if record.vouched() <= record.redeemed && !self.is_live(id).await {
@@ -70,24 +72,17 @@ impl Collector {
             if payable > paid && !expired {
                 value += payable - paid;
                 closing |= state.closesAt != 0;
-                batch.push((voucher, payable));
+                batch.push(voucher);
+                after.push((id, payable, deposit, state.closesAt != 0));
             }
         }
         if batch.is_empty() || !policy.due(value, batch.len(), gas_price, closing) {
             return Ok(None);
         }
-        let vouchers: Vec<SignedVoucher> = batch.iter().map(|(v, _)| v.clone()).collect();
-        let receipt = self.channels().redeem_batch(&vouchers).await?;
-        for (voucher, payable) in &batch {
-            let state = self.channels().channel(voucher.voucher.channel_id).await?;
-            debug_assert_eq!(U256::from(state.paid), *payable);
-            self.observe(
-                voucher.voucher.channel_id,
-                U256::from(state.paid),
-                U256::from(state.deposit),
-                state.closesAt != 0,
-            )
-            .await?;
+        let receipt = self.channels().redeem_batch(&batch).await?;
+        // The batch reverts as a whole, so a mined one paid every channel up to `payable`.
+        for (id, payable, deposit, closing) in after {
+            self.observe(id, payable, deposit, closing).await?;
         }
         Ok(Some(Settlement {
             tx: receipt.transaction_hash,

@@ -3,6 +3,7 @@
 //! block-tokens each node served (`protocol-spec/payments.md`, "Voucher flow").
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 
 use alloy::primitives::{Address, B256, U256};
@@ -63,10 +64,13 @@ pub enum WalletError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A channel to one node, as this run knows it.
+#[derive(Debug)]
 struct Open {
     channel: U256,
     deposit: U256,
+    /// The node's price, as of the latest step.
+    tariff: Tariff,
     metered: u64,
     signed: U256,
     /// Whether the node has had a voucher from this run (it binds the channel to this peer).
@@ -76,7 +80,7 @@ struct Open {
 #[derive(Default)]
 struct Tabs {
     open: HashMap<Address, Open>,
-    tariffs: HashMap<Address, Tariff>,
+    /// Deposited in this run, counted against the budget.
     deposited: U256,
 }
 
@@ -121,8 +125,12 @@ impl Wallet {
         force: bool,
     ) -> Result<Option<SignedVoucher>, WalletError> {
         let mut tabs = self.tabs.lock().await;
-        tabs.tariffs.insert(node.operator, node.tariff);
-        let mut tab = self.tab(&mut tabs, node.operator).await?;
+        let Tabs { open, deposited } = &mut *tabs;
+        let tab = match open.entry(node.operator) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => slot.insert(self.resume_or_open(node, deposited).await?),
+        };
+        tab.tariff = node.tariff;
         let owed = node.tariff.amount(tab.metered + units);
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let unpaid = owed.saturating_sub(tab.signed);
@@ -133,12 +141,14 @@ impl Wallet {
         }
         let amount = owed.max(tab.signed);
         while tab.deposit < amount + threshold {
-            self.fund(&mut tabs, node.operator, &mut tab).await?;
+            self.spend(deposited, self.config.deposit)?;
+            self.token.approve(self.channels.address(), self.config.deposit).await?;
+            self.channels.top_up(tab.channel, self.config.deposit).await?;
+            tab.deposit += self.config.deposit;
         }
         tab.signed = amount;
         tab.introduced = true;
-        self.save(node.operator, &tab)?;
-        tabs.open.insert(node.operator, tab);
+        self.save(node.operator, tab)?;
         let voucher = Voucher { channel_id: tab.channel, cumulative_amount: amount };
         Ok(Some(voucher.sign(&self.domain, &self.payer)))
     }
@@ -161,7 +171,7 @@ impl Wallet {
                 channel: t.channel,
                 deposit: t.deposit,
                 metered: t.metered,
-                owed: tabs.tariffs.get(operator).map_or(U256::ZERO, |r| r.amount(t.metered)),
+                owed: t.tariff.amount(t.metered),
                 signed: t.signed,
             })
             .collect();
@@ -169,59 +179,46 @@ impl Wallet {
         out
     }
 
-    /// The open channel to `operator`: this run's, the stored one if still open on-chain,
-    /// or a new one.
-    async fn tab(&self, tabs: &mut Tabs, operator: Address) -> Result<Open, WalletError> {
-        if let Some(open) = tabs.open.get(&operator) {
-            return Ok(*open);
-        }
-        if let Some(stored) = self.load(operator)? {
-            let state = self.channels.channel(stored.channel).await?;
+    /// The stored channel to `node` if it is still open on-chain, or a new one.
+    async fn resume_or_open(
+        &self,
+        node: NodeTerms,
+        deposited: &mut U256,
+    ) -> Result<Open, WalletError> {
+        let operator = node.operator;
+        if let Some((channel, signed, metered)) = self.load(operator)? {
+            let state = self.channels.channel(channel).await?;
             if state.payer == self.payer.address() && state.node == operator && state.closesAt == 0
             {
-                let open = Open { deposit: U256::from(state.deposit), introduced: false, ..stored };
-                tabs.open.insert(operator, open);
-                return Ok(open);
+                let deposit = U256::from(state.deposit);
+                let tariff = node.tariff;
+                return Ok(Open { channel, deposit, tariff, metered, signed, introduced: false });
             }
         }
-        self.spend(tabs, self.config.deposit)?;
+        self.spend(deposited, self.config.deposit)?;
         self.token.approve(self.channels.address(), self.config.deposit).await?;
         let channel = self.channels.open(operator, self.config.deposit).await?;
         let open = Open {
             channel,
             deposit: self.config.deposit,
+            tariff: node.tariff,
             metered: 0,
             signed: U256::ZERO,
             introduced: false,
         };
         self.save(operator, &open)?;
-        tabs.open.insert(operator, open);
         Ok(open)
     }
 
-    async fn fund(
-        &self,
-        tabs: &mut Tabs,
-        operator: Address,
-        tab: &mut Open,
-    ) -> Result<(), WalletError> {
-        self.spend(tabs, self.config.deposit)?;
-        self.token.approve(self.channels.address(), self.config.deposit).await?;
-        self.channels.top_up(tab.channel, self.config.deposit).await?;
-        tab.deposit += self.config.deposit;
-        tabs.open.insert(operator, *tab);
-        Ok(())
-    }
-
-    fn spend(&self, tabs: &mut Tabs, amount: U256) -> Result<(), WalletError> {
-        if tabs.deposited + amount > self.config.budget {
+    fn spend(&self, deposited: &mut U256, amount: U256) -> Result<(), WalletError> {
+        if *deposited + amount > self.config.budget {
             return Err(WalletError::Budget {
-                deposited: tabs.deposited,
+                deposited: *deposited,
                 needed: amount,
                 budget: self.config.budget,
             });
         }
-        tabs.deposited += amount;
+        *deposited += amount;
         Ok(())
     }
 
@@ -236,7 +233,8 @@ impl Wallet {
         Ok(())
     }
 
-    fn load(&self, operator: Address) -> Result<Option<Open>, StoreError> {
+    /// The stored (channel, signed amount, metered block-tokens) of `operator`'s node.
+    fn load(&self, operator: Address) -> Result<Option<(U256, U256, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TABS)?;
         let Some(value) = table.get(&operator.0.0)? else { return Ok(None) };
@@ -244,12 +242,10 @@ impl Wallet {
         if bytes.len() != 72 {
             return Err(StoreError::Corrupt(format!("the tab of node {operator}")));
         }
-        Ok(Some(Open {
-            channel: U256::from_be_slice(&bytes[..32]),
-            signed: U256::from_be_slice(&bytes[32..64]),
-            metered: u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")),
-            deposit: U256::ZERO,
-            introduced: false,
-        }))
+        Ok(Some((
+            U256::from_be_slice(&bytes[..32]),
+            U256::from_be_slice(&bytes[32..64]),
+            u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")),
+        )))
     }
 }

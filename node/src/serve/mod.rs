@@ -165,8 +165,9 @@ impl BlockServer {
             let full_span = self.blocks.len() as f64;
             self.decode_ms.record(started.elapsed().as_secs_f64() * 1e3 * full_span / span_blocks);
         }
-        if let (Some(collector), Some(charge), false) =
-            (&self.collector, charge, matches!(result, Ok(Ok(_))))
+        // A step that did not produce an answer is not paid for.
+        if let (Some(collector), Some(charge)) = (&self.collector, charge)
+            && !matches!(result, Ok(Ok(_)))
         {
             collector.refund(charge).await;
         }
