@@ -5,16 +5,31 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {PeerIds} from "./PeerIds.sol";
+
+/// @notice What the registry checks of the validation contract it is wired to.
+interface IValidationTerms {
+    /// @return The registry the validation contract slashes through.
+    function registry() external view returns (address);
+    /// @return The token its stakes and bonds are paid in.
+    function token() external view returns (IERC20);
+    /// @return The longest time from a node's answer to the end of the vote on a report about it.
+    function faultExposure() external view returns (uint64);
+}
 
 /// @title InferGrid node registry
-/// @notice Operators bond stake and register one inference node each: its libp2p peer id, the model and layer
-///         blocks it serves, its price and its addresses. The validation contract may slash and jail nodes.
-contract NodeRegistry is Ownable, ReentrancyGuardTransient {
+/// @notice Operators bond stake and register one inference node each: its libp2p peer id (proven theirs by a
+///         signature of the peer's key), the model and layer blocks it serves, its price and its addresses. The
+///         validation contract may slash and jail nodes. An operator that has withdrawn everything may deregister and
+///         free its peer id.
+contract NodeRegistry is Ownable, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice Everything the chain knows about one operator's node.
     struct Node {
-        bytes peerId; // libp2p peer id bytes (multihash); unique across nodes
+        bytes peerId; // libp2p peer id bytes of a secp256k1 key (39 bytes); unique across nodes
         bytes32 modelId; // model manifest id
         uint32 firstBlock; // first layer block served (inclusive)
         uint32 lastBlock; // last layer block served (inclusive), >= firstBlock
@@ -26,6 +41,13 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         uint64 jailedUntil; // 0 = not jailed
         uint64 registeredAt; // 0 = not registered
     }
+
+    /// @notice EIP-712 type hash of `PeerIdOwnership(address operator)`, signed by the peer id's key.
+    bytes32 public constant PEER_ID_OWNERSHIP_TYPEHASH = keccak256("PeerIdOwnership(address operator)");
+    /// @notice Most multiaddrs a node may register: bounds what reading a node record costs.
+    uint256 public constant MAX_MULTIADDRS = 8;
+    /// @notice Longest multiaddr, in bytes.
+    uint256 public constant MAX_MULTIADDR_LENGTH = 256;
 
     /// @notice The staking token.
     IERC20 public immutable token;
@@ -40,7 +62,10 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
 
     mapping(address operator => Node) private _nodes;
     mapping(bytes32 peerIdHash => address operator) private _operatorByPeerId;
+    /// @dev Registered operators, unordered once one deregisters (swap and pop).
     address[] private _operators;
+    /// @dev 1 + the operator's index in `_operators`; 0 when not registered.
+    mapping(address operator => uint256) private _operatorSlot;
 
     event ValidationSet(address validation);
     event NodeRegistered(
@@ -61,10 +86,10 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     event Slashed(address indexed operator, uint256 amount, address to);
     event Jailed(address indexed operator, uint64 until);
     event Unjailed(address indexed operator);
+    event NodeDeregistered(address indexed operator, bytes peerId);
 
     error ZeroAmount();
     error ZeroAddress();
-    error EmptyPeerId();
     error PeerIdTaken(address operator);
     error AlreadyRegistered();
     error NotRegistered();
@@ -77,6 +102,12 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     error ValidationAlreadySet();
     error NotJailed();
     error StillJailed(uint64 jailedUntil);
+    error InvalidPeerIdSignature();
+    error TooManyMultiaddrs(uint256 count, uint256 max);
+    error MultiaddrTooLong(uint256 index, uint256 length, uint256 max);
+    error StakeNotWithdrawn(uint256 stake, uint256 unbonding);
+    error ValidationMismatch();
+    error UnbondingTooShort(uint64 unbondingPeriod, uint64 faultExposure);
 
     modifier onlyValidation() {
         if (msg.sender != validation) revert NotValidation();
@@ -90,27 +121,37 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
 
     /// @param token_ The staking token (BTT).
     /// @param minStake_ Bonded stake a node needs to be active.
-    /// @param unbondingPeriod_ Unbonding delay in seconds; keep it longer than the validation vote window so a
-    ///        node cannot withdraw ahead of a pending fault report.
+    /// @param unbondingPeriod_ Unbonding delay in seconds; `setValidation` requires it to exceed the validation
+    ///        contract's `faultExposure()`, so a node cannot withdraw ahead of a fault report about its answers.
     /// @param jailPeriod_ Seconds a jailed node stays inactive.
-    constructor(IERC20 token_, uint256 minStake_, uint64 unbondingPeriod_, uint64 jailPeriod_) Ownable(msg.sender) {
+    constructor(IERC20 token_, uint256 minStake_, uint64 unbondingPeriod_, uint64 jailPeriod_)
+        Ownable(msg.sender)
+        EIP712("InferGrid NodeRegistry", "1")
+    {
         token = token_;
         minStake = minStake_;
         unbondingPeriod = unbondingPeriod_;
         jailPeriod = jailPeriod_;
     }
 
-    /// @notice Sets the validation contract. Callable once, by the deployer; fixed afterwards.
+    /// @notice Sets the validation contract. Callable once, by the deployer; fixed afterwards. It must slash through
+    ///         this registry, in this token, and decide every fault report within this registry's unbonding period.
     /// @param validation_ The validation contract.
     function setValidation(address validation_) external onlyOwner {
         if (validation != address(0)) revert ValidationAlreadySet();
         if (validation_ == address(0)) revert ZeroAddress();
+        IValidationTerms terms = IValidationTerms(validation_);
+        if (terms.registry() != address(this) || address(terms.token()) != address(token)) revert ValidationMismatch();
+        uint64 exposure = terms.faultExposure();
+        if (unbondingPeriod <= exposure) revert UnbondingTooShort(unbondingPeriod, exposure);
         validation = validation_;
         emit ValidationSet(validation_);
     }
 
     /// @notice Registers the caller's node and bonds `stakeAmount`, pulled from the caller.
-    /// @param peerId libp2p peer id bytes; unique across nodes and fixed for the node's lifetime.
+    /// @param peerId libp2p peer id of a secp256k1 key (39 bytes, see `PeerIds`); unique across nodes and fixed for
+    ///        the node's lifetime.
+    /// @param peerIdSignature 65-byte signature by the peer id's key over `peerIdOwnershipDigest(msg.sender)`.
     /// @param modelId Model manifest id.
     /// @param firstBlock First layer block served (inclusive).
     /// @param lastBlock Last layer block served (inclusive).
@@ -119,6 +160,7 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     /// @param stakeAmount Initial stake; at least `minStake`.
     function register(
         bytes calldata peerId,
+        bytes calldata peerIdSignature,
         bytes32 modelId,
         uint32 firstBlock,
         uint32 lastBlock,
@@ -128,19 +170,16 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     ) external nonReentrant {
         Node storage node = _nodes[msg.sender];
         if (node.registeredAt != 0) revert AlreadyRegistered();
-        if (peerId.length == 0) revert EmptyPeerId();
-        bytes32 peerIdHash = keccak256(peerId);
-        address holder = _operatorByPeerId[peerIdHash];
-        if (holder != address(0)) revert PeerIdTaken(holder);
         if (stakeAmount == 0) revert ZeroAmount();
         if (stakeAmount < minStake) revert StakeBelowMinimum(stakeAmount, minStake);
+        _claimPeerId(peerId, peerIdSignature);
 
         node.peerId = peerId;
         node.stake = stakeAmount;
         node.registeredAt = uint64(block.timestamp);
         _setService(node, modelId, firstBlock, lastBlock, pricePerToken, multiaddrs);
-        _operatorByPeerId[peerIdHash] = msg.sender;
         _operators.push(msg.sender);
+        _operatorSlot[msg.sender] = _operators.length;
         emit NodeRegistered(msg.sender, peerId, modelId, firstBlock, lastBlock, pricePerToken, stakeAmount);
 
         token.safeTransferFrom(msg.sender, address(this), stakeAmount);
@@ -201,6 +240,26 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         token.safeTransfer(msg.sender, amount);
     }
 
+    /// @notice Removes the caller's node and frees its peer id. Only once nothing is bonded or unbonding (so every
+    ///         fault the node could still be convicted of was decided while its stake waited out the unbonding
+    ///         period) and no jail term runs.
+    function deregister() external onlyRegistered {
+        Node storage node = _nodes[msg.sender];
+        if (node.stake != 0 || node.unbonding != 0) revert StakeNotWithdrawn(node.stake, node.unbonding);
+        if (block.timestamp < node.jailedUntil) revert StillJailed(node.jailedUntil);
+        bytes memory peerId = node.peerId;
+        delete _operatorByPeerId[keccak256(peerId)];
+        uint256 index = _operatorSlot[msg.sender] - 1;
+        address last = _operators[_operators.length - 1];
+        _operators[index] = last;
+        _operatorSlot[last] = index + 1;
+        _operators.pop();
+        delete _operatorSlot[msg.sender];
+        delete node.multiaddrs;
+        delete _nodes[msg.sender];
+        emit NodeDeregistered(msg.sender, peerId);
+    }
+
     /// @notice Slashes up to `amount` from `operator`, bonded stake first, then unbonding stake.
     /// @dev Only the validation contract, after a fault has been proven by a quorum.
     /// @param operator The node's operator.
@@ -259,9 +318,27 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         return _nodes[operator].stake;
     }
 
+    /// @notice What a slash can take from `operator`: bonded plus unbonding stake. The validation contract reads
+    ///         this rather than `getNode`, whose cost grows with the node's record.
+    /// @param operator The node's operator.
+    /// @return Bonded plus unbonding stake in token wei.
+    function slashableStake(address operator) external view returns (uint256) {
+        Node storage node = _nodes[operator];
+        return node.stake + node.unbonding;
+    }
+
+    /// @notice The EIP-712 digest a peer id's key signs to let `operator` register it:
+    ///         `PeerIdOwnership(address operator)` in this registry's domain (name "InferGrid NodeRegistry",
+    ///         version "1", chain id, this contract).
+    /// @param operator The operator that will register the peer id.
+    /// @return The digest.
+    function peerIdOwnershipDigest(address operator) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(PEER_ID_OWNERSHIP_TYPEHASH, operator)));
+    }
+
     /// @notice Whether `operator` has registered a node.
     /// @param operator The node's operator.
-    /// @return True once registered (registration is permanent).
+    /// @return True from registration until deregistration.
     function isRegistered(address operator) external view returns (bool) {
         return _nodes[operator].registeredAt != 0;
     }
@@ -281,21 +358,42 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         return _operatorByPeerId[keccak256(peerId)];
     }
 
-    /// @notice Every operator that ever registered, in registration order.
-    /// @return The operators.
-    function operators() external view returns (address[] memory) {
-        return _operators;
+    /// @notice Number of registered operators: the length of the list `operators` and `activeNodes` page through.
+    /// @return The count.
+    function operatorCount() external view returns (uint256) {
+        return _operators.length;
     }
 
-    /// @notice Active nodes of `modelId` whose block range contains `blockIndex`.
-    /// @dev Linear in the number of operators: meant for off-chain calls.
+    /// @notice One page of the registered operators: positions [start, start + limit) of the list (clipped at its
+    ///         end). Registration appends; deregistration moves the last operator into the freed position.
+    /// @param start First position.
+    /// @param limit Most operators returned.
+    /// @return page The operators.
+    function operators(uint256 start, uint256 limit) external view returns (address[] memory page) {
+        uint256 end = _pageEnd(start, limit);
+        page = new address[](end > start ? end - start : 0);
+        for (uint256 i = start; i < end; ++i) {
+            page[i - start] = _operators[i];
+        }
+    }
+
+    /// @notice Active nodes of `modelId` whose block range contains `blockIndex`, among the operators at positions
+    ///         [start, start + limit) of the list (see `operators`). Page with the same `limit` until
+    ///         `start >= operatorCount()`; each call stays linear in `limit`, under `eth_call` gas caps.
     /// @param modelId Model manifest id.
     /// @param blockIndex A layer block index.
-    /// @return result Their operators, in registration order.
-    function activeNodes(bytes32 modelId, uint32 blockIndex) external view returns (address[] memory result) {
-        result = new address[](_operators.length);
+    /// @param start First position scanned.
+    /// @param limit Most positions scanned.
+    /// @return result Their operators, in list order.
+    function activeNodes(bytes32 modelId, uint32 blockIndex, uint256 start, uint256 limit)
+        external
+        view
+        returns (address[] memory result)
+    {
+        uint256 end = _pageEnd(start, limit);
+        result = new address[](end > start ? end - start : 0);
         uint256 count;
-        for (uint256 i; i < _operators.length; ++i) {
+        for (uint256 i = start; i < end; ++i) {
             address operator = _operators[i];
             Node storage node = _nodes[operator];
             if (
@@ -311,6 +409,23 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         }
     }
 
+    /// @dev Checks that `peerId` is a free secp256k1 peer id whose key signed the caller's ownership, and binds it
+    ///      to the caller.
+    function _claimPeerId(bytes calldata peerId, bytes calldata signature) private {
+        address peerKey = PeerIds.keyAddress(peerId);
+        bytes32 peerIdHash = keccak256(peerId);
+        address holder = _operatorByPeerId[peerIdHash];
+        if (holder != address(0)) revert PeerIdTaken(holder);
+        (address signer, ECDSA.RecoverError error,) = ECDSA.tryRecover(peerIdOwnershipDigest(msg.sender), signature);
+        if (error != ECDSA.RecoverError.NoError || signer != peerKey) revert InvalidPeerIdSignature();
+        _operatorByPeerId[peerIdHash] = msg.sender;
+    }
+
+    function _pageEnd(uint256 start, uint256 limit) private view returns (uint256) {
+        uint256 length = _operators.length;
+        return start >= length || limit >= length - start ? length : start + limit;
+    }
+
     function _setService(
         Node storage node,
         bytes32 modelId,
@@ -320,6 +435,7 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         string[] calldata multiaddrs
     ) private {
         if (lastBlock < firstBlock) revert InvalidBlockRange(firstBlock, lastBlock);
+        if (multiaddrs.length > MAX_MULTIADDRS) revert TooManyMultiaddrs(multiaddrs.length, MAX_MULTIADDRS);
         node.modelId = modelId;
         node.firstBlock = firstBlock;
         node.lastBlock = lastBlock;
@@ -327,6 +443,8 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         // The legacy code generator cannot copy calldata string[] to storage in one assignment.
         delete node.multiaddrs;
         for (uint256 i; i < multiaddrs.length; ++i) {
+            uint256 length = bytes(multiaddrs[i]).length;
+            if (length > MAX_MULTIADDR_LENGTH) revert MultiaddrTooLong(i, length, MAX_MULTIADDR_LENGTH);
             node.multiaddrs.push(multiaddrs[i]);
         }
     }

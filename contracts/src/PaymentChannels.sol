@@ -33,6 +33,16 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         bytes signature;
     }
 
+    /// @notice Why `redeemBatch` skipped a voucher.
+    enum SkipReason {
+        None,
+        UnknownChannel,
+        NotChannelNode,
+        ChannelExpired,
+        AlreadyRedeemed,
+        InvalidSignature
+    }
+
     /// @notice EIP-712 type hash of `Voucher(uint256 channelId,uint256 cumulativeAmount)`.
     bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(uint256 channelId,uint256 cumulativeAmount)");
 
@@ -48,6 +58,8 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     event ChannelOpened(uint256 indexed channelId, address indexed payer, address indexed node, uint256 deposit);
     event ChannelToppedUp(uint256 indexed channelId, uint256 amount, uint256 newDeposit);
     event VoucherRedeemed(uint256 indexed channelId, address indexed node, uint256 amount, uint256 cumulativePaid);
+    /// @notice `redeemBatch` left a voucher out because it can no longer be redeemed (or never could).
+    event VoucherSkipped(uint256 indexed channelId, uint256 cumulativeAmount, SkipReason reason);
     event CloseRequested(uint256 indexed channelId, uint64 closesAt);
     event CloseCancelled(uint256 indexed channelId);
     event ChannelClosed(uint256 indexed channelId, uint256 refund, uint256 totalPaid);
@@ -65,10 +77,13 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     error CloseNotRequested(uint256 channelId);
     error CloseWindowOpen(uint256 channelId, uint64 closesAt);
     error ChannelAlreadyClosed(uint256 channelId);
+    error ZeroCloseWindow();
 
     /// @param token_ The payment token (BTT).
-    /// @param closeWindow_ Seconds the node has to redeem after the payer requests a close.
+    /// @param closeWindow_ Seconds the node has to redeem after the payer requests a close; non-zero, or a payer
+    ///        could close and refund in one block, ahead of any redemption.
     constructor(IERC20 token_, uint64 closeWindow_) EIP712("InferGrid PaymentChannels", "1") {
+        if (closeWindow_ == 0) revert ZeroCloseWindow();
         token = token_;
         closeWindow = closeWindow_;
     }
@@ -113,21 +128,26 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     /// @param cumulativeAmount Total amount the payer owes on this channel so far.
     /// @param signature The payer's 65-byte r||s||v signature over `voucherDigest(channelId, cumulativeAmount)`.
     function redeem(uint256 channelId, uint256 cumulativeAmount, bytes calldata signature) external nonReentrant {
-        uint256 increase = _redeem(channelId, cumulativeAmount, signature);
+        (uint256 increase, SkipReason failure) = _redeem(channelId, cumulativeAmount, signature);
+        if (failure != SkipReason.None) _revertWith(failure, channelId, cumulativeAmount);
         token.safeTransfer(msg.sender, increase);
     }
 
-    /// @notice Redeems vouchers of several channels, all of which must belong to the caller, with one transfer.
-    ///         Reverts as a whole if any voucher would pay nothing.
+    /// @notice Redeems vouchers of several channels with one transfer. A voucher that cannot pay (unknown channel,
+    ///         not the caller's, expired, already redeemed, bad signature) is skipped with a `VoucherSkipped` event,
+    ///         so that a payer timing its close cannot make a whole batch revert.
     /// @param vouchers The vouchers; a channel may appear more than once with rising amounts.
-    function redeemBatch(SignedVoucher[] calldata vouchers) external nonReentrant {
+    /// @return total The amount paid to the caller.
+    function redeemBatch(SignedVoucher[] calldata vouchers) external nonReentrant returns (uint256 total) {
         if (vouchers.length == 0) revert EmptyBatch();
-        uint256 total;
         for (uint256 i; i < vouchers.length; ++i) {
             SignedVoucher calldata voucher = vouchers[i];
-            total += _redeem(voucher.channelId, voucher.cumulativeAmount, voucher.signature);
+            (uint256 increase, SkipReason failure) =
+                _redeem(voucher.channelId, voucher.cumulativeAmount, voucher.signature);
+            if (failure != SkipReason.None) emit VoucherSkipped(voucher.channelId, voucher.cumulativeAmount, failure);
+            total += increase;
         }
-        token.safeTransfer(msg.sender, total);
+        if (total != 0) token.safeTransfer(msg.sender, total);
     }
 
     /// @notice Starts the close window; after it `finalizeClose` refunds the unpaid deposit.
@@ -186,32 +206,43 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         return _channelCount;
     }
 
-    /// @dev Checks a voucher, books the increase and returns it; the caller transfers it. Cheap checks run before
-    ///      the signature recovery.
+    /// @dev Checks a voucher, books the increase and returns it; the caller transfers it. A voucher that cannot pay
+    ///      returns why and changes nothing. Cheap checks run before the signature recovery.
     function _redeem(uint256 channelId, uint256 cumulativeAmount, bytes calldata signature)
         private
-        returns (uint256 increase)
+        returns (uint256 increase, SkipReason failure)
     {
-        Channel storage channel = _existingChannel(channelId);
-        if (channel.node != msg.sender) revert NotChannelNode(channelId);
+        Channel storage channel = _channels[channelId];
+        address payer = channel.payer;
+        if (payer == address(0)) return (0, SkipReason.UnknownChannel);
+        if (channel.node != msg.sender) return (0, SkipReason.NotChannelNode);
         uint64 closesAt = channel.closesAt;
         // A finalized channel keeps its past `closesAt`, so this also rejects redeems after `finalizeClose`.
-        if (closesAt != 0 && block.timestamp >= closesAt) revert ChannelExpired(channelId);
+        if (closesAt != 0 && block.timestamp >= closesAt) return (0, SkipReason.ChannelExpired);
 
         uint256 deposit = channel.deposit;
         uint256 paid = channel.paid;
         uint256 payable_ = cumulativeAmount < deposit ? cumulativeAmount : deposit;
-        if (payable_ <= paid) revert VoucherAlreadyRedeemed(channelId, cumulativeAmount);
+        if (payable_ <= paid) return (0, SkipReason.AlreadyRedeemed);
 
         (address signer, ECDSA.RecoverError error,) =
             ECDSA.tryRecover(voucherDigest(channelId, cumulativeAmount), signature);
-        if (error != ECDSA.RecoverError.NoError || signer != channel.payer) revert InvalidSignature(channelId);
+        if (error != ECDSA.RecoverError.NoError || signer != payer) return (0, SkipReason.InvalidSignature);
 
         // payable_ <= deposit, which is a uint128.
         // forge-lint: disable-next-line(unsafe-typecast)
         channel.paid = uint128(payable_);
         increase = payable_ - paid;
         emit VoucherRedeemed(channelId, msg.sender, increase, payable_);
+    }
+
+    /// @dev `redeem` reports a voucher that cannot pay with the custom error of its reason.
+    function _revertWith(SkipReason failure, uint256 channelId, uint256 cumulativeAmount) private pure {
+        if (failure == SkipReason.UnknownChannel) revert UnknownChannel(channelId);
+        if (failure == SkipReason.NotChannelNode) revert NotChannelNode(channelId);
+        if (failure == SkipReason.ChannelExpired) revert ChannelExpired(channelId);
+        if (failure == SkipReason.AlreadyRedeemed) revert VoucherAlreadyRedeemed(channelId, cumulativeAmount);
+        revert InvalidSignature(channelId);
     }
 
     function _existingChannel(uint256 channelId) private view returns (Channel storage channel) {

@@ -116,6 +116,46 @@ contract InvariantsTest is Fixture {
         vm.assertEq(recorded, staking.slashedViaQuorum(), "recorded slashes");
     }
 
+    /// @notice (6) A slash needs guilty stake >= quorum of the snapshot total: for every convicted report, the
+    ///         stake of the validators that voted guilty, and the total, both taken from the handler's own record of
+    ///         stakes at the second before the report, reach the quorum; the contract's snapshot total agrees.
+    function invariant_slashNeedsSnapshotQuorum() public view {
+        for (uint256 id = 1; id <= validation.faultReportCount(); ++id) {
+            Validation.FaultReport memory report = validation.getFaultReport(id);
+            uint256 snapshot = report.reportedAt - 1;
+            uint256 total = staking.totalActiveStakeAt(snapshot);
+            vm.assertEq(report.snapshotTotal, total, "snapshot total");
+            if (report.status != validation.FAULT_GUILTY() && report.status != validation.FAULT_SUPERSEDED()) {
+                continue;
+            }
+            uint256 guilty;
+            for (uint256 i; i < staking.validatorCount(); ++i) {
+                if (validation.voteOf(id, staking.validators(i)) == validation.VOTE_GUILTY()) {
+                    guilty += staking.activeStakeAt(i, snapshot);
+                }
+            }
+            vm.assertGe(guilty * 10_000, total * validation.quorumBps(), "guilty quorum of the snapshot total");
+            vm.assertTrue(total != 0, "non-empty snapshot");
+        }
+    }
+
+    /// @notice (7) No report is decided outside its window: a guilty verdict falls within
+    ///         [reportedAt, reportedAt + voteWindow); after the window a report can only be rejected.
+    function invariant_noReportDecidedOutsideItsWindow() public view {
+        for (uint256 id = 1; id <= validation.faultReportCount(); ++id) {
+            Validation.FaultReport memory report = validation.getFaultReport(id);
+            uint256 decided = staking.decidedAt(id);
+            if (report.status == validation.FAULT_PENDING()) {
+                vm.assertEq(decided, 0, "pending is undecided");
+                continue;
+            }
+            vm.assertGe(decided, report.reportedAt, "not before the report");
+            if (report.status != validation.FAULT_REJECTED()) {
+                vm.assertLe(decided + 1, report.reportedAt + validation.voteWindow(), "guilty within the window");
+            }
+        }
+    }
+
     /// @notice (5) No withdrawal, of node or validator stake, happened before its unbonding period ended.
     function invariant_withdrawalsRespectUnbonding() public view {
         vm.assertFalse(staking.earlyWithdrawal(), "early withdrawal");

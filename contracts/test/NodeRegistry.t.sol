@@ -3,7 +3,9 @@ pragma solidity 0.8.30;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Fixture} from "./utils/Fixture.sol";
+import {PeerIds} from "../src/PeerIds.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
+import {Validation} from "../src/Validation.sol";
 
 contract NodeRegistryTest is Fixture {
     address internal op = address(0x0A1);
@@ -15,29 +17,50 @@ contract NodeRegistryTest is Fixture {
         fund(other, 1_000 ether);
     }
 
-    function _register(address operator, bytes memory peerId, uint256 stake) internal {
+    /// @dev Registers `operator` with the peer id of secp256k1 key `key`, blocks [2, 5] of MODEL.
+    function _register(address operator, uint256 key, uint256 stake) internal {
+        _register(operator, key, MODEL, 2, 5, stake);
+    }
+
+    function _register(address operator, uint256 key, bytes32 model, uint32 first, uint32 last, uint256 stake)
+        internal
+    {
+        bytes memory peerId = peerIdOf(key);
+        bytes memory proof = peerIdProof(key, operator);
         vm.prank(operator);
-        registry.register(peerId, MODEL, 2, 5, 3 gwei, multiaddrs(), stake);
+        registry.register(peerId, proof, model, first, last, 3 gwei, multiaddrs(), stake);
+    }
+
+    /// @dev Sets up `operator`'s registration with key `key` and expects it to revert with `error_`.
+    function _expectRegisterRevert(address operator, uint256 key, uint32 first, uint256 stake, bytes memory error_)
+        internal
+    {
+        bytes memory peerId = peerIdOf(key);
+        bytes memory proof = peerIdProof(key, operator);
+        vm.prank(operator);
+        vm.expectRevert(error_);
+        registry.register(peerId, proof, MODEL, first, 5, 3 gwei, multiaddrs(), stake);
     }
 
     // ---------------------------------------------------------------- setValidation
 
     function test_setValidation_onlyOnceAndOnlyOwner() public {
         NodeRegistry fresh = new NodeRegistry(btt, MIN_STAKE, UNBONDING_PERIOD, JAIL_PERIOD);
+        Validation wired = new Validation(btt, fresh, defaultParams());
         vm.prank(other);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, other));
-        fresh.setValidation(address(1));
+        fresh.setValidation(address(wired));
 
         vm.expectRevert(NodeRegistry.ZeroAddress.selector);
         fresh.setValidation(address(0));
 
         vm.expectEmit(address(fresh));
-        emit NodeRegistry.ValidationSet(address(1));
-        fresh.setValidation(address(1));
-        vm.assertEq(fresh.validation(), address(1), "validation");
+        emit NodeRegistry.ValidationSet(address(wired));
+        fresh.setValidation(address(wired));
+        vm.assertEq(fresh.validation(), address(wired), "validation");
 
         vm.expectRevert(NodeRegistry.ValidationAlreadySet.selector);
-        fresh.setValidation(address(2));
+        fresh.setValidation(address(validation));
     }
 
     function test_constructor_setsParameters() public view {
@@ -51,12 +74,13 @@ contract NodeRegistryTest is Fixture {
     // ---------------------------------------------------------------- register
 
     function test_register_storesNodeAndPullsStake() public {
+        bytes memory peerId = peerIdOf(0xAA);
         vm.expectEmit(address(registry));
-        emit NodeRegistry.NodeRegistered(op, hex"1220aa", MODEL, 2, 5, 3 gwei, 150 ether);
-        _register(op, hex"1220aa", 150 ether);
+        emit NodeRegistry.NodeRegistered(op, peerId, MODEL, 2, 5, 3 gwei, 150 ether);
+        _register(op, 0xAA, 150 ether);
 
         NodeRegistry.Node memory node = registry.getNode(op);
-        vm.assertEq(node.peerId, hex"1220aa", "peerId");
+        vm.assertEq(node.peerId, peerId, "peerId");
         vm.assertEq(node.modelId, MODEL, "modelId");
         vm.assertEq(uint256(node.firstBlock), 2, "firstBlock");
         vm.assertEq(uint256(node.lastBlock), 5, "lastBlock");
@@ -66,51 +90,73 @@ contract NodeRegistryTest is Fixture {
         vm.assertEq(node.stake, 150 ether, "stake");
         vm.assertEq(uint256(node.registeredAt), vm.getBlockTimestamp(), "registeredAt");
         vm.assertEq(btt.balanceOf(address(registry)), 150 ether, "held");
-        vm.assertEq(registry.operatorOf(hex"1220aa"), op, "operatorOf");
-        vm.assertEq(registry.operatorOf(hex"1220bb"), address(0), "unknown peer");
-        vm.assertEq(registry.operators().length, 1, "operators");
+        vm.assertEq(registry.operatorOf(peerId), op, "operatorOf");
+        vm.assertEq(registry.operatorOf(peerIdOf(0xBB)), address(0), "unknown peer");
+        vm.assertEq(registry.operatorCount(), 1, "operators");
+        vm.assertEq(registry.slashableStake(op), 150 ether, "slashable");
         vm.assertTrue(registry.isRegistered(op), "registered");
         vm.assertTrue(registry.isActive(op), "active");
         vm.assertEq(registry.stakeOf(op), 150 ether, "stakeOf");
     }
 
     function test_register_revertsWhenAlreadyRegistered() public {
-        _register(op, hex"01", MIN_STAKE);
-        vm.expectRevert(NodeRegistry.AlreadyRegistered.selector);
-        _register(op, hex"02", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
+        _expectRegisterRevert(op, 2, 2, MIN_STAKE, abi.encodeWithSelector(NodeRegistry.AlreadyRegistered.selector));
     }
 
-    function test_register_revertsOnEmptyPeerId() public {
-        vm.expectRevert(NodeRegistry.EmptyPeerId.selector);
-        _register(op, "", MIN_STAKE);
+    function test_register_revertsOnPeerIdsOfOtherKeyTypes() public {
+        bytes memory proof = peerIdProof(1, op);
+        bytes[] memory bad = new bytes[](4);
+        bad[0] = "";
+        // An ed25519 peer id: identity multihash of PublicKey{Type: Ed25519 (1), 32 bytes}.
+        bad[1] = abi.encodePacked(hex"002408011220", bytes32(uint256(1)));
+        // A secp256k1 peer id with a bad compressed-key prefix, and one cut short.
+        bytes memory peerId = peerIdOf(1);
+        peerId[6] = 0x04;
+        bad[2] = peerId;
+        bad[3] = hex"0025080212210211";
+        vm.startPrank(op);
+        for (uint256 i; i < bad.length; ++i) {
+            vm.expectRevert(PeerIds.UnsupportedPeerId.selector);
+            registry.register(bad[i], proof, MODEL, 0, 1, 1, multiaddrs(), MIN_STAKE);
+        }
+        // x = 5 is not the x of any secp256k1 point (5^3 + 7 is not a square mod p).
+        vm.expectRevert(PeerIds.InvalidPeerIdKey.selector);
+        registry.register(
+            abi.encodePacked(hex"00250802122102", bytes32(uint256(5))), proof, MODEL, 0, 1, 1, multiaddrs(), MIN_STAKE
+        );
+        vm.stopPrank();
     }
 
     function test_register_revertsOnDuplicatePeerId() public {
-        _register(op, hex"01", MIN_STAKE);
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.PeerIdTaken.selector, op));
-        _register(other, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
+        _expectRegisterRevert(other, 1, 2, MIN_STAKE, abi.encodeWithSelector(NodeRegistry.PeerIdTaken.selector, op));
     }
 
     function test_register_revertsOnZeroStake() public {
-        vm.expectRevert(NodeRegistry.ZeroAmount.selector);
-        _register(op, hex"01", 0);
+        _expectRegisterRevert(op, 1, 2, 0, abi.encodeWithSelector(NodeRegistry.ZeroAmount.selector));
     }
 
     function test_register_revertsBelowMinStake() public {
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.StakeBelowMinimum.selector, MIN_STAKE - 1, MIN_STAKE));
-        _register(op, hex"01", MIN_STAKE - 1);
+        _expectRegisterRevert(
+            op,
+            1,
+            2,
+            MIN_STAKE - 1,
+            abi.encodeWithSelector(NodeRegistry.StakeBelowMinimum.selector, MIN_STAKE - 1, MIN_STAKE)
+        );
     }
 
     function test_register_revertsOnInvertedBlockRange() public {
-        vm.prank(op);
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InvalidBlockRange.selector, 5, 4));
-        registry.register(hex"01", MODEL, 5, 4, 1, multiaddrs(), MIN_STAKE);
+        _expectRegisterRevert(
+            op, 1, 6, MIN_STAKE, abi.encodeWithSelector(NodeRegistry.InvalidBlockRange.selector, 6, 5)
+        );
     }
 
     // ---------------------------------------------------------------- updateService
 
     function test_updateService_replacesService() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         string[] memory addrs = new string[](2);
         addrs[0] = "/ip4/10.0.0.1/tcp/1";
         addrs[1] = "/ip4/10.0.0.1/udp/1/quic-v1";
@@ -126,7 +172,7 @@ contract NodeRegistryTest is Fixture {
         vm.assertEq(node.pricePerToken, 9, "price");
         vm.assertEq(node.multiaddrs.length, 2, "multiaddrs replaced");
         vm.assertEq(node.multiaddrs[1], addrs[1], "multiaddr");
-        vm.assertEq(node.peerId, hex"01", "peerId kept");
+        vm.assertEq(node.peerId, peerIdOf(1), "peerId kept");
     }
 
     function test_updateService_revertsWhenNotRegistered() public {
@@ -136,7 +182,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_updateService_revertsOnInvertedBlockRange() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InvalidBlockRange.selector, 2, 1));
         registry.updateService(MODEL, 2, 1, 1, multiaddrs());
@@ -145,7 +191,7 @@ contract NodeRegistryTest is Fixture {
     // ---------------------------------------------------------------- stake
 
     function test_addStake() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.expectEmit(address(registry));
         emit NodeRegistry.StakeAdded(op, 5 ether, MIN_STAKE + 5 ether);
         vm.prank(op);
@@ -155,7 +201,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_addStake_revertsOnZero() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(NodeRegistry.ZeroAmount.selector);
         registry.addStake(0);
@@ -171,7 +217,7 @@ contract NodeRegistryTest is Fixture {
         stake = bound(stake, MIN_STAKE, 1_000 ether);
         unbond = bound(unbond, 1, stake);
         wait = bound(wait, 0, 2 * UNBONDING_PERIOD);
-        _register(op, hex"01", stake);
+        _register(op, 1, stake);
 
         uint64 endsAt = uint64(vm.getBlockTimestamp()) + UNBONDING_PERIOD;
         vm.expectEmit(address(registry));
@@ -199,7 +245,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_requestUnbond_restartsTimer() public {
-        _register(op, hex"01", 200 ether);
+        _register(op, 1, 200 ether);
         vm.prank(op);
         registry.requestUnbond(10 ether);
         vm.warp(vm.getBlockTimestamp() + UNBONDING_PERIOD - 1);
@@ -212,14 +258,14 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_requestUnbond_revertsOnZero() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(NodeRegistry.ZeroAmount.selector);
         registry.requestUnbond(0);
     }
 
     function test_requestUnbond_revertsAboveStake() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientStake.selector, MIN_STAKE + 1, MIN_STAKE));
         registry.requestUnbond(MIN_STAKE + 1);
@@ -232,7 +278,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_withdraw_revertsWithNothingPending() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(NodeRegistry.NothingToWithdraw.selector);
         registry.withdraw();
@@ -241,7 +287,7 @@ contract NodeRegistryTest is Fixture {
     // ---------------------------------------------------------------- slash and jail
 
     function test_slash_takesStakeThenUnbonding() public {
-        _register(op, hex"01", 200 ether);
+        _register(op, 1, 200 ether);
         vm.prank(op);
         registry.requestUnbond(50 ether);
 
@@ -257,7 +303,7 @@ contract NodeRegistryTest is Fixture {
 
     function testFuzz_slash_cappedAtHoldings(uint256 amount) public {
         amount = bound(amount, 1, type(uint128).max);
-        _register(op, hex"01", 200 ether);
+        _register(op, 1, 200 ether);
         vm.prank(address(validation));
         uint256 slashed = registry.slash(op, amount, treasury);
         vm.assertEq(slashed, amount < 200 ether ? amount : 200 ether, "capped");
@@ -266,7 +312,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_slash_revertsForNonValidation() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.expectRevert(NodeRegistry.NotValidation.selector);
         registry.slash(op, 1, treasury);
     }
@@ -278,14 +324,14 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_jailAndUnjail() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         uint64 until = uint64(vm.getBlockTimestamp()) + JAIL_PERIOD;
         vm.expectEmit(address(registry));
         emit NodeRegistry.Jailed(op, until);
         vm.prank(address(validation));
         registry.jail(op);
         vm.assertFalse(registry.isActive(op), "jailed is inactive");
-        vm.assertEq(registry.activeNodes(MODEL, 0).length, 0, "not listed");
+        vm.assertEq(registry.activeNodes(MODEL, 2, 0, 10).length, 0, "not listed");
 
         vm.prank(op);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.StillJailed.selector, until));
@@ -301,7 +347,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_jail_revertsForNonValidation() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.expectRevert(NodeRegistry.NotValidation.selector);
         registry.jail(op);
     }
@@ -313,7 +359,7 @@ contract NodeRegistryTest is Fixture {
     }
 
     function test_unjail_revertsWhenNotJailed() public {
-        _register(op, hex"01", MIN_STAKE);
+        _register(op, 1, MIN_STAKE);
         vm.prank(op);
         vm.expectRevert(NodeRegistry.NotJailed.selector);
         registry.unjail();
@@ -328,24 +374,30 @@ contract NodeRegistryTest is Fixture {
     // ---------------------------------------------------------------- discovery
 
     function test_activeNodes_filtersByModelRangeAndActivity() public {
-        _register(op, hex"01", MIN_STAKE); // blocks [2, 5]
-        vm.prank(other);
-        registry.register(hex"02", MODEL, 0, 2, 1, multiaddrs(), MIN_STAKE);
+        _register(op, 1, MIN_STAKE); // blocks [2, 5]
+        _register(other, 2, MODEL, 0, 2, MIN_STAKE);
         address third = address(0x0A3);
         fund(third, MIN_STAKE);
-        vm.prank(third);
-        registry.register(hex"03", keccak256("other model"), 0, 9, 1, multiaddrs(), MIN_STAKE);
+        _register(third, 3, keccak256("other model"), 0, 9, MIN_STAKE);
 
-        vm.assertEq(registry.activeNodes(MODEL, 2).length, 2, "both cover block 2");
-        address[] memory onlyOp = registry.activeNodes(MODEL, 5);
+        vm.assertEq(registry.activeNodes(MODEL, 2, 0, 10).length, 2, "both cover block 2");
+        address[] memory onlyOp = registry.activeNodes(MODEL, 5, 0, 10);
         vm.assertEq(onlyOp.length, 1, "one covers block 5");
         vm.assertEq(onlyOp[0], op, "op");
-        vm.assertEq(registry.activeNodes(MODEL, 6).length, 0, "none cover block 6");
+        vm.assertEq(registry.activeNodes(MODEL, 6, 0, 10).length, 0, "none cover block 6");
+        // Pages scan positions: [0, 1) holds op, [1, 3) holds other and third.
+        vm.assertEq(registry.activeNodes(MODEL, 2, 0, 1)[0], op, "page 1");
+        vm.assertEq(registry.activeNodes(MODEL, 2, 1, 2)[0], other, "page 2");
+        vm.assertEq(registry.activeNodes(MODEL, 2, 3, 5).length, 0, "past the end");
 
         vm.prank(op);
         registry.requestUnbond(1);
-        vm.assertEq(registry.activeNodes(MODEL, 2).length, 1, "below min stake drops out");
-        vm.assertEq(registry.operators().length, 3, "operators keeps everyone");
+        vm.assertEq(registry.activeNodes(MODEL, 2, 0, 10).length, 1, "below min stake drops out");
+        vm.assertEq(registry.operatorCount(), 3, "operators keeps everyone registered");
+        address[] memory page = registry.operators(1, 5);
+        vm.assertEq(page.length, 2, "clipped page");
+        vm.assertEq(page[0], other, "second");
+        vm.assertEq(page[1], third, "third");
     }
 
     function test_isActive_falseForUnknown() public view {

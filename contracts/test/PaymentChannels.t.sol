@@ -258,24 +258,44 @@ contract PaymentChannelsTest is Fixture {
         channels.redeemBatch(new PaymentChannels.SignedVoucher[](0));
     }
 
-    function test_redeemBatch_revertsOnForeignChannel() public {
+    function test_redeemBatch_skipsVouchersThatCannotPay() public {
         vm.prank(payer);
         uint256 foreign = channels.open(address(0xBEEF), 50 ether);
-        PaymentChannels.SignedVoucher[] memory vouchers = new PaymentChannels.SignedVoucher[](2);
+        (, uint256 strangerKey) = makeAccount("stranger");
+        PaymentChannels.SignedVoucher[] memory vouchers = new PaymentChannels.SignedVoucher[](5);
         vouchers[0] = PaymentChannels.SignedVoucher(id, 10 ether, signVoucher(payerKey, id, 10 ether));
         vouchers[1] = PaymentChannels.SignedVoucher(foreign, 1 ether, signVoucher(payerKey, foreign, 1 ether));
+        vouchers[2] = vouchers[0];
+        vouchers[3] = PaymentChannels.SignedVoucher(99, 1 ether, signVoucher(payerKey, 99, 1 ether));
+        vouchers[4] = PaymentChannels.SignedVoucher(id, 20 ether, signVoucher(strangerKey, id, 20 ether));
+        vm.expectEmit(address(channels));
+        emit PaymentChannels.VoucherRedeemed(id, node, 10 ether, 10 ether);
+        vm.expectEmit(address(channels));
+        emit PaymentChannels.VoucherSkipped(foreign, 1 ether, PaymentChannels.SkipReason.NotChannelNode);
+        vm.expectEmit(address(channels));
+        emit PaymentChannels.VoucherSkipped(id, 10 ether, PaymentChannels.SkipReason.AlreadyRedeemed);
+        vm.expectEmit(address(channels));
+        emit PaymentChannels.VoucherSkipped(99, 1 ether, PaymentChannels.SkipReason.UnknownChannel);
+        vm.expectEmit(address(channels));
+        emit PaymentChannels.VoucherSkipped(id, 20 ether, PaymentChannels.SkipReason.InvalidSignature);
         vm.prank(node);
-        vm.expectRevert(abi.encodeWithSelector(PaymentChannels.NotChannelNode.selector, foreign));
-        channels.redeemBatch(vouchers);
+        uint256 total = channels.redeemBatch(vouchers);
+        vm.assertEq(total, 10 ether, "only the valid voucher paid");
+        vm.assertEq(btt.balanceOf(node), 10 ether, "node paid once");
+        vm.assertEq(uint256(channels.getChannel(foreign).paid), 0, "foreign channel untouched");
     }
 
-    function test_redeemBatch_revertsOnDuplicateVoucher() public {
-        PaymentChannels.SignedVoucher[] memory vouchers = new PaymentChannels.SignedVoucher[](2);
-        vouchers[0] = PaymentChannels.SignedVoucher(id, 10 ether, signVoucher(payerKey, id, 10 ether));
-        vouchers[1] = vouchers[0];
+    function test_redeemBatch_nothingPayableTransfersNothing() public {
+        PaymentChannels.SignedVoucher[] memory vouchers = new PaymentChannels.SignedVoucher[](1);
+        vouchers[0] = PaymentChannels.SignedVoucher(id, 0, signVoucher(payerKey, id, 0));
         vm.prank(node);
-        vm.expectRevert(abi.encodeWithSelector(PaymentChannels.VoucherAlreadyRedeemed.selector, id, 10 ether));
-        channels.redeemBatch(vouchers);
+        vm.assertEq(channels.redeemBatch(vouchers), 0, "nothing paid");
+        vm.assertEq(btt.balanceOf(node), 0, "no transfer");
+    }
+
+    function test_constructor_revertsOnZeroCloseWindow() public {
+        vm.expectRevert(PaymentChannels.ZeroCloseWindow.selector);
+        new PaymentChannels(btt, 0);
     }
 
     // ---------------------------------------------------------------- close

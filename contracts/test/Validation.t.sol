@@ -5,6 +5,7 @@ import {Fixture} from "./utils/Fixture.sol";
 import {console} from "./utils/Test.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
 import {Validation} from "../src/Validation.sol";
+import {BTT} from "../src/BTT.sol";
 
 contract ValidationTest is Fixture {
     bytes32 internal constant REQUEST = keccak256("challenge request");
@@ -12,12 +13,16 @@ contract ValidationTest is Fixture {
     bytes32 internal constant WRONG = keccak256("wrong output");
     bytes32 internal constant SALT = keccak256("salt");
     uint256 internal constant NODE_STAKE = 1_000 ether;
+    /// @dev Roots are committed in setUp, during epoch 0, for epoch E, which the tests then run in.
+    uint64 internal constant E = 1;
 
     address internal node;
     uint256 internal nodeKey;
     address[3] internal validators = [address(0x7A1), address(0x7A2), address(0x7A3)];
     bytes32 internal root;
     bytes32[] internal proof;
+    /// @dev The epoch the result helpers work on.
+    uint64 internal round = E;
 
     function setUp() public override {
         super.setUp();
@@ -27,36 +32,37 @@ contract ValidationTest is Fixture {
         for (uint256 i; i < 3; ++i) {
             registerValidator(validators[i], MIN_VALIDATOR_STAKE);
             vm.prank(validators[i]);
-            validation.commitChallengeRoot(0, root);
+            validation.commitChallengeRoot(E, root);
         }
+        vm.warp(validation.epochEnd(0));
     }
 
     // ---------------------------------------------------------------- helpers
 
     function _commit(address validator, uint32 passed, uint32 failed) internal {
-        bytes32 commitment = validation.resultCommitment(node, 0, passed, failed, SALT, validator);
+        bytes32 commitment = validation.resultCommitment(node, round, passed, failed, SALT, validator);
         vm.prank(validator);
-        validation.commitResult(node, 0, commitment);
+        validation.commitResult(node, round, commitment);
     }
 
     function _reveal(address validator, uint32 passed, uint32 failed) internal {
         vm.prank(validator);
-        validation.revealResult(node, 0, passed, failed, SALT);
+        validation.revealResult(node, round, passed, failed, SALT);
     }
 
     function _toCommitWindow() internal {
-        vm.warp(validation.epochEnd(0));
+        vm.warp(validation.epochEnd(round));
     }
 
     function _toRevealWindow() internal {
-        vm.warp(validation.epochEnd(0) + COMMIT_WINDOW);
+        vm.warp(validation.epochEnd(round) + COMMIT_WINDOW);
     }
 
     function _evidence(bytes32 output) internal view returns (Validation.Evidence memory) {
         return Validation.Evidence({
             requestHash: REQUEST,
             outputHash: output,
-            nodeSignature: signature(nodeKey, validation.responseDigest(REQUEST, output)),
+            nodeSignature: signature(nodeKey, validation.responseDigest(REQUEST, output, E)),
             expectedOutputHash: EXPECTED,
             proof: proof
         });
@@ -65,7 +71,7 @@ contract ValidationTest is Fixture {
     function _report() internal returns (uint256) {
         Validation.Evidence memory evidence = _evidence(WRONG);
         vm.prank(validators[0]);
-        return validation.reportFault(node, 0, evidence);
+        return validation.reportFault(node, E, evidence);
     }
 
     // ---------------------------------------------------------------- parameters and epochs
@@ -78,7 +84,7 @@ contract ValidationTest is Fixture {
         vm.assertEq(address(validation.registry()), address(registry), "registry");
         vm.assertEq(address(validation.token()), address(btt), "token");
         uint256 genesis = validation.genesis();
-        vm.assertEq(uint256(validation.currentEpoch()), 0, "epoch 0");
+        vm.assertEq(uint256(validation.currentEpoch()), E, "setUp moved into epoch E");
         vm.assertEq(uint256(validation.epochEnd(0)), genesis + EPOCH, "end 0");
         vm.warp(genesis + 5 * EPOCH + 1);
         vm.assertEq(uint256(validation.currentEpoch()), 5, "epoch 5");
@@ -97,6 +103,21 @@ contract ValidationTest is Fixture {
         p.epochDuration = 0;
         vm.expectRevert(Validation.InvalidParams.selector);
         new Validation(btt, registry, p);
+    }
+
+    function test_constructor_revertsOnUnbondingWithinExposureOrForeignToken() public {
+        Validation.Params memory p = defaultParams();
+        uint64 exposure = EPOCH + COMMIT_WINDOW + REVEAL_WINDOW + VOTE_WINDOW;
+        vm.assertEq(uint256(validation.faultExposure()), exposure, "exposure");
+        p.unbondingPeriod = VOTE_WINDOW; // vote, withdraw, vote again from a new address
+        vm.expectRevert(abi.encodeWithSelector(Validation.UnbondingTooShort.selector, VOTE_WINDOW, exposure));
+        new Validation(btt, registry, p);
+        p.unbondingPeriod = exposure;
+        vm.expectRevert(abi.encodeWithSelector(Validation.UnbondingTooShort.selector, exposure, exposure));
+        new Validation(btt, registry, p);
+        BTT other = new BTT(address(this));
+        vm.expectRevert(Validation.TokenMismatch.selector);
+        new Validation(other, registry, defaultParams());
     }
 
     // ---------------------------------------------------------------- validator stake
@@ -200,19 +221,21 @@ contract ValidationTest is Fixture {
     }
 
     function test_commitChallengeRoot_reverts() public {
-        vm.prank(validators[0]);
+        vm.startPrank(validators[0]);
+        validation.commitChallengeRoot(E + 1, root);
         vm.expectRevert(Validation.RootAlreadyCommitted.selector);
-        validation.commitChallengeRoot(0, root);
-        vm.prank(validators[0]);
+        validation.commitChallengeRoot(E + 1, root);
         vm.expectRevert(Validation.ZeroRoot.selector);
-        validation.commitChallengeRoot(1, bytes32(0));
+        validation.commitChallengeRoot(E + 2, bytes32(0));
+        // The current epoch has begun: a root for it could be built from answers already seen.
+        vm.expectRevert(abi.encodeWithSelector(Validation.EpochStarted.selector, E, E));
+        validation.commitChallengeRoot(E, root);
+        vm.expectRevert(abi.encodeWithSelector(Validation.EpochStarted.selector, 0, E));
+        validation.commitChallengeRoot(0, root);
+        vm.stopPrank();
         vm.prank(address(0xBAD));
         vm.expectRevert(Validation.NotValidator.selector);
-        validation.commitChallengeRoot(1, root);
-        vm.warp(validation.epochEnd(1));
-        vm.prank(validators[0]);
-        vm.expectRevert(abi.encodeWithSelector(Validation.EpochPassed.selector, 1, 2));
-        validation.commitChallengeRoot(1, root);
+        validation.commitChallengeRoot(E + 1, root);
     }
 
     // ---------------------------------------------------------------- results
@@ -224,13 +247,13 @@ contract ValidationTest is Fixture {
         _commit(validators[2], 10, 0);
         _toRevealWindow();
         vm.expectEmit(address(validation));
-        emit Validation.ResultRevealed(validators[0], node, 0, 9, 1);
+        emit Validation.ResultRevealed(validators[0], node, E, 9, 1);
         _reveal(validators[0], 9, 1);
         _reveal(validators[1], 8, 2);
         vm.assertEq(validation.reputationOf(node), 5_000, "neutral before quorum");
         // Equal stakes: score = (9000 + 8000 + 10000) / 3 = 9000; first scored epoch takes it as is.
         vm.expectEmit(address(validation));
-        emit Validation.ResultFinalized(node, 0, 9_000, 9_000, 27, 3);
+        emit Validation.ResultFinalized(node, E, 9_000, 9_000, 27, 3);
         _reveal(validators[2], 10, 0);
 
         Validation.NodeRecord memory record = validation.getNodeRecord(node);
@@ -238,26 +261,16 @@ contract ValidationTest is Fixture {
         vm.assertEq(uint256(record.epochsScored), 1, "epochs");
         vm.assertEq(uint256(record.challengesPassed), 27, "passed");
         vm.assertEq(uint256(record.challengesFailed), 3, "failed");
-        vm.assertTrue(validation.getEpochResult(node, 0).finalized, "finalized");
+        vm.assertTrue(validation.getEpochResult(node, E).finalized, "finalized");
     }
 
     function test_results_emaOnSecondEpoch() public {
-        _scoreEpoch(0, 10, 0); // reputation 10000
         for (uint256 i; i < 3; ++i) {
             vm.prank(validators[i]);
-            validation.commitChallengeRoot(1, root);
+            validation.commitChallengeRoot(E + 1, root);
         }
-        vm.warp(validation.epochEnd(1));
-        for (uint256 i; i < 3; ++i) {
-            bytes32 commitment = validation.resultCommitment(node, 1, 0, 4, SALT, validators[i]);
-            vm.prank(validators[i]);
-            validation.commitResult(node, 1, commitment);
-        }
-        vm.warp(validation.epochEnd(1) + COMMIT_WINDOW);
-        for (uint256 i; i < 3; ++i) {
-            vm.prank(validators[i]);
-            validation.revealResult(node, 1, 0, 4, SALT);
-        }
+        _scoreEpoch(E, 10, 0); // reputation 10000
+        _scoreEpoch(E + 1, 0, 4);
         // (10000 * (10000 - 3000) + 0 * 3000) / 10000 = 7000
         vm.assertEq(validation.reputationOf(node), 7_000, "ema");
     }
@@ -294,10 +307,10 @@ contract ValidationTest is Fixture {
         _commit(validators[2], p1, f1);
         _toRevealWindow();
         _reveal(validators[0], p0, f0);
-        if (!validation.getEpochResult(node, 0).finalized) _reveal(validators[1], p1, f1);
-        if (!validation.getEpochResult(node, 0).finalized) _reveal(validators[2], p1, f1);
+        if (!validation.getEpochResult(node, E).finalized) _reveal(validators[1], p1, f1);
+        if (!validation.getEpochResult(node, E).finalized) _reveal(validators[2], p1, f1);
 
-        Validation.EpochResult memory result = validation.getEpochResult(node, 0);
+        Validation.EpochResult memory result = validation.getEpochResult(node, E);
         uint256 score0 = uint256(p0) * 10_000 / (uint256(p0) + f0);
         uint256 score1 = uint256(p1) * 10_000 / (uint256(p1) + f1);
         uint256 revealedOthers = result.revealedStake - s0;
@@ -307,37 +320,37 @@ contract ValidationTest is Fixture {
     }
 
     function test_commitResult_reverts() public {
-        bytes32 c = validation.resultCommitment(node, 0, 1, 0, SALT, validators[0]);
-        uint64 end = validation.epochEnd(0);
+        bytes32 c = validation.resultCommitment(node, E, 1, 0, SALT, validators[0]);
+        uint64 end = validation.epochEnd(E);
         vm.prank(validators[0]);
         vm.expectRevert(abi.encodeWithSelector(Validation.EpochNotEnded.selector, end));
-        validation.commitResult(node, 0, c);
+        validation.commitResult(node, E, c);
 
         _toCommitWindow();
         vm.prank(address(0xBAD));
-        vm.expectRevert(Validation.NotValidator.selector);
-        validation.commitResult(node, 0, c);
+        vm.expectRevert(Validation.NoChallengeRoot.selector);
+        validation.commitResult(node, E, c);
 
         address v4 = address(0x7A4);
         registerValidator(v4, MIN_VALIDATOR_STAKE);
         vm.prank(v4);
         vm.expectRevert(Validation.NoChallengeRoot.selector);
-        validation.commitResult(node, 0, c);
+        validation.commitResult(node, E, c);
 
         vm.prank(validators[0]);
         vm.expectRevert(Validation.ZeroCommitment.selector);
-        validation.commitResult(node, 0, bytes32(0));
+        validation.commitResult(node, E, bytes32(0));
 
         vm.prank(validators[0]);
-        validation.commitResult(node, 0, c);
+        validation.commitResult(node, E, c);
         vm.prank(validators[0]);
         vm.expectRevert(Validation.AlreadyCommitted.selector);
-        validation.commitResult(node, 0, c);
+        validation.commitResult(node, E, c);
 
         _toRevealWindow();
         vm.prank(validators[1]);
         vm.expectRevert(abi.encodeWithSelector(Validation.CommitWindowClosed.selector, end + COMMIT_WINDOW));
-        validation.commitResult(node, 0, c);
+        validation.commitResult(node, E, c);
     }
 
     function test_revealResult_reverts() public {
@@ -345,48 +358,53 @@ contract ValidationTest is Fixture {
         _commit(validators[0], 5, 5);
         _commit(validators[1], 5, 5);
         _commit(validators[2], 0, 0);
-        uint64 opensAt = validation.epochEnd(0) + COMMIT_WINDOW;
+        uint64 opensAt = validation.epochEnd(E) + COMMIT_WINDOW;
 
         vm.prank(validators[0]);
         vm.expectRevert(abi.encodeWithSelector(Validation.RevealWindowNotOpen.selector, opensAt));
-        validation.revealResult(node, 0, 5, 5, SALT);
+        validation.revealResult(node, E, 5, 5, SALT);
 
         _toRevealWindow();
         vm.prank(address(0xBAD));
-        vm.expectRevert(Validation.NotValidator.selector);
-        validation.revealResult(node, 0, 5, 5, SALT);
+        vm.expectRevert(Validation.NoCommitment.selector);
+        validation.revealResult(node, E, 5, 5, SALT);
 
         address v4 = address(0x7A4);
         registerValidator(v4, MIN_VALIDATOR_STAKE);
         vm.prank(v4);
         vm.expectRevert(Validation.NoCommitment.selector);
-        validation.revealResult(node, 0, 5, 5, SALT);
+        validation.revealResult(node, E, 5, 5, SALT);
 
         vm.prank(validators[0]);
         vm.expectRevert(Validation.CommitmentMismatch.selector);
-        validation.revealResult(node, 0, 6, 4, SALT);
+        validation.revealResult(node, E, 6, 4, SALT);
 
         vm.prank(validators[2]);
         vm.expectRevert(Validation.EmptyResult.selector);
-        validation.revealResult(node, 0, 0, 0, SALT);
+        validation.revealResult(node, E, 0, 0, SALT);
 
         _reveal(validators[0], 5, 5);
         vm.prank(validators[0]);
         vm.expectRevert(Validation.AlreadyRevealed.selector);
-        validation.revealResult(node, 0, 5, 5, SALT);
+        validation.revealResult(node, E, 5, 5, SALT);
 
         vm.warp(opensAt + REVEAL_WINDOW);
         vm.prank(validators[1]);
         vm.expectRevert(abi.encodeWithSelector(Validation.RevealWindowClosed.selector, opensAt + REVEAL_WINDOW));
-        validation.revealResult(node, 0, 5, 5, SALT);
+        validation.revealResult(node, E, 5, 5, SALT);
     }
 
     function test_revealResult_revertsAfterFinalization() public {
         // A fourth validator makes three of four a quorum; the fourth reveal comes too late.
         address v4 = address(0x7A4);
         registerValidator(v4, MIN_VALIDATOR_STAKE);
+        round = E + 1;
         vm.prank(v4);
-        validation.commitChallengeRoot(0, root);
+        validation.commitChallengeRoot(round, root);
+        for (uint256 i; i < 3; ++i) {
+            vm.prank(validators[i]);
+            validation.commitChallengeRoot(round, root);
+        }
         _toCommitWindow();
         for (uint256 i; i < 3; ++i) {
             _commit(validators[i], 1, 0);
@@ -398,7 +416,7 @@ contract ValidationTest is Fixture {
         }
         vm.prank(v4);
         vm.expectRevert(Validation.ResultAlreadyFinalized.selector);
-        validation.revealResult(node, 0, 1, 0, SALT);
+        validation.revealResult(node, round, 1, 0, SALT);
     }
 
     function test_gas_quorumCompletingReveal() public {
@@ -409,14 +427,14 @@ contract ValidationTest is Fixture {
         _toRevealWindow();
         _reveal(validators[0], 9, 1);
         _reveal(validators[1], 9, 1);
-        bytes memory data = abi.encodeCall(Validation.revealResult, (node, 0, 9, 1, SALT));
+        bytes memory data = abi.encodeCall(Validation.revealResult, (node, E, 9, 1, SALT));
         vm.cool(address(validation));
         vm.prank(validators[2]);
         vm.startSnapshotGas("revealCompletingQuorum");
         (bool ok,) = address(validation).call(data);
         uint256 gasUsed = vm.stopSnapshotGas();
         vm.assertTrue(ok, "reveal succeeded");
-        vm.assertTrue(validation.getEpochResult(node, 0).finalized, "finalized");
+        vm.assertTrue(validation.getEpochResult(node, E).finalized, "finalized");
         console.log("reveal completing a quorum of 3 (gas)", gasUsed);
         vm.assertLe(gasUsed, 100_000, "reveal target");
     }
@@ -426,7 +444,7 @@ contract ValidationTest is Fixture {
     function test_fault_guiltyQuorumSlashesJailsAndRewards() public {
         uint256 reporterBefore = btt.balanceOf(validators[0]);
         vm.expectEmit(address(validation));
-        emit Validation.FaultReported(1, node, validators[0], 0, REQUEST, WRONG, EXPECTED);
+        emit Validation.FaultReported(1, node, validators[0], E, REQUEST, WRONG, EXPECTED);
         uint256 id = _report();
         vm.assertEq(id, 1, "first id");
         vm.assertEq(validation.faultReportCount(), 1, "count");
@@ -471,6 +489,8 @@ contract ValidationTest is Fixture {
         fund(validators[0], 10_000 ether);
         vm.prank(validators[0]);
         validation.addValidatorStake(10_000 ether);
+        // Weights are read at the second before the report: stake added in the report's own second does not count.
+        vm.warp(vm.getBlockTimestamp() + 1);
         uint256 id = _report();
         vm.assertEq(uint256(validation.getFaultReport(id).status), 1, "guilty at once");
     }
@@ -502,8 +522,9 @@ contract ValidationTest is Fixture {
         vm.prank(validators[0]);
         vm.expectRevert(Validation.AlreadyVoted.selector);
         validation.voteOnFault(id, true);
+        uint48 snapshot = uint48(vm.getBlockTimestamp() - 1);
         vm.prank(address(0xBAD));
-        vm.expectRevert(Validation.NotValidator.selector);
+        vm.expectRevert(abi.encodeWithSelector(Validation.NoStakeAtSnapshot.selector, snapshot));
         validation.voteOnFault(id, true);
         vm.prank(validators[1]);
         validation.voteOnFault(id, false); // rejects: quorum unreachable
@@ -517,53 +538,63 @@ contract ValidationTest is Fixture {
         evidence.expectedOutputHash = keccak256("not in the set");
         vm.prank(validators[0]);
         vm.expectRevert(Validation.InvalidProof.selector);
-        validation.reportFault(node, 0, evidence);
+        validation.reportFault(node, E, evidence);
     }
 
     function test_reportFault_revertsOnBadNodeSignature() public {
         Validation.Evidence memory evidence = _evidence(WRONG);
         (, uint256 otherKey) = makeAccount("impostor");
-        evidence.nodeSignature = signature(otherKey, validation.responseDigest(REQUEST, WRONG));
+        evidence.nodeSignature = signature(otherKey, validation.responseDigest(REQUEST, WRONG, E));
         vm.prank(validators[0]);
         vm.expectRevert(Validation.InvalidNodeSignature.selector);
-        validation.reportFault(node, 0, evidence);
+        validation.reportFault(node, E, evidence);
 
         evidence.nodeSignature = hex"1234";
         vm.prank(validators[0]);
         vm.expectRevert(Validation.InvalidNodeSignature.selector);
-        validation.reportFault(node, 0, evidence);
+        validation.reportFault(node, E, evidence);
     }
 
     function test_reportFault_revertsOnEqualHashes() public {
         Validation.Evidence memory evidence = _evidence(EXPECTED);
         vm.prank(validators[0]);
         vm.expectRevert(Validation.OutputMatchesExpected.selector);
-        validation.reportFault(node, 0, evidence);
+        validation.reportFault(node, E, evidence);
     }
 
-    function test_reportFault_revertsOnDuplicate() public {
+    function test_reportFault_revertsOnDuplicateByTheSameReporter() public {
         uint256 id = _report();
-        vm.prank(validators[1]);
-        validation.commitChallengeRoot(1, root);
         Validation.Evidence memory evidence = _evidence(WRONG);
-        vm.prank(validators[1]);
+        vm.prank(validators[0]);
         vm.expectRevert(abi.encodeWithSelector(Validation.FaultAlreadyReported.selector, id));
-        validation.reportFault(node, 1, evidence);
+        validation.reportFault(node, E, evidence);
+        vm.assertEq(validation.reportIdOf(node, REQUEST, validators[0]), id, "keyed by reporter");
     }
 
     function test_reportFault_revertsWithoutRootOrStakeOrNode() public {
         Validation.Evidence memory evidence = _evidence(WRONG);
         vm.prank(validators[0]);
         vm.expectRevert(Validation.NoChallengeRoot.selector);
-        validation.reportFault(node, 7, evidence);
-
-        vm.prank(address(0xBAD));
-        vm.expectRevert(Validation.NotValidator.selector);
         validation.reportFault(node, 0, evidence);
 
         vm.prank(validators[0]);
+        vm.expectRevert(abi.encodeWithSelector(Validation.EpochNotStarted.selector, E + 1, E));
+        validation.reportFault(node, E + 1, evidence);
+
+        vm.prank(address(0xBAD));
+        vm.expectRevert(abi.encodeWithSelector(Validation.NoStakeAtSnapshot.selector, vm.getBlockTimestamp() - 1));
+        validation.reportFault(node, E, evidence);
+
+        uint64 closesAt = validation.epochEnd(E) + COMMIT_WINDOW + REVEAL_WINDOW;
+        vm.warp(closesAt);
+        vm.prank(validators[0]);
+        vm.expectRevert(abi.encodeWithSelector(Validation.ReportWindowClosed.selector, closesAt));
+        validation.reportFault(node, E, evidence);
+        vm.warp(closesAt - 1);
+
+        vm.prank(validators[0]);
         vm.expectRevert(abi.encodeWithSelector(Validation.NodeNotRegistered.selector, address(0xABC)));
-        validation.reportFault(address(0xABC), 0, evidence);
+        validation.reportFault(address(0xABC), E, evidence);
     }
 
     function test_responseDigest_matchesEip712() public view {
@@ -576,10 +607,11 @@ contract ValidationTest is Fixture {
                 address(validation)
             )
         );
-        bytes32 structHash =
-            keccak256(abi.encode(keccak256("Response(bytes32 requestHash,bytes32 outputHash)"), REQUEST, WRONG));
+        bytes32 structHash = keccak256(
+            abi.encode(keccak256("Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)"), REQUEST, WRONG, E)
+        );
         vm.assertEq(
-            validation.responseDigest(REQUEST, WRONG),
+            validation.responseDigest(REQUEST, WRONG, E),
             keccak256(abi.encodePacked("\x19\x01", domain, structHash)),
             "digest"
         );

@@ -26,6 +26,17 @@ contract StakingHandler is Test {
     bool public slashWithoutQuorum;
     bool public earlyWithdrawal;
 
+    /// @dev Active validator stakes after each call, by time: an independent record of what the contract's
+    ///      checkpoints must say at any past second.
+    struct StakeSnapshot {
+        uint256 time;
+        uint256[] stakes;
+    }
+
+    StakeSnapshot[] internal _stakeHistory;
+    /// @dev When each report left the pending state.
+    mapping(uint256 reportId => uint256) public decidedAt;
+
     constructor(
         BTT btt_,
         NodeRegistry registry_,
@@ -55,8 +66,12 @@ contract StakingHandler is Test {
     function register(uint256 seed, uint256 stake) external {
         address op = operators[seed % operators.length];
         stake = bound(stake, registry.minStake(), btt.balanceOf(op) / 2 + registry.minStake());
-        string[] memory addrs = new string[](0);
-        _call(op, address(registry), abi.encodeCall(NodeRegistry.register, (abi.encode(op), 0, 0, 0, 1, addrs, stake)));
+        (bytes memory peerId, bytes memory proof) = _peerId(seed % operators.length + 1, op);
+        _call(
+            op,
+            address(registry),
+            abi.encodeCall(NodeRegistry.register, (peerId, proof, 0, 0, 0, 1, new string[](0), stake))
+        );
     }
 
     function addStake(uint256 seed, uint256 amount) external {
@@ -109,18 +124,28 @@ contract StakingHandler is Test {
 
     // ---------------------------------------------------------------- faults
 
-    /// @dev Commits the validator's root for the current epoch (if needed) and reports the chosen node with a
-    ///      node-signed wrong answer to that node's challenge of the epoch.
-    function reportFault(uint256 validatorSeed, uint256 nodeSeed) external {
+    /// @dev Commits the validator's root for the next epoch (roots can only be committed before their epoch).
+    function commitChallengeRoot(uint256 validatorSeed) external {
+        address v = validators[validatorSeed % validators.length];
+        uint64 next = validation.currentEpoch() + 1;
+        _call(v, address(validation), abi.encodeCall(Validation.commitChallengeRoot, (next, _root(next))));
+    }
+
+    /// @dev Reports the chosen node with a wrong answer it signed for the current epoch to that node's challenge of
+    ///      the epoch (fails without a root committed in advance). With `advance`, first commits the validator's
+    ///      root for the next epoch and moves into it, so that reports, votes and convictions happen often.
+    function reportFault(uint256 validatorSeed, uint256 nodeSeed, bool advance) external {
         address v = validators[validatorSeed % validators.length];
         uint256 n = nodeSeed % operators.length;
-        uint64 epoch = validation.currentEpoch();
-        if (validation.challengeRoot(v, epoch) == bytes32(0)) {
-            _call(v, address(validation), abi.encodeCall(Validation.commitChallengeRoot, (epoch, _root(epoch))));
+        if (advance) {
+            uint64 next = validation.currentEpoch() + 1;
+            _call(v, address(validation), abi.encodeCall(Validation.commitChallengeRoot, (next, _root(next))));
+            vm.warp(validation.epochEnd(next - 1));
         }
+        uint64 epoch = validation.currentEpoch();
         (bytes32 request, bytes32 expected) = _challenge(epoch, n);
         bytes32 output = keccak256(abi.encode(expected));
-        (uint8 sv, bytes32 sr, bytes32 ss) = vm.sign(operatorKeys[n], validation.responseDigest(request, output));
+        (uint8 sv, bytes32 sr, bytes32 ss) = vm.sign(operatorKeys[n], validation.responseDigest(request, output, epoch));
         Validation.Evidence memory evidence = Validation.Evidence({
             requestHash: request,
             outputHash: output,
@@ -144,8 +169,19 @@ contract StakingHandler is Test {
         _call(address(this), address(validation), abi.encodeCall(Validation.finalizeFault, (reportSeed % count + 1)));
     }
 
+    function penalizeDissent(uint256 validatorSeed, uint256 reportSeed) external {
+        uint256 count = validation.faultReportCount();
+        if (count == 0) return;
+        address v = validators[validatorSeed % validators.length];
+        _call(
+            address(this), address(validation), abi.encodeCall(Validation.penalizeDissent, (reportSeed % count + 1, v))
+        );
+    }
+
     function warp(uint256 seconds_) external {
-        vm.warp(vm.getBlockTimestamp() + bound(seconds_, 1, 8 days));
+        // Mostly steps within an epoch's windows, so that roots, reports and votes meet; sometimes past unbonding.
+        uint256 longest = seconds_ % 4 == 0 ? 8 days : 2 hours;
+        vm.warp(vm.getBlockTimestamp() + bound(seconds_ / 4, 1, longest));
     }
 
     // ---------------------------------------------------------------- ghosts
@@ -173,6 +209,8 @@ contract StakingHandler is Test {
         vm.prank(sender);
         (ok,) = target.call(data);
         if (!ok) return false;
+        _recordStakes();
+        _recordDecisions();
         uint256 holdingsAfter = nodeHoldings();
         if (target == address(registry)) {
             if (holdingsAfter > holdingsBefore) nodeDeposited += holdingsAfter - holdingsBefore;
@@ -181,6 +219,48 @@ contract StakingHandler is Test {
             slashedViaQuorum += holdingsBefore - holdingsAfter;
             if (guiltyCount() != guiltyBefore + 1) slashWithoutQuorum = true;
         }
+    }
+
+    /// @notice Active stake of validator `index` at the end of second `time`, from the handler's own record.
+    function activeStakeAt(uint256 index, uint256 time) public view returns (uint256) {
+        for (uint256 i = _stakeHistory.length; i > 0; --i) {
+            if (_stakeHistory[i - 1].time <= time) return _stakeHistory[i - 1].stakes[index];
+        }
+        return 0;
+    }
+
+    /// @notice Total active validator stake at the end of second `time`, from the handler's own record.
+    function totalActiveStakeAt(uint256 time) external view returns (uint256 total) {
+        for (uint256 i; i < validators.length; ++i) {
+            total += activeStakeAt(i, time);
+        }
+    }
+
+    function _recordStakes() internal {
+        uint256[] memory stakes = new uint256[](validators.length);
+        for (uint256 i; i < validators.length; ++i) {
+            uint256 stake = validation.validatorStake(validators[i]);
+            stakes[i] = stake >= validation.minValidatorStake() ? stake : 0;
+        }
+        uint256 time = vm.getBlockTimestamp();
+        uint256 length = _stakeHistory.length;
+        if (length != 0 && _stakeHistory[length - 1].time == time) _stakeHistory[length - 1].stakes = stakes;
+        else _stakeHistory.push(StakeSnapshot(time, stakes));
+    }
+
+    function _recordDecisions() internal {
+        for (uint256 id = 1; id <= validation.faultReportCount(); ++id) {
+            if (decidedAt[id] == 0 && validation.getFaultReport(id).status != validation.FAULT_PENDING()) {
+                decidedAt[id] = vm.getBlockTimestamp();
+            }
+        }
+    }
+
+    /// @dev The secp256k1 peer id of `key` and its signature letting `operator` register it.
+    function _peerId(uint256 key, address operator) internal returns (bytes memory peerId, bytes memory proof) {
+        peerId = peerIdOf(key);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, registry.peerIdOwnershipDigest(operator));
+        proof = abi.encodePacked(r, s, v);
     }
 
     /// @dev Challenge of node `n` in `epoch`: leaf n of a four-leaf tree (the fourth leaf is padding).

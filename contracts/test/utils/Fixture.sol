@@ -20,6 +20,7 @@ abstract contract Fixture is Test {
     uint64 internal constant REVEAL_WINDOW = 10 minutes;
     uint64 internal constant VOTE_WINDOW = 1 hours;
     uint256 internal constant REPORT_BOND = 10 ether;
+    uint256 internal constant VALIDATOR_PENALTY = 50 ether;
     bytes32 internal constant MODEL = keccak256("model");
 
     BTT internal btt;
@@ -50,6 +51,7 @@ abstract contract Fixture is Test {
             reporterRewardBps: 5000,
             reputationAlphaBps: 3000,
             reportBond: REPORT_BOND,
+            validatorPenalty: VALIDATOR_PENALTY,
             treasury: treasury
         });
     }
@@ -69,11 +71,24 @@ abstract contract Fixture is Test {
         addrs[0] = "/ip4/127.0.0.1/tcp/4001";
     }
 
+    /// @dev The libp2p secp256k1 key of `operator`'s node.
+    function peerKey(address operator) internal pure returns (uint256) {
+        return uint256(keccak256(abi.encode("peer key", operator)));
+    }
+
+    /// @dev The peer key's signature letting `operator` register it.
+    function peerIdProof(uint256 key, address operator) internal view returns (bytes memory) {
+        return signature(key, registry.peerIdOwnershipDigest(operator));
+    }
+
     /// @dev Funds and registers `operator` serving blocks [0, 3] of MODEL with `stake`.
     function registerNode(address operator, uint256 stake) internal {
         fund(operator, stake);
+        uint256 key = peerKey(operator);
+        bytes memory peerId = peerIdOf(key);
+        bytes memory proof = peerIdProof(key, operator);
         vm.prank(operator);
-        registry.register(abi.encodePacked("peer-", operator), MODEL, 0, 3, 1 gwei, multiaddrs(), stake);
+        registry.register(peerId, proof, MODEL, 0, 3, 1 gwei, multiaddrs(), stake);
     }
 
     function registerValidator(address validator, uint256 stake) internal {

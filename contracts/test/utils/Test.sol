@@ -6,6 +6,14 @@ pragma solidity 0.8.30;
 
 /// @notice The subset of forge's cheatcode interface the tests use.
 interface Vm {
+    struct Wallet {
+        address addr;
+        uint256 publicKeyX;
+        uint256 publicKeyY;
+        uint256 privateKey;
+    }
+
+    function createWallet(uint256 privateKey) external returns (Wallet memory);
     function addr(uint256 privateKey) external pure returns (address);
     function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
     function label(address account, string calldata newLabel) external;
@@ -21,6 +29,8 @@ interface Vm {
     function expectRevert(bytes calldata revertData) external;
     function expectEmit(address emitter) external;
     function cool(address target) external;
+    function snapshotState() external returns (uint256 snapshotId);
+    function revertToState(uint256 snapshotId) external returns (bool success);
     function startSnapshotGas(string calldata name) external;
     function stopSnapshotGas() external returns (uint256 gasUsed);
     function assertTrue(bool condition, string calldata error) external pure;
@@ -72,6 +82,12 @@ abstract contract Test {
         uint256 size = max - min;
         if (size == type(uint256).max) return x;
         return min + x % (size + 1);
+    }
+
+    /// @dev The libp2p peer id of secp256k1 key `key`: identity multihash of the protobuf compressed public key.
+    function peerIdOf(uint256 key) internal returns (bytes memory) {
+        Vm.Wallet memory wallet = vm.createWallet(key);
+        return abi.encodePacked(hex"002508021221", uint8(2 + (wallet.publicKeyY & 1)), bytes32(wallet.publicKeyX));
     }
 
     /// @dev A labelled account with a private key derived from `name`.
