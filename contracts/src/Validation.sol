@@ -18,7 +18,7 @@ import {NodeRegistry} from "./NodeRegistry.sol";
 ///         node-signed answer that differs from a committed expected answer reports a fault; a stake-weighted guilty
 ///         quorum within the vote window slashes and jails the node and rewards the reporter, a rejected report
 ///         forfeits the reporter's bond. Validators that commit a result and never reveal it, or vote against a
-///         report's verdict, can be penalized by anyone.
+///         quorum on a report, can be penalized by anyone.
 /// @dev Every weight is a validator's active stake as of a fixed past point, kept in OpenZeppelin `Checkpoints`
 ///      (the `Votes` pattern, timestamps as keys): the last second of the epoch for results, the second before the
 ///      report for fault votes. Quorums compare against the total active stake at the same point, so stake that
@@ -35,7 +35,7 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         uint64 revealWindow; // reveals accepted in [epochEnd(e) + commitWindow, + revealWindow)
         uint64 voteWindow; // fault votes accepted until reportedAt + voteWindow
         uint64 unbondingPeriod; // validator unbonding; must exceed faultExposure()
-        uint16 quorumBps; // stake-weighted quorum of the total active validator stake at the snapshot
+        uint16 quorumBps; // stake-weighted quorum of the total active validator stake at the snapshot; > 5000
         uint16 slashBps; // share of the node's stake + unbonding slashed on a proven fault
         uint16 reporterRewardBps; // share of the slashed amount paid to the reporter; the rest goes to treasury
         uint16 reputationAlphaBps; // EMA weight of a new epoch score
@@ -70,8 +70,9 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         uint256 totalPenalized; // token wei taken as penalties
     }
 
-    /// @notice A fault report and its vote. `status`: 0 pending, 1 guilty, 2 rejected, 3 superseded (guilty, but
-    ///         another report had already proven the same answer: nothing more is slashed, the bond is returned).
+    /// @notice A fault report and its vote. `status`: 0 pending, 1 guilty, 2 rejected (an innocent quorum, or no
+    ///         quorum by the end of the window), 3 superseded (another report had already proven the same answer
+    ///         wrong: nothing more is slashed, the bond is returned).
     struct FaultReport {
         address node;
         address reporter;
@@ -229,7 +230,6 @@ contract Validation is EIP712, ReentrancyGuardTransient {
     error FaultAlreadyProven(uint256 reportId);
     error UnknownReport(uint256 reportId);
     error FaultAlreadyFinalized(uint256 reportId);
-    error FaultPending(uint256 reportId);
     error VotingClosed(uint256 reportId);
     error VotingOpen(uint256 reportId);
     error AlreadyVoted();
@@ -247,7 +247,7 @@ contract Validation is EIP712, ReentrancyGuardTransient {
     constructor(IERC20 token_, NodeRegistry registry_, Params memory params_) EIP712("InferGrid Validation", "1") {
         if (
             params_.epochDuration == 0 || params_.commitWindow == 0 || params_.revealWindow == 0
-                || params_.voteWindow == 0 || params_.quorumBps == 0 || params_.quorumBps > BPS
+                || params_.voteWindow == 0 || params_.quorumBps <= BPS / 2 || params_.quorumBps > BPS
                 || params_.slashBps > BPS || params_.reporterRewardBps > BPS || params_.reputationAlphaBps == 0
                 || params_.reputationAlphaBps > BPS || params_.treasury == address(0)
         ) revert InvalidParams();
@@ -510,7 +510,7 @@ contract Validation is EIP712, ReentrancyGuardTransient {
 
     /// @notice Votes on a pending report with the caller's active stake as of the second before the report.
     ///         Convicts as soon as the guilty stake reaches a quorum of the total at that snapshot and rejects as
-    ///         soon as a quorum has become unreachable.
+    ///         soon as the innocent stake does.
     /// @param reportId The report.
     /// @param guilty The caller's verdict.
     function voteOnFault(uint256 reportId, bool guilty) external nonReentrant {
@@ -528,29 +528,32 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         _resolve(reportId, report);
     }
 
-    /// @notice Rejects a report whose vote window has passed without a guilty quorum. The weights and the total are
-    ///         fixed at the report's snapshot, so nothing after the window can turn it guilty. Anyone may call it.
+    /// @notice Closes a report whose vote window has passed without a quorum either way. The weights and the total
+    ///         are fixed at the report's snapshot, so nothing after the window can turn it guilty: it is rejected
+    ///         (not proven; the bond goes to the treasury), or superseded with the bond returned when another report
+    ///         has proven the same answer wrong. Anyone may call it.
     /// @param reportId The report.
     function finalizeFault(uint256 reportId) external nonReentrant {
         FaultReport storage report = _pendingReport(reportId);
         if (block.timestamp < report.reportedAt + voteWindow) revert VotingOpen(reportId);
-        _reject(reportId, report);
+        if (_provenBy[report.node][report.requestHash] != 0) _supersede(reportId, report);
+        else _reject(reportId, report);
     }
 
-    /// @notice Penalizes `validator` for voting against the verdict of a decided report (the reporter excepted:
-    ///         its bond answers for its report). Anyone may call it; `validatorPenalty` goes to the treasury.
-    /// @param reportId The decided report.
+    /// @notice Penalizes `validator` for a vote that a quorum of the report's snapshot stake voted against: innocent
+    ///         when the guilty stake reached a quorum, guilty when the innocent stake did. A report that merely
+    ///         lacked a quorum (blocked or expired) penalizes nobody, so a blocking minority cannot fine the voters
+    ///         it outlasted. The reporter is exempt: its bond answers for its report. Anyone may call it;
+    ///         `validatorPenalty` goes to the treasury.
+    /// @param reportId The report.
     /// @param validator A validator that voted on it.
     function penalizeDissent(uint256 reportId, address validator) external nonReentrant {
         FaultReport storage report = _reports[reportId];
         if (report.node == address(0)) revert UnknownReport(reportId);
-        uint8 status = report.status;
-        if (status == FAULT_PENDING) revert FaultPending(reportId);
         uint8 vote = _votes[reportId][validator];
-        bool guiltyVerdict = status != FAULT_REJECTED;
-        if (vote == VOTE_NONE || validator == report.reporter || (vote == VOTE_GUILTY) == guiltyVerdict) {
-            revert NotPenalizable();
-        }
+        if (vote == VOTE_NONE || validator == report.reporter) revert NotPenalizable();
+        uint256 opposing = vote == VOTE_GUILTY ? report.innocentStake : report.guiltyStake;
+        if (!_reachesQuorum(opposing, report.snapshotTotal)) revert NotPenalizable();
         if (_dissentPenalized[reportId][validator]) revert AlreadyPenalized();
         _dissentPenalized[reportId][validator] = true;
         _validatorRecords[validator].dissents += 1;
@@ -830,15 +833,12 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         if (report.status != FAULT_PENDING) revert FaultAlreadyFinalized(reportId);
     }
 
-    /// @dev Convicts once the guilty stake is a quorum of the snapshot total; rejects once a quorum is out of reach
-    ///      (the snapshot stake not yet voted cannot lift it there).
+    /// @dev Convicts once the guilty stake is a quorum of the snapshot total, rejects once the innocent stake is.
+    ///      With `quorumBps > 5000` at most one of the two can happen.
     function _resolve(uint256 reportId, FaultReport storage report) private {
         uint256 total = report.snapshotTotal;
-        if (_reachesQuorum(report.guiltyStake, total)) {
-            _convict(reportId, report);
-        } else if (!_reachesQuorum(total - report.innocentStake, total)) {
-            _reject(reportId, report);
-        }
+        if (_reachesQuorum(report.guiltyStake, total)) _convict(reportId, report);
+        else if (_reachesQuorum(report.innocentStake, total)) _reject(reportId, report);
     }
 
     function _convict(uint256 reportId, FaultReport storage report) private {
@@ -846,9 +846,7 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         bytes32 requestHash = report.requestHash;
         if (_provenBy[node][requestHash] != 0) {
             // Another reporter's report about the same answer convicted first: the fault is slashed once.
-            report.status = FAULT_SUPERSEDED;
-            emit FaultFinalized(reportId, true, 0, 0);
-            if (reportBond != 0) token.safeTransfer(report.reporter, reportBond);
+            _supersede(reportId, report);
             return;
         }
         report.status = FAULT_GUILTY;
@@ -867,6 +865,14 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         if (registry.isRegistered(node)) registry.jail(node);
         if (reward + reportBond != 0) token.safeTransfer(report.reporter, reward + reportBond);
         if (slashed != reward) token.safeTransfer(treasury, slashed - reward);
+    }
+
+    /// @dev Closes a report about an answer another report has already proven wrong: no slash, the bond returns.
+    function _supersede(uint256 reportId, FaultReport storage report) private {
+        report.status = FAULT_SUPERSEDED;
+        emit FaultFinalized(reportId, true, 0, 0);
+
+        if (reportBond != 0) token.safeTransfer(report.reporter, reportBond);
     }
 
     function _reject(uint256 reportId, FaultReport storage report) private {

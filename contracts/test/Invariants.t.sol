@@ -116,7 +116,7 @@ contract InvariantsTest is Fixture {
         vm.assertEq(recorded, staking.slashedViaQuorum(), "recorded slashes");
     }
 
-    /// @notice (6) A slash needs guilty stake >= quorum of the snapshot total: for every convicted report, the
+    /// @notice (6) A slash needs guilty stake >= quorum of the snapshot total: for every guilty report, the
     ///         stake of the validators that voted guilty, and the total, both taken from the handler's own record of
     ///         stakes at the second before the report, reach the quorum; the contract's snapshot total agrees.
     function invariant_slashNeedsSnapshotQuorum() public view {
@@ -125,9 +125,7 @@ contract InvariantsTest is Fixture {
             uint256 snapshot = report.reportedAt - 1;
             uint256 total = staking.totalActiveStakeAt(snapshot);
             vm.assertEq(report.snapshotTotal, total, "snapshot total");
-            if (report.status != validation.FAULT_GUILTY() && report.status != validation.FAULT_SUPERSEDED()) {
-                continue;
-            }
+            if (report.status != validation.FAULT_GUILTY()) continue;
             uint256 guilty;
             for (uint256 i; i < staking.validatorCount(); ++i) {
                 if (validation.voteOf(id, staking.validators(i)) == validation.VOTE_GUILTY()) {
@@ -140,7 +138,8 @@ contract InvariantsTest is Fixture {
     }
 
     /// @notice (7) No report is decided outside its window: a guilty verdict falls within
-    ///         [reportedAt, reportedAt + voteWindow); after the window a report can only be rejected.
+    ///         [reportedAt, reportedAt + voteWindow); after the window a report can only be rejected, or superseded
+    ///         when another report proved the same answer.
     function invariant_noReportDecidedOutsideItsWindow() public view {
         for (uint256 id = 1; id <= validation.faultReportCount(); ++id) {
             Validation.FaultReport memory report = validation.getFaultReport(id);
@@ -150,8 +149,12 @@ contract InvariantsTest is Fixture {
                 continue;
             }
             vm.assertGe(decided, report.reportedAt, "not before the report");
-            if (report.status != validation.FAULT_REJECTED()) {
+            if (report.status == validation.FAULT_GUILTY()) {
                 vm.assertLe(decided + 1, report.reportedAt + validation.voteWindow(), "guilty within the window");
+            }
+            if (report.status == validation.FAULT_SUPERSEDED()) {
+                uint256 proof = validation.provenBy(report.node, report.requestHash);
+                vm.assertTrue(proof != 0 && proof != id, "superseded by another guilty report");
             }
         }
     }

@@ -100,6 +100,10 @@ contract ValidationTest is Fixture {
         vm.expectRevert(Validation.InvalidParams.selector);
         new Validation(btt, registry, p);
         p = defaultParams();
+        p.quorumBps = 5_000; // two opposite halves could both be a "quorum"
+        vm.expectRevert(Validation.InvalidParams.selector);
+        new Validation(btt, registry, p);
+        p = defaultParams();
         p.epochDuration = 0;
         vm.expectRevert(Validation.InvalidParams.selector);
         new Validation(btt, registry, p);
@@ -474,15 +478,39 @@ contract ValidationTest is Fixture {
         vm.assertEq(validation.reputationOf(node), 0, "reputation zeroed");
     }
 
-    function test_fault_rejectedWhenQuorumUnreachable() public {
+    function test_fault_rejectedAtOnceByAnInnocentQuorum() public {
+        address v4 = address(0x7A4);
+        registerValidator(v4, MIN_VALIDATOR_STAKE);
+        vm.warp(vm.getBlockTimestamp() + 1);
         uint256 id = _report();
         vm.prank(validators[1]);
+        validation.voteOnFault(id, false);
+        vm.prank(validators[2]);
+        validation.voteOnFault(id, false);
+        vm.assertEq(uint256(validation.getFaultReport(id).status), 0, "2 of 4 is no quorum");
+        vm.prank(v4);
         vm.expectEmit(address(validation));
         emit Validation.FaultFinalized(id, false, 0, 0);
         validation.voteOnFault(id, false);
-        vm.assertEq(uint256(validation.getFaultReport(id).status), 2, "rejected");
+        vm.assertEq(uint256(validation.getFaultReport(id).status), 2, "rejected by 3 of 4");
         vm.assertEq(btt.balanceOf(treasury), REPORT_BOND, "bond forfeited");
         vm.assertEq(registry.stakeOf(node), NODE_STAKE, "not slashed");
+        vm.expectRevert(Validation.NotPenalizable.selector);
+        validation.penalizeDissent(id, validators[0]); // the reporter: its bond answers for it
+    }
+
+    function test_fault_withoutQuorumStaysPendingUntilTheWindowEnds() public {
+        uint256 id = _report();
+        vm.prank(validators[1]);
+        validation.voteOnFault(id, false);
+        vm.prank(validators[2]);
+        validation.voteOnFault(id, false);
+        vm.assertEq(uint256(validation.getFaultReport(id).status), 0, "2 of 3 innocent is below 66.67%");
+        vm.warp(vm.getBlockTimestamp() + VOTE_WINDOW);
+        validation.finalizeFault(id);
+        vm.assertEq(uint256(validation.getFaultReport(id).status), 2, "not proven");
+        vm.expectRevert(Validation.NotPenalizable.selector);
+        validation.penalizeDissent(id, validators[1]); // voted with the outcome, but no quorum backed either side
     }
 
     function test_fault_singleReporterQuorumFinalizesImmediately() public {
@@ -527,8 +555,10 @@ contract ValidationTest is Fixture {
         vm.expectRevert(abi.encodeWithSelector(Validation.NoStakeAtSnapshot.selector, snapshot));
         validation.voteOnFault(id, true);
         vm.prank(validators[1]);
-        validation.voteOnFault(id, false); // rejects: quorum unreachable
+        validation.voteOnFault(id, true);
         vm.prank(validators[2]);
+        validation.voteOnFault(id, true); // convicts
+        vm.prank(validators[1]);
         vm.expectRevert(abi.encodeWithSelector(Validation.FaultAlreadyFinalized.selector, id));
         validation.voteOnFault(id, true);
     }
