@@ -1,5 +1,5 @@
-//! `infergrid operator` against a devnet: register, stake, unbond, withdraw, status, and the
-//! contract's custom errors surfacing as one clear line.
+//! `infergrid operator` against a devnet: register, stake, unbond, withdraw, deregister,
+//! status, and the contract's custom errors surfacing as one clear line.
 
 mod support;
 
@@ -88,6 +88,9 @@ fn operator_lifecycle_on_a_devnet() {
     // Withdrawing early is refused with the contract's own error, in one line.
     let err = one_line_error(&operator(&devnet, &key, &["withdraw"]));
     assert!(err.contains("UnbondingNotElapsed"), "{err}");
+    // So is leaving the registry with stake still unbonding.
+    let err = one_line_error(&operator(&devnet, &key, &["deregister"]));
+    assert!(err.contains("StakeNotWithdrawn"), "{err}");
     // Bad amounts are refused before any transaction.
     let bad = one_line_error(&operator(&devnet, &key, &["stake", "lots"]));
     assert!(bad.contains("is not an amount"), "{bad}");

@@ -5,10 +5,11 @@ pub mod models;
 pub mod nodes;
 pub mod procs;
 
-use alloy::primitives::{Address, B256, U256, utils::parse_ether};
+use alloy::primitives::{Address, B256, Bytes, U256, utils::parse_ether};
 use alloy::providers::Provider;
-use infergrid::chain::{Account, Contracts, DeployParams, Deployment, deploy};
+use infergrid::chain::{Account, Contracts, DeployParams, Deployment, NodeRegistration, deploy};
 use infergrid::devnet::{AnvilProcess, DEVNET_CHAIN_ID, DevAccount, Role, accounts_with};
+use infergrid::identity::NodeIdentity;
 use infergrid::tools::{self, Tool};
 
 /// A fresh anvil (on a free port) with the suite deployed by the deployer dev account.
@@ -43,11 +44,72 @@ impl Chain {
         Ok(())
     }
 
+    /// What `operator` registers for its node: the identity derived from its key, with that
+    /// identity's signature letting `operator` register it here, serving `blocks` of
+    /// `model_id` at `price` wei per token, bonding 10,000 BTT.
+    pub fn registration(
+        &self,
+        operator: &DevAccount,
+        model_id: B256,
+        blocks: (u32, u32),
+        price: U256,
+    ) -> NodeRegistration {
+        let identity = NodeIdentity::derive(&operator.private_key);
+        let signature = identity.peer_id_ownership_signature(
+            self.chain_id(),
+            self.deployment.contracts.registry,
+            operator.address,
+        );
+        NodeRegistration {
+            peer_id: Bytes::from(identity.peer_id().to_bytes()),
+            peer_id_signature: Bytes::copy_from_slice(&signature),
+            model_id,
+            first_block: blocks.0,
+            last_block: blocks.1,
+            price_per_token: price,
+            multiaddrs: Vec::new(),
+            stake: btt("10000"),
+        }
+    }
+
+    /// Funds `operator` with 20,000 BTT and registers [`Chain::registration`]; returns the
+    /// operator's contract clients.
+    pub async fn register_node(
+        &self,
+        operator: &DevAccount,
+        model_id: B256,
+        blocks: (u32, u32),
+        price: U256,
+    ) -> anyhow::Result<Contracts> {
+        self.fund(operator.address, "20000").await?;
+        let contracts = self.as_account(operator).await?;
+        let registration = self.registration(operator, model_id, blocks, price);
+        contracts.token.approve(self.deployment.contracts.registry, registration.stake).await?;
+        contracts.registry.register(&registration).await?;
+        Ok(contracts)
+    }
+
     /// Moves the chain's clock forward and mines a block.
     pub async fn advance_time(&self, seconds: u64) -> anyhow::Result<()> {
         let p = &self.deployer.provider;
         let _: serde_json::Value = p.raw_request("evm_increaseTime".into(), (seconds,)).await?;
         let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await?;
+        Ok(())
+    }
+
+    /// Makes anvil mine the next block, whatever transaction it holds, at `timestamp`.
+    pub async fn set_next_block_timestamp(&self, timestamp: u64) -> anyhow::Result<()> {
+        let p = &self.deployer.provider;
+        let _: serde_json::Value =
+            p.raw_request("anvil_setNextBlockTimestamp".into(), (timestamp,)).await?;
+        Ok(())
+    }
+
+    /// Mines a block at `timestamp`; later blocks follow on from it.
+    pub async fn mine_at(&self, timestamp: u64) -> anyhow::Result<()> {
+        self.set_next_block_timestamp(timestamp).await?;
+        let _: serde_json::Value =
+            self.deployer.provider.raw_request("evm_mine".into(), ()).await?;
         Ok(())
     }
 

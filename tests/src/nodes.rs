@@ -10,10 +10,14 @@ use infergrid::model::ModelManifest;
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::pay::Collector;
 use infergrid::serve::{Admission, Attester, BlockServer};
-use infergrid::validate::validation_domain;
+use infergrid::validate::{EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 
 use crate::procs::free_port;
+
+/// The epochs the in-process nodes sign into their answers: a single epoch, 0, that never
+/// ends, so a test knows the epoch of every signature without a chain.
+pub const NODE_EPOCHS: EpochClock = EpochClock { genesis: 0, duration: u64::MAX };
 
 /// A libp2p endpoint with a fresh identity, listening on `listen` if given.
 pub fn network(
@@ -59,6 +63,7 @@ pub fn serve_blocks(
         attester: Attester {
             signer: operator.clone(),
             domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+            clock: NODE_EPOCHS,
         },
         admission,
         collector,

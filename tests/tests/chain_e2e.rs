@@ -1,16 +1,20 @@
 //! The money and validation paths on a real anvil with the real contracts: staking and
-//! registration, 1,000 vouchers signed in Rust and redeemed, batch redemption, replays,
-//! close and refund, and a validator quorum that slashes and jails a cheating node.
+//! registration (a peer id only its key's holder can register), 1,000 vouchers signed in
+//! Rust and redeemed, batch redemption skipping what cannot pay, replays, close and refund,
+//! and a validator quorum that slashes and jails a cheating node.
 
 use alloy::primitives::{B256, Bytes, U256};
 use infergrid::chain::bindings::Validation;
-use infergrid::chain::{ChainError, NodeRegistration, Tally};
+use infergrid::chain::{ChainError, SkipReason, SkippedVoucher, Tally};
 use infergrid::devnet::Role;
 use infergrid::eip712::Eip712Signer;
-use infergrid::identity::node_peer_id;
+use infergrid::identity::{NodeIdentity, peer_id_ownership_digest};
 use infergrid::pay::{SignedVoucher, Voucher, channels_domain};
 use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
 use infergrid_e2e::{Chain, btt, dev, word};
+
+/// What the test nodes charge per token (10^-6 BTT).
+const PRICE: u64 = 1_000_000_000_000;
 
 fn reverted_with(result: Result<impl std::fmt::Debug, ChainError>, error: &str) {
     match result {
@@ -21,26 +25,13 @@ fn reverted_with(result: Result<impl std::fmt::Debug, ChainError>, error: &str) 
     }
 }
 
+/// Registers `operator`'s node for block `block` of the test model.
 async fn register_node(
     chain: &Chain,
     operator: &infergrid::devnet::DevAccount,
     block: u32,
 ) -> anyhow::Result<()> {
-    chain.fund(operator.address, "20000").await?;
-    let c = chain.as_account(operator).await?;
-    let stake = btt("10000");
-    c.token.approve(chain.deployment.contracts.registry, stake).await?;
-    c.registry
-        .register(&NodeRegistration {
-            peer_id: Bytes::from(node_peer_id(&operator.private_key).to_bytes()),
-            model_id: word("model"),
-            first_block: block,
-            last_block: block,
-            price_per_token: U256::from(1_000_000_000_000u64),
-            multiaddrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
-            stake,
-        })
-        .await?;
+    chain.register_node(operator, word("model"), (block, block), U256::from(PRICE)).await?;
     Ok(())
 }
 
@@ -49,18 +40,43 @@ async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
     let chain = Chain::start().await?;
     let (operator, payer, other_payer) =
         (dev(Role::Operator, 0), dev(Role::Payer, 0), dev(Role::Payer, 1));
-    register_node(&chain, &operator, 0).await?;
 
+    // The operator's node identity signs that the operator may register it; the Rust digest
+    // is byte-identical to the contract's own.
+    let registry = chain.deployment.contracts.registry;
+    let thief = dev(Role::Operator, 1);
+    chain.fund(thief.address, "20000").await?;
+    let stealing = chain.as_account(&thief).await?;
+    stealing.token.approve(registry, btt("10000")).await?;
+    for account in [operator.address, thief.address] {
+        assert_eq!(
+            peer_id_ownership_digest(chain.chain_id(), registry, account),
+            stealing.registry.peer_id_ownership_digest(account).await?
+        );
+    }
+    // Nobody else can register that peer id: neither with the signature copied from the
+    // operator's registration (it names the operator), nor with one by another key.
+    let mut stolen = chain.registration(&operator, word("model"), (0, 0), U256::from(PRICE));
+    reverted_with(stealing.registry.register(&stolen).await, "InvalidPeerIdSignature");
+    let thief_signature = NodeIdentity::derive(&thief.private_key).peer_id_ownership_signature(
+        chain.chain_id(),
+        registry,
+        thief.address,
+    );
+    stolen.peer_id_signature = Bytes::copy_from_slice(&thief_signature);
+    reverted_with(stealing.registry.register(&stolen).await, "InvalidPeerIdSignature");
+    // A peer id of another key type carries no key the registry can check a signature with.
+    let ed25519 = libp2p::identity::Keypair::ed25519_from_bytes([7; 32])?;
+    stolen.peer_id = Bytes::from(ed25519.public().to_peer_id().to_bytes());
+    reverted_with(stealing.registry.register(&stolen).await, "UnsupportedPeerId");
+
+    register_node(&chain, &operator, 0).await?;
     let node = chain.as_account(&operator).await?;
     assert_eq!(node.registry.stake_of(operator.address).await?, btt("10000"));
     assert!(node.registry.is_active(operator.address).await?);
     assert_eq!(node.registry.active_nodes(word("model"), 0).await?, vec![operator.address]);
-    assert_eq!(
-        node.registry
-            .operator_of(Bytes::from(node_peer_id(&operator.private_key).to_bytes()))
-            .await?,
-        operator.address
-    );
+    let peer_id = NodeIdentity::derive(&operator.private_key).peer_id();
+    assert_eq!(node.registry.operator_of(Bytes::from(peer_id.to_bytes())).await?, operator.address);
 
     // A payer opens a channel and signs 1,000 cumulative vouchers, one per token.
     chain.fund(payer.address, "1000").await?;
@@ -127,10 +143,38 @@ async fn vouchers_batches_replays_and_refunds() -> anyhow::Result<()> {
         Voucher { channel_id: ch4, cumulative_amount: btt("15") }.sign(&domain, &other_signer),
     ];
     let before = node.token.balance_of(operator.address).await?;
-    let receipt = node.channels.redeem_batch(&batch).await?;
-    eprintln!("gas: redeemBatch of 3 channels, whole transaction: {}", receipt.gas_used);
+    let redemption = node.channels.redeem_batch(&batch).await?;
+    eprintln!("gas: redeemBatch of 3 channels, whole transaction: {}", redemption.receipt.gas_used);
     assert_eq!(node.token.balance_of(operator.address).await? - before, btt("13"));
-    reverted_with(node.channels.redeem_batch(&batch[..1]).await, "VoucherAlreadyRedeemed");
+    assert_eq!(redemption.total(), btt("13"));
+    let paid: Vec<_> = redemption.redeemed.iter().map(|r| (r.channel, r.cumulative_paid)).collect();
+    assert_eq!(paid, [(ch2, btt("1")), (ch3, btt("2")), (ch4, btt("10"))]);
+    assert!(redemption.skipped.is_empty());
+
+    // A batch pays what it can and skips, rather than reverts on, the rest: here a replay and
+    // a voucher for `ch3` signed by the payer of another channel.
+    let before = node.token.balance_of(operator.address).await?;
+    let mixed = vec![
+        Voucher { channel_id: ch2, cumulative_amount: btt("3") }.sign(&domain, &signer),
+        batch[1].clone(),
+        Voucher { channel_id: ch3, cumulative_amount: btt("5") }.sign(&domain, &signer),
+    ];
+    let redemption = node.channels.redeem_batch(&mixed).await?;
+    assert_eq!(node.token.balance_of(operator.address).await? - before, btt("2"));
+    let paid: Vec<_> = redemption.redeemed.iter().map(|r| (r.channel, r.amount)).collect();
+    assert_eq!(paid, [(ch2, btt("2"))]);
+    let skipped = |channel_id, amount: &str, reason| SkippedVoucher {
+        channel: channel_id,
+        cumulative_amount: btt(amount),
+        reason,
+    };
+    assert_eq!(
+        redemption.skipped,
+        [
+            skipped(ch3, "2", SkipReason::AlreadyRedeemed),
+            skipped(ch3, "5", SkipReason::InvalidSignature)
+        ]
+    );
 
     // Close and refund: the payer asks to close, the node may still redeem in the window,
     // afterwards the rest goes back to the payer and vouchers have expired.
@@ -164,8 +208,9 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
         clients.push(c);
     }
 
-    // Each validator commits the Merkle root of its secret challenge set for this epoch.
-    let epoch = clients[0].validation.current_epoch().await?;
+    // Each validator commits the Merkle root of its secret challenge set before the epoch it
+    // is for begins, so the root is fixed before any answer it can convict.
+    let epoch = clients[0].validation.current_epoch().await? + 1;
     let challenges: Vec<(B256, B256)> = (0..4)
         .map(|i| (word(&format!("prompt {i}")), word(&format!("expected output {i}"))))
         .collect();
@@ -173,21 +218,33 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
         challenges.iter().map(|(req, out)| challenge_leaf(*req, *out)).collect(),
     )
     .expect("non-empty");
+    reverted_with(
+        clients[0].validation.commit_challenge_root(epoch - 1, tree.root()).await,
+        "EpochStarted",
+    );
     for c in &clients {
         c.validation.commit_challenge_root(epoch, tree.root()).await?;
     }
     reverted_with(clients[0].validation.commit_challenge_root(epoch, tree.root()).await, "Already");
 
-    // The cheating node answers challenge 2 with a wrong output and signs its response.
+    // The epoch begins: the node's clock, read from the contract, says so too.
+    let clock = clients[0].validation.epoch_clock().await?;
+    let starts = clients[0].validation.epoch_end(epoch).await? - clock.duration;
+    chain.mine_at(starts).await?;
+    assert_eq!(clients[0].validation.current_epoch().await?, epoch);
+    assert_eq!(clock.epoch_at(chain.now().await?), epoch);
+
+    // The cheating node answers challenge 2 with a wrong output and signs its response,
+    // bound to the epoch it answers in.
     let v_domain = validation_domain(chain.chain_id(), chain.deployment.contracts.validation);
     let (request_hash, expected) = challenges[2];
     let attestation =
-        ResponseAttestation { request_hash, output_hash: word("a cheap wrong answer") };
+        ResponseAttestation { request_hash, output_hash: word("a cheap wrong answer"), epoch };
     let node_signer = Eip712Signer::from_bytes(&cheat.private_key)?;
     let signature = attestation.sign(&v_domain, &node_signer);
     assert_eq!(
         attestation.digest(&v_domain),
-        clients[0].validation.response_digest(request_hash, attestation.output_hash).await?
+        clients[0].validation.response_digest(request_hash, attestation.output_hash, epoch).await?
     );
 
     // Results for the honest node, committed then revealed, so nobody can copy.
@@ -216,6 +273,14 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     reverted_with(
         clients[0].validation.report_fault(cheat.address, epoch, bad_proof).await,
         "InvalidProof",
+    );
+    // The same answer signed for another epoch is no evidence about this one.
+    let mut other_epoch = evidence.clone();
+    let signed_later = ResponseAttestation { epoch: epoch + 1, ..attestation };
+    other_epoch.nodeSignature = Bytes::copy_from_slice(&signed_later.sign(&v_domain, &node_signer));
+    reverted_with(
+        clients[0].validation.report_fault(cheat.address, epoch, other_epoch).await,
+        "InvalidNodeSignature",
     );
 
     let token = &clients[0].token;

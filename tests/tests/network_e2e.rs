@@ -10,7 +10,7 @@ use std::time::Instant;
 use infergrid::devnet::Role;
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
 use infergrid::generate::{SamplingParams, generate};
-use infergrid::identity::node_peer_id;
+use infergrid::identity::NodeIdentity;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
 use infergrid_e2e::procs::{Proc, SWARM, Swarm, binary, devnet, free_port, post};
@@ -171,7 +171,10 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let health = get(&format!("http://{listen}/healthz"));
     let victim = health["routing"]["route"][0]["peer"].as_str().expect("a route").to_owned();
     let index = (0..4)
-        .find(|&i| node_peer_id(&dev(Role::Operator, i).private_key).to_string() == victim)
+        .find(|&i| {
+            NodeIdentity::derive(&dev(Role::Operator, i).private_key).peer_id().to_string()
+                == victim
+        })
         .expect("a node");
     assert_eq!(index % 3, 0, "hop 0 serves the replicated block");
     nodes[index].0.kill().unwrap(); // SIGKILL

@@ -1,16 +1,17 @@
 //! A paid node on a real anvil: every refusal a payer can provoke (no channel, forged,
 //! wrong-chain, wrong-contract, another node's channel, replayed vouchers), the credit bound
-//! when a payer stops signing, and redemption paying exactly the latest voucher, once.
+//! when a payer stops signing, redemption paying exactly the latest voucher, once, and a
+//! redemption mined after the close window booking nothing and not retried.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use alloy::primitives::{Address, Bytes, U256};
-use infergrid::chain::{Account, NodeRegistration, deployment_fingerprint};
+use alloy::primitives::{Address, U256};
+use infergrid::chain::{Account, SkipReason, deployment_fingerprint};
 use infergrid::devnet::Role;
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{Device, Runtime};
-use infergrid::identity::node_keypair;
+use infergrid::identity::NodeIdentity;
 use infergrid::model::ModelManifest;
 use infergrid::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
 use infergrid::net::{NetConfig, Network};
@@ -67,25 +68,8 @@ async fn vouchers_are_checked_credit_is_bounded_and_redemption_pays_once() -> an
     let chain = Chain::start().await?;
     let (operator, other_operator, payer, stranger) =
         (dev(Role::Operator, 0), dev(Role::Operator, 1), dev(Role::Payer, 0), dev(Role::Payer, 1));
-    for account in [&operator, &payer] {
-        chain.fund(account.address, "20000").await?;
-    }
-    let node_contracts = chain.as_account(&operator).await?;
-    node_contracts.token.approve(chain.deployment.contracts.registry, btt("10000")).await?;
-    node_contracts
-        .registry
-        .register(&NodeRegistration {
-            peer_id: Bytes::from(
-                node_keypair(&operator.private_key).public().to_peer_id().to_bytes(),
-            ),
-            model_id: manifest.id(),
-            first_block: 0,
-            last_block: 1,
-            price_per_token: U256::from(PRICE),
-            multiaddrs: vec![],
-            stake: btt("10000"),
-        })
-        .await?;
+    chain.register_node(&operator, manifest.id(), (0, 1), U256::from(PRICE)).await?;
+    chain.fund(payer.address, "20000").await?;
     let payer_contracts = chain.as_account(&payer).await?;
     let channels_address = chain.deployment.contracts.channels;
     payer_contracts.token.approve(channels_address, btt("2")).await?;
@@ -116,7 +100,7 @@ async fn vouchers_are_checked_credit_is_bounded_and_redemption_pays_once() -> an
         operator.private_key,
     )?;
     let (client, _inbound) = Network::spawn(NetConfig {
-        keypair: node_keypair(&payer.private_key),
+        keypair: NodeIdentity::derive(&payer.private_key).keypair(),
         listen: vec![],
         bootstrap: vec![],
         request_timeout: std::time::Duration::from_secs(30),
@@ -213,5 +197,24 @@ async fn vouchers_are_checked_credit_is_bounded_and_redemption_pays_once() -> an
         client.request(node.peer, paid(step(&manifest, position + 1, vec![7]), first)).await?,
     );
     assert!(message.contains("replayed or stale"), "{message}");
+
+    // The payer serves itself one more step, then asks to close. The node redeems at once, but
+    // its batch is mined only as the close window ends: the contract skips the voucher
+    // instead of reverting, the node is paid nothing for it, books nothing, and does not
+    // send it again.
+    let last = voucher(channel, tariff.amount(6 + 2 * on_credit + 4)).sign(&domain, &payer_key);
+    let response =
+        client.request(node.peer, paid(step(&manifest, position + 1, vec![7]), last)).await?;
+    assert!(served(&response), "{response:?}");
+    payer_contracts.channels.request_close(channel).await?;
+    let closes_at = payer_contracts.channels.channel(channel).await?.closesAt;
+    chain.set_next_block_timestamp(closes_at).await?;
+    let settled = collector.settle(&RedeemPolicy { value_to_gas: 0 }).await?.expect("a redemption");
+    assert_eq!((settled.channels, settled.value), (0, U256::ZERO));
+    let skipped: Vec<_> = settled.skipped.iter().map(|s| (s.channel, s.reason)).collect();
+    assert_eq!(skipped, [(channel, SkipReason::ChannelExpired)]);
+    assert_eq!(collector.ledger().get(channel)?.map(|r| r.redeemed), Some(owed));
+    assert_eq!(collector.settle(&RedeemPolicy { value_to_gas: 0 }).await?, None);
+    assert_eq!(token.balance_of(operator.address).await? - before, owed);
     Ok(())
 }

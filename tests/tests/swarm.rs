@@ -16,7 +16,7 @@ use infergrid::net::{NetConfig, Network};
 use infergrid::serve::Admission;
 use infergrid::validate::{ResponseAttestation, validation_domain};
 use infergrid_e2e::models::{import, make_checkpoint};
-use infergrid_e2e::nodes::{Served, network, serve_blocks};
+use infergrid_e2e::nodes::{NODE_EPOCHS, Served, network, serve_blocks};
 use libp2p::{PeerId, identity};
 
 /// Starts a node serving `blocks` of the model, admitting only `clients`.
@@ -93,10 +93,11 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
         let InferResponse::Ok { output: hidden, signature } = response else {
             panic!("refused: {response:?}")
         };
-        // The answer is signed by the node's operator key over (request, output).
+        // The answer is signed by the node's operator key over (request, output, epoch).
         let attestation = ResponseAttestation {
             request_hash: infergrid::eip712::keccak256(&request.encode()),
             output_hash: infergrid::eip712::keccak256(&payload_bytes(&hidden)),
+            epoch: NODE_EPOCHS.current(),
         };
         let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
         assert_eq!(attestation.signer(&domain, &signature)?, first.operator.address());
@@ -237,11 +238,10 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Result<()> {
-    use alloy::primitives::Bytes;
-    use infergrid::chain::{NodeRegistration, connect_reader};
+    use infergrid::chain::connect_reader;
     use infergrid::devnet::Role;
     use infergrid::gateway::Directory;
-    use infergrid::identity::node_keypair;
+    use infergrid::identity::NodeIdentity;
     use infergrid_e2e::{Chain, btt, dev};
 
     let dir = tempfile::tempdir()?;
@@ -253,22 +253,9 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
     // A staked operator whose node identity is registered for block 0 of the model.
     let chain = Chain::start().await?;
     let staked = dev(Role::Operator, 0);
-    chain.fund(staked.address, "20000").await?;
-    let operator = chain.as_account(&staked).await?;
-    operator.token.approve(chain.deployment.contracts.registry, btt("10000")).await?;
-    let staked_peer = node_keypair(&staked.private_key).public().to_peer_id();
-    operator
-        .registry
-        .register(&NodeRegistration {
-            peer_id: Bytes::from(staked_peer.to_bytes()),
-            model_id: manifest.id(),
-            first_block: 0,
-            last_block: 0,
-            price_per_token: btt("0.000001"),
-            multiaddrs: vec![],
-            stake: btt("10000"),
-        })
-        .await?;
+    let operator = chain.register_node(&staked, manifest.id(), (0, 0), btt("0.000001")).await?;
+    let staked_identity = NodeIdentity::derive(&staked.private_key);
+    let staked_peer = staked_identity.peer_id();
 
     let reader = infergrid::chain::Registry::new(
         chain.deployment.contracts.registry,
@@ -285,8 +272,9 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
             request_timeout: Duration::from_secs(30),
         })
     };
-    let (staked_client, _a) = connect(node_keypair(&staked.private_key))?;
-    let (unstaked_client, _b) = connect(node_keypair(&dev(Role::Validator, 0).private_key))?;
+    let (staked_client, _a) = connect(staked_identity.keypair())?;
+    let unstaked = NodeIdentity::derive(&dev(Role::Validator, 0).private_key);
+    let (unstaked_client, _b) = connect(unstaked.keypair())?;
     for c in [&staked_client, &unstaked_client] {
         c.dial(server.peer, server.addr.clone()).await?;
     }

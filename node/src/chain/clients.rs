@@ -1,6 +1,7 @@
 //! One typed client per contract. Transactions wait for their receipt and decode reverts;
 //! views return the contract's own types.
 
+use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionReceipt;
@@ -13,6 +14,7 @@ use super::bindings::{
 };
 use super::{ChainError, send};
 use crate::pay::SignedVoucher;
+use crate::validate::EpochClock;
 
 type Tx = Result<TransactionReceipt, ChainError>;
 
@@ -45,10 +47,18 @@ impl Token {
     }
 }
 
+/// Operators scanned per `NodeRegistry.operators` or `activeNodes` call: each call costs gas
+/// linear in the page, which keeps it under the `eth_call` gas caps of public endpoints.
+const OPERATOR_PAGE: u64 = 256;
+
 /// What an operator registers for its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRegistration {
+    /// A secp256k1 libp2p peer id (see [`crate::identity`]).
     pub peer_id: Bytes,
+    /// The peer id key's signature over `peerIdOwnershipDigest(operator)`
+    /// ([`crate::identity::NodeIdentity::peer_id_ownership_signature`]).
+    pub peer_id_signature: Bytes,
     pub model_id: B256,
     pub first_block: u32,
     pub last_block: u32,
@@ -72,6 +82,7 @@ impl Registry {
     pub async fn register(&self, node: &NodeRegistration) -> Tx {
         send(self.0.register(
             node.peer_id.clone(),
+            node.peer_id_signature.clone(),
             node.model_id,
             node.first_block,
             node.last_block,
@@ -102,6 +113,10 @@ impl Registry {
     pub async fn unjail(&self) -> Tx {
         send(self.0.unjail()).await
     }
+    /// Removes the caller's node and frees its peer id (nothing bonded or unbonding, not jailed).
+    pub async fn deregister(&self) -> Tx {
+        send(self.0.deregister()).await
+    }
     pub async fn node(&self, operator: Address) -> Result<NodeRegistry::Node, ChainError> {
         Ok(self.0.getNode(operator).call().await?)
     }
@@ -114,19 +129,70 @@ impl Registry {
     pub async fn operator_of(&self, peer_id: Bytes) -> Result<Address, ChainError> {
         Ok(self.0.operatorOf(peer_id).call().await?)
     }
+    /// Every registered operator, in the registry's list order.
     pub async fn operators(&self) -> Result<Vec<Address>, ChainError> {
-        Ok(self.0.operators().call().await?)
+        registered_operators(&self.0, self.head().await?).await
     }
+    /// The active nodes of `model_id` serving layer block `block`.
     pub async fn active_nodes(
         &self,
         model_id: B256,
         block: u32,
     ) -> Result<Vec<Address>, ChainError> {
-        Ok(self.0.activeNodes(model_id, block).call().await?)
+        let at = self.head().await?;
+        paged(&self.0, at, |start, limit| {
+            let call = self.0.activeNodes(model_id, block, start, limit).block(at);
+            async move { call.call().await }
+        })
+        .await
+    }
+    /// The latest block, pinned so that every page of a listing reads the same list: a
+    /// deregistration between two pages moves the last operator into the freed position.
+    async fn head(&self) -> Result<BlockId, ChainError> {
+        Ok(BlockId::number(self.0.provider().get_block_number().await?))
     }
     pub async fn min_stake(&self) -> Result<U256, ChainError> {
         Ok(self.0.minStake().call().await?)
     }
+    /// The registry's own EIP-712 digest that a peer id's key signs to let `operator`
+    /// register it.
+    pub async fn peer_id_ownership_digest(&self, operator: Address) -> Result<B256, ChainError> {
+        Ok(self.0.peerIdOwnershipDigest(operator).call().await?)
+    }
+}
+
+/// Every operator registered at block `at`, read page by page.
+pub(crate) async fn registered_operators(
+    registry: &NodeRegistryInstance<DynProvider>,
+    at: BlockId,
+) -> Result<Vec<Address>, ChainError> {
+    paged(registry, at, |start, limit| {
+        let call = registry.operators(start, limit).block(at);
+        async move { call.call().await }
+    })
+    .await
+}
+
+/// Concatenates `page(start, OPERATOR_PAGE)` over the positions of the registry's operator
+/// list at block `at`; `page` must read at `at` too.
+async fn paged<F, Fut>(
+    registry: &NodeRegistryInstance<DynProvider>,
+    at: BlockId,
+    mut page: F,
+) -> Result<Vec<Address>, ChainError>
+where
+    F: FnMut(U256, U256) -> Fut,
+    Fut: Future<Output = Result<Vec<Address>, alloy::contract::Error>>,
+{
+    let count = registry.operatorCount().block(at).call().await?;
+    let limit = U256::from(OPERATOR_PAGE);
+    let mut all = Vec::new();
+    let mut start = U256::ZERO;
+    while start < count {
+        all.extend(page(start, limit).await?);
+        start += limit;
+    }
+    Ok(all)
 }
 
 /// Payment channels: deposits, vouchers, redemption, close and refund.
@@ -157,8 +223,13 @@ impl Channels {
         let v = voucher.voucher;
         send(self.0.redeem(v.channel_id, v.cumulative_amount, voucher.signature.clone())).await
     }
-    /// Redeems the latest voucher of many channels in one transaction and one transfer.
-    pub async fn redeem_batch(&self, vouchers: &[SignedVoucher]) -> Tx {
+    /// Redeems the latest voucher of many channels in one transaction and one transfer. The
+    /// contract skips, rather than reverts on, a voucher that cannot pay: the result says
+    /// which paid and which were skipped, from the receipt's events.
+    pub async fn redeem_batch(
+        &self,
+        vouchers: &[SignedVoucher],
+    ) -> Result<BatchRedemption, ChainError> {
         let batch = vouchers
             .iter()
             .map(|v| PaymentChannels::SignedVoucher {
@@ -167,7 +238,8 @@ impl Channels {
                 signature: v.signature.clone(),
             })
             .collect();
-        send(self.0.redeemBatch(batch)).await
+        let receipt = send(self.0.redeemBatch(batch)).await?;
+        Ok(BatchRedemption::from_receipt(receipt, self.address()))
     }
     pub async fn request_close(&self, channel_id: U256) -> Tx {
         send(self.0.requestClose(channel_id)).await
@@ -218,6 +290,100 @@ impl Channels {
     }
 }
 
+/// A voucher `redeemBatch` paid: the `VoucherRedeemed` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedeemedVoucher {
+    pub channel: U256,
+    /// Paid by this transaction.
+    pub amount: U256,
+    /// What the channel has paid its node in all, this transaction included.
+    pub cumulative_paid: U256,
+}
+
+/// A voucher `redeemBatch` left out: the `VoucherSkipped` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkippedVoucher {
+    pub channel: U256,
+    pub cumulative_amount: U256,
+    pub reason: SkipReason,
+}
+
+/// Why `redeemBatch` skipped a voucher: `PaymentChannels.SkipReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    UnknownChannel,
+    NotChannelNode,
+    ChannelExpired,
+    AlreadyRedeemed,
+    InvalidSignature,
+    /// A reason this client does not know (a newer contract).
+    Other(u8),
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownChannel => f.write_str("no such channel"),
+            Self::NotChannelNode => f.write_str("the channel pays another node"),
+            Self::ChannelExpired => f.write_str("the channel's close window has ended"),
+            Self::AlreadyRedeemed => f.write_str("the channel has already paid at least this much"),
+            Self::InvalidSignature => f.write_str("not signed by the channel's payer"),
+            Self::Other(code) => write!(f, "reason {code}"),
+        }
+    }
+}
+
+impl From<u8> for SkipReason {
+    fn from(code: u8) -> Self {
+        match code {
+            1 => Self::UnknownChannel,
+            2 => Self::NotChannelNode,
+            3 => Self::ChannelExpired,
+            4 => Self::AlreadyRedeemed,
+            5 => Self::InvalidSignature,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// What a mined `redeemBatch` did.
+#[derive(Debug, Clone)]
+pub struct BatchRedemption {
+    pub receipt: TransactionReceipt,
+    pub redeemed: Vec<RedeemedVoucher>,
+    pub skipped: Vec<SkippedVoucher>,
+}
+
+impl BatchRedemption {
+    /// Reads the `VoucherRedeemed` and `VoucherSkipped` events `channels` emitted in `receipt`.
+    fn from_receipt(receipt: TransactionReceipt, channels: Address) -> Self {
+        let (mut redeemed, mut skipped) = (Vec::new(), Vec::new());
+        for log in receipt.inner.logs().iter().filter(|log| log.address() == channels) {
+            if let Ok(event) = log.log_decode::<PaymentChannels::VoucherRedeemed>() {
+                let e = event.inner.data;
+                redeemed.push(RedeemedVoucher {
+                    channel: e.channelId,
+                    amount: e.amount,
+                    cumulative_paid: e.cumulativePaid,
+                });
+            } else if let Ok(event) = log.log_decode::<PaymentChannels::VoucherSkipped>() {
+                let e = event.inner.data;
+                skipped.push(SkippedVoucher {
+                    channel: e.channelId,
+                    cumulative_amount: e.cumulativeAmount,
+                    reason: e.reason.into(),
+                });
+            }
+        }
+        Self { receipt, redeemed, skipped }
+    }
+
+    /// The total paid to the node: `redeemBatch`'s return value.
+    pub fn total(&self) -> U256 {
+        self.redeemed.iter().map(|r| r.amount).sum()
+    }
+}
+
 /// Validators, challenge commitments, result quorums, fault reports and reputation.
 #[derive(Debug, Clone)]
 pub struct ValidationClient(ValidationInstance<DynProvider>);
@@ -231,6 +397,13 @@ impl ValidationClient {
     }
     pub async fn register_validator(&self, stake: U256) -> Tx {
         send(self.0.registerValidator(stake)).await
+    }
+    /// The contract's epochs: `genesis` and `epochDuration`, both fixed at deployment.
+    pub async fn epoch_clock(&self) -> Result<EpochClock, ChainError> {
+        Ok(EpochClock {
+            genesis: self.0.genesis().call().await?,
+            duration: self.0.epochDuration().call().await?,
+        })
     }
     pub async fn current_epoch(&self) -> Result<u64, ChainError> {
         Ok(self.0.currentEpoch().call().await?)
@@ -295,8 +468,9 @@ impl ValidationClient {
         &self,
         request_hash: B256,
         output_hash: B256,
+        epoch: u64,
     ) -> Result<B256, ChainError> {
-        Ok(self.0.responseDigest(request_hash, output_hash).call().await?)
+        Ok(self.0.responseDigest(request_hash, output_hash, epoch).call().await?)
     }
 }
 

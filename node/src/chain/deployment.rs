@@ -12,17 +12,20 @@ use super::{Account, ChainError, send};
 pub struct DeployParams {
     /// Least stake an active node must bond (token wei).
     pub min_node_stake: U256,
-    /// Seconds a node's unbonded stake waits before it can be withdrawn.
+    /// Seconds a node's unbonded stake waits before it can be withdrawn. Must exceed
+    /// `Validation.faultExposure()` (the epoch plus the commit, reveal and vote windows), so a
+    /// node cannot withdraw ahead of a report about its answers; else `setValidation` reverts.
     pub node_unbonding_period: u64,
     /// Seconds a node stays jailed after a proven fault.
     pub jail_period: u64,
-    /// Seconds between a payer's close request and its refund, for nodes to redeem.
+    /// Seconds between a payer's close request and its refund, for nodes to redeem; non-zero.
     pub channel_close_window: u64,
     pub min_validator_stake: U256,
     pub epoch_duration: u64,
     pub result_commit_window: u64,
     pub result_reveal_window: u64,
     pub fault_vote_window: u64,
+    /// Must exceed `Validation.faultExposure()` too, or deploying `Validation` reverts.
     pub validator_unbonding_period: u64,
     /// Stake-weighted quorum, in basis points of the total validator stake.
     pub quorum_bps: u16,
@@ -34,6 +37,9 @@ pub struct DeployParams {
     pub reputation_alpha_bps: u16,
     /// Bond a validator posts with a fault report, lost if the report is rejected.
     pub report_bond: U256,
+    /// Taken from a validator's stake for a committed result it never revealed, or for a
+    /// vote against a report's verdict.
+    pub validator_penalty: U256,
     pub treasury: Address,
 }
 
@@ -56,6 +62,7 @@ impl DeployParams {
             reporter_reward_bps: 5000,
             reputation_alpha_bps: 3000,
             report_bond: parse_ether("100").expect("constant"),
+            validator_penalty: parse_ether("100").expect("constant"),
             treasury,
         }
     }
@@ -73,6 +80,7 @@ impl DeployParams {
             reporterRewardBps: self.reporter_reward_bps,
             reputationAlphaBps: self.reputation_alpha_bps,
             reportBond: self.report_bond,
+            validatorPenalty: self.validator_penalty,
             treasury: self.treasury,
         }
     }

@@ -6,7 +6,10 @@ mod clients;
 mod deployment;
 mod error;
 
-pub use clients::{Channels, NodeRegistration, Registry, Tally, Token, ValidationClient};
+pub use clients::{
+    BatchRedemption, Channels, NodeRegistration, RedeemedVoucher, Registry, SkipReason,
+    SkippedVoucher, Tally, Token, ValidationClient,
+};
 pub use deployment::{ContractAddresses, DeployParams, Deployment, DeploymentFileError, deploy};
 pub use error::{ChainError, describe_revert};
 

@@ -4,7 +4,7 @@ use alloy::primitives::{Address, utils::format_ether};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use infergrid::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
-use infergrid::chain::{Account, DeployParams, Deployment, connect_reader};
+use infergrid::chain::{Account, DeployParams, Deployment, Registry, connect_reader};
 
 use super::keys::KeyArgs;
 
@@ -69,7 +69,10 @@ async fn info(url: &str, deployment: &Deployment) -> anyhow::Result<()> {
     let registry = NodeRegistry::new(c.registry, provider.clone());
     let channels = PaymentChannels::new(c.channels, provider.clone());
     let validation = Validation::new(c.validation, provider.clone());
-    let operators = registry.operators().call().await.context("reading NodeRegistry.operators")?;
+    let operators = Registry::new(c.registry, provider.clone())
+        .operators()
+        .await
+        .context("reading NodeRegistry.operators")?;
     println!(
         "chain {} at {url}, contracts since block {}",
         deployment.chain_id, deployment.deploy_block

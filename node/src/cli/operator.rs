@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use infergrid::chain::audit::{AuditError, Auditor};
 use infergrid::chain::{Deployment, NodeRegistration};
-use infergrid::identity::node_peer_id;
+use infergrid::identity::NodeIdentity;
 
 use super::keys::KeyArgs;
 
@@ -25,7 +25,8 @@ pub struct OperatorArgs {
 
 #[derive(Debug, Subcommand)]
 enum OperatorCommand {
-    /// Stake and register this operator's node (its libp2p peer id is derived from the key).
+    /// Stake and register this operator's node: its libp2p identity, derived from the key,
+    /// signs that this operator may register its peer id.
     Register {
         /// Imported model folder whose id is registered.
         #[arg(long)]
@@ -50,6 +51,8 @@ enum OperatorCommand {
     Unbond { amount: String },
     /// Withdraw stake whose unbonding period has passed.
     Withdraw,
+    /// Remove the node and free its peer id, once all stake is withdrawn.
+    Deregister,
     /// Print the node's on-chain state (default: this operator's).
     Status {
         #[arg(long)]
@@ -90,9 +93,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         OperatorCommand::Register { model, blocks, price, stake, multiaddr } => {
             let manifest = infergrid::model::ModelManifest::load(&model)?;
             let (first_block, last_block) = super::parse_block_range(&blocks)?;
-            let peer = node_peer_id(&key);
+            let identity = NodeIdentity::derive(&key);
+            let peer = identity.peer_id();
+            let signature = identity.peer_id_ownership_signature(
+                deployment.chain_id,
+                deployment.contracts.registry,
+                account.address,
+            );
             let registration = NodeRegistration {
                 peer_id: Bytes::from(peer.to_bytes()),
+                peer_id_signature: Bytes::copy_from_slice(&signature),
                 model_id: manifest.id(),
                 first_block,
                 last_block,
@@ -118,6 +128,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             report("unbond", &c.registry.request_unbond(parse_amount(&amount)?).await?)
         }
         OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
+        OperatorCommand::Deregister => report("deregister", &c.registry.deregister().await?),
         OperatorCommand::Status { address } => {
             return status(&args.chain.rpc_url, &deployment, address.unwrap_or(account.address))
                 .await;

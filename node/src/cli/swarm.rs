@@ -12,7 +12,7 @@ use infergrid::chain::{Account, Deployment, Registry, deployment_fingerprint};
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
-use infergrid::identity::node_keypair;
+use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
 use infergrid::pay::meter::Tariff;
@@ -80,8 +80,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let operator = Eip712Signer::from_bytes(&key)?;
     let (deployment, account) = args.chain.account(&key).await?;
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
-    let keypair = node_keypair(&key);
-    let peer = keypair.public().to_peer_id();
+    let identity = NodeIdentity::derive(&key);
+    let peer = identity.peer_id();
     let collector = if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
         eprintln!(
             "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
@@ -108,8 +108,9 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         )?));
     }
     let model_id = manifest.id().0;
+    let clock = account.contracts(&deployment).validation.epoch_clock().await?;
     let (net, inbound) = Network::spawn(NetConfig {
-        keypair,
+        keypair: identity.keypair(),
         listen: args.listen.clone(),
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(60),
@@ -124,6 +125,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         attester: Attester {
             signer: operator,
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
+            clock,
         },
         decode_ms: Default::default(),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
@@ -138,10 +140,18 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 match collector.settle(&policy).await {
-                    Ok(Some(s)) => println!(
-                        "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
-                        s.value, s.channels, s.tx, s.gas_used
-                    ),
+                    Ok(Some(s)) => {
+                        println!(
+                            "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
+                            s.value, s.channels, s.tx, s.gas_used
+                        );
+                        for skip in &s.skipped {
+                            eprintln!(
+                                "node: channel {}: voucher for {} wei not redeemed: {}",
+                                skip.channel, skip.cumulative_amount, skip.reason
+                            );
+                        }
+                    }
                     Ok(None) => {}
                     Err(e) => eprintln!("node: redemption failed (retrying): {e}"),
                 }
@@ -274,7 +284,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let wallet = Arc::new(wallet(&args, &key, &deployment, &account).await?);
     let (net, mut inbound) = Network::spawn(NetConfig {
-        keypair: node_keypair(&key),
+        keypair: NodeIdentity::derive(&key).keypair(),
         listen: args.p2p_listen.clone(),
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::chain::{Account, ChainError, DeployParams, Deployment, NodeRegistration, deploy};
 use crate::eip712::keccak256;
-use crate::identity::node_peer_id;
+use crate::identity::NodeIdentity;
 
 /// Anvil's default chain id.
 pub const DEVNET_CHAIN_ID: u64 = 31337;
@@ -120,9 +120,16 @@ pub async fn provision(
         model.unwrap_or(ServedModel { model_id: placeholder_model_id(), num_blocks: u32::MAX });
     for (index, operator) in (0u32..).zip(role(Role::Operator)) {
         let block = index % model.num_blocks;
-        let peer_id = node_peer_id(&operator.private_key);
+        let identity = NodeIdentity::derive(&operator.private_key);
+        let peer_id = identity.peer_id();
+        let signature = identity.peer_id_ownership_signature(
+            deployment.chain_id,
+            deployment.contracts.registry,
+            operator.address,
+        );
         let registration = NodeRegistration {
             peer_id: Bytes::from(peer_id.to_bytes()),
+            peer_id_signature: Bytes::copy_from_slice(&signature),
             model_id: model.model_id,
             first_block: block,
             last_block: block,

@@ -106,6 +106,8 @@ struct Book {
     channels: HashMap<U256, Channel>,
     /// The channel each peer last paid from.
     peers: HashMap<PeerId, U256>,
+    /// Vouchers (channel → cumulative amount) the contract refused to redeem for good.
+    refused: HashMap<U256, U256>,
 }
 
 /// Checks vouchers, meters usage and keeps the ledger.
@@ -287,6 +289,17 @@ impl Collector {
     /// Whether a payer has used the channel since this node started.
     pub(super) async fn is_live(&self, id: U256) -> bool {
         self.book.lock().await.channels.contains_key(&id)
+    }
+
+    /// Remembers, for this run, that the contract will not redeem the voucher for `amount`
+    /// on channel `id`: settlement leaves it out until a newer voucher arrives.
+    pub(super) async fn refuse(&self, id: U256, amount: U256) {
+        self.book.lock().await.refused.insert(id, amount);
+    }
+
+    /// Whether the voucher for `amount` on channel `id` was refused by the contract.
+    pub(super) async fn is_refused(&self, id: U256, amount: U256) -> bool {
+        self.book.lock().await.refused.get(&id) == Some(&amount)
     }
 
     /// Records the chain's view of a channel: paid so far, deposit, close state.

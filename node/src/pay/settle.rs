@@ -6,6 +6,7 @@ use alloy::primitives::{B256, U256};
 
 use super::SignedVoucher;
 use super::collector::{Collector, PaymentError};
+use crate::chain::{RedeemedVoucher, SkipReason, SkippedVoucher};
 
 /// Gas of a `redeemBatch` of `n` channels, transaction base and calldata included (measured:
 /// `protocol-spec/contracts.md`, "Gas"), used to price a redemption before sending it.
@@ -40,9 +41,33 @@ impl RedeemPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
     pub tx: B256,
+    /// Channels the transaction paid.
     pub channels: usize,
+    /// What it paid, in all.
     pub value: U256,
     pub gas_used: u64,
+    /// Vouchers the contract left out, and why.
+    pub skipped: Vec<SkippedVoucher>,
+}
+
+/// A channel put in a batch, as read from the chain just before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    channel: U256,
+    /// The voucher, capped at the deposit: what `paid` becomes if the voucher is redeemed.
+    payable: U256,
+    paid: U256,
+    deposit: U256,
+    closing: bool,
+}
+
+/// The chain's view of a channel after a batch: what [`Collector::observe`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Observed {
+    channel: U256,
+    paid: U256,
+    deposit: U256,
+    closing: bool,
 }
 
 impl Collector {
@@ -51,8 +76,7 @@ impl Collector {
     pub async fn settle(&self, policy: &RedeemPolicy) -> Result<Option<Settlement>, PaymentError> {
         let (gas_price, now) = self.channels().gas_price_and_time().await?;
         let mut batch: Vec<SignedVoucher> = Vec::new();
-        // Per channel in the batch: what redeeming makes `paid`, the deposit, the close state.
-        let mut after: Vec<(U256, U256, U256, bool)> = Vec::new();
+        let mut planned: Vec<Planned> = Vec::new();
         let (mut value, mut closing) = (U256::ZERO, false);
         for (id, record) in self.ledger().all()? {
             if record.vouched() <= record.redeemed && !self.is_live(id).await {
@@ -67,30 +91,73 @@ impl Collector {
             let (paid, deposit) = (U256::from(state.paid), U256::from(state.deposit));
             self.observe(id, paid, deposit, state.closesAt != 0).await?;
             let Some(voucher) = record.voucher else { continue };
-            let payable = voucher.voucher.cumulative_amount.min(deposit);
+            let amount = voucher.voucher.cumulative_amount;
+            let payable = amount.min(deposit);
             let expired = state.closesAt != 0 && now >= state.closesAt;
-            if payable > paid && !expired {
+            if payable > paid && !expired && !self.is_refused(id, amount).await {
                 value += payable - paid;
                 closing |= state.closesAt != 0;
                 batch.push(voucher);
-                after.push((id, payable, deposit, state.closesAt != 0));
+                planned.push(Planned {
+                    channel: id,
+                    payable,
+                    paid,
+                    deposit,
+                    closing: state.closesAt != 0,
+                });
             }
         }
         if batch.is_empty() || !policy.due(value, batch.len(), gas_price, closing) {
             return Ok(None);
         }
-        let receipt = self.channels().redeem_batch(&batch).await?;
-        // The batch reverts as a whole, so a mined one paid every channel up to `payable`.
-        for (id, payable, deposit, closing) in after {
-            self.observe(id, payable, deposit, closing).await?;
+        // The contract skips a voucher that cannot pay rather than reverting the batch, so
+        // only the receipt's events say what was paid.
+        let redemption = self.channels().redeem_batch(&batch).await?;
+        for seen in observed_after(&planned, &redemption.redeemed, &redemption.skipped) {
+            self.observe(seen.channel, seen.paid, seen.deposit, seen.closing).await?;
+        }
+        for skip in &redemption.skipped {
+            if !matches!(skip.reason, SkipReason::AlreadyRedeemed | SkipReason::ChannelExpired) {
+                // The voucher was checked against the channel when stored and again just now;
+                // if the contract still refuses it, sending it again would only burn gas.
+                self.refuse(skip.channel, skip.cumulative_amount).await;
+            }
         }
         Ok(Some(Settlement {
-            tx: receipt.transaction_hash,
-            channels: batch.len(),
-            value,
-            gas_used: receipt.gas_used,
+            tx: redemption.receipt.transaction_hash,
+            channels: redemption.redeemed.len(),
+            value: redemption.total(),
+            gas_used: redemption.receipt.gas_used,
+            skipped: redemption.skipped,
         }))
     }
+}
+
+/// What each planned channel holds after the batch, from the batch's events alone: a
+/// redeemed voucher leaves the channel at the event's `cumulativePaid`; one skipped as already
+/// redeemed means the chain has paid at least its `payable`; one skipped as expired will never
+/// pay more, and its channel is closing. Channels the batch did not change are left out.
+fn observed_after(
+    planned: &[Planned],
+    redeemed: &[RedeemedVoucher],
+    skipped: &[SkippedVoucher],
+) -> Vec<Observed> {
+    planned
+        .iter()
+        .filter_map(|p| {
+            let at = |paid, closing| {
+                Some(Observed { channel: p.channel, paid, deposit: p.deposit, closing })
+            };
+            if let Some(r) = redeemed.iter().rev().find(|r| r.channel == p.channel) {
+                return at(r.cumulative_paid, p.closing);
+            }
+            match skipped.iter().find(|s| s.channel == p.channel)?.reason {
+                SkipReason::AlreadyRedeemed => at(p.payable, p.closing),
+                SkipReason::ChannelExpired => at(p.paid, true),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -109,5 +176,49 @@ mod tests {
         assert!(!policy.due(bar, 2, gwei, false));
         assert!(policy.due(U256::from(1), 1, gwei, true));
         assert!(!policy.due(U256::ZERO, 1, 0, false));
+    }
+
+    #[test]
+    fn a_batch_books_what_its_events_say_was_paid() {
+        let planned = |channel: u64| Planned {
+            channel: U256::from(channel),
+            payable: U256::from(100),
+            paid: U256::from(40),
+            deposit: U256::from(500),
+            closing: false,
+        };
+        let plan = [planned(1), planned(2), planned(3), planned(4), planned(5)];
+        let redeemed = [RedeemedVoucher {
+            channel: U256::from(1),
+            amount: U256::from(60),
+            cumulative_paid: U256::from(100),
+        }];
+        let skipped = |channel: u64, reason| SkippedVoucher {
+            channel: U256::from(channel),
+            cumulative_amount: U256::from(100),
+            reason,
+        };
+        let skipped = [
+            skipped(2, SkipReason::AlreadyRedeemed),
+            skipped(3, SkipReason::ChannelExpired),
+            skipped(4, SkipReason::InvalidSignature),
+        ];
+        let seen = |channel: u64, paid: u64, closing| Observed {
+            channel: U256::from(channel),
+            paid: U256::from(paid),
+            deposit: U256::from(500),
+            closing,
+        };
+        assert_eq!(
+            observed_after(&plan, &redeemed, &skipped),
+            [
+                seen(1, 100, false),
+                // The chain has at least the voucher: what it holds beyond is read next time.
+                seen(2, 100, false),
+                // Nothing more will be paid: the channel is over.
+                seen(3, 40, true),
+                // Refused (4) or absent from the events (5): the batch changed nothing.
+            ]
+        );
     }
 }

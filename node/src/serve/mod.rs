@@ -15,7 +15,7 @@ use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
 };
 use crate::pay::{Collector, meter::step_units};
-use crate::validate::ResponseAttestation;
+use crate::validate::{EpochClock, ResponseAttestation};
 
 /// Who may send this node requests without paying.
 #[derive(Debug, Clone)]
@@ -46,19 +46,27 @@ impl Admission {
 }
 
 /// Signs answers so that a payer or validator can later prove what this node returned: the
-/// EIP-712 `Response(requestHash, outputHash)` of the `Validation` contract, where
-/// `requestHash` is keccak-256 of the encoded request and `outputHash` of the encoded output.
+/// EIP-712 `Response(requestHash, outputHash, epoch)` of the `Validation` contract, where
+/// `requestHash` is keccak-256 of the encoded request, `outputHash` of the encoded output and
+/// `epoch` the contract's epoch when the node answers.
 #[derive(Debug, Clone)]
 pub struct Attester {
     pub signer: Eip712Signer,
     pub domain: Domain,
+    /// The contract's epochs, read once at start: they are fixed at deployment.
+    pub clock: EpochClock,
 }
 
 impl Attester {
-    /// Signs (keccak-256 of the encoded request, keccak-256 of the encoded output).
+    /// Signs (keccak-256 of the encoded request, keccak-256 of the encoded output, the
+    /// current epoch).
     pub fn attest(&self, request_hash: B256, output: &Payload) -> [u8; 65] {
-        ResponseAttestation { request_hash, output_hash: keccak256(&payload_bytes(output)) }
-            .sign(&self.domain, &self.signer)
+        ResponseAttestation {
+            request_hash,
+            output_hash: keccak256(&payload_bytes(output)),
+            epoch: self.clock.current(),
+        }
+        .sign(&self.domain, &self.signer)
     }
 }
 

@@ -1,14 +1,14 @@
 use std::sync::LazyLock;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, B256, U256};
 
 use crate::eip712::{
     Domain, Eip712Signer, SignatureError, hash_static_struct, keccak256, recover_signer,
 };
 
-/// `keccak256("Response(bytes32 requestHash,bytes32 outputHash)")`.
+/// `keccak256("Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)")`.
 pub static RESPONSE_TYPEHASH: LazyLock<B256> =
-    LazyLock::new(|| keccak256(b"Response(bytes32 requestHash,bytes32 outputHash)"));
+    LazyLock::new(|| keccak256(b"Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)"));
 
 /// The EIP-712 domain of a `Validation` deployment.
 pub fn validation_domain(chain_id: u64, validation: Address) -> Domain {
@@ -16,11 +16,13 @@ pub fn validation_domain(chain_id: u64, validation: Address) -> Domain {
 }
 
 /// A node's signed statement "for the request hashing to `request_hash` I returned the output
-/// hashing to `output_hash`". It is the evidence a validator posts in a fault report.
+/// hashing to `output_hash`, during `epoch`". It is the evidence a validator posts in a fault
+/// report; the epoch ties it to the challenge root committed before that epoch began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseAttestation {
     pub request_hash: B256,
     pub output_hash: B256,
+    pub epoch: u64,
 }
 
 impl ResponseAttestation {
@@ -28,7 +30,7 @@ impl ResponseAttestation {
     pub fn digest(&self, domain: &Domain) -> B256 {
         domain.digest(hash_static_struct(
             *RESPONSE_TYPEHASH,
-            &[self.request_hash.0, self.output_hash.0],
+            &[self.request_hash.0, self.output_hash.0, U256::from(self.epoch).to_be_bytes()],
         ))
     }
 

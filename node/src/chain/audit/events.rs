@@ -7,6 +7,7 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::{format_tokens, peer_id_text};
+use crate::chain::SkipReason;
 use crate::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
 
 /// Declares [`NodeEvent`] over the listed events of each contract, with the decoder keyed on
@@ -51,15 +52,15 @@ macro_rules! node_events {
 node_events! {
     NodeRegistry {
         NodeRegistered, ServiceUpdated, StakeAdded, UnbondRequested, Withdrawn, Slashed,
-        Jailed, Unjailed,
+        Jailed, Unjailed, NodeDeregistered,
     }
     Validation {
         ResultCommitted, ResultRevealed, ResultFinalized, FaultReported, FaultVoted,
         FaultFinalized,
     }
     PaymentChannels {
-        ChannelOpened, ChannelToppedUp, VoucherRedeemed, CloseRequested, CloseCancelled,
-        ChannelClosed,
+        ChannelOpened, ChannelToppedUp, VoucherRedeemed, VoucherSkipped, CloseRequested,
+        CloseCancelled, ChannelClosed,
     }
 }
 
@@ -81,6 +82,8 @@ pub enum Value {
     Hash(B256),
     PeerId(Bytes),
     Bool(bool),
+    /// Why a voucher was not redeemed.
+    Reason(SkipReason),
 }
 
 impl std::fmt::Display for Value {
@@ -95,6 +98,7 @@ impl std::fmt::Display for Value {
             Value::Hash(h) => write!(f, "{h}"),
             Value::PeerId(bytes) => f.write_str(&peer_id_text(bytes)),
             Value::Bool(b) => write!(f, "{b}"),
+            Value::Reason(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Serialize for Value {
             Value::Hash(h) => h.serialize(s),
             Value::PeerId(bytes) => s.serialize_str(&peer_id_text(bytes)),
             Value::Bool(b) => s.serialize_bool(*b),
+            Value::Reason(reason) => s.collect_str(reason),
         }
     }
 }
@@ -155,6 +160,9 @@ impl NodeEvent {
             ],
             Self::Jailed(e) => vec![("operator", Address(e.operator)), ("until", Time(e.until))],
             Self::Unjailed(e) => vec![("operator", Address(e.operator))],
+            Self::NodeDeregistered(e) => {
+                vec![("operator", Address(e.operator)), ("peerId", PeerId(e.peerId.clone()))]
+            }
             Self::ResultCommitted(e) => vec![
                 ("validator", Address(e.validator)),
                 ("node", Address(e.node)),
@@ -212,6 +220,11 @@ impl NodeEvent {
                 ("node", Address(e.node)),
                 ("amount", Tokens(e.amount)),
                 ("cumulativePaid", Tokens(e.cumulativePaid)),
+            ],
+            Self::VoucherSkipped(e) => vec![
+                ("channelId", Id(e.channelId)),
+                ("cumulativeAmount", Tokens(e.cumulativeAmount)),
+                ("reason", Reason(e.reason.into())),
             ],
             Self::CloseRequested(e) => {
                 vec![("channelId", Id(e.channelId)), ("closesAt", Time(e.closesAt))]

@@ -31,6 +31,7 @@ impl Auditor {
             R::Slashed::SIGNATURE_HASH,
             R::Jailed::SIGNATURE_HASH,
             R::Unjailed::SIGNATURE_HASH,
+            R::NodeDeregistered::SIGNATURE_HASH,
         ]);
         let mut logs = self.logs(registry).await?;
 
@@ -60,6 +61,7 @@ impl Auditor {
             C::ChannelOpened::SIGNATURE_HASH,
             C::ChannelToppedUp::SIGNATURE_HASH,
             C::VoucherRedeemed::SIGNATURE_HASH,
+            C::VoucherSkipped::SIGNATURE_HASH,
             C::CloseRequested::SIGNATURE_HASH,
             C::CloseCancelled::SIGNATURE_HASH,
             C::ChannelClosed::SIGNATURE_HASH,

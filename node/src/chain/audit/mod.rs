@@ -21,6 +21,7 @@ use super::bindings::{
     NodeRegistry::{self, NodeRegistryInstance},
     Validation::{self, ValidationInstance},
 };
+use super::clients::registered_operators;
 use super::{ChainError, Deployment, check_deployment, connect_reader};
 
 /// Nodes read at once by [`Auditor::nodes`]: enough to hide latency, few enough for a
@@ -35,7 +36,7 @@ pub const DEFAULT_LOG_WINDOW: u64 = 10_000;
 pub enum AuditError {
     #[error(transparent)]
     Chain(#[from] ChainError),
-    #[error("{operator} has never registered a node with the registry at {registry}")]
+    #[error("{operator} has no node registered with the registry at {registry}")]
     NotRegistered { operator: Address, registry: Address },
     #[error("log {index} of block {block}: {reason}")]
     BadLog { block: u64, index: u64, reason: String },
@@ -141,9 +142,9 @@ impl Auditor {
         *self.registry.address()
     }
 
-    /// Every operator that ever registered, in registration order.
+    /// Every registered operator's node, in the registry's list order.
     pub async fn nodes(&self) -> Result<Vec<NodeAudit>, AuditError> {
-        let operators = self.registry.operators().block(self.at()).call().await?;
+        let operators = registered_operators(&self.registry, self.at()).await?;
         futures::stream::iter(operators)
             .map(|operator| self.read(operator))
             .buffered(CONCURRENT_NODE_READS)
@@ -151,7 +152,8 @@ impl Auditor {
             .await
     }
 
-    /// One operator's node; an error names an address that never registered.
+    /// One operator's node; an error names an address without one (never registered, or
+    /// deregistered).
     pub async fn node(&self, operator: Address) -> Result<NodeAudit, AuditError> {
         let node = self.read(operator).await?;
         if node.registered_at == 0 {
@@ -199,9 +201,9 @@ impl Auditor {
     }
 }
 
-/// A registered peer id as text: base58 when the bytes are a valid libp2p peer id, else
-/// `0x`-hex (the registry only checks that they are not empty). `0` is not in the base58
-/// alphabet, so the two cannot be confused.
+/// A registered peer id as text: base58 when the bytes are a valid libp2p peer id (the
+/// registry accepts nothing else), else `0x`-hex, so that any bytes still print. `0` is not
+/// in the base58 alphabet, so the two cannot be confused.
 pub fn peer_id_text(bytes: &Bytes) -> String {
     libp2p::PeerId::from_bytes(bytes).map(|p| p.to_string()).unwrap_or_else(|_| bytes.to_string())
 }
