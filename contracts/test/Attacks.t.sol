@@ -585,6 +585,31 @@ contract AttacksTest is Fixture {
         vm.assertEq(registry.operators(40, 8).length, 0, "past the end");
     }
 
+    /// @notice A node answers wrongly at the very start of an epoch and unbonds at once, hoping to withdraw before
+    ///         a report filed at the last moment is decided. Its unbonding outlasts `faultExposure()`: the conviction
+    ///         at the end of the vote window still finds the stake and slashes it.
+    function test_attack_nodeCannotWithdrawAheadOfAReport() public {
+        address reporter = _validator("reporter", 1_000 ether, EXPECTED);
+        address[] memory honest = _honestValidators(2, 1_000 ether);
+        _intoEpochE();
+        Validation.Evidence memory evidence = _evidence("reporter", EXPECTED, ANSWER);
+        vm.prank(node);
+        registry.requestUnbond(NODE_STAKE);
+
+        vm.warp(validation.epochEnd(E) + COMMIT_WINDOW + REVEAL_WINDOW - 1);
+        vm.prank(reporter);
+        uint256 id = validation.reportFault(node, E, evidence);
+        vm.warp(vm.getBlockTimestamp() + VOTE_WINDOW - 1);
+        uint64 endsAt = registry.getNode(node).unbondingEndsAt;
+        vm.prank(node);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.UnbondingNotElapsed.selector, endsAt));
+        registry.withdraw();
+        _vote(honest[0], id, true);
+        _vote(honest[1], id, true);
+        vm.assertEq(uint256(validation.getFaultReport(id).status), validation.FAULT_GUILTY(), "convicted in time");
+        vm.assertEq(registry.getNode(node).unbonding, NODE_STAKE - NODE_STAKE / 10, "slashed from unbonding stake");
+    }
+
     // ---------------------------------------------------------------- 9. validators that do not follow through
 
     /// @notice A validator commits a result and withholds the reveal to stall the round: the round does not
