@@ -115,8 +115,7 @@ impl Chain {
 
     /// The latest block's timestamp.
     pub async fn now(&self) -> anyhow::Result<u64> {
-        let block = self.deployer.provider.get_block_by_number(Default::default()).await?;
-        Ok(block.ok_or_else(|| anyhow::anyhow!("no latest block"))?.header.timestamp)
+        Ok(infergrid::chain::latest_block_time(&self.deployer.provider).await?)
     }
 
     /// The chain id.

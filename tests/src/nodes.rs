@@ -10,7 +10,7 @@ use infergrid::model::ModelManifest;
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::pay::Collector;
 use infergrid::serve::{Admission, Attester, BlockServer};
-use infergrid::validate::{EpochClock, validation_domain};
+use infergrid::validate::{ChainClock, EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 
 use crate::procs::free_port;
@@ -64,6 +64,7 @@ pub fn serve_blocks(
             signer: operator.clone(),
             domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
             clock: NODE_EPOCHS,
+            time: ChainClock::default(),
         },
         admission,
         collector,

@@ -10,7 +10,9 @@ use infergrid::devnet::Role;
 use infergrid::eip712::Eip712Signer;
 use infergrid::identity::{NodeIdentity, peer_id_ownership_digest};
 use infergrid::pay::{SignedVoucher, Voucher, channels_domain};
-use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
+use infergrid::validate::{
+    ChainClock, ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain,
+};
 use infergrid_e2e::{Chain, btt, dev, word};
 
 /// What the test nodes charge per token (10^-6 BTT).
@@ -227,19 +229,26 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     }
     reverted_with(clients[0].validation.commit_challenge_root(epoch, tree.root()).await, "Already");
 
-    // The epoch begins: the node's clock, read from the contract, says so too.
+    // The epoch begins, an hour ahead of the wall clock: a node keeps the chain's time (as
+    // `infergrid node` does from the latest block) and signs for the epoch the contract sees.
     let clock = clients[0].validation.epoch_clock().await?;
     let starts = clients[0].validation.epoch_end(epoch).await? - clock.duration;
     chain.mine_at(starts).await?;
     assert_eq!(clients[0].validation.current_epoch().await?, epoch);
-    assert_eq!(clock.epoch_at(chain.now().await?), epoch);
+    let node_time = ChainClock::default();
+    node_time.sync(chain.now().await?);
+    let signed_epoch = clock.epoch_at(node_time.now());
+    assert_eq!(signed_epoch, epoch, "the node signs the chain's epoch, not the wall clock's");
 
     // The cheating node answers challenge 2 with a wrong output and signs its response,
     // bound to the epoch it answers in.
     let v_domain = validation_domain(chain.chain_id(), chain.deployment.contracts.validation);
     let (request_hash, expected) = challenges[2];
-    let attestation =
-        ResponseAttestation { request_hash, output_hash: word("a cheap wrong answer"), epoch };
+    let attestation = ResponseAttestation {
+        request_hash,
+        output_hash: word("a cheap wrong answer"),
+        epoch: signed_epoch,
+    };
     let node_signer = Eip712Signer::from_bytes(&cheat.private_key)?;
     let signature = attestation.sign(&v_domain, &node_signer);
     assert_eq!(

@@ -97,7 +97,7 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
         let attestation = ResponseAttestation {
             request_hash: infergrid::eip712::keccak256(&request.encode()),
             output_hash: infergrid::eip712::keccak256(&payload_bytes(&hidden)),
-            epoch: NODE_EPOCHS.current(),
+            epoch: NODE_EPOCHS.epoch_at(0),
         };
         let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
         assert_eq!(attestation.signer(&domain, &signature)?, first.operator.address());

@@ -274,11 +274,7 @@ impl Channels {
     pub async fn gas_price_and_time(&self) -> Result<(u128, u64), ChainError> {
         let provider = self.0.provider();
         let gas_price = provider.get_gas_price().await?;
-        let block = provider
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-            .await?
-            .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
-        Ok((gas_price, block.header.timestamp))
+        Ok((gas_price, latest_block_time(provider).await?))
     }
     /// The contract's own EIP-712 digest of a voucher.
     pub async fn voucher_digest(
@@ -400,10 +396,14 @@ impl ValidationClient {
     }
     /// The contract's epochs: `genesis` and `epochDuration`, both fixed at deployment.
     pub async fn epoch_clock(&self) -> Result<EpochClock, ChainError> {
-        Ok(EpochClock {
-            genesis: self.0.genesis().call().await?,
-            duration: self.0.epochDuration().call().await?,
-        })
+        let duration = self.0.epochDuration().call().await?;
+        if duration == 0 {
+            return Err(ChainError::Rpc(format!(
+                "Validation at {} reports an epoch duration of 0: not a Validation contract",
+                self.address()
+            )));
+        }
+        Ok(EpochClock { genesis: self.0.genesis().call().await?, duration })
     }
     pub async fn current_epoch(&self) -> Result<u64, ChainError> {
         Ok(self.0.currentEpoch().call().await?)
@@ -481,4 +481,13 @@ pub struct Tally {
     pub passed: u32,
     pub failed: u32,
     pub salt: B256,
+}
+
+/// The latest block's timestamp: the chain's clock, which close windows and epochs run on.
+pub async fn latest_block_time(provider: &DynProvider) -> Result<u64, ChainError> {
+    let block = provider
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+        .await?
+        .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
+    Ok(block.header.timestamp)
 }

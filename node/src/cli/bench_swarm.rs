@@ -15,7 +15,7 @@ use infergrid::net::codec::{InferRequest, InferResponse, Payload, StepKind};
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::route::Candidate;
 use infergrid::serve::{Admission, Attester, BlockServer};
-use infergrid::validate::{EpochClock, validation_domain};
+use infergrid::validate::{ChainClock, EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -203,6 +203,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
                 domain: validation_domain(31337, alloy::primitives::Address::ZERO),
                 // No chain here: any epochs; what is timed is the signing.
                 clock: EpochClock { genesis: 0, duration: 3600 },
+                time: ChainClock::default(),
             },
             admission: Admission::Peers(HashSet::from([client.local_peer()])),
             collector: None,

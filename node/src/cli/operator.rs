@@ -51,7 +51,9 @@ enum OperatorCommand {
     Unbond { amount: String },
     /// Withdraw stake whose unbonding period has passed.
     Withdraw,
-    /// Remove the node and free its peer id, once all stake is withdrawn.
+    /// Remove the node and free its peer id, once all stake is withdrawn and no jail term runs.
+    /// Redeem first: `infergrid node` serves and redeems only while its peer id is registered,
+    /// so vouchers still in its ledger are lost once the payers finalize their closes.
     Deregister,
     /// Print the node's on-chain state (default: this operator's).
     Status {

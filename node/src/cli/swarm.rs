@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
+use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use clap::Args;
 use infergrid::api::{ApiState, router};
-use infergrid::chain::{Account, Deployment, Registry, deployment_fingerprint};
+use infergrid::chain::{
+    Account, Deployment, Registry, SkippedVoucher, deployment_fingerprint, latest_block_time,
+};
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
@@ -18,7 +21,7 @@ use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
 use infergrid::serve::{Admission, Attester, BlockServer};
-use infergrid::validate::validation_domain;
+use infergrid::validate::{ChainClock, validation_domain};
 use libp2p::{Multiaddr, PeerId};
 
 use super::ChainTarget;
@@ -108,7 +111,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         )?));
     }
     let model_id = manifest.id().0;
-    let clock = account.contracts(&deployment).validation.epoch_clock().await?;
+    let clock = account
+        .contracts(&deployment)
+        .validation
+        .epoch_clock()
+        .await
+        .context("reading the Validation contract's epochs (genesis, epochDuration)")?;
+    let time = chain_time(&account.provider).await?;
     let (net, inbound) = Network::spawn(NetConfig {
         keypair: identity.keypair(),
         listen: args.listen.clone(),
@@ -126,6 +135,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             signer: operator,
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
             clock,
+            time,
         },
         decode_ms: Default::default(),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
@@ -140,17 +150,16 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 match collector.settle(&policy).await {
+                    Ok(Some(s)) if s.channels == 0 => {
+                        println!("node: redeemBatch tx {} paid nothing ({} gas)", s.tx, s.gas_used);
+                        log_skipped(&s.skipped);
+                    }
                     Ok(Some(s)) => {
                         println!(
                             "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
                             s.value, s.channels, s.tx, s.gas_used
                         );
-                        for skip in &s.skipped {
-                            eprintln!(
-                                "node: channel {}: voucher for {} wei not redeemed: {}",
-                                skip.channel, skip.cumulative_amount, skip.reason
-                            );
-                        }
+                        log_skipped(&s.skipped);
                     }
                     Ok(None) => {}
                     Err(e) => eprintln!("node: redemption failed (retrying): {e}"),
@@ -405,4 +414,32 @@ async fn wallet(
         deployment_fingerprint(&account.provider, deployment).await?,
     )
     .with_context(|| format!("opening the wallet {}", path.display()))
+}
+
+/// One line per voucher a redemption left out, naming the channel and why.
+fn log_skipped(skipped: &[SkippedVoucher]) {
+    for skip in skipped {
+        eprintln!(
+            "node: channel {}: voucher for {} wei not redeemed: {}",
+            skip.channel, skip.cumulative_amount, skip.reason
+        );
+    }
+}
+
+/// The chain's clock, kept in step with the latest block every 30 s, so that answers are
+/// signed for the epoch the contract will judge them in.
+async fn chain_time(provider: &DynProvider) -> anyhow::Result<ChainClock> {
+    let time = ChainClock::default();
+    time.sync(latest_block_time(provider).await?);
+    let (provider, synced) = (provider.clone(), time.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            match latest_block_time(&provider).await {
+                Ok(timestamp) => synced.sync(timestamp),
+                Err(e) => eprintln!("node: reading the chain's time failed (retrying): {e}"),
+            }
+        }
+    });
+    Ok(time)
 }

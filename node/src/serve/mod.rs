@@ -15,7 +15,7 @@ use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
 };
 use crate::pay::{Collector, meter::step_units};
-use crate::validate::{EpochClock, ResponseAttestation};
+use crate::validate::{ChainClock, EpochClock, ResponseAttestation};
 
 /// Who may send this node requests without paying.
 #[derive(Debug, Clone)]
@@ -48,13 +48,15 @@ impl Admission {
 /// Signs answers so that a payer or validator can later prove what this node returned: the
 /// EIP-712 `Response(requestHash, outputHash, epoch)` of the `Validation` contract, where
 /// `requestHash` is keccak-256 of the encoded request, `outputHash` of the encoded output and
-/// `epoch` the contract's epoch when the node answers.
+/// `epoch` the contract's epoch, by the chain's clock, when the node answers.
 #[derive(Debug, Clone)]
 pub struct Attester {
     pub signer: Eip712Signer,
     pub domain: Domain,
     /// The contract's epochs, read once at start: they are fixed at deployment.
     pub clock: EpochClock,
+    /// The chain's time, kept in step with the latest block by the node.
+    pub time: ChainClock,
 }
 
 impl Attester {
@@ -64,7 +66,7 @@ impl Attester {
         ResponseAttestation {
             request_hash,
             output_hash: keccak256(&payload_bytes(output)),
-            epoch: self.clock.current(),
+            epoch: self.clock.epoch_at(self.time.now()),
         }
         .sign(&self.domain, &self.signer)
     }

@@ -1,3 +1,7 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 /// The `Validation` contract's epochs: epoch `e` is
 /// `[genesis + e · duration, genesis + (e + 1) · duration)`, in unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,14 +18,33 @@ impl EpochClock {
     pub fn epoch_at(&self, unix_secs: u64) -> u64 {
         unix_secs.saturating_sub(self.genesis) / self.duration
     }
+}
 
-    /// The epoch now, by this machine's clock.
-    pub fn current(&self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
-        self.epoch_at(now)
+/// The chain's clock as seen from this machine: the wall clock plus the offset last measured
+/// between the latest block's timestamp and the wall clock. Epochs are judged on-chain by
+/// `block.timestamp`, which can run far from the wall clock (a dev chain whose time was moved,
+/// a skewed host); an answer signed for the wrong epoch cannot be reported, so the node signs
+/// by the chain's time.
+#[derive(Debug, Clone, Default)]
+pub struct ChainClock(Arc<AtomicI64>);
+
+impl ChainClock {
+    /// Unix seconds on the chain now: the wall clock plus the last measured offset.
+    pub fn now(&self) -> u64 {
+        let now = wall_clock_secs().saturating_add(self.0.load(Ordering::Relaxed));
+        u64::try_from(now).unwrap_or(0)
     }
+
+    /// Records that the latest block carries `block_timestamp` now.
+    pub fn sync(&self, block_timestamp: u64) {
+        let chain = i64::try_from(block_timestamp).unwrap_or(i64::MAX);
+        self.0.store(chain.saturating_sub(wall_clock_secs()), Ordering::Relaxed);
+    }
+}
+
+fn wall_clock_secs() -> i64 {
+    let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -36,5 +59,16 @@ mod tests {
         assert_eq!(clock.epoch_at(4_600), 1);
         assert_eq!(clock.epoch_at(1_000 + 7 * 3_600 + 5), 7);
         assert_eq!(clock.epoch_at(0), 0, "before genesis");
+    }
+
+    #[test]
+    fn the_chain_clock_follows_the_last_block_not_the_wall_clock() {
+        let time = ChainClock::default();
+        let wall = u64::try_from(wall_clock_secs()).expect("after 1970");
+        time.sync(wall + 3_600);
+        // A second may tick between the reads.
+        assert!((wall + 3_600..=wall + 3_602).contains(&time.now()), "an hour ahead");
+        time.sync(wall - 7_200);
+        assert!((wall - 7_200..=wall - 7_198).contains(&time.now()), "two hours behind");
     }
 }

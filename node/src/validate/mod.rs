@@ -4,6 +4,6 @@ mod epoch;
 mod merkle;
 mod response;
 
-pub use epoch::EpochClock;
+pub use epoch::{ChainClock, EpochClock};
 pub use merkle::{ChallengeTree, fold_proof};
 pub use response::{ResponseAttestation, challenge_leaf, validation_domain};

@@ -7,7 +7,6 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::{format_tokens, peer_id_text};
-use crate::chain::SkipReason;
 use crate::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
 
 /// Declares [`NodeEvent`] over the listed events of each contract, with the decoder keyed on
@@ -59,8 +58,8 @@ node_events! {
         FaultFinalized,
     }
     PaymentChannels {
-        ChannelOpened, ChannelToppedUp, VoucherRedeemed, VoucherSkipped, CloseRequested,
-        CloseCancelled, ChannelClosed,
+        ChannelOpened, ChannelToppedUp, VoucherRedeemed, CloseRequested, CloseCancelled,
+        ChannelClosed,
     }
 }
 
@@ -82,8 +81,6 @@ pub enum Value {
     Hash(B256),
     PeerId(Bytes),
     Bool(bool),
-    /// Why a voucher was not redeemed.
-    Reason(SkipReason),
 }
 
 impl std::fmt::Display for Value {
@@ -98,7 +95,6 @@ impl std::fmt::Display for Value {
             Value::Hash(h) => write!(f, "{h}"),
             Value::PeerId(bytes) => f.write_str(&peer_id_text(bytes)),
             Value::Bool(b) => write!(f, "{b}"),
-            Value::Reason(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -114,7 +110,6 @@ impl Serialize for Value {
             Value::Hash(h) => h.serialize(s),
             Value::PeerId(bytes) => s.serialize_str(&peer_id_text(bytes)),
             Value::Bool(b) => s.serialize_bool(*b),
-            Value::Reason(reason) => s.collect_str(reason),
         }
     }
 }
@@ -220,11 +215,6 @@ impl NodeEvent {
                 ("node", Address(e.node)),
                 ("amount", Tokens(e.amount)),
                 ("cumulativePaid", Tokens(e.cumulativePaid)),
-            ],
-            Self::VoucherSkipped(e) => vec![
-                ("channelId", Id(e.channelId)),
-                ("cumulativeAmount", Tokens(e.cumulativeAmount)),
-                ("reason", Reason(e.reason.into())),
             ],
             Self::CloseRequested(e) => {
                 vec![("channelId", Id(e.channelId)), ("closesAt", Time(e.closesAt))]

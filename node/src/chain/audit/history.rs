@@ -61,7 +61,6 @@ impl Auditor {
             C::ChannelOpened::SIGNATURE_HASH,
             C::ChannelToppedUp::SIGNATURE_HASH,
             C::VoucherRedeemed::SIGNATURE_HASH,
-            C::VoucherSkipped::SIGNATURE_HASH,
             C::CloseRequested::SIGNATURE_HASH,
             C::CloseCancelled::SIGNATURE_HASH,
             C::ChannelClosed::SIGNATURE_HASH,
