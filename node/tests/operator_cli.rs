@@ -91,6 +91,27 @@ fn operator_lifecycle_on_a_devnet() {
     // So is leaving the registry with stake still unbonding.
     let err = one_line_error(&operator(&devnet, &key, &["deregister"]));
     assert!(err.contains("StakeNotWithdrawn"), "{err}");
+
+    // After the unbonding period: withdraw everything, then leave the registry, which frees
+    // the peer id; the auditor still shows what the node did, up to its deregistration.
+    cast(&["rpc", "evm_increaseTime", "604801", "--rpc-url", rpc]);
+    cast(&["rpc", "evm_mine", "--rpc-url", rpc]);
+    let out = stdout(&operator(&devnet, &key, &["withdraw"]));
+    assert!(out.contains("withdraw: tx 0x") && out.contains("unbonding    0 BTT"), "{out}");
+    let out = stdout(&operator(&devnet, &key, &["deregister"]));
+    assert!(out.contains("deregister: tx 0x") && out.contains("not registered"), "{out}");
+    let address = account.address.to_string();
+    let audit = Command::new(BIN)
+        .args(["audit", "node", &address, "--json", "--rpc-url", rpc, "--deployment"])
+        .arg(devnet.deployment())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stdout(&audit)).unwrap();
+    assert!(report["node"].is_null(), "{report}");
+    let events: Vec<&str> =
+        report["history"].as_array().unwrap().iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(events.first(), Some(&"NodeRegistered"), "{events:?}");
+    assert_eq!(events.last(), Some(&"NodeDeregistered"), "{events:?}");
     // Bad amounts are refused before any transaction.
     let bad = one_line_error(&operator(&devnet, &key, &["stake", "lots"]));
     assert!(bad.contains("is not an amount"), "{bad}");

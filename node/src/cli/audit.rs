@@ -4,7 +4,8 @@
 use alloy::primitives::Address;
 use clap::{Args, Subcommand};
 use infergrid::chain::audit::{
-    Auditor, DEFAULT_LOG_WINDOW, HistoryEvent, NodeAudit, Value, format_tokens, peer_id_text,
+    AuditError, Auditor, DEFAULT_LOG_WINDOW, HistoryEvent, NodeAudit, Value, format_tokens,
+    peer_id_text,
 };
 use serde::Serialize;
 
@@ -40,7 +41,8 @@ enum AuditCommand {
 /// `audit node --json`.
 #[derive(Serialize)]
 struct NodeReport<'a> {
-    node: &'a NodeAudit,
+    /// `null` for an operator whose node was deregistered: its history stays on the chain.
+    node: Option<&'a NodeAudit>,
     history: &'a [HistoryEvent],
 }
 
@@ -64,13 +66,29 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
         }
         AuditCommand::Node { operator, json, log_window } => {
             let auditor = auditor.with_log_window(log_window);
-            let node = auditor.node(operator).await?;
-            let history = auditor.history(operator).await?;
+            let (node, history) = match auditor.node(operator).await {
+                Ok(node) => (Some(node), auditor.history(operator).await?),
+                // A deregistered node has no record left, but everything it did is in the logs.
+                Err(unregistered @ AuditError::NotRegistered { .. }) => {
+                    let history = auditor.history(operator).await?;
+                    if history.is_empty() {
+                        return Err(unregistered.into());
+                    }
+                    (None, history)
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
-                let report = NodeReport { node: &node, history: &history };
+                let report = NodeReport { node: node.as_ref(), history: &history };
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_node(&node);
+                match &node {
+                    Some(node) => print_node(node),
+                    None => println!(
+                        "{operator} has no node registered as of block {} (deregistered); its history:",
+                        auditor.block()
+                    ),
+                }
                 print_history(operator, &history);
             }
         }

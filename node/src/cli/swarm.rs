@@ -85,16 +85,18 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let identity = NodeIdentity::derive(&key);
     let peer = identity.peer_id();
-    let collector = if registry.operator_of(peer.to_bytes().into()).await? != operator.address() {
+    let registered = registry.operator_of(peer.to_bytes().into()).await? == operator.address();
+    if !registered {
         eprintln!(
             "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
-             here and only --allow-peer peers are served",
+             here and only --allow-peer peers are served (vouchers already in the ledger are \
+             still redeemed)",
             operator.address()
         );
-        None
-    } else {
-        Some(Arc::new(collector(&args, &deployment, &account, &registry).await?))
-    };
+    }
+    // The ledger is settled whether or not the peer id is registered: vouchers earned before a
+    // deregistration are still owed, and only this node can redeem them.
+    let collector = Arc::new(collector(&args, &deployment, &account, &registry).await?);
 
     let runtime = Runtime::new_shared_host(args.device, args.threads)?;
     if let Some(reason) = runtime.fallback() {
@@ -139,12 +141,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         decode_ms: Default::default(),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
-        collector: collector.clone(),
+        collector: registered.then(|| collector.clone()),
     });
     tokio::spawn(server.clone().run(inbound));
     // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
     let (stop_redeeming, mut stopped) = tokio::sync::watch::channel(false);
-    let redeemer = collector.clone().map(|collector| {
+    let redeemer = {
+        let collector = collector.clone();
         let policy = RedeemPolicy { value_to_gas: args.redeem_value_to_gas };
         let every = Duration::from_secs(args.redeem_check_secs.max(1));
         tokio::spawn(async move {
@@ -170,7 +173,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                 }
             }
         })
-    });
+    };
 
     // Load announcements, so gateways can weigh routes.
     let announcer = net.clone();
@@ -201,12 +204,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     eprintln!("node: stopping");
     net.shutdown().await?;
     let _ = stop_redeeming.send(true);
-    if let Some(redeemer) = redeemer {
-        let _ = redeemer.await;
-    }
-    if let Some(collector) = collector {
-        collector.flush().await?;
-    }
+    let _ = redeemer.await;
+    collector.flush().await?;
     Ok(())
 }
 
@@ -222,7 +221,9 @@ async fn collector(
     let registered = registry.node(operator).await?;
     let tariff = Tariff {
         price_per_token: registered.pricePerToken,
-        span_blocks: u16::try_from(registered.lastBlock - registered.firstBlock + 1)?,
+        span_blocks: u16::try_from(
+            u64::from(registered.lastBlock) - u64::from(registered.firstBlock) + 1,
+        )?,
     };
     let path = args
         .ledger

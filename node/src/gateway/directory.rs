@@ -72,7 +72,10 @@ impl Directory {
             }
             let tariff = Tariff {
                 price_per_token: node.pricePerToken,
-                span_blocks: (node.lastBlock - node.firstBlock + 1).min(u16::MAX as u32) as u16,
+                span_blocks: u16::try_from(
+                    u64::from(node.lastBlock) - u64::from(node.firstBlock) + 1,
+                )
+                .unwrap_or(u16::MAX),
             };
             terms.insert(peer, NodeTerms { operator, tariff });
             let announced = self.announcements.lock().expect("announcements").get(&peer).cloned();
