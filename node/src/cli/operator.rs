@@ -52,8 +52,8 @@ enum OperatorCommand {
     /// Withdraw stake whose unbonding period has passed.
     Withdraw,
     /// Remove the node and free its peer id, once all stake is withdrawn and no jail term runs.
-    /// Redeem first: `infergrid node` serves and redeems only while its peer id is registered,
-    /// so vouchers still in its ledger are lost once the payers finalize their closes.
+    /// `infergrid node` then serves no one, but still redeems the vouchers in its ledger: run it
+    /// until they are redeemed, before the payers' closes end.
     Deregister,
     /// Print the node's on-chain state (default: this operator's).
     Status {
