@@ -3,7 +3,6 @@
 //! per channel, and a payer is served beyond its vouchers only up to a bounded credit.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use alloy::primitives::{Address, U256};
 use libp2p::PeerId;
@@ -110,6 +109,14 @@ struct Book {
     refused: HashMap<U256, U256>,
 }
 
+/// A chain read made for an admission, outside the book's lock.
+enum ChainView {
+    /// A channel this run had not seen.
+    Channel(Box<Channel>),
+    /// The current deposit of a known channel.
+    Deposit(U256),
+}
+
 /// Checks vouchers, meters usage and keeps the ledger.
 pub struct Collector {
     operator: Address,
@@ -154,10 +161,17 @@ impl Collector {
         payment: Option<&SignedVoucher>,
         units: u64,
     ) -> Result<Charge, PaymentError> {
+        // What the chain says is read before the book is locked: one slow RPC must not stall
+        // every other peer's admission.
+        let fresh = match payment {
+            Some(voucher) => self.chain_view(voucher).await?,
+            None => None,
+        };
         let mut book = self.book.lock().await;
         let id = match payment {
             Some(voucher) => {
-                self.accept(&mut book, peer, voucher).await?;
+                Self::learn(&mut book, voucher.voucher.channel_id, fresh);
+                self.accept(&mut book, peer, voucher)?;
                 voucher.voucher.channel_id
             }
             None => {
@@ -184,17 +198,48 @@ impl Collector {
         }
     }
 
-    async fn accept(
+    /// What the chain must say before `voucher` can be judged, read without the book locked:
+    /// the whole channel when this run has not seen it, its deposit when the voucher exceeds
+    /// the deposit known (perhaps topped up since), nothing otherwise.
+    async fn chain_view(&self, voucher: &SignedVoucher) -> Result<Option<ChainView>, PaymentError> {
+        let id = voucher.voucher.channel_id;
+        let known_deposit = self.book.lock().await.channels.get(&id).map(|c| c.deposit);
+        Ok(match known_deposit {
+            None => Some(ChainView::Channel(Box::new(self.load(id).await?))),
+            Some(deposit) if voucher.voucher.cumulative_amount > deposit => {
+                Some(ChainView::Deposit(U256::from(self.channels.channel(id).await?.deposit)))
+            }
+            Some(_) => None,
+        })
+    }
+
+    /// Folds a chain read into the book. A channel another admission loaded meanwhile keeps
+    /// its own state (its metering may have moved on); a deposit only grows.
+    fn learn(book: &mut Book, id: U256, fresh: Option<ChainView>) {
+        match fresh {
+            Some(ChainView::Channel(channel)) => {
+                book.channels.entry(id).or_insert(*channel);
+            }
+            Some(ChainView::Deposit(deposit)) => {
+                if let Some(channel) = book.channels.get_mut(&id) {
+                    channel.deposit = channel.deposit.max(deposit);
+                }
+            }
+            None => {}
+        }
+    }
+
+    // The same error type as every admission path returns to the peer; boxing it for this one
+    // synchronous helper would only move the allocation.
+    #[allow(clippy::result_large_err)]
+    fn accept(
         &self,
         book: &mut Book,
         peer: PeerId,
         voucher: &SignedVoucher,
     ) -> Result<(), PaymentError> {
         let id = voucher.voucher.channel_id;
-        let channel = match book.channels.entry(id) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => slot.insert(self.load(id).await?),
-        };
+        let channel = book.channels.get_mut(&id).expect("learned before acceptance");
         if channel.peer.is_some_and(|p| p != peer) {
             return Err(PaymentError::OtherPeer(id));
         }
@@ -214,11 +259,6 @@ impl Collector {
                     reason,
                 }
             })?;
-            if offered > channel.deposit {
-                // Perhaps topped up since it was read.
-                let state = self.channels.channel(id).await?;
-                channel.deposit = U256::from(state.deposit);
-            }
             channel.record.voucher = Some(voucher.clone());
             self.ledger.put(id, &channel.record)?;
         }
