@@ -1,6 +1,10 @@
 """import-model: Hugging Face checkpoint → InferGrid layer blocks (ONNX + aligned weights).
 
-Usage: import-model --hf DIR --out DIR (--blocks N | --layers 0-3,4-7,...) [--name NAME]
+Usage: import-model (--hf DIR | --gguf FILE [--dtype float32|float16]) --out DIR
+                    (--blocks N | --layers 0-3,4-7,...) [--name NAME]
+
+A GGUF file is first converted (gguf_convert.py) into a temporary Hugging Face-style
+folder beside --out (same filesystem, so no /tmp size limit), imported, then removed.
 
 The manifest is written last, through a rename, so an interrupted import never leaves
 a valid-looking model behind."""
@@ -8,6 +12,7 @@ a valid-looking model behind."""
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +21,9 @@ from .blocks import Block, build_decoder_block, build_encoder_block, plan_even, 
 from .checkpoint import Checkpoint
 from .cli import ArgumentParser, progress, run
 from .config import ModelConfig, load_config
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError, UsageError
 from .families import FAMILIES
+from .gguf_convert import convert
 from .manifest import FORMAT, file_sha3, model_id
 from .onnxgraph import GraphBuilder
 
@@ -106,14 +112,27 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
 
 def main(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="import-model", description=__doc__.splitlines()[0])
-    parser.add_argument("--hf", required=True, type=Path, help="Hugging Face checkpoint folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", type=Path, help="Hugging Face checkpoint folder")
+    source.add_argument("--gguf", type=Path, help="llama.cpp GGUF file (llama architecture)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for manifest + blocks")
     split = parser.add_mutually_exclusive_group(required=True)
     split.add_argument("--blocks", type=int, help="split the layers evenly into N blocks")
     split.add_argument("--layers", help="explicit inclusive layer ranges, e.g. 0-3,4-7,8-11")
-    parser.add_argument("--name", help="model name in the manifest (default: the checkpoint folder's name)")
+    parser.add_argument("--name", help="model name in the manifest (default: the checkpoint folder's "
+                                        "name, or the GGUF file's name without .gguf)")
+    parser.add_argument("--dtype", choices=("float32", "float16"),
+                        help="--gguf only: dtype the GGUF weights are dequantized to (default float32)")
     args = parser.parse_args(argv)
-    import_model(args.hf, args.out, args.blocks, args.layers, args.name)
+    if args.hf is not None:
+        if args.dtype is not None:
+            raise UsageError("--dtype applies to --gguf only (a checkpoint keeps its own dtype)")
+        import_model(args.hf, args.out, args.blocks, args.layers, args.name)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{args.out.name}-gguf-", dir=args.out.parent) as tmp:
+        convert(args.gguf, Path(tmp), args.dtype or "float32")
+        import_model(Path(tmp), args.out, args.blocks, args.layers, args.name or args.gguf.stem)
     return 0
 
 

@@ -7,8 +7,11 @@ float16, bfloat16, sharded): import as 1 block and as 3 blocks, greedy-decode 32
 with the KV cache through both (3 blocks chained in Python) and compare with the numpy
 reference: |Δlogits| ≤ 1e-4 split vs unsplit, ≤ 1e-3 vs reference, identical token ids.
 For all-MiniLM-L6-v2 imported as 2 blocks: the published cosine similarities (±0.001),
-agreement with the reference, and padding invariance. Also checks the 4096-byte weight
-alignment and the model-id derivation. Exits 1 if anything fails."""
+agreement with the reference, and padding invariance. For a small random llama GGUF
+(Q8_0 / Q4_1 / F32 tensors, written with gguf's writer): converted and imported as 2
+blocks, the same greedy tokens as gguf_reference.py, and typed errors for an unsupported
+architecture, an unsupported tensor type and a truncated file. Also checks the 4096-byte
+weight alignment and the model-id derivation. Exits 1 if anything fails."""
 
 import json
 import sys
@@ -16,12 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import gguf
 import numpy as np
 import onnx
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
-from . import fixture, importer, reference
+from . import fixture, gguf_convert, gguf_reference, importer, reference
 from .cli import ArgumentParser, run
+from .errors import CheckpointError, ModelToolError, UnsupportedModelError
 from .manifest import file_sha3, model_id
 from .onnxgraph import WEIGHT_ALIGNMENT
 from .runtime import ImportedModel
@@ -135,6 +140,100 @@ def check_minilm(work: Path, report: Report) -> None:
     check_files(out, report)
 
 
+def write_gguf(path: Path, arch: str = "llama", matrix_type: str = "Q4_1") -> None:
+    """A random 2-layer GQA llama in GGUF: Q8_0 embeddings and untied head, `matrix_type`
+    matrices, F32 norms, a byte-level vocabulary with three control tokens and one merge."""
+    Q = gguf.GGMLQuantizationType
+    hidden, heads, kv_heads, inter, layers = 64, 4, 2, 128, 2
+    head_dim = hidden // heads
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + sorted(pre_tokenizers.ByteLevel.alphabet()) + ["Ġt"]
+    rng = np.random.default_rng(11)
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def add(name: str, shape: tuple[int, ...], kind: str, std: float) -> None:
+        data = (rng.standard_normal(shape) * std).astype(np.float32)
+        if kind == "F64":
+            w.add_tensor(name, data.astype(np.float64))
+        elif kind == "F32":
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, Q[kind]), raw_dtype=Q[kind])
+
+    # The scales of fixture.py (unit embeddings, 1/sqrt(fan_in) projections, an untied head
+    # with a spread of a few units), so greedy decoding wanders instead of repeating a token.
+    add("token_embd.weight", (len(tokens), hidden), "Q8_0", 1.0)
+    add("output.weight", (len(tokens), hidden), "Q8_0", 3.0 * hidden ** -0.5)
+    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    for i in range(layers):
+        for name, shape, std in [("attn_q", (hidden, hidden), hidden ** -0.5),
+                                 ("attn_k", (kv_heads * head_dim, hidden), hidden ** -0.5),
+                                 ("attn_v", (kv_heads * head_dim, hidden), hidden ** -0.5),
+                                 ("attn_output", (hidden, hidden), 0.5 * hidden ** -0.5),
+                                 ("ffn_gate", (inter, hidden), hidden ** -0.5),
+                                 ("ffn_up", (inter, hidden), hidden ** -0.5),
+                                 ("ffn_down", (hidden, inter), 0.5 * inter ** -0.5)]:
+            add(f"blk.{i}.{name}.weight", shape, matrix_type, std)
+        for name in ("attn_norm", "ffn_norm"):
+            w.add_tensor(f"blk.{i}.{name}.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def expect_error(kind: type[ModelToolError], action, what: str, report: Report) -> None:
+    try:
+        action()
+    except kind as exc:
+        print(f"{what}: {type(exc).__name__}: {exc}")
+        return
+    report.check(False, f"{what}: no {kind.__name__}")
+
+
+def check_gguf(work: Path, report: Report) -> None:
+    folder = work / "gguf"
+    folder.mkdir(parents=True, exist_ok=True)
+    path, hf, out = folder / "tiny.gguf", folder / "hf", folder / "blocks-2"
+    write_gguf(path)
+    gguf_convert.convert(path, hf)
+    importer.import_model(hf, out, 2, None, "tiny-gguf")
+    ref = gguf_reference.greedy(gguf_reference.GgufLlama(path), PROMPT, STEPS)
+    logits, tokens = greedy_cached(ImportedModel(out), PROMPT, STEPS)
+    d_ref = np.abs(logits.max(axis=1) - np.array(ref["max_logits"])).max()
+    print(f"{'gguf-llama-q4_1':20s} max|Δ winning logit| vs gguf reference {d_ref:.2e}  "
+          f"distinct tokens {len(set(tokens))}/{STEPS}")
+    report.check(tokens == ref["token_ids"], "gguf: token ids differ from the gguf reference")
+    report.check(d_ref <= REF_TOL, f"gguf: winning logits vs reference {d_ref:.2e}")
+    report.check(len(set(tokens)) > STEPS // 4, f"gguf: degenerate greedy output {tokens}")
+    check_files(out, report)
+
+    write_gguf(folder / "qwen.gguf", arch="qwen2")
+    expect_error(UnsupportedModelError, lambda: gguf_convert.convert(folder / "qwen.gguf", folder / "x"),
+                 "gguf qwen2", report)
+    write_gguf(folder / "f64.gguf", matrix_type="F64")
+    expect_error(UnsupportedModelError, lambda: gguf_convert.convert(folder / "f64.gguf", folder / "x"),
+                 "gguf F64 tensors", report)
+    (folder / "short.gguf").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    expect_error(CheckpointError, lambda: gguf_convert.convert(folder / "short.gguf", folder / "x"),
+                 "gguf truncated", report)
+
+
 def main(argv: Sequence[str]) -> int:
     p = ArgumentParser(prog="selfcheck", description=__doc__.splitlines()[0])
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary folder)")
@@ -145,6 +244,7 @@ def main(argv: Sequence[str]) -> int:
         for name, flags in DECODER_CASES.items():
             check_decoder(name, flags, work, report)
         check_minilm(work, report)
+        check_gguf(work, report)
     if report.failures:
         print(f"selfcheck: {len(report.failures)} failure(s)", file=sys.stderr)
         return 1

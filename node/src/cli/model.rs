@@ -11,7 +11,9 @@ use infergrid::tools;
 pub enum ModelCommand {
     /// Turn a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)
     /// into InferGrid layer blocks: a manifest plus one ONNX graph and weights file per block.
-    /// Llama, GPT-2 and BERT-style encoders; float32, float16 or bfloat16 weights.
+    /// Llama, GPT-2 and BERT-style encoders; float32, float16 or bfloat16 weights. Or a
+    /// llama.cpp GGUF file (llama architecture, F32/F16/BF16 or Q4/Q5/Q8 and K-quant weights),
+    /// dequantized and converted to such a folder first.
     Import(ImportArgs),
     /// Check every file of a model folder against the hashes in its manifest.
     Verify {
@@ -23,8 +25,15 @@ pub enum ModelCommand {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Hugging Face checkpoint folder.
+    #[arg(long, conflicts_with = "gguf", required_unless_present = "gguf")]
+    hf: Option<PathBuf>,
+    /// llama.cpp GGUF file; converted into a temporary folder beside --out, then imported.
     #[arg(long)]
-    hf: PathBuf,
+    gguf: Option<PathBuf>,
+    /// With --gguf: the dtype the quantized weights are dequantized to before the import
+    /// (f16 halves the temporary folder; the blocks are float32 either way).
+    #[arg(long, value_enum)]
+    dtype: Option<GgufDtype>,
     /// Output model folder.
     #[arg(long)]
     out: PathBuf,
@@ -34,9 +43,26 @@ pub struct ImportArgs {
     /// Explicit inclusive layer ranges, e.g. 0-3,4-7,8-11.
     #[arg(long)]
     layers: Option<String>,
-    /// Model name recorded in the manifest (default: the checkpoint folder's name).
+    /// Model name recorded in the manifest (default: the checkpoint folder's name, or the
+    /// GGUF file's name without .gguf).
     #[arg(long)]
     name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GgufDtype {
+    F32,
+    F16,
+}
+
+impl GgufDtype {
+    /// The importer's spelling.
+    const fn importer_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+        }
+    }
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
@@ -62,7 +88,15 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let root = tools::repo_root().context("`model import` runs scripts/import-model: run it inside the InferGrid repository after scripts/setup")?;
     let script = root.join("scripts/import-model");
     let mut cmd = Command::new("bash");
-    cmd.arg(&script).arg("--hf").arg(&args.hf).arg("--out").arg(&args.out);
+    cmd.arg(&script).arg("--out").arg(&args.out);
+    match (&args.hf, &args.gguf) {
+        (Some(hf), None) => cmd.arg("--hf").arg(hf),
+        (None, Some(gguf)) => cmd.arg("--gguf").arg(gguf),
+        _ => bail!("give exactly one of --hf DIR and --gguf FILE"),
+    };
+    if let Some(dtype) = args.dtype {
+        cmd.arg("--dtype").arg(dtype.importer_name());
+    }
     if let Some(blocks) = args.blocks {
         cmd.arg("--blocks").arg(blocks.to_string());
     }
