@@ -145,11 +145,10 @@ contract StakingHandler is Test {
         uint64 epoch = validation.currentEpoch();
         (bytes32 request, bytes32 expected) = _challenge(epoch, n);
         bytes32 output = keccak256(abi.encode(expected));
-        (uint8 sv, bytes32 sr, bytes32 ss) = vm.sign(operatorKeys[n], validation.responseDigest(request, output, epoch));
         Validation.Evidence memory evidence = Validation.Evidence({
             requestHash: request,
             outputHash: output,
-            nodeSignature: abi.encodePacked(sr, ss, sv),
+            nodeSignature: signature(operatorKeys[n], validation.responseDigest(request, output, epoch)),
             expectedOutputHash: expected,
             proof: _proof(epoch, n)
         });
@@ -259,8 +258,7 @@ contract StakingHandler is Test {
     /// @dev The secp256k1 peer id of `key` and its signature letting `operator` register it.
     function _peerId(uint256 key, address operator) internal returns (bytes memory peerId, bytes memory proof) {
         peerId = peerIdOf(key);
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, registry.peerIdOwnershipDigest(operator));
-        proof = abi.encodePacked(r, s, v);
+        proof = signature(key, registry.peerIdOwnershipDigest(operator));
     }
 
     /// @dev Challenge of node `n` in `epoch`: leaf n of a four-leaf tree (the fourth leaf is padding).

@@ -97,11 +97,6 @@ abstract contract Fixture is Test {
         validation.registerValidator(stake);
     }
 
-    function signature(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
-        return abi.encodePacked(r, s, v);
-    }
-
     function signVoucher(uint256 payerKey, uint256 channelId, uint256 cumulativeAmount)
         internal
         view

@@ -84,6 +84,12 @@ abstract contract Test {
         return min + x % (size + 1);
     }
 
+    /// @dev The 65-byte `r ‖ s ‖ v` signature of `digest` by `key`, as the contracts take it.
+    function signature(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return abi.encodePacked(r, s, v);
+    }
+
     /// @dev The libp2p peer id of secp256k1 key `key`: identity multihash of the protobuf compressed public key.
     function peerIdOf(uint256 key) internal returns (bytes memory) {
         Vm.Wallet memory wallet = vm.createWallet(key);

@@ -50,24 +50,21 @@ pub struct Settlement {
     pub skipped: Vec<SkippedVoucher>,
 }
 
-/// A channel put in a batch, as read from the chain just before.
+/// The chain's view of a channel: what [`Collector::observe`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Planned {
+struct ChannelView {
     channel: U256,
-    /// The voucher, capped at the deposit: what `paid` becomes if the voucher is redeemed.
-    payable: U256,
     paid: U256,
     deposit: U256,
     closing: bool,
 }
 
-/// The chain's view of a channel after a batch: what [`Collector::observe`] records.
+/// A channel put in a batch: the chain's view just before, and the voucher capped at the
+/// deposit, which is what `paid` becomes if the voucher is redeemed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Observed {
-    channel: U256,
-    paid: U256,
-    deposit: U256,
-    closing: bool,
+struct Planned {
+    before: ChannelView,
+    payable: U256,
 }
 
 impl Collector {
@@ -89,22 +86,17 @@ impl Collector {
                 continue;
             }
             let (paid, deposit) = (U256::from(state.paid), U256::from(state.deposit));
-            self.observe(id, paid, deposit, state.closesAt != 0).await?;
+            let before = ChannelView { channel: id, paid, deposit, closing: state.closesAt != 0 };
+            self.observe(id, paid, deposit, before.closing).await?;
             let Some(voucher) = record.voucher else { continue };
             let amount = voucher.voucher.cumulative_amount;
             let payable = amount.min(deposit);
             let expired = state.closesAt != 0 && now >= state.closesAt;
             if payable > paid && !expired && !self.is_refused(id, amount).await {
                 value += payable - paid;
-                closing |= state.closesAt != 0;
+                closing |= before.closing;
                 batch.push(voucher);
-                planned.push(Planned {
-                    channel: id,
-                    payable,
-                    paid,
-                    deposit,
-                    closing: state.closesAt != 0,
-                });
+                planned.push(Planned { before, payable });
             }
         }
         if batch.is_empty() || !policy.due(value, batch.len(), gas_price, closing) {
@@ -141,19 +133,17 @@ fn observed_after(
     planned: &[Planned],
     redeemed: &[RedeemedVoucher],
     skipped: &[SkippedVoucher],
-) -> Vec<Observed> {
+) -> Vec<ChannelView> {
     planned
         .iter()
-        .filter_map(|p| {
-            let at = |paid, closing| {
-                Some(Observed { channel: p.channel, paid, deposit: p.deposit, closing })
-            };
-            if let Some(r) = redeemed.iter().rev().find(|r| r.channel == p.channel) {
-                return at(r.cumulative_paid, p.closing);
+        .filter_map(|&Planned { before, payable }| {
+            let at = |paid, closing| Some(ChannelView { paid, closing, ..before });
+            if let Some(r) = redeemed.iter().rev().find(|r| r.channel == before.channel) {
+                return at(r.cumulative_paid, before.closing);
             }
-            match skipped.iter().find(|s| s.channel == p.channel)?.reason {
-                SkipReason::AlreadyRedeemed => at(p.payable, p.closing),
-                SkipReason::ChannelExpired => at(p.paid, true),
+            match skipped.iter().find(|s| s.channel == before.channel)?.reason {
+                SkipReason::AlreadyRedeemed => at(payable, before.closing),
+                SkipReason::ChannelExpired => at(before.paid, true),
                 _ => None,
             }
         })
@@ -181,11 +171,13 @@ mod tests {
     #[test]
     fn a_batch_books_what_its_events_say_was_paid() {
         let planned = |channel: u64| Planned {
-            channel: U256::from(channel),
+            before: ChannelView {
+                channel: U256::from(channel),
+                paid: U256::from(40),
+                deposit: U256::from(500),
+                closing: false,
+            },
             payable: U256::from(100),
-            paid: U256::from(40),
-            deposit: U256::from(500),
-            closing: false,
         };
         let plan = [planned(1), planned(2), planned(3), planned(4), planned(5)];
         let redeemed = [RedeemedVoucher {
@@ -203,7 +195,7 @@ mod tests {
             skipped(3, SkipReason::ChannelExpired),
             skipped(4, SkipReason::InvalidSignature),
         ];
-        let seen = |channel: u64, paid: u64, closing| Observed {
+        let seen = |channel: u64, paid: u64, closing| ChannelView {
             channel: U256::from(channel),
             paid: U256::from(paid),
             deposit: U256::from(500),
