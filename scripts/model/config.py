@@ -101,7 +101,9 @@ def load_config(ckpt: Checkpoint) -> ModelConfig:
     hf = ckpt.config
     family = family_of(hf)
     generation = ckpt.json_file("generation_config.json") or {}
-    eos = _eos_list(hf.get("eos_token_id", generation.get("eos_token_id")))
+    # Chat models often end a turn with a token that config.json's eos does not name but
+    # generation_config.json's list does (e.g. <|im_end|> or <|eot_id|>): generation stops at any.
+    eos = list(dict.fromkeys(_eos_list(hf.get("eos_token_id")) + _eos_list(generation.get("eos_token_id"))))
     bos = hf.get("bos_token_id", generation.get("bos_token_id"))
     pad = hf.get("pad_token_id", generation.get("pad_token_id"))
     if family == "llama":

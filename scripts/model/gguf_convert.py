@@ -2,8 +2,8 @@
 
     convert-gguf --gguf FILE --out DIR [--dtype float32|float16]
 
-Writes config.json, model.safetensors (dequantized), tokenizer.json and
-tokenizer_config.json (with the chat template), which `import-model --hf` then turns into
+Writes config.json, model.safetensors (dequantized), tokenizer.json,
+tokenizer_config.json (with the chat template) and generation_config.json (the end tokens), which `import-model --hf` then turns into
 blocks unchanged; `import-model --gguf` does both in one go.
 
 Two things differ between GGUF and Hugging Face Llama weights and are undone here:
@@ -183,6 +183,15 @@ def tokenizer_config(g: GgufFile) -> dict:
     return out
 
 
+def generation_config(g: GgufFile) -> dict:
+    """Every token that ends generation: eos, plus llama.cpp's end-of-turn and end-of-generation
+    tokens where the file names them (chat models stop a turn on those)."""
+    ends = [g.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                               "tokenizer.ggml.eom_token_id")]
+    return {"eos_token_id": list(dict.fromkeys(int(t) for t in ends if t is not None)),
+            "bos_token_id": g.get("tokenizer.ggml.bos_token_id")}
+
+
 def convert(gguf: Path, out: Path, dtype: str = "float32") -> dict:
     """Write the HF-style checkpoint for `gguf` into `out`; returns its config."""
     g = GgufFile(gguf)
@@ -197,6 +206,7 @@ def convert(gguf: Path, out: Path, dtype: str = "float32") -> dict:
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(g), indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(generation_config(g), indent=2) + "\n")
     save_file(tensors, str(out / "model.safetensors"))
     progress(f"convert-gguf: wrote {out} ({sum(t.nbytes for t in tensors.values()) / 1e6:.0f} MB of weights)")
     return cfg

@@ -1,6 +1,7 @@
 """gguf-reference: an independent float64 numpy forward pass of a llama GGUF file.
 
     gguf-reference --gguf FILE --prompt-ids 1,2,3 [--prompt-ids 4,5 …] --steps N --out FILE.json
+    gguf-reference --gguf FILE --texts TEXTS.json --out FILE.json
 
 The oracle for the GGUF import: it reads the GGUF tensors itself (gguf's reader and
 dequantizer, nothing of gguf_convert.py) and keeps q/k in llama.cpp's permuted row order,
@@ -9,7 +10,10 @@ x[2i+1]), so a wrong un-permute in the converter shows up as a mismatch here ins
 being reproduced. Recomputes the whole sequence at every greedy step (no KV cache).
 
 Output JSON: `runs`, one per --prompt-ids, each with `prompt_ids`, `token_ids` [N] and
-`max_logits` [N] (the winning logit at each step, a cheap numeric cross-check)."""
+`max_logits` [N] (the winning logit at each step, a cheap numeric cross-check).
+
+With --texts (a JSON list of strings) it tokenizes instead, with gguf_bpe.py's independent
+byte-level BPE over the file's vocabulary: `tokenized`, one `{"text", "ids"}` per string."""
 
 import json
 import math
@@ -22,6 +26,7 @@ from gguf.quants import dequantize
 
 from .cli import ArgumentParser, progress, run
 from .errors import CheckpointError, UnsupportedModelError
+from .gguf_bpe import GgufBpe
 
 
 class GgufLlama:
@@ -86,13 +91,31 @@ def greedy(model: GgufLlama, prompt: list[int], steps: int) -> dict:
     return {"prompt_ids": prompt, "token_ids": ids[len(prompt):], "max_logits": best}
 
 
+def tokenize(path: Path, texts: list[str]) -> list[dict]:
+    try:
+        fields = GGUFReader(path).fields
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from exc
+    meta = lambda key: fields[key].contents()
+    if meta("tokenizer.ggml.model") != "gpt2":
+        raise UnsupportedModelError("gguf-reference tokenizes byte-level BPE (tokenizer.ggml.model gpt2) only")
+    bpe = GgufBpe(meta("tokenizer.ggml.tokens"), meta("tokenizer.ggml.token_type"), meta("tokenizer.ggml.merges"),
+                  meta("tokenizer.ggml.pre"))
+    return [{"text": text, "ids": bpe.encode(text)} for text in texts]
+
+
 def main(argv: Sequence[str]) -> int:
     p = ArgumentParser(prog="gguf-reference", description=__doc__.splitlines()[0])
     p.add_argument("--gguf", required=True, type=Path)
-    p.add_argument("--prompt-ids", required=True, action="append", help="comma-separated prompt token ids")
-    p.add_argument("--steps", required=True, type=int, help="greedy steps per prompt")
     p.add_argument("--out", required=True, type=Path, help="results as JSON")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompt-ids", action="append", help="comma-separated prompt token ids")
+    mode.add_argument("--texts", type=Path, help="a JSON list of strings to tokenize")
+    p.add_argument("--steps", type=int, default=16, help="greedy steps per prompt (default 16)")
     a = p.parse_args(argv)
+    if a.texts is not None:
+        a.out.write_text(json.dumps({"tokenized": tokenize(a.gguf, json.loads(a.texts.read_text()))}))
+        return 0
     model = GgufLlama(a.gguf)
     runs = []
     for prompt in a.prompt_ids:

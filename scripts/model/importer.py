@@ -27,6 +27,8 @@ from .gguf_convert import convert
 from .manifest import FORMAT, file_sha3, model_id
 from .onnxgraph import GraphBuilder
 
+CHAT_TEMPLATE = "chat_template.jinja"
+
 
 def pooling_of(ckpt: Checkpoint) -> dict:
     """Sentence-transformers pooling: 1_Pooling/config.json and a Normalize module in modules.json."""
@@ -41,9 +43,25 @@ def pooling_of(ckpt: Checkpoint) -> dict:
     return {"mode": "mean", "normalize": normalize}
 
 
-def tokenizer_info(cfg: ModelConfig) -> dict:
+def tokenizer_info(cfg: ModelConfig, chat_template: str | None) -> dict:
     return {"file": "tokenizer.json", "bos_token_id": cfg.bos_token_id, "eos_token_ids": cfg.eos_token_ids,
-            "pad_token_id": cfg.pad_token_id}
+            "pad_token_id": cfg.pad_token_id, "chat_template": chat_template}
+
+
+def chat_template_of(ckpt: Checkpoint) -> str | None:
+    """The checkpoint's Jinja chat template: `chat_template.jinja` (newer Hugging Face
+    checkpoints) or `tokenizer_config.json`'s `chat_template` (a string, or a list of named
+    templates of which "default" is the one used); None when it has none."""
+    jinja = ckpt.folder / CHAT_TEMPLATE
+    if jinja.is_file():
+        return jinja.read_text()
+    template = (ckpt.json_file("tokenizer_config.json") or {}).get("chat_template")
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{ckpt.folder}: tokenizer_config.json chat_template is neither a string "
+                              "nor a list of named templates")
+    return template
 
 
 def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path) -> dict:
@@ -65,6 +83,7 @@ def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path) -> 
 def _clear_previous(out: Path) -> None:
     """Remove an earlier import's manifest and blocks so nothing stale survives."""
     (out / "manifest.json").unlink(missing_ok=True)
+    (out / CHAT_TEMPLATE).unlink(missing_ok=True)
     for path in list(out.glob("block-*.onnx")) + list(out.glob("block-*.weights")):
         path.unlink()
 
@@ -80,6 +99,9 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
     shutil.copyfile(tokenizer, out / "tokenizer.json")
+    template = chat_template_of(ckpt)
+    if template is not None:
+        (out / CHAT_TEMPLATE).write_text(template)
     progress(f"import: {cfg.architecture} {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
              f"vocab {cfg.vocab_size}, {cfg.source_dtype} → {len(plan)} block(s)")
     entries = []
@@ -91,14 +113,14 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
                  f"({time.monotonic() - started:.1f} s)")
         entries.append(entry)
     files = {p: file_sha3(out / p) for p in
-             ["tokenizer.json"] + [e[k] for e in entries for k in ("graph", "weights")]}
+             ["tokenizer.json"] + ([CHAT_TEMPLATE] if template is not None else []) + [e[k] for e in entries for k in ("graph", "weights")]}
     manifest = {
         "format": FORMAT,
         "model_id": model_id(files),
         "name": name or hf.resolve().name,
         "architecture": cfg.architecture,
         "config": cfg.manifest_config(),
-        "tokenizer": tokenizer_info(cfg),
+        "tokenizer": tokenizer_info(cfg, CHAT_TEMPLATE if template is not None else None),
         "pooling": pooling,
         "blocks": entries,
         "files": files,

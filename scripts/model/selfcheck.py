@@ -140,6 +140,9 @@ def check_minilm(work: Path, report: Report) -> None:
     check_files(out, report)
 
 
+GGUF_CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+
+
 def write_gguf(path: Path, arch: str = "llama", matrix_type: str = "Q4_1") -> None:
     """A random 2-layer GQA llama in GGUF: Q8_0 embeddings and untied head, `matrix_type`
     matrices, F32 norms, a byte-level vocabulary with three control tokens and one merge."""
@@ -164,7 +167,9 @@ def write_gguf(path: Path, arch: str = "llama", matrix_type: str = "Q4_1") -> No
     w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
     w.add_token_merges(["Ġ t"])
     w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w.add_eos_token_id(0)
+    w.add_eot_token_id(2)
+    w.add_chat_template(GGUF_CHAT_TEMPLATE)
 
     def add(name: str, shape: tuple[int, ...], kind: str, std: float) -> None:
         data = (rng.standard_normal(shape) * std).astype(np.float32)
@@ -222,6 +227,10 @@ def check_gguf(work: Path, report: Report) -> None:
     report.check(d_ref <= REF_TOL, f"gguf: winning logits vs reference {d_ref:.2e}")
     report.check(len(set(tokens)) > STEPS // 4, f"gguf: degenerate greedy output {tokens}")
     check_files(out, report)
+    tokenizer = json.loads((out / "manifest.json").read_text())["tokenizer"]
+    report.check(tokenizer["eos_token_ids"] == [0, 2], f"gguf: eos + end-of-turn ids {tokenizer['eos_token_ids']}")
+    report.check(tokenizer["chat_template"] == "chat_template.jinja"
+                 and (out / "chat_template.jinja").read_text() == GGUF_CHAT_TEMPLATE, "gguf: chat template not kept")
 
     write_gguf(folder / "qwen.gguf", arch="qwen2")
     expect_error(UnsupportedModelError, lambda: gguf_convert.convert(folder / "qwen.gguf", folder / "x"),

@@ -143,6 +143,28 @@ pub fn gguf_reference_decode(
         .collect()
 }
 
+/// The independent tokenizer of `scripts/gguf-reference --texts` (GPT-2's byte-level BPE
+/// over the GGUF vocabulary with llama.cpp's pre-tokenizer regexes): ids per text.
+pub fn gguf_reference_tokenize(
+    gguf: &Path,
+    texts: &[&str],
+    work: &Path,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let (input, out) = (work.join("texts.json"), work.join("tokenized.json"));
+    std::fs::write(&input, serde_json::to_string(texts)?)?;
+    script(
+        "gguf-reference",
+        &["--gguf", path(gguf), "--texts", path(&input), "--out", path(&out)],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    json["tokenized"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("gguf-reference wrote no tokenized texts"))?
+        .iter()
+        .map(|t| Ok(serde_json::from_value(t["ids"].clone())?))
+        .collect()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use infergrid::devnet::Role;
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
-use infergrid::generate::{SamplingParams, generate};
+use infergrid::generate::{Prompt, SamplingParams, generate};
 use infergrid::identity::NodeIdentity;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
@@ -115,7 +115,9 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     let local = Pipeline::load(Path::new(m), &runtime, CacheLimits::default()).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
     let params = SamplingParams { temperature: 0.0, ..Default::default() };
-    let expected = generate(&mut &local, &tokenizer, 1, prompt, 24, &[], params, |_| {}).unwrap();
+    let expected =
+        generate(&mut &local, &tokenizer, 1, Prompt::Text(prompt), 24, &[], params, |_| {})
+            .unwrap();
     let local_ids: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
     assert_eq!(remote_ids, local_ids, "swarm and single-process greedy outputs differ");
     let infer = Command::new(binary())

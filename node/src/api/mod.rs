@@ -20,7 +20,8 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::generate::{
-    FinishReason, GeneratedToken, Generation, GenerationError, TextModel, generate,
+    ChatFormat, FinishReason, GeneratedToken, Generation, GenerationError, Prompt, TextModel,
+    generate,
 };
 pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Job};
 
@@ -36,6 +37,8 @@ pub type Embedder = Arc<
 pub struct ApiState {
     pub model_name: String,
     pub tokenizer: Arc<Tokenizer>,
+    /// How chat messages become a prompt: the model's template, or the plain transcript.
+    pub chat: ChatFormat,
     pub backend: Option<Backend>,
     pub embedder: Option<Embedder>,
     /// Routing facts for `/healthz`, when the backend routes over the swarm.
@@ -47,6 +50,7 @@ impl ApiState {
     pub fn new(
         model_name: String,
         tokenizer: Tokenizer,
+        chat: ChatFormat,
         backend: Option<Backend>,
         embedder: Option<Embedder>,
         routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
@@ -56,6 +60,7 @@ impl ApiState {
         Arc::new(Self {
             model_name,
             tokenizer: Arc::new(tokenizer),
+            chat,
             backend,
             embedder,
             routing,
@@ -161,11 +166,13 @@ fn run_job(
     tokio::task::spawn_blocking(move || {
         let backend = state.backend.as_ref().expect("handlers check for a backend");
         let mut backend = backend.lock().expect("backend lock");
+        let prompt =
+            if job.templated { Prompt::Chat(&job.prompt) } else { Prompt::Text(&job.prompt) };
         generate(
             &mut **backend,
             &state.tokenizer,
             session,
-            &job.prompt,
+            prompt,
             job.max_tokens,
             &job.stop,
             job.params,
@@ -188,7 +195,7 @@ async fn completions(
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
     let (request, job) =
-        match prepare(&state, body, CompletionRequest::validate, CompletionRequest::job) {
+        match prepare(&state, body, CompletionRequest::validate, |r, _| Ok(r.job())) {
             Ok(prepared) => prepared,
             Err(response) => return response,
         };
@@ -247,7 +254,7 @@ fn prepare<R>(
     state: &ApiState,
     body: Result<Json<R>, JsonRejection>,
     validate: impl FnOnce(R, &str) -> Result<R, ApiError>,
-    job: impl FnOnce(&R) -> Job,
+    job: impl FnOnce(&R, &ChatFormat) -> Result<Job, ApiError>,
 ) -> Result<(R, Job), Response> {
     let request = body
         .map_err(ApiError::from)
@@ -256,7 +263,7 @@ fn prepare<R>(
     if state.backend.is_none() {
         return Err(no_generation(state));
     }
-    let job = job(&request);
+    let job = job(&request, &state.chat).map_err(IntoResponse::into_response)?;
     Ok((request, job))
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use crate::generate::{FinishReason, Generation, SamplingParams};
+use crate::generate::{ChatFormat, ChatMessage, FinishReason, Generation, Prompt, SamplingParams};
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
@@ -94,6 +94,7 @@ impl Sampling {
     fn job(&self, prompt: String, max_tokens: usize, top_logprobs: usize) -> Job {
         Job {
             prompt,
+            templated: false,
             max_tokens,
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             params: SamplingParams {
@@ -111,6 +112,8 @@ impl Sampling {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub prompt: String,
+    /// The prompt is a rendered chat template, which holds its own special tokens.
+    pub templated: bool,
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub params: SamplingParams,
@@ -152,12 +155,6 @@ impl CompletionRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
@@ -171,10 +168,15 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    pub fn job(&self) -> Job {
+    /// The job, its prompt rendered from the messages in the model's chat format.
+    pub fn job(&self, format: &ChatFormat) -> Result<Job, ApiError> {
         let max_tokens =
             self.sampling.max_completion_tokens.or(self.sampling.max_tokens).unwrap_or(64);
-        self.sampling.job(self.prompt_text(), max_tokens, self.top_logprobs().unwrap_or(0))
+        let rendered =
+            format.render(&self.messages).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let templated = matches!(format.prompt(&rendered), Prompt::Chat(_));
+        let job = self.sampling.job(rendered, max_tokens, self.top_logprobs().unwrap_or(0));
+        Ok(Job { templated, ..job })
     }
     pub fn validate(self, model: &str) -> Result<Self, ApiError> {
         check_model(&self.model, model)?;
@@ -193,13 +195,6 @@ impl ChatRequest {
             return Err(ApiError::invalid("top_logprobs must be at most 20"));
         }
         Ok(self)
-    }
-    /// A plain transcript prompt: the models served here ship no chat template.
-    pub fn prompt_text(&self) -> String {
-        let mut prompt: String =
-            self.messages.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect();
-        prompt.push_str("assistant:");
-        prompt
     }
     pub fn top_logprobs(&self) -> Option<usize> {
         self.logprobs.unwrap_or(false).then(|| self.top_logprobs.unwrap_or(0))

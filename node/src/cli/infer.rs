@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
-use infergrid::generate::{SamplingParams, cosine, embed_texts, generate};
+use infergrid::generate::{
+    ChatFormat, ChatMessage, Prompt, SamplingParams, cosine, embed_texts, generate,
+};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
@@ -54,6 +56,10 @@ pub struct InferArgs {
     /// The prompt.
     #[arg(long)]
     prompt: String,
+    /// Send the prompt as a user message through the model's chat template (as
+    /// /v1/chat/completions does) instead of continuing it as raw text.
+    #[arg(long)]
+    chat: bool,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
@@ -87,12 +93,23 @@ pub fn infer(args: InferArgs) -> anyhow::Result<()> {
         top_logprobs: 5,
     };
     let stream = !args.json;
+    let format = ChatFormat::load(pipeline.manifest(), &tokenizer)?;
+    let rendered = if args.chat {
+        let message = ChatMessage { role: "user".into(), content: args.prompt.clone() };
+        Some(format.render(std::slice::from_ref(&message))?)
+    } else {
+        None
+    };
+    let prompt = match &rendered {
+        Some(rendered) => format.prompt(rendered),
+        None => Prompt::Text(&args.prompt),
+    };
     let mut stdout = std::io::stdout();
     let generation = generate(
         &mut &pipeline,
         &tokenizer,
         1,
-        &args.prompt,
+        prompt,
         args.max_tokens,
         &args.stop,
         params,

@@ -15,6 +15,7 @@ use infergrid::chain::{
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
+use infergrid::generate::ChatFormat;
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
@@ -338,9 +339,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let report = remote.report();
     let state = if manifest.architecture.is_decoder() {
         let backend: Box<dyn infergrid::generate::TextModel + Send> = Box::new(remote);
+        let chat = ChatFormat::load(&manifest, &tokenizer)?;
         ApiState::new(
             manifest.name.clone(),
             tokenizer,
+            chat,
             Some(Arc::new(std::sync::Mutex::new(backend))),
             None,
             Some(report),
@@ -351,7 +354,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         let embedder: infergrid::api::Embedder = Arc::new(move |texts: &[String]| {
             infergrid::generate::pool_texts(&*remote, &tokenizer_for_embeddings, &pooling, texts)
         });
-        ApiState::new(manifest.name.clone(), tokenizer, None, Some(embedder), Some(report))
+        let name = manifest.name.clone();
+        ApiState::new(name, tokenizer, ChatFormat::Plain, None, Some(embedder), Some(report))
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -83,6 +83,28 @@ pub enum GenerationError {
     Engine(#[from] EngineError),
 }
 
+/// What generation continues.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// Raw text: the tokenizer adds its own special tokens (e.g. BOS), as for `/v1/completions`.
+    Text(&'a str),
+    /// A rendered chat template, which already holds every special token it needs.
+    Chat(&'a str),
+}
+
+impl Prompt<'_> {
+    fn encode(self, tokenizer: &Tokenizer) -> Result<Vec<u32>, GenerationError> {
+        let (text, add_special_tokens) = match self {
+            Prompt::Text(text) => (text, true),
+            Prompt::Chat(text) => (text, false),
+        };
+        let encoding = tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| GenerationError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+}
+
 /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` as each arrives.
 /// Stops at an EOS token or when the text contains one of `stop` (which is cut off).
 #[allow(clippy::too_many_arguments)]
@@ -90,15 +112,13 @@ pub fn generate(
     model: &mut (impl TextModel + ?Sized),
     tokenizer: &Tokenizer,
     session: u64,
-    prompt: &str,
+    prompt: Prompt<'_>,
     max_tokens: usize,
     stop: &[String],
     params: SamplingParams,
     mut on_token: impl FnMut(&GeneratedToken),
 ) -> Result<Generation, GenerationError> {
-    let encoding =
-        tokenizer.encode(prompt, true).map_err(|e| GenerationError::Tokenizer(e.to_string()))?;
-    let prompt_ids: Vec<u32> = encoding.get_ids().to_vec();
+    let prompt_ids = prompt.encode(tokenizer)?;
     if prompt_ids.is_empty() {
         return Err(GenerationError::EmptyPrompt);
     }

@@ -48,6 +48,9 @@ pub struct TokenizerSpec {
     #[serde(default)]
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// The model's Jinja chat template file, if it has one (listed in `files`).
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// Sentence-embedding pooling of an encoder.
@@ -163,6 +166,11 @@ impl ModelManifest {
         }
         if self.blocks.is_empty() {
             return Err("no blocks".into());
+        }
+        if let Some(template) = &self.tokenizer.chat_template
+            && !self.files.contains_key(template)
+        {
+            return Err(format!("chat template {template} has no hash"));
         }
         let mut next_layer = 0;
         for (i, block) in self.blocks.iter().enumerate() {
