@@ -23,6 +23,18 @@ pub struct EngineBench {
     /// Where the generated benchmark model is cached.
     #[arg(long, default_value = "target/bench-models")]
     work: PathBuf,
+    /// Benchmark this llama.cpp GGUF file, imported as float32, instead of a random 126 MB
+    /// llama (e.g. the SmolLM2-135M-Instruct file scripts/setup installs; see README).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Also serve the split model from a devnet (one node process per block and a paying
+    /// gateway) and time a greedy completion through its OpenAI HTTP API against this
+    /// engine in-process.
+    #[arg(long)]
+    devnet: bool,
+    /// Tokens of the greedy completion timed with --devnet.
+    #[arg(long, default_value_t = 64)]
+    http_tokens: usize,
     /// Prompt tokens for the prefill.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
@@ -33,7 +45,7 @@ pub struct EngineBench {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Measurement rounds; the best of each side is reported.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -68,32 +80,42 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The benchmark model imported whole and as 3 blocks (cached in `--work`); its label.
+fn bench_models(args: &EngineBench, root: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+    let (source, label) = match &args.gguf {
+        Some(gguf) => {
+            let stem = gguf.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let label = stem.context("--gguf names no file")?;
+            (vec!["--gguf".to_owned(), path(gguf)], label)
+        }
+        None => {
+            let hf = args.work.join("llama-126mb-hf");
+            if !hf.join("config.json").is_file() {
+                eprintln!("bench: generating the benchmark checkpoint in {}", hf.display());
+                let out = ["--out".into(), path(&hf)];
+                script(root, "make-fixture", BENCH_MODEL.iter().map(|s| s.to_string()).chain(out))?;
+            }
+            (vec!["--hf".to_owned(), path(&hf)], "llama-126mb".to_owned())
+        }
+    };
+    let (whole, split) =
+        (args.work.join(format!("{label}-1block")), args.work.join(format!("{label}-3blocks")));
+    for (dir, blocks) in [(&whole, "1"), (&split, "3")] {
+        if dir.join("manifest.json").is_file() {
+            eprintln!("bench: using the import in {} (delete it to re-import)", dir.display());
+        } else {
+            eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
+            let out = ["--out", &path(dir), "--blocks", blocks].map(String::from);
+            script(root, "import-model", source.iter().cloned().chain(out))?;
+        }
+    }
+    Ok((whole, split, label))
+}
+
 fn engine(args: EngineBench) -> anyhow::Result<()> {
     let root = tools::repo_root()
         .context("the benchmark uses scripts/: run it inside the repository after scripts/setup")?;
-    let hf = args.work.join("llama-126mb-hf");
-    let (whole, split) =
-        (args.work.join("llama-126mb-1block"), args.work.join("llama-126mb-3blocks"));
-    if !hf.join("config.json").is_file() {
-        eprintln!("bench: generating the benchmark checkpoint in {}", hf.display());
-        script(
-            &root,
-            "make-fixture",
-            BENCH_MODEL.iter().map(|s| s.to_string()).chain(["--out".into(), path(&hf)]),
-        )?;
-    }
-    for (dir, blocks) in [(&whole, "1"), (&split, "3")] {
-        if !dir.join("manifest.json").is_file() {
-            eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
-            script(
-                &root,
-                "import-model",
-                ["--hf", &path(&hf), "--out", &path(dir), "--blocks", blocks].map(String::from),
-            )?;
-        }
-    }
-    let prompt: Vec<i64> = (0..args.prompt_len as i64).map(|i| (7 + 31 * i) % 8000).collect();
-    let prompt_arg = prompt.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let (whole, split, label) = bench_models(&args, &root)?;
 
     let runtime = Runtime::new(args.device, Some(args.threads))?;
     if let Some(reason) = runtime.fallback() {
@@ -105,15 +127,26 @@ fn engine(args: EngineBench) -> anyhow::Result<()> {
     let load_s = started.elapsed().as_secs_f64();
     let rss_loaded = resident_bytes()? - rss_before;
     let weights = pipeline.weight_bytes() as f64;
+    // ort-baseline's default prompt: ids[i] = (7 + 31 i) mod vocab.
+    let vocab = pipeline.manifest().config.vocab_size as i64;
+    let prompt: Vec<i64> = (0..args.prompt_len as i64).map(|i| (7 + 31 * i) % vocab).collect();
+    let prompt_arg = prompt.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
 
-    let (mut ours, mut theirs) = (Speed::default(), Speed::default());
-    let mut our_ids = Vec::new();
+    // One split run before the unsplit model is loaded: the resident memory after decoding
+    // is the split model's alone.
+    let (mut ours, mut our_ids) = decode_run(&pipeline, &prompt, args.decode)?;
+    let rss_decoded = resident_bytes()? - rss_before;
+    // The same engine on the unsplit model: what splitting itself costs. The rounds alternate
+    // split, unsplit and the Python baseline, so a noisy spell of the machine hits them alike.
+    let unsplit = Pipeline::load(&whole, &runtime, CacheLimits::default())?;
+    let (mut ours_unsplit, mut theirs) = (Speed::default(), Speed::default());
     let mut baseline = Value::Null;
     for round in 0..args.rounds {
         eprintln!("bench: round {}/{}", round + 1, args.rounds);
         let (speed, ids) = decode_run(&pipeline, &prompt, args.decode)?;
         ours = ours.best(speed);
         our_ids = ids;
+        ours_unsplit = ours_unsplit.best(decode_run(&unsplit, &prompt, args.decode)?.0);
         baseline = serde_json::from_str(&script(
             &root,
             "ort-baseline",
@@ -139,19 +172,12 @@ fn engine(args: EngineBench) -> anyhow::Result<()> {
             decode: baseline["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
         });
     }
-    let rss_decoded = resident_bytes()? - rss_before;
-    // The same engine on the unsplit model: what splitting itself costs.
-    let unsplit = Pipeline::load(&whole, &runtime, CacheLimits::default())?;
-    let mut ours_unsplit = Speed::default();
-    for _ in 0..args.rounds {
-        ours_unsplit = ours_unsplit.best(decode_run(&unsplit, &prompt, args.decode)?.0);
-    }
     let same_tokens = baseline["token_ids"]
         .as_array()
         .is_some_and(|ids| ids.iter().filter_map(Value::as_i64).collect::<Vec<_>>() == our_ids);
 
     println!(
-        "engine benchmark: llama, {:.1} MB of float32 weights, 3 blocks vs 1, device {}",
+        "engine benchmark: {label}, {:.1} MB of float32 weights, 3 blocks vs 1, device {}",
         weights / 1e6,
         runtime.device()
     );
@@ -194,6 +220,25 @@ fn engine(args: EngineBench) -> anyhow::Result<()> {
     println!("  greedy tokens identical to the baseline: {same_tokens}");
     if !same_tokens {
         bail!("the split model's greedy tokens differ from the baseline's");
+    }
+    drop(unsplit);
+    if args.devnet {
+        let tokenizer = super::infer::load_tokenizer(&split, &pipeline.manifest().tokenizer.file)?;
+        let served = super::bench_http::compare(
+            &split,
+            &pipeline,
+            &tokenizer,
+            args.http_tokens,
+            &args.work,
+        )?;
+        println!(
+            "  completion ({} greedy tokens)  devnet, {} node processes, HTTP API {:6.1} tok/s | in-process {:6.1} tok/s | ratio {:.2}x",
+            served.tokens,
+            served.nodes,
+            served.devnet_http,
+            served.in_process,
+            served.devnet_http / served.in_process
+        );
     }
     Ok(())
 }

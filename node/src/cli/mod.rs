@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_http;
 mod bench_swarm;
 mod chain;
 mod channels;
@@ -12,6 +13,7 @@ mod ledger;
 mod model;
 mod operator;
 mod swarm;
+mod validator;
 
 use std::path::PathBuf;
 
@@ -48,6 +50,8 @@ enum Command {
     Embed(infer::EmbedArgs),
     /// Stake, register, unbond and withdraw as a node operator.
     Operator(operator::OperatorArgs),
+    /// Stake, unbond and withdraw as a validator.
+    Validator(validator::ValidatorArgs),
     /// Create encrypted keystore files for `--keystore`.
     #[command(subcommand)]
     Keystore(keys::KeystoreCommand),
@@ -78,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Node(args) => swarm::node(args).await,
         Command::Operator(args) => operator::run(args).await,
+        Command::Validator(args) => validator::run(args).await,
         Command::Keystore(cmd) => keys::run(cmd),
         Command::Audit(args) => audit::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
