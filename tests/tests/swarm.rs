@@ -95,7 +95,7 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
         };
         // The answer is signed by the node's operator key over (request, output, epoch).
         let attestation = ResponseAttestation {
-            request_hash: infergrid::eip712::keccak256(&request.encode()),
+            request_hash: request.request_hash(),
             output_hash: infergrid::eip712::keccak256(&payload_bytes(&hidden)),
             epoch: NODE_EPOCHS.epoch_at(0),
         };
@@ -151,6 +151,7 @@ fn candidate(served: &Served, blocks: (u16, u16), rtt_ms: f64) -> infergrid::rou
         compute_ms: Some(1.0),
         active_sessions: 0,
         free_cache_tokens: None,
+        reputation_bps: None,
     }
 }
 
@@ -199,13 +200,8 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
         candidate(&tail, (1, 2), 1.0),
         candidate(&replica, (1, 2), 20.0),
     ]));
-    let config = RemoteModelConfig {
-        model_id: manifest.id().0,
-        num_blocks: 3,
-        context_length: manifest.config.max_positions,
-        eos_ids: Vec::new(),
-        max_failovers_per_step: 3,
-    };
+    let config =
+        RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 3) };
     let mut remote = RemoteModel::new(client.clone(), config, directory);
     let tail_net = tail.net.clone();
     let handle = tokio::runtime::Handle::current();
@@ -257,9 +253,10 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
     let staked_identity = NodeIdentity::derive(&staked.private_key);
     let staked_peer = staked_identity.peer_id();
 
+    let reader_provider = connect_reader(chain.anvil.url()).await?;
     let reader = infergrid::chain::Registry::new(
         chain.deployment.contracts.registry,
-        connect_reader(chain.anvil.url()).await?,
+        reader_provider.clone(),
     );
     let admission = Admission::Registry { allowed: HashSet::new(), registry: reader.clone() };
     let server = serve_with(&manifest, &runtime, 0..=0, admission, 5)?;
@@ -291,7 +288,11 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
     );
 
     // The gateway's directory lists exactly the registered, staked nodes...
-    let directory = Directory::new(reader.clone(), manifest.id(), 1);
+    let validation = infergrid::chain::ValidationClient::new(
+        chain.deployment.contracts.validation,
+        reader_provider.clone(),
+    );
+    let directory = Directory::new(reader.clone(), validation, manifest.id(), 1);
     assert_eq!(directory.refresh(&unstaked_client).await?, 1);
     assert_eq!(directory.candidates().lock().unwrap()[0].peer, staked_peer);
     // ...and once the operator unbonds below the minimum stake, neither admits nor lists it.
@@ -344,5 +345,115 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
         client.request(server_peer, request).await?,
         InferResponse::Ok { output: payload, signature: [1; 65] }
     );
+    Ok(())
+}
+
+/// A peer that answers every request with a tensor of width 0 — the answer that used to
+/// panic the gateway's sampler — correctly signed by its operator `key`.
+fn serve_empty_answers(key: u8) -> anyhow::Result<(PeerId, libp2p::Multiaddr, Eip712Signer)> {
+    use infergrid::eip712::keccak256;
+    use infergrid::engine::Activation;
+    use infergrid::net::Inbound;
+    let port = infergrid_e2e::procs::free_port();
+    let (net, mut inbound) = network(Some(port))?;
+    let peer = net.local_peer();
+    let operator = Eip712Signer::from_bytes(&B256::repeat_byte(key))?;
+    let signer = operator.clone();
+    let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
+    tokio::spawn(async move {
+        let _swarm = net; // keeps the swarm running as long as requests come
+        while let Some(message) = inbound.recv().await {
+            if let Inbound::Request { request: Ok(request), reply, .. } = message {
+                let rows = infergrid::gateway::input_rows(&request.payload);
+                let output = Payload::Tensor(Activation::new(vec![1, rows, 0], vec![]).unwrap());
+                let attestation = ResponseAttestation {
+                    request_hash: request.request_hash(),
+                    output_hash: keccak256(&payload_bytes(&output)),
+                    epoch: 0,
+                };
+                let signature = attestation.sign(&domain, &signer);
+                let _ = reply.send(InferResponse::Ok { output, signature });
+            }
+        }
+    });
+    Ok((peer, format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?, operator))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_forged_answers_are_refused_banned_and_routed_around() -> anyhow::Result<()> {
+    use infergrid::gateway::{RemoteModel, RemoteModelConfig, SignatureCheck, TermsBook};
+    use infergrid::pay::NodeTerms;
+    use infergrid::pay::meter::Tariff;
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "4", "--seed", "8"])?;
+    let model_dir = import(&hf, &dir.path().join("m"), 2)?;
+    let manifest = ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+
+    let (client, _inbound) = network(None)?;
+    let me = [client.local_peer()];
+    let head = serve(&manifest, &runtime, 0..=0, &me, 1)?;
+    // Computes honestly but signs with a key that is not its registered operator's.
+    let forger = serve(&manifest, &runtime, 1..=1, &me, 2)?;
+    let (empty, empty_addr, empty_operator) = serve_empty_answers(3)?;
+    let honest = serve(&manifest, &runtime, 1..=1, &me, 4)?;
+    for (peer, addr) in [
+        (head.peer, head.addr.clone()),
+        (forger.peer, forger.addr.clone()),
+        (empty, empty_addr.clone()),
+        (honest.peer, honest.addr.clone()),
+    ] {
+        client.dial(peer, addr).await?;
+    }
+    let registered = |operator: &Eip712Signer| NodeTerms {
+        operator: operator.address(),
+        tariff: Tariff { price_per_token: alloy::primitives::U256::from(1), span_blocks: 1 },
+    };
+    let claimed = Eip712Signer::from_bytes(&B256::repeat_byte(9))?;
+    let operators: TermsBook = Arc::new(std::sync::Mutex::new(
+        [
+            (head.peer, registered(&head.operator)),
+            (forger.peer, registered(&claimed)),
+            (empty, registered(&empty_operator)),
+            (honest.peer, registered(&honest.operator)),
+        ]
+        .into(),
+    ));
+    // The bad peers look closest, so they are tried first: the empty one, then the forger.
+    let mut directory = vec![
+        candidate(&head, (0, 0), 1.0),
+        candidate(&forger, (1, 1), 2.0),
+        candidate(&honest, (1, 1), 30.0),
+    ];
+    directory.push(infergrid::route::Candidate { peer: empty, ..candidate(&honest, (1, 1), 1.0) });
+    let check = SignatureCheck {
+        domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        clock: NODE_EPOCHS,
+        time: infergrid::validate::ChainClock::default(),
+        operators,
+    };
+    let config =
+        RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 3) };
+    let mut remote =
+        RemoteModel::new(client.clone(), config, Arc::new(std::sync::Mutex::new(directory)))
+            .verifying(check);
+    let prompt = [3i64, 1, 4, 1, 5];
+    let (ids, failovers, reference) = tokio::task::spawn_blocking(move || {
+        let ids = greedy(&mut remote, 1, &prompt, 12, |_| {});
+        // A second generation goes straight to the honest route: the bad peers stay banned.
+        let again = greedy(&mut remote, 2, &prompt, 12, |_| {});
+        assert_eq!(again, ids);
+        let reference = greedy(&mut &local, 3, &prompt, 12, |_| {});
+        (ids, remote.failovers(), reference)
+    })
+    .await?;
+    assert_eq!(ids, reference, "output through the surviving route differs");
+    assert_eq!(failovers.len(), 1, "one stalled step, two peers refused in it: {failovers:?}");
+    let reason = &failovers[0].reason;
+    assert_eq!(failovers[0].failed_peer, empty);
+    assert!(reason.contains("invalid answer: answer shape [1, 5, 0]"), "{reason}");
+    assert!(failovers[0].replacement.iter().any(|h| h.peer == honest.peer), "{failovers:?}");
+    assert!(!failovers[0].replacement.iter().any(|h| h.peer == forger.peer), "{failovers:?}");
     Ok(())
 }

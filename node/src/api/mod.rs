@@ -165,7 +165,9 @@ fn run_job(
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     tokio::task::spawn_blocking(move || {
         let backend = state.backend.as_ref().expect("handlers check for a backend");
-        let mut backend = backend.lock().expect("backend lock");
+        // A generation that panicked must not take the API down with it: sessions are
+        // independent, so a half-finished one leaves at most its own session behind.
+        let mut backend = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let prompt =
             if job.templated { Prompt::Chat(&job.prompt) } else { Prompt::Text(&job.prompt) };
         generate(
@@ -183,7 +185,7 @@ fn run_job(
 
 fn generation_error(e: GenerationError) -> ApiError {
     match e {
-        GenerationError::Engine(e) => {
+        GenerationError::Engine(_) | GenerationError::NoLogits => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
         }
         other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", other.to_string()),

@@ -394,6 +394,33 @@ impl ValidationClient {
     pub async fn register_validator(&self, stake: U256) -> Tx {
         send(self.0.registerValidator(stake)).await
     }
+    pub async fn add_validator_stake(&self, amount: U256) -> Tx {
+        send(self.0.addValidatorStake(amount)).await
+    }
+    pub async fn request_validator_unbond(&self, amount: U256) -> Tx {
+        send(self.0.requestValidatorUnbond(amount)).await
+    }
+    pub async fn withdraw_validator_stake(&self) -> Tx {
+        send(self.0.withdrawValidatorStake()).await
+    }
+    /// What a validator's stake and record are now.
+    pub async fn validator(&self, validator: Address) -> Result<ValidatorStanding, ChainError> {
+        let (unbonding, unbonding_ends_at) = {
+            let u = self.0.validatorUnbonding(validator).call().await?;
+            (u.amount, u.endsAt)
+        };
+        let record = self.0.getValidatorRecord(validator).call().await?;
+        Ok(ValidatorStanding {
+            stake: self.0.validatorStake(validator).call().await?,
+            unbonding,
+            unbonding_ends_at,
+            active: self.0.isValidator(validator).call().await?,
+            total_active_stake: self.0.totalValidatorStake().call().await?,
+            missed_reveals: record.missedReveals,
+            dissents: record.dissents,
+            total_penalized: record.totalPenalized,
+        })
+    }
     /// The contract's epochs: `genesis` and `epochDuration`, both fixed at deployment.
     pub async fn epoch_clock(&self) -> Result<EpochClock, ChainError> {
         let duration = self.0.epochDuration().call().await?;
@@ -472,6 +499,21 @@ impl ValidationClient {
     ) -> Result<B256, ChainError> {
         Ok(self.0.responseDigest(request_hash, output_hash, epoch).call().await?)
     }
+}
+
+/// A validator's stake and conduct, as `Validation` records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatorStanding {
+    pub stake: U256,
+    pub unbonding: U256,
+    pub unbonding_ends_at: u64,
+    /// Bonded stake non-zero and at least `minValidatorStake`.
+    pub active: bool,
+    /// The active stake of all validators, which quorums are measured against.
+    pub total_active_stake: U256,
+    pub missed_reveals: u32,
+    pub dissents: u32,
+    pub total_penalized: U256,
 }
 
 /// A validator's challenge results for one node in one epoch, with the salt that hides

@@ -8,7 +8,7 @@ mod error;
 
 pub use clients::{
     BatchRedemption, Channels, NodeRegistration, RedeemedVoucher, Registry, SkipReason,
-    SkippedVoucher, Tally, Token, ValidationClient, latest_block_time,
+    SkippedVoucher, Tally, Token, ValidationClient, ValidatorStanding, latest_block_time,
 };
 pub use deployment::{ContractAddresses, DeployParams, Deployment, DeploymentFileError, deploy};
 pub use error::{ChainError, describe_revert};

@@ -219,15 +219,11 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             compute_ms: Some(1.0),
             active_sessions: 0,
             free_cache_tokens: None,
+            reputation_bps: None,
         });
     }
-    let config = RemoteModelConfig {
-        model_id,
-        num_blocks: 3,
-        context_length: manifest.config.max_positions,
-        eos_ids: vec![],
-        max_failovers_per_step: 0,
-    };
+    let config =
+        RemoteModelConfig { eos_ids: vec![], ..RemoteModelConfig::for_model(&manifest, 0) };
     let mut remote = RemoteModel::new(client, config, Arc::new(Mutex::new(candidates)));
     let local = Pipeline::load(&args.model, &runtime, CacheLimits::default())?;
     let decode = args.decode;

@@ -78,7 +78,7 @@ pub fn parse_amount(text: &str) -> anyhow::Result<U256> {
     Ok(amount)
 }
 
-fn report(what: &str, receipt: &TransactionReceipt) {
+pub fn report(what: &str, receipt: &TransactionReceipt) {
     println!(
         "{what}: tx {} (block {}, gas {})",
         receipt.transaction_hash,

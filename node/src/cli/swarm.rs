@@ -14,7 +14,7 @@ use infergrid::chain::{
 };
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
-use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig};
+use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig, SignatureCheck};
 use infergrid::generate::ChatFormat;
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
@@ -120,7 +120,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         .epoch_clock()
         .await
         .context("reading the Validation contract's epochs (genesis, epochDuration)")?;
-    let time = chain_time(&account.provider).await?;
+    let time = chain_time(&account.provider, "node").await?;
     let (net, inbound) = Network::spawn(NetConfig {
         keypair: identity.keypair(),
         listen: args.listen.clone(),
@@ -285,6 +285,11 @@ pub struct GatewayArgs {
     /// Default: .infergrid/wallets/<payer address>.redb
     #[arg(long)]
     wallet: Option<PathBuf>,
+    /// Never route through a node whose on-chain reputation (basis points; 5000 until
+    /// validators first score it, 0 once convicted) is below this. Routes prefer higher
+    /// reputation among comparable nodes either way.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    min_reputation: u32,
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -300,8 +305,10 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
     })?;
-    let model_id = manifest.id().0;
-    let directory = Directory::new(registry, manifest.id(), manifest.blocks.len() as u16);
+    let validation = account.contracts(&deployment).validation;
+    let directory =
+        Directory::new(registry, validation.clone(), manifest.id(), manifest.blocks.len() as u16)
+            .with_min_reputation(args.min_reputation);
     let found = directory.refresh(&net).await?;
     eprintln!(
         "gateway: peer {}, {found} staked nodes serve {}",
@@ -311,6 +318,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
     let refresher = (directory.clone(), net.clone());
     tokio::spawn(async move {
+        // One ticker for the whole loop: a sleep created inside `select!` would restart on
+        // every announcement (nodes announce every 2 s) and never fire.
+        let mut refresh = tokio::time::interval(Duration::from_secs(5));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await; // the first tick is immediate; the directory was just read
         loop {
             tokio::select! {
                 message = inbound.recv() => match message {
@@ -318,7 +330,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                     Some(Inbound::Request { .. }) => {}
                     None => return,
                 },
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                _ = refresh.tick() => {
                     if let Err(e) = refresher.0.refresh(&refresher.1).await {
                         eprintln!("gateway: registry refresh failed: {e}");
                     }
@@ -327,15 +339,16 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         }
     });
 
-    let config = RemoteModelConfig {
-        model_id,
-        num_blocks: manifest.blocks.len() as u16,
-        context_length: manifest.config.max_positions,
-        eos_ids: manifest.tokenizer.eos_token_ids.clone(),
-        max_failovers_per_step: 4,
+    let config = RemoteModelConfig::for_model(&manifest, 4);
+    let signatures = SignatureCheck {
+        domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
+        clock: validation.epoch_clock().await?,
+        time: chain_time(&account.provider, "gateway").await?,
+        operators: directory.terms(),
     };
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
-        .paying(wallet, directory.terms());
+        .paying(wallet, directory.terms())
+        .verifying(signatures);
     let report = remote.report();
     let state = if manifest.architecture.is_decoder() {
         let backend: Box<dyn infergrid::generate::TextModel + Send> = Box::new(remote);
@@ -432,8 +445,8 @@ fn log_skipped(skipped: &[SkippedVoucher]) {
 }
 
 /// The chain's clock, kept in step with the latest block every 30 s, so that answers are
-/// signed for the epoch the contract will judge them in.
-async fn chain_time(provider: &DynProvider) -> anyhow::Result<ChainClock> {
+/// signed (node) and checked (gateway) for the epoch the contract will judge them in.
+async fn chain_time(provider: &DynProvider, role: &'static str) -> anyhow::Result<ChainClock> {
     let time = ChainClock::default();
     time.sync(latest_block_time(provider).await?);
     let (provider, synced) = (provider.clone(), time.clone());
@@ -442,7 +455,7 @@ async fn chain_time(provider: &DynProvider) -> anyhow::Result<ChainClock> {
             tokio::time::sleep(Duration::from_secs(30)).await;
             match latest_block_time(&provider).await {
                 Ok(timestamp) => synced.sync(timestamp),
-                Err(e) => eprintln!("node: reading the chain's time failed (retrying): {e}"),
+                Err(e) => eprintln!("{role}: reading the chain's time failed (retrying): {e}"),
             }
         }
     });

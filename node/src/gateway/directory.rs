@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use alloy::primitives::{Address, B256};
 use libp2p::{Multiaddr, PeerId};
 
-use crate::chain::{ChainError, Registry};
+use crate::chain::{ChainError, Registry, ValidationClient};
 use crate::net::{Announcement, Network};
 use crate::pay::NodeTerms;
 use crate::pay::meter::Tariff;
@@ -14,10 +14,13 @@ use crate::route::Candidate;
 pub type TermsBook = Arc<Mutex<HashMap<PeerId, NodeTerms>>>;
 
 /// The peers a gateway may route to: exactly the nodes registered on-chain as active for the
-/// model, with their measured RTT and last announced load.
+/// model (staked, not jailed) with at least the minimum reputation, with their reputation,
+/// measured RTT and last announced load.
 #[derive(Clone)]
 pub struct Directory {
     registry: Registry,
+    validation: ValidationClient,
+    min_reputation_bps: u32,
     model_id: B256,
     num_blocks: u16,
     candidates: Arc<Mutex<Vec<Candidate>>>,
@@ -26,15 +29,29 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn new(registry: Registry, model_id: B256, num_blocks: u16) -> Self {
+    pub fn new(
+        registry: Registry,
+        validation: ValidationClient,
+        model_id: B256,
+        num_blocks: u16,
+    ) -> Self {
         Self {
             registry,
+            validation,
+            min_reputation_bps: 0,
             model_id,
             num_blocks,
             candidates: Arc::default(),
             terms: Arc::default(),
             announcements: Arc::default(),
         }
+    }
+
+    /// Leaves out nodes whose on-chain reputation is below `bps` (a convicted node reads 0,
+    /// an unscored one 5000).
+    pub fn with_min_reputation(mut self, bps: u32) -> Self {
+        self.min_reputation_bps = bps;
+        self
     }
 
     /// The live candidate list the route planner reads.
@@ -65,6 +82,10 @@ impl Directory {
         let mut fresh = Vec::new();
         let mut terms = HashMap::new();
         for operator in operators {
+            let reputation = self.validation.reputation_of(operator).await?;
+            if reputation < self.min_reputation_bps {
+                continue;
+            }
             let node = self.registry.node(operator).await?;
             let Ok(peer) = PeerId::from_bytes(&node.peerId) else { continue };
             for addr in node.multiaddrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
@@ -90,6 +111,7 @@ impl Directory {
                     .filter(|ms| *ms > 0.0),
                 active_sessions: announced.as_ref().map_or(0, |a| a.active_sessions),
                 free_cache_tokens: announced.as_ref().map(|a| a.free_cache_tokens),
+                reputation_bps: Some(reputation),
             });
         }
         let count = fresh.len();

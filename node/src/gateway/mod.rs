@@ -4,6 +4,8 @@
 
 mod directory;
 mod remote;
+mod verify;
 
 pub use directory::{Directory, TermsBook};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport};
+pub use verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};

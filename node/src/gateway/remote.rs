@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::TermsBook;
+use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
 use crate::engine::{Activation, EngineError};
 use crate::generate::TextModel;
 use crate::net::Network;
@@ -22,6 +23,11 @@ pub struct RemoteModelConfig {
     pub eos_ids: Vec<u32>,
     /// Failovers allowed within one step before giving up.
     pub max_failovers_per_step: usize,
+    /// Width of the hidden states passed between blocks.
+    pub hidden_size: usize,
+    /// Width of the last block's output: the vocabulary for a decoder (logits), the hidden
+    /// size for an encoder (token embeddings).
+    pub output_width: usize,
 }
 
 /// One recovery from a failed node, for reporting.
@@ -65,6 +71,7 @@ pub struct RemoteModel {
     report: Arc<Mutex<RouteReport>>,
     runtime: tokio::runtime::Handle,
     payer: Option<(Arc<Wallet>, TermsBook)>,
+    signatures: Option<SignatureCheck>,
 }
 
 /// Why a hop failed.
@@ -73,6 +80,29 @@ enum HopError {
     Peer(String),
     /// The request itself is wrong: failing over would not help.
     Fatal(Box<EngineError>),
+}
+
+impl RemoteModelConfig {
+    /// The whole model of `manifest`, allowing `max_failovers_per_step`.
+    pub fn for_model(
+        manifest: &crate::model::ModelManifest,
+        max_failovers_per_step: usize,
+    ) -> Self {
+        let config = &manifest.config;
+        Self {
+            model_id: manifest.id().0,
+            num_blocks: manifest.blocks.len() as u16,
+            context_length: config.max_positions,
+            eos_ids: manifest.tokenizer.eos_token_ids.clone(),
+            max_failovers_per_step,
+            hidden_size: config.hidden_size,
+            output_width: if manifest.architecture.is_decoder() {
+                config.vocab_size
+            } else {
+                config.hidden_size
+            },
+        }
+    }
 }
 
 impl RemoteModel {
@@ -93,7 +123,14 @@ impl RemoteModel {
             report: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
             payer: None,
+            signatures: None,
         }
+    }
+
+    /// Refuses answers not signed by the operator registered for the peer.
+    pub fn verifying(mut self, signatures: SignatureCheck) -> Self {
+        self.signatures = Some(signatures);
+        self
     }
 
     /// Pays every node on the route from `wallet`, at the prices in `terms`.
@@ -152,8 +189,13 @@ impl RemoteModel {
         if let Some(terms) = terms {
             request.payment = self.voucher(terms, units, settle, false)?;
         }
+        let expected = (kind != StepKind::Close).then(|| ExpectedShape {
+            rows: input_rows(&request.payload),
+            width: self.output_width(hop.last_block),
+        });
         // Only a paid step can be refused for payment and retried; only it keeps a copy.
         let retry = terms.is_some().then(|| request.clone());
+        let request_hash = request.request_hash();
         let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
         if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
             (terms, retry, &response)
@@ -164,7 +206,15 @@ impl RemoteModel {
             response = self.runtime.block_on(self.net.request(hop.peer, request));
         }
         match response {
-            Ok(InferResponse::Ok { output, .. }) => {
+            Ok(InferResponse::Ok { output, signature }) => {
+                if let Err(bad) =
+                    self.check_answer(hop, expected, request_hash, &output, &signature)
+                {
+                    // Not used, not paid for, and the node is not asked again.
+                    eprintln!("gateway: banned {}: {bad}", hop.peer);
+                    self.bans.lock().expect("bans").forbid(hop.peer);
+                    return Err(HopError::Peer(format!("invalid answer: {bad}")));
+                }
                 self.bans.lock().expect("bans").succeed(&hop.peer);
                 if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
                     self.runtime.block_on(wallet.record(terms.operator, units));
@@ -179,6 +229,33 @@ impl RemoteModel {
             }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
+        }
+    }
+
+    /// The width of the output of a span ending at `last_block`.
+    fn output_width(&self, last_block: u16) -> usize {
+        if last_block + 1 == self.config.num_blocks {
+            self.config.output_width
+        } else {
+            self.config.hidden_size
+        }
+    }
+
+    /// An answer's shape and values (`expected`, none for a Close) and signature.
+    fn check_answer(
+        &self,
+        hop: &Hop,
+        expected: Option<ExpectedShape>,
+        request_hash: alloy::primitives::B256,
+        output: &Payload,
+        signature: &[u8; 65],
+    ) -> Result<(), BadAnswer> {
+        if let Some(expected) = expected {
+            expected.check(output)?;
+        }
+        match &self.signatures {
+            Some(check) => check.check(&hop.peer, request_hash, output, signature),
+            None => Ok(()),
         }
     }
 

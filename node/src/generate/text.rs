@@ -79,6 +79,8 @@ pub enum GenerationError {
         "the prompt has {prompt} tokens; with max_tokens {max_tokens} that exceeds the context length {limit}"
     )]
     TooLong { prompt: usize, max_tokens: usize, limit: usize },
+    #[error("the model returned no logits")]
+    NoLogits,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -137,6 +139,9 @@ pub fn generate(
     let result = (|| {
         while tokens.len() < max_tokens {
             let logits = model.next_logits(session, position, &input)?;
+            if logits.is_empty() {
+                return Err(GenerationError::NoLogits);
+            }
             position += input.len();
             let choice = sampler.choose(&logits);
             if model.eos_ids().contains(&choice.id) {

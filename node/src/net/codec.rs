@@ -3,8 +3,9 @@
 //! Everything a peer sends is parsed here with explicit bounds, so a malformed, oversized or
 //! truncated message is a [`CodecError`], never a panic or an allocation the peer controls.
 
-use alloy::primitives::{Bytes, U256};
+use alloy::primitives::{B256, Bytes, U256};
 
+use crate::eip712::keccak256;
 use crate::engine::Activation;
 use crate::pay::{SignedVoucher, Voucher};
 
@@ -167,6 +168,18 @@ impl StepKind {
 
 impl InferRequest {
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(self.payment.as_ref())
+    }
+
+    /// What a node's `Response` signature binds (`wire.md`, "Response signature"): keccak-256
+    /// of the request encoded with the payment field empty. The answer depends on the
+    /// computation asked for, not on how it was paid, so a validator can commit the hashes of
+    /// its challenges before it knows which steps will carry vouchers.
+    pub fn request_hash(&self) -> B256 {
+        keccak256(&self.encode_with(None))
+    }
+
+    fn encode_with(&self, payment: Option<&SignedVoucher>) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + payload_len(&self.payload));
         out.extend_from_slice(REQUEST_MAGIC);
         out.push(self.kind as u8);
@@ -175,7 +188,7 @@ impl InferRequest {
         out.extend_from_slice(&self.last_block.to_le_bytes());
         out.extend_from_slice(&self.session.to_le_bytes());
         out.extend_from_slice(&self.position.to_le_bytes());
-        match &self.payment {
+        match payment {
             None => out.push(0),
             Some(payment) => {
                 out.push(1);
@@ -559,7 +572,10 @@ mod tests {
         assert_eq!(paid_bytes[..53], bytes[..53]);
         assert_eq!(paid_bytes[53..183], field[..]);
         assert_eq!(paid_bytes[183..], bytes[54..]);
-        assert_eq!(InferRequest::decode(&paid_bytes), Ok(paid));
+        assert_eq!(InferRequest::decode(&paid_bytes), Ok(paid.clone()));
+        // The signed request hash leaves the payment out: paid or not, the same computation.
+        assert_eq!(request.request_hash().to_string(), hash(&bytes));
+        assert_eq!(paid.request_hash(), request.request_hash());
         let mut bad_flag = bytes.clone();
         bad_flag[53] = 2;
         assert_eq!(InferRequest::decode(&bad_flag), Err(CodecError::UnknownPaymentFlag(2)));

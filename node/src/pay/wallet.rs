@@ -113,9 +113,9 @@ impl Wallet {
     }
 
     /// The voucher to attach to a step of `units` block-tokens for `node`, if one is due:
-    /// on the first step to the node in this run, when the unpaid amount including this
-    /// step reaches the signing threshold, when `settle` (the end of a request), or when
-    /// `force`d (the node asked for payment).
+    /// on the first step to the node in this run, when the unpaid amount for the answers
+    /// received reaches the signing threshold, when `settle` (the end of a request), or when
+    /// `force`d (the node asked for payment: then it also covers this step's `units`).
     /// Opens or tops up the node's channel first when needed.
     pub async fn voucher(
         &self,
@@ -131,7 +131,9 @@ impl Wallet {
             Entry::Vacant(slot) => slot.insert(self.resume_or_open(node, deposited).await?),
         };
         tab.tariff = node.tariff;
-        let owed = node.tariff.amount(tab.metered + units);
+        // Vouchers pay for answers already received and checked; the step being sent is
+        // paid ahead only when the node refused it for lack of payment (its credit is full).
+        let owed = node.tariff.amount(tab.metered + if force { units } else { 0 });
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let unpaid = owed.saturating_sub(tab.signed);
         let due =

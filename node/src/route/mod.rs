@@ -24,6 +24,8 @@ pub struct Candidate {
     pub active_sessions: usize,
     /// KV-cache tokens it can still take.
     pub free_cache_tokens: Option<usize>,
+    /// On-chain reputation in basis points (`Validation.reputationOf`; 5000 is neutral), if read.
+    pub reputation_bps: Option<u32>,
 }
 
 /// One hop of a route.
@@ -47,6 +49,10 @@ pub struct CostModel {
     pub session_penalty_ms: f64,
     /// Added when the peer announced no free KV-cache room for a new session.
     pub full_cache_penalty_ms: f64,
+    /// Added in proportion to missing reputation: the whole of it for a peer at 0, half for
+    /// a neutral (unscored) one, none at 10000. Enough to prefer a proven peer among
+    /// comparable ones, not to send traffic across the world for it.
+    pub distrust_penalty_ms: f64,
 }
 
 impl Default for CostModel {
@@ -57,9 +63,13 @@ impl Default for CostModel {
             hop_penalty_ms: 1.0,
             session_penalty_ms: 0.5,
             full_cache_penalty_ms: 1_000.0,
+            distrust_penalty_ms: 20.0,
         }
     }
 }
+
+/// The reputation of a node validators have not scored yet (`Validation.reputationOf`).
+pub const NEUTRAL_REPUTATION_BPS: u32 = 5_000;
 
 impl CostModel {
     fn edge(&self, c: &Candidate, blocks_used: u16, needed_tokens: usize) -> f64 {
@@ -69,11 +79,13 @@ impl CostModel {
             None => self.unknown_compute_ms_per_block * blocks_used as f64,
         };
         let full = c.free_cache_tokens.is_some_and(|free| free < needed_tokens);
+        let reputation = f64::from(c.reputation_bps.unwrap_or(NEUTRAL_REPUTATION_BPS).min(10_000));
         c.rtt_ms.unwrap_or(self.unknown_rtt_ms) / 2.0
             + compute
             + self.hop_penalty_ms
             + self.session_penalty_ms * c.active_sessions as f64
             + if full { self.full_cache_penalty_ms } else { 0.0 }
+            + self.distrust_penalty_ms * (1.0 - reputation / 10_000.0)
     }
 }
 
@@ -136,10 +148,11 @@ pub fn plan(
     Some(hops)
 }
 
-/// Peers that failed recently, banned with exponential backoff.
+/// Peers that failed recently, banned with exponential backoff, and peers banned for good.
 #[derive(Debug, Default)]
 pub struct Bans {
     entries: HashMap<PeerId, (Instant, u32)>,
+    forbidden: HashSet<PeerId>,
 }
 
 impl Bans {
@@ -157,10 +170,17 @@ impl Bans {
         self.entries.remove(peer);
     }
 
+    /// Bans a peer for the rest of this run: it answered with something no honest node
+    /// sends (a malformed or unsigned answer), which no backoff would cure.
+    pub fn forbid(&mut self, peer: PeerId) {
+        self.forbidden.insert(peer);
+    }
+
     /// Peers still banned now.
     pub fn banned(&self) -> HashSet<PeerId> {
         let now = Instant::now();
-        self.entries.iter().filter(|(_, (until, _))| *until > now).map(|(p, _)| *p).collect()
+        let recent = self.entries.iter().filter(|(_, (until, _))| *until > now).map(|(p, _)| *p);
+        recent.chain(self.forbidden.iter().copied()).collect()
     }
 }
 
@@ -181,6 +201,7 @@ mod tests {
             compute_ms: Some(compute),
             active_sessions: 0,
             free_cache_tokens: None,
+            reputation_bps: None,
         }
     }
 
@@ -247,5 +268,26 @@ mod tests {
         assert!(bans.banned().contains(&peer(1)));
         bans.succeed(&peer(1));
         assert!(bans.banned().is_empty());
+        // A forbidden peer stays banned, whatever succeeds afterwards.
+        bans.forbid(peer(3));
+        bans.succeed(&peer(3));
+        assert_eq!(bans.banned(), HashSet::from([peer(3)]));
+    }
+
+    #[test]
+    fn reputation_breaks_ties_but_not_distance() {
+        let cost = CostModel::default();
+        let (mut proven, mut convicted) = (cand(1, 0, 0, 10.0, 5.0), cand(2, 0, 0, 10.0, 5.0));
+        proven.reputation_bps = Some(9_000);
+        convicted.reputation_bps = Some(0);
+        let unscored = cand(3, 0, 0, 10.0, 5.0);
+        let pick =
+            |cands: &[Candidate]| plan(cands, 0, 1, &HashSet::new(), &cost, 16).unwrap()[0].peer;
+        assert_eq!(pick(&[convicted.clone(), proven.clone()]), peer(1));
+        assert_eq!(pick(&[convicted.clone(), unscored.clone()]), peer(3));
+        assert_eq!(pick(&[unscored, proven.clone()]), peer(1));
+        // A proven peer 200 ms away loses to a neutral one next door.
+        let far = Candidate { rtt_ms: Some(400.0), ..proven };
+        assert_eq!(pick(&[far, cand(4, 0, 0, 10.0, 5.0)]), peer(4));
     }
 }

@@ -163,7 +163,7 @@ impl BlockServer {
             }
             _ => None,
         };
-        let request_hash = keccak256(&request.encode());
+        let request_hash = request.request_hash();
         let kind = request.kind;
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
         let session = session_key(&peer, request.session);

@@ -1,9 +1,14 @@
-//! Validation: what a node attests about its answers, so a validator can prove a fault.
+//! Validation: what a node attests about its answers, so a validator can prove a fault, and
+//! how a validator judges them.
 
+mod challenge;
 mod epoch;
+mod judge;
 mod merkle;
 mod response;
 
+pub use challenge::{ChallengeRef, ChallengeSession, ChallengeSet, ChallengeStep};
 pub use epoch::{ChainClock, EpochClock};
+pub use judge::{DEFAULT_TOLERANCE, Judge, Verdict, relative_error};
 pub use merkle::{ChallengeTree, fold_proof};
 pub use response::{ResponseAttestation, challenge_leaf, validation_domain};

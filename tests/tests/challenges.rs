@@ -1,0 +1,113 @@
+//! A validator's challenge set against real nodes: the validator runs sessions through its own
+//! engine, and nodes serving any span of blocks, sent the validator's own inputs over libp2p,
+//! answer requests whose signed hashes are leaves of the committed Merkle tree, with outputs
+//! the judge accepts; a perturbed answer is judged wrong.
+
+use std::collections::HashSet;
+
+use infergrid::engine::{Activation, CacheLimits, Device, Pipeline, Runtime};
+use infergrid::model::ModelManifest;
+use infergrid::net::codec::{InferResponse, Payload, payload_bytes};
+use infergrid::serve::Admission;
+use infergrid::validate::{
+    ChallengeSet, Judge, ResponseAttestation, Verdict, challenge_leaf, fold_proof,
+    validation_domain,
+};
+use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::nodes::{Served, network, serve_blocks};
+
+const DECODE_STEPS: usize = 5;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "4", "--seed", "13"])?;
+    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
+    let manifest = ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let own = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+
+    let prompts = vec![vec![1i64, 17, 42, 99, 7], vec![1i64, 300, 5]];
+    let mut next_session = 0x5eed_u64;
+    let set = ChallengeSet::build(&own, &prompts, DECODE_STEPS, || {
+        next_session = next_session.wrapping_mul(6364136223846793005).wrapping_add(1);
+        next_session
+    })?
+    .expect("two prompts make a set");
+    // 2 sessions × 6 steps × 6 spans of 3 blocks.
+    assert_eq!(set.len(), 2 * (DECODE_STEPS + 1) * 6);
+
+    let (client, _inbound) = network(None)?;
+    let admission = || Admission::Peers(HashSet::from([client.local_peer()]));
+    let serve = |blocks, key| {
+        serve_blocks(
+            &manifest,
+            &runtime,
+            blocks,
+            admission(),
+            None,
+            alloy::primitives::B256::repeat_byte(key),
+        )
+    };
+    let (head, tail) = (serve(0..=0, 1)?, serve(1..=2, 2)?);
+    for node in [&head, &tail] {
+        client.dial(node.peer, node.addr.clone()).await?;
+    }
+    let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
+    let judge = Judge::default();
+    // Session 0 over spans 0 | 1..=2; session 1 over 0 | 1 | 2, the tail answering two spans.
+    let routes: [&[(&Served, u16, u16)]; 2] =
+        [&[(&head, 0, 0), (&tail, 1, 2)], &[(&head, 0, 0), (&tail, 1, 1), (&tail, 2, 2)]];
+    let mut worst: f64 = 0.0;
+    for (index, route) in routes.iter().enumerate() {
+        let session = &set.sessions[index];
+        for step in 0..session.steps.len() {
+            for &(node, first, last) in route.iter() {
+                let request = session.request(set.model_id, step, first, last);
+                let request_hash = request.request_hash();
+                let InferResponse::Ok { output, signature } =
+                    client.request(node.peer, request).await?
+                else {
+                    anyhow::bail!("node refused challenge step {step} of session {index}");
+                };
+                let at = set.find(&request_hash).expect("every request sent is in the set");
+                assert_eq!((at.session, at.step, at.last_block), (index, step, last));
+                let Payload::Tensor(answer) = &output else { anyhow::bail!("no tensor") };
+                let verdict = judge.judge(set.expected(at), answer);
+                let Verdict::Pass { error } = verdict else {
+                    anyhow::bail!("honest answer judged {verdict:?}")
+                };
+                worst = worst.max(error);
+                // The evidence a report would carry checks out against the committed root.
+                let leaf = challenge_leaf(request_hash, at.expected_output_hash);
+                assert_eq!(fold_proof(leaf, &set.proof(at)), set.root());
+                let output_hash = infergrid::eip712::keccak256(&payload_bytes(&output));
+                let attestation = ResponseAttestation { request_hash, output_hash, epoch: 0 };
+                assert_eq!(attestation.signer(&domain, &signature)?, node.operator.address());
+                // A cheat: the same answer with 1% noise on every value.
+                let perturbed = Activation::new(
+                    answer.shape().to_vec(),
+                    answer
+                        .data()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * (1.0 + 0.01 * ((i % 7) as f32 - 3.0) / 3.0))
+                        .collect(),
+                )?;
+                assert!(
+                    !judge.judge(set.expected(at), &perturbed).passed(),
+                    "a perturbed answer passed at step {step}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} challenge answers judged honest; largest relative error {worst:.1e}",
+        2 * 6 + 3 * 6
+    );
+    // Requests outside the set are not challenges.
+    let stray = set.sessions[0].request(set.model_id, 0, 0, 0);
+    let stray = infergrid::net::codec::InferRequest { session: stray.session ^ 1, ..stray };
+    assert!(set.find(&stray.request_hash()).is_none());
+    Ok(())
+}
