@@ -9,7 +9,7 @@ use infergrid::engine::{BlockRunner, CacheLimits, Runtime};
 use infergrid::model::ModelManifest;
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::pay::Collector;
-use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::serve::{Admission, Attester, BlockServer, Cheat};
 use infergrid::validate::{ChainClock, EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 
@@ -51,6 +51,19 @@ pub fn serve_blocks(
     collector: Option<Arc<Collector>>,
     secret: B256,
 ) -> anyhow::Result<Served> {
+    serve_cheating(manifest, runtime, blocks, admission, collector, secret, None)
+}
+
+/// [`serve_blocks`], with a node that makes some answers wrong on purpose (`cheat`).
+pub fn serve_cheating(
+    manifest: &ModelManifest,
+    runtime: &Runtime,
+    blocks: std::ops::RangeInclusive<usize>,
+    admission: Admission,
+    collector: Option<Arc<Collector>>,
+    secret: B256,
+    cheat: Option<Cheat>,
+) -> anyhow::Result<Served> {
     let port = free_port();
     let (net, inbound) = network(Some(port))?;
     let operator = Eip712Signer::from_bytes(&secret)?;
@@ -69,6 +82,7 @@ pub fn serve_blocks(
         admission,
         collector,
         decode_ms: Default::default(),
+        cheat,
     });
     tokio::spawn(server.run(inbound));
     let peer = net.local_peer();

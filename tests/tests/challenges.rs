@@ -9,12 +9,13 @@ use infergrid::engine::{Activation, CacheLimits, Device, Pipeline, Runtime};
 use infergrid::model::ModelManifest;
 use infergrid::net::codec::{InferResponse, Payload, payload_bytes};
 use infergrid::serve::Admission;
+use infergrid::serve::Cheat;
 use infergrid::validate::{
     ChallengeSet, Judge, ResponseAttestation, Verdict, challenge_leaf, fold_proof,
     validation_domain,
 };
 use infergrid_e2e::models::{import, make_checkpoint};
-use infergrid_e2e::nodes::{Served, network, serve_blocks};
+use infergrid_e2e::nodes::{Served, network, serve_blocks, serve_cheating};
 
 const DECODE_STEPS: usize = 5;
 
@@ -104,6 +105,44 @@ async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
     eprintln!(
         "{} challenge answers judged honest; largest relative error {worst:.1e}",
         2 * 6 + 3 * 6
+    );
+    // A node that perturbs its answers (1% per value) before signing them: every answer is
+    // judged wrong, and each is reportable evidence — a signed output other than the one
+    // committed to.
+    let cheater = serve_cheating(
+        &manifest,
+        &runtime,
+        1..=2,
+        admission(),
+        None,
+        alloy::primitives::B256::repeat_byte(3),
+        Some(Cheat::perturbing(1.0, 11)),
+    )?;
+    client.dial(cheater.peer, cheater.addr.clone()).await?;
+    let session = &set.sessions[1];
+    let mut least: f64 = f64::INFINITY;
+    for step in 0..session.steps.len() {
+        let request = session.request(set.model_id, step, 1, 2);
+        let request_hash = request.request_hash();
+        let InferResponse::Ok { output, signature } = client.request(cheater.peer, request).await?
+        else {
+            anyhow::bail!("the cheater refused step {step}");
+        };
+        let at = set.find(&request_hash).expect("a challenge");
+        let Payload::Tensor(answer) = &output else { anyhow::bail!("no tensor") };
+        let Verdict::Fail { error } = judge.judge(set.expected(at), answer) else {
+            anyhow::bail!("a perturbed answer passed at step {step}")
+        };
+        least = least.min(error);
+        let output_hash = infergrid::eip712::keccak256(&payload_bytes(&output));
+        assert_ne!(output_hash, at.expected_output_hash);
+        let attestation = ResponseAttestation { request_hash, output_hash, epoch: 0 };
+        assert_eq!(attestation.signer(&domain, &signature)?, cheater.operator.address());
+    }
+    eprintln!(
+        "{} perturbed answers judged wrong; smallest error {least:.1e} = {:.0}x the tolerance",
+        session.steps.len(),
+        least / judge.tolerance
     );
     // Requests outside the set are not challenges.
     let stray = set.sessions[0].request(set.model_id, 0, 0, 0);

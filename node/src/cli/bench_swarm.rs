@@ -208,6 +208,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             admission: Admission::Peers(HashSet::from([client.local_peer()])),
             collector: None,
             decode_ms: Default::default(),
+            cheat: None,
         });
         tokio::spawn(server.run(inbound));
         client.dial(net.local_peer(), addr.context("addr")?).await?;

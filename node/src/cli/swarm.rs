@@ -21,7 +21,7 @@ use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
-use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::serve::{Admission, Attester, BlockServer, Cheat};
 use infergrid::validate::{ChainClock, validation_domain};
 use libp2p::{Multiaddr, PeerId};
 
@@ -71,6 +71,10 @@ pub struct NodeArgs {
     /// ONNX Runtime threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// TESTING ONLY — a cheating node, to show validators catch it: perturb this fraction of
+    /// answers (each value moved by up to 1%) before signing them. The stake will be slashed.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    testing_perturb_answers: Option<f64>,
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -143,6 +147,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         decode_ms: Default::default(),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
         collector: registered.then(|| collector.clone()),
+        cheat: args.testing_perturb_answers.map(|fraction| {
+            eprintln!("node: TESTING: perturbing {:.1}% of answers", fraction * 100.0);
+            Cheat::perturbing(fraction, u64::from_le_bytes(model_id[..8].try_into().expect("8")))
+        }),
     });
     tokio::spawn(server.clone().run(inbound));
     // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
@@ -441,6 +449,14 @@ fn log_skipped(skipped: &[SkippedVoucher]) {
             "node: channel {}: voucher for {} wei not redeemed: {}",
             skip.channel, skip.cumulative_amount, skip.reason
         );
+    }
+}
+
+/// A fraction in [0, 1].
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a fraction between 0 and 1")),
     }
 }
 

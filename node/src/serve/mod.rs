@@ -1,6 +1,10 @@
 //! A node serving its layer blocks to the swarm: admission or payment, the span of blocks
 //! run per request, typed refusals, and a signature over every answer.
 
+mod cheat;
+
+pub use cheat::Cheat;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -83,6 +87,8 @@ pub struct BlockServer {
     pub collector: Option<Arc<Collector>>,
     /// Moving average of the compute time of one decode step through the whole span.
     pub decode_ms: DecodeTimer,
+    /// Testing only: answers deliberately made wrong before they are signed.
+    pub cheat: Option<Cheat>,
 }
 
 /// A moving average of decode-step compute times, announced to gateways for routing.
@@ -182,7 +188,10 @@ impl BlockServer {
             collector.refund(charge).await;
         }
         match result {
-            Ok(Ok(output)) => {
+            Ok(Ok(mut output)) => {
+                if let Some(cheat) = &self.cheat {
+                    cheat.apply(&mut output);
+                }
                 let signature = self.attester.attest(request_hash, &output);
                 InferResponse::Ok { output, signature }
             }
