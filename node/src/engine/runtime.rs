@@ -90,6 +90,7 @@ impl Runtime {
             .map_err(|e| EngineError::MissingRuntime(e.to_string()))?;
         let env = ORT_ENVIRONMENT
             .get_or_init(|| {
+                keep_freed_buffers_mapped();
                 // One intra-op pool shared by every block's session: with a pool per session,
                 // the idle pools of the blocks that just ran spin on the cores the next block
                 // needs (measured: 3 blocks ran 3–4× slower than 1 on 2 cores).
@@ -169,6 +170,22 @@ impl Runtime {
                 })?;
         }
         Ok(builder)
+    }
+}
+
+/// Sessions run without ORT's arena (it would keep a pool resident next to the weights), so
+/// every step's outputs — KV-cache tensors of 100–200 KB that grow with the sequence, logits
+/// of vocabulary size — come from malloc. Above glibc's mmap threshold (128 KB, adjusted
+/// upwards only as such blocks are freed) each one is a fresh mapping, page-faulted and zeroed
+/// on every step: measured on SmolLM2 split in 3 blocks, 15.7 → 17.0 decode tokens/s. Serving
+/// them from the heap instead, up to 8 MiB, and returning the heap's free top to the system
+/// only past 64 MiB, keeps that cost out while memory stays bounded by one step's buffers.
+fn keep_freed_buffers_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called once, before the sessions allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
