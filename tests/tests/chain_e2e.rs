@@ -345,3 +345,79 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     assert_eq!((record.challengesPassed, record.challengesFailed, record.epochsScored), (27, 3, 1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn result_books_commit_survive_a_restart_and_reveal_to_a_quorum() -> anyhow::Result<()> {
+    use infergrid::validate::{ResultBook, Stage};
+    let chain = Chain::start().await?;
+    let node = dev(Role::Operator, 1);
+    register_node(&chain, &node, 1).await?;
+    let validators: Vec<_> = (0..3).map(|i| dev(Role::Validator, i)).collect();
+    let mut clients = Vec::new();
+    for v in &validators {
+        chain.fund(v.address, "20000").await?;
+        let c = chain.as_account(v).await?;
+        c.token.approve(chain.deployment.contracts.validation, btt("20000")).await?;
+        c.validation.register_validator(btt("10000")).await?;
+        clients.push(c);
+    }
+    let epoch = clients[0].validation.current_epoch().await? + 1;
+    for c in &clients {
+        c.validation.commit_challenge_root(epoch, word("a challenge set")).await?;
+    }
+    let clock = clients[0].validation.epoch_clock().await?;
+    chain.mine_at(clients[0].validation.epoch_end(epoch).await? - clock.duration).await?;
+
+    // Each validator judges answers during the epoch; answers of the next epoch are counted
+    // apart.
+    let dir = tempfile::tempdir()?;
+    let book_path = |i: usize| dir.path().join(format!("validator-{i}/results.json"));
+    let tallies = [(9u32, 1u32), (10, 0), (8, 2)];
+    for (i, (passed, failed)) in tallies.iter().enumerate() {
+        let mut book = ResultBook::open(&book_path(i))?;
+        for n in 0..passed + failed {
+            book.record(epoch, node.address, n < *passed);
+        }
+        book.record(epoch + 1, node.address, false);
+        // Nothing is committed before the epoch ends: the contract refuses, the result stays
+        // sealed in the book with its salt, and is sent again in the window.
+        if i == 0 {
+            let early = book.commit(&clients[i].validation, validators[i].address, epoch).await?;
+            reverted_with(early.into_iter().next().expect("one node").outcome, "EpochNotEnded");
+            assert_eq!(book.epoch(epoch).next().expect("a result").stage, Stage::Sealed);
+            assert!(!book.record(epoch, node.address, true), "a sealed tally counts no more");
+        }
+        book.save()?;
+    }
+    let end = clients[0].validation.epoch_end(epoch).await?;
+    chain.advance_time(end.saturating_sub(chain.now().await?) + 1).await?;
+    for (i, c) in clients.iter().enumerate() {
+        let mut book = ResultBook::open(&book_path(i))?;
+        let salt = book.epoch(epoch).next().expect("a result").salt;
+        for sent in book.commit(&c.validation, validators[i].address, epoch).await? {
+            sent.outcome?;
+        }
+        let result = book.epoch(epoch).next().expect("a result");
+        assert_eq!(result.stage, Stage::Committed);
+        if i == 0 {
+            assert_eq!(result.salt, salt, "a sealed result keeps its salt");
+        }
+    }
+
+    // The validators restart: the books on disk still reveal what was committed.
+    chain.advance_time(chain.deployment.params.result_commit_window).await?;
+    for (i, c) in clients.iter().enumerate() {
+        let mut book = ResultBook::open(&book_path(i))?;
+        let sent = book.reveal(&c.validation, epoch).await?;
+        assert_eq!(sent.len(), 1);
+        for s in sent {
+            s.outcome?;
+        }
+        assert!(book.epoch(epoch).all(|r| r.stage == Stage::Revealed));
+        assert!(book.epoch(epoch + 1).all(|r| r.stage == Stage::Counting), "next epoch untouched");
+    }
+    let record = clients[0].validation.node_record(node.address).await?;
+    assert_eq!(record.reputationBps, 9000, "the mean of 9000, 10000 and 8000 bps");
+    assert_eq!((record.challengesPassed, record.challengesFailed), (27, 3));
+    Ok(())
+}

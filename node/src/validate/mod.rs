@@ -6,9 +6,11 @@ mod epoch;
 mod judge;
 mod merkle;
 mod response;
+mod results;
 
 pub use challenge::{ChallengeRef, ChallengeSession, ChallengeSet, ChallengeStep};
 pub use epoch::{ChainClock, EpochClock};
 pub use judge::{DEFAULT_TOLERANCE, Judge, Verdict, relative_error};
 pub use merkle::{ChallengeTree, fold_proof};
 pub use response::{ResponseAttestation, challenge_leaf, validation_domain};
+pub use results::{NodeResult, ResultBook, ResultBookError, Sent, Stage};
