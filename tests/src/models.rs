@@ -37,6 +37,29 @@ pub fn import(hf: &Path, out: &Path, blocks: usize) -> anyhow::Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
+/// A random llama imported in blocks, loaded whole in this process as the reference a swarm's
+/// output is compared with.
+pub struct LlamaFixture {
+    /// Holds the checkpoint and the import; removed when dropped, so bind it to a name
+    /// (`dir: _model_dir`) for as long as the blocks are read.
+    pub dir: tempfile::TempDir,
+    pub manifest: infergrid::model::ModelManifest,
+    pub runtime: infergrid::engine::Runtime,
+    pub local: infergrid::engine::Pipeline,
+}
+
+/// `make-fixture --arch llama FLAGS…` imported as `blocks` blocks.
+pub fn llama_fixture(flags: &[&str], blocks: usize) -> anyhow::Result<LlamaFixture> {
+    use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", flags)?;
+    let model_dir = import(&hf, &dir.path().join("m"), blocks)?;
+    let manifest = infergrid::model::ModelManifest::load(&model_dir)?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+    Ok(LlamaFixture { dir, manifest, runtime, local })
+}
+
 /// The numpy reference: greedy token ids and per-step logits for `prompt`.
 pub fn reference_decode(
     hf: &Path,

@@ -27,6 +27,23 @@ fn reverted_with(result: Result<impl std::fmt::Debug, ChainError>, error: &str) 
     }
 }
 
+/// The devnet's three validator accounts, each registered with 10,000 BTT of stake, and
+/// their contract clients.
+async fn three_validators(
+    chain: &Chain,
+) -> anyhow::Result<(Vec<infergrid::devnet::DevAccount>, Vec<infergrid::chain::Contracts>)> {
+    let validators: Vec<_> = (0..3).map(|i| dev(Role::Validator, i)).collect();
+    let mut clients = Vec::new();
+    for v in &validators {
+        chain.fund(v.address, "20000").await?;
+        let c = chain.as_account(v).await?;
+        c.token.approve(chain.deployment.contracts.validation, btt("20000")).await?;
+        c.validation.register_validator(btt("10000")).await?;
+        clients.push(c);
+    }
+    Ok((validators, clients))
+}
+
 /// Registers `operator`'s node for block `block` of the test model.
 async fn register_node(
     chain: &Chain,
@@ -200,15 +217,7 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     let (cheat, honest) = (dev(Role::Operator, 0), dev(Role::Operator, 1));
     register_node(&chain, &cheat, 0).await?;
     register_node(&chain, &honest, 1).await?;
-    let validators: Vec<_> = (0..3).map(|i| dev(Role::Validator, i)).collect();
-    let mut clients = Vec::new();
-    for v in &validators {
-        chain.fund(v.address, "20000").await?;
-        let c = chain.as_account(v).await?;
-        c.token.approve(chain.deployment.contracts.validation, btt("20000")).await?;
-        c.validation.register_validator(btt("10000")).await?;
-        clients.push(c);
-    }
+    let (validators, clients) = three_validators(&chain).await?;
 
     // Each validator commits the Merkle root of its secret challenge set before the epoch it
     // is for begins, so the root is fixed before any answer it can convict.
@@ -352,15 +361,7 @@ async fn result_books_commit_survive_a_restart_and_reveal_to_a_quorum() -> anyho
     let chain = Chain::start().await?;
     let node = dev(Role::Operator, 1);
     register_node(&chain, &node, 1).await?;
-    let validators: Vec<_> = (0..3).map(|i| dev(Role::Validator, i)).collect();
-    let mut clients = Vec::new();
-    for v in &validators {
-        chain.fund(v.address, "20000").await?;
-        let c = chain.as_account(v).await?;
-        c.token.approve(chain.deployment.contracts.validation, btt("20000")).await?;
-        c.validation.register_validator(btt("10000")).await?;
-        clients.push(c);
-    }
+    let (validators, clients) = three_validators(&chain).await?;
     let epoch = clients[0].validation.current_epoch().await? + 1;
     for c in &clients {
         c.validation.commit_challenge_root(epoch, word("a challenge set")).await?;

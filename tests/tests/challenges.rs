@@ -5,8 +5,7 @@
 
 use std::collections::HashSet;
 
-use infergrid::engine::{Activation, CacheLimits, Device, Pipeline, Runtime};
-use infergrid::model::ModelManifest;
+use infergrid::engine::Activation;
 use infergrid::net::codec::{InferResponse, Payload, payload_bytes};
 use infergrid::serve::Admission;
 use infergrid::serve::Cheat;
@@ -14,19 +13,15 @@ use infergrid::validate::{
     ChallengeSet, Judge, ResponseAttestation, Verdict, challenge_leaf, fold_proof,
     validation_domain,
 };
-use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::models::{LlamaFixture, llama_fixture};
 use infergrid_e2e::nodes::{Served, network, serve_blocks, serve_cheating};
 
 const DECODE_STEPS: usize = 5;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "4", "--seed", "13"])?;
-    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
-    let manifest = ModelManifest::load(&model_dir)?;
-    let runtime = Runtime::new(Device::Cpu, None)?;
-    let own = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local: own } =
+        llama_fixture(&["--layers", "4", "--seed", "13"], 3)?;
 
     let prompts = vec![vec![1i64, 17, 42, 99, 7], vec![1i64, 300, 5]];
     let mut next_session = 0x5eed_u64;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use alloy::primitives::B256;
 use infergrid::eip712::Eip712Signer;
-use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+use infergrid::engine::{Device, Runtime};
 use infergrid::model::ModelManifest;
 use infergrid::net::codec::{
     ErrorCode, InferRequest, InferResponse, Payload, StepKind, payload_bytes,
@@ -15,7 +15,7 @@ use infergrid::net::codec::{
 use infergrid::net::{NetConfig, Network};
 use infergrid::serve::Admission;
 use infergrid::validate::{ResponseAttestation, validation_domain};
-use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::models::{LlamaFixture, import, llama_fixture, make_checkpoint};
 use infergrid_e2e::nodes::{NODE_EPOCHS, Served, network, serve_blocks};
 use libp2p::{PeerId, identity};
 
@@ -70,12 +70,8 @@ fn output(response: InferResponse) -> Payload {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "4"])?;
-    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
-    let manifest = ModelManifest::load(&model_dir)?;
-    let runtime = Runtime::new(Device::Cpu, None)?;
-    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "5", "--seed", "4"], 3)?;
 
     let (client, _client_inbound) = network(None)?;
     let first = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 1)?;
@@ -179,12 +175,8 @@ fn greedy(
 async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_output()
 -> anyhow::Result<()> {
     use infergrid::gateway::{RemoteModel, RemoteModelConfig};
-    let dir = tempfile::tempdir()?;
-    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "5", "--seed", "6"])?;
-    let model_dir = import(&hf, &dir.path().join("m"), 3)?;
-    let manifest = ModelManifest::load(&model_dir)?;
-    let runtime = Runtime::new(Device::Cpu, None)?;
-    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "5", "--seed", "6"], 3)?;
 
     let (client, _inbound) = network(None)?;
     let me = [client.local_peer()];
@@ -384,12 +376,8 @@ async fn malformed_and_forged_answers_are_refused_banned_and_routed_around() -> 
     use infergrid::gateway::{RemoteModel, RemoteModelConfig, SignatureCheck, TermsBook};
     use infergrid::pay::NodeTerms;
     use infergrid::pay::meter::Tariff;
-    let dir = tempfile::tempdir()?;
-    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "4", "--seed", "8"])?;
-    let model_dir = import(&hf, &dir.path().join("m"), 2)?;
-    let manifest = ModelManifest::load(&model_dir)?;
-    let runtime = Runtime::new(Device::Cpu, None)?;
-    let local = Pipeline::load(&model_dir, &runtime, CacheLimits::default())?;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "4", "--seed", "8"], 2)?;
 
     let (client, _inbound) = network(None)?;
     let me = [client.local_peer()];
