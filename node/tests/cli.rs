@@ -44,7 +44,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
         manifest["roles"]["operators"][0]["address"].as_str().expect("operator").to_owned();
     assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(4));
     assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(3));
-    assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(4));
 
     // `cast` reads the registered node's stake from the address in the ready file.
     let out = Command::new(tools::locate(Tool::Cast)?)
@@ -88,6 +88,54 @@ fn one_line_error(args: &[&str]) -> String {
     assert_eq!(stderr.trim_end().lines().last(), Some(errors[0]), "{stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     errors[0].to_owned()
+}
+
+#[test]
+fn devnet_staffs_up_to_its_accounts_with_short_epochs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready.json");
+    let out = dir.path().join("out");
+    let mut devnet = Command::new(BIN)
+        .args(["devnet", "--port", "0", "--validators", "5", "--epoch-secs", "60", "--out"])
+        .arg(&out)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the devnet");
+    assert!(wait_for_file(&ready, Duration::from_secs(60)), "devnet never wrote its ready file");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(5));
+    let (url, validation) = (
+        manifest["rpc_url"].as_str().unwrap(),
+        manifest["contracts"]["validation"].as_str().unwrap(),
+    );
+    let call = |signature: &str| {
+        let out = Command::new(tools::locate(Tool::Cast).unwrap())
+            .args(["call", validation, signature, "--rpc-url", url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cast: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(call("epochDuration()(uint64)"), "60");
+    // 5 validators of 10,000 BTT each, as `cast` reads the total active stake.
+    assert_eq!(call("totalValidatorStake()(uint256)"), parse_ether("50000").unwrap().to_string());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(devnet.id() as libc::pid_t, libc::SIGINT) };
+    assert!(devnet.wait().unwrap().success());
+
+    let err = one_line_error(&[
+        "devnet",
+        "--port",
+        "0",
+        "--validators",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("6 validators asked, the devnet has 5 such accounts"), "{err}");
 }
 
 #[test]

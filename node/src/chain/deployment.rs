@@ -67,6 +67,20 @@ impl DeployParams {
         }
     }
 
+    /// The devnet's parameters with epochs of `epoch_secs` (at least 4): commit and reveal
+    /// windows of a quarter epoch each and a vote window of one epoch, so a whole validation
+    /// round — challenges, results, a fault report and its vote — fits in a few minutes.
+    pub fn devnet_with_epochs(treasury: Address, epoch_secs: u64) -> Self {
+        let epoch = epoch_secs.max(4);
+        Self {
+            epoch_duration: epoch,
+            result_commit_window: epoch / 4,
+            result_reveal_window: epoch / 4,
+            fault_vote_window: epoch,
+            ..Self::devnet(treasury)
+        }
+    }
+
     fn validation_params(&self) -> Validation::Params {
         Validation::Params {
             minValidatorStake: self.min_validator_stake,

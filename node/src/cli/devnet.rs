@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use infergrid::chain::Account;
 use infergrid::devnet::{
-    self, AnvilProcess, DEVNET_CHAIN_ID, Manifest, StateFile, accounts_with, provision,
+    self, AnvilProcess, DEVNET_CHAIN_ID, Manifest, Staffing, StateFile, accounts_with, provision,
 };
 use infergrid::tools::{self, Tool};
 
@@ -31,9 +31,17 @@ pub struct DevnetArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Also start this many `infergrid node` processes (needs --model; at most one per dev
-    /// operator, 4): node i serves block i mod blocks, so extra nodes are replicas.
+    /// operator, 16): node i serves block i mod blocks, so extra nodes are replicas. The
+    /// devnet registers max(4, N) operators.
     #[arg(long, default_value_t = 0, requires = "model")]
     nodes: usize,
+    /// Validators registered (at most 5).
+    #[arg(long, default_value_t = Staffing::default().validators)]
+    validators: usize,
+    /// Seconds per validation epoch (default: an hour); commit and reveal windows are a
+    /// quarter epoch each, the fault vote window one epoch.
+    #[arg(long)]
+    epoch_secs: Option<u64>,
     /// With --nodes: the gateway's OpenAI API address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: std::net::SocketAddr,
@@ -61,7 +69,13 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (deployment, roles) = provision(&url, served).await.context("provisioning the devnet")?;
+    let staffing = Staffing {
+        operators: args.nodes.max(Staffing::default().operators),
+        validators: args.validators,
+        epoch_secs: args.epoch_secs,
+    };
+    let (deployment, roles) =
+        provision(&url, served, staffing).await.context("provisioning the devnet")?;
 
     let deployment_file = args.out.join("deployment.json");
     let state_file = args.out.join("state.json");

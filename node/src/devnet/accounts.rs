@@ -27,7 +27,8 @@ struct DevAccountsFile {
 }
 
 /// The accounts of `anvil-fixtures/dev-accounts.json` (anvil's default mnemonic), with the
-/// role each plays: 1 deployer, 4 operators, 3 validators, 2 payers, 1 treasury.
+/// role each plays: 1 deployer, 16 operators, 5 validators, 4 payers, 1 treasury (a devnet
+/// registers the first few of each: `Staffing`).
 pub fn dev_accounts() -> Vec<DevAccount> {
     let file: DevAccountsFile =
         serde_json::from_str(include_str!("../../../anvil-fixtures/dev-accounts.json"))

@@ -34,6 +34,10 @@ pub enum DevnetError {
     Chain(#[from] ChainError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{wanted} {what} asked, the devnet has {available} such accounts (anvil-fixtures/dev-accounts.json)"
+    )]
+    NotEnoughAccounts { what: &'static str, wanted: usize, available: usize },
 }
 
 /// One registered operator, as written to the manifest.
@@ -94,18 +98,49 @@ pub struct ServedModel {
     pub num_blocks: u32,
 }
 
-/// Deploys the suite to the anvil at `url`, funds every role and registers the operators
-/// (operator `i` serving block `i mod num_blocks` of `model`, or block `i` of a placeholder
-/// model, at price `(i + 1) · 10^12` wei per token) and validators. Returns the deployment and who plays which role.
+/// How many of the development accounts take part, and how long epochs last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staffing {
+    /// Operators registered (at most the 16 operator accounts).
+    pub operators: usize,
+    /// Validators registered (at most the 5 validator accounts).
+    pub validators: usize,
+    /// Seconds per validation epoch; `None` keeps the hour-long default.
+    pub epoch_secs: Option<u64>,
+}
+
+impl Default for Staffing {
+    fn default() -> Self {
+        Self { operators: 4, validators: 3, epoch_secs: None }
+    }
+}
+
+/// Deploys the suite to the anvil at `url`, funds every role and registers
+/// `staffing.operators` operators (operator `i` serving block `i mod num_blocks` of `model`,
+/// or block `i` of a placeholder model, at price `(i + 1) · 10^12` wei per token) and
+/// `staffing.validators` validators. Returns the deployment and who plays which role.
 pub async fn provision(
     url: &str,
     model: Option<ServedModel>,
-) -> Result<(Deployment, Roles), ChainError> {
+    staffing: Staffing,
+) -> Result<(Deployment, Roles), DevnetError> {
     let role = |r| accounts_with(r);
+    for (wanted, available, what) in [
+        (staffing.operators, role(Role::Operator).len(), "operators"),
+        (staffing.validators, role(Role::Validator).len(), "validators"),
+    ] {
+        if wanted > available {
+            return Err(DevnetError::NotEnoughAccounts { what, wanted, available });
+        }
+    }
     let deployer_key = role(Role::Deployer)[0].private_key;
     let treasury = role(Role::Treasury)[0].address;
     let deployer = Account::connect(url, &deployer_key).await?;
-    let deployment = deploy(&deployer, &DeployParams::devnet(treasury), None).await?;
+    let params = match staffing.epoch_secs {
+        Some(secs) => DeployParams::devnet_with_epochs(treasury, secs),
+        None => DeployParams::devnet(treasury),
+    };
+    let deployment = deploy(&deployer, &params, None).await?;
     let admin = deployer.contracts(&deployment);
 
     let funding = parse_ether(FUNDING).expect("constant");
@@ -118,7 +153,8 @@ pub async fn provision(
     let mut operators = Vec::new();
     let model =
         model.unwrap_or(ServedModel { model_id: placeholder_model_id(), num_blocks: u32::MAX });
-    for (index, operator) in (0u32..).zip(role(Role::Operator)) {
+    for (index, operator) in (0u32..).zip(role(Role::Operator).into_iter().take(staffing.operators))
+    {
         let block = index % model.num_blocks;
         let identity = NodeIdentity::derive(&operator.private_key);
         let peer_id = identity.peer_id();
@@ -153,7 +189,9 @@ pub async fn provision(
     }
 
     let validator_stake = parse_ether(VALIDATOR_STAKE).expect("constant");
-    for validator in role(Role::Validator) {
+    let validators: Vec<DevAccount> =
+        role(Role::Validator).into_iter().take(staffing.validators).collect();
+    for validator in &validators {
         let contracts = Account::connect(url, &validator.private_key).await?.contracts(&deployment);
         contracts.token.approve(deployment.contracts.validation, validator_stake).await?;
         contracts.validation.register_validator(validator_stake).await?;
@@ -163,7 +201,7 @@ pub async fn provision(
         deployer: deployer.address,
         treasury,
         operators,
-        validators: role(Role::Validator).iter().map(|a| a.address).collect(),
+        validators: validators.iter().map(|a| a.address).collect(),
         payers: role(Role::Payer).iter().map(|a| a.address).collect(),
     };
     Ok((deployment, roles))
