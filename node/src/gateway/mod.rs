@@ -3,9 +3,11 @@
 //! and every node on the route paid per token from the gateway's wallet.
 
 mod directory;
+mod hops;
 mod remote;
 mod verify;
 
 pub use directory::{Directory, TermsBook};
+pub use hops::{Answer, HopClient, HopError};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport};
 pub use verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};

@@ -5,14 +5,32 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::TermsBook;
-use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
+use super::hops::{HopClient, HopError};
+use super::verify::SignatureCheck;
 use crate::engine::{Activation, EngineError};
 use crate::generate::TextModel;
 use crate::net::Network;
-use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
-use crate::pay::meter::step_units;
-use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
-use crate::route::{Bans, Candidate, CostModel, Hop, plan};
+use crate::net::codec::{Payload, StepKind};
+use crate::pay::{Tab, Wallet};
+use crate::route::{Candidate, CostModel, Hop, plan};
+
+/// How a step to a hop failed, for routing.
+enum StepFailure {
+    /// Fail over: the peer is unusable, or its answer failed the checks.
+    Peer(String),
+    /// The request itself is wrong: failing over would not help.
+    Fatal(Box<EngineError>),
+}
+
+impl From<HopError> for StepFailure {
+    fn from(e: HopError) -> Self {
+        match e {
+            HopError::Peer(reason) => StepFailure::Peer(reason),
+            HopError::Invalid(bad) => StepFailure::Peer(format!("invalid answer: {bad}")),
+            HopError::Fatal(e) => StepFailure::Fatal(e),
+        }
+    }
+}
 
 /// What the gateway knows about the model it routes.
 #[derive(Debug, Clone)]
@@ -62,24 +80,12 @@ pub struct RouteReport {
 
 /// A [`TextModel`] whose blocks run on the swarm.
 pub struct RemoteModel {
-    net: Network,
+    hops: HopClient,
     config: RemoteModelConfig,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     cost: CostModel,
-    bans: Mutex<Bans>,
     sessions: HashMap<u64, SessionState>,
     report: Arc<Mutex<RouteReport>>,
-    runtime: tokio::runtime::Handle,
-    payer: Option<(Arc<Wallet>, TermsBook)>,
-    signatures: Option<SignatureCheck>,
-}
-
-/// Why a hop failed.
-enum HopError {
-    /// The peer is unusable (network failure, lost session, overload): fail over.
-    Peer(String),
-    /// The request itself is wrong: failing over would not help.
-    Fatal(Box<EngineError>),
 }
 
 impl RemoteModelConfig {
@@ -114,28 +120,24 @@ impl RemoteModel {
         candidates: Arc<Mutex<Vec<Candidate>>>,
     ) -> Self {
         Self {
-            net,
+            hops: HopClient::new(net, &config),
             config,
             candidates,
             cost: CostModel::default(),
-            bans: Mutex::new(Bans::default()),
             sessions: HashMap::new(),
             report: Arc::default(),
-            runtime: tokio::runtime::Handle::current(),
-            payer: None,
-            signatures: None,
         }
     }
 
     /// Refuses answers not signed by the operator registered for the peer.
     pub fn verifying(mut self, signatures: SignatureCheck) -> Self {
-        self.signatures = Some(signatures);
+        self.hops = self.hops.verifying(signatures);
         self
     }
 
     /// Pays every node on the route from `wallet`, at the prices in `terms`.
     pub fn paying(mut self, wallet: Arc<Wallet>, terms: TermsBook) -> Self {
-        self.payer = Some((wallet, terms));
+        self.hops = self.hops.paying(wallet, terms);
         self
     }
 
@@ -156,7 +158,7 @@ impl RemoteModel {
 
     fn plan_from(&self, from: u16, needed_tokens: usize) -> Result<Vec<Hop>, EngineError> {
         let candidates = self.candidates.lock().expect("candidates").clone();
-        let banned = self.bans.lock().expect("bans").banned();
+        let banned = self.hops.bans().banned();
         plan(&candidates, from, self.config.num_blocks, &banned, &self.cost, needed_tokens)
             .ok_or_else(|| EngineError::Run {
                 block: from as usize,
@@ -164,6 +166,8 @@ impl RemoteModel {
             })
     }
 
+    /// One step to one hop, through the paid and checked client. An answer that failed its
+    /// checks is, for routing, a failed peer.
     fn call(
         &self,
         hop: &Hop,
@@ -171,125 +175,15 @@ impl RemoteModel {
         position: u32,
         kind: StepKind,
         payload: Payload,
-    ) -> Result<Payload, HopError> {
-        // Encoder steps are whole requests; decoder requests settle on their Close step.
-        let settle = kind == StepKind::Close || matches!(payload, Payload::Masked { .. });
-        let mut request = InferRequest {
-            model_id: self.config.model_id,
-            first_block: hop.first_block,
-            last_block: hop.last_block,
-            session,
-            position,
-            kind,
-            payment: None,
-            payload,
-        };
-        let units = step_units(&request);
-        let terms = self.terms(hop)?;
-        if let Some(terms) = terms {
-            request.payment = self.voucher(terms, units, settle, false)?;
-        }
-        let expected = (kind != StepKind::Close).then(|| ExpectedShape {
-            rows: input_rows(&request.payload),
-            width: self.output_width(hop.last_block),
-        });
-        // Only a paid step can be refused for payment and retried; only it keeps a copy.
-        let retry = terms.is_some().then(|| request.clone());
-        let request_hash = request.request_hash();
-        let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
-        if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
-            (terms, retry, &response)
-            && e.code == ErrorCode::PaymentRequired
-        {
-            // The node may have restarted, or keeps a smaller credit: pay now and retry once.
-            request.payment = self.voucher(terms, units, settle, true)?;
-            response = self.runtime.block_on(self.net.request(hop.peer, request));
-        }
-        match response {
-            Ok(InferResponse::Ok { output, signature }) => {
-                if let Err(bad) =
-                    self.check_answer(hop, expected, request_hash, &output, &signature)
-                {
-                    // Not used, not paid for, and the node is not asked again.
-                    eprintln!("gateway: banned {}: {bad}", hop.peer);
-                    self.bans.lock().expect("bans").forbid(hop.peer);
-                    return Err(HopError::Peer(format!("invalid answer: {bad}")));
-                }
-                self.bans.lock().expect("bans").succeed(&hop.peer);
-                if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
-                    self.runtime.block_on(wallet.record(terms.operator, units));
-                }
-                Ok(output)
-            }
-            Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
-                Err(HopError::Fatal(Box::new(EngineError::BadInput {
-                    block: hop.first_block as usize,
-                    reason: e.message,
-                })))
-            }
-            Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
-            Err(e) => Err(HopError::Peer(e.to_string())),
-        }
-    }
-
-    /// The width of the output of a span ending at `last_block`.
-    fn output_width(&self, last_block: u16) -> usize {
-        if last_block + 1 == self.config.num_blocks {
-            self.config.output_width
-        } else {
-            self.config.hidden_size
-        }
-    }
-
-    /// An answer's shape and values (`expected`, none for a Close) and signature.
-    fn check_answer(
-        &self,
-        hop: &Hop,
-        expected: Option<ExpectedShape>,
-        request_hash: alloy::primitives::B256,
-        output: &Payload,
-        signature: &[u8; 65],
-    ) -> Result<(), BadAnswer> {
-        if let Some(expected) = expected {
-            expected.check(output)?;
-        }
-        match &self.signatures {
-            Some(check) => check.check(&hop.peer, request_hash, output, signature),
-            None => Ok(()),
-        }
+    ) -> Result<Payload, StepFailure> {
+        Ok(self.hops.call(hop, session, position, kind, payload)?.output)
     }
 
     /// Publishes what the gateway owes each node, after a request.
     fn report_payments(&self) {
-        if let Some((wallet, _)) = &self.payer {
-            let tabs = self.runtime.block_on(wallet.tabs());
+        if let Some(tabs) = self.hops.tabs() {
             self.report.lock().expect("report").payments = tabs;
         }
-    }
-
-    /// The on-chain terms of a hop's node, when this gateway pays.
-    fn terms(&self, hop: &Hop) -> Result<Option<NodeTerms>, HopError> {
-        let Some((_, book)) = &self.payer else { return Ok(None) };
-        match book.lock().expect("terms").get(&hop.peer) {
-            Some(terms) => Ok(Some(*terms)),
-            None => Err(HopError::Peer(format!("no on-chain price known for {}", hop.peer))),
-        }
-    }
-
-    fn voucher(
-        &self,
-        terms: NodeTerms,
-        units: u64,
-        settle: bool,
-        force: bool,
-    ) -> Result<Option<SignedVoucher>, HopError> {
-        let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        self.runtime.block_on(wallet.voucher(terms, units, settle, force)).map_err(|e| {
-            HopError::Fatal(Box::new(EngineError::Run {
-                block: 0,
-                reason: format!("cannot pay node {}: {e}", terms.operator),
-            }))
-        })
     }
 
     /// Rebuilds the caches of `hops` by replaying, step by step, the session's inputs from
@@ -301,7 +195,7 @@ impl RemoteModel {
         hops: &[Hop],
         session: u64,
         before: u32,
-    ) -> Result<(), (Hop, HopError)> {
+    ) -> Result<(), (Hop, StepFailure)> {
         for hop in hops {
             let inputs: Vec<(u32, Payload)> = state
                 .history
@@ -347,13 +241,13 @@ impl RemoteModel {
                     payload = output;
                     index += 1;
                 }
-                Err(HopError::Fatal(e)) => {
+                Err(StepFailure::Fatal(e)) => {
                     self.sessions.insert(session, state);
                     return Err(*e);
                 }
-                Err(HopError::Peer(reason)) => {
+                Err(StepFailure::Peer(reason)) => {
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
-                    self.bans.lock().expect("bans").fail(hop.peer);
+                    self.hops.bans().fail(hop.peer);
                     for old in &state.hops[index + 1..] {
                         let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
                     }
@@ -373,10 +267,8 @@ impl RemoteModel {
                         state.hops.extend(replacement.iter().copied());
                         match self.replay(&mut state, &replacement, session, position) {
                             Ok(()) => break,
-                            Err((_, HopError::Fatal(e))) => return Err(*e),
-                            Err((bad, HopError::Peer(_))) => {
-                                self.bans.lock().expect("bans").fail(bad.peer)
-                            }
+                            Err((_, StepFailure::Fatal(e))) => return Err(*e),
+                            Err((bad, StepFailure::Peer(_))) => self.hops.bans().fail(bad.peer),
                         }
                     }
                     // The current step resumes at the same boundary with the same input.
@@ -426,9 +318,9 @@ impl crate::generate::TokenEncoder for RemoteModel {
                 };
                 match self.call(&hop, 0, 0, StepKind::Prefill, masked) {
                     Ok(output) => payload = output,
-                    Err(HopError::Fatal(e)) => return Err(*e),
-                    Err(HopError::Peer(reason)) => {
-                        self.bans.lock().expect("bans").fail(hop.peer);
+                    Err(StepFailure::Fatal(e)) => return Err(*e),
+                    Err(StepFailure::Peer(reason)) => {
+                        self.hops.bans().fail(hop.peer);
                         failovers += 1;
                         if failovers > self.config.max_failovers_per_step {
                             return Err(EngineError::Run {

@@ -1,0 +1,211 @@
+//! One step to one hop, paid and checked: what a gateway does for every hop of a route, and
+//! what a validator does for every challenge it sends — the same messages and the same
+//! payments, so that a node cannot tell a challenge from a user's request.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use alloy::primitives::B256;
+
+use super::TermsBook;
+use super::remote::RemoteModelConfig;
+use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
+use crate::engine::EngineError;
+use crate::net::Network;
+use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
+use crate::pay::meter::step_units;
+use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
+use crate::route::{Bans, Hop};
+
+/// Why a hop failed.
+#[derive(Debug)]
+pub enum HopError {
+    /// The peer is unusable (network failure, lost session, overload): fail over.
+    Peer(String),
+    /// The peer answered, but not with a well-formed answer its operator signed: the peer is
+    /// forbidden and the answer unpaid.
+    Invalid(BadAnswer),
+    /// The request itself is wrong: failing over would not help.
+    Fatal(Box<EngineError>),
+}
+
+/// A checked answer, with what a fault report needs.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub output: Payload,
+    /// The operator's `Response` signature over `request_hash` and the output.
+    pub signature: [u8; 65],
+    pub request_hash: B256,
+}
+
+/// Sends steps to hops of one model over the swarm.
+pub struct HopClient {
+    net: Network,
+    runtime: tokio::runtime::Handle,
+    model_id: [u8; 32],
+    num_blocks: u16,
+    hidden_size: usize,
+    output_width: usize,
+    bans: Mutex<Bans>,
+    payer: Option<(Arc<Wallet>, TermsBook)>,
+    signatures: Option<SignatureCheck>,
+}
+
+impl HopClient {
+    /// A client for the model of `config`, neither paying nor checking signatures. Must be
+    /// created inside a tokio runtime; calls block on it (from blocking threads).
+    pub fn new(net: Network, config: &RemoteModelConfig) -> Self {
+        Self {
+            net,
+            runtime: tokio::runtime::Handle::current(),
+            model_id: config.model_id,
+            num_blocks: config.num_blocks,
+            hidden_size: config.hidden_size,
+            output_width: config.output_width,
+            bans: Mutex::new(Bans::default()),
+            payer: None,
+            signatures: None,
+        }
+    }
+
+    /// Pays every node from `wallet`, at the prices in `terms`.
+    pub fn paying(mut self, wallet: Arc<Wallet>, terms: TermsBook) -> Self {
+        self.payer = Some((wallet, terms));
+        self
+    }
+
+    /// Refuses answers not signed by the operator registered for the peer.
+    pub fn verifying(mut self, signatures: SignatureCheck) -> Self {
+        self.signatures = Some(signatures);
+        self
+    }
+
+    /// Peers that failed, and those forbidden.
+    pub fn bans(&self) -> MutexGuard<'_, Bans> {
+        self.bans.lock().expect("bans")
+    }
+
+    /// Sends one step to one hop, paying for it when this client pays, and checks the answer
+    /// (shape and values, and the operator's signature when this client verifies). An answer
+    /// failing its checks forbids the peer for good, stays unpaid and is `HopError::Invalid`.
+    pub fn call(
+        &self,
+        hop: &Hop,
+        session: u64,
+        position: u32,
+        kind: StepKind,
+        payload: Payload,
+    ) -> Result<Answer, HopError> {
+        // Encoder steps are whole requests; decoder requests settle on their Close step.
+        let settle = kind == StepKind::Close || matches!(payload, Payload::Masked { .. });
+        let mut request = InferRequest {
+            model_id: self.model_id,
+            first_block: hop.first_block,
+            last_block: hop.last_block,
+            session,
+            position,
+            kind,
+            payment: None,
+            payload,
+        };
+        let units = step_units(&request);
+        let terms = self.terms(hop)?;
+        if let Some(terms) = terms {
+            request.payment = self.voucher(terms, units, settle, false)?;
+        }
+        let expected = (kind != StepKind::Close).then(|| ExpectedShape {
+            rows: input_rows(&request.payload),
+            width: self.output_width(hop.last_block),
+        });
+        // Only a paid step can be refused for payment and retried; only it keeps a copy.
+        let retry = terms.is_some().then(|| request.clone());
+        let request_hash = request.request_hash();
+        let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
+        if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
+            (terms, retry, &response)
+            && e.code == ErrorCode::PaymentRequired
+        {
+            // The node may have restarted, or keeps a smaller credit: pay now and retry once.
+            request.payment = self.voucher(terms, units, settle, true)?;
+            response = self.runtime.block_on(self.net.request(hop.peer, request));
+        }
+        match response {
+            Ok(InferResponse::Ok { output, signature }) => {
+                if let Err(bad) =
+                    self.check_answer(hop, expected, request_hash, &output, &signature)
+                {
+                    // Not used, not paid for, and the node is not asked again.
+                    eprintln!("banned {}: {bad}", hop.peer);
+                    self.bans().forbid(hop.peer);
+                    return Err(HopError::Invalid(bad));
+                }
+                self.bans().succeed(&hop.peer);
+                if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
+                    self.runtime.block_on(wallet.record(terms.operator, units));
+                }
+                Ok(Answer { output, signature, request_hash })
+            }
+            Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
+                Err(HopError::Fatal(Box::new(EngineError::BadInput {
+                    block: hop.first_block as usize,
+                    reason: e.message,
+                })))
+            }
+            Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
+            Err(e) => Err(HopError::Peer(e.to_string())),
+        }
+    }
+
+    /// The width of the output of a span ending at `last_block`.
+    fn output_width(&self, last_block: u16) -> usize {
+        if last_block + 1 == self.num_blocks { self.output_width } else { self.hidden_size }
+    }
+
+    /// An answer's shape and values (`expected`, none for a Close) and signature.
+    fn check_answer(
+        &self,
+        hop: &Hop,
+        expected: Option<ExpectedShape>,
+        request_hash: alloy::primitives::B256,
+        output: &Payload,
+        signature: &[u8; 65],
+    ) -> Result<(), BadAnswer> {
+        if let Some(expected) = expected {
+            expected.check(output)?;
+        }
+        match &self.signatures {
+            Some(check) => check.check(&hop.peer, request_hash, output, signature),
+            None => Ok(()),
+        }
+    }
+
+    /// What this client owes each node it paid, when it pays.
+    pub fn tabs(&self) -> Option<Vec<Tab>> {
+        let (wallet, _) = self.payer.as_ref()?;
+        Some(self.runtime.block_on(wallet.tabs()))
+    }
+
+    /// The on-chain terms of a hop's node, when this gateway pays.
+    fn terms(&self, hop: &Hop) -> Result<Option<NodeTerms>, HopError> {
+        let Some((_, book)) = &self.payer else { return Ok(None) };
+        match book.lock().expect("terms").get(&hop.peer) {
+            Some(terms) => Ok(Some(*terms)),
+            None => Err(HopError::Peer(format!("no on-chain price known for {}", hop.peer))),
+        }
+    }
+
+    fn voucher(
+        &self,
+        terms: NodeTerms,
+        units: u64,
+        settle: bool,
+        force: bool,
+    ) -> Result<Option<SignedVoucher>, HopError> {
+        let (wallet, _) = self.payer.as_ref().expect("only called when paying");
+        self.runtime.block_on(wallet.voucher(terms, units, settle, force)).map_err(|e| {
+            HopError::Fatal(Box::new(EngineError::Run {
+                block: 0,
+                reason: format!("cannot pay node {}: {e}", terms.operator),
+            }))
+        })
+    }
+}
