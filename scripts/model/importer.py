@@ -54,7 +54,7 @@ def chat_template_of(ckpt: Checkpoint) -> str | None:
     templates of which "default" is the one used); None when it has none."""
     jinja = ckpt.folder / CHAT_TEMPLATE
     if jinja.is_file():
-        return jinja.read_text()
+        return jinja.read_text(encoding="utf-8")
     template = (ckpt.json_file("tokenizer_config.json") or {}).get("chat_template")
     if isinstance(template, list):
         template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
@@ -101,7 +101,7 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
     shutil.copyfile(tokenizer, out / "tokenizer.json")
     template = chat_template_of(ckpt)
     if template is not None:
-        (out / CHAT_TEMPLATE).write_text(template)
+        (out / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
     progress(f"import: {cfg.architecture} {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
              f"vocab {cfg.vocab_size}, {cfg.source_dtype} → {len(plan)} block(s)")
     entries = []

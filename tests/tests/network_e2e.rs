@@ -57,6 +57,14 @@ fn minilm_embeddings_through_two_node_processes_match_local_ones() {
         let cos = infergrid::generate::cosine(r, e);
         assert!(cos >= 0.9999, "cosine {cos} between swarm and local embeddings");
     }
+    // Encoder requests are whole: each is paid with its own voucher, so nothing is left owed.
+    let health = get(&format!("http://{listen}/healthz"));
+    let payments = health["routing"]["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 2, "{health}");
+    for tab in payments {
+        assert!(tab["metered_block_tokens"].as_u64().unwrap() > 0, "{tab}");
+        assert_eq!(tab["owed"], tab["signed"], "an encoder request left unpaid: {tab}");
+    }
     let published = infergrid::generate::cosine(&remote[0], &remote[1]);
     assert!((published - 0.6660).abs() < 1e-3, "{published}");
     // A text-generation request to an embedding model is a clear 400.

@@ -324,25 +324,25 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         manifest.model_id
     );
 
-    let refresher = (directory.clone(), net.clone());
+    // Announcements are drained by one task and the registry re-read by another, so a slow
+    // RPC never leaves the swarm waiting to hand over inbound messages.
+    let announcements = directory.clone();
     tokio::spawn(async move {
-        // One ticker for the whole loop: a sleep created inside `select!` would restart on
-        // every announcement (nodes announce every 2 s) and never fire.
+        while let Some(message) = inbound.recv().await {
+            if let Inbound::Announcement { from, announcement } = message {
+                announcements.announce(from, announcement);
+            }
+        }
+    });
+    let (refresher, refresh_net) = (directory.clone(), net.clone());
+    tokio::spawn(async move {
         let mut refresh = tokio::time::interval(Duration::from_secs(5));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await; // the first tick is immediate; the directory was just read
         loop {
-            tokio::select! {
-                message = inbound.recv() => match message {
-                    Some(Inbound::Announcement { from, announcement }) => refresher.0.announce(from, announcement),
-                    Some(Inbound::Request { .. }) => {}
-                    None => return,
-                },
-                _ = refresh.tick() => {
-                    if let Err(e) = refresher.0.refresh(&refresher.1).await {
-                        eprintln!("gateway: registry refresh failed: {e}");
-                    }
-                }
+            refresh.tick().await;
+            if let Err(e) = refresher.refresh(&refresh_net).await {
+                eprintln!("gateway: registry refresh failed (retrying): {e}");
             }
         }
     });

@@ -110,7 +110,10 @@ impl HopClient {
         let units = step_units(&request);
         let terms = self.terms(hop)?;
         if let Some(terms) = terms {
-            request.payment = self.voucher(terms, units, settle, false)?;
+            // An encoder request is whole (no Close step follows to settle it), so it is paid
+            // with its own voucher, ahead of the answer.
+            let ahead = matches!(request.payload, Payload::Masked { .. });
+            request.payment = self.voucher(terms, units, settle, ahead)?;
         }
         let expected = (kind != StepKind::Close).then(|| ExpectedShape {
             rows: input_rows(&request.payload),
@@ -133,9 +136,17 @@ impl HopClient {
                 if let Err(bad) =
                     self.check_answer(hop, expected, request_hash, &output, &signature)
                 {
-                    // Not used, not paid for, and the node is not asked again.
-                    eprintln!("banned {}: {bad}", hop.peer);
-                    self.bans().forbid(hop.peer);
+                    // Not used and not paid for. A malformed answer is nothing an honest
+                    // node sends: it is not asked again. A signature that does not check
+                    // may be clock skew around an epoch boundary, or a directory refresh
+                    // racing the answer: the peer backs off like a failed one.
+                    if bad.is_malformed() {
+                        eprintln!("banned {} for good: {bad}", hop.peer);
+                        self.bans().forbid(hop.peer);
+                    } else {
+                        eprintln!("refused an answer of {}: {bad}", hop.peer);
+                        self.bans().fail(hop.peer);
+                    }
                     return Err(HopError::Invalid(bad));
                 }
                 self.bans().succeed(&hop.peer);

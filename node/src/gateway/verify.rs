@@ -27,6 +27,14 @@ pub enum BadAnswer {
     Signature { operator: alloy::primitives::Address, epoch: u64 },
 }
 
+impl BadAnswer {
+    /// Whether the answer itself is malformed (wrong shape, not a tensor, non-finite), which
+    /// no honest node sends, rather than a signature that did not check.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, BadAnswer::NotTensor | BadAnswer::Shape { .. } | BadAnswer::NotFinite)
+    }
+}
+
 /// What a step's output must look like: `[1, rows, width]` float32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedShape {

@@ -115,7 +115,8 @@ impl Wallet {
     /// The voucher to attach to a step of `units` block-tokens for `node`, if one is due:
     /// on the first step to the node in this run, when the unpaid amount for the answers
     /// received reaches the signing threshold, when `settle` (the end of a request), or when
-    /// `force`d (the node asked for payment: then it also covers this step's `units`).
+    /// `force`d (the node asked for payment, or the step is a whole request). A forced
+    /// voucher, and one for a step worth the threshold on its own, also covers this step.
     /// Opens or tops up the node's channel first when needed.
     pub async fn voucher(
         &self,
@@ -131,10 +132,13 @@ impl Wallet {
             Entry::Vacant(slot) => slot.insert(self.resume_or_open(node, deposited).await?),
         };
         tab.tariff = node.tariff;
-        // Vouchers pay for answers already received and checked; the step being sent is
-        // paid ahead only when the node refused it for lack of payment (its credit is full).
-        let owed = node.tariff.amount(tab.metered + if force { units } else { 0 });
+        // Vouchers pay for answers already received and checked. The step being sent is paid
+        // ahead when `force`d (the node refused it for lack of payment, or it is a whole
+        // request with no later step to settle it) or when it alone is worth the signing
+        // threshold (a long prefill, a replay), which a node's credit may not cover.
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
+        let ahead = force || node.tariff.amount(units) >= threshold;
+        let owed = node.tariff.amount(tab.metered + if ahead { units } else { 0 });
         let unpaid = owed.saturating_sub(tab.signed);
         let due =
             force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));

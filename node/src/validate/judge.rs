@@ -4,9 +4,11 @@
 //! tolerance is calibrated (`infergrid bench judge`) to sit far above the largest honest
 //! error and far below the smallest cheat.
 //!
-//! The error of `actual` against `expected` is `max |actual − expected| / max |expected|`
-//! over all values: relative to the tensor's own scale, so one threshold serves hidden
-//! states (whose scale grows with depth, with a few very large channels) and logits alike.
+//! The error of `actual` against `expected` is, over the rows (positions) of the tensors,
+//! the largest `‖actual_row − expected_row‖₂ / ‖expected_row‖₂`: relative to each row's own
+//! scale, so one threshold serves hidden states (whose scale grows with depth) and logits
+//! alike, and a change spread over many ordinary channels counts in full even when a few very
+//! large channels dominate the row (a max-norm would let it hide under them).
 
 use crate::engine::Activation;
 
@@ -52,21 +54,28 @@ impl Judge {
     }
 }
 
-/// `max |actual − expected| / max |expected|`, or `None` when the tensors are not comparable
-/// (other shapes, a non-finite value). An all-zero expected tensor is compared absolutely.
+/// The largest relative L2 error over rows (the last dimension), or `None` when the tensors
+/// are not comparable (other shapes, a non-finite value). A row expected all zeros is
+/// compared absolutely.
 pub fn relative_error(expected: &Activation, actual: &Activation) -> Option<f64> {
     if expected.shape() != actual.shape() {
         return None;
     }
-    let (mut scale, mut worst) = (0.0f64, 0.0f64);
-    for (&e, &a) in expected.data().iter().zip(actual.data()) {
-        if !e.is_finite() || !a.is_finite() {
-            return None;
+    let width = expected.shape().last().copied().unwrap_or(0).max(1);
+    let mut worst = 0.0f64;
+    for (e_row, a_row) in expected.data().chunks(width).zip(actual.data().chunks(width)) {
+        let (mut norm, mut diff) = (0.0f64, 0.0f64);
+        for (&e, &a) in e_row.iter().zip(a_row) {
+            if !e.is_finite() || !a.is_finite() {
+                return None;
+            }
+            norm += f64::from(e) * f64::from(e);
+            diff += (f64::from(a) - f64::from(e)).powi(2);
         }
-        scale = scale.max(f64::from(e).abs());
-        worst = worst.max((f64::from(a) - f64::from(e)).abs());
+        let error = if norm > 0.0 { (diff / norm).sqrt() } else { diff.sqrt() };
+        worst = worst.max(error);
     }
-    Some(if scale > 0.0 { worst / scale } else { worst })
+    Some(worst)
 }
 
 #[cfg(test)]
@@ -78,19 +87,35 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_relative_to_the_tensors_scale() {
+    fn errors_are_relative_to_each_rows_scale() {
         let judge = Judge::default();
         let expected = tensor(&[100.0, -3.0, 0.5]);
         assert_eq!(judge.judge(&expected, &expected), Verdict::Pass { error: 0.0 });
-        // 0.01 off on a tensor of scale 100: 1e-4, honest noise.
+        // 0.01 off on a row of norm ~100: 1e-4, honest noise.
         assert!(judge.judge(&expected, &tensor(&[100.0, -3.01, 0.5])).passed());
         // 1 off: 1e-2, a wrong answer.
         let Verdict::Fail { error } = judge.judge(&expected, &tensor(&[100.0, -2.0, 0.5])) else {
             panic!("a 1% error passed")
         };
-        assert!((error - 0.01).abs() < 1e-9);
+        assert!((error - 1.0 / 100.046f64).abs() < 1e-4, "{error}");
         assert_eq!(judge.judge(&expected, &tensor(&[100.0, f32::NAN, 0.5])), Verdict::Malformed);
         assert_eq!(judge.judge(&expected, &tensor(&[100.0, -3.0])), Verdict::Malformed);
         assert_eq!(relative_error(&tensor(&[0.0, 0.0]), &tensor(&[0.0, 0.5])), Some(0.5));
+    }
+
+    #[test]
+    fn a_change_spread_over_ordinary_channels_is_not_hidden_by_a_huge_one() {
+        // One channel of 1000, 63 of about 1: a max-norm judge sees 0.3/1000 = 3e-4 and
+        // passes an answer whose ordinary channels are all 30% off.
+        let mut values = vec![1.0f32; 64];
+        values[0] = 1000.0;
+        let moved: Vec<f32> =
+            values.iter().enumerate().map(|(i, v)| if i == 0 { *v } else { v * 1.3 }).collect();
+        let verdict = Judge::default().judge(&tensor(&values), &tensor(&moved));
+        assert!(matches!(verdict, Verdict::Fail { error } if error > 2e-3), "{verdict:?}");
+        // Each row is judged on its own scale: a wrong second row fails the answer.
+        let rows =
+            |second: f32| Activation::new(vec![1, 2, 2], vec![50.0, 50.0, second, 1.0]).unwrap();
+        assert!(!Judge::default().judge(&rows(1.0), &rows(1.1)).passed());
     }
 }

@@ -114,9 +114,10 @@ impl ResultBook {
     }
 
     /// Commits every result of `epoch` not committed yet: first each tally is sealed under a
-    /// fresh salt and the book saved, then one `commitResult` per node. A refused commitment
-    /// stays sealed and is sent again, with the same salt, by the next call. Call inside the
-    /// epoch's commit window.
+    /// fresh salt and the book saved, then one `commitResult` per node. A commitment refused
+    /// because the epoch has not ended yet unseals its tally (counting goes on); any other
+    /// refusal leaves it sealed, to be sent again with the same salt by the next call. Call
+    /// inside the epoch's commit window.
     pub async fn commit(
         &mut self,
         validation: &ValidationClient,
@@ -146,8 +147,14 @@ impl ResultBook {
                 validation.commit_result(result.node, epoch, commitment).await.map(|_| ())
             }
             .await;
-            if outcome.is_ok() {
-                self.results.get_mut(&key).expect("listed").stage = Stage::Committed;
+            let result = self.results.get_mut(&key).expect("listed");
+            match &outcome {
+                Ok(()) => result.stage = Stage::Committed,
+                // Too early: nothing can have landed, so the tally goes back to counting.
+                Err(ChainError::Reverted(reason)) if reason.contains("EpochNotEnded") => {
+                    result.stage = Stage::Counting
+                }
+                Err(_) => {}
             }
             sent.push(Sent { node: key.1, outcome });
         }
@@ -194,7 +201,12 @@ impl ResultBook {
         }
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        // The rename itself must reach the disk before a commitment is sent: a salt lost to a
+        // power cut after the commitment landed would be a missed reveal.
+        let dir =
+            self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
 
