@@ -2,7 +2,8 @@
 //!
 //! - [`chain`]: contract bindings, deployment and typed clients;
 //! - [`pay`]: EIP-712 vouchers against payment channels;
-//! - [`validate`]: response attestations and challenge-set Merkle trees;
+//! - [`validate`]: response attestations, challenge sets, the judge, result books;
+//! - [`validator`]: challenges sent through the swarm and judged;
 //! - [`devnet`]: a local anvil chain with every role provisioned;
 //! - [`tools`]: where `scripts/setup` put anvil, forge and `libonnxruntime`.
 
@@ -21,3 +22,4 @@ pub mod route;
 pub mod serve;
 pub mod tools;
 pub mod validate;
+pub mod validator;

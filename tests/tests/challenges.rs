@@ -3,7 +3,8 @@
 //! answer requests whose signed hashes are leaves of the committed Merkle tree, with outputs
 //! the judge accepts; a perturbed answer is judged wrong.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use infergrid::engine::Activation;
 use infergrid::net::codec::{InferResponse, Payload, payload_bytes};
@@ -143,5 +144,90 @@ async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
     let stray = set.sessions[0].request(set.model_id, 0, 0, 0);
     let stray = infergrid::net::codec::InferRequest { session: stray.session ^ 1, ..stray };
     assert!(set.find(&stray.request_hash()).is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> anyhow::Result<()> {
+    use infergrid::gateway::{HopClient, RemoteModelConfig, SignatureCheck, TermsBook};
+    use infergrid::pay::NodeTerms;
+    use infergrid::pay::meter::Tariff;
+    use infergrid::route::Hop;
+    use infergrid::validate::{ChainClock, ResultBook};
+    use infergrid::validator::Challenger;
+    use infergrid_e2e::nodes::NODE_EPOCHS;
+
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local: own } =
+        llama_fixture(&["--layers", "3", "--seed", "21"], 3)?;
+    let mut next_session = 77u64;
+    let set = ChallengeSet::build(&own, &[vec![1i64, 9, 4], vec![1i64, 2, 3, 4]], 3, || {
+        next_session += 1;
+        next_session
+    })?
+    .expect("a set");
+    let steps = set.sessions[0].steps.len();
+
+    let (client, _inbound) = network(None)?;
+    let admission = || Admission::Peers(HashSet::from([client.local_peer()]));
+    let key = alloy::primitives::B256::repeat_byte;
+    let head = serve_blocks(&manifest, &runtime, 0..=0, admission(), None, key(1))?;
+    let honest = serve_blocks(&manifest, &runtime, 1..=2, admission(), None, key(2))?;
+    let cheat = Some(Cheat::perturbing(1.0, 5));
+    let cheater = serve_cheating(&manifest, &runtime, 1..=2, admission(), None, key(3), cheat)?;
+    let tariff = Tariff { price_per_token: alloy::primitives::U256::from(1), span_blocks: 1 };
+    let operators: TermsBook = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    for node in [&head, &honest, &cheater] {
+        client.dial(node.peer, node.addr.clone()).await?;
+        let terms = NodeTerms { operator: node.operator.address(), tariff };
+        operators.lock().unwrap().insert(node.peer, terms);
+    }
+    let check = SignatureCheck {
+        domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        clock: NODE_EPOCHS,
+        time: ChainClock::default(),
+        operators: operators.clone(),
+    };
+    let config = RemoteModelConfig::for_model(&manifest, 0);
+    let hops = HopClient::new(client.clone(), &config).verifying(check.clone());
+    let books = tempfile::tempdir()?;
+    let mut book = ResultBook::open(&books.path().join("results.json"))?;
+    let hop =
+        |node: &Served, first, last| Hop { peer: node.peer, first_block: first, last_block: last };
+    let routes = [[hop(&head, 0, 0), hop(&honest, 1, 2)], [hop(&head, 0, 0), hop(&cheater, 1, 2)]];
+    let (outcomes, book) = tokio::task::spawn_blocking(move || {
+        let challenger = Challenger { hops: &hops, judge: Judge::default(), operators };
+        let outcomes: Vec<_> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| challenger.run(&set, i, route, 0, &mut book))
+            .collect();
+        (outcomes, book)
+    })
+    .await?;
+
+    assert!(outcomes.iter().all(|o| o.stopped.is_none() && o.unsigned.is_empty()), "{outcomes:?}");
+    assert_eq!((outcomes[0].passed, outcomes[0].failures.len()), (2 * steps, 0));
+    assert_eq!((outcomes[1].passed, outcomes[1].failures.len()), (steps, steps));
+    for failure in &outcomes[1].failures {
+        assert_eq!(failure.peer, cheater.peer);
+        assert!(matches!(failure.verdict, Verdict::Fail { .. }), "{:?}", failure.verdict);
+        // The evidence: the cheater's operator signed this wrong output for this request.
+        let output_hash = infergrid::eip712::keccak256(&payload_bytes(&failure.answer.output));
+        assert_ne!(output_hash, failure.challenge.expected_output_hash);
+        let attestation = ResponseAttestation {
+            request_hash: failure.answer.request_hash,
+            output_hash,
+            epoch: 0,
+        };
+        assert_eq!(
+            attestation.signer(&check.domain, &failure.answer.signature)?,
+            cheater.operator.address()
+        );
+    }
+    let counted: HashMap<_, _> = book.epoch(0).map(|r| (r.node, (r.passed, r.failed))).collect();
+    let steps = steps as u32;
+    assert_eq!(counted[&head.operator.address()], (2 * steps, 0));
+    assert_eq!(counted[&honest.operator.address()], (steps, 0));
+    assert_eq!(counted[&cheater.operator.address()], (0, steps));
     Ok(())
 }

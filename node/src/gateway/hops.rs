@@ -86,7 +86,8 @@ impl HopClient {
 
     /// Sends one step to one hop, paying for it when this client pays, and checks the answer
     /// (shape and values, and the operator's signature when this client verifies). An answer
-    /// failing its checks forbids the peer for good, stays unpaid and is `HopError::Invalid`.
+    /// failing its checks is `HopError::Invalid` and unpaid; a malformed one forbids the peer
+    /// for good, a signature that does not check backs it off.
     pub fn call(
         &self,
         hop: &Hop,

@@ -1,0 +1,123 @@
+//! Sends a challenge session along a route, step by step, as a gateway would — the same
+//! messages through the same paid, checked [`HopClient`] — except that every hop gets the
+//! validator's own reference input, so one faulty hop cannot make the next honest node look
+//! faulty. Every answer is judged and counted for the hop's operator.
+
+use alloy::primitives::Address;
+use libp2p::PeerId;
+
+use crate::gateway::{Answer, BadAnswer, HopClient, HopError, TermsBook};
+use crate::net::codec::{Payload, StepKind};
+use crate::route::Hop;
+use crate::validate::{ChallengeRef, ChallengeSet, Judge, ResultBook, Verdict};
+
+/// A wrong answer to a challenge, with what a fault report needs.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub operator: Address,
+    pub peer: PeerId,
+    pub challenge: ChallengeRef,
+    /// The signed answer: reportable evidence.
+    pub answer: Answer,
+    pub verdict: Verdict,
+}
+
+/// What one challenge session found.
+#[derive(Debug, Default)]
+pub struct SessionOutcome {
+    /// Answers judged right.
+    pub passed: usize,
+    /// Signed answers judged wrong: each can be reported.
+    pub failures: Vec<Failure>,
+    /// Answers refused before judging (malformed, or not signed by the operator for this
+    /// epoch): counted as failed, not reportable.
+    pub unsigned: Vec<(PeerId, BadAnswer)>,
+    /// Why the session stopped early (a peer unreachable, a refusal): nothing was counted
+    /// for the steps not sent.
+    pub stopped: Option<String>,
+}
+
+/// Sends challenges and judges the answers.
+pub struct Challenger<'a> {
+    pub hops: &'a HopClient,
+    pub judge: Judge,
+    /// The operator of every routable peer (the directory's terms).
+    pub operators: TermsBook,
+}
+
+impl Challenger<'_> {
+    /// Runs session `index` of `set` along `route` (which must cover every block), counting
+    /// each judged answer in `book` for `epoch` under the hop's operator, then closes the
+    /// session on every hop. Blocks on the network: call from a blocking thread.
+    pub fn run(
+        &self,
+        set: &ChallengeSet,
+        index: usize,
+        route: &[Hop],
+        epoch: u64,
+        book: &mut ResultBook,
+    ) -> SessionOutcome {
+        let session = &set.sessions[index];
+        let mut outcome = SessionOutcome::default();
+        'steps: for step in &session.steps {
+            for hop in route {
+                let Some(operator) = self.operator(&hop.peer) else {
+                    outcome.stopped = Some(format!("no operator known for {}", hop.peer));
+                    break 'steps;
+                };
+                let input = step.inputs[hop.first_block as usize].clone();
+                match self.hops.call(hop, session.session, step.position, step.kind, input) {
+                    Ok(answer) => {
+                        let Some(challenge) = set.find(&answer.request_hash).copied() else {
+                            outcome.stopped = Some("a request outside the challenge set".into());
+                            break 'steps;
+                        };
+                        let verdict = match &answer.output {
+                            Payload::Tensor(output) => {
+                                self.judge.judge(set.expected(&challenge), output)
+                            }
+                            _ => Verdict::Malformed,
+                        };
+                        book.record(epoch, operator, verdict.passed());
+                        if verdict.passed() {
+                            outcome.passed += 1;
+                        } else {
+                            let peer = hop.peer;
+                            outcome.failures.push(Failure {
+                                operator,
+                                peer,
+                                challenge,
+                                answer,
+                                verdict,
+                            });
+                        }
+                    }
+                    Err(HopError::Invalid(bad)) => {
+                        book.record(epoch, operator, false);
+                        outcome.unsigned.push((hop.peer, bad));
+                        // The hop's cache now misses this step: the session cannot go on.
+                        outcome.stopped =
+                            Some(format!("{} answered without a valid signature", hop.peer));
+                        break 'steps;
+                    }
+                    Err(HopError::Peer(reason)) => {
+                        outcome.stopped = Some(format!("{}: {reason}", hop.peer));
+                        break 'steps;
+                    }
+                    Err(HopError::Fatal(e)) => {
+                        outcome.stopped = Some(e.to_string());
+                        break 'steps;
+                    }
+                }
+            }
+        }
+        for hop in route {
+            let _ = self.hops.call(hop, session.session, 0, StepKind::Close, Payload::Empty);
+        }
+        outcome
+    }
+
+    fn operator(&self, peer: &PeerId) -> Option<Address> {
+        self.operators.lock().expect("terms").get(peer).map(|terms| terms.operator)
+    }
+}
