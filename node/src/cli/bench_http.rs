@@ -121,8 +121,9 @@ pub fn compare(
     })
 }
 
-/// A minimal HTTP/1.1 JSON POST (one request per connection).
-fn post(address: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+/// A minimal HTTP/1.1 JSON POST (one request per connection); the answer's JSON, or an error
+/// naming the status.
+pub(super) fn post(address: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
     let body = body.to_string();
     let mut stream =
         TcpStream::connect(address).with_context(|| format!("connecting {address}"))?;

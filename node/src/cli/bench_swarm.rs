@@ -289,18 +289,8 @@ async fn processes_speed(args: &SwarmBench) -> anyhow::Result<f64> {
         let body = serde_json::json!({"model": name, "prompt": "once upon a time", "max_tokens": tokens, "temperature": 0});
         let api = api.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-            use std::io::{Read, Write};
             let started = Instant::now();
-            let mut stream = std::net::TcpStream::connect(&api)?;
-            let body = body.to_string();
-            write!(
-                stream,
-                "POST /v1/completions HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "completion failed: {response}");
+            super::bench_http::post(&api, "/v1/completions", &body)?;
             Ok(started.elapsed())
         })
     };
