@@ -76,6 +76,11 @@ pub static SWARM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Starts `infergrid devnet` for `model` and waits for its ready file; returns it and the
 /// manifest it wrote.
 pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
+    devnet_with(dir, model, &[])
+}
+
+/// [`devnet`] with `extra` arguments (its nodes, validators, epochs).
+pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json::Value, PathBuf) {
     let ready_file = dir.join("ready.json");
     let out = dir.join("devnet");
     let mut devnet = Proc(
@@ -91,13 +96,14 @@ pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
                 "--ready-file",
                 ready_file.to_str().unwrap(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let start_at = Instant::now();
     while !ready_file.is_file() {
-        assert!(start_at.elapsed() < Duration::from_secs(60), "devnet not ready");
+        assert!(start_at.elapsed() < Duration::from_secs(180), "devnet not ready");
         assert!(devnet.0.try_wait().unwrap().is_none(), "devnet exited");
         std::thread::sleep(Duration::from_millis(100));
     }

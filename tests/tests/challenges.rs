@@ -153,7 +153,7 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
     use infergrid::pay::NodeTerms;
     use infergrid::pay::meter::Tariff;
     use infergrid::route::Hop;
-    use infergrid::validate::{ChainClock, ResultBook};
+    use infergrid::validate::{ChainClock, ReportedFault, ResultBook};
     use infergrid::validator::Challenger;
     use infergrid_e2e::nodes::NODE_EPOCHS;
 
@@ -199,7 +199,11 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
         let outcomes: Vec<_> = routes
             .iter()
             .enumerate()
-            .map(|(i, route)| challenger.run(&set, i, route, 0, &mut book))
+            .map(|(i, route)| {
+                challenger.run(&set, i, route, 0, |node, passed| {
+                    book.record(0, node, passed);
+                })
+            })
             .collect();
         (outcomes, book)
     })
@@ -211,18 +215,26 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
     for failure in &outcomes[1].failures {
         assert_eq!(failure.peer, cheater.peer);
         assert!(matches!(failure.verdict, Verdict::Fail { .. }), "{:?}", failure.verdict);
-        // The evidence: the cheater's operator signed this wrong output for this request.
-        let output_hash = infergrid::eip712::keccak256(&payload_bytes(&failure.answer.output));
+        // The evidence: the cheater's operator signed this wrong output for this request,
+        // and every step of the session before it on the cheater's span.
+        let reported = failure.evidence.reported();
+        let output_hash = infergrid::eip712::keccak256(&payload_bytes(&reported.output));
         assert_ne!(output_hash, failure.challenge.expected_output_hash);
-        let attestation = ResponseAttestation {
-            request_hash: failure.answer.request_hash,
-            output_hash,
-            epoch: 0,
-        };
+        let request_hash = reported.request.request_hash();
+        let attestation = ResponseAttestation { request_hash, output_hash, epoch: 0 };
         assert_eq!(
-            attestation.signer(&check.domain, &failure.answer.signature)?,
+            attestation.signer(&check.domain, &reported.signature)?,
             cheater.operator.address()
         );
+        assert!(failure.reportable, "signed for the challenge set's epoch");
+        assert_eq!(failure.evidence.steps.len(), failure.challenge.step + 1);
+        let report =
+            ReportedFault { node: cheater.operator.address(), epoch: 0, request_hash, output_hash };
+        failure.evidence.check(&check.domain, &report)?;
+        // A voter re-executing the evidence on its own blocks finds the same wrong answer.
+        let recomputed = failure.evidence.reexecute(&own, 999)?;
+        let Payload::Tensor(answer) = &reported.output else { panic!("a tensor answer") };
+        assert!(!Judge::default().judge(&recomputed, answer).passed());
     }
     let counted: HashMap<_, _> = book.epoch(0).map(|r| (r.node, (r.passed, r.failed))).collect();
     let steps = steps as u32;

@@ -432,6 +432,10 @@ impl ValidationClient {
         }
         Ok(EpochClock { genesis: self.0.genesis().call().await?, duration })
     }
+    /// The deployment's parameters: windows, quorum, bond, slash share.
+    pub async fn params(&self) -> Result<Validation::Params, ChainError> {
+        Ok(self.0.params().call().await?)
+    }
     pub async fn current_epoch(&self) -> Result<u64, ChainError> {
         Ok(self.0.currentEpoch().call().await?)
     }
@@ -484,6 +488,20 @@ impl ValidationClient {
         report_id: U256,
     ) -> Result<Validation::FaultReport, ChainError> {
         Ok(self.0.getFaultReport(report_id).call().await?)
+    }
+    /// How many fault reports have been filed (ids run from 1 to this).
+    pub async fn fault_report_count(&self) -> Result<u64, ChainError> {
+        let count = self.0.faultReportCount().call().await?;
+        Ok(u64::try_from(count).unwrap_or(u64::MAX))
+    }
+    /// The `FaultReported` event of a report: what the node's signed answer hashed to, which
+    /// the report's storage does not keep.
+    pub async fn fault_reported(
+        &self,
+        report_id: U256,
+    ) -> Result<Option<Validation::FaultReported>, ChainError> {
+        let logs = self.0.FaultReported_filter().topic1(report_id).from_block(0).query().await?;
+        Ok(logs.into_iter().next().map(|(event, _)| event))
     }
     pub async fn node_record(&self, node: Address) -> Result<Validation::NodeRecord, ChainError> {
         Ok(self.0.getNodeRecord(node).call().await?)

@@ -39,9 +39,17 @@ pub struct DevnetArgs {
     #[arg(long, default_value_t = Staffing::default().validators)]
     validators: usize,
     /// Seconds per validation epoch (default: an hour); commit and reveal windows are a
-    /// quarter epoch each, the fault vote window one epoch.
+    /// quarter epoch each, the fault vote window one epoch. With --nodes, also starts one
+    /// `infergrid validator run` process per validator, each paying from its own payer.
     #[arg(long)]
     epoch_secs: Option<u64>,
+    /// TESTING ONLY — make node I cheat, to watch validators convict it: `I:perturb:FRACTION`
+    /// (perturb that fraction of its answers) or `I:lazy` (skip work on every answer).
+    #[arg(long, value_name = "SPEC", value_parser = parse_cheat)]
+    testing_cheat: Vec<(usize, Vec<String>)>,
+    /// With --nodes and --epoch-secs: challenge sessions per epoch of each validator.
+    #[arg(long, default_value_t = 4)]
+    challenges_per_epoch: usize,
     /// With --nodes: the gateway's OpenAI API address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: std::net::SocketAddr,
@@ -94,7 +102,25 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&payments)?;
         }
         std::fs::create_dir_all(&payments)?;
-        Some(start_swarm(model, args.nodes, &url, &deployment_file, &payments, args.api).await?)
+        let mut swarm = start_swarm(
+            model,
+            args.nodes,
+            &url,
+            &deployment_file,
+            &payments,
+            args.api,
+            &args.testing_cheat,
+        )
+        .await?;
+        if args.epoch_secs.is_some() && args.validators > 0 {
+            eprintln!("devnet: starting {} validator processes", args.validators);
+            let validators = ValidatorProcesses {
+                count: args.validators,
+                sessions_per_epoch: args.challenges_per_epoch,
+            };
+            swarm.validators = validators.start(model, &url, &deployment_file, &payments).await?;
+        }
+        Some(swarm)
     } else {
         None
     };
@@ -106,6 +132,10 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
             .map(|s| s.nodes.iter().filter_map(|c| c.id()).collect())
             .unwrap_or_default(),
         gateway_pid: swarm.as_ref().and_then(|s| s.gateway.id()),
+        validator_pids: swarm
+            .as_ref()
+            .map(|s| s.validators.iter().filter_map(|c| c.id()).collect())
+            .unwrap_or_default(),
         rpc_url: url.clone(),
         chain_id: deployment.chain_id,
         deploy_block: deployment.deploy_block,
@@ -142,7 +172,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
         signal = tokio::signal::ctrl_c() => {
             signal.context("waiting for Ctrl-C")?;
             if let Some(swarm) = swarm {
-                eprintln!("devnet: stopping the gateway and nodes");
+                eprintln!("devnet: stopping the validators, gateway and nodes");
                 swarm.stop().await;
             }
             eprintln!("devnet: stopping anvil");
@@ -159,23 +189,30 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The node processes and gateway a devnet started.
+/// The node processes, gateway and validators a devnet started.
 struct Swarm {
     nodes: Vec<tokio::process::Child>,
     gateway: tokio::process::Child,
+    validators: Vec<tokio::process::Child>,
     api_url: String,
 }
 
 impl Swarm {
+    /// Every process, validators first (they pay the nodes and must not see them go first).
+    fn everyone(&mut self) -> impl Iterator<Item = &mut tokio::process::Child> {
+        let nodes = self.nodes.iter_mut();
+        self.validators.iter_mut().chain(std::iter::once(&mut self.gateway)).chain(nodes)
+    }
+
     /// Interrupts every process (as Ctrl-C would) and waits for it.
     async fn stop(mut self) {
-        for child in self.nodes.iter_mut().chain(std::iter::once(&mut self.gateway)) {
+        for child in self.everyone() {
             if let Some(pid) = child.id() {
                 // SAFETY: kill(2) on our own child.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
             }
         }
-        for child in self.nodes.iter_mut().chain(std::iter::once(&mut self.gateway)) {
+        for child in self.everyone() {
             if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await.is_err()
             {
                 let _ = child.kill().await;
@@ -184,16 +221,16 @@ impl Swarm {
     }
 }
 
-/// Starts `infergrid ARGS` with `env` and waits for its `ready` line on stdout.
+/// Starts `infergrid ARGS` with `envs` and waits for its `ready` line on stdout.
 async fn spawn_ready(
     args: &[String],
-    env: (&str, String),
+    envs: &[(&str, String)],
     ready: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
-        .env(env.0, env.1)
+        .envs(envs.iter().map(|(name, value)| (*name, value)))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -216,6 +253,7 @@ async fn start_swarm(
     deployment: &std::path::Path,
     payments: &std::path::Path,
     api: std::net::SocketAddr,
+    cheats: &[(usize, Vec<String>)],
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
     let operators = accounts_with(devnet::Role::Operator);
@@ -247,10 +285,12 @@ async fn start_swarm(
             &payments.join(format!("node-{}.redb", operator.address)).display().to_string(),
         ]
         .map(String::from);
+        let cheat = cheats.iter().filter(|(node, _)| *node == index).flat_map(|(_, flags)| flags);
+        let args: Vec<String> = args.into_iter().chain(cheat.cloned()).collect();
         nodes.push(
             spawn_ready(
                 &args,
-                ("INFERGRID_NODE_KEY", operator.private_key.to_string()),
+                &[("INFERGRID_NODE_KEY", operator.private_key.to_string())],
                 "node ready",
             )
             .await?,
@@ -273,8 +313,86 @@ async fn start_swarm(
         &payments.join("gateway-wallet.redb").display().to_string(),
     ]
     .map(String::from);
-    let gateway =
-        spawn_ready(&args, ("INFERGRID_PAYER_KEY", payer.private_key.to_string()), "gateway ready")
-            .await?;
-    Ok(Swarm { nodes, gateway, api_url: format!("http://{api}/v1") })
+    let gateway = spawn_ready(
+        &args,
+        &[("INFERGRID_PAYER_KEY", payer.private_key.to_string())],
+        "gateway ready",
+    )
+    .await?;
+    Ok(Swarm { nodes, gateway, validators: Vec::new(), api_url: format!("http://{api}/v1") })
+}
+
+/// The devnet's validator processes: validator `i` stakes with dev validator `i` and pays for
+/// its challenges from dev payer `i + 1` (payer 0 is the gateway's).
+struct ValidatorProcesses {
+    count: usize,
+    sessions_per_epoch: usize,
+}
+
+impl ValidatorProcesses {
+    async fn start(
+        &self,
+        model: &std::path::Path,
+        url: &str,
+        deployment: &std::path::Path,
+        payments: &std::path::Path,
+    ) -> anyhow::Result<Vec<tokio::process::Child>> {
+        let validators = accounts_with(devnet::Role::Validator);
+        let payers = accounts_with(devnet::Role::Payer);
+        anyhow::ensure!(
+            self.count <= validators.len() && self.count < payers.len(),
+            "--validators {}: the devnet has {} validators and {} payers (one is the gateway's)",
+            self.count,
+            validators.len(),
+            payers.len()
+        );
+        let mut started = Vec::new();
+        for (index, (validator, payer)) in
+            validators.iter().zip(&payers[1..]).take(self.count).enumerate()
+        {
+            let file = |name: &str| payments.join(name).display().to_string();
+            let args = [
+                "validator",
+                "--key-env",
+                "INFERGRID_VALIDATOR_KEY",
+                "run",
+                "--model",
+                &model.display().to_string(),
+                "--payer-key-env",
+                "INFERGRID_PAYER_KEY",
+                "--rpc-url",
+                url,
+                "--deployment",
+                &deployment.display().to_string(),
+                "--wallet",
+                &file(&format!("validator-{index}-wallet.redb")),
+                "--results",
+                &file(&format!("validator-{index}-results.json")),
+                "--sessions-per-epoch",
+                &self.sessions_per_epoch.to_string(),
+            ]
+            .map(String::from);
+            let envs = [
+                ("INFERGRID_VALIDATOR_KEY", validator.private_key.to_string()),
+                ("INFERGRID_PAYER_KEY", payer.private_key.to_string()),
+            ];
+            started.push(spawn_ready(&args, &envs, "validator ready").await?);
+        }
+        Ok(started)
+    }
+}
+
+/// `I:perturb:FRACTION` or `I:lazy`: node `I` and the flags that make it cheat.
+fn parse_cheat(text: &str) -> Result<(usize, Vec<String>), String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let node = parts[0].parse::<usize>().map_err(|_| format!("{text:?}: no node index"))?;
+    let flags = match parts[1..] {
+        ["perturb", fraction] => {
+            super::swarm::parse_fraction(fraction)?;
+            vec!["--testing-perturb-answers".to_owned(), fraction.to_owned()]
+        }
+        ["lazy"] => vec!["--testing-lazy".to_owned()],
+        _ => return Err(format!("{text:?}: expected I:perturb:FRACTION or I:lazy")),
+    };
+    Ok((node, flags))
 }

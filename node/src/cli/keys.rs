@@ -40,7 +40,7 @@ impl KeyArgs {
     }
 }
 
-fn from_env(var: &str) -> anyhow::Result<B256> {
+pub fn from_env(var: &str) -> anyhow::Result<B256> {
     let key = std::env::var(var).with_context(|| format!("set {var} to the private key (hex)"))?;
     key.trim().parse().with_context(|| format!("{var} is not a 32-byte hex key"))
 }

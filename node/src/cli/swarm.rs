@@ -75,6 +75,11 @@ pub struct NodeArgs {
     /// answers (each value moved by up to 1%) before signing them. The stake will be slashed.
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
     testing_perturb_answers: Option<f64>,
+    /// TESTING ONLY — a lazy cheating node: skip the last block of the requested span on
+    /// every answer (passing its input on as its output) unless that block produces the
+    /// logits. The stake will be slashed.
+    #[arg(long, conflicts_with = "testing_perturb_answers")]
+    testing_lazy: bool,
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -147,10 +152,18 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         decode_ms: Default::default(),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
         collector: registered.then(|| collector.clone()),
-        cheat: args.testing_perturb_answers.map(|fraction| {
-            eprintln!("node: TESTING: perturbing {:.1}% of answers", fraction * 100.0);
-            Cheat::perturbing(fraction, u64::from_le_bytes(model_id[..8].try_into().expect("8")))
-        }),
+        cheat: match (args.testing_perturb_answers, args.testing_lazy) {
+            (Some(fraction), _) => {
+                eprintln!("node: TESTING: perturbing {:.1}% of answers", fraction * 100.0);
+                let seed = u64::from_le_bytes(model_id[..8].try_into().expect("8 bytes"));
+                Some(Cheat::perturbing(fraction, seed))
+            }
+            (None, true) => {
+                eprintln!("node: TESTING: lazy, skipping the last block of every span");
+                Some(Cheat::Lazy)
+            }
+            (None, false) => None,
+        },
     });
     tokio::spawn(server.clone().run(inbound));
     // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
@@ -260,6 +273,25 @@ async fn collector(
     ))
 }
 
+/// How a gateway (or a validator's challenges) pays the nodes.
+#[derive(Debug, Args)]
+pub struct PaymentArgs {
+    /// Deposit of each payment channel to a node, and of each top-up (`1BTT`, `5000wei`).
+    #[arg(long, default_value = "1BTT")]
+    deposit: String,
+    /// Most this gateway deposits into channels in one run.
+    #[arg(long, default_value = "100BTT")]
+    budget: String,
+    /// Sign a new voucher for a node once this many tokens' worth is unpaid (and at the
+    /// end of every request). Must stay below the nodes' credit.
+    #[arg(long, default_value_t = 32)]
+    sign_every_tokens: u64,
+    /// What was signed to which channel, kept across restarts.
+    /// Default: .infergrid/wallets/<payer address>.redb
+    #[arg(long)]
+    wallet: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// The model folder (the manifest and tokenizer are read; no weights needed).
@@ -279,20 +311,8 @@ pub struct GatewayArgs {
     /// Extra peers to dial, `/…/p2p/<peer id>`.
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
-    /// Deposit of each payment channel to a node, and of each top-up (`1BTT`, `5000wei`).
-    #[arg(long, default_value = "1BTT")]
-    deposit: String,
-    /// Most this gateway deposits into channels in one run.
-    #[arg(long, default_value = "100BTT")]
-    budget: String,
-    /// Sign a new voucher for a node once this many tokens' worth is unpaid (and at the
-    /// end of every request). Must stay below the nodes' credit.
-    #[arg(long, default_value_t = 32)]
-    sign_every_tokens: u64,
-    /// What was signed to which channel, kept across restarts.
-    /// Default: .infergrid/wallets/<payer address>.redb
-    #[arg(long)]
-    wallet: Option<PathBuf>,
+    #[command(flatten)]
+    payment: PaymentArgs,
     /// Never route through a node whose on-chain reputation (basis points; 5000 until
     /// validators first score it, 0 once convicted) is below this. Routes prefer higher
     /// reputation among comparable nodes either way.
@@ -306,7 +326,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let key = args.key.secret()?;
     let (deployment, account) = args.chain.account(&key).await?;
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
-    let wallet = Arc::new(wallet(&args, &key, &deployment, &account).await?);
+    let wallet = Arc::new(wallet(&args.payment, &key, &deployment, &account, "gateway").await?);
     let (net, mut inbound) = Network::spawn(NetConfig {
         keypair: NodeIdentity::derive(&key).keypair(),
         listen: args.p2p_listen.clone(),
@@ -334,18 +354,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let (refresher, refresh_net) = (directory.clone(), net.clone());
-    tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(Duration::from_secs(5));
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        refresh.tick().await; // the first tick is immediate; the directory was just read
-        loop {
-            refresh.tick().await;
-            if let Err(e) = refresher.refresh(&refresh_net).await {
-                eprintln!("gateway: registry refresh failed (retrying): {e}");
-            }
-        }
-    });
+    directory.keep_fresh(net.clone(), Duration::from_secs(5), "gateway");
 
     let config = RemoteModelConfig::for_model(&manifest, 4);
     let signatures = SignatureCheck {
@@ -394,12 +403,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's wallet: the payer key's channels, funded from the budget.
-async fn wallet(
-    args: &GatewayArgs,
+/// A payer's wallet: the payer key's channels, funded from the budget. `role` names the
+/// payer in logs.
+pub async fn wallet(
+    args: &PaymentArgs,
     key: &B256,
     deployment: &Deployment,
     account: &Account,
+    role: &str,
 ) -> anyhow::Result<Wallet> {
     let payer = Eip712Signer::from_bytes(key)?;
     let contracts = account.contracts(deployment);
@@ -424,7 +435,7 @@ async fn wallet(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     eprintln!(
-        "gateway: paying as {}, deposit {} wei per channel, budget {} wei, wallet {}",
+        "{role}: paying as {}, deposit {} wei per channel, budget {} wei, wallet {}",
         payer.address(),
         config.deposit,
         config.budget,
@@ -453,7 +464,7 @@ fn log_skipped(skipped: &[SkippedVoucher]) {
 }
 
 /// A fraction in [0, 1].
-fn parse_fraction(text: &str) -> Result<f64, String> {
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
         _ => Err(format!("{text:?} is not a fraction between 0 and 1")),
@@ -462,7 +473,7 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
 
 /// The chain's clock, kept in step with the latest block every 30 s, so that answers are
 /// signed (node) and checked (gateway) for the epoch the contract will judge them in.
-async fn chain_time(provider: &DynProvider, role: &'static str) -> anyhow::Result<ChainClock> {
+pub async fn chain_time(provider: &DynProvider, role: &'static str) -> anyhow::Result<ChainClock> {
     let time = ChainClock::default();
     time.sync(latest_block_time(provider).await?);
     let (provider, synced) = (provider.clone(), time.clone());

@@ -27,7 +27,7 @@ struct DevAccountsFile {
 }
 
 /// The accounts of `anvil-fixtures/dev-accounts.json` (anvil's default mnemonic), with the
-/// role each plays: 1 deployer, 16 operators, 5 validators, 4 payers, 1 treasury (a devnet
+/// role each plays: 1 deployer, 16 operators, 5 validators, 6 payers (a gateway and one per validator), 1 treasury (a devnet
 /// registers the first few of each: `Staffing`).
 pub fn dev_accounts() -> Vec<DevAccount> {
     let file: DevAccountsFile =

@@ -81,6 +81,9 @@ pub struct Manifest {
     pub node_pids: Vec<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_pid: Option<u32>,
+    /// Process ids of the validator processes it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validator_pids: Vec<u32>,
 }
 
 /// Amounts the devnet hands out.

@@ -84,6 +84,12 @@ impl BlockRunner {
     }
 
     /// Bytes of weights of this block.
+    /// Whether this is the model's last block (its output is the logits or the encoder's
+    /// token embeddings, not hidden states for another block).
+    pub fn is_last(&self) -> bool {
+        self.is_last
+    }
+
     pub fn weight_bytes(&self) -> usize {
         self.spec.weight_bytes as usize
     }

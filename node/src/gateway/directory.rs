@@ -69,6 +69,24 @@ impl Directory {
         self.announcements.lock().expect("announcements").insert(from, announcement);
     }
 
+    /// Re-reads the registry every `every` from now on, in a task of its own, so that nodes
+    /// staked, jailed or re-scored after start-up are seen. A failed read is logged as
+    /// `role` and retried at the next tick; the directory keeps its last view meanwhile.
+    pub fn keep_fresh(&self, net: Network, every: std::time::Duration, role: &'static str) {
+        let directory = self.clone();
+        tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(every);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            refresh.tick().await; // the first tick is immediate; the caller just read it
+            loop {
+                refresh.tick().await;
+                if let Err(e) = directory.refresh(&net).await {
+                    eprintln!("{role}: registry refresh failed (retrying): {e}");
+                }
+            }
+        });
+    }
+
     /// Re-reads the registry, dials new nodes and rebuilds the candidates. Returns how many.
     pub async fn refresh(&self, net: &Network) -> Result<usize, ChainError> {
         let mut operators: Vec<Address> = Vec::new();

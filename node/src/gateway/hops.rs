@@ -35,6 +35,8 @@ pub struct Answer {
     /// The operator's `Response` signature over `request_hash` and the output.
     pub signature: [u8; 65],
     pub request_hash: B256,
+    /// The epoch the operator signed for, when this client checks signatures.
+    pub epoch: Option<u64>,
 }
 
 /// Sends steps to hops of one model over the swarm.
@@ -134,27 +136,29 @@ impl HopClient {
         }
         match response {
             Ok(InferResponse::Ok { output, signature }) => {
-                if let Err(bad) =
-                    self.check_answer(hop, expected, request_hash, &output, &signature)
-                {
-                    // Not used and not paid for. A malformed answer is nothing an honest
-                    // node sends: it is not asked again. A signature that does not check
-                    // may be clock skew around an epoch boundary, or a directory refresh
-                    // racing the answer: the peer backs off like a failed one.
-                    if bad.is_malformed() {
-                        eprintln!("banned {} for good: {bad}", hop.peer);
-                        self.bans().forbid(hop.peer);
-                    } else {
-                        eprintln!("refused an answer of {}: {bad}", hop.peer);
-                        self.bans().fail(hop.peer);
-                    }
-                    return Err(HopError::Invalid(bad));
-                }
+                let epoch =
+                    match self.check_answer(hop, expected, request_hash, &output, &signature) {
+                        Ok(epoch) => epoch,
+                        Err(bad) => {
+                            // Not used and not paid for. A malformed answer is nothing an honest
+                            // node sends: it is not asked again. A signature that does not check
+                            // may be clock skew around an epoch boundary, or a directory refresh
+                            // racing the answer: the peer backs off like a failed one.
+                            if bad.is_malformed() {
+                                eprintln!("banned {} for good: {bad}", hop.peer);
+                                self.bans().forbid(hop.peer);
+                            } else {
+                                eprintln!("refused an answer of {}: {bad}", hop.peer);
+                                self.bans().fail(hop.peer);
+                            }
+                            return Err(HopError::Invalid(bad));
+                        }
+                    };
                 self.bans().succeed(&hop.peer);
                 if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
                     self.runtime.block_on(wallet.record(terms.operator, units));
                 }
-                Ok(Answer { output, signature, request_hash })
+                Ok(Answer { output, signature, request_hash, epoch })
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
                 Err(HopError::Fatal(Box::new(EngineError::BadInput {
@@ -180,14 +184,14 @@ impl HopClient {
         request_hash: alloy::primitives::B256,
         output: &Payload,
         signature: &[u8; 65],
-    ) -> Result<(), BadAnswer> {
+    ) -> Result<Option<u64>, BadAnswer> {
         if let Some(expected) = expected {
             expected.check(output)?;
         }
-        match &self.signatures {
-            Some(check) => check.check(&hop.peer, request_hash, output, signature),
-            None => Ok(()),
-        }
+        self.signatures
+            .as_ref()
+            .map(|check| check.check(&hop.peer, request_hash, output, signature))
+            .transpose()
     }
 
     /// What this client owes each node it paid, when it pays.

@@ -85,14 +85,15 @@ pub struct SignatureCheck {
 impl SignatureCheck {
     /// Checks that `signature` is the peer's operator signing `Response(request_hash,
     /// keccak(output), epoch)` for the current epoch or a neighbouring one (the node's and the
-    /// gateway's view of the chain's time may straddle an epoch boundary).
+    /// gateway's view of the chain's time may straddle an epoch boundary), and returns the
+    /// epoch it signed for: a fault report must name it.
     pub fn check(
         &self,
         peer: &PeerId,
         request_hash: B256,
         output: &Payload,
         signature: &[u8; 65],
-    ) -> Result<(), BadAnswer> {
+    ) -> Result<u64, BadAnswer> {
         let operator = self
             .operators
             .lock()
@@ -102,12 +103,15 @@ impl SignatureCheck {
             .ok_or(BadAnswer::UnknownOperator)?;
         let output_hash = keccak256(&payload_bytes(output));
         let epoch = self.clock.epoch_at(self.time.now());
-        let signed_by_operator = [epoch.saturating_sub(1), epoch, epoch + 1].iter().any(|&e| {
-            ResponseAttestation { request_hash, output_hash, epoch: e }
-                .signer(&self.domain, signature)
-                .is_ok_and(|signer| signer == operator)
-        });
-        if signed_by_operator { Ok(()) } else { Err(BadAnswer::Signature { operator, epoch }) }
+        // The current epoch first: it is the one nearly every answer is signed for.
+        [epoch, epoch.saturating_sub(1), epoch + 1]
+            .into_iter()
+            .find(|&e| {
+                ResponseAttestation { request_hash, output_hash, epoch: e }
+                    .signer(&self.domain, signature)
+                    .is_ok_and(|signer| signer == operator)
+            })
+            .ok_or(BadAnswer::Signature { operator, epoch })
     }
 }
 
@@ -168,11 +172,11 @@ mod tests {
         };
         assert_eq!(
             check.check(&peer, request_hash, &output, &sign(&operator, epoch, &output)),
-            Ok(())
+            Ok(epoch)
         );
         assert_eq!(
             check.check(&peer, request_hash, &output, &sign(&operator, epoch + 1, &output)),
-            Ok(())
+            Ok(epoch + 1)
         );
         let wrong = [
             sign(&stranger, epoch, &output),

@@ -95,7 +95,8 @@ pub enum Prompt<'a> {
 }
 
 impl Prompt<'_> {
-    fn encode(self, tokenizer: &Tokenizer) -> Result<Vec<u32>, GenerationError> {
+    /// The prompt's token ids.
+    pub fn encode(self, tokenizer: &Tokenizer) -> Result<Vec<u32>, GenerationError> {
         let (text, add_special_tokens) = match self {
             Prompt::Text(text) => (text, true),
             Prompt::Chat(text) => (text, false),

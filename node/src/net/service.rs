@@ -19,6 +19,11 @@ use super::codec::{CodecError, InferRequest, InferResponse};
 use super::protocol::{INFER_PROTOCOL, InferCodec};
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
+/// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
+/// that are connected only through nodes still reach each other.
+const EVIDENCE_TOPIC: &str = "infergrid/evidence/1";
+/// Largest gossip message: fault evidence carries a session's hidden states.
+pub const MAX_GOSSIP_BYTES: usize = 16 << 20;
 
 /// What a node tells the swarm about itself every few seconds (gossipsub).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +71,8 @@ pub enum Inbound {
     },
     /// A peer's load announcement.
     Announcement { from: PeerId, announcement: Announcement },
+    /// Fault evidence published by `from` (unchecked bytes: check them against the chain).
+    Evidence { from: PeerId, evidence: Vec<u8> },
 }
 
 enum Command {
@@ -92,6 +99,9 @@ enum Command {
     },
     Publish {
         announcement: Announcement,
+    },
+    PublishEvidence {
+        evidence: Vec<u8>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -202,6 +212,11 @@ impl Network {
         self.send(Command::Publish { announcement }).await
     }
 
+    /// Publishes fault evidence to every validator (relayed by every peer).
+    pub async fn publish_evidence(&self, evidence: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::PublishEvidence { evidence }).await
+    }
+
     /// Stops the swarm: connections close and peers see this node go away.
     pub async fn shutdown(&self) -> Result<(), NetError> {
         self.send(Command::Shutdown).await
@@ -241,6 +256,7 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, String> {
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                .max_transmit_size(MAX_GOSSIP_BYTES)
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossipsub = gossipsub::Behaviour::new(
@@ -286,11 +302,13 @@ impl EventLoop {
         for addr in &config.listen {
             self.swarm.listen_on(addr.clone()).map_err(|e| format!("listen on {addr}: {e}"))?;
         }
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&gossipsub::IdentTopic::new(ANNOUNCE_TOPIC))
-            .map_err(|e| e.to_string())?;
+        for topic in [ANNOUNCE_TOPIC, EVIDENCE_TOPIC] {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .map_err(|e| e.to_string())?;
+        }
         for addr in &config.bootstrap {
             if let Some(peer) = peer_of(addr) {
                 self.dial(peer, addr.clone());
@@ -340,6 +358,12 @@ impl EventLoop {
                 // No subscribed peer yet is not an error: the next announcement will reach them.
                 let _ =
                     behaviour.gossipsub.publish(gossipsub::IdentTopic::new(ANNOUNCE_TOPIC), data);
+            }
+            Command::PublishEvidence { evidence } => {
+                // Published again while its vote runs, so a peer missing now is not lost.
+                let _ = behaviour
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(EVIDENCE_TOPIC), evidence);
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -401,8 +425,12 @@ impl EventLoop {
                 message,
                 ..
             })) => {
-                if let (Some(from), Ok(announcement)) =
-                    (message.source, serde_json::from_slice::<Announcement>(&message.data))
+                let Some(from) = message.source else { return };
+                if message.topic == gossipsub::IdentTopic::new(EVIDENCE_TOPIC).hash() {
+                    let evidence = message.data;
+                    let _ = self.inbound.send(Inbound::Evidence { from, evidence }).await;
+                } else if let Ok(announcement) =
+                    serde_json::from_slice::<Announcement>(&message.data)
                 {
                     let _ = self.inbound.send(Inbound::Announcement { from, announcement }).await;
                 }

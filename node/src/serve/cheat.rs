@@ -1,5 +1,6 @@
 //! Deliberately wrong answers, to show that validators catch them. For tests and benchmarks
-//! only: a node that runs one is reported, convicted and slashed.
+//! only: a node that runs one is reported, convicted and slashed. Two kinds: perturbing a
+//! fraction of answers after computing them, and "lazy" — skipping work on every answer.
 
 use std::sync::Mutex;
 
@@ -9,11 +10,16 @@ use rand::{Rng, SeedableRng};
 use crate::engine::Activation;
 use crate::net::codec::Payload;
 
-/// Perturbs a fraction of a node's answers.
+/// How a testing node cheats.
 #[derive(Debug)]
-pub struct Cheat {
-    fraction: f64,
-    rng: Mutex<StdRng>,
+pub enum Cheat {
+    /// Perturbs a fraction of its answers.
+    Perturb { fraction: f64, rng: Box<Mutex<StdRng>> },
+    /// Skips the last block of its span on every answer where the skipped block's output
+    /// would be hidden states (not logits) and its input is at hand: the block's input is
+    /// passed on as its output, the residual stream unchanged — most of the value, none of
+    /// the block's compute.
+    Lazy,
 }
 
 impl Cheat {
@@ -23,15 +29,25 @@ impl Cheat {
 
     /// Perturbs each answer with probability `fraction` (seeded, so a test is repeatable).
     pub fn perturbing(fraction: f64, seed: u64) -> Self {
-        Self { fraction: fraction.clamp(0.0, 1.0), rng: Mutex::new(StdRng::seed_from_u64(seed)) }
+        Self::Perturb {
+            fraction: fraction.clamp(0.0, 1.0),
+            rng: Box::new(Mutex::new(StdRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// Whether this cheat skips blocks.
+    pub fn is_lazy(&self) -> bool {
+        matches!(self, Self::Lazy)
     }
 
     /// Maybe perturbs `output`: every value times `1 + RELATIVE_NOISE · u`, `u` uniform in
     /// [−1, 1]. Returns whether it did.
     pub fn apply(&self, output: &mut Payload) -> bool {
-        let Payload::Tensor(tensor) = output else { return false };
-        let mut rng = self.rng.lock().expect("cheat rng");
-        if !rng.random_bool(self.fraction) {
+        let (Self::Perturb { fraction, rng }, Payload::Tensor(tensor)) = (self, output) else {
+            return false;
+        };
+        let mut rng = rng.lock().expect("cheat rng");
+        if !rng.random_bool(*fraction) {
             return false;
         }
         let data = tensor
@@ -64,5 +80,7 @@ mod tests {
         }
         assert!((900..1100).contains(&perturbed), "{perturbed} of 4000");
         assert!(!Cheat::perturbing(1.0, 1).apply(&mut Payload::Empty));
+        let mut untouched = Payload::Tensor(clean.clone());
+        assert!(!Cheat::Lazy.apply(&mut untouched), "lazy skips work, it does not perturb");
     }
 }

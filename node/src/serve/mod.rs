@@ -217,7 +217,18 @@ impl BlockServer {
             }
             payload => {
                 let position = request.position as usize;
-                run_chain(blocks, block_input(payload)?, |block, input| {
+                let mut span: Vec<&BlockRunner> = blocks.collect();
+                if self.cheat.as_ref().is_some_and(Cheat::is_lazy)
+                    && span.last().is_some_and(|last| !last.is_last())
+                {
+                    if span.len() > 1 {
+                        span.pop();
+                    } else if matches!(payload, Payload::Tensor(_)) {
+                        // Nothing left to run: the input goes back as the output.
+                        return Ok(payload);
+                    }
+                }
+                run_chain(span, block_input(payload)?, |block, input| {
                     block.forward(session, position, input)
                 })
             }

@@ -3,6 +3,7 @@
 
 mod challenge;
 mod epoch;
+mod evidence;
 mod judge;
 mod merkle;
 mod response;
@@ -10,6 +11,7 @@ mod results;
 
 pub use challenge::{ChallengeRef, ChallengeSession, ChallengeSet, ChallengeStep};
 pub use epoch::{ChainClock, EpochClock};
+pub use evidence::{EvidenceError, FaultEvidence, MAX_EVIDENCE_STEPS, ReportedFault, SignedStep};
 pub use judge::{DEFAULT_TOLERANCE, Judge, Verdict, relative_error};
 pub use merkle::{ChallengeTree, fold_proof};
 pub use response::{ResponseAttestation, challenge_leaf, validation_domain};

@@ -6,10 +6,10 @@
 use alloy::primitives::Address;
 use libp2p::PeerId;
 
-use crate::gateway::{Answer, BadAnswer, HopClient, HopError, TermsBook};
-use crate::net::codec::{Payload, StepKind};
+use crate::gateway::{BadAnswer, HopClient, HopError, TermsBook};
+use crate::net::codec::{InferRequest, Payload, StepKind};
 use crate::route::Hop;
-use crate::validate::{ChallengeRef, ChallengeSet, Judge, ResultBook, Verdict};
+use crate::validate::{ChallengeRef, ChallengeSet, FaultEvidence, Judge, SignedStep, Verdict};
 
 /// A wrong answer to a challenge, with what a fault report needs.
 #[derive(Debug, Clone)]
@@ -17,9 +17,13 @@ pub struct Failure {
     pub operator: Address,
     pub peer: PeerId,
     pub challenge: ChallengeRef,
-    /// The signed answer: reportable evidence.
-    pub answer: Answer,
+    /// The hop's signed steps of the session up to the wrong one: what the other validators
+    /// re-execute. The last step is the wrong answer.
+    pub evidence: FaultEvidence,
     pub verdict: Verdict,
+    /// Whether the node signed it for the epoch of the challenge set (one signed across an
+    /// epoch boundary is wrong all the same, but no committed root covers it).
+    pub reportable: bool,
 }
 
 /// What one challenge session found.
@@ -46,27 +50,40 @@ pub struct Challenger<'a> {
 }
 
 impl Challenger<'_> {
-    /// Runs session `index` of `set` along `route` (which must cover every block), counting
-    /// each judged answer in `book` for `epoch` under the hop's operator, then closes the
-    /// session on every hop. Blocks on the network: call from a blocking thread.
+    /// Runs session `index` of `set` (the challenge set of `epoch`) along `route` (which must
+    /// cover every block), passing each judged answer to `record` with the hop's operator,
+    /// then closes the session on every hop. Blocks on the network: call from a blocking
+    /// thread.
     pub fn run(
         &self,
         set: &ChallengeSet,
         index: usize,
         route: &[Hop],
         epoch: u64,
-        book: &mut ResultBook,
+        mut record: impl FnMut(Address, bool),
     ) -> SessionOutcome {
         let session = &set.sessions[index];
         let mut outcome = SessionOutcome::default();
+        // Each hop's signed steps so far: the prefix of any fault evidence against it.
+        let mut signed: Vec<Vec<SignedStep>> = vec![Vec::new(); route.len()];
         'steps: for step in &session.steps {
-            for hop in route {
+            for (at, hop) in route.iter().enumerate() {
                 let Some(operator) = self.operator(&hop.peer) else {
                     outcome.stopped = Some(format!("no operator known for {}", hop.peer));
                     break 'steps;
                 };
-                let input = step.inputs[hop.first_block as usize].clone();
-                match self.hops.call(hop, session.session, step.position, step.kind, input) {
+                let request = InferRequest {
+                    model_id: set.model_id,
+                    first_block: hop.first_block,
+                    last_block: hop.last_block,
+                    session: session.session,
+                    position: step.position,
+                    kind: step.kind,
+                    payment: None,
+                    payload: step.inputs[hop.first_block as usize].clone(),
+                };
+                let payload = request.payload.clone();
+                match self.hops.call(hop, session.session, step.position, step.kind, payload) {
                     Ok(answer) => {
                         let Some(challenge) = set.find(&answer.request_hash).copied() else {
                             outcome.stopped = Some("a request outside the challenge set".into());
@@ -78,22 +95,30 @@ impl Challenger<'_> {
                             }
                             _ => Verdict::Malformed,
                         };
-                        book.record(epoch, operator, verdict.passed());
+                        record(operator, verdict.passed());
+                        let signed_epoch = answer.epoch.unwrap_or(epoch);
+                        signed[at].push(SignedStep {
+                            request,
+                            output: answer.output,
+                            signature: answer.signature,
+                            epoch: signed_epoch,
+                        });
                         if verdict.passed() {
                             outcome.passed += 1;
                         } else {
-                            let peer = hop.peer;
+                            let steps = signed[at].clone();
                             outcome.failures.push(Failure {
                                 operator,
-                                peer,
+                                peer: hop.peer,
                                 challenge,
-                                answer,
+                                evidence: FaultEvidence { node: operator, steps },
                                 verdict,
+                                reportable: answer.epoch == Some(epoch),
                             });
                         }
                     }
                     Err(HopError::Invalid(bad)) => {
-                        book.record(epoch, operator, false);
+                        record(operator, false);
                         outcome.unsigned.push((hop.peer, bad));
                         // The hop's cache now misses this step: the session cannot go on.
                         outcome.stopped =

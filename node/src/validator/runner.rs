@@ -1,0 +1,207 @@
+//! A validator's epoch loop. Before epoch `e + 1` begins it builds that epoch's secret
+//! challenge set and commits its Merkle root; during epoch `e` it sends that epoch's sessions
+//! at random times spread over the epoch, each along a random route through the staked
+//! nodes, paid like any dApp's requests; every judged answer goes to the result rounds and
+//! every wrong one to the reporter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use tokio::sync::mpsc;
+
+use super::Challenger;
+use super::faults::FoundFault;
+use super::rounds::RoundEvent;
+use crate::chain::ValidationClient;
+use crate::engine::Pipeline;
+use crate::gateway::{HopClient, TermsBook};
+use crate::route::{Candidate, Hop};
+use crate::validate::{ChainClock, ChallengeSet, EpochClock, Judge};
+
+/// How much challenging a validator does.
+#[derive(Debug, Clone, Copy)]
+pub struct ChallengeRate {
+    /// Challenge sessions per epoch.
+    pub sessions_per_epoch: usize,
+    /// Greedy decode steps after each session's prompt.
+    pub decode_steps: usize,
+    /// The share of the epoch, from its start, over which sessions are spread: the rest is
+    /// margin, so that every answer is signed inside the epoch its challenge was committed for.
+    pub spread: f64,
+}
+
+/// The challenge loop's parts.
+pub struct ChallengeLoop {
+    pub validation: ValidationClient,
+    pub clock: EpochClock,
+    pub time: ChainClock,
+    pub pipeline: Arc<Pipeline>,
+    pub hops: Arc<HopClient>,
+    pub candidates: Arc<std::sync::Mutex<Vec<Candidate>>>,
+    pub operators: TermsBook,
+    pub judge: Judge,
+    /// Tokenized prompts that look like user traffic.
+    pub prompts: Vec<Vec<i64>>,
+    pub rate: ChallengeRate,
+    pub rounds: mpsc::UnboundedSender<RoundEvent>,
+    pub faults: mpsc::UnboundedSender<FoundFault>,
+}
+
+impl ChallengeLoop {
+    /// Runs forever: every epoch's set prepared and committed ahead, its sessions sent.
+    pub async fn run(self: Arc<Self>) {
+        let mut epoch = self.clock.epoch_at(self.time.now());
+        let mut next = self.clone().prepare(epoch + 1).await;
+        loop {
+            sleep_until(&self.time, self.clock.genesis + (epoch + 1) * self.clock.duration).await;
+            epoch += 1;
+            let current = next.take();
+            let preparing = tokio::spawn(self.clone().prepare(epoch + 1));
+            match current {
+                Some(set) => self.challenge(epoch, set).await,
+                None => eprintln!("validator: epoch {epoch}: no committed challenge set, idle"),
+            }
+            next = preparing.await.unwrap_or_else(|e| {
+                eprintln!("validator: preparing epoch {} failed: {e}", epoch + 1);
+                None
+            });
+        }
+    }
+
+    /// Builds the set of `epoch` on a blocking thread and commits its root; `None` (logged)
+    /// when it cannot be built, or committed before `epoch` begins.
+    async fn prepare(self: Arc<Self>, epoch: u64) -> Option<Arc<ChallengeSet>> {
+        let prompts: Vec<Vec<i64>> = {
+            let mut rng = rand::rng();
+            (0..self.rate.sessions_per_epoch)
+                .filter_map(|_| self.prompts.choose(&mut rng).cloned())
+                .collect()
+        };
+        let (pipeline, decode_steps) = (self.pipeline.clone(), self.rate.decode_steps);
+        let started = std::time::Instant::now();
+        let built = tokio::task::spawn_blocking(move || {
+            ChallengeSet::build(&pipeline, &prompts, decode_steps, rand::random)
+        })
+        .await;
+        let set = match built {
+            Ok(Ok(Some(set))) => Arc::new(set),
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                eprintln!("validator: building the challenge set of epoch {epoch} failed: {e}");
+                return None;
+            }
+            Err(e) => {
+                eprintln!("validator: building the challenge set of epoch {epoch} failed: {e}");
+                return None;
+            }
+        };
+        match self.validation.commit_challenge_root(epoch, set.root()).await {
+            Ok(_) => {
+                eprintln!(
+                    "validator: epoch {epoch}: committed challenge root {} ({} sessions, {} \
+                     requests, built in {:.1}s)",
+                    set.root(),
+                    set.sessions.len(),
+                    set.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                Some(set)
+            }
+            Err(e) => {
+                eprintln!("validator: committing the challenge root of epoch {epoch} refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// Sends every session of `set` at random times over the first `spread` of `epoch`.
+    async fn challenge(&self, epoch: u64, set: Arc<ChallengeSet>) {
+        let start = self.clock.genesis + epoch * self.clock.duration;
+        let window = self.clock.duration as f64 * self.rate.spread;
+        let mut times: Vec<f64> = {
+            let mut rng = rand::rng();
+            (0..set.sessions.len()).map(|_| rng.random_range(0.0..window)).collect()
+        };
+        times.sort_by(f64::total_cmp);
+        let (mut passed, mut failed) = (0usize, 0usize);
+        for (index, offset) in times.into_iter().enumerate() {
+            sleep_until(&self.time, start + offset as u64).await;
+            if self.time.now() >= start + window.ceil() as u64 {
+                eprintln!(
+                    "validator: epoch {epoch}: session {index} left out: too late in the epoch"
+                );
+                continue;
+            }
+            let route = {
+                let candidates = self.candidates.lock().expect("candidates");
+                random_route(&candidates, self.pipeline.blocks().len() as u16)
+            };
+            let Some(route) = route else {
+                eprintln!(
+                    "validator: epoch {epoch}: no staked nodes cover every block; session {index} left out"
+                );
+                continue;
+            };
+            let rounds = self.rounds.clone();
+            let (set_for_run, hops) = (set.clone(), self.hops.clone());
+            let operators = self.operators.clone();
+            let judge = self.judge;
+            let outcome = tokio::task::spawn_blocking(move || {
+                let challenger = Challenger { hops: &hops, judge, operators };
+                challenger.run(&set_for_run, index, &route, epoch, |node, passed| {
+                    let _ = rounds.send(RoundEvent::Judged { epoch, node, passed });
+                })
+            })
+            .await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    eprintln!("validator: epoch {epoch}: session {index} failed: {e}");
+                    continue;
+                }
+            };
+            passed += outcome.passed;
+            failed += outcome.failures.len() + outcome.unsigned.len();
+            if let Some(why) = &outcome.stopped {
+                eprintln!("validator: epoch {epoch}: session {index} stopped early: {why}");
+            }
+            for failure in outcome.failures {
+                let _ = self.faults.send(FoundFault { epoch, set: set.clone(), failure });
+            }
+        }
+        eprintln!(
+            "validator: epoch {epoch}: challenges sent; {passed} answers right, {failed} wrong"
+        );
+        let _ = self.rounds.send(RoundEvent::Challenged { epoch });
+    }
+}
+
+/// A route through every block, each hop drawn at random among the candidates serving its
+/// first block (to its span's end), so that over many sessions every node is challenged.
+pub fn random_route(candidates: &[Candidate], blocks: u16) -> Option<Vec<Hop>> {
+    let mut rng = rand::rng();
+    let mut route = Vec::new();
+    let mut at = 0u16;
+    while at < blocks {
+        let serving: Vec<&Candidate> =
+            candidates.iter().filter(|c| c.first_block <= at && at <= c.last_block).collect();
+        let chosen = serving.choose(&mut rng)?;
+        let last = chosen.last_block.min(blocks - 1);
+        route.push(Hop { peer: chosen.peer, first_block: at, last_block: last });
+        at = last + 1;
+    }
+    Some(route)
+}
+
+/// Sleeps until the chain's clock reads `unix_secs`.
+pub async fn sleep_until(time: &ChainClock, unix_secs: u64) {
+    loop {
+        let now = time.now();
+        if now >= unix_secs {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs((unix_secs - now).min(5))).await;
+    }
+}

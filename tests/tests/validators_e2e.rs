@@ -1,0 +1,205 @@
+//! The trust loop as it runs: `infergrid devnet` with six node processes (three blocks, two
+//! nodes each), three `infergrid validator run` processes and short epochs. One node cheats;
+//! the validators challenge every node through the swarm as paid traffic, report the cheat
+//! with its evidence, vote by re-executing it, and the chain slashes and jails it, while the
+//! honest nodes are scored above neutral. Everything is read back through `cast` and
+//! `infergrid audit`, independently of the validators' own logs.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use infergrid::devnet::Role;
+use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+use infergrid::generate::{Prompt, SamplingParams, generate};
+use infergrid::tools::{Tool, locate};
+use infergrid_e2e::dev;
+use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::procs::{SWARM, binary, devnet_with, post};
+
+const EPOCH_SECS: u64 = 20;
+/// The node `--testing-cheat` names: operator 4 serves block 4 mod 3 = 1, a middle block, so
+/// a lazy node has a block to skip.
+const CHEAT: usize = 4;
+
+/// `cast call` on the devnet, each word of the answer without cast's `[1e21]` annotations.
+fn cast_call(rpc: &str, to: &str, signature: &str, args: &[String]) -> Vec<String> {
+    let out = Command::new(locate(Tool::Cast).unwrap())
+        .args(["call", "--rpc-url", rpc, to, signature])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cast: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(", ")
+        .map(|word| word.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A node's record as `Validation.getNodeRecord` returns it.
+#[derive(Debug)]
+struct Record {
+    reputation_bps: u64,
+    epochs_scored: u64,
+    faults: u64,
+    total_slashed: String,
+}
+
+struct Devnet {
+    rpc: String,
+    validation: String,
+    registry: String,
+    deployment: String,
+}
+
+impl Devnet {
+    fn record(&self, operator: &str) -> Record {
+        let words = cast_call(
+            &self.rpc,
+            &self.validation,
+            "getNodeRecord(address)((uint32,uint32,uint64,uint64,uint32,uint256))",
+            &[operator.to_owned()],
+        );
+        let number = |i: usize| words[i].parse::<u64>().unwrap();
+        Record {
+            reputation_bps: number(0),
+            epochs_scored: number(1),
+            faults: number(4),
+            total_slashed: words[5].clone(),
+        }
+    }
+
+    fn reputation(&self, operator: &str) -> u64 {
+        let words = cast_call(
+            &self.rpc,
+            &self.validation,
+            "reputationOf(address)(uint32)",
+            &[operator.into()],
+        );
+        words[0].parse().unwrap()
+    }
+
+    fn active(&self, operator: &str) -> bool {
+        let words =
+            cast_call(&self.rpc, &self.registry, "isActive(address)(bool)", &[operator.into()]);
+        words[0] == "true"
+    }
+
+    fn audit(&self, operator: &str) -> serde_json::Value {
+        let out = Command::new(binary())
+            .args(["audit", "--rpc-url", &self.rpc, "--deployment", &self.deployment])
+            .args(["node", operator, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "audit: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Runs a devnet with node `CHEAT` cheating as `cheat` (`perturb:0.05`, `lazy`) and checks the
+/// whole loop; returns after the honest nodes are scored.
+fn convicts(cheat: &str) {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "3", "--seed", "21"]).unwrap();
+    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
+    let m = model.to_str().unwrap();
+    let started = Instant::now();
+    let cheat_spec = format!("{CHEAT}:{cheat}");
+    let epoch = EPOCH_SECS.to_string();
+    let (_devnet, manifest, deployment) = devnet_with(
+        dir.path(),
+        m,
+        &[
+            "--nodes",
+            "6",
+            "--validators",
+            "3",
+            "--epoch-secs",
+            &epoch,
+            "--challenges-per-epoch",
+            "8",
+            "--api",
+            "127.0.0.1:0",
+            "--testing-cheat",
+            &cheat_spec,
+        ],
+    );
+    let chain = Devnet {
+        rpc: manifest["rpc_url"].as_str().unwrap().to_owned(),
+        validation: manifest["contracts"]["validation"].as_str().unwrap().to_owned(),
+        registry: manifest["contracts"]["registry"].as_str().unwrap().to_owned(),
+        deployment: deployment.to_str().unwrap().to_owned(),
+    };
+    let operators: Vec<String> =
+        (0..6).map(|i| dev(Role::Operator, i).address.to_string()).collect();
+    let cheater = &operators[CHEAT];
+    assert_eq!(chain.reputation(cheater), 5_000, "neutral before any epoch is scored");
+
+    // Epoch 0 has no committed challenge set (roots are committed before an epoch begins):
+    // the first challenged epoch is the one after the devnet came up. Conviction is due
+    // within three challenged epochs.
+    let deadline = started + Duration::from_secs(EPOCH_SECS * 5);
+    while chain.active(cheater) {
+        assert!(Instant::now() < deadline, "the {cheat} node was not convicted within 3 epochs");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let convicted_after = started.elapsed().as_secs_f64();
+    let record = chain.record(cheater);
+    eprintln!("{cheat} node convicted {convicted_after:.0} s after start: {record:?}");
+    assert!(record.faults >= 1, "{record:?}");
+    assert_ne!(record.total_slashed, "0", "{record:?}");
+    assert_eq!(chain.reputation(cheater), 0, "cast reads a convicted node's reputation as 0");
+    let audit = chain.audit(cheater);
+    assert_eq!(audit["node"]["reputation_bps"], 0, "{audit}");
+
+    // Honest nodes: scored above neutral by the validators' revealed results, never slashed.
+    let honest: Vec<&String> = operators.iter().filter(|o| *o != cheater).collect();
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 6);
+    loop {
+        let records: Vec<Record> = honest.iter().map(|o| chain.record(o)).collect();
+        for record in &records {
+            assert_eq!((record.faults, record.total_slashed.as_str()), (0, "0"), "{records:?}");
+        }
+        if records.iter().all(|r| r.epochs_scored >= 1 && r.reputation_bps > 5_000) {
+            eprintln!("honest nodes scored: {records:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "honest nodes not all scored: {records:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // Users are routed around the jailed node: greedy output through the gateway matches the
+    // model run in one process.
+    let api = manifest["api_url"].as_str().unwrap();
+    let prompt = "the quick brown fox";
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let (status, body) = post(
+        &format!("{api}/completions"),
+        &serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 16, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let remote: Vec<u32> = serde_json::from_value(body["choices"][0]["token_ids"].clone()).unwrap();
+    let runtime = Runtime::new(Device::Cpu, None).unwrap();
+    let local = Pipeline::load(&model, &runtime, CacheLimits::default()).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let params = SamplingParams { temperature: 0.0, ..Default::default() };
+    let expected =
+        generate(&mut &local, &tokenizer, 1, Prompt::Text(prompt), 16, &[], params, |_| {})
+            .unwrap();
+    let expected: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
+    assert_eq!(remote, expected, "the gateway's greedy output differs from the local run");
+}
+
+#[test]
+fn validators_convict_a_node_perturbing_five_percent_of_answers() {
+    convicts("perturb:0.05");
+}
+
+#[test]
+fn validators_convict_a_lazy_node() {
+    convicts("lazy");
+}
