@@ -16,6 +16,13 @@ pub enum BenchCommand {
     /// Added latency per network hop against a raw TCP echo, and decode speed of a pipeline
     /// of 3 nodes over libp2p against the in-process split model.
     Swarm(super::bench_swarm::SwarmBench),
+    /// Calibrates the validators' judge: the largest error of honest answers from node
+    /// engines at --threads 1 and 2 and several graph optimization levels, and the smallest
+    /// error of perturbed and lazy answers, both as fractions of the tolerance.
+    Judge(super::bench_judge::JudgeBench),
+    /// Internal: one node configuration of `bench judge`, run as a child process.
+    #[command(hide = true)]
+    JudgeWorker(super::bench_judge::JudgeWorker),
 }
 
 #[derive(Debug, Args)]
@@ -77,17 +84,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => tokio::task::block_in_place(|| engine(args)),
         BenchCommand::Swarm(args) => super::bench_swarm::run(args).await,
+        BenchCommand::Judge(args) => tokio::task::block_in_place(|| {
+            let root = tools::repo_root().context(
+                "the benchmark uses scripts/: run it inside the repository after scripts/setup",
+            )?;
+            super::bench_judge::run(args, &root)
+        }),
+        BenchCommand::JudgeWorker(args) => {
+            tokio::task::block_in_place(|| super::bench_judge::worker(args))
+        }
     }
 }
 
 /// The benchmark model imported whole and as 3 blocks (cached in `--work`); its label.
 fn bench_models(args: &EngineBench, root: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     let (source, label) = match &args.gguf {
-        Some(gguf) => {
-            let stem = gguf.file_stem().map(|s| s.to_string_lossy().into_owned());
-            let label = stem.context("--gguf names no file")?;
-            (vec!["--gguf".to_owned(), path(gguf)], label)
-        }
+        Some(gguf) => (vec!["--gguf".to_owned(), path(gguf)], gguf_label(gguf)?),
         None => {
             let hf = args.work.join("llama-126mb-hf");
             if !hf.join("config.json").is_file() {
@@ -98,18 +110,45 @@ fn bench_models(args: &EngineBench, root: &Path) -> anyhow::Result<(PathBuf, Pat
             (vec!["--hf".to_owned(), path(&hf)], "llama-126mb".to_owned())
         }
     };
-    let (whole, split) =
-        (args.work.join(format!("{label}-1block")), args.work.join(format!("{label}-3blocks")));
-    for (dir, blocks) in [(&whole, "1"), (&split, "3")] {
-        if dir.join("manifest.json").is_file() {
-            eprintln!("bench: using the import in {} (delete it to re-import)", dir.display());
-        } else {
-            eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
-            let out = ["--out", &path(dir), "--blocks", blocks].map(String::from);
-            script(root, "import-model", source.iter().cloned().chain(out))?;
-        }
-    }
+    let whole = import_once(root, &source, &args.work.join(format!("{label}-1block")), 1)?;
+    let split = import_once(root, &source, &args.work.join(format!("{label}-3blocks")), 3)?;
     Ok((whole, split, label))
+}
+
+/// A GGUF file imported in `blocks` blocks into `work` (cached); its label and folder.
+pub fn imported(
+    work: &Path,
+    root: &Path,
+    gguf: &Path,
+    blocks: usize,
+) -> anyhow::Result<(String, PathBuf)> {
+    let label = gguf_label(gguf)?;
+    let dir = work.join(format!("{label}-{blocks}block{}", if blocks == 1 { "" } else { "s" }));
+    let source = ["--gguf".to_owned(), path(gguf)];
+    Ok((label, import_once(root, &source, &dir, blocks)?))
+}
+
+fn gguf_label(gguf: &Path) -> anyhow::Result<String> {
+    let stem = gguf.file_stem().map(|s| s.to_string_lossy().into_owned());
+    stem.context("--gguf names no file")
+}
+
+/// Imports `source` (`--hf DIR` or `--gguf FILE`) in `blocks` blocks into `dir`, unless an
+/// import is already there.
+fn import_once(
+    root: &Path,
+    source: &[String],
+    dir: &Path,
+    blocks: usize,
+) -> anyhow::Result<PathBuf> {
+    if dir.join("manifest.json").is_file() {
+        eprintln!("bench: using the import in {} (delete it to re-import)", dir.display());
+    } else {
+        eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
+        let out = ["--out".to_owned(), path(dir), "--blocks".to_owned(), blocks.to_string()];
+        script(root, "import-model", source.iter().cloned().chain(out))?;
+    }
+    Ok(dir.to_path_buf())
 }
 
 fn engine(args: EngineBench) -> anyhow::Result<()> {
@@ -294,7 +333,7 @@ fn resident_bytes() -> anyhow::Result<f64> {
     Ok(kb * 1024.0)
 }
 
-fn script(
+pub fn script(
     root: &Path,
     name: &str,
     args: impl IntoIterator<Item = String>,

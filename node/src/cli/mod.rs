@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_http;
+mod bench_judge;
 mod bench_swarm;
 mod chain;
 mod channels;

@@ -319,7 +319,7 @@ async fn run_validator(
 
 /// The corpus, each prompt sent as a user message through the model's chat template (as
 /// `/v1/chat/completions` would) and tokenized.
-fn corpus(
+pub fn corpus(
     manifest: &infergrid::model::ModelManifest,
     tokenizer: &tokenizers::Tokenizer,
 ) -> anyhow::Result<Vec<Vec<i64>>> {

@@ -12,5 +12,5 @@ pub use block::{BlockRunner, EncoderMask};
 pub use error::EngineError;
 pub use kv::CacheLimits;
 pub use pipeline::{Pipeline, run_chain};
-pub use runtime::{Device, GpuInfo, Runtime};
+pub use runtime::{Device, GpuInfo, Optimization, Runtime};
 pub use tensor::{Activation, ActivationError, BlockInput};
