@@ -155,6 +155,12 @@ fn convicts(cheat: &str) {
     assert_eq!(chain.reputation(cheater), 0, "cast reads a convicted node's reputation as 0");
     let audit = chain.audit(cheater);
     assert_eq!(audit["node"]["reputation_bps"], 0, "{audit}");
+    // The auditor's per-epoch view names the epoch of the conviction.
+    let epochs = audit["epochs"].as_array().expect("epochs");
+    assert!(
+        epochs.iter().any(|e| e["reports"].as_u64() >= Some(1) && e["guilty"].as_u64() >= Some(1)),
+        "{epochs:?}"
+    );
 
     // Honest nodes: scored above neutral by the validators' revealed results, never slashed.
     let honest: Vec<&String> = operators.iter().filter(|o| *o != cheater).collect();
@@ -166,6 +172,11 @@ fn convicts(cheat: &str) {
         }
         if records.iter().all(|r| r.epochs_scored >= 1 && r.reputation_bps > 5_000) {
             eprintln!("honest nodes scored: {records:?}");
+            let audit = chain.audit(honest[0]);
+            let scored = audit["epochs"].as_array().expect("epochs").iter().any(|e| {
+                e["score_bps"].as_u64() == Some(10_000) && e["revealed"].as_u64() >= Some(2)
+            });
+            assert!(scored, "an epoch finalized at 10000 bps: {}", audit["epochs"]);
             break;
         }
         assert!(Instant::now() < deadline, "honest nodes not all scored: {records:?}");

@@ -138,6 +138,9 @@ pub struct Contracts {
     pub validation: ValidationClient,
 }
 
+/// One transaction submission at a time per process (see [`send`]).
+static SUBMISSION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sends a contract call as a transaction and waits until it is mined.
 ///
 /// Reverts surface as [`ChainError::Reverted`] with the decoded custom error, because the
@@ -147,7 +150,15 @@ where
     P: Provider,
     D: CallDecoder,
 {
-    let pending = call.send().await?;
+    // Submissions from one process go one at a time: the nonce is read from the node for each
+    // transaction (see `Account::connect`), so two submitted at once would get the same one
+    // and one would be refused "nonce too low". Only the submission is serialized — the gas
+    // estimate, the nonce read and the raw send, as any nonce manager must — never the wait
+    // for the receipt, so a validator's commits, reports and votes still confirm in parallel.
+    let pending = {
+        let _submitting = SUBMISSION.lock().await;
+        call.send().await?
+    };
     let hash = *pending.tx_hash();
     // With anvil's automine the receipt exists as soon as the send returns; asking for it
     // directly avoids the watcher's poll interval on every transaction.

@@ -4,8 +4,8 @@
 use alloy::primitives::Address;
 use clap::{Args, Subcommand};
 use infergrid::chain::audit::{
-    AuditError, Auditor, DEFAULT_LOG_WINDOW, HistoryEvent, NodeAudit, Value, format_tokens,
-    peer_id_text,
+    AuditError, Auditor, DEFAULT_LOG_WINDOW, EpochSummary, HistoryEvent, NodeAudit, Value, epochs,
+    format_tokens, peer_id_text,
 };
 use serde::Serialize;
 
@@ -43,6 +43,8 @@ enum AuditCommand {
 struct NodeReport<'a> {
     /// `null` for an operator whose node was deregistered: its history stays on the chain.
     node: Option<&'a NodeAudit>,
+    /// The history folded per epoch: results, score, reports, verdicts, slashes.
+    epochs: &'a [EpochSummary],
     history: &'a [HistoryEvent],
 }
 
@@ -78,8 +80,9 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let epochs = epochs(&history);
             if json {
-                let report = NodeReport { node: node.as_ref(), history: &history };
+                let report = NodeReport { node: node.as_ref(), epochs: &epochs, history: &history };
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 match &node {
@@ -89,6 +92,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                         auditor.block()
                     ),
                 }
+                print_epochs(&epochs);
                 print_history(operator, &history);
             }
         }
@@ -169,6 +173,31 @@ pub fn print_node(n: &NodeAudit) {
     println!("faults       {}, {} slashed in all", n.faults, format_tokens(n.total_slashed));
     println!("multiaddrs   {}", n.multiaddrs.join(", "));
     println!("as of block  {}", n.as_of_block);
+}
+
+/// One line per epoch the validators or a report touched.
+fn print_epochs(epochs: &[EpochSummary]) {
+    println!("epochs       {} with validation activity", epochs.len());
+    for e in epochs {
+        let score = match e.score_bps {
+            Some(bps) => format!("score {bps} bps"),
+            None => "not finalized".to_owned(),
+        };
+        let mut line = format!(
+            "  epoch {}: {score}; results {} committed, {} revealed: {} passed, {} failed",
+            e.epoch, e.committed, e.revealed, e.passed, e.failed
+        );
+        if e.reports > 0 {
+            line.push_str(&format!(
+                "; {} reports: {} guilty, {} rejected, {} slashed",
+                e.reports,
+                e.guilty,
+                e.rejected,
+                format_tokens(e.slashed)
+            ));
+        }
+        println!("{line}");
+    }
 }
 
 /// One line per event; the audited node's own address is left out of its fields.

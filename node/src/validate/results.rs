@@ -137,16 +137,19 @@ impl ResultBook {
             }
         }
         self.save()?;
-        let mut sent = Vec::with_capacity(due.len());
-        for key in due {
-            let result = &self.results[&key];
-            let outcome = async {
-                let commitment = validation
-                    .result_commitment(result.node, epoch, result.tally(), validator)
-                    .await?;
-                validation.commit_result(result.node, epoch, commitment).await.map(|_| ())
+        // Sent all at once: a round's windows are short, and each commitment waits on its
+        // own receipt.
+        let outcomes = futures::future::join_all(due.iter().map(|key| {
+            let tally = self.results[key].tally();
+            async move {
+                let commitment =
+                    validation.result_commitment(key.1, epoch, tally, validator).await?;
+                validation.commit_result(key.1, epoch, commitment).await.map(|_| ())
             }
-            .await;
+        }))
+        .await;
+        let mut sent = Vec::with_capacity(due.len());
+        for (key, outcome) in due.into_iter().zip(outcomes) {
             let result = self.results.get_mut(&key).expect("listed");
             match &outcome {
                 Ok(()) => result.stage = Stage::Committed,
@@ -175,10 +178,12 @@ impl ResultBook {
             .filter(|r| matches!(r.stage, Stage::Sealed | Stage::Committed))
             .cloned()
             .collect();
+        let outcomes = futures::future::join_all(due.iter().map(|result| async move {
+            validation.reveal_result(result.node, epoch, result.tally()).await.map(|_| ())
+        }))
+        .await;
         let mut sent = Vec::with_capacity(due.len());
-        for result in due {
-            let outcome =
-                validation.reveal_result(result.node, epoch, result.tally()).await.map(|_| ());
+        for (result, outcome) in due.into_iter().zip(outcomes) {
             if outcome.is_ok() {
                 self.results.get_mut(&(epoch, result.node)).expect("listed").stage =
                     Stage::Revealed;

@@ -18,7 +18,7 @@ use crate::validate::{ChainClock, EpochClock, ResultBook, Sent};
 pub enum RoundEvent {
     /// One judged answer of `node` in `epoch`.
     Judged { epoch: u64, node: Address, passed: bool },
-    /// `epoch` was challenged: commit and reveal its results when their windows open.
+    /// `epoch` is being challenged: commit and reveal its results when their windows open.
     Challenged { epoch: u64 },
 }
 

@@ -118,6 +118,9 @@ impl ChallengeLoop {
 
     /// Sends every session of `set` at random times over the first `spread` of `epoch`.
     async fn challenge(&self, epoch: u64, set: Arc<ChallengeSet>) {
+        // The round is scheduled now, not after the last session: a session running late
+        // must not push the commitments out of their window.
+        let _ = self.rounds.send(RoundEvent::Challenged { epoch });
         let start = self.clock.genesis + epoch * self.clock.duration;
         let window = self.clock.duration as f64 * self.rate.spread;
         let mut times: Vec<f64> = {

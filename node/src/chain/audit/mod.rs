@@ -5,9 +5,11 @@
 //! from the same chain state and can be checked against `cast call --block N`. Nothing here
 //! needs a key.
 
+mod epochs;
 mod events;
 mod history;
 
+pub use epochs::{EpochSummary, epochs};
 pub use events::{HistoryEvent, NodeEvent, Value};
 
 use alloy::eips::BlockId;
