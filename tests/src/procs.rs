@@ -76,11 +76,22 @@ pub static SWARM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Starts `infergrid devnet` for `model` and waits for its ready file; returns it and the
 /// manifest it wrote.
 pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
-    devnet_with(dir, model, &[])
+    devnet_started(dir, model, &[], Stdio::inherit())
 }
 
-/// [`devnet`] with `extra` arguments (its nodes, validators, epochs).
+/// [`devnet`] with `extra` arguments (its nodes, validators, epochs); what its processes log
+/// goes to `dir/devnet.log`.
 pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json::Value, PathBuf) {
+    let log = std::fs::File::create(dir.join("devnet.log")).unwrap();
+    devnet_started(dir, model, extra, Stdio::from(log))
+}
+
+fn devnet_started(
+    dir: &Path,
+    model: &str,
+    extra: &[&str],
+    stderr: Stdio,
+) -> (Proc, serde_json::Value, PathBuf) {
     let ready_file = dir.join("ready.json");
     let out = dir.join("devnet");
     let mut devnet = Proc(
@@ -98,6 +109,7 @@ pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json
             ])
             .args(extra)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );
@@ -122,9 +134,10 @@ pub struct Swarm<'a> {
 
 impl Swarm<'_> {
     /// `infergrid node` as devnet operator `index`, serving `blocks`, listening on the port
-    /// registered for it (40000 + index), with `extra` arguments.
+    /// registered for it (`NODE_PORT_BASE + index`), with `extra` arguments.
     pub fn node(&self, index: usize, blocks: &str, extra: &[&str]) -> Proc {
-        let listen = format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index);
+        let port = usize::from(infergrid::devnet::NODE_PORT_BASE) + index;
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         let ledger = self.dir.join(format!("node-{index}.redb"));
         let mut args = vec!["node", "--model", self.model, "--blocks", blocks, "--key-env"];
         args.extend(["NODE_KEY", "--rpc-url", self.rpc, "--deployment", self.deployment]);

@@ -37,7 +37,7 @@ async fn paid(c: &Contracts, channel: U256) -> U256 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousand_paid_completions_settle_exactly_even_across_a_node_crash() -> anyhow::Result<()> {
-    // The only test in this binary: the fixed node ports (40000+) are free; cargo runs test
+    // The only test in this binary: the fixed node ports (NODE_PORT_BASE+) are free; cargo runs test
     // binaries one after another.
     let dir = tempfile::tempdir()?;
     let hf = make_checkpoint(dir.path(), "llama", &["--layers", "3", "--seed", "11"])?;

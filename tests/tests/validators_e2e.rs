@@ -14,7 +14,7 @@ use infergrid::generate::{Prompt, SamplingParams, generate};
 use infergrid::tools::{Tool, locate};
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, make_checkpoint};
-use infergrid_e2e::procs::{SWARM, binary, devnet_with, post};
+use infergrid_e2e::procs::{Proc, SWARM, binary, devnet_with, post};
 
 const EPOCH_SECS: u64 = 20;
 /// The node `--testing-cheat` names: operator 4 serves block 4 mod 3 = 1, a middle block, so
@@ -99,41 +99,35 @@ impl Devnet {
     }
 }
 
-/// Runs a devnet with node `CHEAT` cheating as `cheat` (`perturb:0.05`, `lazy`) and checks the
-/// whole loop; returns after the honest nodes are scored.
-fn convicts(cheat: &str) {
-    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+/// A devnet of 6 node processes on a random 3-block llama, 3 validators and short epochs,
+/// started with `extra` arguments; the devnet, the chain, its manifest and the folder holding
+/// the model (`model/`) and the processes' log (`devnet.log`).
+fn start(extra: &[&str]) -> (Proc, Devnet, serde_json::Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let hf = make_checkpoint(dir.path(), "llama", &["--layers", "3", "--seed", "21"]).unwrap();
     let model = import(&hf, &dir.path().join("model"), 3).unwrap();
-    let m = model.to_str().unwrap();
-    let started = Instant::now();
-    let cheat_spec = format!("{CHEAT}:{cheat}");
     let epoch = EPOCH_SECS.to_string();
-    let (_devnet, manifest, deployment) = devnet_with(
-        dir.path(),
-        m,
-        &[
-            "--nodes",
-            "6",
-            "--validators",
-            "3",
-            "--epoch-secs",
-            &epoch,
-            "--challenges-per-epoch",
-            "8",
-            "--api",
-            "127.0.0.1:0",
-            "--testing-cheat",
-            &cheat_spec,
-        ],
-    );
+    let mut args = vec!["--nodes", "6", "--validators", "3", "--epoch-secs", &epoch];
+    args.extend(["--challenges-per-epoch", "8", "--api", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
+    let (devnet, manifest, deployment) = devnet_with(dir.path(), model.to_str().unwrap(), &args);
     let chain = Devnet {
         rpc: manifest["rpc_url"].as_str().unwrap().to_owned(),
         validation: manifest["contracts"]["validation"].as_str().unwrap().to_owned(),
         registry: manifest["contracts"]["registry"].as_str().unwrap().to_owned(),
         deployment: deployment.to_str().unwrap().to_owned(),
     };
+    (devnet, chain, manifest, dir)
+}
+
+/// Runs a devnet with node `CHEAT` cheating as `cheat` (`perturb:0.05`, `lazy`) and checks the
+/// whole loop; returns after the honest nodes are scored.
+fn convicts(cheat: &str) {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let cheat_spec = format!("{CHEAT}:{cheat}");
+    let (_devnet, chain, manifest, dir) = start(&["--testing-cheat", &cheat_spec]);
+    let model = dir.path().join("model");
     let operators: Vec<String> =
         (0..6).map(|i| dev(Role::Operator, i).address.to_string()).collect();
     let cheater = &operators[CHEAT];
@@ -213,4 +207,56 @@ fn validators_convict_a_node_perturbing_five_percent_of_answers() {
 #[test]
 fn validators_convict_a_lazy_node() {
     convicts("lazy");
+}
+
+/// A lying validator (perturbed expected answers, forged evidence published first) reports
+/// honest nodes: the others refuse the forged evidence, re-execute the genuine one, vote
+/// innocent, and no honest node is slashed; the report is closed without a conviction.
+#[test]
+fn a_lying_validator_is_outvoted_and_no_honest_node_is_slashed() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let (_devnet, chain, _manifest, dir) = start(&["--testing-false-reporter", "0"]);
+    let count = || {
+        let words = cast_call(&chain.rpc, &chain.validation, "faultReportCount()(uint256)", &[]);
+        words[0].parse::<u64>().unwrap()
+    };
+    // (status: 0 pending, 1 guilty, 2 rejected; guilty stake; innocent stake)
+    let report = |id: u64| {
+        let words = cast_call(
+            &chain.rpc,
+            &chain.validation,
+            "getFaultReport(uint256)((address,address,uint64,uint64,bytes32,uint256,uint256,uint256,uint8))",
+            &[id.to_string()],
+        );
+        (words[8].parse::<u8>().unwrap(), words[6].clone(), words[7].clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 6);
+    while count() == 0 {
+        assert!(Instant::now() < deadline, "the lying validator reported nothing");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The two honest validators hold 2/3 of the stake, one basis point short of the devnet's
+    // quorum: their innocent votes cannot reject the report outright, and it is closed as
+    // rejected when its vote window (one epoch) runs out.
+    let closes = Instant::now() + Duration::from_secs(EPOCH_SECS * 3);
+    let (status, guilty, innocent) = loop {
+        let (status, guilty, innocent) = report(1);
+        if status != 0 {
+            break (status, guilty, innocent);
+        }
+        assert!(Instant::now() < closes, "report 1 still pending");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!("report 1: status {status}, guilty stake {guilty}, innocent stake {innocent}");
+    assert_eq!(status, 2, "rejected");
+    assert_eq!(innocent, "20000000000000000000000", "both honest validators voted innocent");
+    for i in 0..6 {
+        let operator = dev(Role::Operator, i).address.to_string();
+        let record = chain.record(&operator);
+        assert_eq!((record.faults, record.total_slashed.as_str()), (0, "0"), "node {i}");
+        assert!(chain.active(&operator), "node {i} jailed");
+    }
+    let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    assert!(log.contains("refused: the evidence does not match the report"), "{log}");
+    assert!(log.contains("voting innocent"), "{log}");
 }

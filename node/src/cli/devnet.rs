@@ -47,6 +47,10 @@ pub struct DevnetArgs {
     /// (perturb that fraction of its answers) or `I:lazy` (skip work on every answer).
     #[arg(long, value_name = "SPEC", value_parser = parse_cheat)]
     testing_cheat: Vec<(usize, Vec<String>)>,
+    /// TESTING ONLY — make validator V lie (`validator run --testing-false-reports`), to watch
+    /// the others vote its reports down.
+    #[arg(long, value_name = "V")]
+    testing_false_reporter: Option<usize>,
     /// With --nodes and --epoch-secs: challenge sessions per epoch of each validator.
     #[arg(long, default_value_t = 4)]
     challenges_per_epoch: usize,
@@ -117,6 +121,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
             let validators = ValidatorProcesses {
                 count: args.validators,
                 sessions_per_epoch: args.challenges_per_epoch,
+                liar: args.testing_false_reporter,
             };
             swarm.validators = validators.start(model, &url, &deployment_file, &payments).await?;
         }
@@ -280,7 +285,7 @@ async fn start_swarm(
             "--deployment",
             &deployment,
             "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", 40_000 + index),
+            &format!("/ip4/127.0.0.1/tcp/{}", usize::from(devnet::NODE_PORT_BASE) + index),
             "--ledger",
             &payments.join(format!("node-{}.redb", operator.address)).display().to_string(),
         ]
@@ -327,6 +332,8 @@ async fn start_swarm(
 struct ValidatorProcesses {
     count: usize,
     sessions_per_epoch: usize,
+    /// The validator started with `--testing-false-reports`.
+    liar: Option<usize>,
 }
 
 impl ValidatorProcesses {
@@ -372,6 +379,8 @@ impl ValidatorProcesses {
                 &self.sessions_per_epoch.to_string(),
             ]
             .map(String::from);
+            let lies = (self.liar == Some(index)).then(|| "--testing-false-reports".to_owned());
+            let args: Vec<String> = args.into_iter().chain(lies).collect();
             let envs = [
                 ("INFERGRID_VALIDATOR_KEY", validator.private_key.to_string()),
                 ("INFERGRID_PAYER_KEY", payer.private_key.to_string()),

@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// Judge tolerance: the largest relative L2 error per row accepted as an honest answer.
     #[arg(long, default_value_t = DEFAULT_TOLERANCE)]
     tolerance: f64,
+    /// TESTING ONLY — a faulty, lying validator, to show the others outvote it: its expected
+    /// answers are perturbed, so it reports honest nodes, and it publishes a forged copy of
+    /// each piece of evidence first. Its reports are rejected and its bonds forfeited.
+    #[arg(long)]
+    testing_false_reports: bool,
     /// The result book (tallies and salts between commit and reveal), kept across restarts.
     /// Default: .infergrid/validators/<validator address>/results.json
     #[arg(long)]
@@ -273,6 +278,7 @@ async fn run_validator(
         judge,
         report_bond: params.reportBond,
         vote_secs: params.voteWindow,
+        forge_evidence: args.testing_false_reports,
     };
     let (faults, found_faults) = mpsc::unbounded_channel();
     tokio::spawn(desk.clone().run_reporter(found_faults));
@@ -289,6 +295,9 @@ async fn run_validator(
         clock.duration,
         path.display()
     );
+    if args.testing_false_reports {
+        eprintln!("validator: TESTING: lying — perturbed expected answers, forged evidence");
+    }
     println!("validator ready: {} challenging as {}", account.address, payer.address);
     let challenges = Arc::new(ChallengeLoop {
         validation,
@@ -307,6 +316,7 @@ async fn run_validator(
         },
         rounds,
         faults,
+        corrupt_expected: args.testing_false_reports,
     });
     tokio::select! {
         () = challenges.run() => Ok(()),

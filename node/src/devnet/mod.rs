@@ -210,9 +210,15 @@ pub async fn provision(
     Ok((deployment, roles))
 }
 
-/// Where the devnet's operator `index` listens: `/ip4/127.0.0.1/tcp/<40000 + index>/p2p/<peer>`.
+/// First TCP port of the devnet's nodes: node `i` listens on `NODE_PORT_BASE + i`. Below
+/// Linux's ephemeral range (32768–60999), so that no outbound connection of the devnet's own
+/// processes ever holds one of these ports (a closed one lingers in TIME-WAIT for a minute and
+/// the next devnet's node could not listen on it).
+pub const NODE_PORT_BASE: u16 = 31_000;
+
+/// Where the devnet's operator `index` listens: `/ip4/127.0.0.1/tcp/<NODE_PORT_BASE + index>/p2p/<peer>`.
 pub fn node_multiaddr(index: u32, peer: &libp2p::PeerId) -> String {
-    format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer}", 40_000 + index)
+    format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer}", u32::from(NODE_PORT_BASE) + index)
 }
 
 /// Asks anvil for a snapshot of its whole state (`anvil_dumpState`: gzipped JSON, hex).

@@ -126,12 +126,22 @@ impl ChallengeSet {
         decode_steps: usize,
         mut session_ids: impl FnMut() -> u64,
     ) -> Result<Option<Self>, EngineError> {
-        let model_id = pipeline.manifest().id().0;
-        let blocks = pipeline.blocks().len() as u16;
-        let mut sessions = Vec::with_capacity(prompts.len());
+        let sessions = prompts
+            .iter()
+            .map(|prompt| ChallengeSession::run(pipeline, session_ids(), prompt, decode_steps))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::commit(pipeline.manifest().id().0, pipeline.blocks().len() as u16, sessions))
+    }
+
+    /// Commits to every span of every step of `sessions` of the `blocks`-block model
+    /// `model_id`. `None` when there are no sessions.
+    pub fn commit(
+        model_id: [u8; 32],
+        blocks: u16,
+        sessions: Vec<ChallengeSession>,
+    ) -> Option<Self> {
         let (mut leaves, mut by_request) = (Vec::new(), HashMap::new());
-        for (index, prompt) in prompts.iter().enumerate() {
-            let session = ChallengeSession::run(pipeline, session_ids(), prompt, decode_steps)?;
+        for (index, session) in sessions.iter().enumerate() {
             for step in 0..session.steps.len() {
                 for first in 0..blocks {
                     for last in first..blocks {
@@ -151,9 +161,8 @@ impl ChallengeSet {
                     }
                 }
             }
-            sessions.push(session);
         }
-        Ok(ChallengeTree::new(leaves).map(|tree| Self { model_id, sessions, tree, by_request }))
+        ChallengeTree::new(leaves).map(|tree| Self { model_id, sessions, tree, by_request })
     }
 
     /// The root to commit before the epoch.

@@ -18,6 +18,7 @@ use crate::eip712::{Domain, keccak256};
 use crate::engine::Pipeline;
 use crate::net::Network;
 use crate::net::codec::{Payload, payload_bytes};
+use crate::serve::Cheat;
 use crate::validate::{ChainClock, ChallengeSet, FaultEvidence, Judge, ReportedFault, Verdict};
 
 /// A report's status in `Validation` (`FAULT_PENDING`).
@@ -94,6 +95,9 @@ pub struct FaultDesk {
     pub judge: Judge,
     pub report_bond: U256,
     pub vote_secs: u64,
+    /// TESTING ONLY: before each genuine piece of evidence, publish a forged copy (its
+    /// reported output changed), which other validators must refuse.
+    pub forge_evidence: bool,
 }
 
 impl FaultDesk {
@@ -149,6 +153,14 @@ impl FaultDesk {
 
     /// Publishes `evidence` every few seconds while report `id` is pending and its vote open.
     async fn publish_while_pending(self, id: U256, evidence: FaultEvidence) {
+        if self.forge_evidence {
+            let mut forged = evidence.clone();
+            let reported = forged.steps.last_mut().expect("evidence has steps");
+            Cheat::perturbing(1.0, 1).apply(&mut reported.output);
+            eprintln!("validator: TESTING: publishing forged evidence for report {id}");
+            let _ = self.net.publish_evidence(forged.encode()).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let bytes = evidence.encode();
         loop {
             if let Err(e) = self.net.publish_evidence(bytes.clone()).await {
@@ -179,7 +191,7 @@ impl FaultDesk {
             }
             tokio::time::sleep(POLL).await;
         };
-        let mut open: Vec<U256> = Vec::new();
+        let (mut open, mut voted): (Vec<U256>, HashSet<U256>) = (Vec::new(), HashSet::new());
         loop {
             tokio::time::sleep(POLL).await;
             match self.validation.fault_report_count().await {
@@ -191,9 +203,11 @@ impl FaultDesk {
             }
             let mut still_open = Vec::with_capacity(open.len());
             for id in open {
-                match self.consider(id, &pool).await {
+                match self.consider(id, &pool, &mut voted).await {
                     Ok(true) => still_open.push(id),
-                    Ok(false) => {}
+                    Ok(false) => {
+                        voted.remove(&id);
+                    }
                     Err(e) => {
                         eprintln!("validator: report {id}: {e} (retrying)");
                         still_open.push(id);
@@ -204,22 +218,27 @@ impl FaultDesk {
         }
     }
 
-    /// Votes on report `id` if its evidence is here; returns whether it needs another look.
+    /// Votes on report `id` once its evidence is here, and closes it when its vote ran out
+    /// without a quorum; returns whether it needs another look.
     async fn consider(
         &self,
         id: U256,
         pool: &EvidencePool,
+        voted: &mut HashSet<U256>,
     ) -> Result<bool, crate::chain::ChainError> {
         let report = self.validation.fault_report(id).await?;
-        if report.status != PENDING || report.reporter == self.validator {
+        if report.status != PENDING {
             return Ok(false);
         }
         if self.time.now() >= report.reportedAt + self.vote_secs {
-            eprintln!("validator: report {id}: its vote ran out; closing it");
+            eprintln!("validator: report {id}: its vote ran out without a quorum; closing it");
             if let Err(e) = self.validation.finalize_fault(id).await {
                 eprintln!("validator: closing report {id} refused: {e}");
             }
             return Ok(false);
+        }
+        if report.reporter == self.validator || voted.contains(&id) {
+            return Ok(true);
         }
         let key = (report.node, report.requestHash);
         let candidates = pool.candidates(&key);
@@ -268,7 +287,8 @@ impl FaultDesk {
                 Ok(_) => eprintln!("validator: voted on report {id}"),
                 Err(e) => eprintln!("validator: vote on report {id} refused: {e}"),
             }
-            return Ok(false);
+            voted.insert(id);
+            return Ok(true);
         }
         Ok(true)
     }

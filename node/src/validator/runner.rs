@@ -17,8 +17,10 @@ use super::rounds::RoundEvent;
 use crate::chain::ValidationClient;
 use crate::engine::Pipeline;
 use crate::gateway::{HopClient, TermsBook};
+use crate::net::codec::Payload;
 use crate::route::{Candidate, Hop};
-use crate::validate::{ChainClock, ChallengeSet, EpochClock, Judge};
+use crate::serve::Cheat;
+use crate::validate::{ChainClock, ChallengeSession, ChallengeSet, EpochClock, Judge};
 
 /// How much challenging a validator does.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,9 @@ pub struct ChallengeLoop {
     pub rate: ChallengeRate,
     pub rounds: mpsc::UnboundedSender<RoundEvent>,
     pub faults: mpsc::UnboundedSender<FoundFault>,
+    /// TESTING ONLY: a faulty validator, whose expected outputs are perturbed before they
+    /// are committed, so that it judges honest answers wrong and reports them.
+    pub corrupt_expected: bool,
 }
 
 impl ChallengeLoop {
@@ -80,9 +85,28 @@ impl ChallengeLoop {
                 .collect()
         };
         let (pipeline, decode_steps) = (self.pipeline.clone(), self.rate.decode_steps);
+        let corrupt = self.corrupt_expected;
         let started = std::time::Instant::now();
         let built = tokio::task::spawn_blocking(move || {
-            ChallengeSet::build(&pipeline, &prompts, decode_steps, rand::random)
+            if !corrupt {
+                return ChallengeSet::build(&pipeline, &prompts, decode_steps, rand::random);
+            }
+            let cheat = Cheat::perturbing(1.0, rand::random());
+            let mut sessions = Vec::with_capacity(prompts.len());
+            for prompt in &prompts {
+                let mut session =
+                    ChallengeSession::run(&pipeline, rand::random(), prompt, decode_steps)?;
+                for output in session.steps.iter_mut().flat_map(|s| s.outputs.iter_mut()) {
+                    let mut payload = Payload::Tensor(output.clone());
+                    cheat.apply(&mut payload);
+                    if let Payload::Tensor(wrong) = payload {
+                        *output = wrong;
+                    }
+                }
+                sessions.push(session);
+            }
+            let (model_id, blocks) = (pipeline.manifest().id().0, pipeline.blocks().len());
+            Ok(ChallengeSet::commit(model_id, blocks as u16, sessions))
         })
         .await;
         let set = match built {
