@@ -191,3 +191,26 @@ pub fn gguf_reference_tokenize(
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Greedy token ids for `prompt` (raw text) from the imported model at `model`, run whole in
+/// this process: the reference a swarm's completion is compared with.
+pub fn local_greedy(model: &Path, prompt: &str, max_tokens: usize) -> anyhow::Result<Vec<u32>> {
+    use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+    use infergrid::generate::{Prompt, SamplingParams, generate};
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(model, &runtime, CacheLimits::default())?;
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let params = SamplingParams { temperature: 0.0, ..Default::default() };
+    let generated = generate(
+        &mut &local,
+        &tokenizer,
+        1,
+        Prompt::Text(prompt),
+        max_tokens,
+        &[],
+        params,
+        |_| {},
+    )?;
+    Ok(generated.tokens.iter().map(|t| t.choice.id).collect())
+}

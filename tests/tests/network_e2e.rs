@@ -3,16 +3,14 @@
 //! and the OpenAI API answered through them, compared with the single-process result.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use infergrid::devnet::Role;
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
-use infergrid::generate::{Prompt, SamplingParams, generate};
 use infergrid::identity::NodeIdentity;
 use infergrid_e2e::dev;
-use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
 use infergrid_e2e::procs::{Proc, SWARM, Swarm, binary, devnet, free_port, post};
 
 #[test]
@@ -119,14 +117,7 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
         Some(2)
     );
 
-    let runtime = Runtime::new(Device::Cpu, None).unwrap();
-    let local = Pipeline::load(Path::new(m), &runtime, CacheLimits::default()).unwrap();
-    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
-    let params = SamplingParams { temperature: 0.0, ..Default::default() };
-    let expected =
-        generate(&mut &local, &tokenizer, 1, Prompt::Text(prompt), 24, &[], params, |_| {})
-            .unwrap();
-    let local_ids: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
+    let local_ids = local_greedy(&model, prompt, 24).unwrap();
     assert_eq!(remote_ids, local_ids, "swarm and single-process greedy outputs differ");
     let infer = Command::new(binary())
         .args(["infer", "--model", m, "--prompt", prompt, "--max-tokens", "24", "--json"])

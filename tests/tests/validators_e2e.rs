@@ -9,11 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
-use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
-use infergrid::generate::{Prompt, SamplingParams, generate};
 use infergrid::tools::{Tool, locate};
 use infergrid_e2e::dev;
-use infergrid_e2e::models::{import, make_checkpoint};
+use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
 use infergrid_e2e::procs::{Proc, SWARM, binary, devnet_with, post};
 
 const EPOCH_SECS: u64 = 20;
@@ -188,14 +186,7 @@ fn convicts(cheat: &str) {
     );
     assert_eq!(status, 200, "{body}");
     let remote: Vec<u32> = serde_json::from_value(body["choices"][0]["token_ids"].clone()).unwrap();
-    let runtime = Runtime::new(Device::Cpu, None).unwrap();
-    let local = Pipeline::load(&model, &runtime, CacheLimits::default()).unwrap();
-    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
-    let params = SamplingParams { temperature: 0.0, ..Default::default() };
-    let expected =
-        generate(&mut &local, &tokenizer, 1, Prompt::Text(prompt), 16, &[], params, |_| {})
-            .unwrap();
-    let expected: Vec<u32> = expected.tokens.iter().map(|t| t.choice.id).collect();
+    let expected = local_greedy(&model, prompt, 16).unwrap();
     assert_eq!(remote, expected, "the gateway's greedy output differs from the local run");
 }
 
@@ -259,4 +250,44 @@ fn a_lying_validator_is_outvoted_and_no_honest_node_is_slashed() {
     let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
     assert!(log.contains("refused: the evidence does not match the report"), "{log}");
     assert!(log.contains("voting innocent"), "{log}");
+}
+
+/// A validator that commits its results and never reveals them stalls every round it took
+/// part in (2/3 of the stake is one basis point short of the devnet's quorum): no node's
+/// score moves on a minority's word, no node is slashed, and the other validators penalize the
+/// withholder for each reveal it missed.
+#[test]
+fn a_validator_withholding_its_reveals_is_penalized_and_moves_nothing() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let (_devnet, chain, _manifest, dir) = start(&["--testing-silent-validator", "0"]);
+    let silent = dev(Role::Validator, 0).address.to_string();
+    // (missedReveals, dissents, totalPenalized)
+    let record = || {
+        cast_call(
+            &chain.rpc,
+            &chain.validation,
+            "getValidatorRecord(address)((uint32,uint32,uint256))",
+            &[silent.clone()],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 6);
+    let missed = loop {
+        let words = record();
+        let missed = words[0].parse::<u64>().unwrap();
+        if missed > 0 {
+            break missed;
+        }
+        assert!(Instant::now() < deadline, "the withheld reveals were never penalized");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!("the silent validator was penalized for {missed} missed reveals: {:?}", record());
+    for i in 0..6 {
+        let operator = dev(Role::Operator, i).address.to_string();
+        let record = chain.record(&operator);
+        assert_eq!((record.faults, record.total_slashed.as_str()), (0, "0"), "node {i}");
+        assert_eq!(record.epochs_scored, 0, "node {i}: scored without a quorum: {record:?}");
+        assert_eq!(chain.reputation(&operator), 5_000, "node {i} left neutral");
+    }
+    let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    assert!(log.contains("never revealed it; the round did not finalize: penalized"), "{log}");
 }

@@ -489,6 +489,49 @@ impl ValidationClient {
     ) -> Result<Validation::FaultReport, ChainError> {
         Ok(self.0.getFaultReport(report_id).call().await?)
     }
+    /// Whether a quorum revealed `node`'s result for `epoch`.
+    pub async fn result_finalized(&self, node: Address, epoch: u64) -> Result<bool, ChainError> {
+        Ok(self.0.getEpochResult(node, epoch).call().await?.finalized)
+    }
+    /// Validators that committed a result about `node` for `epoch` and have not revealed it
+    /// (from the `ResultCommitted` and `ResultRevealed` events, indexed by node and epoch).
+    pub async fn withheld_reveals(
+        &self,
+        node: Address,
+        epoch: u64,
+    ) -> Result<Vec<Address>, ChainError> {
+        let epoch_topic = B256::from(U256::from(epoch));
+        let committed = self
+            .0
+            .ResultCommitted_filter()
+            .topic2(node.into_word())
+            .topic3(epoch_topic)
+            .from_block(0)
+            .query()
+            .await?;
+        let revealed = self
+            .0
+            .ResultRevealed_filter()
+            .topic2(node.into_word())
+            .topic3(epoch_topic)
+            .from_block(0)
+            .query()
+            .await?;
+        let revealers: Vec<Address> = revealed.iter().map(|(e, _)| e.validator).collect();
+        Ok(committed
+            .into_iter()
+            .map(|(e, _)| e.validator)
+            .filter(|validator| !revealers.contains(validator))
+            .collect())
+    }
+    pub async fn penalize_missed_reveal(
+        &self,
+        validator: Address,
+        node: Address,
+        epoch: u64,
+    ) -> Tx {
+        send(self.0.penalizeMissedReveal(validator, node, epoch)).await
+    }
     /// How many fault reports have been filed (ids run from 1 to this).
     pub async fn fault_report_count(&self) -> Result<u64, ChainError> {
         let count = self.0.faultReportCount().call().await?;

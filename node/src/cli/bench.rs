@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// engines at --threads 1 and 2 and several graph optimization levels, and the smallest
     /// error of perturbed and lazy answers, both as fractions of the tolerance.
     Judge(super::bench_judge::JudgeBench),
+    /// User tokens/s through a devnet's gateway with a validator challenging a share of the
+    /// traffic (default 2%) against none, in alternating rounds.
+    Validators(super::bench_validators::ValidatorsBench),
     /// Internal: one node configuration of `bench judge`, run as a child process.
     #[command(hide = true)]
     JudgeWorker(super::bench_judge::JudgeWorker),
@@ -84,16 +87,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => tokio::task::block_in_place(|| engine(args)),
         BenchCommand::Swarm(args) => super::bench_swarm::run(args).await,
-        BenchCommand::Judge(args) => tokio::task::block_in_place(|| {
-            let root = tools::repo_root().context(
-                "the benchmark uses scripts/: run it inside the repository after scripts/setup",
-            )?;
-            super::bench_judge::run(args, &root)
-        }),
+        BenchCommand::Judge(args) => {
+            tokio::task::block_in_place(|| super::bench_judge::run(args, &repo_root()?))
+        }
+        BenchCommand::Validators(args) => {
+            tokio::task::block_in_place(|| super::bench_validators::run(args, &repo_root()?))
+        }
         BenchCommand::JudgeWorker(args) => {
             tokio::task::block_in_place(|| super::bench_judge::worker(args))
         }
     }
+}
+
+/// The repository, whose scripts/ generate and import the benchmark models.
+fn repo_root() -> anyhow::Result<PathBuf> {
+    tools::repo_root()
+        .context("the benchmark uses scripts/: run it inside the repository after scripts/setup")
 }
 
 /// The benchmark model imported whole and as 3 blocks (cached in `--work`); its label.
@@ -152,8 +161,7 @@ fn import_once(
 }
 
 fn engine(args: EngineBench) -> anyhow::Result<()> {
-    let root = tools::repo_root()
-        .context("the benchmark uses scripts/: run it inside the repository after scripts/setup")?;
+    let root = repo_root()?;
     let (whole, split, label) = bench_models(&args, &root)?;
 
     let runtime = Runtime::new(args.device, Some(args.threads))?;

@@ -27,7 +27,52 @@ pub struct HttpVsInProcess {
 }
 
 /// A devnet child, interrupted (as Ctrl-C would, so it stops its nodes) when dropped.
-struct Devnet(Child);
+pub(super) struct Devnet(Child);
+
+/// Starts `infergrid devnet` serving `model` from `nodes` node processes (with `extra`
+/// arguments), waits until it is ready, and returns it with its API's `host:port`.
+pub(super) fn start_devnet(
+    model: &Path,
+    nodes: usize,
+    extra: &[String],
+    work: &Path,
+) -> anyhow::Result<(Devnet, String)> {
+    let ready = work.join("devnet-ready.json");
+    let _ = std::fs::remove_file(&ready);
+    eprintln!("bench: starting a devnet with {nodes} node processes {}", extra.join(" "));
+    let mut devnet = Devnet(
+        Command::new(std::env::current_exe()?)
+            .args(["devnet", "--port", "0", "--api", "127.0.0.1:0", "--nodes", &nodes.to_string()])
+            .arg("--model")
+            .arg(model)
+            .arg("--out")
+            .arg(work.join("devnet"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting infergrid devnet")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ready.is_file() {
+        if let Some(status) = devnet.0.try_wait()? {
+            bail!("infergrid devnet exited ({status}) before it was ready");
+        }
+        if Instant::now() > deadline {
+            bail!("infergrid devnet not ready after 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&ready)?)?;
+    let api = manifest["api_url"].as_str().context("the devnet manifest has no api_url")?;
+    let address = api
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/v1"))
+        .context("unexpected api_url")?;
+    Ok((devnet, address.to_owned()))
+}
 
 impl Drop for Devnet {
     fn drop(&mut self) {
@@ -67,45 +112,14 @@ pub fn compare(
     let in_process = local.tokens.len() as f64 / started.elapsed().as_secs_f64();
     let local_ids: Vec<u32> = local.tokens.iter().map(|t| t.choice.id).collect();
 
-    let ready = work.join("devnet-ready.json");
-    let _ = std::fs::remove_file(&ready);
-    eprintln!("bench: starting a devnet with {nodes} node processes");
-    let mut devnet = Devnet(
-        Command::new(std::env::current_exe()?)
-            .args(["devnet", "--port", "0", "--api", "127.0.0.1:0", "--nodes", &nodes.to_string()])
-            .arg("--model")
-            .arg(model)
-            .arg("--out")
-            .arg(work.join("devnet"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting infergrid devnet")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !ready.is_file() {
-        if let Some(status) = devnet.0.try_wait()? {
-            bail!("infergrid devnet exited ({status}) before it was ready");
-        }
-        if Instant::now() > deadline {
-            bail!("infergrid devnet not ready after 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&ready)?)?;
-    let api = manifest["api_url"].as_str().context("the devnet manifest has no api_url")?;
-    let address = api
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/v1"))
-        .context("unexpected api_url")?;
+    let (devnet, address) = start_devnet(model, nodes, &[], work)?;
     let body = json!({
         "model": pipeline.manifest().name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
     });
     // The first request opens the payment channels on-chain and plans the route: warm-up.
-    post(address, "/v1/completions", &body)?;
+    post(&address, "/v1/completions", &body)?;
     let started = Instant::now();
-    let answer = post(address, "/v1/completions", &body)?;
+    let answer = post(&address, "/v1/completions", &body)?;
     let elapsed = started.elapsed().as_secs_f64();
     let remote_ids: Vec<u32> = serde_json::from_value(answer["choices"][0]["token_ids"].clone())
         .with_context(|| format!("unexpected completion: {answer}"))?;

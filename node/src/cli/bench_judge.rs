@@ -79,7 +79,7 @@ pub fn run(args: JudgeBench, root: &Path) -> anyhow::Result<()> {
 }
 
 /// The random llama fixture (3 layers in 3 blocks), generated once.
-fn fixture(work: &Path, root: &Path) -> anyhow::Result<(String, PathBuf)> {
+pub(super) fn fixture(work: &Path, root: &Path) -> anyhow::Result<(String, PathBuf)> {
     let (hf, model) = (work.join("judge-llama-hf"), work.join("judge-llama-3blocks"));
     if !model.join("manifest.json").is_file() {
         eprintln!("bench judge: generating the random fixture in {}", model.display());

@@ -51,6 +51,10 @@ pub struct DevnetArgs {
     /// the others vote its reports down.
     #[arg(long, value_name = "V")]
     testing_false_reporter: Option<usize>,
+    /// TESTING ONLY — make validator V commit its results and never reveal them
+    /// (`validator run --testing-withhold-reveals`), to watch the others penalize it.
+    #[arg(long, value_name = "V")]
+    testing_silent_validator: Option<usize>,
     /// With --nodes and --epoch-secs: challenge sessions per epoch of each validator.
     #[arg(long, default_value_t = 4)]
     challenges_per_epoch: usize,
@@ -122,6 +126,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
                 count: args.validators,
                 sessions_per_epoch: args.challenges_per_epoch,
                 liar: args.testing_false_reporter,
+                silent: args.testing_silent_validator,
             };
             swarm.validators = validators.start(model, &url, &deployment_file, &payments).await?;
         }
@@ -334,6 +339,8 @@ struct ValidatorProcesses {
     sessions_per_epoch: usize,
     /// The validator started with `--testing-false-reports`.
     liar: Option<usize>,
+    /// The validator started with `--testing-withhold-reveals`.
+    silent: Option<usize>,
 }
 
 impl ValidatorProcesses {
@@ -380,7 +387,9 @@ impl ValidatorProcesses {
             ]
             .map(String::from);
             let lies = (self.liar == Some(index)).then(|| "--testing-false-reports".to_owned());
-            let args: Vec<String> = args.into_iter().chain(lies).collect();
+            let silent =
+                (self.silent == Some(index)).then(|| "--testing-withhold-reveals".to_owned());
+            let args: Vec<String> = args.into_iter().chain(lies).chain(silent).collect();
             let envs = [
                 ("INFERGRID_VALIDATOR_KEY", validator.private_key.to_string()),
                 ("INFERGRID_PAYER_KEY", payer.private_key.to_string()),

@@ -5,6 +5,7 @@ mod bench;
 mod bench_http;
 mod bench_judge;
 mod bench_swarm;
+mod bench_validators;
 mod chain;
 mod channels;
 mod devnet;

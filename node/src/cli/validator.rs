@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// each piece of evidence first. Its reports are rejected and its bonds forfeited.
     #[arg(long)]
     testing_false_reports: bool,
+    /// TESTING ONLY — a validator that stalls rounds: it commits its results and never
+    /// reveals them. The others' rounds about the same nodes cannot finalize without it (at
+    /// the devnet's quorum) and they penalize it for every withheld reveal.
+    #[arg(long)]
+    testing_withhold_reveals: bool,
     /// The result book (tallies and salts between commit and reveal), kept across restarts.
     /// Default: .infergrid/validators/<validator address>/results.json
     #[arg(long)]
@@ -256,8 +261,11 @@ async fn run_validator(
     });
     let book = ResultBook::open(&path)?;
     let (rounds, round_events) = mpsc::unbounded_channel();
-    let windows =
-        RoundWindows { commit_secs: params.commitWindow, reveal_secs: params.revealWindow };
+    let windows = RoundWindows {
+        commit_secs: params.commitWindow,
+        reveal_secs: params.revealWindow,
+        withhold_reveals: args.testing_withhold_reveals,
+    };
     tokio::spawn(run_rounds(
         book,
         validation.clone(),
@@ -297,6 +305,9 @@ async fn run_validator(
     );
     if args.testing_false_reports {
         eprintln!("validator: TESTING: lying — perturbed expected answers, forged evidence");
+    }
+    if args.testing_withhold_reveals {
+        eprintln!("validator: TESTING: withholding every reveal");
     }
     println!("validator ready: {} challenging as {}", account.address, payer.address);
     let challenges = Arc::new(ChallengeLoop {

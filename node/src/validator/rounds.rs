@@ -26,13 +26,19 @@ pub enum RoundEvent {
 enum Action {
     Commit(u64),
     Reveal(u64),
+    /// After the reveal window: penalize whoever withheld a reveal in a round that did not
+    /// finalize.
+    Audit(u64),
 }
 
-/// The windows of a result round, from the contract's parameters.
+/// The windows of a result round, from the contract's parameters, and how this validator
+/// plays them.
 #[derive(Debug, Clone, Copy)]
 pub struct RoundWindows {
     pub commit_secs: u64,
     pub reveal_secs: u64,
+    /// TESTING ONLY: commit every result and never reveal one (a validator stalling rounds).
+    pub withhold_reveals: bool,
 }
 
 /// Seconds after a window opens before acting in it: the next block's timestamp may lag the
@@ -74,7 +80,11 @@ pub async fn run_rounds(
                     let ends = epoch_end(&clock, epoch);
                     due.insert((ends + MARGIN_SECS, Action::Commit(epoch)), ());
                     let reveal_opens = ends + windows.commit_secs + MARGIN_SECS;
-                    due.insert((reveal_opens, Action::Reveal(epoch)), ());
+                    if !windows.withhold_reveals {
+                        due.insert((reveal_opens, Action::Reveal(epoch)), ());
+                    }
+                    let closed = reveal_opens + windows.reveal_secs;
+                    due.insert((closed, Action::Audit(epoch)), ());
                 }
             },
             () = tokio::time::sleep(wait) => {
@@ -96,7 +106,49 @@ pub async fn run_rounds(
                             due.insert((retry_at, action), ());
                         }
                     }
+                    Action::Audit(epoch) => {
+                        let nodes: Vec<Address> = book.epoch(epoch).map(|r| r.node).collect();
+                        penalize_withheld_reveals(&validation, validator, epoch, &nodes).await;
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// For every node of `nodes` whose round of `epoch` did not finalize, penalizes each other
+/// validator that committed a result about it and never revealed it — how a minority would
+/// stall the quorum (`validation.md`, "Missed reveals"). Logged; failures are not retried.
+async fn penalize_withheld_reveals(
+    validation: &ValidationClient,
+    validator: Address,
+    epoch: u64,
+    nodes: &[Address],
+) {
+    for &node in nodes {
+        let withheld = async {
+            if validation.result_finalized(node, epoch).await? {
+                return Ok(Vec::new());
+            }
+            validation.withheld_reveals(node, epoch).await
+        };
+        let withheld = match withheld.await {
+            Ok(withheld) => withheld,
+            Err(e) => {
+                eprintln!("validator: epoch {epoch}: checking the round of {node} failed: {e}");
+                continue;
+            }
+        };
+        for other in withheld.into_iter().filter(|v| *v != validator) {
+            match validation.penalize_missed_reveal(other, node, epoch).await {
+                Ok(_) => eprintln!(
+                    "validator: epoch {epoch}: {other} committed a result about {node} and never \
+                     revealed it; the round did not finalize: penalized"
+                ),
+                Err(e) => eprintln!(
+                    "validator: epoch {epoch}: penalizing {other}'s missed reveal about {node} \
+                     refused: {e}"
+                ),
             }
         }
     }
