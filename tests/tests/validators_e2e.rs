@@ -267,7 +267,7 @@ fn a_validator_withholding_its_reveals_is_penalized_and_moves_nothing() {
             &chain.rpc,
             &chain.validation,
             "getValidatorRecord(address)((uint32,uint32,uint256))",
-            &[silent.clone()],
+            std::slice::from_ref(&silent),
         )
     };
     let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 6);
