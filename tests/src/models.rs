@@ -192,9 +192,13 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Greedy token ids for `prompt` (raw text) from the imported model at `model`, run whole in
-/// this process: the reference a swarm's completion is compared with.
-pub fn local_greedy(model: &Path, prompt: &str, max_tokens: usize) -> anyhow::Result<Vec<u32>> {
+/// Greedy token ids and text for `prompt` (raw text) from the imported model at `model`, run
+/// whole in this process: the reference a swarm's completion is compared with.
+pub fn local_greedy(
+    model: &Path,
+    prompt: &str,
+    max_tokens: usize,
+) -> anyhow::Result<(Vec<u32>, String)> {
     use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
     use infergrid::generate::{Prompt, SamplingParams, generate};
     let runtime = Runtime::new(Device::Cpu, None)?;
@@ -212,5 +216,5 @@ pub fn local_greedy(model: &Path, prompt: &str, max_tokens: usize) -> anyhow::Re
         params,
         |_| {},
     )?;
-    Ok(generated.tokens.iter().map(|t| t.choice.id).collect())
+    Ok((generated.tokens.iter().map(|t| t.choice.id).collect(), generated.text))
 }
