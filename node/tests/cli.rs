@@ -44,7 +44,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
         manifest["roles"]["operators"][0]["address"].as_str().expect("operator").to_owned();
     assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(4));
     assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(3));
-    assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(4));
+    assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(6));
 
     // `cast` reads the registered node's stake from the address in the ready file.
     let out = Command::new(tools::locate(Tool::Cast)?)

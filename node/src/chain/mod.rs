@@ -13,13 +13,15 @@ pub use clients::{
 pub use deployment::{ContractAddresses, DeployParams, Deployment, DeploymentFileError, deploy};
 pub use error::{ChainError, describe_revert};
 
+use std::time::Duration;
+
 use alloy::contract::{CallBuilder, CallDecoder};
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::transports::http::reqwest::Url as ReqwestUrl;
+use alloy::transports::http::reqwest::{self, Url as ReqwestUrl};
 
 /// A connection to an RPC endpoint that signs as one account.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ impl Account {
             .with_simple_nonce_management()
             .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
-            .connect_http(parse_url(url)?)
+            .connect_reqwest(http_client()?, parse_url(url)?)
             .erased();
         ensure_reachable(&provider, url).await?;
         Ok(Self { provider, address, url: url.to_owned() })
@@ -84,7 +86,7 @@ pub async fn deployment_fingerprint(
 
 /// A read-only connection to `url`, checked to answer.
 pub async fn connect_reader(url: &str) -> Result<DynProvider, ChainError> {
-    let provider = ProviderBuilder::new().connect_http(parse_url(url)?).erased();
+    let provider = ProviderBuilder::new().connect_reqwest(http_client()?, parse_url(url)?).erased();
     ensure_reachable(&provider, url).await?;
     Ok(provider)
 }
@@ -112,6 +114,19 @@ pub async fn check_deployment(
         }
     }
     Ok(())
+}
+
+/// Longest an RPC request may take. Without a bound, an endpoint that accepts connections and
+/// never answers (overloaded, stopped) would hang every caller forever; with it, the call
+/// fails with an error the caller logs and retries.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn http_client() -> Result<reqwest::Client, ChainError> {
+    reqwest::Client::builder()
+        .timeout(RPC_TIMEOUT)
+        .connect_timeout(RPC_TIMEOUT)
+        .build()
+        .map_err(|e| ChainError::Rpc(format!("cannot build the HTTP client: {e}")))
 }
 
 fn parse_url(url: &str) -> Result<ReqwestUrl, ChainError> {

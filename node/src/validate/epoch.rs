@@ -20,25 +20,41 @@ impl EpochClock {
     }
 }
 
-/// The chain's clock as seen from this machine: the wall clock plus the offset last measured
-/// between the latest block's timestamp and the wall clock. Epochs are judged on-chain by
-/// `block.timestamp`, which can run far from the wall clock (a dev chain whose time was moved,
-/// a skewed host); an answer signed for the wrong epoch cannot be reported, so the node signs
-/// by the chain's time.
-#[derive(Debug, Clone, Default)]
+/// The chain's clock as seen from this machine: the wall clock plus an offset measured between
+/// block timestamps and the wall clock. Epochs are judged on-chain by `block.timestamp`, which
+/// can run far from the wall clock (a dev chain whose time was moved, a skewed host); an answer
+/// signed for the wrong epoch cannot be reported, so the node signs by the chain's time.
+///
+/// A block's timestamp is a lower bound of the chain's time — the latest block may be old when
+/// nothing was mined for a while (anvil mines on demand; an RPC endpoint that stalled serves a
+/// stale head) — so the offset keeps the largest one measured: a stale head never turns the
+/// clock back.
+#[derive(Debug, Clone)]
 pub struct ChainClock(Arc<AtomicI64>);
 
+/// The offset before the first measurement: none, the wall clock.
+const UNSYNCED: i64 = i64::MIN;
+
+impl Default for ChainClock {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(UNSYNCED)))
+    }
+}
+
 impl ChainClock {
-    /// Unix seconds on the chain now: the wall clock plus the last measured offset.
+    /// Unix seconds on the chain now: the wall clock plus the largest measured offset.
     pub fn now(&self) -> u64 {
-        let now = wall_clock_secs().saturating_add(self.0.load(Ordering::Relaxed));
-        u64::try_from(now).unwrap_or(0)
+        let offset = match self.0.load(Ordering::Relaxed) {
+            UNSYNCED => 0,
+            offset => offset,
+        };
+        u64::try_from(wall_clock_secs().saturating_add(offset)).unwrap_or(0)
     }
 
     /// Records that the latest block carries `block_timestamp` now.
     pub fn sync(&self, block_timestamp: u64) {
         let chain = i64::try_from(block_timestamp).unwrap_or(i64::MAX);
-        self.0.store(chain.saturating_sub(wall_clock_secs()), Ordering::Relaxed);
+        self.0.fetch_max(chain.saturating_sub(wall_clock_secs()), Ordering::Relaxed);
     }
 }
 
@@ -62,13 +78,19 @@ mod tests {
     }
 
     #[test]
-    fn the_chain_clock_follows_the_last_block_not_the_wall_clock() {
+    fn the_chain_clock_follows_the_blocks_and_a_stale_head_never_turns_it_back() {
         let time = ChainClock::default();
         let wall = u64::try_from(wall_clock_secs()).expect("after 1970");
-        time.sync(wall + 3_600);
-        // A second may tick between the reads.
-        assert!((wall + 3_600..=wall + 3_602).contains(&time.now()), "an hour ahead");
+        assert!((wall..=wall + 1).contains(&time.now()), "the wall clock before any block");
         time.sync(wall - 7_200);
+        // A second may tick between the reads.
         assert!((wall - 7_200..=wall - 7_198).contains(&time.now()), "two hours behind");
+        time.sync(wall - 9_000);
+        assert!(
+            (wall - 7_200..=wall - 7_198).contains(&time.now()),
+            "an older head changes nothing"
+        );
+        time.sync(wall + 3_600);
+        assert!((wall + 3_600..=wall + 3_602).contains(&time.now()), "an hour ahead");
     }
 }
