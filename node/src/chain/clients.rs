@@ -500,29 +500,30 @@ impl ValidationClient {
         node: Address,
         epoch: u64,
     ) -> Result<Vec<Address>, ChainError> {
-        let epoch_topic = B256::from(U256::from(epoch));
-        let committed = self
+        let committed =
+            self.round_validators(node, epoch, |e: &Validation::ResultCommitted| e.validator);
+        let revealed =
+            self.round_validators(node, epoch, |e: &Validation::ResultRevealed| e.validator);
+        let (committed, revealed) = futures::try_join!(committed, revealed)?;
+        Ok(committed.into_iter().filter(|validator| !revealed.contains(validator)).collect())
+    }
+    /// The validators named by the `E` events about `node`'s result round of `epoch` (events
+    /// indexed by validator, node and epoch).
+    async fn round_validators<E: alloy::sol_types::SolEvent>(
+        &self,
+        node: Address,
+        epoch: u64,
+        validator: fn(&E) -> Address,
+    ) -> Result<Vec<Address>, ChainError> {
+        let logs = self
             .0
-            .ResultCommitted_filter()
+            .event_filter::<E>()
             .topic2(node.into_word())
-            .topic3(epoch_topic)
+            .topic3(B256::from(U256::from(epoch)))
             .from_block(0)
             .query()
             .await?;
-        let revealed = self
-            .0
-            .ResultRevealed_filter()
-            .topic2(node.into_word())
-            .topic3(epoch_topic)
-            .from_block(0)
-            .query()
-            .await?;
-        let revealers: Vec<Address> = revealed.iter().map(|(e, _)| e.validator).collect();
-        Ok(committed
-            .into_iter()
-            .map(|(e, _)| e.validator)
-            .filter(|validator| !revealers.contains(validator))
-            .collect())
+        Ok(logs.iter().map(|(event, _)| validator(event)).collect())
     }
     pub async fn penalize_missed_reveal(
         &self,
