@@ -14,11 +14,10 @@ use crate::validate::{ChallengeRef, ChallengeSet, FaultEvidence, Judge, SignedSt
 /// A wrong answer to a challenge, with what a fault report needs.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub operator: Address,
     pub peer: PeerId,
     pub challenge: ChallengeRef,
     /// The hop's signed steps of the session up to the wrong one: what the other validators
-    /// re-execute. The last step is the wrong answer.
+    /// re-execute. The last step is the wrong answer; `evidence.node` is the hop's operator.
     pub evidence: FaultEvidence,
     pub verdict: Verdict,
     /// Whether the node signed it for the epoch of the challenge set (one signed across an
@@ -108,7 +107,6 @@ impl Challenger<'_> {
                         } else {
                             let steps = signed[at].clone();
                             outcome.failures.push(Failure {
-                                operator,
                                 peer: hop.peer,
                                 challenge,
                                 evidence: FaultEvidence { node: operator, steps },

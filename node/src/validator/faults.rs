@@ -106,7 +106,7 @@ impl FaultDesk {
     pub async fn run_reporter(self, mut found: mpsc::UnboundedReceiver<FoundFault>) {
         let mut reported: HashSet<(u64, Address)> = HashSet::new();
         while let Some(FoundFault { epoch, set, failure }) = found.recv().await {
-            let node = failure.operator;
+            let node = failure.evidence.node;
             if !failure.reportable {
                 eprintln!(
                     "validator: {node} answered a challenge of epoch {epoch} wrongly, signed for \
