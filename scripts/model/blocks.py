@@ -69,32 +69,43 @@ def _tensor(name: str, dtype: str, shape: list) -> dict:
 
 
 def block_io(cfg: ModelConfig, block: Block) -> tuple[list[dict], list[dict]]:
-    """The block's inputs and outputs as manifest entries (symbolic dims: seq, past, total)."""
-    hidden = _tensor("hidden_in", "float32", [1, "seq", cfg.hidden_size])
+    """The block's inputs and outputs as manifest entries (symbolic dims: batch, seq, past, total).
+
+    Decoder blocks run a batch of sessions at once: row b holds `past_lengths[b]` cached tokens
+    at the start of `past_*` (the rest of the `past` axis is padding) and `seq` new ones."""
+    hidden = _tensor("hidden_in", "float32", ["batch", "seq", cfg.hidden_size])
     inputs, outputs = [], []
     if cfg.is_decoder:
-        inputs.append(_tensor("input_ids", "int64", [1, "seq"]) if block.is_first else hidden)
+        inputs.append(_tensor("input_ids", "int64", ["batch", "seq"]) if block.is_first else hidden)
+        inputs.append(_tensor("past_lengths", "int64", ["batch"]))
         for layer in block.layers:
             for kind in ("key", "value"):
-                inputs.append(_tensor(f"past_{kind}.{layer}", "float32", [1, cfg.num_kv_heads, "past", cfg.head_dim]))
-        outputs.append(_tensor("logits", "float32", [1, "seq", cfg.vocab_size]) if block.is_last
-                       else _tensor("hidden_out", "float32", [1, "seq", cfg.hidden_size]))
+                inputs.append(_tensor(f"past_{kind}.{layer}", "float32",
+                                      ["batch", cfg.num_kv_heads, "past", cfg.head_dim]))
+        outputs.append(_tensor("logits", "float32", ["batch", "seq", cfg.vocab_size]) if block.is_last
+                       else _tensor("hidden_out", "float32", ["batch", "seq", cfg.hidden_size]))
         for layer in block.layers:
             for kind in ("key", "value"):
                 outputs.append(_tensor(f"present_{kind}.{layer}", "float32",
-                                       [1, cfg.num_kv_heads, "total", cfg.head_dim]))
+                                       ["batch", cfg.num_kv_heads, "total", cfg.head_dim]))
     else:
         if block.is_first:
             inputs += [_tensor(n, "int64", [1, "seq"]) for n in ("input_ids", "attention_mask", "token_type_ids")]
         else:
-            inputs += [hidden, _tensor("attention_mask", "int64", [1, "seq"])]
+            inputs += [_tensor("hidden_in", "float32", [1, "seq", cfg.hidden_size]),
+                       _tensor("attention_mask", "int64", [1, "seq"])]
         outputs.append(_tensor("token_embeddings" if block.is_last else "hidden_out", "float32",
                                [1, "seq", cfg.hidden_size]))
     return inputs, outputs
 
 
 def build_decoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family) -> None:
-    """Decoder scaffolding: inputs, positions P+arange(S), causal mask, layers, outputs.
+    """Decoder scaffolding: inputs, per-row positions L[b]+arange(S), the mask, layers, outputs.
+
+    Row b's keys are its `past_lengths[b]` = L[b] cached tokens (at the start of the padded past
+    axis of length P), then the S new ones at P..P+S-1: query s may see key t when t < L[b], or
+    when t ≥ P and t − P ≤ s (causal among the new). With one unpadded row (L = P) this is
+    exactly the causal mask t ≤ P + s.
 
     `family` supplies embed(g, ids, pos), prepare(g, pos) (per-block position tables),
     layer(g, h, layer, allowed, past) → (h, present_k, present_v) and head(g, h)."""
@@ -107,19 +118,29 @@ def build_decoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family)
     past = g.op("Shape", [first_past], hint="past_len", start=2, end=3)
     total = g.op("Add", [past, seq], hint="total_len")
     zero_axis = g.const([0])
+    seq_s = g.op("Squeeze", [seq, zero_axis], hint="seq_scalar")
     past_s = g.op("Squeeze", [past, zero_axis], hint="past_scalar")
     total_s = g.op("Squeeze", [total, zero_axis], hint="total_scalar")
-    one = g.const(1)
-    pos = g.op("Range", [past_s, total_s, one], hint="positions")  # [S]: P .. P+S-1
-    keys = g.op("Range", [g.const(0), total_s, one], hint="key_positions")  # [T]
-    allowed = g.op("LessOrEqual", [keys, g.op("Unsqueeze", [pos, g.const([1])], hint="query_positions")],
-                   hint="causal_allowed")  # [S, T]
+    zero, one = g.const(0), g.const(1)
+    steps = g.op("Range", [zero, seq_s, one], hint="steps")  # [S]
+    lengths = g.op("Unsqueeze", ["past_lengths", g.const([1])], hint="lengths_col")  # [B, 1]
+    pos = g.op("Add", [lengths, g.op("Unsqueeze", [steps, zero_axis], hint="steps_row")], hint="positions")  # [B, S]
+    keys = g.op("Range", [zero, total_s, one], hint="key_positions")  # [T]
+    cached = g.op("Less", [keys, g.op("Unsqueeze", [lengths, g.const([2])], hint="lengths_3d")],
+                  hint="key_cached")  # [B, 1, T]
+    fresh = g.op("GreaterOrEqual", [keys, past_s], hint="key_fresh")  # [T]
+    causal = g.op("LessOrEqual", [g.op("Sub", [keys, past_s], hint="key_step"),
+                                  g.op("Unsqueeze", [steps, g.const([1])], hint="query_steps")],
+                  hint="key_causal")  # [S, T]
+    allowed = g.op("Or", [cached, g.op("And", [fresh, causal], hint="key_new_allowed")],
+                   hint="allowed")  # [B, S, T]
+    allowed = g.op("Unsqueeze", [allowed, g.const([1, 2])], hint="allowed_5d")  # [B, 1, 1, S, T]
     family.prepare(g, pos)
     h = family.embed(g, x, pos) if block.is_first else x
     for layer in block.layers:
         h, present_k, present_v = family.layer(g, h, layer, allowed, (f"past_key.{layer}", f"past_value.{layer}"))
-        g.add_output(present_k, f"present_key.{layer}", "float32", [1, cfg.num_kv_heads, "total", cfg.head_dim])
-        g.add_output(present_v, f"present_value.{layer}", "float32", [1, cfg.num_kv_heads, "total", cfg.head_dim])
+        g.add_output(present_k, f"present_key.{layer}", "float32", ["batch", cfg.num_kv_heads, "total", cfg.head_dim])
+        g.add_output(present_v, f"present_value.{layer}", "float32", ["batch", cfg.num_kv_heads, "total", cfg.head_dim])
     main = outputs[0]
     g.add_output(family.head(g, h) if block.is_last else h, main["name"], main["dtype"], main["shape"])
     # present_* were added before the main output; put the main output first as in the manifest.

@@ -24,29 +24,36 @@ class Llama:
         self.ckpt, self.cfg = ckpt, cfg
         self.p = _prefix(ckpt, "embed_tokens.weight", ("model.", ""))
         self._embed_name: str | None = None
-        self._cos = self._sin = None
+        self._tables: dict[int, tuple[str, str]] = {}
 
     def w(self, name: str) -> np.ndarray:
         return self.ckpt.get(self.p + name)
 
     def prepare(self, g: GraphBuilder, pos: str) -> None:
-        """cos/sin tables [S, D] for positions `pos`, HF layout (freqs repeated twice)."""
+        """cos/sin tables for positions `pos` [B, S], HF layout (freqs repeated twice), shaped
+        [B, 1, 1, S, D] for queries and [B, 1, S, D] for keys."""
         d = self.cfg.head_dim
         inv_freq = 1.0 / (self.cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-        pos_f = g.op("Unsqueeze", [g.op("Cast", [pos], hint="positions_f", to=1), g.const([1])], hint="positions_col")
+        pos_f = g.op("Unsqueeze", [g.op("Cast", [pos], hint="positions_f", to=1), g.const([2])], hint="positions_col")
         freqs = g.op("Mul", [pos_f, g.const(inv_freq.astype(np.float32), "float32")], hint="rope_freqs")
-        emb = g.op("Concat", [freqs, freqs], hint="rope_angles", axis=-1)
-        self._cos = g.op("Cos", [emb], hint="rope_cos")
-        self._sin = g.op("Sin", [emb], hint="rope_sin")
+        emb = g.op("Concat", [freqs, freqs], hint="rope_angles", axis=-1)  # [B, S, D]
+        cos, sin = g.op("Cos", [emb], hint="rope_cos"), g.op("Sin", [emb], hint="rope_sin")
+        self._tables = {
+            5: (g.op("Unsqueeze", [cos, g.const([1, 2])], hint="rope_cos_q"),
+                g.op("Unsqueeze", [sin, g.const([1, 2])], hint="rope_sin_q")),
+            4: (g.op("Unsqueeze", [cos, g.const([1])], hint="rope_cos_k"),
+                g.op("Unsqueeze", [sin, g.const([1])], hint="rope_sin_k")),
+        }
 
     def _rotary(self, g: GraphBuilder):
         half = self.cfg.head_dim // 2
 
-        def apply(x: str, hint: str) -> str:
+        def apply(x: str, hint: str, rank: int) -> str:
+            cos, sin = self._tables[rank]
             x1, x2 = g.op("Split", [x, g.const([half, half])], hint=f"{hint}.half", outputs=2, axis=-1)
             rotated = g.op("Concat", [g.op("Neg", [x2], hint=f"{hint}.neg"), x1], hint=f"{hint}.rot", axis=-1)
-            return g.op("Add", [g.op("Mul", [x, self._cos], hint=f"{hint}.cos"),
-                                g.op("Mul", [rotated, self._sin], hint=f"{hint}.sin")], hint=f"{hint}.rope")
+            return g.op("Add", [g.op("Mul", [x, cos], hint=f"{hint}.cos"),
+                                g.op("Mul", [rotated, sin], hint=f"{hint}.sin")], hint=f"{hint}.rope")
         return apply
 
     def embed(self, g: GraphBuilder, ids: str, pos: str) -> str:
@@ -83,7 +90,9 @@ def lm_head(g: GraphBuilder, h: str, weight_vh: str, cfg: ModelConfig) -> str:
     shares a single copy of the embedding matrix between Gather and the head."""
     flat = g.op("Reshape", [h, g.const([-1, cfg.hidden_size])], hint="head_in")
     logits = g.op("Gemm", [flat, weight_vh], hint="logits_2d", transB=1)
-    return g.op("Reshape", [logits, g.const([1, -1, cfg.vocab_size])], hint="logits_3d")
+    rows = g.op("Shape", [h], hint="head_rows", start=0, end=2)  # [B, S]
+    shape = g.op("Concat", [rows, g.const([cfg.vocab_size])], hint="logits_shape", axis=0)
+    return g.op("Reshape", [logits, shape], hint="logits_3d")
 
 
 class GPT2:

@@ -152,21 +152,22 @@ def attention(g: GraphBuilder, name: str, q: str, k: str, v: str, *, heads: int,
               allowed: str, past: tuple[str, str] | None = None, rotary=None) -> tuple[str, str, str]:
     """Scaled dot-product attention with grouped KV heads and an optional KV cache.
 
-    q: [1,S,heads·D], k/v: [1,S,kv_heads·D] projections. Queries are laid out
-    [1, KV, rep, S, D] so each group of `rep` query heads meets its KV head through
+    q: [B,S,heads·D], k/v: [B,S,kv_heads·D] projections. Queries are laid out
+    [B, KV, rep, S, D] so each group of `rep` query heads meets its KV head through
     MatMul broadcasting: the GQA repeat costs no copy and matches HF's repeat_kv
     (query head h uses KV head h // rep). `allowed` is a bool mask broadcastable to
-    [1, KV, rep, S, T]; `rotary(x)` applies position encoding to q and k in head layout.
-    Returns (context [1,S,heads·D], present_key, present_value) with present = concat(past, new)."""
+    [B, KV, rep, S, T]; `rotary(x, hint, rank)` applies position encoding to q (rank 5) and k
+    (rank 4) in head layout. Returns (context [B,S,heads·D], present_key, present_value) with
+    present = concat(past, new)."""
     rep = heads // kv_heads
-    q5 = g.op("Transpose", [g.op("Reshape", [q, g.const([1, -1, kv_heads, rep, head_dim])], hint=f"{name}.q5")],
+    q5 = g.op("Transpose", [g.op("Reshape", [q, g.const([0, -1, kv_heads, rep, head_dim])], hint=f"{name}.q5")],
               hint=f"{name}.qh", perm=[0, 2, 3, 1, 4])
-    kh = g.op("Transpose", [g.op("Reshape", [k, g.const([1, -1, kv_heads, head_dim])], hint=f"{name}.k4")],
+    kh = g.op("Transpose", [g.op("Reshape", [k, g.const([0, -1, kv_heads, head_dim])], hint=f"{name}.k4")],
               hint=f"{name}.kh", perm=[0, 2, 1, 3])
-    vh = g.op("Transpose", [g.op("Reshape", [v, g.const([1, -1, kv_heads, head_dim])], hint=f"{name}.v4")],
+    vh = g.op("Transpose", [g.op("Reshape", [v, g.const([0, -1, kv_heads, head_dim])], hint=f"{name}.v4")],
               hint=f"{name}.vh", perm=[0, 2, 1, 3])
     if rotary is not None:
-        q5, kh = rotary(q5, f"{name}.q"), rotary(kh, f"{name}.k")
+        q5, kh = rotary(q5, f"{name}.q", 5), rotary(kh, f"{name}.k", 4)
     if past is not None:
         kh = g.op("Concat", [past[0], kh], hint=f"{name}.present_k", axis=2)
         vh = g.op("Concat", [past[1], vh], hint=f"{name}.present_v", axis=2)

@@ -4,6 +4,7 @@
 pub mod models;
 pub mod nodes;
 pub mod procs;
+pub mod proxy;
 
 use alloy::primitives::{Address, B256, Bytes, U256, utils::parse_ether};
 use alloy::providers::Provider;
@@ -102,6 +103,15 @@ impl Chain {
         let p = &self.deployer.provider;
         let _: serde_json::Value =
             p.raw_request("anvil_setNextBlockTimestamp".into(), (timestamp,)).await?;
+        Ok(())
+    }
+
+    /// Replaces the latest `depth` blocks with empty ones: their transactions are gone, as
+    /// after a reorg.
+    pub async fn reorg(&self, depth: u64) -> anyhow::Result<()> {
+        let p = &self.deployer.provider;
+        let none: Vec<serde_json::Value> = Vec::new();
+        let _: serde_json::Value = p.raw_request("anvil_reorg".into(), (depth, none)).await?;
         Ok(())
     }
 

@@ -214,7 +214,34 @@ pub fn local_greedy(
         max_tokens,
         &[],
         params,
-        |_| {},
+        |_| std::ops::ControlFlow::Continue(()),
     )?;
     Ok((generated.tokens.iter().map(|t| t.choice.id).collect(), generated.text))
+}
+
+/// The model's own greedy choice before each of `tokens`, run in one process with the stream
+/// teacher-forced: entry `i` is the argmax after `prompt` and `tokens[..i]`, so each token of
+/// a remote stream can be checked against the honest model given the stream's own prefix.
+pub fn teacher_forced_greedy(
+    model: &Path,
+    prompt: &str,
+    tokens: &[u32],
+) -> anyhow::Result<Vec<u32>> {
+    use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+    use infergrid::generate::{Prompt, TextModel, argmax};
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let local = Pipeline::load(model, &runtime, CacheLimits::default())?;
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prompt = Prompt::Text(prompt).encode(&tokenizer)?;
+    let mut input: Vec<i64> = prompt.iter().map(|&id| i64::from(id)).collect();
+    let (mut position, mut choices) = (0, Vec::with_capacity(tokens.len()));
+    let mut model = &local;
+    for &token in tokens {
+        let logits = model.next_logits(1, position, &input)?;
+        choices.push(argmax(&logits));
+        position += input.len();
+        input = vec![i64::from(token)];
+    }
+    Ok(choices)
 }

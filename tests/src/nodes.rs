@@ -9,7 +9,7 @@ use infergrid::engine::{BlockRunner, CacheLimits, Runtime};
 use infergrid::model::ModelManifest;
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::pay::Collector;
-use infergrid::serve::{Admission, Attester, BlockServer, Cheat};
+use infergrid::serve::{Admission, Attester, Batcher, BlockServer, Cheat, LoadGuard, ServeLimits};
 use infergrid::validate::{ChainClock, EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 
@@ -39,6 +39,7 @@ pub struct Served {
     pub addr: Multiaddr,
     pub operator: Eip712Signer,
     pub net: Network,
+    pub server: Arc<BlockServer>,
 }
 
 /// Starts a node serving `blocks` of the model as the operator `secret`, serving `admission`
@@ -64,28 +65,66 @@ pub fn serve_cheating(
     secret: B256,
     cheat: Option<Cheat>,
 ) -> anyhow::Result<Served> {
-    let port = free_port();
-    let (net, inbound) = network(Some(port))?;
-    let operator = Eip712Signer::from_bytes(&secret)?;
-    let server = Arc::new(BlockServer {
-        model_id: manifest.id().0,
-        first_block: *blocks.start() as u16,
-        blocks: blocks
+    let node = Node { admission, collector, secret, cheat, limits: ServeLimits::default() };
+    node.serve(manifest, runtime, blocks)
+}
+
+/// [`serve_blocks`] (free for `admission`, no payments), with `limits` on what peers may use.
+pub fn serve_limited(
+    manifest: &ModelManifest,
+    runtime: &Runtime,
+    blocks: std::ops::RangeInclusive<usize>,
+    admission: Admission,
+    secret: B256,
+    limits: ServeLimits,
+) -> anyhow::Result<Served> {
+    let node = Node { admission, collector: None, secret, cheat: None, limits };
+    node.serve(manifest, runtime, blocks)
+}
+
+/// How a test node is set up.
+struct Node {
+    admission: Admission,
+    collector: Option<Arc<Collector>>,
+    secret: B256,
+    cheat: Option<Cheat>,
+    limits: ServeLimits,
+}
+
+impl Node {
+    fn serve(
+        self,
+        manifest: &ModelManifest,
+        runtime: &Runtime,
+        blocks: std::ops::RangeInclusive<usize>,
+    ) -> anyhow::Result<Served> {
+        let Node { admission, collector, secret, cheat, limits } = self;
+        let port = free_port();
+        let (net, inbound) = network(Some(port))?;
+        let operator = Eip712Signer::from_bytes(&secret)?;
+        let blocks: Vec<Arc<BlockRunner>> = blocks
             .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
-            .collect::<Result<_, _>>()?,
-        attester: Attester {
-            signer: operator.clone(),
-            domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
-            clock: NODE_EPOCHS,
-            time: ChainClock::default(),
-        },
-        admission,
-        collector,
-        decode_ms: Default::default(),
-        cheat,
-    });
-    tokio::spawn(server.run(inbound));
-    let peer = net.local_peer();
-    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
-    Ok(Served { peer, addr, operator, net })
+            .collect::<Result<_, _>>()?;
+        let server = Arc::new(BlockServer {
+            model_id: manifest.id().0,
+            first_block: blocks[0].spec().index as u16,
+            batcher: Batcher::start(blocks.clone(), 32),
+            blocks,
+            attester: Attester {
+                signer: operator.clone(),
+                domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+                clock: NODE_EPOCHS,
+                time: ChainClock::default(),
+            },
+            admission,
+            collector,
+            decode_ms: Default::default(),
+            load: LoadGuard::new(limits),
+            cheat,
+        });
+        tokio::spawn(server.clone().run(inbound));
+        let peer = net.local_peer();
+        let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse()?;
+        Ok(Served { peer, addr, operator, net, server })
+    }
 }

@@ -79,6 +79,16 @@ pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
     devnet_started(dir, model, &[], Stdio::inherit())
 }
 
+/// A random 3-layer llama (seed 21, 4096 positions) imported in 3 blocks into `dir/model`,
+/// and a devnet registered for it: the devnet, its manifest, its deployment file, the model.
+pub fn llama_devnet(dir: &Path) -> (Proc, serde_json::Value, PathBuf, PathBuf) {
+    let flags = ["--layers", "3", "--seed", "21", "--max-pos", "4096"];
+    let hf = crate::models::make_checkpoint(dir, "llama", &flags).unwrap();
+    let model = crate::models::import(&hf, &dir.join("model"), 3).unwrap();
+    let (devnet, manifest, deployment) = devnet(dir, model.to_str().expect("utf-8 path"));
+    (devnet, manifest, deployment, model)
+}
+
 /// [`devnet`] with `extra` arguments (its nodes, validators, epochs); what its processes log
 /// goes to `dir/devnet.log`.
 pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json::Value, PathBuf) {
@@ -94,12 +104,13 @@ fn devnet_started(
 ) -> (Proc, serde_json::Value, PathBuf) {
     let ready_file = dir.join("ready.json");
     let out = dir.join("devnet");
+    // Anvil on any free port, unless the caller chose one (to put a proxy in front of it).
+    let port = if extra.contains(&"--port") { None } else { Some(["--port", "0"]) };
     let mut devnet = Proc(
         Command::new(binary())
+            .arg("devnet")
+            .args(port.iter().flatten())
             .args([
-                "devnet",
-                "--port",
-                "0",
                 "--model",
                 model,
                 "--out",
@@ -116,7 +127,10 @@ fn devnet_started(
     let start_at = Instant::now();
     while !ready_file.is_file() {
         assert!(start_at.elapsed() < Duration::from_secs(180), "devnet not ready");
-        assert!(devnet.0.try_wait().unwrap().is_none(), "devnet exited");
+        if devnet.0.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(dir.join("devnet.log")).unwrap_or_default();
+            panic!("devnet exited: {log}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let manifest = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
@@ -149,12 +163,84 @@ impl Swarm<'_> {
 
     /// `infergrid gateway` paying as devnet payer 0, its API on `listen`, with `extra` arguments.
     pub fn gateway(&self, listen: &str, extra: &[&str]) -> Proc {
-        let wallet = self.dir.join("wallet.redb");
+        self.gateway_with_env(listen, extra, &[])
+    }
+
+    /// [`Swarm::gateway`] with `env` variables set for it too.
+    pub fn gateway_with_env(&self, listen: &str, extra: &[&str], env: &[(&str, String)]) -> Proc {
+        self.gateway_paying(0, listen, extra, env)
+    }
+
+    /// `infergrid gateway` paying as devnet payer `payer` (its wallet its own), its API on
+    /// `listen`, with `extra` arguments and `env` variables.
+    pub fn gateway_paying(
+        &self,
+        payer: usize,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Proc {
+        let wallet = self.dir.join(format!("wallet-{payer}.redb"));
         let mut args = vec!["gateway", "--model", self.model, "--key-env", "PAYER_KEY"];
         args.extend(["--rpc-url", self.rpc, "--deployment", self.deployment, "--listen", listen]);
         args.extend(["--wallet", wallet.to_str().expect("utf-8 path")]);
         args.extend_from_slice(extra);
-        let key = crate::dev(Role::Payer, 0).private_key.to_string();
-        start(&args, &[("PAYER_KEY", key)], "gateway ready").0
+        let mut env = env.to_vec();
+        env.push(("PAYER_KEY", crate::dev(Role::Payer, payer).private_key.to_string()));
+        start(&args, &env, "gateway ready").0
     }
+}
+
+/// What a streamed completion delivered.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// The completion's id (`cmpl-<session>`).
+    pub id: String,
+    pub text: String,
+    /// The token ids of its chunks, in order (the gateway's `token_ids` extension).
+    pub token_ids: Vec<u32>,
+    pub finish_reason: Option<String>,
+    /// An error event or a stream cut before `[DONE]`.
+    pub error: Option<String>,
+}
+
+/// Streams `/completions` of the OpenAI API at `api` (`http://host:port/v1`) with `body`
+/// (`"stream": true` is added) over a raw HTTP/1.0 connection, so the events arrive unframed.
+pub fn stream_completion(api: &str, body: &serde_json::Value) -> Streamed {
+    use std::io::Write;
+    let authority = api.trim_start_matches("http://").split('/').next().unwrap();
+    let mut body = body.clone();
+    body["stream"] = serde_json::Value::Bool(true);
+    let body = body.to_string();
+    let mut socket = std::net::TcpStream::connect(authority).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let request = format!(
+        "POST /v1/completions HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut streamed = Streamed::default();
+    for line in BufReader::new(socket).lines() {
+        let Ok(line) = line else { break };
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            return streamed;
+        }
+        let event: serde_json::Value = serde_json::from_str(data).unwrap();
+        if event.get("error").is_some() {
+            streamed.error = Some(event.to_string());
+            return streamed;
+        }
+        streamed.id = event["id"].as_str().unwrap_or_default().to_owned();
+        let choice = &event["choices"][0];
+        streamed.text.push_str(choice["text"].as_str().unwrap_or_default());
+        let ids = choice["token_ids"].as_array().into_iter().flatten();
+        streamed.token_ids.extend(ids.map(|id| id.as_u64().unwrap() as u32));
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            streamed.finish_reason = Some(reason.to_owned());
+        }
+    }
+    streamed.error.get_or_insert_with(|| "the stream ended before [DONE]".into());
+    streamed
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
+use infergrid::engine::{BatchStep, BlockInput, CacheLimits, Device, Pipeline, Runtime};
 use infergrid::generate::{cosine, embed_texts};
 use infergrid_e2e::models::{
     import, make_checkpoint, minilm_checkpoint, reference_decode, reference_embeddings,
@@ -174,5 +174,169 @@ fn blocks_refuse_malformed_inputs_with_typed_errors() -> anyhow::Result<()> {
     ));
     // The cache still serves the session after the refused requests.
     first.forward(2, 3, BlockInput::Tokens(vec![4]))?;
+    Ok(())
+}
+
+/// One session of the batching test: its prompt, when it joins, how many tokens it takes.
+struct Session {
+    prompt: Vec<i64>,
+    joins_at: usize,
+    tokens: usize,
+    ids: Vec<i64>,
+    position: usize,
+}
+
+fn argmax(row: &[f32]) -> i64 {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap()
+}
+
+/// 16 sessions with prompts of different lengths join at different steps and leave after
+/// different numbers of tokens; every step, all sessions decoding run as one batch through
+/// each block (`forward_batch`). Greedy ids equal each session run alone; logits agree within
+/// float noise. Then the same for a gpt2 (learned positions) fixture.
+#[test]
+fn batched_decoding_matches_each_session_alone() -> anyhow::Result<()> {
+    for (arch, flags) in [
+        ("llama", &["--layers", "3", "--seed", "8", "--kv-heads", "2"][..]),
+        ("gpt2", &["--layers", "3", "--seed", "8"][..]),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let hf = make_checkpoint(dir.path(), arch, flags)?;
+        let model = import(&hf, &dir.path().join("m"), 3)?;
+        let pipeline = Pipeline::load(&model, &runtime(), CacheLimits::default())?;
+        assert!(
+            pipeline.blocks().iter().all(|b| b.is_batched()),
+            "{arch}: graphs take past_lengths"
+        );
+
+        let mut sessions: Vec<Session> = (0..16)
+            .map(|i| Session {
+                prompt: (0..1 + i % 7).map(|t| (3 + 17 * i + 5 * t) as i64 % 200 + 1).collect(),
+                joins_at: i / 2,
+                tokens: 6 + i % 5,
+                ids: Vec::new(),
+                position: 0,
+            })
+            .collect();
+        let mut largest_logit_gap = 0f64;
+        let mut most_in_a_batch = 0;
+        for step in 0.. {
+            if sessions.iter().all(|s| s.ids.len() == s.tokens) {
+                break;
+            }
+            // Joining sessions prefill alone; the others decode together.
+            let mut decoding = Vec::new();
+            for (i, s) in sessions.iter_mut().enumerate() {
+                if s.joins_at == step && s.ids.is_empty() {
+                    let logits = pipeline.step(i as u64, 0, &s.prompt)?;
+                    s.ids.push(argmax(logits.last_row()));
+                    s.position = s.prompt.len();
+                } else if s.joins_at < step && !s.ids.is_empty() && s.ids.len() < s.tokens {
+                    decoding.push(i);
+                }
+            }
+            most_in_a_batch = most_in_a_batch.max(decoding.len());
+            let mut inputs: Vec<BlockInput> = decoding
+                .iter()
+                .map(|&i| BlockInput::Tokens(vec![*sessions[i].ids.last().unwrap()]))
+                .collect();
+            for block in pipeline.blocks() {
+                let steps = decoding
+                    .iter()
+                    .zip(inputs)
+                    .map(|(&i, input)| BatchStep {
+                        session: i as u64,
+                        position: sessions[i].position,
+                        input,
+                    })
+                    .collect();
+                inputs = block
+                    .forward_batch(steps)
+                    .into_iter()
+                    .map(|r| r.map(BlockInput::Hidden))
+                    .collect::<Result<_, _>>()?;
+            }
+            for (&i, output) in decoding.iter().zip(inputs) {
+                let BlockInput::Hidden(logits) = output else { unreachable!() };
+                let s = &mut sessions[i];
+                s.ids.push(argmax(logits.last_row()));
+                s.position += 1;
+                // The same step alone, on a session of its own replaying the same tokens.
+                let alone = 1_000 + i as u64;
+                let mut history = s.prompt.clone();
+                history.extend(&s.ids[..s.ids.len() - 1]);
+                let expected = pipeline.step(alone, 0, &history)?;
+                pipeline.close(alone);
+                largest_logit_gap =
+                    largest_logit_gap.max(max_abs_diff(logits.last_row(), expected.last_row()));
+            }
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            let alone = greedy_n(&pipeline, &s.prompt, s.tokens);
+            assert_eq!(
+                s.ids, alone,
+                "{arch}: session {i}: batched greedy ids differ from its run alone"
+            );
+        }
+        eprintln!(
+            "{arch}: 16 sessions, up to {most_in_a_batch} per batch: greedy ids identical, largest logit gap {largest_logit_gap:.2e}"
+        );
+        assert!(most_in_a_batch >= 8, "the schedule never batched much: {most_in_a_batch}");
+        assert!(largest_logit_gap < 1e-4, "{arch}: batched logits drift {largest_logit_gap}");
+    }
+    Ok(())
+}
+
+/// Greedy ids of `tokens` tokens after `prompt`, run alone on a fresh session.
+fn greedy_n(pipeline: &Pipeline, prompt: &[i64], tokens: usize) -> Vec<i64> {
+    let session = 77_777;
+    let mut ids = Vec::new();
+    let mut logits = pipeline.step(session, 0, prompt).unwrap();
+    let mut position = prompt.len();
+    while ids.len() < tokens {
+        let next = argmax(logits.last_row());
+        ids.push(next);
+        if ids.len() < tokens {
+            logits = pipeline.step(session, position, &[next]).unwrap();
+            position += 1;
+        }
+    }
+    pipeline.close(session);
+    ids
+}
+
+/// One batch holding a cached decode row, a fresh row (position 0), a row with a token outside
+/// the vocabulary and a second step of a session already in the batch: the bad row alone is
+/// refused, the repeated session's second step runs after its first, and every answer is the
+/// step run alone.
+#[test]
+fn a_batch_mixes_fresh_cached_bad_and_repeated_rows() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "2", "--seed", "3"])?;
+    let model = import(&hf, &dir.path().join("m"), 1)?;
+    let pipeline = Pipeline::load(&model, &runtime(), CacheLimits::default())?;
+    let block = &pipeline.blocks()[0];
+    let tokens = |ids: &[i64]| BlockInput::Tokens(ids.to_vec());
+    // References, one step at a time on sessions of their own.
+    block.forward(11, 0, tokens(&[1, 2, 3]))?;
+    let cached = block.forward(11, 3, tokens(&[4]))?;
+    let repeated = block.forward(11, 4, tokens(&[6]))?;
+    let fresh = block.forward(12, 0, tokens(&[5]))?;
+
+    block.forward(1, 0, tokens(&[1, 2, 3]))?;
+    let out = block.forward_batch(vec![
+        BatchStep { session: 1, position: 3, input: tokens(&[4]) },
+        BatchStep { session: 2, position: 0, input: tokens(&[5]) },
+        BatchStep { session: 3, position: 0, input: tokens(&[1_000_000]) },
+        BatchStep { session: 1, position: 4, input: tokens(&[6]) },
+    ]);
+    let close = |a: &infergrid::engine::Activation, b: &infergrid::engine::Activation| {
+        a.shape() == b.shape() && max_abs_diff(a.data(), b.data()) < 1e-4
+    };
+    let [first, second, third, fourth] = <[_; 4]>::try_from(out).expect("four answers");
+    assert!(close(&first?, &cached), "the cached row");
+    assert!(close(&second?, &fresh), "the fresh row");
+    assert!(matches!(third, Err(infergrid::engine::EngineError::BadInput { .. })), "{third:?}");
+    assert!(close(&fourth?, &repeated), "the repeated session's next step");
     Ok(())
 }

@@ -169,15 +169,7 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
         .unwrap();
     let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "KILL");
-    let health = get(&format!("http://{listen}/healthz"));
-    let victim = health["routing"]["route"][0]["peer"].as_str().expect("a route").to_owned();
-    let index = (0..4)
-        .find(|&i| {
-            NodeIdentity::derive(&dev(Role::Operator, i).private_key).peer_id().to_string()
-                == victim
-        })
-        .expect("a node");
-    assert_eq!(index % 3, 0, "hop 0 serves the replicated block");
+    let (victim, index) = first_hop(&listen);
     nodes[index].0.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
     use std::io::Write;
@@ -208,6 +200,28 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
     drop(nodes);
 }
 
+/// The peer serving the first hop of the gateway's current route (once a step has finished),
+/// and its devnet operator index (one of the replicated block 0's).
+fn first_hop(listen: &str) -> (String, usize) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let victim = loop {
+        let health = get(&format!("http://{listen}/healthz"));
+        if let Some(peer) = health["routing"]["route"][0]["peer"].as_str() {
+            break peer.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no step finished: {health}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let index = (0..4)
+        .find(|&i| {
+            NodeIdentity::derive(&dev(Role::Operator, i).private_key).peer_id().to_string()
+                == victim
+        })
+        .expect("a node");
+    assert_eq!(index % 3, 0, "hop 0 serves the replicated block");
+    (victim, index)
+}
+
 fn get(url: &str) -> serde_json::Value {
     let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
     let out = Command::new(python)
@@ -215,4 +229,67 @@ fn get(url: &str) -> serde_json::Value {
         .output()
         .unwrap();
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+/// Six users stream at once, their decode steps batched at every node; the node serving
+/// block 0 on their route is killed mid-stream: the streams it served fail over to the
+/// replica, and every stream completes with exactly the output of the model run in one
+/// process.
+#[test]
+fn a_failover_mid_batch_leaves_every_stream_exact() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = infergrid_e2e::procs::llama_devnet(dir.path());
+    let m = model.to_str().unwrap();
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm =
+        Swarm { model: m, rpc: &rpc, deployment: deployment.to_str().unwrap(), dir: dir.path() };
+    // Operators 0..4 serve blocks 0, 1, 2, 0.
+    let mut nodes: Vec<Proc> = (0..4).map(|i| swarm.node(i, &(i % 3).to_string(), &[])).collect();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _gateway = swarm.gateway(&listen, &[]);
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+
+    let prompts: Vec<String> =
+        ["once upon a time", "in the beginning", "hello", "a b c", "the end", "why"]
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let script = infergrid_e2e::models::repo_root().join("tests/py/streams.py");
+    let users = Command::new(&python)
+        .arg(&script)
+        .args([&format!("http://{listen}/v1"), &name, "unused", "400"])
+        .args(&prompts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once all six run, kill the node their route uses for block 0.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while get(&format!("http://{listen}/healthz"))["sessions"]["active"] != 6 {
+        assert!(Instant::now() < deadline, "the six streams never ran at once");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (victim, index) = first_hop(&listen);
+    nodes[index].0.kill().unwrap(); // SIGKILL, while six sessions stream through it
+    let out = users.wait_with_output().unwrap();
+    assert!(out.status.success(), "streams.py: {}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (prompt, result) in prompts.iter().zip(&results) {
+        assert!(result.get("error").is_none(), "{prompt:?}: {result}");
+        let (_, expected) = local_greedy(&model, prompt, 400).unwrap();
+        assert_eq!(
+            result["text"].as_str(),
+            Some(expected.as_str()),
+            "{prompt:?}: failover changed the output"
+        );
+    }
+    let health = get(&format!("http://{listen}/healthz"));
+    let failovers = health["routing"]["failovers"].as_array().unwrap();
+    let off_victim = failovers.iter().filter(|f| f["failed_peer"] == victim.as_str()).count();
+    eprintln!(
+        "killed {victim} under 6 concurrent streams: {off_victim} sessions failed over, all exact"
+    );
+    assert!(off_victim >= 1, "no session failed over: {health}");
 }

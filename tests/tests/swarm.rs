@@ -148,6 +148,7 @@ fn candidate(served: &Served, blocks: (u16, u16), rtt_ms: f64) -> infergrid::rou
         active_sessions: 0,
         free_cache_tokens: None,
         reputation_bps: None,
+        price_wei_per_token: None,
     }
 }
 
@@ -443,5 +444,224 @@ async fn malformed_and_forged_answers_are_refused_banned_and_routed_around() -> 
     assert!(reason.contains("invalid answer: answer shape [1, 5, 0]"), "{reason}");
     assert!(failovers[0].replacement.iter().any(|h| h.peer == honest.peer), "{failovers:?}");
     assert!(!failovers[0].replacement.iter().any(|h| h.peer == forger.peer), "{failovers:?}");
+    Ok(())
+}
+
+/// One peer opening sessions past its quota is refused `Overloaded` before any compute, while
+/// another peer's session on the same node goes on untouched; a flood of steps beyond the
+/// node's queue bound is shed with `Overloaded`, never answered wrong, and the node still
+/// serves afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_over_its_quota_or_a_flood_is_refused_and_others_are_unaffected()
+-> anyhow::Result<()> {
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "4"], 1)?;
+    let (hog, _hog_inbound) = network(None)?;
+    let (user, _user_inbound) = network(None)?;
+    let limits = infergrid::serve::ServeLimits {
+        max_queued_steps: 4,
+        sessions_per_peer: 3,
+        tokens_per_peer: 64,
+        idle_ttl: Duration::from_secs(600),
+    };
+    let admission = Admission::Peers([hog.local_peer(), user.local_peer()].into_iter().collect());
+    let node = infergrid_e2e::nodes::serve_limited(
+        &manifest,
+        &runtime,
+        0..=0,
+        admission,
+        B256::repeat_byte(9),
+        limits,
+    )?;
+    hog.dial(node.peer, node.addr.clone()).await?;
+    user.dial(node.peer, node.addr.clone()).await?;
+    let prefill = |session: u64, tokens: Vec<i64>| InferRequest {
+        session,
+        ..step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(tokens))
+    };
+    let code = |r: InferResponse| match r {
+        InferResponse::Err(e) => (e.code, e.message),
+        InferResponse::Ok { .. } => (ErrorCode::Internal, "answered".to_owned()),
+    };
+
+    // The user's session is open before the hog arrives.
+    output(user.request(node.peer, prefill(7, vec![1, 2, 3])).await?);
+    for session in 0..3 {
+        output(hog.request(node.peer, prefill(session, vec![1, 2])).await?);
+    }
+    let (refused, why) = code(hog.request(node.peer, prefill(3, vec![1, 2])).await?);
+    assert_eq!(refused, ErrorCode::Overloaded, "{why}");
+    assert!(why.contains("3 sessions"), "{why}");
+    let (refused, why) = code(hog.request(node.peer, prefill(0, vec![1; 70])).await?);
+    assert_eq!(refused, ErrorCode::Overloaded, "{why}");
+    assert!(why.contains("KV-cache tokens"), "{why}");
+    // Closing frees the hog's room; its quota never touched the user.
+    output(
+        hog.request(node.peer, step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty)).await?,
+    );
+    let close =
+        InferRequest { session: 1, ..step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty) };
+    output(hog.request(node.peer, close).await?);
+    output(hog.request(node.peer, prefill(3, vec![1, 2])).await?);
+    let decode = InferRequest {
+        session: 7,
+        ..step(&manifest, (0, 0), 3, StepKind::Decode, Payload::Tokens(vec![4]))
+    };
+    let Payload::Tensor(logits) = output(user.request(node.peer, decode).await?) else {
+        panic!("expected logits")
+    };
+    local.step(1, 0, &[1, 2, 3])?;
+    assert_eq!(logits, local.step(1, 3, &[4])?, "the user's session continued exactly");
+
+    // 1,000 prefills at once from the hog, each on a stream of its own: each is answered
+    // within the quota, refused `Overloaded`, or refused by the transport (too many streams
+    // on one connection) — never served past the quota — and the user is still served.
+    let mut flood = tokio::task::JoinSet::new();
+    for session in 1_000..2_000 {
+        let (hog, peer, request) = (hog.clone(), node.peer, prefill(session, vec![1, 2]));
+        flood.spawn(async move { hog.request(peer, request).await });
+    }
+    let (mut served, mut overloaded, mut transport) = (0, 0, 0);
+    while let Some(answer) = flood.join_next().await {
+        match answer? {
+            Ok(InferResponse::Ok { .. }) => served += 1,
+            Ok(InferResponse::Err(e)) => {
+                assert_eq!(e.code, ErrorCode::Overloaded, "{e}");
+                overloaded += 1;
+            }
+            Err(_) => transport += 1,
+        }
+    }
+    eprintln!(
+        "1,000 streams at once: {served} served, {overloaded} refused Overloaded, {transport} refused by the transport"
+    );
+    assert!(served <= 1, "the hog holds 2 of its 3 sessions; {served} more were served");
+    assert!(overloaded > 0, "nothing was refused Overloaded");
+    output(user.request(node.peer, prefill(8, vec![5])).await?);
+    Ok(())
+}
+
+/// Decode steps of concurrent sessions reach one node together and run in shared engine
+/// calls: every session's greedy ids equal its run alone, logits within float noise.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_decode_steps_are_batched_and_answered_as_alone() -> anyhow::Result<()> {
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "6"], 1)?;
+    let (client, _inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 4)?;
+    client.dial(node.peer, node.addr.clone()).await?;
+    let manifest = Arc::new(manifest);
+    let argmax =
+        |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+
+    let mut sessions = tokio::task::JoinSet::new();
+    for s in 0..8u64 {
+        let (client, peer, manifest) = (client.clone(), node.peer, manifest.clone());
+        sessions.spawn(async move {
+            let prompt: Vec<i64> = (0..2 + s as i64).map(|t| 5 + 11 * s as i64 + t).collect();
+            let mut position = 0u32;
+            let (mut input, mut ids, mut rows) = (prompt.clone(), Vec::new(), Vec::new());
+            for i in 0..10 {
+                let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
+                let request = InferRequest {
+                    session: s,
+                    ..step(&manifest, (0, 0), position, kind, Payload::Tokens(input.clone()))
+                };
+                let Payload::Tensor(logits) = output(client.request(peer, request).await?) else {
+                    panic!("expected logits")
+                };
+                position += input.len() as u32;
+                let next = argmax(logits.last_row());
+                rows.push(logits.last_row().to_vec());
+                ids.push(next);
+                input = vec![next];
+            }
+            anyhow::Ok((prompt, ids, rows))
+        });
+    }
+    let mut largest_gap = 0f32;
+    while let Some(done) = sessions.join_next().await {
+        let (prompt, ids, rows) = done??;
+        let alone = 9_000 + prompt.len() as u64;
+        let mut logits = local.step(alone, 0, &prompt)?;
+        for (i, (&id, row)) in ids.iter().zip(&rows).enumerate() {
+            assert_eq!(argmax(logits.last_row()), id, "session with prompt {prompt:?}: step {i}");
+            let gap =
+                row.iter().zip(logits.last_row()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            largest_gap = largest_gap.max(gap);
+            logits = local.step(alone, prompt.len() + i, &[id])?;
+        }
+    }
+    let (batches, steps, largest) = node.server.batcher.stats().read();
+    eprintln!(
+        "8 concurrent sessions: {steps} decode steps in {batches} engine calls (largest {largest}); largest logit gap {largest_gap:.2e}"
+    );
+    assert_eq!(steps, 8 * 9, "every decode step went through the batcher");
+    assert!(largest >= 2, "no two sessions' steps ever shared an engine call");
+    assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
+    Ok(())
+}
+
+/// A stranger (not admitted, not paying) sends a frame near the wire's 64 MiB limit, then one
+/// over it: each is refused with a clear error, nothing computed; a tensor header claiming
+/// far more data than the frame carries fails to decode at the frame's end; and an admitted
+/// peer's session on the same node goes on exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_lying_frames_from_a_stranger_are_refused_and_others_unaffected()
+-> anyhow::Result<()> {
+    use infergrid::net::codec::MAX_MESSAGE_BYTES;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "4"], 1)?;
+    let (user, _user_inbound) = network(None)?;
+    let (stranger, _stranger_inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[user.local_peer()], 5)?;
+    user.dial(node.peer, node.addr.clone()).await?;
+    stranger.dial(node.peer, node.addr.clone()).await?;
+    output(
+        user.request(
+            node.peer,
+            step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2])),
+        )
+        .await?,
+    );
+
+    // A tensor filling a frame to within 64 KiB of the limit, then one over it.
+    let fits = (MAX_MESSAGE_BYTES - (64 << 10)) / 4;
+    let frame = |values: usize| -> anyhow::Result<InferRequest> {
+        let tensor = infergrid::engine::Activation::new(vec![1, 1, values], vec![0.5; values])?;
+        Ok(step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tensor(tensor)))
+    };
+    let refusal = |r: InferResponse| match r {
+        InferResponse::Err(e) => (e.code, e.message),
+        InferResponse::Ok { .. } => panic!("a stranger was served"),
+    };
+    let (code, why) = refusal(stranger.request(node.peer, frame(fits)?).await?);
+    assert_eq!(code, ErrorCode::NotAdmitted, "{why}");
+    let (code, why) = refusal(stranger.request(node.peer, frame(fits + (32 << 10))?).await?);
+    assert_eq!(code, ErrorCode::Malformed, "{why}");
+    assert!(why.contains("exceeds the limit"), "{why}");
+    // A tensor header claiming 2^30 values over 16 bytes: the decoder takes values only from
+    // the bytes present, so it stops at the end of the message, allocating nothing for the
+    // claim.
+    let mut lying = frame(4)?.encode();
+    let dims_at = lying.len() - 4 * 4 - 3 * 4;
+    lying[dims_at + 8..dims_at + 12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    assert_eq!(
+        InferRequest::decode(&lying).unwrap_err(),
+        infergrid::net::codec::CodecError::Truncated
+    );
+
+    // The admitted peer's session continues exactly as in one process.
+    let Payload::Tensor(logits) = output(
+        user.request(
+            node.peer,
+            step(&manifest, (0, 0), 2, StepKind::Decode, Payload::Tokens(vec![3])),
+        )
+        .await?,
+    ) else {
+        panic!("expected logits")
+    };
+    local.step(1, 0, &[1, 2])?;
+    assert_eq!(logits, local.step(1, 2, &[3])?);
     Ok(())
 }

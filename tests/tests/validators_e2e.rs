@@ -5,19 +5,28 @@
 //! honest nodes are scored above neutral. Everything is read back through `cast` and
 //! `infergrid audit`, independently of the validators' own logs.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
 use infergrid::tools::{Tool, locate};
 use infergrid_e2e::dev;
-use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
-use infergrid_e2e::procs::{Proc, SWARM, binary, devnet_with, post};
+use infergrid_e2e::models::{import, local_greedy, make_checkpoint, teacher_forced_greedy};
+use infergrid_e2e::procs::{
+    Proc, SWARM, Streamed, binary, devnet_with, free_port, post, stream_completion,
+};
+use infergrid_e2e::proxy::HangingProxy;
 
 const EPOCH_SECS: u64 = 20;
-/// The node `--testing-cheat` names: operator 4 serves block 4 mod 3 = 1, a middle block, so
-/// a lazy node has a block to skip.
-const CHEAT: usize = 4;
+/// The node `--testing-cheat` names: operator 1 serves block 1 mod 3 = 1, a middle block, so
+/// a lazy node has a block to skip; operator 4 serves it too, dearer (the devnet prices
+/// operator i at i + 1 units), so the gateway routes users through the cheater until it is
+/// jailed, then through operator 4.
+const CHEAT: usize = 1;
 
 /// `cast call` on the devnet, each word of the answer without cast's `[1e21]` annotations.
 fn cast_call(rpc: &str, to: &str, signature: &str, args: &[String]) -> Vec<String> {
@@ -130,6 +139,11 @@ fn convicts(cheat: &str) {
         (0..6).map(|i| dev(Role::Operator, i).address.to_string()).collect();
     let cheater = &operators[CHEAT];
     assert_eq!(chain.reputation(cheater), 5_000, "neutral before any epoch is scored");
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let api = manifest["api_url"].as_str().unwrap();
+    // Users stream through the gateway all along; a node perturbing a few answers is one a
+    // user can be routed through until it is caught.
+    let users = cheat.starts_with("perturb").then(|| UserStreams::start(api, &name));
 
     // Epoch 0 has no committed challenge set (roots are committed before an epoch begins):
     // the first challenged epoch is the one after the devnet came up. Conviction is due
@@ -140,6 +154,16 @@ fn convicts(cheat: &str) {
         std::thread::sleep(Duration::from_secs(2));
     }
     let convicted_after = started.elapsed().as_secs_f64();
+    if let Some(users) = users {
+        // The gateway sees the jail at its next directory refresh (every 5 s) and moves the
+        // streams running through the cheater off it.
+        let log = || std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log().contains(LEFT) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        check_streams_moved_off_the_cheater(&log(), &model, &users.stop());
+    }
     let record = chain.record(cheater);
     eprintln!("{cheat} node convicted {convicted_after:.0} s after start: {record:?}");
     assert!(record.faults >= 1, "{record:?}");
@@ -177,9 +201,7 @@ fn convicts(cheat: &str) {
 
     // Users are routed around the jailed node: greedy output through the gateway matches the
     // model run in one process.
-    let api = manifest["api_url"].as_str().unwrap();
     let prompt = "the quick brown fox";
-    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
     let (status, body) = post(
         &format!("{api}/completions"),
         &serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 16, "temperature": 0}),
@@ -188,6 +210,126 @@ fn convicts(cheat: &str) {
     let remote: Vec<u32> = serde_json::from_value(body["choices"][0]["token_ids"].clone()).unwrap();
     let (expected, _) = local_greedy(&model, prompt, 16).unwrap();
     assert_eq!(remote, expected, "the gateway's greedy output differs from the local run");
+}
+
+/// What the users stream: a prompt the fixture continues for all of `USER_TOKENS`.
+const USER_PROMPT: &str = "the quick brown fox";
+const USER_TOKENS: usize = 200;
+/// Users streaming at once.
+const USERS: usize = 3;
+/// How the gateway logs a failover off a node that left the directory.
+const LEFT: &str = "failing over: left the directory";
+
+/// Users streaming greedy completions through the devnet's gateway, back to back.
+struct UserStreams {
+    stop: Arc<AtomicBool>,
+    users: Vec<JoinHandle<Vec<Streamed>>>,
+}
+
+impl UserStreams {
+    fn start(api: &str, model: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = serde_json::json!({
+            "model": model, "prompt": USER_PROMPT, "max_tokens": USER_TOKENS, "temperature": 0
+        });
+        let users = (0..USERS)
+            .map(|_| {
+                let (api, body, stop) = (api.to_owned(), body.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut streams = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        streams.push(stream_completion(&api, &body));
+                    }
+                    streams
+                })
+            })
+            .collect();
+        Self { stop, users }
+    }
+
+    /// Lets every user finish the stream it is reading; every stream read.
+    fn stop(self) -> Vec<Streamed> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.users.into_iter().flat_map(|user| user.join().unwrap()).collect()
+    }
+}
+
+/// The user streams that ran through the cheater when it was jailed: the gateway moved each
+/// off it mid-stream (its log names the session and position) and each completed. Every token
+/// decided before the cheater's first wrong answer in the session is the model's greedy output
+/// run in one process; every token decided after the move is the honest model's greedy choice
+/// given the stream so far (teacher-forced); so a stream the cheater answered right throughout
+/// is identical to the local greedy output. Tokens decided between a perturbed answer and the
+/// move came from a node later convicted for it: they are reported, not asserted.
+fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Streamed]) {
+    for stream in streams {
+        assert!(stream.error.is_none(), "a user stream broke: {stream:?}");
+        assert!(stream.finish_reason.is_some(), "a user stream never finished: {stream:?}");
+    }
+    // (session, position) of every failover off a node that left the directory.
+    let moved: Vec<(u64, usize)> = log
+        .lines()
+        .filter(|l| l.starts_with("gateway | ") && l.contains(LEFT))
+        .filter_map(|l| {
+            let (session, rest) = l.split_once("session ")?.1.split_once(" position ")?;
+            Some((session.parse().ok()?, rest.split_once(':')?.0.parse().ok()?))
+        })
+        .collect();
+    let (expected, _) = local_greedy(model, USER_PROMPT, USER_TOKENS).unwrap();
+    assert_eq!(expected.len(), USER_TOKENS, "the fixture stops early after {USER_PROMPT:?}");
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let prompt_len =
+        infergrid::generate::Prompt::Text(USER_PROMPT).encode(&tokenizer).unwrap().len();
+    let mut mid_stream = 0;
+    for (session, moved_at) in moved {
+        let id = format!("cmpl-{session}");
+        let stream = streams.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("no {id}"));
+        let marker = format!(
+            "node {CHEAT} | node: TESTING: perturbed the answer to session {session} position "
+        );
+        let perturbed: Vec<usize> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix(marker.as_str()))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect();
+        let first_wrong = perturbed.iter().min().copied().unwrap_or(usize::MAX);
+        let honest = teacher_forced_greedy(model, USER_PROMPT, &stream.token_ids).unwrap();
+        // A token a wrong answer flipped may lead to an end-of-sequence; otherwise every
+        // stream runs its whole length.
+        if perturbed.is_empty() || stream.finish_reason.as_deref() != Some("stop") {
+            assert_eq!(stream.token_ids.len(), USER_TOKENS, "{id} came short: {stream:?}");
+        }
+        for (i, &token) in stream.token_ids.iter().enumerate() {
+            // The step that decided token i: the prefill, then one decode step per token.
+            let step = if i == 0 { 0 } else { prompt_len + i - 1 };
+            if step < first_wrong {
+                assert_eq!(token, expected[i], "{id}: token {i} differs before any wrong answer");
+            }
+            if step >= moved_at {
+                assert_eq!(
+                    token, honest[i],
+                    "{id}: token {i} after the move is not the greedy one"
+                );
+            }
+        }
+        let identical = stream.token_ids == expected;
+        eprintln!(
+            "user stream {id}: moved off the jailed node at position {moved_at}; {} of its \
+             answers perturbed; identical to the local greedy output: {identical}",
+            perturbed.len()
+        );
+        if perturbed.is_empty() {
+            assert!(identical, "{id} differs from the local greedy output");
+        }
+        mid_stream += usize::from(moved_at > 0);
+    }
+    let failovers: Vec<&str> = log.lines().filter(|l| l.contains("failing over")).collect();
+    assert!(
+        mid_stream >= 1,
+        "no user stream was running through the node when it was jailed ({} streams); \
+         failovers: {failovers:#?}",
+        streams.len()
+    );
 }
 
 #[test]
@@ -290,4 +432,69 @@ fn a_validator_withholding_its_reveals_is_penalized_and_moves_nothing() {
     }
     let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
     assert!(log.contains("never revealed it; the round did not finalize: penalized"), "{log}");
+}
+
+/// A validator whose RPC endpoint stops answering mid-epoch (a proxy freezing every
+/// connection, open or new, for an epoch and a half): it cannot pay for its challenges, commit
+/// its next challenge root or its results, and says so in its log; nothing it could not check
+/// is counted against a node, no node is slashed or jailed, and once the endpoint answers
+/// again it challenges, commits and reveals as before, so the honest nodes are scored.
+#[test]
+fn a_validator_losing_its_rpc_mid_epoch_slashes_nobody_and_recovers() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let anvil_port = free_port();
+    let proxy = HangingProxy::start(&format!("127.0.0.1:{anvil_port}"));
+    let (port, rpc) = (anvil_port.to_string(), format!("0=http://{}", proxy.addr));
+    let (_devnet, chain, _manifest, dir) =
+        start(&["--port", &port, "--testing-validator-rpc", &rpc]);
+    let log = || std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    let outage = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.starts_with("validator 0 | "))
+            .filter(|l| l.contains("refused") || l.contains("failed") || l.contains("stopped"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Mid-epoch: validator 0 has committed the challenge root of the next epoch.
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 3);
+    while !log()
+        .lines()
+        .any(|l| l.starts_with("validator 0 | ") && l.contains("committed challenge root"))
+    {
+        assert!(Instant::now() < deadline, "validator 0 never committed a challenge root");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(outage(&log()).is_empty(), "failures before the outage: {:?}", outage(&log()));
+    proxy.hang(true);
+    std::thread::sleep(Duration::from_secs(EPOCH_SECS * 3 / 2));
+    proxy.hang(false);
+    let said = outage(&log());
+    eprintln!("validator 0 during the outage:\n{}", said.join("\n"));
+    assert!(!said.is_empty(), "the outage left no log line");
+
+    // Recovery: every node scored above neutral needs all three validators' reveals (2/3 of
+    // the stake is one basis point short of the quorum), validator 0's included.
+    let deadline = Instant::now() + Duration::from_secs(EPOCH_SECS * 6);
+    loop {
+        let records: Vec<Record> =
+            (0..6).map(|i| chain.record(&dev(Role::Operator, i).address.to_string())).collect();
+        for (i, record) in records.iter().enumerate() {
+            assert_eq!((record.faults, record.total_slashed.as_str()), (0, "0"), "node {i}");
+        }
+        if records.iter().all(|r| r.epochs_scored >= 1 && r.reputation_bps > 5_000) {
+            eprintln!("after the outage, every node scored: {records:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every node scored after the outage: {records:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for i in 0..6 {
+        assert!(chain.active(&dev(Role::Operator, i).address.to_string()), "node {i} jailed");
+    }
+    let log = log();
+    let recovered = log
+        .lines()
+        .filter(|l| l.starts_with("validator 0 | "))
+        .any(|l| l.contains("reveal of the result") && l.contains("done"));
+    assert!(recovered, "validator 0 never revealed a result after the outage");
 }

@@ -1,11 +1,14 @@
 //! The gateway's OpenAI-compatible HTTP API (axum): completions and chat completions, with
 //! SSE streaming, log-probabilities and usage; models; health. Errors use OpenAI's JSON shape.
 
+mod conn;
+mod edge;
 mod types;
 
 use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -17,16 +20,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::generate::{
     ChatFormat, FinishReason, GeneratedToken, Generation, GenerationError, Prompt, TextModel,
     generate,
 };
+pub use edge::ApiLimits;
 pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Job};
 
-/// Something that generates for the API: the routed remote model on a gateway.
-pub type Backend = Arc<std::sync::Mutex<Box<dyn TextModel + Send>>>;
+/// Opens a text model of its own for each request (the routed remote model on a gateway), so
+/// requests generate concurrently.
+pub type Backend = Arc<dyn Fn() -> Box<dyn TextModel + Send> + Send + Sync>;
 
 /// Something that embeds texts for the API; returns the embeddings and the tokens used.
 pub type Embedder = Arc<
@@ -44,6 +49,9 @@ pub struct ApiState {
     /// Routing facts for `/healthz`, when the backend routes over the swarm.
     pub routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
     next_session: AtomicU64,
+    /// One permit per generation allowed to run at once.
+    sessions: Arc<Semaphore>,
+    max_sessions: usize,
 }
 
 impl ApiState {
@@ -54,6 +62,7 @@ impl ApiState {
         backend: Option<Backend>,
         embedder: Option<Embedder>,
         routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
+        max_sessions: usize,
     ) -> Arc<Self> {
         let seed =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
@@ -65,14 +74,39 @@ impl ApiState {
             embedder,
             routing,
             next_session: AtomicU64::new(seed),
+            sessions: Arc::new(Semaphore::new(max_sessions)),
+            max_sessions,
         })
+    }
+
+    /// A session slot for one request (a generation, or an embedding), held until the
+    /// permit drops; `429` with `Retry-After` when every slot is taken (no queue: a client
+    /// that waits can retry).
+    #[allow(clippy::result_large_err)]
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.sessions.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the gateway is running its limit of {} sessions; retry shortly",
+                    self.max_sessions
+                ),
+            )
+            .with_retry_after(1)
+        })
+    }
+
+    /// Generations running now.
+    fn active_sessions(&self) -> usize {
+        self.max_sessions - self.sessions.available_permits()
     }
 }
 
-/// The API's routes.
-pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/healthz", get(health))
+/// The API's routes behind `limits`: `/healthz` open, `/v1` behind the API key if one is set.
+pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
+    let open = Router::new().route("/healthz", get(health));
+    let v1 = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -80,8 +114,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
                 .into_response()
-        })
-        .with_state(state)
+        });
+    // The body limit is the edge's (`ApiLimits::max_body_bytes`), not axum's own 2 MiB.
+    limits.guard(open, v1).layer(axum::extract::DefaultBodyLimit::disable()).with_state(state)
 }
 
 /// Liveness, plus the current route, every failover with its stall, and what the gateway
@@ -104,7 +139,9 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
             })).collect::<Vec<_>>(),
         })
     });
-    Json(serde_json::json!({"status": "ok", "routing": routing}))
+    let sessions =
+        serde_json::json!({"active": state.active_sessions(), "limit": state.max_sessions});
+    Json(serde_json::json!({"status": "ok", "sessions": sessions, "routing": routing}))
 }
 
 async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
@@ -132,7 +169,15 @@ async fn embeddings(
         .into_response();
     };
     let texts = request.texts();
-    match tokio::task::spawn_blocking(move || embedder(&texts)).await {
+    let permit = match state.admit() {
+        Ok(permit) => permit,
+        Err(e) => return e.into_response(),
+    };
+    let embedded = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        embedder(&texts)
+    });
+    match embedded.await {
         Ok(Ok((embeddings, tokens))) => Json(types::embedding_response(
             &state.model_name,
             &embeddings,
@@ -156,36 +201,64 @@ fn no_generation(state: &ApiState) -> Response {
     .into_response()
 }
 
+/// Set when whoever waits for a generation is gone (the client disconnected), so the
+/// generation stops at its next token and pays for no more steps.
+#[derive(Debug, Clone, Default)]
+struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Cancels the generation when dropped: held by whatever the client's connection keeps
+/// alive (the handler's future, the SSE stream).
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a generation on a model of its own, if a session is free: otherwise `429` with
+/// `Retry-After` (no queue: a client that waits can retry). `on_token` sees every token and
+/// may break to stop; the returned guard cancels the generation when dropped.
+#[allow(clippy::result_large_err)]
 fn run_job(
     state: &Arc<ApiState>,
+    session: u64,
     job: Job,
-    on_token: impl FnMut(&GeneratedToken) + Send + 'static,
-) -> tokio::task::JoinHandle<Result<Generation, GenerationError>> {
-    let state = state.clone();
-    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || {
-        let backend = state.backend.as_ref().expect("handlers check for a backend");
-        // A generation that panicked must not take the API down with it: sessions are
-        // independent, so a half-finished one leaves at most its own session behind.
-        let mut backend = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()> + Send + 'static,
+) -> Result<(tokio::task::JoinHandle<Result<Generation, GenerationError>>, CancelOnDrop), ApiError>
+{
+    let permit = state.admit()?;
+    let backend = state.backend.as_ref().expect("handlers check for a backend");
+    let mut model = backend();
+    let (state, cancel) = (state.clone(), Cancel::default());
+    let cancelled = cancel.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let prompt =
             if job.templated { Prompt::Chat(&job.prompt) } else { Prompt::Text(&job.prompt) };
         generate(
-            &mut **backend,
+            &mut *model,
             &state.tokenizer,
             session,
             prompt,
             job.max_tokens,
             &job.stop,
             job.params,
-            on_token,
+            |token| if cancelled.is_set() { ControlFlow::Break(()) } else { on_token(token) },
         )
-    })
+    });
+    Ok((handle, CancelOnDrop(cancel)))
 }
 
 fn generation_error(e: GenerationError) -> ApiError {
     match e {
-        GenerationError::Engine(_) | GenerationError::NoLogits => {
+        GenerationError::Engine(_) | GenerationError::NoLogits | GenerationError::Cancelled => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
         }
         other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", other.to_string()),
@@ -201,23 +274,22 @@ async fn completions(
             Ok(prepared) => prepared,
             Err(response) => return response,
         };
-    let (id, model, created) = (
-        format!("cmpl-{}", state.next_session.load(Ordering::Relaxed)),
-        state.model_name.clone(),
-        now(),
-    );
+    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let (id, model, created) = (format!("cmpl-{session}"), state.model_name.clone(), now());
     let (tokenizer, logprobs) = (state.tokenizer.clone(), request.logprobs);
     let shape = Shape {
         opening: None,
         chunk: Arc::new({
             let (id, model) = (id.clone(), model.clone());
-            move |text, finish| types::completion_chunk(&id, &model, created, text, finish)
+            move |text, ids, finish| {
+                types::completion_chunk(&id, &model, created, text, ids, finish)
+            }
         }),
         full: Box::new(move |g| {
             types::completion_response(&id, &model, created, g, logprobs, &tokenizer)
         }),
     };
-    respond(&state, job, request.stream.unwrap_or(false), shape).await
+    respond(&state, session, job, request.stream.unwrap_or(false), shape).await
 }
 
 async fn chat_completions(
@@ -228,27 +300,25 @@ async fn chat_completions(
         Ok(prepared) => prepared,
         Err(response) => return response,
     };
-    let (id, model, created) = (
-        format!("chatcmpl-{}", state.next_session.load(Ordering::Relaxed)),
-        state.model_name.clone(),
-        now(),
-    );
+    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let (id, model, created) = (format!("chatcmpl-{session}"), state.model_name.clone(), now());
     let (tokenizer, top_logprobs) = (state.tokenizer.clone(), request.top_logprobs());
     let shape = Shape {
         opening: Some(types::chat_chunk(&id, &model, created, Some("assistant"), "", None)),
         chunk: Arc::new({
             let (id, model) = (id.clone(), model.clone());
-            move |text, finish| types::chat_chunk(&id, &model, created, None, text, finish)
+            move |text, _, finish| types::chat_chunk(&id, &model, created, None, text, finish)
         }),
         full: Box::new(move |g| {
             types::chat_response(&id, &model, created, g, top_logprobs, &tokenizer)
         }),
     };
-    respond(&state, job, request.stream.unwrap_or(false), shape).await
+    respond(&state, session, job, request.stream.unwrap_or(false), shape).await
 }
 
-/// Builds one streamed chunk from a text delta and, on the last one, the finish reason.
-type ChunkFn = Arc<dyn Fn(&str, Option<FinishReason>) -> serde_json::Value + Send + Sync>;
+/// Builds one streamed chunk from a text delta and its token ids and, on the last one, the
+/// finish reason.
+type ChunkFn = Arc<dyn Fn(&str, &[u32], Option<FinishReason>) -> serde_json::Value + Send + Sync>;
 
 /// Validates a generation request body and turns it into a job, or answers the error.
 #[allow(clippy::result_large_err)]
@@ -273,19 +343,31 @@ fn prepare<R>(
 struct Shape {
     /// Sent before the first token of a stream (chat's role chunk).
     opening: Option<serde_json::Value>,
-    /// One streamed chunk: a text delta, and the finish reason on the last one.
+    /// One streamed chunk: a text delta and its token ids, and the finish reason on the last
+    /// one.
     chunk: ChunkFn,
     /// The whole non-streamed answer.
     full: Box<dyn FnOnce(&Generation) -> serde_json::Value + Send>,
 }
 
 /// Runs a generation and answers with one JSON object, or with SSE chunks as tokens arrive.
-async fn respond(state: &Arc<ApiState>, job: Job, stream: bool, shape: Shape) -> Response {
+async fn respond(
+    state: &Arc<ApiState>,
+    session: u64,
+    job: Job,
+    stream: bool,
+    shape: Shape,
+) -> Response {
     let internal = |e: tokio::task::JoinError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
     };
     if !stream {
-        return match run_job(state, job, |_| {}).await {
+        let (handle, _cancel_on_disconnect) =
+            match run_job(state, session, job, |_| ControlFlow::Continue(())) {
+                Ok(started) => started,
+                Err(e) => return e.into_response(),
+            };
+        return match handle.await {
             Ok(Ok(generation)) => Json((shape.full)(&generation)).into_response(),
             Ok(Err(e)) => generation_error(e).into_response(),
             Err(e) => internal(e).into_response(),
@@ -296,26 +378,37 @@ async fn respond(state: &Arc<ApiState>, job: Job, stream: bool, shape: Shape) ->
         let _ = tx.send(opening);
     }
     let (token_tx, chunk) = (tx.clone(), shape.chunk.clone());
-    let handle = run_job(state, job, move |token| {
-        let _ = token_tx.send(chunk(&token.text_delta, None));
+    // A send fails once the stream is dropped: the client is gone.
+    let started = run_job(state, session, job, move |token| {
+        match token_tx.send(chunk(&token.text_delta, &[token.choice.id], None)) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
     });
+    let (handle, cancel_on_disconnect) = match started {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
     tokio::spawn(async move {
         let last = match handle.await {
-            Ok(Ok(generation)) => (shape.chunk)("", Some(generation.finish_reason)),
+            Ok(Ok(generation)) => (shape.chunk)("", &[], Some(generation.finish_reason)),
             Ok(Err(e)) => generation_error(e).body(),
             Err(e) => internal(e).body(),
         };
         let _ = tx.send(last);
     });
-    sse(rx).into_response()
+    sse(rx, cancel_on_disconnect).into_response()
 }
 
-/// Server-sent events: each JSON value as a `data:` event, then `data: [DONE]`.
+/// Server-sent events: each JSON value as a `data:` event, then `data: [DONE]`. Dropping the
+/// stream (the client went away) cancels the generation through `cancel`.
 fn sse(
     rx: mpsc::UnboundedReceiver<serde_json::Value>,
+    cancel: CancelOnDrop,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|value| (Ok(Event::default().data(value.to_string())), rx))
+    let events = futures::stream::unfold((rx, cancel), |(mut rx, cancel)| async move {
+        let value = rx.recv().await?;
+        Some((Ok(Event::default().data(value.to_string())), (rx, cancel)))
     });
     Sse::new(events.chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) })))
 }

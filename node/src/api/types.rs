@@ -15,11 +15,19 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Seconds after which the client may retry (`Retry-After`), when it is only too early.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into() }
+        Self { status, kind, message: message.into(), retry_after: None }
+    }
+
+    /// Tells the client to retry after `seconds`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -34,13 +42,24 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
 impl From<JsonRejection> for ApiError {
+    /// A body that does not parse is the client's error (400); one over the size limit (413)
+    /// or arriving too slowly (408) keeps its own status.
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::invalid(format!("malformed request body: {}", rejection.body_text()))
+        let status = match rejection.status() {
+            status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) => status,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = format!("malformed request body: {}", rejection.body_text());
+        ApiError::new(status, "invalid_request_error", message)
     }
 }
 
@@ -263,11 +282,16 @@ pub fn completion_chunk(
     model: &str,
     created: u64,
     text: &str,
+    token_ids: &[u32],
     finish_reason: Option<FinishReason>,
 ) -> Value {
     json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason.map(finish)}],
+        "choices": [{
+            "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason.map(finish),
+            // Extension, as in the whole answer: the chunk's token ids.
+            "token_ids": token_ids,
+        }],
     })
 }
 

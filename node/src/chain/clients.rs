@@ -272,9 +272,16 @@ impl Channels {
     /// The gas price and the latest block's timestamp: what a transaction costs now, and
     /// the chain's clock that close windows run on.
     pub async fn gas_price_and_time(&self) -> Result<(u128, u64), ChainError> {
+        let (gas_price, time, _) = self.gas_price_and_head().await?;
+        Ok((gas_price, time))
+    }
+
+    /// The gas price, and the latest block's time and number.
+    pub async fn gas_price_and_head(&self) -> Result<(u128, u64, u64), ChainError> {
         let provider = self.0.provider();
         let gas_price = provider.get_gas_price().await?;
-        Ok((gas_price, latest_block_time(provider).await?))
+        let (time, number) = latest_block(provider).await?;
+        Ok((gas_price, time, number))
     }
     /// The contract's own EIP-712 digest of a voucher.
     pub async fn voucher_digest(
@@ -589,9 +596,14 @@ pub struct Tally {
 
 /// The latest block's timestamp: the chain's clock, which close windows and epochs run on.
 pub async fn latest_block_time(provider: &DynProvider) -> Result<u64, ChainError> {
+    Ok(latest_block(provider).await?.0)
+}
+
+/// The latest block's time and number.
+async fn latest_block(provider: &DynProvider) -> Result<(u64, u64), ChainError> {
     let block = provider
         .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
         .await?
         .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
-    Ok(block.header.timestamp)
+    Ok((block.header.timestamp, block.header.number))
 }

@@ -46,7 +46,7 @@ impl Account {
             .with_simple_nonce_management()
             .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
-            .connect_reqwest(http_client()?, parse_url(url)?)
+            .connect_client(rpc_client(url)?)
             .erased();
         ensure_reachable(&provider, url).await?;
         Ok(Self { provider, address, url: url.to_owned() })
@@ -86,7 +86,7 @@ pub async fn deployment_fingerprint(
 
 /// A read-only connection to `url`, checked to answer.
 pub async fn connect_reader(url: &str) -> Result<DynProvider, ChainError> {
-    let provider = ProviderBuilder::new().connect_reqwest(http_client()?, parse_url(url)?).erased();
+    let provider = ProviderBuilder::new().connect_client(rpc_client(url)?).erased();
     ensure_reachable(&provider, url).await?;
     Ok(provider)
 }
@@ -120,6 +120,27 @@ pub async fn check_deployment(
 /// never answers (overloaded, stopped) would hang every caller forever; with it, the call
 /// fails with an error the caller logs and retries.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retries of a request the endpoint refused for its rate limit (HTTP 429 or a rate-limit
+/// error), with backoff, before the error reaches the caller.
+const RATE_LIMIT_RETRIES: u32 = 5;
+/// The backoff's base, in milliseconds.
+const RATE_LIMIT_BACKOFF_MS: u64 = 250;
+/// The compute units per second assumed of the endpoint, for the backoff's pacing.
+const COMPUTE_UNITS_PER_SECOND: u64 = 10_000;
+
+/// The JSON-RPC client for `url`: HTTP with [`RPC_TIMEOUT`] on every request, and
+/// rate-limited requests retried with backoff (alloy's `RetryBackoffLayer`).
+fn rpc_client(url: &str) -> Result<alloy::rpc::client::RpcClient, ChainError> {
+    let retry = alloy::transports::layers::RetryBackoffLayer::new(
+        RATE_LIMIT_RETRIES,
+        RATE_LIMIT_BACKOFF_MS,
+        COMPUTE_UNITS_PER_SECOND,
+    );
+    Ok(alloy::rpc::client::ClientBuilder::default()
+        .layer(retry)
+        .http_with_client(http_client()?, parse_url(url)?))
+}
 
 fn http_client() -> Result<reqwest::Client, ChainError> {
     reqwest::Client::builder()
@@ -182,4 +203,56 @@ where
         None => pending.get_receipt().await?,
     };
     if receipt.status() { Ok(receipt) } else { Err(ChainError::MinedRevert(hash)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An endpoint that answers HTTP 429 to its first `refusals` requests, then `eth_chainId`.
+    async fn rate_limited_endpoint(refusals: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&request[..n]).into_owned();
+                    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                    let id = serde_json::from_str::<serde_json::Value>(body)
+                        .map(|v| v["id"].clone())
+                        .unwrap_or(serde_json::Value::Null);
+                    let response = if counter.fetch_add(1, Ordering::SeqCst) < refusals {
+                        "HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                    } else {
+                        let json =
+                            serde_json::json!({"jsonrpc": "2.0", "id": id, "result": "0x7a69"})
+                                .to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                            json.len()
+                        )
+                    };
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn rate_limited_requests_are_retried_with_backoff() {
+        use alloy::providers::{Provider, ProviderBuilder};
+        let (url, seen) = rate_limited_endpoint(2).await;
+        let provider = ProviderBuilder::new().connect_client(super::rpc_client(&url).unwrap());
+        assert_eq!(provider.get_chain_id().await.unwrap(), 31337);
+        assert_eq!(seen.load(Ordering::SeqCst), 3, "two refusals, then the answer");
+    }
 }

@@ -59,6 +59,10 @@ pub struct EngineBench {
     rounds: usize,
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Instead: this many sessions decoding together (one call per step through the model
+    /// in one block) against the same sessions one at a time.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 /// A llama with ~126 MB of float32 weights (31.4 M parameters).
@@ -142,18 +146,29 @@ fn gguf_label(gguf: &Path) -> anyhow::Result<String> {
     stem.context("--gguf names no file")
 }
 
+/// Whether the import in `dir` is a decoder from before batch-capable graphs (its blocks
+/// lack `past_lengths`): its nodes would run every session's steps one at a time.
+pub fn predates_batching(dir: &Path) -> bool {
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap_or_default();
+    manifest.contains("past_key") && !manifest.contains("past_lengths")
+}
+
 /// Imports `source` (`--hf DIR` or `--gguf FILE`) in `blocks` blocks into `dir`, unless an
-/// import is already there.
+/// import is already there (and batch-capable).
 fn import_once(
     root: &Path,
     source: &[String],
     dir: &Path,
     blocks: usize,
 ) -> anyhow::Result<PathBuf> {
-    if dir.join("manifest.json").is_file() {
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap_or_default();
+    if !manifest.is_empty() && !predates_batching(dir) {
         eprintln!("bench: using the import in {} (delete it to re-import)", dir.display());
     } else {
         eprintln!("bench: importing {blocks} block(s) into {}", dir.display());
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
         let out = ["--out".to_owned(), path(dir), "--blocks".to_owned(), blocks.to_string()];
         script(root, "import-model", source.iter().cloned().chain(out))?;
     }
@@ -167,6 +182,10 @@ fn engine(args: EngineBench) -> anyhow::Result<()> {
     let runtime = Runtime::new(args.device, Some(args.threads))?;
     if let Some(reason) = runtime.fallback() {
         eprintln!("warning: {reason}");
+    }
+    if let Some(sessions) = args.batch {
+        let (decode, prompt) = (args.decode, args.prompt_len);
+        return super::bench_batch::run(&whole, &runtime, sessions, decode, prompt, args.rounds);
     }
     let rss_before = resident_bytes()?;
     let started = Instant::now();

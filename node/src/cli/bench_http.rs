@@ -107,7 +107,7 @@ pub fn compare(
         max_tokens,
         &[],
         params,
-        |_| {},
+        |_| std::ops::ControlFlow::Continue(()),
     )?;
     let in_process = local.tokens.len() as f64 / started.elapsed().as_secs_f64();
     let local_ids: Vec<u32> = local.tokens.iter().map(|t| t.choice.id).collect();

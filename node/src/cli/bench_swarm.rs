@@ -14,7 +14,7 @@ use infergrid::model::ModelManifest;
 use infergrid::net::codec::{InferRequest, InferResponse, Payload, StepKind};
 use infergrid::net::{Inbound, NetConfig, Network};
 use infergrid::route::Candidate;
-use infergrid::serve::{Admission, Attester, BlockServer};
+use infergrid::serve::{Admission, Attester, Batcher, BlockServer};
 use infergrid::validate::{ChainClock, EpochClock, validation_domain};
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,17 @@ pub struct SwarmBench {
     decode: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Instead: users streaming at once through a devnet's gateway (one node process per
+    /// block of --model, HTTP API), per level, e.g. `1,8,32,64`: aggregate tokens/s, time to
+    /// first token and inter-token latency.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Tokens each user streams, with --concurrency.
+    #[arg(long, default_value_t = 64)]
+    stream_tokens: usize,
+    /// Where --concurrency keeps its devnet's files.
+    #[arg(long, default_value = "target/bench-load")]
+    work: std::path::PathBuf,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -59,6 +70,16 @@ fn spawn_net(
 }
 
 pub async fn run(args: SwarmBench) -> anyhow::Result<()> {
+    if !args.concurrency.is_empty() {
+        let blocks = ModelManifest::load(&args.model)?.blocks.len();
+        std::fs::create_dir_all(&args.work)?;
+        let (model, levels, work) =
+            (args.model.clone(), args.concurrency.clone(), args.work.clone());
+        return tokio::task::spawn_blocking(move || {
+            super::bench_load::run(&model, blocks, &levels, args.stream_tokens, &work)
+        })
+        .await?;
+    }
     let (libp2p_us, tcp_us) = hop_latency(&args).await?;
     println!("swarm benchmark");
     println!(
@@ -187,15 +208,13 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
     for index in 0..3usize {
         let port = free_port()?;
         let (net, inbound, addr) = spawn_net(Some(port))?;
+        let blocks =
+            vec![Arc::new(BlockRunner::load(&manifest, index, &runtime, CacheLimits::default())?)];
         let server = Arc::new(BlockServer {
             model_id,
             first_block: index as u16,
-            blocks: vec![Arc::new(BlockRunner::load(
-                &manifest,
-                index,
-                &runtime,
-                CacheLimits::default(),
-            )?)],
+            batcher: Batcher::start(blocks.clone(), 32),
+            blocks,
             attester: Attester {
                 signer: Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(
                     index as u8 + 1,
@@ -208,6 +227,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             admission: Admission::Peers(HashSet::from([client.local_peer()])),
             collector: None,
             decode_ms: Default::default(),
+            load: Default::default(),
             cheat: None,
         });
         tokio::spawn(server.run(inbound));
@@ -221,6 +241,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             active_sessions: 0,
             free_cache_tokens: None,
             reputation_bps: None,
+            price_wei_per_token: None,
         });
     }
     let config =

@@ -55,6 +55,10 @@ pub struct DevnetArgs {
     /// (`validator run --testing-withhold-reveals`), to watch the others penalize it.
     #[arg(long, value_name = "V")]
     testing_silent_validator: Option<usize>,
+    /// TESTING ONLY — validator V reaches the chain through URL instead of anvil's own
+    /// (`V=URL`: a proxy a test can freeze, to watch a validator ride out an RPC outage).
+    #[arg(long, value_name = "V=URL", value_parser = parse_validator_rpc)]
+    testing_validator_rpc: Option<(usize, String)>,
     /// With --nodes and --epoch-secs: challenge sessions per epoch of each validator.
     #[arg(long, default_value_t = 4)]
     challenges_per_epoch: usize,
@@ -127,6 +131,7 @@ pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
                 sessions_per_epoch: args.challenges_per_epoch,
                 liar: args.testing_false_reporter,
                 silent: args.testing_silent_validator,
+                rpc_override: args.testing_validator_rpc.clone(),
             };
             swarm.validators = validators.start(model, &url, &deployment_file, &payments).await?;
         }
@@ -232,7 +237,11 @@ impl Swarm {
 }
 
 /// Starts `infergrid ARGS` with `envs` and waits for its `ready` line on stdout.
+/// Starts `infergrid ARGS` and waits for its `ready` line. Its log lines are copied to ours,
+/// each prefixed with `name` (`node 3 | …`), so an operator reading the devnet's log can tell
+/// which process said what.
 async fn spawn_ready(
+    name: String,
     args: &[String],
     envs: &[(&str, String)],
     ready: &str,
@@ -242,8 +251,19 @@ async fn spawn_ready(
         .args(args)
         .envs(envs.iter().map(|(name, value)| (*name, value)))
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    // Bytes, not `lines()`: a line that is not UTF-8 must not end the copy (the child would
+    // then die writing to a closed pipe).
+    let mut log = tokio::io::BufReader::new(child.stderr.take().expect("piped"));
+    tokio::spawn(async move {
+        let mut line = Vec::new();
+        while log.read_until(b'\n', &mut line).await.is_ok_and(|read| read > 0) {
+            eprintln!("{name} | {}", String::from_utf8_lossy(&line).trim_end());
+            line.clear();
+        }
+    });
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
     loop {
         match tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line()).await {
@@ -299,6 +319,7 @@ async fn start_swarm(
         let args: Vec<String> = args.into_iter().chain(cheat.cloned()).collect();
         nodes.push(
             spawn_ready(
+                format!("node {index}"),
                 &args,
                 &[("INFERGRID_NODE_KEY", operator.private_key.to_string())],
                 "node ready",
@@ -324,6 +345,7 @@ async fn start_swarm(
     ]
     .map(String::from);
     let gateway = spawn_ready(
+        "gateway".to_owned(),
         &args,
         &[("INFERGRID_PAYER_KEY", payer.private_key.to_string())],
         "gateway ready",
@@ -341,6 +363,8 @@ struct ValidatorProcesses {
     liar: Option<usize>,
     /// The validator started with `--testing-withhold-reveals`.
     silent: Option<usize>,
+    /// The validator reaching the chain through another URL, and that URL.
+    rpc_override: Option<(usize, String)>,
 }
 
 impl ValidatorProcesses {
@@ -365,6 +389,10 @@ impl ValidatorProcesses {
             validators.iter().zip(&payers[1..]).take(self.count).enumerate()
         {
             let file = |name: &str| payments.join(name).display().to_string();
+            let rpc = match &self.rpc_override {
+                Some((overridden, rpc)) if *overridden == index => rpc.as_str(),
+                _ => url,
+            };
             let args = [
                 "validator",
                 "--key-env",
@@ -375,7 +403,7 @@ impl ValidatorProcesses {
                 "--payer-key-env",
                 "INFERGRID_PAYER_KEY",
                 "--rpc-url",
-                url,
+                rpc,
                 "--deployment",
                 &deployment.display().to_string(),
                 "--wallet",
@@ -394,10 +422,19 @@ impl ValidatorProcesses {
                 ("INFERGRID_VALIDATOR_KEY", validator.private_key.to_string()),
                 ("INFERGRID_PAYER_KEY", payer.private_key.to_string()),
             ];
-            started.push(spawn_ready(&args, &envs, "validator ready").await?);
+            let name = format!("validator {index}");
+            started.push(spawn_ready(name, &args, &envs, "validator ready").await?);
         }
         Ok(started)
     }
+}
+
+/// `V=URL`: validator `V` and the RPC URL it uses.
+fn parse_validator_rpc(text: &str) -> Result<(usize, String), String> {
+    let (validator, url) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected V=URL"))?;
+    let validator = validator.parse().map_err(|_| format!("{text:?}: no validator index"))?;
+    Ok((validator, url.to_owned()))
 }
 
 /// `I:perturb:FRACTION` or `I:lazy`: node `I` and the flags that make it cheat.

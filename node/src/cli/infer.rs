@@ -118,6 +118,7 @@ pub fn infer(args: InferArgs) -> anyhow::Result<()> {
                 let _ = write!(stdout, "{}", token.text_delta);
                 let _ = stdout.flush();
             }
+            std::ops::ControlFlow::Continue(())
         },
     )?;
     if args.json {

@@ -2,8 +2,10 @@
 
 mod audit;
 mod bench;
+mod bench_batch;
 mod bench_http;
 mod bench_judge;
+mod bench_load;
 mod bench_swarm;
 mod bench_validators;
 mod chain;

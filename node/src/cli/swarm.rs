@@ -8,7 +8,7 @@ use alloy::primitives::{B256, U256};
 use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use clap::Args;
-use infergrid::api::{ApiState, router};
+use infergrid::api::{ApiLimits, ApiState, router};
 use infergrid::chain::{
     Account, Deployment, Registry, SkippedVoucher, deployment_fingerprint, latest_block_time,
 };
@@ -21,7 +21,7 @@ use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
-use infergrid::serve::{Admission, Attester, BlockServer, Cheat};
+use infergrid::serve::{Admission, Attester, Batcher, BlockServer, Cheat, LoadGuard, ServeLimits};
 use infergrid::validate::{ChainClock, validation_domain};
 use libp2p::{Multiaddr, PeerId};
 
@@ -58,10 +58,18 @@ pub struct NodeArgs {
     /// Usage a payer may run up beyond its latest voucher, in tokens at this node's price.
     #[arg(long, default_value_t = 256)]
     credit_tokens: u64,
+    /// Serve on credit only channels holding at least this much (`1BTT`, `5000wei`);
+    /// default: the credit itself. Others must cover every step with a voucher.
+    #[arg(long)]
+    min_deposit: Option<String>,
     /// Redeem once the vouchers' value is this many times the redemption's gas cost
     /// (channels being closed are redeemed at once).
     #[arg(long, default_value_t = RedeemPolicy::default().value_to_gas)]
     redeem_value_to_gas: u64,
+    /// Blocks on top of a redemption before it counts as final; until then its channels are
+    /// re-read each round, and a redemption a reorg dropped is sent again.
+    #[arg(long, default_value_t = infergrid::pay::DEFAULT_CONFIRMATIONS)]
+    redeem_confirmations: u64,
     /// Seconds between looks at the channels (close requests, value worth redeeming).
     #[arg(long, default_value_t = 10)]
     redeem_check_secs: u64,
@@ -80,6 +88,40 @@ pub struct NodeArgs {
     /// logits. The stake will be slashed.
     #[arg(long, conflicts_with = "testing_perturb_answers")]
     testing_lazy: bool,
+    #[command(flatten)]
+    limits: NodeLimitArgs,
+}
+
+/// What the node lets its peers use at once; steps beyond it are refused `Overloaded`
+/// before any compute or payment.
+#[derive(Debug, Args)]
+struct NodeLimitArgs {
+    /// Steps computing or waiting for the engine.
+    #[arg(long, default_value_t = ServeLimits::default().max_queued_steps)]
+    max_queued_steps: usize,
+    /// Sessions one peer may hold here.
+    #[arg(long, default_value_t = ServeLimits::default().sessions_per_peer)]
+    sessions_per_peer: usize,
+    /// KV-cache tokens one peer's sessions may hold together (of 65,536 per block).
+    #[arg(long, default_value_t = ServeLimits::default().tokens_per_peer)]
+    cache_tokens_per_peer: usize,
+    /// Decode steps of concurrent sessions run together in one engine call, at most this many.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+    /// Seconds after which an unused session is forgotten and its cache freed.
+    #[arg(long, default_value_t = ServeLimits::default().idle_ttl.as_secs())]
+    session_ttl_secs: u64,
+}
+
+impl NodeLimitArgs {
+    fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            max_queued_steps: self.max_queued_steps.max(1),
+            sessions_per_peer: self.sessions_per_peer.max(1),
+            tokens_per_peer: self.cache_tokens_per_peer,
+            idle_ttl: Duration::from_secs(self.session_ttl_secs),
+        }
+    }
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -143,6 +185,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         model_id,
         first_block: first as u16,
         blocks: blocks.clone(),
+        batcher: Batcher::start(blocks.clone(), args.limits.max_batch as usize),
         attester: Attester {
             signer: operator,
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),
@@ -150,6 +193,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             time,
         },
         decode_ms: Default::default(),
+        load: LoadGuard::new(args.limits.limits()),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
         collector: registered.then(|| collector.clone()),
         cheat: match (args.testing_perturb_answers, args.testing_lazy) {
@@ -166,6 +210,19 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
     });
     tokio::spawn(server.clone().run(inbound));
+    // Metering reaches the ledger every second, so a crash loses at most a second of it.
+    let flusher = {
+        let collector = collector.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                if let Err(e) = collector.flush().await {
+                    eprintln!("node: writing metering to the ledger failed (retrying): {e}");
+                }
+            }
+        })
+    };
     // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
     let (stop_redeeming, mut stopped) = tokio::sync::watch::channel(false);
     let redeemer = {
@@ -227,6 +284,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     net.shutdown().await?;
     let _ = stop_redeeming.send(true);
     let _ = redeemer.await;
+    flusher.abort();
     collector.flush().await?;
     Ok(())
 }
@@ -263,14 +321,19 @@ async fn collector(
         tariff.price_per_token,
         path.display()
     );
-    Ok(Collector::new(
+    let collector = Collector::new(
         operator,
         tariff,
         channels_domain(deployment.chain_id, deployment.contracts.channels),
         credit,
         account.contracts(deployment).channels,
         ledger,
-    ))
+    );
+    let collector = collector.with_confirmations(args.redeem_confirmations);
+    Ok(match &args.min_deposit {
+        Some(amount) => collector.with_min_deposit(super::operator::parse_amount(amount)?),
+        None => collector,
+    })
 }
 
 /// How a gateway (or a validator's challenges) pays the nodes.
@@ -318,6 +381,50 @@ pub struct GatewayArgs {
     /// reputation among comparable nodes either way.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     min_reputation: u32,
+    /// What one millisecond less per token is worth to you, in wei: routes are planned by
+    /// price plus latency at this rate (the default makes 0.000001 BTT a token worth 10 ms,
+    /// so the cheapest nodes win unless a pricier one is much faster).
+    #[arg(long, default_value_t = infergrid::route::DEFAULT_WEI_PER_MS, value_parser = parse_wei_per_ms)]
+    wei_per_ms: f64,
+    #[command(flatten)]
+    limits: ApiLimitArgs,
+}
+
+/// How much of the gateway a client can use: every request spends the gateway's wallet.
+#[derive(Debug, Args)]
+struct ApiLimitArgs {
+    /// Require `Authorization: Bearer <KEY>` on every /v1 request (/healthz stays open).
+    #[arg(long, env = "INFERGRID_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Generations running at once; one more is answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
+    /// HTTP connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// HTTP connections open at once from one client address.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
+    /// Largest request body in bytes; larger ones are answered 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a client has to send its request headers; slower ones are cut off.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+}
+
+impl ApiLimitArgs {
+    fn limits(&self) -> ApiLimits {
+        ApiLimits {
+            max_sessions: self.max_sessions as usize,
+            max_connections: self.max_connections as usize,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            max_body_bytes: self.max_body_bytes,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            api_key: self.api_key.clone(),
+            ..ApiLimits::default()
+        }
+    }
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -365,18 +472,21 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
         .paying(wallet, directory.terms())
-        .verifying(signatures);
+        .verifying(signatures)
+        .pricing(args.wei_per_ms);
     let report = remote.report();
+    let limits = args.limits.limits();
     let state = if manifest.architecture.is_decoder() {
-        let backend: Box<dyn infergrid::generate::TextModel + Send> = Box::new(remote);
+        let backend: infergrid::api::Backend = Arc::new(move || Box::new(remote.open()));
         let chat = ChatFormat::load(&manifest, &tokenizer)?;
         ApiState::new(
             manifest.name.clone(),
             tokenizer,
             chat,
-            Some(Arc::new(std::sync::Mutex::new(backend))),
+            Some(backend),
             None,
             Some(report),
+            limits.max_sessions,
         )
     } else {
         let pooling = manifest.pooling.clone().context("the encoder's manifest has no pooling")?;
@@ -385,7 +495,16 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             infergrid::generate::pool_texts(&*remote, &tokenizer_for_embeddings, &pooling, texts)
         });
         let name = manifest.name.clone();
-        ApiState::new(name, tokenizer, ChatFormat::Plain, None, Some(embedder), Some(report))
+        let sessions = limits.max_sessions;
+        ApiState::new(
+            name,
+            tokenizer,
+            ChatFormat::Plain,
+            None,
+            Some(embedder),
+            Some(report),
+            sessions,
+        )
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -395,8 +514,9 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         manifest.name
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
+    let app = router(state, &limits);
+    limits
+        .serve(listener, app, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
@@ -464,6 +584,13 @@ fn log_skipped(skipped: &[SkippedVoucher]) {
 }
 
 /// A fraction in [0, 1].
+fn parse_wei_per_ms(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(wei) if wei.is_finite() && wei > 0.0 => Ok(wei),
+        _ => Err(format!("{text:?} is not a positive number of wei")),
+    }
+}
+
 pub fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),

@@ -235,11 +235,17 @@ pub async fn load_state(account: &Account, state: Bytes) -> Result<(), ChainErro
 
 /// Writes `value` as pretty JSON to `path`, creating its directory.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), DevnetError> {
+    // Written aside and renamed into place: whoever waits for the file (a ready file) never
+    // reads it half-written.
     let write = || -> std::io::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_string_pretty(value).expect("serializable") + "\n")
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".partial");
+        let text = serde_json::to_string_pretty(value).expect("serializable") + "\n";
+        std::fs::write(&aside, text)?;
+        std::fs::rename(&aside, path)
     };
     write().map_err(|source| DevnetError::Write { path: path.to_path_buf(), source })
 }

@@ -25,6 +25,9 @@ pub struct BlockRunner {
     is_decoder: bool,
     is_first: bool,
     is_last: bool,
+    /// Whether the graph takes `past_lengths`: a batch-capable decoder graph (older imports
+    /// run one session per call).
+    batched: bool,
     session: Mutex<Session>,
     kv: Mutex<KvStore>,
 }
@@ -33,6 +36,14 @@ impl std::fmt::Debug for BlockRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockRunner").field("block", &self.spec.index).finish_non_exhaustive()
     }
+}
+
+/// One session's step in a batch ([`BlockRunner::forward_batch`]).
+#[derive(Debug)]
+pub struct BatchStep {
+    pub session: u64,
+    pub position: usize,
+    pub input: BlockInput,
 }
 
 /// Extra inputs an encoder block takes besides ids or hidden states.
@@ -68,7 +79,9 @@ impl BlockRunner {
         }
         let mut builder = runtime.session_builder().map_err(|e| EngineError::load(&graph, e))?;
         let session = builder.commit_from_file(&graph).map_err(|e| EngineError::load(&graph, e))?;
+        let batched = session.inputs().iter().any(|input| input.name() == PAST_LENGTHS);
         Ok(Self {
+            batched,
             is_first: index == 0,
             is_last: index + 1 == manifest.blocks.len(),
             is_decoder: manifest.architecture.is_decoder(),
@@ -83,13 +96,18 @@ impl BlockRunner {
         &self.spec
     }
 
-    /// Bytes of weights of this block.
     /// Whether this is the model's last block (its output is the logits or the encoder's
     /// token embeddings, not hidden states for another block).
     pub fn is_last(&self) -> bool {
         self.is_last
     }
 
+    /// Whether steps of several sessions can run in one call ([`BlockRunner::forward_batch`]).
+    pub fn is_batched(&self) -> bool {
+        self.batched
+    }
+
+    /// Bytes of weights of this block.
     pub fn weight_bytes(&self) -> usize {
         self.spec.weight_bytes as usize
     }
@@ -134,6 +152,10 @@ impl BlockRunner {
 
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
         inputs.push(self.main_input(input)?);
+        if self.batched {
+            let lengths = lengths_tensor(self.spec.index, &[position as i64])?;
+            inputs.push((PAST_LENGTHS.into(), lengths));
+        }
         let mut past = cached.map(|entry| entry.layers.into_iter());
         for layer in self.spec.layers() {
             let (key, value) = match past.as_mut().and_then(Iterator::next) {
@@ -170,6 +192,228 @@ impl BlockRunner {
         let activation = to_activation(block, &out)?;
         self.kv.lock().expect("kv lock").put(session, present, needed);
         Ok(activation)
+    }
+
+    /// Runs one step of each of several sessions in one call, every step with the same
+    /// number of new positions (decode steps: one each). Each row's result is what
+    /// [`BlockRunner::forward`] gives for it alone, within float noise (the padded attention
+    /// sums the same terms, in a differently blocked order); a row that fails its checks gets
+    /// its error and the others run. Graphs that are not batch-capable, a single step, and
+    /// steps of another width than the first run one by one.
+    pub fn forward_batch(&self, steps: Vec<BatchStep>) -> Vec<Result<Activation, EngineError>> {
+        let width = steps.first().map(|s| s.input.len()).unwrap_or(0);
+        if !self.batched || steps.len() < 2 || steps.iter().any(|s| s.input.len() != width) {
+            return steps
+                .into_iter()
+                .map(|s| self.forward(s.session, s.position, s.input))
+                .collect();
+        }
+        let mut results: Vec<Option<Result<Activation, EngineError>>> =
+            steps.iter().map(|_| None).collect();
+        let mut rows = Vec::new();
+        // A second step of a session already in the batch runs alone after it, as it would
+        // have one after the other.
+        let mut later = Vec::new();
+        let mut sessions = std::collections::HashSet::new();
+        for (index, step) in steps.into_iter().enumerate() {
+            if !sessions.insert(step.session) {
+                later.push((index, step));
+                continue;
+            }
+            match self.admit_row(&step) {
+                Ok(cached) => rows.push((index, step, cached)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        match rows.len() {
+            0 => {}
+            1 => {
+                // Its cache was taken for the batch: run it alone, with the cache put back.
+                let (index, step, cached) = rows.pop().expect("one row");
+                if let Some(entry) = cached {
+                    self.kv.lock().expect("kv lock").put(step.session, entry.layers, entry.tokens);
+                }
+                results[index] = Some(self.forward(step.session, step.position, step.input));
+            }
+            _ => {
+                let indices: Vec<usize> = rows.iter().map(|(i, _, _)| *i).collect();
+                match self.run_rows(rows, width) {
+                    Ok(outputs) => {
+                        for (index, output) in indices.into_iter().zip(outputs) {
+                            results[index] = Some(Ok(output));
+                        }
+                    }
+                    Err(e) => {
+                        for index in indices {
+                            let reason = match &e {
+                                EngineError::Run { reason, .. } => reason.clone(),
+                                other => other.to_string(),
+                            };
+                            results[index] =
+                                Some(Err(EngineError::Run { block: self.spec.index, reason }));
+                        }
+                    }
+                }
+            }
+        }
+        for (index, step) in later {
+            results[index] = Some(self.forward(step.session, step.position, step.input));
+        }
+        results.into_iter().map(|r| r.expect("every row answered")).collect()
+    }
+
+    /// Checks one row of a batch and takes its cache.
+    fn admit_row(&self, step: &BatchStep) -> Result<Option<super::kv::KvEntry>, EngineError> {
+        if !self.is_decoder {
+            return Err(EngineError::WrongKind {
+                found: "encoder",
+                wanted: "use encode() for embeddings",
+            });
+        }
+        let steps = self.check_input(&step.input)?;
+        let needed = step.position + steps;
+        if needed > self.config.max_positions {
+            return Err(EngineError::ContextOverflow { needed, limit: self.config.max_positions });
+        }
+        self.kv.lock().expect("kv lock").take(step.session, step.position, steps)
+    }
+
+    /// The batched call proper: pads the rows' caches, runs, and puts each row's grown cache
+    /// back; returns each row's output `[1, S, W]`.
+    fn run_rows(
+        &self,
+        rows: Vec<(usize, BatchStep, Option<super::kv::KvEntry>)>,
+        steps: usize,
+    ) -> Result<Vec<Activation>, EngineError> {
+        let block = self.spec.index;
+        let (batch, heads, dim) = (rows.len(), self.config.num_kv_heads, self.config.head_dim);
+        let padded = rows.iter().map(|(_, step, _)| step.position).max().unwrap_or(0);
+        let lengths: Vec<i64> = rows.iter().map(|(_, step, _)| step.position as i64).collect();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
+        inputs.push(self.batch_input(rows.iter().map(|(_, step, _)| &step.input), batch, steps)?);
+        inputs.push((PAST_LENGTHS.into(), lengths_tensor(block, &lengths)?));
+        for (j, layer) in self.spec.layers().enumerate() {
+            for (kind, pick) in [("key", 0), ("value", 1)] {
+                let caches = rows
+                    .iter()
+                    .map(|(_, step, cached)| {
+                        cached
+                            .as_ref()
+                            .map(|entry| {
+                                let value =
+                                    if pick == 0 { &entry.layers[j].0 } else { &entry.layers[j].1 };
+                                let (_, data) = value
+                                    .try_extract_tensor::<f32>()
+                                    .map_err(|e| EngineError::run(block, e))?;
+                                Ok((step.position, data))
+                            })
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>, EngineError>>()?;
+                let past = super::batch::pad_past(&caches, heads, padded, dim);
+                let tensor = Tensor::from_array(([batch, heads, padded, dim], past))
+                    .map_err(|e| EngineError::run(block, e))?;
+                inputs.push((format!("past_{kind}.{layer}").into(), tensor.into()));
+            }
+        }
+        let mut ort_session = self.session.lock().expect("session lock");
+        let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
+        let main = if self.is_last { "logits" } else { "hidden_out" };
+        let out = outputs
+            .remove(main)
+            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
+        let out = to_activation(block, &out)?;
+        let mut presents = Vec::new();
+        for layer in self.spec.layers() {
+            let key = outputs.remove(format!("present_key.{layer}"));
+            let value = outputs.remove(format!("present_value.{layer}"));
+            let (Some(key), Some(value)) = (key, value) else {
+                return Err(EngineError::run(
+                    block,
+                    format!("graph returned no present cache for layer {layer}"),
+                ));
+            };
+            presents.push((key, value));
+        }
+        drop(outputs);
+        drop(ort_session);
+        let width = match out.shape() {
+            [b, s, w] if *b == batch && *s == steps => *w,
+            shape => {
+                let reason =
+                    format!("graph returned {main} {shape:?} for a batch of {batch} × {steps}");
+                return Err(EngineError::run(block, reason));
+            }
+        };
+        let present_len = batch * heads * (padded + steps) * dim;
+        for (key, value) in &presents {
+            for v in [key, value] {
+                let (_, data) =
+                    v.try_extract_tensor::<f32>().map_err(|e| EngineError::run(block, e))?;
+                if data.len() != present_len {
+                    let reason = format!(
+                        "graph returned a present cache of {} values, not {present_len}",
+                        data.len()
+                    );
+                    return Err(EngineError::run(block, reason));
+                }
+            }
+        }
+        let geometry = (heads, padded, steps, dim);
+        let mut results = Vec::with_capacity(batch);
+        let mut kv = Vec::with_capacity(batch);
+        for (b, (_, step, _)) in rows.iter().enumerate() {
+            let row = out.data()[b * steps * width..(b + 1) * steps * width].to_vec();
+            results.push(
+                Activation::new(vec![1, steps, width], row)
+                    .map_err(|e| EngineError::run(block, e))?,
+            );
+            let mut layers = Vec::with_capacity(presents.len());
+            for (key, value) in &presents {
+                let unpad = |v: &DynValue| -> Result<DynValue, EngineError> {
+                    let (_, data) =
+                        v.try_extract_tensor::<f32>().map_err(|e| EngineError::run(block, e))?;
+                    let grown = super::batch::unpad_present(data, b, step.position, geometry);
+                    Tensor::from_array(([1, heads, step.position + steps, dim], grown))
+                        .map(|t| t.into_dyn())
+                        .map_err(|e| EngineError::run(block, e))
+                };
+                layers.push((unpad(key)?, unpad(value)?));
+            }
+            kv.push((step.session, layers, step.position + steps));
+        }
+        let mut store = self.kv.lock().expect("kv lock");
+        for (session, layers, tokens) in kv {
+            store.put(session, layers, tokens);
+        }
+        Ok(results)
+    }
+
+    /// The rows' token ids `[B, S]` or hidden states `[B, S, H]` as the block's main input.
+    fn batch_input<'a>(
+        &self,
+        inputs: impl Iterator<Item = &'a BlockInput>,
+        batch: usize,
+        steps: usize,
+    ) -> Result<(Cow<'static, str>, SessionInputValue<'static>), EngineError> {
+        let block = self.spec.index;
+        let (mut ids, mut hidden) = (Vec::new(), Vec::new());
+        for input in inputs {
+            match input {
+                BlockInput::Tokens(row) => ids.extend_from_slice(row),
+                BlockInput::Hidden(a) => hidden.extend_from_slice(a.data()),
+            }
+        }
+        let value: SessionInputValue<'static> = if self.is_first {
+            Tensor::from_array(([batch, steps], ids))
+                .map_err(|e| EngineError::run(block, e))?
+                .into()
+        } else {
+            Tensor::from_array(([batch, steps, self.config.hidden_size], hidden))
+                .map_err(|e| EngineError::run(block, e))?
+                .into()
+        };
+        Ok((if self.is_first { "input_ids" } else { "hidden_in" }.into(), value))
     }
 
     /// Runs an encoder block (stateless). Returns `hidden_out`, or `token_embeddings` for
@@ -273,6 +517,18 @@ impl BlockRunner {
             .map(|t| t.into_dyn())
             .map_err(|e| EngineError::run(self.spec.index, e))
     }
+}
+
+/// The input of a batch-capable decoder graph giving each row's cached tokens.
+const PAST_LENGTHS: &str = "past_lengths";
+
+fn lengths_tensor(
+    block: usize,
+    lengths: &[i64],
+) -> Result<SessionInputValue<'static>, EngineError> {
+    Tensor::from_array(([lengths.len()], lengths.to_vec()))
+        .map(Into::into)
+        .map_err(|e| EngineError::run(block, e))
 }
 
 fn int_tensor(block: usize, values: &[i64]) -> Result<SessionInputValue<'static>, EngineError> {

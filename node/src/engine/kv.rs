@@ -118,7 +118,7 @@ pub struct CacheLimits {
 
 impl Default for CacheLimits {
     fn default() -> Self {
-        Self { max_sessions: 64, max_tokens: 65_536 }
+        Self { max_sessions: 256, max_tokens: 65_536 }
     }
 }
 

@@ -130,6 +130,9 @@ impl Directory {
                 active_sessions: announced.as_ref().map_or(0, |a| a.active_sessions),
                 free_cache_tokens: announced.as_ref().map(|a| a.free_cache_tokens),
                 reputation_bps: Some(reputation),
+                price_wei_per_token: Some(
+                    u128::try_from(node.pricePerToken).map_or(f64::MAX, |wei| wei as f64),
+                ),
             });
         }
         let count = fresh.len();

@@ -48,8 +48,8 @@ pub struct HopClient {
     hidden_size: usize,
     output_width: usize,
     bans: Mutex<Bans>,
-    payer: Option<(Arc<Wallet>, TermsBook)>,
-    signatures: Option<SignatureCheck>,
+    pub(super) payer: Option<(Arc<Wallet>, TermsBook)>,
+    pub(super) signatures: Option<SignatureCheck>,
 }
 
 impl HopClient {
@@ -122,6 +122,28 @@ impl HopClient {
             rows: input_rows(&request.payload),
             width: self.output_width(hop.last_block),
         });
+        let result = self.exchange(hop, terms, request, expected);
+        // The step is in flight from its voucher until here: answered and checked, it is
+        // owed; otherwise the node refunds it and so does the wallet.
+        if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
+            match &result {
+                Ok(_) => self.runtime.block_on(wallet.record(terms.operator, units)),
+                Err(_) => self.runtime.block_on(wallet.release(terms.operator, units)),
+            }
+        }
+        result
+    }
+
+    /// Sends a step (paid by `terms` when set) and checks its answer; a `PaymentRequired`
+    /// refusal of a paid step is answered with a voucher for everything in flight and the
+    /// step sent once more.
+    fn exchange(
+        &self,
+        hop: &Hop,
+        terms: Option<NodeTerms>,
+        request: InferRequest,
+        expected: Option<ExpectedShape>,
+    ) -> Result<Answer, HopError> {
         // Only a paid step can be refused for payment and retried; only it keeps a copy.
         let retry = terms.is_some().then(|| request.clone());
         let request_hash = request.request_hash();
@@ -130,8 +152,9 @@ impl HopClient {
             (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
         {
-            // The node may have restarted, or keeps a smaller credit: pay now and retry once.
-            request.payment = self.voucher(terms, units, settle, true)?;
+            // The node may have restarted, keeps a smaller credit, or got this run's vouchers
+            // out of order: pay for everything in flight now and retry once.
+            request.payment = Some(self.repay(terms)?);
             response = self.runtime.block_on(self.net.request(hop.peer, request));
         }
         match response {
@@ -155,9 +178,6 @@ impl HopClient {
                         }
                     };
                 self.bans().succeed(&hop.peer);
-                if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
-                    self.runtime.block_on(wallet.record(terms.operator, units));
-                }
                 Ok(Answer { output, signature, request_hash, epoch })
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
@@ -217,11 +237,21 @@ impl HopClient {
         force: bool,
     ) -> Result<Option<SignedVoucher>, HopError> {
         let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        self.runtime.block_on(wallet.voucher(terms, units, settle, force)).map_err(|e| {
-            HopError::Fatal(Box::new(EngineError::Run {
-                block: 0,
-                reason: format!("cannot pay node {}: {e}", terms.operator),
-            }))
-        })
+        self.runtime
+            .block_on(wallet.voucher(terms, units, settle, force))
+            .map_err(|e| cannot_pay(&terms, e))
     }
+
+    fn repay(&self, terms: NodeTerms) -> Result<SignedVoucher, HopError> {
+        let (wallet, _) = self.payer.as_ref().expect("only called when paying");
+        self.runtime.block_on(wallet.repay(terms)).map_err(|e| cannot_pay(&terms, e))
+    }
+}
+
+/// A wallet that cannot pay fails the step without failover: another node would not help.
+fn cannot_pay(terms: &NodeTerms, e: crate::pay::WalletError) -> HopError {
+    HopError::Fatal(Box::new(EngineError::Run {
+        block: 0,
+        reason: format!("cannot pay node {}: {e}", terms.operator),
+    }))
 }

@@ -78,17 +78,39 @@ pub struct RouteReport {
     pub payments: Vec<Tab>,
 }
 
-/// A [`TextModel`] whose blocks run on the swarm.
-pub struct RemoteModel {
+/// What every session of a gateway shares: the paid, checked hop client with its bans, the
+/// live directory and the routing report.
+struct Router {
     hops: HopClient,
     config: RemoteModelConfig,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     cost: CostModel,
-    sessions: HashMap<u64, SessionState>,
     report: Arc<Mutex<RouteReport>>,
 }
 
+/// A [`TextModel`] whose blocks run on the swarm. [`RemoteModel::open`] gives each request
+/// a model of its own over the same [`Router`], so requests generate concurrently: nothing
+/// is locked across a step but the bans and the report, for an instant.
+pub struct RemoteModel {
+    router: Arc<Router>,
+    sessions: HashMap<u64, SessionState>,
+}
+
+/// Most positions per prefill step: long enough to use the engine well, short enough that
+/// other sessions' decode steps are not held up long behind one prompt.
+pub const PREFILL_CHUNK: usize = 512;
+
 impl RemoteModelConfig {
+    /// Positions per prefill step: [`PREFILL_CHUNK`], or fewer when a step's answer (`S × W`
+    /// float32 for the widest output, logits or hidden states) would not fit in one message.
+    pub fn prefill_chunk(&self) -> usize {
+        // The response's header (84 bytes, `wire.md`, "Size note") and the transport's
+        // framing, with room to spare.
+        let room = (crate::net::codec::MAX_MESSAGE_BYTES - (64 << 10)) / 4;
+        let widest = self.output_width.max(self.hidden_size).max(1);
+        (room / widest).clamp(1, PREFILL_CHUNK)
+    }
+
     /// The whole model of `manifest`, allowing `max_failovers_per_step`.
     pub fn for_model(
         manifest: &crate::model::ModelManifest,
@@ -119,36 +141,53 @@ impl RemoteModel {
         config: RemoteModelConfig,
         candidates: Arc<Mutex<Vec<Candidate>>>,
     ) -> Self {
-        Self {
+        let router = Router {
             hops: HopClient::new(net, &config),
             config,
             candidates,
             cost: CostModel::default(),
-            sessions: HashMap::new(),
             report: Arc::default(),
-        }
+        };
+        Self { router: Arc::new(router), sessions: HashMap::new() }
+    }
+
+    /// The router, to configure before any [`RemoteModel::open`] shares it.
+    fn configure(&mut self) -> &mut Router {
+        Arc::get_mut(&mut self.router).expect("a remote model is configured before it is shared")
     }
 
     /// Refuses answers not signed by the operator registered for the peer.
     pub fn verifying(mut self, signatures: SignatureCheck) -> Self {
-        self.hops = self.hops.verifying(signatures);
+        self.configure().hops.signatures = Some(signatures);
+        self
+    }
+
+    /// Weighs a hop's price against its latency at `wei_per_ms` (see [`CostModel::wei_per_ms`]).
+    pub fn pricing(mut self, wei_per_ms: f64) -> Self {
+        self.configure().cost.wei_per_ms = wei_per_ms;
         self
     }
 
     /// Pays every node on the route from `wallet`, at the prices in `terms`.
     pub fn paying(mut self, wallet: Arc<Wallet>, terms: TermsBook) -> Self {
-        self.hops = self.hops.paying(wallet, terms);
+        self.configure().hops.payer = Some((wallet, terms));
         self
+    }
+
+    /// A model of its own for one request, sharing this one's router: its bans, directory,
+    /// payments and report.
+    pub fn open(&self) -> Self {
+        Self { router: self.router.clone(), sessions: HashMap::new() }
     }
 
     /// Failovers so far.
     pub fn failovers(&self) -> Vec<Failover> {
-        self.report.lock().expect("report").failovers.clone()
+        self.router.report.lock().expect("report").failovers.clone()
     }
 
     /// The live routing report, readable while a generation holds the model.
     pub fn report(&self) -> Arc<Mutex<RouteReport>> {
-        self.report.clone()
+        self.router.report.clone()
     }
 
     /// The current route of a session.
@@ -157,13 +196,25 @@ impl RemoteModel {
     }
 
     fn plan_from(&self, from: u16, needed_tokens: usize) -> Result<Vec<Hop>, EngineError> {
-        let candidates = self.candidates.lock().expect("candidates").clone();
-        let banned = self.hops.bans().banned();
-        plan(&candidates, from, self.config.num_blocks, &banned, &self.cost, needed_tokens)
-            .ok_or_else(|| EngineError::Run {
-                block: from as usize,
-                reason: "no staked, reachable peer serves this block".into(),
-            })
+        let candidates = self.router.candidates.lock().expect("candidates").clone();
+        let banned = self.router.hops.bans().banned();
+        plan(
+            &candidates,
+            from,
+            self.router.config.num_blocks,
+            &banned,
+            &self.router.cost,
+            needed_tokens,
+        )
+        .ok_or_else(|| EngineError::Run {
+            block: from as usize,
+            reason: "no staked, reachable peer serves this block".into(),
+        })
+    }
+
+    /// Whether `peer` is still in the live directory.
+    fn routable(&self, peer: &PeerId) -> bool {
+        self.router.candidates.lock().expect("candidates").iter().any(|c| c.peer == *peer)
     }
 
     /// One step to one hop, through the paid and checked client. An answer that failed its
@@ -176,13 +227,13 @@ impl RemoteModel {
         kind: StepKind,
         payload: Payload,
     ) -> Result<Payload, StepFailure> {
-        Ok(self.hops.call(hop, session, position, kind, payload)?.output)
+        Ok(self.router.hops.call(hop, session, position, kind, payload)?.output)
     }
 
     /// Publishes what the gateway owes each node, after a request.
     fn report_payments(&self) {
-        if let Some(tabs) = self.hops.tabs() {
-            self.report.lock().expect("report").payments = tabs;
+        if let Some(tabs) = self.router.hops.tabs() {
+            self.router.report.lock().expect("report").payments = tabs;
         }
     }
 
@@ -209,23 +260,40 @@ impl RemoteModel {
                     .map_err(|e| (*hop, e))?;
                 outputs.push((position, output));
             }
-            if hop.last_block + 1 < self.config.num_blocks {
+            if hop.last_block + 1 < self.router.config.num_blocks {
                 state.history.insert(hop.last_block + 1, outputs);
             }
         }
         Ok(())
     }
 
+    /// Runs one step of `session` through its route, failing over as needed; a new session's
+    /// route is planned for `planned` tokens (its whole prompt, when that comes in chunks).
+    /// The session's state is kept whatever happens, so that closing it reaches every hop it
+    /// used.
     fn step(
         &mut self,
         session: u64,
         position: u32,
         tokens: &[i64],
+        planned: usize,
     ) -> Result<Activation, EngineError> {
         let mut state = match self.sessions.remove(&session) {
             Some(state) if position > 0 => state,
-            _ => SessionState { hops: self.plan_from(0, tokens.len())?, ..Default::default() },
+            _ => SessionState { hops: self.plan_from(0, planned)?, ..Default::default() },
         };
+        let result = self.step_through(&mut state, session, position, tokens);
+        self.sessions.insert(session, state);
+        result
+    }
+
+    fn step_through(
+        &self,
+        state: &mut SessionState,
+        session: u64,
+        position: u32,
+        tokens: &[i64],
+    ) -> Result<Activation, EngineError> {
         let kind = if position == 0 { StepKind::Prefill } else { StepKind::Decode };
         let mut payload = Payload::Tokens(tokens.to_vec());
         let mut index = 0;
@@ -236,18 +304,28 @@ impl RemoteModel {
             let kept = state.history.entry(hop.first_block).or_default();
             kept.retain(|(p, _)| *p < position);
             kept.push((position, payload.clone()));
-            match self.call(&hop, session, position, kind, payload.clone()) {
+            // A node jailed, unstaked or fallen below the minimum reputation mid-session is
+            // left at once: its answers are no longer trusted or paid for.
+            let answer = if self.routable(&hop.peer) {
+                self.call(&hop, session, position, kind, payload.clone())
+            } else {
+                Err(StepFailure::Peer(
+                    "left the directory (jailed, unstaked or below the minimum reputation)".into(),
+                ))
+            };
+            match answer {
                 Ok(output) => {
                     payload = output;
                     index += 1;
                 }
-                Err(StepFailure::Fatal(e)) => {
-                    self.sessions.insert(session, state);
-                    return Err(*e);
-                }
+                Err(StepFailure::Fatal(e)) => return Err(*e),
                 Err(StepFailure::Peer(reason)) => {
+                    eprintln!(
+                        "gateway: session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
+                        hop.peer, hop.first_block, hop.last_block
+                    );
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
-                    self.hops.bans().fail(hop.peer);
+                    self.router.hops.bans().fail(hop.peer);
                     for old in &state.hops[index + 1..] {
                         let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
                     }
@@ -255,20 +333,30 @@ impl RemoteModel {
                     // replacement's caches; a replacement failing during replay is banned too.
                     loop {
                         failovers += 1;
-                        if failovers > self.config.max_failovers_per_step {
+                        if failovers > self.router.config.max_failovers_per_step {
                             return Err(EngineError::Run {
                                 block: hop.first_block as usize,
                                 reason,
                             });
                         }
+                        // No replacement: the error says why the failed peer failed.
+                        let needed = (position as usize) + tokens.len();
                         let replacement =
-                            self.plan_from(hop.first_block, (position as usize) + tokens.len())?;
+                            self.plan_from(hop.first_block, needed).map_err(|_| EngineError::Run {
+                                block: hop.first_block as usize,
+                                reason: format!(
+                                    "no other staked, reachable peer serves this block; {} failed: {reason}",
+                                    hop.peer
+                                ),
+                            })?;
                         state.hops.truncate(index);
                         state.hops.extend(replacement.iter().copied());
-                        match self.replay(&mut state, &replacement, session, position) {
+                        match self.replay(state, &replacement, session, position) {
                             Ok(()) => break,
                             Err((_, StepFailure::Fatal(e))) => return Err(*e),
-                            Err((bad, StepFailure::Peer(_))) => self.hops.bans().fail(bad.peer),
+                            Err((bad, StepFailure::Peer(_))) => {
+                                self.router.hops.bans().fail(bad.peer)
+                            }
                         }
                     }
                     // The current step resumes at the same boundary with the same input.
@@ -276,19 +364,18 @@ impl RemoteModel {
             }
         }
         if let Some((started, failed_peer, reason)) = stalled {
-            self.report.lock().expect("report").failovers.push(Failover {
+            self.router.report.lock().expect("report").failovers.push(Failover {
                 failed_peer,
                 reason,
                 replacement: state.hops.clone(),
                 stall: started.elapsed(),
             });
         }
-        self.report.lock().expect("report").route = state.hops.clone();
-        self.sessions.insert(session, state);
+        self.router.report.lock().expect("report").route = state.hops.clone();
         match payload {
             Payload::Tensor(logits) => Ok(logits),
             _ => Err(EngineError::Run {
-                block: self.config.num_blocks as usize - 1,
+                block: self.router.config.num_blocks as usize - 1,
                 reason: "last hop returned no logits".into(),
             }),
         }
@@ -320,9 +407,9 @@ impl crate::generate::TokenEncoder for RemoteModel {
                     Ok(output) => payload = output,
                     Err(StepFailure::Fatal(e)) => return Err(*e),
                     Err(StepFailure::Peer(reason)) => {
-                        self.hops.bans().fail(hop.peer);
+                        self.router.hops.bans().fail(hop.peer);
                         failovers += 1;
-                        if failovers > self.config.max_failovers_per_step {
+                        if failovers > self.router.config.max_failovers_per_step {
                             return Err(EngineError::Run {
                                 block: hop.first_block as usize,
                                 reason,
@@ -351,7 +438,17 @@ impl TextModel for RemoteModel {
         position: usize,
         tokens: &[i64],
     ) -> Result<Vec<f32>, EngineError> {
-        Ok(self.step(session, position as u32, tokens)?.last_row().to_vec())
+        // A long prompt goes in chunks, each a step of its own (and replayed as such after a
+        // failover): every answer stays within the wire's size limit, and decode steps of
+        // other sessions interleave with the chunks at each node.
+        let chunk = self.router.config.prefill_chunk();
+        let mut logits = None;
+        for (index, part) in tokens.chunks(chunk).enumerate() {
+            let at = position + index * chunk;
+            logits = Some(self.step(session, at as u32, part, position + tokens.len())?);
+        }
+        let logits = logits.ok_or(EngineError::Run { block: 0, reason: "an empty step".into() })?;
+        Ok(logits.last_row().to_vec())
     }
 
     fn close(&mut self, session: u64) {
@@ -364,10 +461,38 @@ impl TextModel for RemoteModel {
     }
 
     fn context_length(&self) -> usize {
-        self.config.context_length
+        self.router.config.context_length
     }
 
     fn eos_ids(&self) -> &[u32] {
-        &self.config.eos_ids
+        &self.router.config.eos_ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vocab: usize, hidden: usize) -> RemoteModelConfig {
+        RemoteModelConfig {
+            model_id: [0; 32],
+            num_blocks: 3,
+            context_length: 8192,
+            eos_ids: Vec::new(),
+            max_failovers_per_step: 4,
+            hidden_size: hidden,
+            output_width: vocab,
+        }
+    }
+
+    #[test]
+    fn prefill_chunks_keep_every_answer_within_the_wire_limit() {
+        assert_eq!(config(512, 64).prefill_chunk(), PREFILL_CHUNK);
+        // A 152k vocabulary: 110 positions of logits fit in 64 MiB, 111 would not.
+        let big = config(152_064, 896).prefill_chunk();
+        assert_eq!(big, 110);
+        let bytes = |s: usize| 84 + 4 * s * 152_064;
+        assert!(bytes(big) <= crate::net::codec::MAX_MESSAGE_BYTES);
+        assert!(bytes(big + 1) > crate::net::codec::MAX_MESSAGE_BYTES);
     }
 }

@@ -1,3 +1,5 @@
+use std::ops::ControlFlow;
+
 use tokenizers::Tokenizer;
 
 use super::{Sampler, SamplingParams, TokenChoice};
@@ -81,6 +83,8 @@ pub enum GenerationError {
     TooLong { prompt: usize, max_tokens: usize, limit: usize },
     #[error("the model returned no logits")]
     NoLogits,
+    #[error("the generation was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -109,7 +113,8 @@ impl Prompt<'_> {
 }
 
 /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` as each arrives.
-/// Stops at an EOS token or when the text contains one of `stop` (which is cut off).
+/// Stops at an EOS token or when the text contains one of `stop` (which is cut off); ends
+/// with [`GenerationError::Cancelled`] as soon as `on_token` breaks (its reader is gone).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &mut (impl TextModel + ?Sized),
@@ -119,7 +124,7 @@ pub fn generate(
     max_tokens: usize,
     stop: &[String],
     params: SamplingParams,
-    mut on_token: impl FnMut(&GeneratedToken),
+    mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
 ) -> Result<Generation, GenerationError> {
     let prompt_ids = prompt.encode(tokenizer)?;
     if prompt_ids.is_empty() {
@@ -163,7 +168,9 @@ pub fn generate(
             text.push_str(&text_delta);
             input = vec![choice.id as i64];
             let token = GeneratedToken { choice, text_delta };
-            on_token(&token);
+            if on_token(&token).is_break() {
+                return Err(GenerationError::Cancelled);
+            }
             tokens.push(token);
             if stopped {
                 finish_reason = FinishReason::Stop;

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
+    kad, memory_connection_limits, noise, ping, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -42,12 +42,29 @@ pub struct Announcement {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Refuses connections past [`CONNECTION_LIMITS`]: a stranger cannot exhaust sockets.
+    limits: connection_limits::Behaviour,
+    /// Refuses new connections while the process uses most of the machine's memory.
+    memory: memory_connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     infer: request_response::Behaviour<InferCodec>,
 }
+
+/// Incoming connections still handshaking; more are refused.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Incoming connections established; more are refused.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 1024;
+/// Connections with one peer (either direction); more are refused.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// New connections are refused while the process's memory exceeds this share of the
+/// machine's.
+pub const MAX_MEMORY_FRACTION: f64 = 0.9;
+/// Inbound request streams one connection may have open at once (libp2p's default, stated):
+/// more are reset before anything is read from them.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// A failed network operation.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -264,6 +281,15 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, String> {
                 gossip_config,
             )?;
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                ),
+                memory: memory_connection_limits::Behaviour::with_max_percentage(
+                    MAX_MEMORY_FRACTION,
+                ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/infergrid/id/1".into(),
                     key.public(),
@@ -277,7 +303,8 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, String> {
                     InferCodec,
                     [(INFER_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(config.request_timeout),
+                        .with_request_timeout(config.request_timeout)
+                        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
                 ),
             })
         })

@@ -50,6 +50,17 @@ pub enum PaymentError {
          sign a newer voucher"
     )]
     CreditExceeded { channel: U256, unpaid: U256, credit: U256 },
+    #[error(
+        "payment required: channel {channel} holds {deposit} wei; this node serves on credit only channels holding \
+         at least {minimum} wei and the {owed} wei of usage; attach a voucher covering each step, or top the \
+         channel up"
+    )]
+    NoCredit { channel: U256, deposit: U256, owed: U256, minimum: U256 },
+    #[error(
+        "payment refused: this peer asked for too many channel lookups on the chain (unknown channels, or \
+         vouchers above the known deposit); try again in {retry_after_secs} s"
+    )]
+    TooManyLookups { retry_after_secs: u64 },
     #[error("cannot read payment channel state: {0}")]
     Chain(#[from] ChainError),
     #[error("payment ledger: {0}")]
@@ -67,6 +78,8 @@ impl PaymentError {
 #[derive(Debug, Clone)]
 struct Channel {
     record: ChannelRecord,
+    /// The metering last written to the ledger.
+    flushed: u64,
     deposit: U256,
     /// Close requested or finalized: serve no more on it.
     closing: bool,
@@ -117,19 +130,34 @@ enum ChainView {
     Deposit(U256),
 }
 
+/// Blocks on top of a redemption before a node stops re-checking it for a reorg.
+pub const DEFAULT_CONFIRMATIONS: u64 = 12;
+
 /// Checks vouchers, meters usage and keeps the ledger.
 pub struct Collector {
     operator: Address,
     tariff: Tariff,
     domain: Domain,
     credit: U256,
+    /// Channels holding less get no credit: every step must be covered by a voucher.
+    min_deposit: U256,
+    /// Blocks on top of a redemption before it counts as final.
+    confirmations: u64,
     channels: Channels,
     ledger: Ledger,
     book: Mutex<Book>,
+    /// Chain reads each peer's vouchers may still cause.
+    lookups: super::LookupBudget,
+    /// When each channel's deposit was last re-read for a voucher above it.
+    deposit_reads: std::sync::Mutex<HashMap<U256, std::time::Instant>>,
 }
 
+/// A channel's deposit is re-read for a voucher above it at most this often.
+const DEPOSIT_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Collector {
-    /// `credit`: how much usage (wei) a payer may run up beyond its latest voucher.
+    /// `credit`: how much usage (wei) a payer may run up beyond its latest voucher, on
+    /// channels holding at least as much (a smaller deposit could not cover it).
     pub fn new(
         operator: Address,
         tariff: Tariff,
@@ -138,7 +166,32 @@ impl Collector {
         channels: Channels,
         ledger: Ledger,
     ) -> Self {
-        Self { operator, tariff, domain, credit, channels, ledger, book: Mutex::default() }
+        let (min_deposit, confirmations) = (credit, DEFAULT_CONFIRMATIONS);
+        Self {
+            operator,
+            tariff,
+            domain,
+            credit,
+            min_deposit,
+            confirmations,
+            channels,
+            ledger,
+            book: Mutex::default(),
+            lookups: super::LookupBudget::default(),
+            deposit_reads: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts a redemption final once `blocks` blocks are on top of it (at least 1: mined).
+    pub fn with_confirmations(mut self, blocks: u64) -> Self {
+        self.confirmations = blocks.max(1);
+        self
+    }
+
+    /// Gives credit only on channels holding at least `deposit` (default: the credit).
+    pub fn with_min_deposit(mut self, deposit: U256) -> Self {
+        self.min_deposit = deposit;
+        self
     }
 
     pub fn operator(&self) -> Address {
@@ -164,7 +217,7 @@ impl Collector {
         // What the chain says is read before the book is locked: one slow RPC must not stall
         // every other peer's admission.
         let fresh = match payment {
-            Some(voucher) => self.chain_view(voucher).await?,
+            Some(voucher) => self.chain_view(peer, voucher).await?,
             None => None,
         };
         let mut book = self.book.lock().await;
@@ -183,7 +236,14 @@ impl Collector {
             return Err(PaymentError::Closing(id));
         }
         let metered = channel.record.metered + units;
-        let unpaid = self.tariff.amount(metered).saturating_sub(channel.collectable());
+        let owed = self.tariff.amount(metered);
+        let unpaid = owed.saturating_sub(channel.collectable());
+        // Credit is only worth giving where a voucher could still collect it: on a channel
+        // holding the minimum and all the usage.
+        if !unpaid.is_zero() && (channel.deposit < self.min_deposit || owed > channel.deposit) {
+            let (deposit, minimum) = (channel.deposit, self.min_deposit);
+            return Err(PaymentError::NoCredit { channel: id, deposit, owed, minimum });
+        }
         if unpaid > self.credit {
             return Err(PaymentError::CreditExceeded { channel: id, unpaid, credit: self.credit });
         }
@@ -201,20 +261,75 @@ impl Collector {
     /// What the chain must say before `voucher` can be judged, read without the book locked:
     /// the whole channel when this run has not seen it, its deposit when the voucher exceeds
     /// the deposit known (perhaps topped up since), nothing otherwise.
-    async fn chain_view(&self, voucher: &SignedVoucher) -> Result<Option<ChainView>, PaymentError> {
+    /// What a read may cost whom. A peer with no lookups left is refused before any read;
+    /// a read is charged to it only when it was wasted: the channel does not exist, pays
+    /// another node or is closing (an honest gateway's many sessions meeting a restarted node
+    /// all look up one real channel, and are not charged). A re-read of a known channel's
+    /// deposit needs a voucher its payer signed, and happens at most once a second per
+    /// channel; from a peer other than the channel's own, it is charged too.
+    async fn chain_view(
+        &self,
+        peer: PeerId,
+        voucher: &SignedVoucher,
+    ) -> Result<Option<ChainView>, PaymentError> {
         let id = voucher.voucher.channel_id;
-        let known_deposit = self.book.lock().await.channels.get(&id).map(|c| c.deposit);
-        Ok(match known_deposit {
-            None => Some(ChainView::Channel(Box::new(self.load(id).await?))),
-            Some(deposit) if voucher.voucher.cumulative_amount > deposit => {
-                Some(ChainView::Deposit(U256::from(self.channels.channel(id).await?.deposit)))
+        let known = {
+            let book = self.book.lock().await;
+            book.channels.get(&id).map(|c| (c.deposit, c.peer, c.record.payer))
+        };
+        let offered = voucher.voucher.cumulative_amount;
+        let Some((deposit, bound, payer)) = known else {
+            self.lookup_allowed(peer)?;
+            let loaded = self.load(id).await;
+            if matches!(
+                loaded,
+                Err(PaymentError::UnknownChannel(_)
+                    | PaymentError::NotOurChannel { .. }
+                    | PaymentError::Closing(_))
+            ) {
+                self.lookups.charge(peer);
             }
-            Some(_) => None,
-        })
+            return Ok(Some(ChainView::Channel(Box::new(loaded?))));
+        };
+        if offered <= deposit || !self.deposit_read_due(id) {
+            return Ok(None);
+        }
+        voucher.verify(&self.domain, payer).map_err(|reason| PaymentError::BadSignature {
+            channel: id,
+            payer,
+            chain_id: self.domain.chain_id,
+            contract: self.domain.verifying_contract,
+            reason,
+        })?;
+        if bound != Some(peer) {
+            self.lookup_allowed(peer)?;
+            self.lookups.charge(peer);
+        }
+        Ok(Some(ChainView::Deposit(U256::from(self.channels.channel(id).await?.deposit))))
     }
 
-    /// Folds a chain read into the book. A channel another admission loaded meanwhile keeps
-    /// its own state (its metering may have moved on); a deposit only grows.
+    /// Refuses `peer` when it has no chain lookups left.
+    // The admission paths' own error type, as `accept`'s.
+    #[allow(clippy::result_large_err)]
+    fn lookup_allowed(&self, peer: PeerId) -> Result<(), PaymentError> {
+        self.lookups
+            .check(peer)
+            .map_err(|wait| PaymentError::TooManyLookups { retry_after_secs: wait.as_secs() + 1 })
+    }
+
+    /// Whether channel `id`'s deposit may be read again now (at most once a second), and if
+    /// so, notes the read.
+    fn deposit_read_due(&self, id: U256) -> bool {
+        let now = std::time::Instant::now();
+        let mut reads = self.deposit_reads.lock().expect("deposit reads");
+        if reads.get(&id).is_some_and(|at| now.duration_since(*at) < DEPOSIT_REREAD) {
+            return false;
+        }
+        reads.retain(|_, at| now.duration_since(*at) < DEPOSIT_REREAD);
+        reads.insert(id, now);
+        true
+    }
+
     fn learn(book: &mut Book, id: U256, fresh: Option<ChainView>) {
         match fresh {
             Some(ChainView::Channel(channel)) => {
@@ -247,6 +362,14 @@ impl Collector {
         let latest = channel.record.vouched().max(channel.record.redeemed);
         let same = channel.record.voucher.as_ref() == Some(voucher);
         if offered < latest || (offered == latest && !same && !latest.is_zero()) {
+            // The concurrent sessions of the peer already paying on this channel sign vouchers
+            // that may arrive out of order: an older one (not below what the chain already
+            // paid) adds nothing and takes nothing, so the step is judged on the credit as if
+            // it carried none.
+            if offered < latest && offered >= channel.record.redeemed && channel.peer == Some(peer)
+            {
+                return Ok(());
+            }
             return Err(PaymentError::Stale { channel: id, offered, latest });
         }
         if !same {
@@ -261,6 +384,7 @@ impl Collector {
             })?;
             channel.record.voucher = Some(voucher.clone());
             self.ledger.put(id, &channel.record)?;
+            channel.flushed = channel.record.metered;
         }
         channel.peer = Some(peer);
         book.peers.insert(peer, id);
@@ -291,7 +415,14 @@ impl Collector {
         if state.closesAt != 0 {
             return Err(PaymentError::Closing(id));
         }
-        Ok(Channel { record, deposit: U256::from(state.deposit), closing: false, peer: None })
+        let flushed = record.metered;
+        Ok(Channel {
+            record,
+            flushed,
+            deposit: U256::from(state.deposit),
+            closing: false,
+            peer: None,
+        })
     }
 
     /// Every channel's standing: the ledger's, overlaid with this run's metering.
@@ -317,13 +448,27 @@ impl Collector {
         }
     }
 
-    /// Writes this run's metering to the ledger (on shutdown).
-    pub async fn flush(&self) -> Result<(), PaymentError> {
-        let book = self.book.lock().await;
-        for (id, channel) in &book.channels {
-            self.ledger.put(*id, &channel.record)?;
+    /// Writes the metering that changed since the last flush to the ledger, in one durable
+    /// commit; returns how many channels it wrote. The node flushes every second and on
+    /// shutdown, so a `kill -9` loses at most a second of metering. (Under the book's lock,
+    /// as every ledger write is: a flush never writes an older record over a newer voucher.)
+    pub async fn flush(&self) -> Result<usize, PaymentError> {
+        let mut book = self.book.lock().await;
+        let changed: Vec<(U256, &mut Channel)> = book
+            .channels
+            .iter_mut()
+            .filter(|(_, c)| c.record.metered != c.flushed)
+            .map(|(id, c)| (*id, c))
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        self.ledger.put_all(changed.iter().map(|(id, c)| (*id, &c.record)))?;
+        let written = changed.len();
+        for (_, channel) in changed {
+            channel.flushed = channel.record.metered;
+        }
+        Ok(written)
     }
 
     /// Whether a payer has used the channel since this node started.
@@ -335,6 +480,25 @@ impl Collector {
     /// on channel `id`: settlement leaves it out until a newer voucher arrives.
     pub(super) async fn refuse(&self, id: U256, amount: U256) {
         self.book.lock().await.refused.insert(id, amount);
+    }
+
+    /// Channels redeemed in a block not yet `confirmations` deep at block `head`: re-read
+    /// every round, so a redemption a reorg dropped is seen and sent again. The ledger keeps
+    /// them, so a restart does not forget them.
+    pub(super) fn unconfirmed(
+        &self,
+        head: u64,
+    ) -> Result<std::collections::HashSet<U256>, StoreError> {
+        Ok(self.ledger.unconfirmed(head, self.confirmations)?.into_keys().collect())
+    }
+
+    /// Remembers channels redeemed in `block`, to re-check until the block is final.
+    pub(super) fn redeemed_in(
+        &self,
+        channels: impl IntoIterator<Item = U256>,
+        block: u64,
+    ) -> Result<(), StoreError> {
+        self.ledger.redeemed_in(channels, block)
     }
 
     /// Whether the voucher for `amount` on channel `id` was refused by the contract.
@@ -358,11 +522,14 @@ impl Collector {
                 if channel.record.redeemed == paid {
                     return Ok(());
                 }
+                log_reorg(id, channel.record.redeemed, paid);
                 channel.record.redeemed = paid;
+                channel.flushed = channel.record.metered;
                 channel.record.clone()
             }
             None => match self.ledger.get(id)? {
                 Some(record) if record.redeemed != paid => {
+                    log_reorg(id, record.redeemed, paid);
                     ChannelRecord { redeemed: paid, ..record }
                 }
                 _ => return Ok(()),
@@ -370,5 +537,15 @@ impl Collector {
         };
         self.ledger.put(id, &record)?;
         Ok(())
+    }
+}
+
+/// Says so when the chain has paid less than a redemption booked: a reorg dropped it.
+fn log_reorg(id: U256, booked: U256, paid: U256) {
+    if paid < booked {
+        eprintln!(
+            "node: the chain paid {paid} wei on channel {id}, not the {booked} wei a redemption booked \
+             (a reorg dropped it): redeeming again"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! metered against it and what the chain has paid. Every write is a durable redb commit, so
 //! a voucher acknowledged to a payer survives `kill -9` and is redeemed after a restart.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -12,6 +13,10 @@ use super::{SignedVoucher, Voucher};
 
 /// channel id (32 bytes, big-endian) → [`ChannelRecord::encode`].
 const CHANNELS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("channels");
+
+/// channel id → the block of a redemption not yet final: kept on disk so that a restart
+/// inside the confirmation window still re-checks it.
+const PENDING: TableDefinition<&[u8; 32], u64> = TableDefinition::new("pending_redemptions");
 
 /// What a node knows about one channel paying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +86,26 @@ impl Ledger {
 
     /// Writes one channel's record durably (fsync before returning).
     pub fn put(&self, channel_id: U256, record: &ChannelRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(CHANNELS)?
-            .insert(&channel_id.to_be_bytes::<32>(), record.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.put_all([(channel_id, record)])
+    }
+
+    /// Writes several channels' records in one durable commit, without stalling the async
+    /// tasks that share the calling worker thread (see [`store::durably`]).
+    pub fn put_all<'a>(
+        &self,
+        records: impl IntoIterator<Item = (U256, &'a ChannelRecord)>,
+    ) -> Result<(), StoreError> {
+        store::durably(|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(CHANNELS)?;
+                for (channel_id, record) in records {
+                    table.insert(&channel_id.to_be_bytes::<32>(), record.encode().as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// One channel's record.
@@ -94,6 +114,62 @@ impl Ledger {
         let table = txn.open_table(CHANNELS)?;
         let value = table.get(&channel_id.to_be_bytes::<32>())?;
         value.map(|v| ChannelRecord::decode(channel_id, v.value())).transpose()
+    }
+
+    /// Records that `channels` were redeemed in `block`, until [`Ledger::unconfirmed`] sees
+    /// the block final.
+    pub fn redeemed_in(
+        &self,
+        channels: impl IntoIterator<Item = U256>,
+        block: u64,
+    ) -> Result<(), StoreError> {
+        store::durably(|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(PENDING)?;
+                for channel in channels {
+                    table.insert(&channel.to_be_bytes::<32>(), block)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The redemptions not yet `depth` blocks deep at block `head` (channel → block); those
+    /// that now are, are forgotten.
+    pub fn unconfirmed(&self, head: u64, depth: u64) -> Result<HashMap<U256, u64>, StoreError> {
+        let mut pending = HashMap::new();
+        {
+            let txn = self.db.begin_read()?;
+            let table = match txn.open_table(PENDING) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(pending),
+                Err(e) => return Err(redb::Error::from(e).into()),
+            };
+            for entry in table.iter()? {
+                let (key, block) = entry?;
+                pending.insert(U256::from_be_bytes(*key.value()), block.value());
+            }
+        }
+        let is_final = |block: u64| head.saturating_add(1) >= block.saturating_add(depth.max(1));
+        let settled: Vec<U256> =
+            pending.iter().filter(|(_, block)| is_final(**block)).map(|(id, _)| *id).collect();
+        if !settled.is_empty() {
+            store::durably(|| {
+                let txn = self.db.begin_write()?;
+                {
+                    let mut table = txn.open_table(PENDING)?;
+                    for channel in &settled {
+                        table.remove(&channel.to_be_bytes::<32>())?;
+                    }
+                }
+                txn.commit()?;
+                Ok::<_, StoreError>(())
+            })?;
+            pending.retain(|_, block| !is_final(*block));
+        }
+        Ok(pending)
     }
 
     /// Every channel's record, by channel id.
@@ -142,6 +218,26 @@ mod tests {
         assert_eq!(ledger.get(U256::from(3)).unwrap(), Some(record.clone()));
         assert_eq!(ledger.get(U256::from(5)).unwrap(), None);
         assert_eq!(ledger.all().unwrap(), vec![(U256::from(3), record), (U256::from(4), bare)]);
+    }
+
+    #[test]
+    fn pending_redemptions_survive_reopening_until_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let deployment = B256::repeat_byte(1);
+        {
+            let ledger = Ledger::open(&path, deployment).unwrap();
+            assert!(ledger.unconfirmed(100, 12).unwrap().is_empty(), "none before any");
+            ledger.redeemed_in([U256::from(3), U256::from(4)], 100).unwrap();
+            ledger.redeemed_in([U256::from(5)], 105).unwrap();
+        }
+        let ledger = Ledger::open(&path, deployment).unwrap();
+        let all = HashMap::from([(U256::from(3), 100), (U256::from(4), 100), (U256::from(5), 105)]);
+        assert_eq!(ledger.unconfirmed(110, 12).unwrap(), all);
+        // Block 100 with 12 confirmations is final at head 111; 105 at 116.
+        assert_eq!(ledger.unconfirmed(111, 12).unwrap(), HashMap::from([(U256::from(5), 105)]));
+        assert_eq!(ledger.unconfirmed(110, 12).unwrap().len(), 1, "forgotten for good");
+        assert!(ledger.unconfirmed(116, 12).unwrap().is_empty());
     }
 
     #[test]

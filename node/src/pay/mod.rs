@@ -6,14 +6,16 @@
 
 mod collector;
 mod ledger;
+mod lookups;
 pub mod meter;
 mod settle;
 mod store;
 mod voucher;
 mod wallet;
 
-pub use collector::{ChannelStanding, Charge, Collector, PaymentError};
+pub use collector::{ChannelStanding, Charge, Collector, DEFAULT_CONFIRMATIONS, PaymentError};
 pub use ledger::{ChannelRecord, Ledger};
+pub use lookups::{LOOKUP_BURST, LOOKUP_REFILL, LookupBudget};
 pub use settle::{RedeemPolicy, Settlement, batch_gas};
 pub use store::StoreError;
 pub use voucher::{SignedVoucher, Voucher, VoucherError, channels_domain};

@@ -69,15 +69,21 @@ struct Planned {
 
 impl Collector {
     /// Re-reads every channel in the ledger from the chain and, if the policy says so,
-    /// redeems all collectable vouchers in one transaction.
+    /// redeems all collectable vouchers in one transaction. A channel redeemed in a block not
+    /// yet final is re-read every round: if a reorg dropped the redemption, the chain's
+    /// `paid` went back, and the voucher is redeemed again.
     pub async fn settle(&self, policy: &RedeemPolicy) -> Result<Option<Settlement>, PaymentError> {
-        let (gas_price, now) = self.channels().gas_price_and_time().await?;
+        let (gas_price, now, head) = self.channels().gas_price_and_head().await?;
+        let unconfirmed = self.unconfirmed(head)?;
         let mut batch: Vec<SignedVoucher> = Vec::new();
         let mut planned: Vec<Planned> = Vec::new();
         let (mut value, mut closing) = (U256::ZERO, false);
         for (id, record) in self.ledger().all()? {
-            if record.vouched() <= record.redeemed && !self.is_live(id).await {
-                // Fully paid and not in use since this node started: nothing to read.
+            if record.vouched() <= record.redeemed
+                && !self.is_live(id).await
+                && !unconfirmed.contains(&id)
+            {
+                // Fully paid, finally, and not in use since this node started: nothing to read.
                 continue;
             }
             let state = self.channels().channel(id).await?;
@@ -105,6 +111,9 @@ impl Collector {
         // The contract skips a voucher that cannot pay rather than reverting the batch, so
         // only the receipt's events say what was paid.
         let redemption = self.channels().redeem_batch(&batch).await?;
+        if let Some(block) = redemption.receipt.block_number {
+            self.redeemed_in(redemption.redeemed.iter().map(|r| r.channel), block)?;
+        }
         for seen in observed_after(&planned, &redemption.redeemed, &redemption.skipped) {
             self.observe(seen.channel, seen.paid, seen.deposit, seen.closing).await?;
         }

@@ -3,8 +3,8 @@
 //! block-tokens each node served (`protocol-spec/payments.md`, "Voucher flow").
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::Path;
+use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -72,6 +72,9 @@ struct Open {
     /// The node's price, as of the latest step.
     tariff: Tariff,
     metered: u64,
+    /// Block-tokens of steps sent and not yet answered, over all concurrent sessions: the node
+    /// has metered them already, so they count against its credit.
+    in_flight: u64,
     signed: U256,
     /// Whether the node has had a voucher from this run (it binds the channel to this peer).
     introduced: bool,
@@ -85,6 +88,13 @@ struct Tabs {
 }
 
 /// A payer's channels and vouchers.
+///
+/// Three kinds of lock: `tabs`, held for moments (accounting, never across I/O); one per
+/// node in `chain_work`, held while that node's channel is opened or topped up, so that a
+/// slow transaction holds up payments to that node only (they need its deposit), never the
+/// vouchers of the others; and `deposits`, held across each approve-and-deposit pair of
+/// transactions, because `approve` sets the token allowance rather than adding to it: two
+/// channels funded at once would both spend one allowance.
 pub struct Wallet {
     payer: Eip712Signer,
     domain: Domain,
@@ -93,6 +103,8 @@ pub struct Wallet {
     config: WalletConfig,
     db: Database,
     tabs: Mutex<Tabs>,
+    chain_work: std::sync::Mutex<HashMap<Address, Arc<Mutex<()>>>>,
+    deposits: Mutex<()>,
 }
 
 impl Wallet {
@@ -109,15 +121,30 @@ impl Wallet {
         fingerprint: B256,
     ) -> Result<Self, WalletError> {
         let db = store::open(path, fingerprint, TABS)?;
-        Ok(Self { payer, domain, token, channels, config, db, tabs: Mutex::default() })
+        Ok(Self {
+            payer,
+            domain,
+            token,
+            channels,
+            config,
+            db,
+            tabs: Mutex::default(),
+            chain_work: std::sync::Mutex::default(),
+            deposits: Mutex::default(),
+        })
     }
 
-    /// The voucher to attach to a step of `units` block-tokens for `node`, if one is due:
-    /// on the first step to the node in this run, when the unpaid amount for the answers
-    /// received reaches the signing threshold, when `settle` (the end of a request), or when
-    /// `force`d (the node asked for payment, or the step is a whole request). A forced
-    /// voucher, and one for a step worth the threshold on its own, also covers this step.
-    /// Opens or tops up the node's channel first when needed.
+    /// Sends a step of `units` block-tokens to `node`: counts it in flight until
+    /// [`Wallet::record`] (answered) or [`Wallet::release`] (not), and returns the voucher to
+    /// attach, if one is due: on the first step to the node in this run, when the unpaid
+    /// amount reaches the signing threshold, when `settle` (the end of a request), or when
+    /// `force`d (the step is a whole request). Opens or tops up the node's channel first
+    /// when needed.
+    ///
+    /// A voucher pays for the answers received and for the steps other sessions have in
+    /// flight to the node (the node metered those on admission, so they count against its
+    /// credit); this step too when forced, or when it alone is worth the signing threshold
+    /// (a long prefill, a replay), which a node's credit may not cover.
     pub async fn voucher(
         &self,
         node: NodeTerms,
@@ -125,44 +152,116 @@ impl Wallet {
         settle: bool,
         force: bool,
     ) -> Result<Option<SignedVoucher>, WalletError> {
-        let mut tabs = self.tabs.lock().await;
-        let Tabs { open, deposited } = &mut *tabs;
-        let tab = match open.entry(node.operator) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => slot.insert(self.resume_or_open(node, deposited).await?),
-        };
-        tab.tariff = node.tariff;
-        // Vouchers pay for answers already received and checked. The step being sent is paid
-        // ahead when `force`d (the node refused it for lack of payment, or it is a whole
-        // request with no later step to settle it) or when it alone is worth the signing
-        // threshold (a long prefill, a replay), which a node's credit may not cover.
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let ahead = force || node.tariff.amount(units) >= threshold;
-        let owed = node.tariff.amount(tab.metered + if ahead { units } else { 0 });
-        let unpaid = owed.saturating_sub(tab.signed);
-        let due =
-            force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
-        if !due {
+        self.pay(node, units, |tab| {
+            let ahead_units = if ahead { units } else { 0 };
+            let owed = node.tariff.amount(tab.metered + tab.in_flight + ahead_units);
+            let unpaid = owed.saturating_sub(tab.signed);
+            let due =
+                force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
+            due.then_some(owed)
+        })
+        .await
+    }
+
+    /// The node refused a step already in flight for lack of payment (it restarted, keeps a
+    /// smaller credit, or saw this run's vouchers out of order): a voucher for everything
+    /// answered and in flight, this step included.
+    pub async fn repay(&self, node: NodeTerms) -> Result<SignedVoucher, WalletError> {
+        let owed = |tab: &Open| Some(node.tariff.amount(tab.metered + tab.in_flight));
+        Ok(self.pay(node, 0, owed).await?.expect("a repayment always signs"))
+    }
+
+    /// With `node`'s chain work serialized and its tab opened if new: `amount` decides what
+    /// to sign, if anything, and `reserve` block-tokens go in flight. The voucher signs at
+    /// least what was signed before, after topping the channel up to cover it with room for
+    /// the signing threshold; if that fails nothing is reserved.
+    async fn pay(
+        &self,
+        node: NodeTerms,
+        reserve: u64,
+        amount: impl FnOnce(&Open) -> Option<U256>,
+    ) -> Result<Option<SignedVoucher>, WalletError> {
+        let operator = node.operator;
+        let chain_work = self.chain_work(operator);
+        // Held to the end: what is decided below stays true while the channel is topped up
+        // (only this node's payments change its signed amount and deposit).
+        let _serialized = chain_work.lock().await;
+        if !self.tabs.lock().await.open.contains_key(&operator) {
+            let opened = self.resume_or_open(node).await?;
+            self.tabs.lock().await.open.insert(operator, opened);
+        }
+        let (owed, channel, mut deposit, signed) = {
+            let mut tabs = self.tabs.lock().await;
+            let tab = tabs.open.get_mut(&operator).expect("opened above");
+            tab.tariff = node.tariff;
+            let owed = amount(tab);
+            tab.in_flight += reserve;
+            (owed, tab.channel, tab.deposit, tab.signed)
+        };
+        let Some(owed) = owed else {
             return Ok(None);
+        };
+        let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
+        let amount = owed.max(signed);
+        while deposit < amount + threshold {
+            if let Err(e) = self.top_up(channel).await {
+                self.release(operator, reserve).await;
+                return Err(e);
+            }
+            deposit += self.config.deposit;
+            self.tabs.lock().await.open.get_mut(&operator).expect("opened above").deposit = deposit;
         }
-        let amount = owed.max(tab.signed);
-        while tab.deposit < amount + threshold {
-            self.spend(deposited, self.config.deposit)?;
-            self.token.approve(self.channels.address(), self.config.deposit).await?;
-            self.channels.top_up(tab.channel, self.config.deposit).await?;
-            tab.deposit += self.config.deposit;
+        let metered = self.tabs.lock().await.open.get(&operator).map_or(0, |t| t.metered);
+        if let Err(e) = self.save(operator, channel, amount, metered) {
+            self.release(operator, reserve).await;
+            return Err(e.into());
         }
-        tab.signed = amount;
-        tab.introduced = true;
-        self.save(node.operator, tab)?;
-        let voucher = Voucher { channel_id: tab.channel, cumulative_amount: amount };
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+            tab.signed = amount;
+            tab.introduced = true;
+        }
+        let voucher = Voucher { channel_id: channel, cumulative_amount: amount };
         Ok(Some(voucher.sign(&self.domain, &self.payer)))
     }
 
-    /// Counts `units` block-tokens that `operator`'s node served.
+    /// The lock serializing `operator`'s channel transactions.
+    fn chain_work(&self, operator: Address) -> Arc<Mutex<()>> {
+        self.chain_work.lock().expect("chain work").entry(operator).or_default().clone()
+    }
+
+    /// Deposits [`WalletConfig::deposit`] more into `channel`, within the budget.
+    async fn top_up(&self, channel: U256) -> Result<(), WalletError> {
+        let deposit = self.config.deposit;
+        self.spend(deposit).await?;
+        let topped_up = async {
+            let _one_allowance = self.deposits.lock().await;
+            self.token.approve(self.channels.address(), deposit).await?;
+            self.channels.top_up(channel, deposit).await
+        };
+        let result = topped_up.await;
+        if let Err(e) = &result {
+            self.unspend_unless_sent(deposit, e).await;
+        }
+        result?;
+        Ok(())
+    }
+
+    /// Counts `units` block-tokens that `operator`'s node served: a step sent with
+    /// [`Wallet::voucher`] was answered.
     pub async fn record(&self, operator: Address, units: u64) {
         if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+            tab.in_flight = tab.in_flight.saturating_sub(units);
             tab.metered += units;
+        }
+    }
+
+    /// A step sent with [`Wallet::voucher`] got no usable answer: it is no longer in flight
+    /// (the node refunds a step it did not answer).
+    pub async fn release(&self, operator: Address, units: u64) {
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+            tab.in_flight = tab.in_flight.saturating_sub(units);
         }
     }
 
@@ -185,38 +284,48 @@ impl Wallet {
         out
     }
 
-    /// The stored channel to `node` if it is still open on-chain, or a new one.
-    async fn resume_or_open(
-        &self,
-        node: NodeTerms,
-        deposited: &mut U256,
-    ) -> Result<Open, WalletError> {
+    /// The stored channel to `node` if it is still open on-chain, or a new one. Called with
+    /// the node's chain work serialized and no other lock held.
+    async fn resume_or_open(&self, node: NodeTerms) -> Result<Open, WalletError> {
         let operator = node.operator;
+        let tariff = node.tariff;
+        let fresh = |channel, deposit, signed, metered| Open {
+            channel,
+            deposit,
+            tariff,
+            metered,
+            in_flight: 0,
+            signed,
+            introduced: false,
+        };
         if let Some((channel, signed, metered)) = self.load(operator)? {
             let state = self.channels.channel(channel).await?;
             if state.payer == self.payer.address() && state.node == operator && state.closesAt == 0
             {
-                let deposit = U256::from(state.deposit);
-                let tariff = node.tariff;
-                return Ok(Open { channel, deposit, tariff, metered, signed, introduced: false });
+                return Ok(fresh(channel, U256::from(state.deposit), signed, metered));
             }
         }
-        self.spend(deposited, self.config.deposit)?;
-        self.token.approve(self.channels.address(), self.config.deposit).await?;
-        let channel = self.channels.open(operator, self.config.deposit).await?;
-        let open = Open {
-            channel,
-            deposit: self.config.deposit,
-            tariff: node.tariff,
-            metered: 0,
-            signed: U256::ZERO,
-            introduced: false,
+        let deposit = self.config.deposit;
+        self.spend(deposit).await?;
+        let opened = async {
+            let _one_allowance = self.deposits.lock().await;
+            self.token.approve(self.channels.address(), deposit).await?;
+            self.channels.open(operator, deposit).await
         };
-        self.save(operator, &open)?;
-        Ok(open)
+        let channel = match opened.await {
+            Ok(channel) => channel,
+            Err(e) => {
+                self.unspend_unless_sent(deposit, &e).await;
+                return Err(e.into());
+            }
+        };
+        self.save(operator, channel, U256::ZERO, 0)?;
+        Ok(fresh(channel, deposit, U256::ZERO, 0))
     }
 
-    fn spend(&self, deposited: &mut U256, amount: U256) -> Result<(), WalletError> {
+    /// Counts `amount` against the budget, or refuses it.
+    async fn spend(&self, amount: U256) -> Result<(), WalletError> {
+        let deposited = &mut self.tabs.lock().await.deposited;
         if *deposited + amount > self.config.budget {
             return Err(WalletError::Budget {
                 deposited: *deposited,
@@ -228,11 +337,28 @@ impl Wallet {
         Ok(())
     }
 
-    fn save(&self, operator: Address, tab: &Open) -> Result<(), StoreError> {
+    /// Gives back to the budget a deposit whose transaction certainly moved nothing: refused
+    /// before it was sent (the gas estimate reverted) or mined reverted. After any other
+    /// error (a timeout, a dropped connection) the deposit may have landed: it stays counted,
+    /// so that retries cannot take the wallet past its budget.
+    async fn unspend_unless_sent(&self, amount: U256, error: &ChainError) {
+        if matches!(error, ChainError::Reverted(_) | ChainError::MinedRevert(_)) {
+            let deposited = &mut self.tabs.lock().await.deposited;
+            *deposited = deposited.saturating_sub(amount);
+        }
+    }
+
+    fn save(
+        &self,
+        operator: Address,
+        channel: U256,
+        signed: U256,
+        metered: u64,
+    ) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(72);
-        value.extend_from_slice(&tab.channel.to_be_bytes::<32>());
-        value.extend_from_slice(&tab.signed.to_be_bytes::<32>());
-        value.extend_from_slice(&tab.metered.to_le_bytes());
+        value.extend_from_slice(&channel.to_be_bytes::<32>());
+        value.extend_from_slice(&signed.to_be_bytes::<32>());
+        value.extend_from_slice(&metered.to_le_bytes());
         let txn = self.db.begin_write()?;
         txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
         txn.commit()?;

@@ -26,6 +26,8 @@ pub struct Candidate {
     pub free_cache_tokens: Option<usize>,
     /// On-chain reputation in basis points (`Validation.reputationOf`; 5000 is neutral), if read.
     pub reputation_bps: Option<u32>,
+    /// Registered price in wei for one token through its whole span, if known.
+    pub price_wei_per_token: Option<f64>,
 }
 
 /// One hop of a route.
@@ -53,6 +55,10 @@ pub struct CostModel {
     /// a neutral (unscored) one, none at 10000. Enough to prefer a proven peer among
     /// comparable ones, not to send traffic across the world for it.
     pub distrust_penalty_ms: f64,
+    /// What one millisecond less per token is worth, in wei: a hop's price counts as
+    /// `price / wei_per_ms` milliseconds, so the route is the cheapest, latency breaking ties
+    /// among comparable prices.
+    pub wei_per_ms: f64,
 }
 
 impl Default for CostModel {
@@ -64,9 +70,14 @@ impl Default for CostModel {
             session_penalty_ms: 0.5,
             full_cache_penalty_ms: 1_000.0,
             distrust_penalty_ms: 20.0,
+            wei_per_ms: DEFAULT_WEI_PER_MS,
         }
     }
 }
+
+/// Wei one millisecond per token is worth by default: 0.0000001 BTT, so a price difference of
+/// 0.000001 BTT per token outweighs 10 ms of latency.
+pub const DEFAULT_WEI_PER_MS: f64 = 1e11;
 
 /// The reputation of a node validators have not scored yet (`Validation.reputationOf`).
 pub const NEUTRAL_REPUTATION_BPS: u32 = 5_000;
@@ -80,12 +91,14 @@ impl CostModel {
         };
         let full = c.free_cache_tokens.is_some_and(|free| free < needed_tokens);
         let reputation = f64::from(c.reputation_bps.unwrap_or(NEUTRAL_REPUTATION_BPS).min(10_000));
+        let price = c.price_wei_per_token.unwrap_or(0.0) * blocks_used as f64 / span;
         c.rtt_ms.unwrap_or(self.unknown_rtt_ms) / 2.0
             + compute
             + self.hop_penalty_ms
             + self.session_penalty_ms * c.active_sessions as f64
             + if full { self.full_cache_penalty_ms } else { 0.0 }
             + self.distrust_penalty_ms * (1.0 - reputation / 10_000.0)
+            + price / self.wei_per_ms.max(f64::MIN_POSITIVE)
     }
 }
 
@@ -159,10 +172,16 @@ impl Bans {
     const BASE: Duration = Duration::from_secs(2);
     const MAX_EXPONENT: u32 = 8;
 
-    /// Records a failure: the ban doubles with each consecutive one.
+    /// Records a failure: the ban doubles with each consecutive one. Failures while the peer
+    /// is banned already are the same outage seen by other concurrent sessions, not new
+    /// strikes: one blip seen by many sessions must not ban a node for minutes.
     pub fn fail(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        if self.entries.get(&peer).is_some_and(|(until, _)| *until > now) {
+            return;
+        }
         let strikes = self.entries.get(&peer).map_or(0, |(_, s)| (s + 1).min(Self::MAX_EXPONENT));
-        self.entries.insert(peer, (Instant::now() + Self::BASE * 2u32.pow(strikes), strikes));
+        self.entries.insert(peer, (now + Self::BASE * 2u32.pow(strikes), strikes));
     }
 
     /// Forgets failures after a success.
@@ -202,6 +221,7 @@ mod tests {
             active_sessions: 0,
             free_cache_tokens: None,
             reputation_bps: None,
+            price_wei_per_token: None,
         }
     }
 
@@ -266,6 +286,15 @@ mod tests {
         let mut bans = Bans::default();
         bans.fail(peer(1));
         assert!(bans.banned().contains(&peer(1)));
+        // Concurrent sessions failing on the same outage add no strikes while it is banned.
+        let until = bans.entries[&peer(1)];
+        bans.fail(peer(1));
+        bans.fail(peer(1));
+        assert_eq!(bans.entries[&peer(1)], until);
+        // A failure after the ban ran out doubles it.
+        bans.entries.insert(peer(1), (Instant::now(), 0));
+        bans.fail(peer(1));
+        assert_eq!(bans.entries[&peer(1)].1, 1);
         bans.succeed(&peer(1));
         assert!(bans.banned().is_empty());
         // A forbidden peer stays banned, whatever succeeds afterwards.
@@ -289,5 +318,24 @@ mod tests {
         // A proven peer 200 ms away loses to a neutral one next door.
         let far = Candidate { rtt_ms: Some(400.0), ..proven };
         assert_eq!(pick(&[far, cand(4, 0, 0, 10.0, 5.0)]), peer(4));
+    }
+
+    #[test]
+    fn price_outweighs_small_latency_differences_not_large_ones() {
+        let cost = CostModel::default();
+        let priced = |n, rtt, wei: f64| Candidate {
+            price_wei_per_token: Some(wei),
+            ..cand(n, 0, 1, rtt, 5.0)
+        };
+        let pick =
+            |cands: &[Candidate]| plan(cands, 0, 2, &HashSet::new(), &cost, 16).unwrap()[0].peer;
+        // 0.000003 BTT a token cheaper is worth 30 ms: it beats a peer 10 ms closer...
+        assert_eq!(pick(&[priced(1, 20.0, 5e12), priced(2, 40.0, 2e12)]), peer(2));
+        // ...not one 100 ms closer.
+        assert_eq!(pick(&[priced(1, 20.0, 5e12), priced(2, 220.0, 2e12)]), peer(1));
+        // A hop using half a peer's span pays half its price.
+        let half = cost.edge(&priced(3, 0.0, 4e12), 1, 16);
+        let whole = cost.edge(&priced(3, 0.0, 4e12), 2, 16);
+        assert!((whole - half - (2e12 / DEFAULT_WEI_PER_MS + 5.0 / 2.0)).abs() < 1e-9);
     }
 }

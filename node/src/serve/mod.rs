@@ -1,9 +1,13 @@
 //! A node serving its layer blocks to the swarm: admission or payment, the span of blocks
 //! run per request, typed refusals, and a signature over every answer.
 
+mod batcher;
 mod cheat;
+mod load;
 
+pub use batcher::Batcher;
 pub use cheat::Cheat;
+pub use load::{LoadGuard, Refusal, ServeLimits};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -87,6 +91,10 @@ pub struct BlockServer {
     pub collector: Option<Arc<Collector>>,
     /// Moving average of the compute time of one decode step through the whole span.
     pub decode_ms: DecodeTimer,
+    /// Steps waiting for the engine, and each peer's sessions and cache tokens.
+    pub load: LoadGuard,
+    /// Decode steps of all sessions, run in batches.
+    pub batcher: Batcher,
     /// Testing only: answers deliberately made wrong before they are signed.
     pub cheat: Option<Cheat>,
 }
@@ -157,6 +165,16 @@ impl BlockServer {
                 ),
             );
         }
+        // Refused before payment and compute: a busy node or a peer over its quota costs
+        // nobody anything.
+        let _slot = match self.load.step_slot() {
+            Ok(slot) => slot,
+            Err(e) => return refuse(ErrorCode::Overloaded, e.to_string()),
+        };
+        let session = session_key(&peer, request.session);
+        if let Err(e) = self.book(peer, session, &request) {
+            return refuse(ErrorCode::Overloaded, e.to_string());
+        }
         let charge = match &self.collector {
             Some(collector) if !free => {
                 match collector.admit(peer, request.payment.as_ref(), step_units(&request)).await {
@@ -170,12 +188,21 @@ impl BlockServer {
             _ => None,
         };
         let request_hash = request.request_hash();
-        let kind = request.kind;
+        let (kind, wire_session, position) = (request.kind, request.session, request.position);
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
-        let session = session_key(&peer, request.session);
         let server = self.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || server.compute(session, request)).await;
+        let result = match self.batchable(&request) {
+            Some(span) => {
+                let (position, payload) = (request.position as usize, request.payload);
+                let batched = match block_input(payload) {
+                    Ok(input) => self.batcher.step(session, position, span, input).await,
+                    Err(refusal) => return InferResponse::Err(refusal),
+                };
+                Ok(batched.map(Payload::Tensor).map_err(engine_refusal))
+            }
+            None => tokio::task::spawn_blocking(move || server.compute(session, request)).await,
+        };
         if kind == StepKind::Decode && matches!(result, Ok(Ok(_))) {
             // Scaled to the whole span, which is what a route through this node uses.
             let full_span = self.blocks.len() as f64;
@@ -189,14 +216,62 @@ impl BlockServer {
         }
         match result {
             Ok(Ok(mut output)) => {
-                if let Some(cheat) = &self.cheat {
-                    cheat.apply(&mut output);
+                if let Some(cheat) = &self.cheat
+                    && cheat.apply(&mut output)
+                {
+                    eprintln!(
+                        "node: TESTING: perturbed the answer to session {wire_session} position \
+                         {position} from {peer}"
+                    );
                 }
                 let signature = self.attester.attest(request_hash, &output);
                 InferResponse::Ok { output, signature }
             }
             Ok(Err(e)) => InferResponse::Err(e),
             Err(e) => refuse(ErrorCode::Internal, format!("inference task failed: {e}")),
+        }
+    }
+
+    /// The span (indices into `blocks`) of a step that goes to the batcher: a decode step
+    /// (one new position) through batch-capable blocks, from an honest node (the lazy cheat
+    /// runs its own shortened span).
+    fn batchable(&self, request: &InferRequest) -> Option<(usize, usize)> {
+        let one_position = match &request.payload {
+            Payload::Tokens(ids) => ids.len() == 1,
+            Payload::Tensor(t) => t.shape().get(1) == Some(&1),
+            Payload::Masked { .. } | Payload::Empty => false,
+        };
+        let span = (
+            (request.first_block - self.first_block) as usize,
+            (request.last_block - self.first_block) as usize,
+        );
+        let batched = self.blocks[span.0..=span.1].iter().all(|b| b.is_batched());
+        let lazy = self.cheat.as_ref().is_some_and(Cheat::is_lazy);
+        (request.kind != StepKind::Close && one_position && batched && !lazy).then_some(span)
+    }
+
+    /// Books the step against the peer's quota (a Close releases the session), and frees
+    /// the caches of every session left idle past the TTL.
+    fn book(&self, peer: PeerId, session: u64, request: &InferRequest) -> Result<(), Refusal> {
+        let now = std::time::Instant::now();
+        for idle in self.load.expire(now) {
+            self.blocks.iter().for_each(|b| {
+                b.close(idle);
+            });
+        }
+        let steps = match &request.payload {
+            Payload::Tokens(ids) => ids.len(),
+            Payload::Tensor(t) => t.shape().get(1).copied().unwrap_or(0),
+            // Encoder requests hold no cache; Close and malformed steps hold nothing.
+            Payload::Masked { .. } | Payload::Empty => 0,
+        };
+        match request.kind {
+            StepKind::Close => {
+                self.load.release(&peer, session);
+                Ok(())
+            }
+            _ if steps == 0 => Ok(()),
+            _ => self.load.reserve(peer, session, request.position as usize + steps, now),
         }
     }
 

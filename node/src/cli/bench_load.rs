@@ -1,0 +1,139 @@
+//! `bench swarm --concurrency 1,8,…`: many users streaming through a devnet's gateway at once.
+//! Per level: aggregate tokens/s (and its ratio to one stream's), time to first token and
+//! inter-token latency (p50/p99), errors.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// What one stream saw.
+#[derive(Debug, Default)]
+struct StreamTiming {
+    first_token: Option<Duration>,
+    gaps: Vec<Duration>,
+    tokens: usize,
+    error: Option<String>,
+}
+
+/// Streams one completion over HTTP/1.0 (close-delimited, so the SSE lines arrive unframed)
+/// and times its tokens.
+fn stream_once(address: &str, model: &str, prompt: &str, max_tokens: usize) -> StreamTiming {
+    let mut timing = StreamTiming::default();
+    let body = json!({
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
+    })
+    .to_string();
+    let started = Instant::now();
+    let result = (|| -> std::io::Result<()> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(600)))?;
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut last = None;
+        for line in BufReader::new(stream).lines() {
+            let line = line?;
+            if line.starts_with("HTTP/") && !line.contains(" 200 ") {
+                timing.error = Some(line);
+                return Ok(());
+            }
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+            if let Some(error) = event.get("error") {
+                timing.error = Some(error.to_string());
+                return Ok(());
+            }
+            if event["choices"][0]["finish_reason"].is_null() {
+                let now = Instant::now();
+                match last {
+                    None => timing.first_token = Some(now - started),
+                    Some(previous) => timing.gaps.push(now - previous),
+                }
+                last = Some(now);
+                timing.tokens += 1;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        timing.error = Some(e.to_string());
+    }
+    timing
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index].as_secs_f64() * 1e3
+}
+
+/// Runs every level against a devnet of `nodes` node processes serving `model`.
+pub fn run(
+    model: &Path,
+    nodes: usize,
+    levels: &[usize],
+    max_tokens: usize,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let name = infergrid::model::ModelManifest::load(model)?.name;
+    anyhow::ensure!(
+        !super::bench::predates_batching(model),
+        "{} predates batch-capable graphs (its nodes could not batch): import it again",
+        model.display()
+    );
+    let (_devnet, address) = super::bench_http::start_devnet(model, nodes, &[], work)?;
+    // One warm-up stream: channels opened, caches and connections warm.
+    let warm = stream_once(&address, &name, "warm up", 8);
+    if let Some(e) = warm.error {
+        anyhow::bail!("warm-up stream failed: {e}");
+    }
+    println!(
+        "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "errors"
+    );
+    let mut one_user = None;
+    for &users in levels {
+        let started = Instant::now();
+        let timings: Vec<StreamTiming> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..users)
+                .map(|user| {
+                    let (address, name) = (&address, &name);
+                    scope.spawn(move || {
+                        stream_once(address, name, &format!("user {user} asks"), max_tokens)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let wall = started.elapsed().as_secs_f64();
+        let tokens: usize = timings.iter().map(|t| t.tokens).sum();
+        let errors = timings.iter().filter(|t| t.error.is_some()).count();
+        if let Some(error) = timings.iter().find_map(|t| t.error.as_ref()) {
+            eprintln!("bench: {users} users: first error: {error}");
+        }
+        let mut first: Vec<Duration> = timings.iter().filter_map(|t| t.first_token).collect();
+        let mut gaps: Vec<Duration> = timings.iter().flat_map(|t| t.gaps.iter().copied()).collect();
+        first.sort();
+        gaps.sort();
+        let rate = tokens as f64 / wall;
+        let ratio = rate / *one_user.get_or_insert(rate);
+        println!(
+            "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {errors:>7}",
+            percentile(&first, 0.5),
+            percentile(&first, 0.99),
+            percentile(&gaps, 0.5),
+            percentile(&gaps, 0.99),
+        );
+    }
+    println!(
+        "(tokens/s: all users' streamed tokens over the level's wall time; × one: against the first level; times in ms)"
+    );
+    Ok(())
+}
