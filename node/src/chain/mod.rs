@@ -5,6 +5,7 @@ pub mod bindings;
 mod clients;
 mod deployment;
 mod error;
+mod gas;
 
 pub use clients::{
     BatchRedemption, Channels, NodeRegistration, RedeemedVoucher, Registry, SkipReason,
@@ -12,6 +13,7 @@ pub use clients::{
 };
 pub use deployment::{ContractAddresses, DeployParams, Deployment, DeploymentFileError, deploy};
 pub use error::{ChainError, describe_revert};
+use gas::MarginGasFiller;
 
 use std::time::Duration;
 
@@ -42,7 +44,7 @@ impl Account {
         // later transaction back forever waiting for the gap.
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
-            .with_gas_estimation()
+            .filler(MarginGasFiller::default())
             .with_simple_nonce_management()
             .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
