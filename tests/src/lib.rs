@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end tests: a real anvil with the real contracts, and
 //! model fixtures made by the repository's scripts.
 
+pub mod http;
 pub mod models;
 pub mod nodes;
 pub mod procs;

@@ -7,59 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use infergrid_e2e::http::{exchange, health, metered, post_request};
 use infergrid_e2e::models::{local_greedy, repo_root};
 use infergrid_e2e::procs::{Proc, SWARM, Swarm, free_port, llama_devnet};
 
 const KEY: &str = "sk-e2e-gateway";
-
-/// One HTTP/1.1 exchange on a fresh connection: the status, the headers (lower-cased names)
-/// and the body, read until the server closes.
-fn exchange(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    stream.write_all(request).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn post_request(path: &str, key: Option<&str>, body: &str) -> Vec<u8> {
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn health(addr: &str) -> serde_json::Value {
-    let request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n";
-    let (status, _, body) = exchange(addr, request);
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Block-tokens the gateway has metered to all nodes, as of its last finished request.
-fn metered(addr: &str) -> u64 {
-    health(addr)["routing"]["payments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["metered_block_tokens"].as_u64().unwrap())
-        .sum()
-}
 
 /// A devnet with 3 node processes (one per block of a random 3-layer llama) and a gateway
 /// started with `gateway_args` and the API key `KEY`.

@@ -17,6 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
@@ -48,6 +49,8 @@ pub struct ApiLimits {
     pub stall_timeout: Duration,
     /// The bearer key every `/v1` request must present, when set.
     pub api_key: Option<String>,
+    /// Web origins whose pages may call the API (`*`: any); none when empty.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiLimits {
@@ -63,6 +66,7 @@ impl Default for ApiLimits {
             max_connections_per_address: 256,
             stall_timeout: Duration::from_secs(60),
             api_key: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -83,6 +87,28 @@ impl ApiLimits {
         }
     }
 
+    /// The CORS layer for `cors_origins`: preflights answered with the origin and the
+    /// request headers it asks for (the SDKs send their own `x-stainless-*` headers).
+    fn cors(&self) -> Option<CorsLayer> {
+        if self.cors_origins.is_empty() {
+            return None;
+        }
+        let origins = if self.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                self.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+            )
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                .allow_headers(AllowHeaders::mirror_request())
+                .max_age(Duration::from_secs(600)),
+        )
+    }
+
     /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish
     /// for up to [`SHUTDOWN_GRACE`]: HTTP/1.1, at most `max_connections` connections
     /// (`max_connections_per_address` from one address), each given `header_timeout` to send
@@ -95,7 +121,10 @@ impl ApiLimits {
         app: Router,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        // CORS is outermost, so that the edge's own answers (413, 503, 504) carry it too and
+        // a browser page can read them.
         let service = ServiceBuilder::new()
+            .option_layer(self.cors())
             .map_response(openai_shaped)
             .layer(HandleErrorLayer::new(overloaded))
             .load_shed()

@@ -1,9 +1,12 @@
 //! The gateway's OpenAI-compatible HTTP API (axum): completions and chat completions, with
 //! SSE streaming, log-probabilities and usage; models; health. Errors use OpenAI's JSON shape.
+//! `protocol-spec/openai-api.md` lists every field: implemented, or refused by name.
 
 mod conn;
 mod edge;
-mod types;
+mod error;
+mod request;
+mod response;
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -13,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Json, State};
+use axum::extract::{Json, Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +25,11 @@ use futures::{Stream, StreamExt};
 use tokenizers::Tokenizer;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::generate::{
-    ChatFormat, FinishReason, GeneratedToken, Generation, GenerationError, Prompt, TextModel,
-    generate,
-};
+use crate::generate::{ChatFormat, Generation, GenerationError, Prompt, TextModel, generate};
 pub use edge::ApiLimits;
-pub use types::{ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Job};
+pub use error::ApiError;
+pub use request::{ChatRequest, CompletionRequest, EmbeddingRequest, Job, ModelLimits};
+use response::{Answer, Delta, TokenNames};
 
 /// Opens a text model of its own for each request (the routed remote model on a gateway), so
 /// requests generate concurrently.
@@ -40,7 +42,10 @@ pub type Embedder = Arc<
 
 /// Shared state of the API.
 pub struct ApiState {
-    pub model_name: String,
+    /// The served model's name, context length and vocabulary size.
+    pub model: ModelLimits,
+    /// When the gateway started serving it (`created` in `/v1/models`).
+    created: u64,
     pub tokenizer: Arc<Tokenizer>,
     /// How chat messages become a prompt: the model's template, or the plain transcript.
     pub chat: ChatFormat,
@@ -56,7 +61,7 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(
-        model_name: String,
+        model: ModelLimits,
         tokenizer: Tokenizer,
         chat: ChatFormat,
         backend: Option<Backend>,
@@ -67,7 +72,8 @@ impl ApiState {
         let seed =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         Arc::new(Self {
-            model_name,
+            model,
+            created: now(),
             tokenizer: Arc::new(tokenizer),
             chat,
             backend,
@@ -83,8 +89,8 @@ impl ApiState {
     /// permit drops; `429` with `Retry-After` when every slot is taken (no queue: a client
     /// that waits can retry).
     #[allow(clippy::result_large_err)]
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.sessions.clone().try_acquire_owned().map_err(|_| {
+    fn admit(&self, sessions: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.sessions.clone().try_acquire_many_owned(sessions as u32).map_err(|_| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
@@ -108,12 +114,22 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
     let open = Router::new().route("/healthz", get(health));
     let v1 = Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
                 .into_response()
+        })
+        // axum keeps the `Allow` header; the body becomes an OpenAI error instead of nothing.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "this endpoint does not take that method",
+            )
+            .into_response()
         });
     // The body limit is the edge's (`ApiLimits::max_body_bytes`), not axum's own 2 MiB.
     limits.guard(open, v1).layer(axum::extract::DefaultBodyLimit::disable()).with_state(state)
@@ -144,19 +160,30 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "sessions": sessions, "routing": routing}))
 }
 
+fn model_object(state: &ApiState) -> serde_json::Value {
+    serde_json::json!({
+        "id": state.model.name, "object": "model", "created": state.created, "owned_by": "infergrid",
+    })
+}
+
 async fn models(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "object": "list",
-        "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "infergrid"}],
-    }))
+    Json(serde_json::json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+async fn model(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+    if id == state.model.name {
+        Json(model_object(&state)).into_response()
+    } else {
+        ApiError::model_not_found(&id, &state.model.name).into_response()
+    }
 }
 
 async fn embeddings(
     State(state): State<Arc<ApiState>>,
-    body: Result<Json<types::EmbeddingRequest>, JsonRejection>,
+    body: Result<Json<EmbeddingRequest>, JsonRejection>,
 ) -> Response {
     let request =
-        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model_name)) {
+        match body.map_err(ApiError::from).and_then(|Json(r)| r.validate(&state.model.name)) {
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
@@ -164,12 +191,12 @@ async fn embeddings(
         return ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
-            format!("model {} is a text generation model; it has no embeddings", state.model_name),
+            format!("model {} is a text generation model; it has no embeddings", state.model.name),
         )
         .into_response();
     };
     let texts = request.texts();
-    let permit = match state.admit() {
+    let permit = match state.admit(1) {
         Ok(permit) => permit,
         Err(e) => return e.into_response(),
     };
@@ -178,8 +205,8 @@ async fn embeddings(
         embedder(&texts)
     });
     match embedded.await {
-        Ok(Ok((embeddings, tokens))) => Json(types::embedding_response(
-            &state.model_name,
+        Ok(Ok((embeddings, tokens))) => Json(response::embedding_response(
+            &state.model.name,
             &embeddings,
             tokens,
             request.base64(),
@@ -192,13 +219,11 @@ async fn embeddings(
     }
 }
 
-fn no_generation(state: &ApiState) -> Response {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        format!("model {} is an embedding model; use /v1/embeddings", state.model_name),
+fn no_generation(state: &ApiState) -> ApiError {
+    ApiError::invalid(
+        "model",
+        format!("model {} is an embedding model; use /v1/embeddings", state.model.name),
     )
-    .into_response()
 }
 
 /// Set when whoever waits for a generation is gone (the client disconnected), so the
@@ -212,6 +237,37 @@ impl Cancel {
     }
 }
 
+/// A request's model that refuses every step once its request is cancelled: the generation
+/// stops before its next swarm step (a prefill chunk, a scored prompt token, a decode step)
+/// and pays for nothing more.
+struct Cancellable {
+    model: Box<dyn TextModel + Send>,
+    cancel: Cancel,
+}
+
+impl TextModel for Cancellable {
+    fn next_logits(
+        &mut self,
+        session: u64,
+        position: usize,
+        tokens: &[i64],
+    ) -> Result<Vec<f32>, crate::engine::EngineError> {
+        if self.cancel.is_set() {
+            return Err(crate::engine::EngineError::Cancelled);
+        }
+        self.model.next_logits(session, position, tokens)
+    }
+    fn close(&mut self, session: u64) {
+        self.model.close(session)
+    }
+    fn context_length(&self) -> usize {
+        self.model.context_length()
+    }
+    fn eos_ids(&self) -> &[u32] {
+        self.model.eos_ids()
+    }
+}
+
 /// Cancels the generation when dropped: held by whatever the client's connection keeps
 /// alive (the handler's future, the SSE stream).
 struct CancelOnDrop(Cancel);
@@ -222,38 +278,51 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Starts a generation on a model of its own, if a session is free: otherwise `429` with
-/// `Retry-After` (no queue: a client that waits can retry). `on_token` sees every token and
-/// may break to stop; the returned guard cancels the generation when dropped.
+/// One choice's generation, running.
+type Running = tokio::task::JoinHandle<Result<Generation, GenerationError>>;
+
+/// Starts the job's choices, each a session on a model of its own, if that many sessions are
+/// free: otherwise `429` with `Retry-After` (no queue: a client that waits can retry).
+/// `on_token(i)` sees every token of choice `i` and may break to stop it; the returned guard
+/// cancels every choice when dropped.
 #[allow(clippy::result_large_err)]
-fn run_job(
+fn run_job<F>(
     state: &Arc<ApiState>,
-    session: u64,
     job: Job,
-    mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()> + Send + 'static,
-) -> Result<(tokio::task::JoinHandle<Result<Generation, GenerationError>>, CancelOnDrop), ApiError>
+    mut on_token: impl FnMut(usize) -> F,
+) -> Result<(Vec<Running>, CancelOnDrop), ApiError>
+where
+    F: FnMut(&crate::generate::GeneratedToken) -> ControlFlow<()> + Send + 'static,
 {
-    let permit = state.admit()?;
+    let permits = Arc::new(state.admit(job.choices)?);
     let backend = state.backend.as_ref().expect("handlers check for a backend");
-    let mut model = backend();
-    let (state, cancel) = (state.clone(), Cancel::default());
-    let cancelled = cancel.clone();
-    let handle = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let prompt =
-            if job.templated { Prompt::Chat(&job.prompt) } else { Prompt::Text(&job.prompt) };
-        generate(
-            &mut *model,
-            &state.tokenizer,
-            session,
-            prompt,
-            job.max_tokens,
-            &job.stop,
-            job.params,
-            |token| if cancelled.is_set() { ControlFlow::Break(()) } else { on_token(token) },
-        )
-    });
-    Ok((handle, CancelOnDrop(cancel)))
+    let (cancel, job) = (Cancel::default(), Arc::new(job));
+    let running = (0..job.choices)
+        .map(|index| {
+            let mut model = Cancellable { model: backend(), cancel: cancel.clone() };
+            let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+            let (state, job, permits) = (state.clone(), job.clone(), permits.clone());
+            let (cancelled, mut on_token) = (cancel.clone(), on_token(index));
+            tokio::task::spawn_blocking(move || {
+                let _permits = permits;
+                let mut params = job.params.clone();
+                params.seed = params.seed.wrapping_add(index as u64);
+                generate(
+                    &mut model,
+                    &state.tokenizer,
+                    session,
+                    Prompt::Ids(&job.prompt_ids),
+                    job.max_tokens,
+                    &job.stop,
+                    params,
+                    |token| {
+                        if cancelled.is_set() { ControlFlow::Break(()) } else { on_token(token) }
+                    },
+                )
+            })
+        })
+        .collect();
+    Ok((running, CancelOnDrop(cancel)))
 }
 
 fn generation_error(e: GenerationError) -> ApiError {
@@ -265,137 +334,205 @@ fn generation_error(e: GenerationError) -> ApiError {
     }
 }
 
-async fn completions(
-    State(state): State<Arc<ApiState>>,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Response {
-    let (request, job) =
-        match prepare(&state, body, CompletionRequest::validate, |r, _| Ok(r.job())) {
-            Ok(prepared) => prepared,
-            Err(response) => return response,
-        };
-    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
-    let (id, model, created) = (format!("cmpl-{session}"), state.model_name.clone(), now());
-    let (tokenizer, logprobs) = (state.tokenizer.clone(), request.logprobs);
-    let shape = Shape {
-        opening: None,
-        chunk: Arc::new({
-            let (id, model) = (id.clone(), model.clone());
-            move |text, ids, finish| {
-                types::completion_chunk(&id, &model, created, text, ids, finish)
-            }
-        }),
-        full: Box::new(move |g| {
-            types::completion_response(&id, &model, created, g, logprobs, &tokenizer)
-        }),
+/// The request body as a JSON object (fields are then checked one by one: see `request`).
+type Body = Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>;
+
+async fn completions(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+    let job = prepare(&state, body, |state, body| {
+        CompletionRequest::read(body)?.job(&state.model, &state.tokenizer)
+    });
+    let job = match job.await {
+        Ok(job) => job,
+        Err(e) => return e.into_response(),
     };
-    respond(&state, session, job, request.stream.unwrap_or(false), shape).await
+    let number = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let shape = Shape::new(&state, format!("cmpl-{number}"), &job, Endpoint::Completions);
+    respond(&state, job, shape).await
 }
 
-async fn chat_completions(
-    State(state): State<Arc<ApiState>>,
-    body: Result<Json<ChatRequest>, JsonRejection>,
-) -> Response {
-    let (request, job) = match prepare(&state, body, ChatRequest::validate, ChatRequest::job) {
-        Ok(prepared) => prepared,
-        Err(response) => return response,
+async fn chat_completions(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+    let job = prepare(&state, body, |state, body| {
+        ChatRequest::read(body)?.job(&state.model, &state.tokenizer, &state.chat)
+    });
+    let job = match job.await {
+        Ok(job) => job,
+        Err(e) => return e.into_response(),
     };
-    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
-    let (id, model, created) = (format!("chatcmpl-{session}"), state.model_name.clone(), now());
-    let (tokenizer, top_logprobs) = (state.tokenizer.clone(), request.top_logprobs());
-    let shape = Shape {
-        opening: Some(types::chat_chunk(&id, &model, created, Some("assistant"), "", None)),
-        chunk: Arc::new({
-            let (id, model) = (id.clone(), model.clone());
-            move |text, _, finish| types::chat_chunk(&id, &model, created, None, text, finish)
-        }),
-        full: Box::new(move |g| {
-            types::chat_response(&id, &model, created, g, top_logprobs, &tokenizer)
-        }),
-    };
-    respond(&state, session, job, request.stream.unwrap_or(false), shape).await
+    let number = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let shape = Shape::new(&state, format!("chatcmpl-{number}"), &job, Endpoint::Chat);
+    respond(&state, job, shape).await
 }
 
-/// Builds one streamed chunk from a text delta and its token ids and, on the last one, the
-/// finish reason.
-type ChunkFn = Arc<dyn Fn(&str, &[u32], Option<FinishReason>) -> serde_json::Value + Send + Sync>;
-
-/// Validates a generation request body and turns it into a job, or answers the error.
-#[allow(clippy::result_large_err)]
-fn prepare<R>(
-    state: &ApiState,
-    body: Result<Json<R>, JsonRejection>,
-    validate: impl FnOnce(R, &str) -> Result<R, ApiError>,
-    job: impl FnOnce(&R, &ChatFormat) -> Result<Job, ApiError>,
-) -> Result<(R, Job), Response> {
-    let request = body
-        .map_err(ApiError::from)
-        .and_then(|Json(r)| validate(r, &state.model_name))
-        .map_err(IntoResponse::into_response)?;
+/// Turns a generation request body into a job, or the error to answer: reading and checking
+/// the fields, rendering and tokenizing the prompt, measuring it against the context — all
+/// before a session is taken or a step paid for. Tokenizing a long prompt takes a while, so
+/// it runs off the async workers.
+async fn prepare(
+    state: &Arc<ApiState>,
+    body: Body,
+    job: impl FnOnce(&ApiState, serde_json::Map<String, serde_json::Value>) -> Result<Job, ApiError>
+    + Send
+    + 'static,
+) -> Result<Job, ApiError> {
+    let Json(body) = body?;
     if state.backend.is_none() {
         return Err(no_generation(state));
     }
-    let job = job(&request, &state.chat).map_err(IntoResponse::into_response)?;
-    Ok((request, job))
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || job(&state, body)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
+    })?
 }
 
-/// How an endpoint shapes its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// How an endpoint shapes its answer, whole or streamed.
 struct Shape {
-    /// Sent before the first token of a stream (chat's role chunk).
-    opening: Option<serde_json::Value>,
-    /// One streamed chunk: a text delta and its token ids, and the finish reason on the last
-    /// one.
-    chunk: ChunkFn,
-    /// The whole non-streamed answer.
-    full: Box<dyn FnOnce(&Generation) -> serde_json::Value + Send>,
+    id: String,
+    model: String,
+    created: u64,
+    endpoint: Endpoint,
+    output: request::Output,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Shape {
+    fn new(state: &ApiState, id: String, job: &Job, endpoint: Endpoint) -> Self {
+        Self {
+            id,
+            model: state.model.name.clone(),
+            created: now(),
+            endpoint,
+            output: job.output.clone(),
+            tokenizer: state.tokenizer.clone(),
+        }
+    }
+
+    fn answer(&self) -> Answer<'_> {
+        Answer { id: &self.id, model: &self.model, created: self.created }
+    }
+
+    fn names(&self) -> TokenNames<'_> {
+        TokenNames { tokenizer: &self.tokenizer, as_ids: self.output.token_ids_as_names }
+    }
+
+    /// The whole answer: a choice per generation.
+    fn full(&self, generations: &[Generation]) -> serde_json::Value {
+        let (answer, names) = (self.answer(), self.names());
+        match self.endpoint {
+            Endpoint::Completions => {
+                response::completion_response(&answer, generations, &self.output, &names)
+            }
+            Endpoint::Chat => response::chat_response(&answer, generations, &self.output, &names),
+        }
+    }
+
+    /// One streamed chunk; `first` is its choice's first (chat's carries the role).
+    fn chunk(&self, delta: &Delta, first: bool) -> serde_json::Value {
+        let (answer, names) = (self.answer(), self.names());
+        match self.endpoint {
+            Endpoint::Completions => {
+                response::completion_chunk(&answer, delta, &self.output, &names)
+            }
+            Endpoint::Chat => response::chat_chunk(&answer, delta, &self.output, &names, first),
+        }
+    }
+
+    /// The chunk that ends choice `index`: its held-back tail with the finish reason.
+    fn finish_chunk(&self, index: usize, generation: &Generation) -> serde_json::Value {
+        let offset = generation.text.chars().count() - generation.tail.chars().count();
+        let finish = Delta {
+            index,
+            text: &generation.tail,
+            token: None,
+            offset,
+            finish: Some(generation.finish_reason),
+        };
+        self.chunk(&finish, false)
+    }
+
+    /// The chunk that ends a stream with `stream_options.include_usage`.
+    fn usage_chunk(&self, generations: &[Generation]) -> serde_json::Value {
+        let object = match self.endpoint {
+            Endpoint::Completions => "text_completion",
+            Endpoint::Chat => "chat.completion.chunk",
+        };
+        response::usage_chunk(&self.answer(), object, generations)
+    }
 }
 
 /// Runs a generation and answers with one JSON object, or with SSE chunks as tokens arrive.
-async fn respond(
-    state: &Arc<ApiState>,
-    session: u64,
-    job: Job,
-    stream: bool,
-    shape: Shape,
-) -> Response {
+async fn respond(state: &Arc<ApiState>, job: Job, shape: Shape) -> Response {
     let internal = |e: tokio::task::JoinError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
     };
-    if !stream {
-        let (handle, _cancel_on_disconnect) =
-            match run_job(state, session, job, |_| ControlFlow::Continue(())) {
+    if !job.output.stream {
+        let (running, _cancel_on_disconnect) =
+            match run_job(state, job, |_| |_: &_| ControlFlow::Continue(())) {
                 Ok(started) => started,
                 Err(e) => return e.into_response(),
             };
-        return match handle.await {
-            Ok(Ok(generation)) => Json((shape.full)(&generation)).into_response(),
-            Ok(Err(e)) => generation_error(e).into_response(),
-            Err(e) => internal(e).into_response(),
-        };
+        let mut generations = Vec::with_capacity(running.len());
+        for choice in running {
+            match choice.await {
+                Ok(Ok(generation)) => generations.push(generation),
+                Ok(Err(e)) => return generation_error(e).into_response(),
+                Err(e) => return internal(e).into_response(),
+            }
+        }
+        return Json(shape.full(&generations)).into_response();
     }
+    let (shape, choices) = (Arc::new(shape), job.choices);
     let (tx, rx) = mpsc::unbounded_channel();
-    if let Some(opening) = shape.opening {
-        let _ = tx.send(opening);
+    if shape.endpoint == Endpoint::Chat {
+        for index in 0..choices {
+            let opening = Delta { index, text: "", token: None, offset: 0, finish: None };
+            let _ = tx.send(shape.chunk(&opening, true));
+        }
     }
-    let (token_tx, chunk) = (tx.clone(), shape.chunk.clone());
     // A send fails once the stream is dropped: the client is gone.
-    let started = run_job(state, session, job, move |token| {
-        match token_tx.send(chunk(&token.text_delta, &[token.choice.id], None)) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
+    let started = run_job(state, job, |index| {
+        let (tx, shape, mut offset) = (tx.clone(), shape.clone(), 0);
+        move |token: &crate::generate::GeneratedToken| {
+            let text = &token.text_delta;
+            let delta = Delta { index, text, token: Some(token), offset, finish: None };
+            offset += text.chars().count();
+            match tx.send(shape.chunk(&delta, false)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
         }
     });
-    let (handle, cancel_on_disconnect) = match started {
+    let (running, cancel_on_disconnect) = match started {
         Ok(started) => started,
         Err(e) => return e.into_response(),
     };
+    let stop_all = cancel_on_disconnect.0.clone();
     tokio::spawn(async move {
-        let last = match handle.await {
-            Ok(Ok(generation)) => (shape.chunk)("", &[], Some(generation.finish_reason)),
-            Ok(Err(e)) => generation_error(e).body(),
-            Err(e) => internal(e).body(),
-        };
-        let _ = tx.send(last);
+        // Each choice's finish is sent as it ends; an error ends the stream and stops the
+        // other choices.
+        let finishing = running.into_iter().enumerate().map(|(index, choice)| {
+            let (tx, shape) = (tx.clone(), shape.clone());
+            async move {
+                let generation = choice.await.map_err(internal)?.map_err(generation_error)?;
+                let _ = tx.send(shape.finish_chunk(index, &generation));
+                Ok::<_, ApiError>(generation)
+            }
+        });
+        match futures::future::try_join_all(finishing).await {
+            Ok(generations) if shape.output.include_usage => {
+                let _ = tx.send(shape.usage_chunk(&generations));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                stop_all.0.store(true, Ordering::Relaxed);
+                let _ = tx.send(e.body());
+            }
+        }
     });
     sse(rx, cancel_on_disconnect).into_response()
 }

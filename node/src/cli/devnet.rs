@@ -342,6 +342,9 @@ async fn start_swarm(
         &api.to_string(),
         "--wallet",
         &payments.join("gateway-wallet.redb").display().to_string(),
+        // A devnet is for development: a dApp page served from anywhere may call it.
+        "--cors-origin",
+        "*",
     ]
     .map(String::from);
     let gateway = spawn_ready(

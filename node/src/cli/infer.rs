@@ -91,6 +91,7 @@ pub fn infer(args: InferArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         top_logprobs: 5,
+        ..Default::default()
     };
     let stream = !args.json;
     let format = ChatFormat::load(pipeline.manifest(), &tokenizer)?;
@@ -144,7 +145,8 @@ pub fn infer(args: InferArgs) -> anyhow::Result<()> {
         });
         println!("{out}");
     } else {
-        println!();
+        // Output held back as the possible start of a stop string that never came.
+        println!("{}", generation.tail);
     }
     Ok(())
 }

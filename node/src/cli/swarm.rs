@@ -411,6 +411,14 @@ struct ApiLimitArgs {
     /// Seconds a client has to send its request headers; slower ones are cut off.
     #[arg(long, default_value_t = 10)]
     header_timeout_secs: u64,
+    /// Longest pause in seconds between two parts of a request body; a stalled body is
+    /// answered 408.
+    #[arg(long, default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// A web origin (`https://app.example`) whose pages may call the API from a browser
+    /// (CORS); repeat for several, or `*` for any. None by default.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 impl ApiLimitArgs {
@@ -421,6 +429,8 @@ impl ApiLimitArgs {
             max_connections_per_address: self.max_connections_per_address as usize,
             max_body_bytes: self.max_body_bytes,
             header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            cors_origins: self.cors_origins.clone(),
             api_key: self.api_key.clone(),
             ..ApiLimits::default()
         }
@@ -476,11 +486,16 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .pricing(args.wei_per_ms);
     let report = remote.report();
     let limits = args.limits.limits();
+    let model = infergrid::api::ModelLimits {
+        name: manifest.name.clone(),
+        context_length: manifest.config.max_positions,
+        vocab_size: manifest.config.vocab_size,
+    };
     let state = if manifest.architecture.is_decoder() {
         let backend: infergrid::api::Backend = Arc::new(move || Box::new(remote.open()));
         let chat = ChatFormat::load(&manifest, &tokenizer)?;
         ApiState::new(
-            manifest.name.clone(),
+            model,
             tokenizer,
             chat,
             Some(backend),
@@ -494,10 +509,9 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         let embedder: infergrid::api::Embedder = Arc::new(move |texts: &[String]| {
             infergrid::generate::pool_texts(&*remote, &tokenizer_for_embeddings, &pooling, texts)
         });
-        let name = manifest.name.clone();
         let sessions = limits.max_sessions;
         ApiState::new(
-            name,
+            model,
             tokenizer,
             ChatFormat::Plain,
             None,

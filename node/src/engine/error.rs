@@ -6,6 +6,9 @@ use std::path::PathBuf;
 pub enum EngineError {
     #[error("ONNX Runtime not found: {0}")]
     MissingRuntime(String),
+    /// Whoever waited for the session is gone (a client that disconnected).
+    #[error("the session was cancelled: its client is gone")]
+    Cancelled,
     #[error("cannot load ONNX Runtime from {path}: {reason}; run `scripts/setup`")]
     RuntimeLoad { path: PathBuf, reason: String },
     #[error(transparent)]

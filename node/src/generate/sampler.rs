@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -14,16 +16,38 @@ pub struct SamplingParams {
     pub seed: u64,
     /// How many alternatives with log-probabilities to report per token.
     pub top_logprobs: usize,
+    /// Added to the logits of these token ids before choosing (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Subtracted from the logit of every token already generated (OpenAI's
+    /// `presence_penalty`).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated (OpenAI's
+    /// `frequency_penalty`).
+    pub frequency_penalty: f32,
+    /// Score the prompt too, reporting this many alternatives per prompt token (vLLM's
+    /// `prompt_logprobs`; what OpenAI's `echo` with `logprobs` shows).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, top_logprobs: 5 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            top_logprobs: 5,
+            logit_bias: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            prompt_logprobs: None,
+        }
     }
 }
 
 /// The chosen token with its log-probability and the most likely alternatives, all from
-/// the model's unscaled distribution (as the OpenAI `logprobs` field reports them).
+/// the model's unscaled distribution, before biases and penalties (as the OpenAI `logprobs`
+/// field reports them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenChoice {
     pub id: u32,
@@ -36,29 +60,63 @@ pub struct TokenChoice {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// How often each token was chosen so far, for the penalties.
+    counts: HashMap<u32, u32>,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = StdRng::seed_from_u64(params.seed);
-        Self { params, rng }
+        Self { params, rng, counts: HashMap::new() }
+    }
+
+    /// `id` as the next token after the position of `logits`, with its log-probability and
+    /// the `top` most likely alternatives (how a prompt token is scored).
+    pub fn score(logits: &[f32], id: u32, top: usize) -> TokenChoice {
+        let logprobs = log_softmax(logits, 1.0);
+        let logprob = logprobs.get(id as usize).map_or(f32::NEG_INFINITY, |&lp| lp as f32);
+        TokenChoice { id, logprob, top: most_likely(&logprobs, top) }
     }
 
     /// Chooses the next token from the logits of the newest position.
     pub fn choose(&mut self, logits: &[f32]) -> TokenChoice {
         let logprobs = log_softmax(logits, 1.0);
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        // Highest first; ties resolve to the lower id, like argmax.
-        order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
-        let top = order
-            .iter()
-            .take(self.params.top_logprobs)
-            .map(|&i| (i as u32, logprobs[i] as f32))
-            .collect();
-
+        let top = most_likely(&logprobs, self.params.top_logprobs);
+        let adjusted = self.adjusted(logits);
+        let logits = adjusted.as_deref().unwrap_or(logits);
+        let order = match &adjusted {
+            Some(adjusted) => highest_first(&log_softmax(adjusted, 1.0)),
+            None => highest_first(&logprobs),
+        };
         let id =
             if self.params.temperature <= 0.0 { order[0] } else { self.sample(logits, &order) };
+        *self.counts.entry(id as u32).or_default() += 1;
         TokenChoice { id: id as u32, logprob: logprobs[id] as f32, top }
+    }
+
+    /// The logits with `logit_bias` and the penalties applied, as OpenAI defines them:
+    /// `logit[j] + bias[j] − count[j]·frequency_penalty − (count[j] > 0)·presence_penalty`;
+    /// `None` when nothing changes them.
+    fn adjusted(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        let SamplingParams { logit_bias, presence_penalty, frequency_penalty, .. } = &self.params;
+        let penalized = *presence_penalty != 0.0 || *frequency_penalty != 0.0;
+        if logit_bias.is_empty() && (!penalized || self.counts.is_empty()) {
+            return None;
+        }
+        let mut adjusted = logits.to_vec();
+        for &(id, bias) in logit_bias {
+            if let Some(logit) = adjusted.get_mut(id as usize) {
+                *logit += bias;
+            }
+        }
+        if penalized {
+            for (&id, &count) in &self.counts {
+                if let Some(logit) = adjusted.get_mut(id as usize) {
+                    *logit -= count as f32 * frequency_penalty + presence_penalty;
+                }
+            }
+        }
+        Some(adjusted)
     }
 
     fn sample(&mut self, logits: &[f32], order: &[usize]) -> usize {
@@ -84,6 +142,22 @@ impl Sampler {
         }
         kept.last().map(|&(i, _)| i).unwrap_or(order[0])
     }
+}
+
+/// The `count` most likely tokens with their log-probabilities.
+fn most_likely(logprobs: &[f64], count: usize) -> Vec<(u32, f32)> {
+    highest_first(logprobs)
+        .into_iter()
+        .take(count)
+        .map(|i| (i as u32, logprobs[i] as f32))
+        .collect()
+}
+
+/// Token indices by decreasing log-probability; ties resolve to the lower id, like argmax.
+fn highest_first(logprobs: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logprobs.len()).collect();
+    order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
+    order
 }
 
 /// The most likely token; ties go to the lowest id, as in greedy sampling.
@@ -131,5 +205,28 @@ mod tests {
         assert!(a.iter().all(|id| [6, 13, 20].contains(id)));
         let p = SamplingParams { temperature: 1.0, top_p: 0.01, seed: 1, ..Default::default() };
         assert!(run(p).iter().all(|&id| id == 6), "top_p this small keeps only the top token");
+    }
+
+    #[test]
+    fn bias_and_penalties_change_the_choice_but_not_the_reported_logprobs() {
+        let logits = [2.0, 1.5, 0.0];
+        let raw = log_softmax(&logits, 1.0);
+        let mut barred = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, -100.0)],
+            top_logprobs: 3,
+            ..Default::default()
+        });
+        let c = barred.choose(&logits);
+        assert_eq!(c.id, 1, "-100 on the greedy token picks the runner-up");
+        assert_eq!(c.logprob, raw[1] as f32, "reported from the unbiased distribution");
+        assert_eq!(c.top[0].0, 0, "alternatives are unbiased too");
+
+        // frequency 0.3: after one 0, 0 scores 1.7 and still wins; after two, 1.4 < 1.5;
+        // then 1 has one too (1.2) and 0 wins again.
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.3, ..Default::default() });
+        assert_eq!([0, 0, 0, 0].map(|_| s.choose(&logits).id), [0, 0, 1, 0]);
+        // presence 0.6: once 0 and 1 were chosen they score 1.4 and 0.9: back to 0.
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.6, ..Default::default() });
+        assert_eq!([0, 0, 0].map(|_| s.choose(&logits).id), [0, 1, 0]);
     }
 }

@@ -65,8 +65,15 @@ pub struct GeneratedToken {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub prompt_ids: Vec<u32>,
+    /// Each prompt token after the first, scored by the model given the tokens before it,
+    /// when `SamplingParams::prompt_logprobs` asked for it; empty otherwise.
+    pub prompt_logprobs: Vec<TokenChoice>,
     pub tokens: Vec<GeneratedToken>,
     pub text: String,
+    /// The end of `text` that no token's `text_delta` carried: output held back because it
+    /// could have been the start of a stop string that never completed. A stream sends it
+    /// with the finish.
+    pub tail: String,
     pub finish_reason: FinishReason,
 }
 
@@ -96,6 +103,8 @@ pub enum Prompt<'a> {
     Text(&'a str),
     /// A rendered chat template, which already holds every special token it needs.
     Chat(&'a str),
+    /// Token ids, used as they are.
+    Ids(&'a [u32]),
 }
 
 impl Prompt<'_> {
@@ -104,6 +113,7 @@ impl Prompt<'_> {
         let (text, add_special_tokens) = match self {
             Prompt::Text(text) => (text, true),
             Prompt::Chat(text) => (text, false),
+            Prompt::Ids(ids) => return Ok(ids.to_vec()),
         };
         let encoding = tokenizer
             .encode(text, add_special_tokens)
@@ -113,8 +123,9 @@ impl Prompt<'_> {
 }
 
 /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` as each arrives.
-/// Stops at an EOS token or when the text contains one of `stop` (which is cut off); ends
-/// with [`GenerationError::Cancelled`] as soon as `on_token` breaks (its reader is gone).
+/// Stops at an EOS token or when the text contains one of `stop` (which is cut off, and never
+/// streamed: output that could be the start of a stop string is held back until it cannot);
+/// ends with [`GenerationError::Cancelled`] as soon as `on_token` breaks (its reader is gone).
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &mut (impl TextModel + ?Sized),
@@ -135,14 +146,28 @@ pub fn generate(
         return Err(GenerationError::TooLong { prompt: prompt_ids.len(), max_tokens, limit });
     }
 
+    let score_prompt = params.prompt_logprobs;
+    let mut prompt_logprobs = Vec::new();
     let mut sampler = Sampler::new(params);
     let mut tokens: Vec<GeneratedToken> = Vec::new();
     let mut ids: Vec<u32> = Vec::new();
+    // `text` is what the tokens' deltas carried; `settled` is the output so far.
     let mut text = String::new();
+    let mut settled = String::new();
     let mut finish_reason = FinishReason::Length;
     let mut input: Vec<i64> = prompt_ids.iter().map(|&i| i as i64).collect();
     let mut position = 0;
     let result = (|| {
+        if let Some(top) = score_prompt {
+            // A prompt token's log-probability needs the logits of the position before it,
+            // and a step answers only for its last position: the prompt runs a token a step.
+            for pair in prompt_ids.windows(2) {
+                let logits = model.next_logits(session, position, &[pair[0] as i64])?;
+                position += 1;
+                prompt_logprobs.push(Sampler::score(&logits, pair[1], top));
+            }
+            input.drain(..position);
+        }
         while tokens.len() < max_tokens {
             let logits = model.next_logits(session, position, &input)?;
             if logits.is_empty() {
@@ -163,8 +188,10 @@ pub fn generate(
                 None => (full, false),
             };
             // A partial UTF-8 character decodes as U+FFFD; hold it back until complete.
-            let settled = if stopped { kept.as_str() } else { kept.trim_end_matches('\u{FFFD}') };
-            let text_delta = settled.get(text.len()..).unwrap_or_default().to_owned();
+            settled = if stopped { kept } else { kept.trim_end_matches('\u{FFFD}').to_owned() };
+            let shown =
+                if stopped { settled.len() } else { settled.len() - held_back(&settled, stop) };
+            let text_delta = settled.get(text.len()..shown).unwrap_or_default().to_owned();
             text.push_str(&text_delta);
             input = vec![choice.id as i64];
             let token = GeneratedToken { choice, text_delta };
@@ -181,5 +208,38 @@ pub fn generate(
     })();
     model.close(session);
     result?;
-    Ok(Generation { prompt_ids, tokens, text, finish_reason })
+    let tail = settled.get(text.len()..).unwrap_or_default().to_owned();
+    text.push_str(&tail);
+    Ok(Generation { prompt_ids, prompt_logprobs, tokens, text, tail, finish_reason })
+}
+
+/// Bytes at the end of `output` that are the start of some stop string, which the next tokens
+/// may complete: the longest such suffix (starting on a character boundary).
+fn held_back(output: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            (1..stop.len().min(output.len() + 1)).rev().find(|&n| {
+                output.is_char_boundary(output.len() - n)
+                    && output.as_bytes().ends_with(&stop.as_bytes()[..n])
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn holds_back_the_longest_start_of_a_stop_string() {
+        let stops = ["wasl".to_owned(), "é!".to_owned()];
+        assert_eq!(held_back("it was", &stops), 3);
+        assert_eq!(held_back("it wa", &stops), 2);
+        assert_eq!(held_back("it w", &stops), 1);
+        assert_eq!(held_back("it", &stops), 0);
+        assert_eq!(held_back("café", &stops), 2, "a whole character");
+        assert_eq!(held_back("", &stops), 0);
+    }
 }

@@ -1,0 +1,121 @@
+//! The OpenAI API as a dApp developer meets it: the official Python SDK checks every
+//! parameter (implemented with its effect shown, or refused with a 400 naming it), the official
+//! JS SDK the common paths, and raw HTTP what SDKs hide — against a gateway routing over three
+//! node processes on anvil, its greedy output compared with the model run whole in-process.
+
+use std::process::Command;
+
+use infergrid_e2e::http::{exchange, metered, post_request};
+use infergrid_e2e::models::{local_greedy, repo_root};
+use infergrid_e2e::procs::{Proc, Swarm, free_port, llama_devnet};
+
+const ORIGIN: &str = "http://app.example";
+
+#[test]
+fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm = Swarm {
+        model: model.to_str().unwrap(),
+        rpc: &rpc,
+        deployment: deployment.to_str().unwrap(),
+        dir: dir.path(),
+    };
+    let _nodes: Vec<Proc> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _gateway = swarm.gateway(&addr, &["--cors-origin", ORIGIN]);
+    let served = infergrid::model::ModelManifest::load(&model).unwrap();
+    let (name, config) = (served.name.clone(), &served.config);
+    let api = format!("http://{addr}/v1");
+
+    // The Python SDK: every parameter.
+    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/py/openai_conformance.py"))
+        .args([&api, &name, &config.max_positions.to_string(), &config.vocab_size.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "openai_conformance.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
+    assert!(checks >= 10, "only {checks} checks ran");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (expected_ids, expected_text) = local_greedy(&model, "once upon a time", 16).unwrap();
+    assert_eq!(report["greedy_ids"], serde_json::json!(expected_ids), "the swarm's greedy output");
+
+    // The JS SDK: a completion, a streamed chat, an error.
+    let npm = repo_root().join(".infergrid/npm/node_modules");
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/js/openai_conformance.cjs"))
+        .args([&api, &name, &expected_text])
+        .env("NODE_PATH", &npm)
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "openai_conformance.cjs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What the SDKs hide. Refused requests are refused before anything is paid for.
+    let before = metered(&addr);
+    for max_tokens in ["0", "-5", "18446744073709551615", "1e23", &config.max_positions.to_string()]
+    {
+        for stream in [false, true] {
+            let body = format!(
+                r#"{{"model":"{name}","prompt":"hi","max_tokens":{max_tokens},"stream":{stream}}}"#
+            );
+            let started = std::time::Instant::now();
+            let (status, _, answer) =
+                exchange(&addr, &post_request("/v1/completions", None, &body));
+            assert_eq!(status, 400, "max_tokens {max_tokens}: {answer}");
+            let error: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(error["error"]["param"], "max_tokens", "{answer}");
+            assert!(started.elapsed().as_secs() < 5, "max_tokens {max_tokens} took a while");
+        }
+    }
+    assert_eq!(metered(&addr), before, "a refused request was paid for");
+
+    // A body that is not declared JSON: 415; a wrong method: 405 with Allow, as JSON.
+    let text = "POST /v1/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi";
+    let (status, _, answer) = exchange(&addr, text.as_bytes());
+    assert_eq!(status, 415, "{answer}");
+    let get = "GET /v1/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n";
+    let (status, headers, answer) = exchange(&addr, get.as_bytes());
+    assert_eq!(status, 405, "{answer}");
+    assert!(headers.iter().any(|(k, v)| k == "allow" && v.contains("POST")), "{headers:?}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+
+    // CORS: the configured origin is allowed with the SDK's own headers; another is not.
+    let preflight = |origin: &str| {
+        let request = format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type, x-stainless-os\r\n\r\n"
+        );
+        exchange(&addr, request.as_bytes()).1
+    };
+    let allowed = preflight(ORIGIN);
+    let header = |headers: &[(String, String)], name: &str| {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    assert_eq!(header(&allowed, "access-control-allow-origin").as_deref(), Some(ORIGIN));
+    let allowed_headers = header(&allowed, "access-control-allow-headers").unwrap_or_default();
+    assert!(allowed_headers.contains("x-stainless-os"), "{allowed:?}");
+    assert_eq!(header(&preflight("http://evil.example"), "access-control-allow-origin"), None);
+    let body = format!(r#"{{"model":"{name}","prompt":"hi","max_tokens":2,"temperature":0}}"#);
+    let mut request = post_request("/v1/completions", None, &body);
+    let at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    request.splice(at..at, format!("\r\nOrigin: {ORIGIN}").into_bytes());
+    let (status, headers, answer) = exchange(&addr, &request);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header(&headers, "access-control-allow-origin").as_deref(), Some(ORIGIN));
+}
