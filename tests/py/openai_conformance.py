@@ -2,7 +2,7 @@
 implemented parameter must show its effect, every refused one must be a 400 naming it. Prints
 one `ok: ...` line per check and exits non-zero at the first failure.
 
-usage: openai_conformance.py BASE_URL MODEL CONTEXT_LENGTH VOCAB_SIZE
+usage: openai_conformance.py BASE_URL MODEL CONTEXT_LENGTH VOCAB_SIZE EOS_IDS
 """
 import json
 import math
@@ -12,6 +12,7 @@ import openai
 
 BASE_URL, MODEL = sys.argv[1], sys.argv[2]
 CONTEXT, VOCAB = int(sys.argv[3]), int(sys.argv[4])
+EOS_IDS = [int(i) for i in sys.argv[5].split(",") if i]
 client = openai.OpenAI(base_url=BASE_URL, api_key="unused", max_retries=0, timeout=120)
 PROMPT = "once upon a time"
 
@@ -244,6 +245,26 @@ refused(lambda: chat_text([{"role": "user", "content": [
     {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]), "messages")
 ok("chat: content parts equal a string; a null assistant content with tool_calls and a tool "
    "turn are accepted; an image part is a 400 naming messages")
+
+# --- chat without max_tokens runs to the end of the context -------------------------------------
+def chat_prompt_tokens(content):
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=1,
+        temperature=0).usage.prompt_tokens
+
+
+words = CONTEXT - 100
+room = CONTEXT - chat_prompt_tokens("a " * words)
+words += room - 50  # "a " is one token: leave about 50
+room = CONTEXT - chat_prompt_tokens("a " * words)
+assert 10 <= room <= 100, room
+no_eos = {str(i): -100 for i in EOS_IDS}
+open_ended = client.chat.completions.create(
+    model=MODEL, messages=[{"role": "user", "content": "a " * words}], temperature=0,
+    logit_bias=no_eos)
+assert open_ended.usage.completion_tokens == room, (open_ended.usage, room)
+assert open_ended.choices[0].finish_reason == "length"
+ok(f"chat without max_tokens ran to the context limit: {room} tokens left, all generated")
 
 # --- models -------------------------------------------------------------------------------------
 listed = client.models.list().data

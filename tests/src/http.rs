@@ -8,7 +8,11 @@ use std::time::Duration;
 /// One HTTP/1.1 exchange on a fresh connection: the status, the headers (lower-cased names)
 /// and the body, read until the server closes.
 pub fn exchange(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    exchange_on(TcpStream::connect(addr).unwrap(), request)
+}
+
+/// [`exchange`] on a connection already open.
+pub fn exchange_on(mut stream: TcpStream, request: &[u8]) -> (u16, Vec<(String, String)>, String) {
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     stream.write_all(request).unwrap();
     let mut raw = Vec::new();

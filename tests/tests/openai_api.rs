@@ -24,7 +24,8 @@ fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
     };
     let _nodes: Vec<Proc> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
     let addr = format!("127.0.0.1:{}", free_port());
-    let _gateway = swarm.gateway(&addr, &["--cors-origin", ORIGIN]);
+    let timeouts = ["--header-timeout-secs", "2", "--body-timeout-secs", "2"];
+    let _gateway = swarm.gateway(&addr, &[&["--cors-origin", ORIGIN][..], &timeouts].concat());
     let served = infergrid::model::ModelManifest::load(&model).unwrap();
     let (name, config) = (served.name.clone(), &served.config);
     let api = format!("http://{addr}/v1");
@@ -34,6 +35,9 @@ fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
     let out = Command::new(&python)
         .arg(repo_root().join("tests/py/openai_conformance.py"))
         .args([&api, &name, &config.max_positions.to_string(), &config.vocab_size.to_string()])
+        .arg(
+            served.tokenizer.eos_token_ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -118,4 +122,57 @@ fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
     let (status, headers, answer) = exchange(&addr, &request);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(header(&headers, "access-control-allow-origin").as_deref(), Some(ORIGIN));
+
+    half_open_connections_do_not_stop_a_normal_client(&addr, &name);
+}
+
+/// 1,000 connections from 127.0.0.1 held open idle, stalled mid-header or stalled mid-body:
+/// a client from 127.0.0.2 is served meanwhile, and the gateway (header and body timeouts of
+/// 2 s) closes every one within 10 s — a stalled body with a 408.
+fn half_open_connections_do_not_stop_a_normal_client(addr: &str, name: &str) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let opened = Instant::now();
+    let held: Vec<(usize, std::net::TcpStream)> = (0..1000)
+        .map(|i| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            let _ = match i % 3 {
+                0 => Ok(()),
+                1 => stream.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: g\r\n"),
+                _ => stream.write_all(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"",
+                ),
+            };
+            (i % 3, stream)
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let normal = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(addr.parse().unwrap()).await.unwrap().into_std().unwrap()
+    });
+    normal.set_nonblocking(false).unwrap();
+    let body = format!(r#"{{"model":"{name}","prompt":"hi","max_tokens":2,"temperature":0}}"#);
+    let (status, _, answer) =
+        infergrid_e2e::http::exchange_on(normal, &post_request("/v1/completions", None, &body));
+    assert_eq!(status, 200, "a normal client behind 1,000 half-open connections: {answer}");
+    let mut stalled_bodies = Vec::new();
+    for (kind, mut stream) in held {
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        if kind == 2 && !answer.is_empty() {
+            stalled_bodies.push(String::from_utf8_lossy(&answer).into_owned());
+        }
+    }
+    let closed = opened.elapsed();
+    assert!(closed < Duration::from_secs(10), "the last held connection closed after {closed:?}");
+    assert!(!stalled_bodies.is_empty(), "no stalled body was answered");
+    assert!(stalled_bodies.iter().all(|a| a.starts_with("HTTP/1.1 408")), "{stalled_bodies:?}");
+    eprintln!(
+        "1,000 half-open connections: a client from 127.0.0.2 served 200; all closed after {:.1} s, {} stalled bodies answered 408",
+        closed.as_secs_f64(),
+        stalled_bodies.len()
+    );
 }

@@ -81,14 +81,28 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = match rejection {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ if body_timed_out(&rejection) => StatusCode::REQUEST_TIMEOUT,
             _ => match rejection.status() {
-                status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) => status,
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             },
         };
         let message = format!("malformed request body: {}", rejection.body_text());
         ApiError::new(status, "invalid_request_error", message)
     }
+}
+
+/// Whether the body stopped arriving for longer than the edge's body timeout (the rejection
+/// then only says it failed to buffer the body; the cause is in its source chain).
+fn body_timed_out(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 #[cfg(test)]
