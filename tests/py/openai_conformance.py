@@ -76,6 +76,32 @@ assert [c.index for c in chat_three.choices] == [0, 1, 2]
 ok("n=3: three choices equal to single runs seeded s, s+1, s+2, streamed and not; usage counts "
    "the prompt once")
 
+# --- prompt forms: a list of prompts, token ids, lists of token ids ------------------------------
+P1, P2 = "in the beginning", "why"
+both = complete(prompt=[P1, P2], max_tokens=6, temperature=1, seed=9, n=2)
+assert [c.index for c in both.choices] == [0, 1, 2, 3], both.choices
+for i, c in enumerate(both.choices):
+    single = complete(prompt=[P1, P2][i // 2], max_tokens=6, temperature=1, seed=9 + i % 2)
+    assert c.model_extra["token_ids"] == ids(single), (i, c, single)
+prompt_tokens = [complete(prompt=p, max_tokens=1).usage.prompt_tokens for p in (P1, P2)]
+assert both.usage.prompt_tokens == sum(prompt_tokens), (both.usage, prompt_tokens)
+assert both.usage.completion_tokens == sum(len(c.model_extra["token_ids"]) for c in both.choices)
+as_ids = [[int(t.removeprefix("token_id:")) for t in complete(
+    prompt=p, max_tokens=1, echo=True, logprobs=0,
+    extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs.tokens[:-1]]
+    for p in (P1, P2)]
+greedy_texts = complete(prompt=[P1, P2], max_tokens=6, temperature=0)
+greedy_ids = complete(prompt=as_ids, max_tokens=6, temperature=0)
+assert [ids for ids in map(lambda c: c.model_extra["token_ids"], greedy_ids.choices)] == [
+    c.model_extra["token_ids"] for c in greedy_texts.choices]
+assert ids(complete(prompt=as_ids[0], max_tokens=6, temperature=0)) == \
+    greedy_texts.choices[0].model_extra["token_ids"]
+refused(lambda: complete(prompt=[1, VOCAB], max_tokens=1), "prompt")
+refused(lambda: complete(prompt=[P1, P2, P1], max_tokens=1, n=3), "n")
+ok("prompts: [p1, p2] with n=2 gives 4 choices (index = prompt*n + j) equal to single runs, "
+   "usage counts each prompt once; token ids and lists of them equal the text prompts; an id "
+   "outside the vocabulary is a 400")
+
 # --- logit_bias ---------------------------------------------------------------------------------
 first = GREEDY_IDS[0]
 barred = complete(max_tokens=1, temperature=0, logprobs=5, logit_bias={str(first): -100})

@@ -294,10 +294,10 @@ fn run_job<F>(
 where
     F: FnMut(&crate::generate::GeneratedToken) -> ControlFlow<()> + Send + 'static,
 {
-    let permits = Arc::new(state.admit(job.choices)?);
+    let permits = Arc::new(state.admit(job.choices())?);
     let backend = state.backend.as_ref().expect("handlers check for a backend");
     let (cancel, job) = (Cancel::default(), Arc::new(job));
-    let running = (0..job.choices)
+    let running = (0..job.choices())
         .map(|index| {
             let mut model = Cancellable { model: backend(), cancel: cancel.clone() };
             let session = state.next_session.fetch_add(1, Ordering::Relaxed);
@@ -305,14 +305,16 @@ where
             let (cancelled, mut on_token) = (cancel.clone(), on_token(index));
             tokio::task::spawn_blocking(move || {
                 let _permits = permits;
+                let per_prompt = job.output.choices_per_prompt;
+                let prompt = &job.prompts[index / per_prompt];
                 let mut params = job.params.clone();
-                params.seed = params.seed.wrapping_add(index as u64);
+                params.seed = params.seed.wrapping_add((index % per_prompt) as u64);
                 generate(
                     &mut model,
                     &state.tokenizer,
                     session,
-                    Prompt::Ids(&job.prompt_ids),
-                    job.max_tokens,
+                    Prompt::Ids(&prompt.ids),
+                    prompt.max_tokens,
                     &job.stop,
                     params,
                     |token| {
@@ -461,7 +463,7 @@ impl Shape {
             Endpoint::Completions => "text_completion",
             Endpoint::Chat => "chat.completion.chunk",
         };
-        response::usage_chunk(&self.answer(), object, generations)
+        response::usage_chunk(&self.answer(), object, generations, &self.output)
     }
 }
 
@@ -486,7 +488,7 @@ async fn respond(state: &Arc<ApiState>, job: Job, shape: Shape) -> Response {
         }
         return Json(shape.full(&generations)).into_response();
     }
-    let (shape, choices) = (Arc::new(shape), job.choices);
+    let (shape, choices) = (Arc::new(shape), job.choices());
     let (tx, rx) = mpsc::unbounded_channel();
     if shape.endpoint == Endpoint::Chat {
         for index in 0..choices {

@@ -156,20 +156,34 @@ pub struct Output {
     pub logprobs: Option<usize>,
     /// Tokens are named `token_id:N` instead of by their text.
     pub token_ids_as_names: bool,
-    /// The prompt, to put before each choice's text (`echo`).
-    pub echo: Option<String>,
+    /// Choices per prompt (`n`): choice `i` answers prompt `i / n`.
+    pub choices_per_prompt: usize,
+    /// Each prompt, to put before its choices' text (`echo`); empty without `echo`.
+    pub echo: Vec<String>,
+}
+
+/// One prompt of a job, checked against the context.
+#[derive(Debug, Clone)]
+pub struct PromptJob {
+    pub ids: Vec<u32>,
+    pub max_tokens: usize,
 }
 
 /// What a request asks the generator for, checked and tokenized.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub prompt_ids: Vec<u32>,
-    /// Choices to generate (`n`); choice `i` samples with seed `params.seed + i`.
-    pub choices: usize,
-    pub max_tokens: usize,
+    pub prompts: Vec<PromptJob>,
     pub stop: Vec<String>,
     pub params: SamplingParams,
     pub output: Output,
+}
+
+impl Job {
+    /// Choices to generate: `n` per prompt, choice `p·n + j` sampling prompt `p` with seed
+    /// `params.seed + j`.
+    pub fn choices(&self) -> usize {
+        self.prompts.len() * self.output.choices_per_prompt
+    }
 }
 
 /// Choices per request (`n`): each runs as a session of its own, so a request with many
@@ -232,32 +246,30 @@ impl Sampling {
         Ok(())
     }
 
-    /// The job for `prompt_ids`: `max_tokens` (or `default_max_tokens`, clipped to what the
-    /// context leaves when `None`) checked against the context.
-    fn job(
-        &self,
+    /// One prompt checked against the context: `max_tokens` (or `default_max_tokens`,
+    /// clipped to what the context leaves, when `None`).
+    fn prompt(
         limits: &ModelLimits,
-        prompt_ids: Vec<u32>,
+        ids: Vec<u32>,
         prompt_param: &'static str,
         max_tokens: (&'static str, Option<u64>),
         default_max_tokens: Option<usize>,
-        logprobs: Option<usize>,
-    ) -> Result<Job, ApiError> {
+    ) -> Result<PromptJob, ApiError> {
         let context = limits.context_length;
-        if prompt_ids.is_empty() {
+        if ids.is_empty() {
             return Err(ApiError::invalid(prompt_param, "the prompt is empty"));
         }
-        if prompt_ids.len() >= context {
+        if ids.len() >= context {
             return Err(ApiError::invalid(
                 prompt_param,
                 format!(
                     "the prompt has {} tokens; the model's context length is {context}",
-                    prompt_ids.len()
+                    ids.len()
                 ),
             )
             .with_code("context_length_exceeded"));
         }
-        let room = context - prompt_ids.len();
+        let room = context - ids.len();
         let max_tokens = match max_tokens.1 {
             Some(asked) if asked > room as u64 => {
                 return Err(ApiError::invalid(
@@ -266,7 +278,7 @@ impl Sampling {
                         "{} is {asked}, but the prompt has {} tokens and the context length is \
                          {context}: at most {room} can be generated",
                         max_tokens.0,
-                        prompt_ids.len()
+                        ids.len()
                     ),
                 )
                 .with_code("context_length_exceeded"));
@@ -274,12 +286,29 @@ impl Sampling {
             Some(asked) => asked as usize,
             None => default_max_tokens.map_or(room, |d| d.min(room)),
         };
+        Ok(PromptJob { ids, max_tokens })
+    }
+
+    /// The job for `prompts`, each already checked against the context.
+    fn job(
+        &self,
+        limits: &ModelLimits,
+        prompts: Vec<PromptJob>,
+        logprobs: Option<usize>,
+    ) -> Result<Job, ApiError> {
+        let choices_per_prompt = self.n.unwrap_or(1) as usize;
+        if prompts.len() * choices_per_prompt > MAX_CHOICES {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "{} prompts with n = {choices_per_prompt} make more than {MAX_CHOICES} choices",
+                    prompts.len()
+                ),
+            ));
+        }
         let logit_bias = self.logit_bias(limits)?;
-        let stream = self.stream.unwrap_or(false);
         Ok(Job {
-            prompt_ids,
-            choices: self.n.unwrap_or(1) as usize,
-            max_tokens,
+            prompts,
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             params: SamplingParams {
                 temperature: self.temperature.unwrap_or(1.0),
@@ -294,11 +323,12 @@ impl Sampling {
                 prompt_logprobs: None,
             },
             output: Output {
-                stream,
+                stream: self.stream.unwrap_or(false),
                 include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
                 logprobs,
                 token_ids_as_names: self.return_tokens_as_token_ids,
-                echo: None,
+                choices_per_prompt,
+                echo: Vec::new(),
             },
         })
     }
@@ -384,32 +414,42 @@ impl CompletionRequest {
                 format!("logprobs must be at most {MAX_LOGPROBS}"),
             ));
         }
-        let prompt_ids = match &self.prompt {
-            CompletionPrompt::Text(text) => encode(tokenizer, Prompt::Text(text))?,
-            CompletionPrompt::Texts(texts) if texts.len() == 1 => {
-                encode(tokenizer, Prompt::Text(&texts[0]))?
+        // Each prompt as given (for `echo`) and as token ids.
+        let prompts: Vec<(Option<&str>, Vec<u32>)> = match &self.prompt {
+            CompletionPrompt::Text(text) => {
+                vec![(Some(text), encode(tokenizer, Prompt::Text(text))?)]
             }
-            CompletionPrompt::Ids(ids) => checked_ids(ids, limits)?,
-            CompletionPrompt::IdLists(lists) if lists.len() == 1 => checked_ids(&lists[0], limits)?,
-            CompletionPrompt::Texts(_) | CompletionPrompt::IdLists(_) => {
-                return Err(ApiError::invalid(
-                    "prompt",
-                    "exactly one prompt per request is supported",
-                ));
-            }
+            CompletionPrompt::Texts(texts) => texts
+                .iter()
+                .map(|text| Ok((Some(text.as_str()), encode(tokenizer, Prompt::Text(text))?)))
+                .collect::<Result<_, ApiError>>()?,
+            CompletionPrompt::Ids(ids) => vec![(None, checked_ids(ids, limits)?)],
+            CompletionPrompt::IdLists(lists) => lists
+                .iter()
+                .map(|ids| Ok((None, checked_ids(ids, limits)?)))
+                .collect::<Result<_, ApiError>>()?,
         };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt list is empty"));
+        }
         let max_tokens = token_limit("max_tokens", self.sampling.max_tokens.as_ref())?;
-        // OpenAI's default for completions.
-        let mut job =
-            self.sampling.job(limits, prompt_ids, "prompt", max_tokens, Some(16), self.logprobs)?;
+        let mut echoed = Vec::new();
+        let mut checked = Vec::new();
+        for (text, ids) in prompts {
+            if echo {
+                echoed.push(match text {
+                    Some(text) => text.to_owned(),
+                    None => tokenizer
+                        .decode(&ids, false)
+                        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+                });
+            }
+            // 16 is OpenAI's default for completions.
+            checked.push(Sampling::prompt(limits, ids, "prompt", max_tokens, Some(16))?);
+        }
+        let mut job = self.sampling.job(limits, checked, self.logprobs)?;
         if echo {
-            job.output.echo = Some(match &self.prompt {
-                CompletionPrompt::Text(text) => text.clone(),
-                CompletionPrompt::Texts(texts) => texts[0].clone(),
-                CompletionPrompt::Ids(_) | CompletionPrompt::IdLists(_) => tokenizer
-                    .decode(&job.prompt_ids, false)
-                    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-            });
+            job.output.echo = echoed;
             // Echoed log-probabilities cover the prompt too.
             job.params.prompt_logprobs = self.logprobs;
         }
@@ -618,7 +658,8 @@ impl ChatRequest {
         };
         let logprobs = (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0));
         // Without a limit a chat runs to the end of the context, as OpenAI's does.
-        self.sampling.job(limits, prompt_ids, "messages", max_tokens, None, logprobs)
+        let prompt = Sampling::prompt(limits, prompt_ids, "messages", max_tokens, None)?;
+        self.sampling.job(limits, vec![prompt], logprobs)
     }
 }
 

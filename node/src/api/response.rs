@@ -37,9 +37,10 @@ fn finish(reason: FinishReason) -> &'static str {
     }
 }
 
-/// Token usage of the choices of one prompt: the prompt counts once.
-fn choices_usage(generations: &[Generation]) -> Value {
-    let prompt = generations.first().map_or(0, |g| g.prompt_ids.len());
+/// Token usage of the choices (`per_prompt` for each prompt): each prompt counts once.
+fn choices_usage(generations: &[Generation], per_prompt: usize) -> Value {
+    let prompt: usize =
+        generations.iter().step_by(per_prompt.max(1)).map(|g| g.prompt_ids.len()).sum();
     let completion: usize = generations.iter().map(|g| g.tokens.len()).sum();
     json!({
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
@@ -121,15 +122,16 @@ pub fn completion_response(
     output: &Output,
     names: &TokenNames,
 ) -> Value {
-    let echo = output.echo.as_deref().unwrap_or_default();
     let choices: Vec<Value> = generations
         .iter()
         .enumerate()
         .map(|(index, g)| {
+            let prompt = index / output.choices_per_prompt.max(1);
+            let echo = output.echo.get(prompt).map_or("", String::as_str);
             let mut logprobs = output
                 .logprobs
                 .map(|_| completion_logprobs(&g.tokens, echo.chars().count(), names));
-            if let (Some(logprobs), Some(_)) = (&mut logprobs, &output.echo) {
+            if let (Some(logprobs), false) = (&mut logprobs, output.echo.is_empty()) {
                 echo_logprobs(logprobs, g, names);
             }
             json!({
@@ -142,7 +144,7 @@ pub fn completion_response(
         .collect();
     json!({
         "id": answer.id, "object": "text_completion", "created": answer.created, "model": answer.model,
-        "choices": choices, "usage": choices_usage(generations),
+        "choices": choices, "usage": choices_usage(generations, output.choices_per_prompt),
     })
 }
 
@@ -168,7 +170,7 @@ pub fn chat_response(
         .collect();
     json!({
         "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
-        "choices": choices, "usage": choices_usage(generations),
+        "choices": choices, "usage": choices_usage(generations, output.choices_per_prompt),
     })
 }
 
@@ -237,10 +239,15 @@ pub fn chat_chunk(
 }
 
 /// The chunk that ends a stream with `stream_options.include_usage`: no choices, the usage.
-pub fn usage_chunk(answer: &Answer, object: &str, generations: &[Generation]) -> Value {
+pub fn usage_chunk(
+    answer: &Answer,
+    object: &str,
+    generations: &[Generation],
+    output: &Output,
+) -> Value {
     json!({
         "id": answer.id, "object": object, "created": answer.created, "model": answer.model,
-        "choices": [], "usage": choices_usage(generations),
+        "choices": [], "usage": choices_usage(generations, output.choices_per_prompt),
     })
 }
 
