@@ -83,7 +83,34 @@ fn operator_lifecycle_on_a_devnet() {
     ]);
     assert!(on_chain.starts_with("2500000000000000000000"), "{on_chain}");
 
-    let out = stdout(&operator(&devnet, &key, &["unbond", "2500BTT"]));
+    // Registering again, or below the minimum stake, is refused before any transaction.
+    let again = one_line_error(&operator(
+        &devnet,
+        &key,
+        &["register", "--model", m, "--blocks", "0", "--price", "1wei", "--stake", "2000"],
+    ));
+    assert!(again.contains("is already registered: `infergrid operator update`"), "{again}");
+    // What it serves changes with `update`; what is not given stays.
+    let out = stdout(&operator(&devnet, &key, &["update", "--price", "2000000000000wei"]));
+    assert!(out.contains("update: tx 0x"), "{out}");
+    let price = cast(&[
+        "call",
+        devnet.contract("registry"),
+        "getNode(address)((bytes,bytes32,uint32,uint32,uint256,string[],uint256,uint256,uint64,uint64,uint64))",
+        &account.address.to_string(),
+        "--rpc-url",
+        rpc,
+    ]);
+    assert!(price.contains("2000000000000") && price.contains("/tcp/41000/p2p/"), "{price}");
+    // Unjailing a node that is not jailed is the contract's error, in one line.
+    let err = one_line_error(&operator(&devnet, &key, &["unjail"]));
+    assert!(err.contains("NotJailed"), "{err}");
+
+    // Unbonding below the minimum needs --yes: the node stops being routed to.
+    let err = one_line_error(&operator(&devnet, &key, &["unbond", "2500BTT"]));
+    assert!(err.contains("leaves 0 BTT bonded, below the minimum 1000 BTT"), "{err}");
+    assert!(err.contains("Pass --yes"), "{err}");
+    let out = stdout(&operator(&devnet, &key, &["unbond", "2500BTT", "--yes"]));
     assert!(out.contains("unbonding    2500 BTT") && out.contains("active       false"), "{out}");
     // Withdrawing early is refused with the contract's own error, in one line.
     let err = one_line_error(&operator(&devnet, &key, &["withdraw"]));
@@ -94,8 +121,12 @@ fn operator_lifecycle_on_a_devnet() {
 
     // After the unbonding period: withdraw everything, then leave the registry, which frees
     // the peer id; the auditor still shows what the node did, up to its deregistration.
-    cast(&["rpc", "evm_increaseTime", "604801", "--rpc-url", rpc]);
-    cast(&["rpc", "evm_mine", "--rpc-url", rpc]);
+    let advanced = Command::new(BIN)
+        .args(["devnet", "advance-time", "7d", "--rpc-url", rpc, "--deployment"])
+        .arg(devnet.deployment())
+        .output()
+        .unwrap();
+    assert!(stdout(&advanced).contains("clock moved 7d forward"));
     let out = stdout(&operator(&devnet, &key, &["withdraw"]));
     assert!(out.contains("withdraw: tx 0x") && out.contains("unbonding    0 BTT"), "{out}");
     let out = stdout(&operator(&devnet, &key, &["deregister"]));
@@ -117,4 +148,57 @@ fn operator_lifecycle_on_a_devnet() {
     assert!(bad.contains("is not an amount"), "{bad}");
     let zero = one_line_error(&operator(&devnet, &key, &["stake", "0"]));
     assert!(zero.contains("greater than zero"), "{zero}");
+}
+
+#[test]
+fn a_new_key_is_funded_by_the_devnet_and_short_commands_end_quietly_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let devnet = Devnet::start();
+    let fresh = "0x00000000000000000000000000000000000f4e57";
+    let fund = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["devnet", "fund"])
+            .args(args)
+            .args(["--rpc-url", devnet.rpc(), "--deployment"])
+            .arg(devnet.deployment())
+            .output()
+            .unwrap()
+    };
+    let out = stdout(&fund(&[fresh, "--btt", "1500", "--eth", "2"]));
+    assert!(out.contains(": 1500 BTT, 2 ether"), "{out}");
+    let balance = cast(&["balance", fresh, "--rpc-url", devnet.rpc()]);
+    assert!(balance.starts_with("2000000000000000000"), "{balance}");
+    let bad = one_line_error(&fund(&[fresh, "--btt", "lots"]));
+    assert!(bad.contains("--btt \"lots\" is not an amount"), "{bad}");
+
+    // The numbers an operator plans by come from the chain.
+    let info = Command::new(BIN)
+        .args(["chain", "info", "--rpc-url", devnet.rpc(), "--deployment"])
+        .arg(devnet.deployment())
+        .output()
+        .unwrap();
+    let info = stdout(&info);
+    assert!(info.contains("min stake 1000 BTT, unbonding period 7d, jail term "), "{info}");
+    assert!(info.contains(", close window "), "{info}");
+
+    // `operator status | head -0`: the reader is gone before anything is written.
+    let key = accounts_with(Role::Operator)[0].private_key.to_string();
+    let mut child = Command::new(BIN)
+        .args(["operator", "status", "--rpc-url", devnet.rpc(), "--deployment"])
+        .arg(devnet.deployment())
+        .args(["--key-env", "OP_KEY"])
+        .env("OP_KEY", key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }

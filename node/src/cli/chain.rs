@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
-use alloy::primitives::{Address, utils::format_ether};
+use alloy::primitives::Address;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use infergrid::chain::audit::format_tokens;
 use infergrid::chain::bindings::{NodeRegistry, PaymentChannels, Validation};
 use infergrid::chain::{Account, DeployParams, Deployment, Registry, connect_reader};
 
@@ -78,29 +79,47 @@ async fn info(url: &str, deployment: &Deployment) -> anyhow::Result<()> {
         deployment.chain_id, deployment.deploy_block
     );
     println!(
-        "registry {}: min stake {} BTT",
+        "registry {}: min stake {}, unbonding period {}, jail term {}",
         c.registry,
-        format_ether(registry.minStake().call().await?)
+        format_tokens(registry.minStake().call().await?),
+        span(registry.unbondingPeriod().call().await?),
+        span(registry.jailPeriod().call().await?)
     );
     for operator in operators {
         let node = registry.getNode(operator).call().await?;
         let active = registry.isActive(operator).call().await?;
         let reputation = validation.reputationOf(operator).call().await?;
         println!(
-            "  node {operator}: blocks {}-{}, stake {} BTT, reputation {reputation} bps, {}",
+            "  node {operator}: blocks {}-{}, stake {}, reputation {reputation} bps, {}",
             node.firstBlock,
             node.lastBlock,
-            format_ether(node.stake),
+            format_tokens(node.stake),
             if active { "active" } else { "inactive" }
         );
     }
-    println!("channels {}: {} opened", c.channels, channels.channelCount().call().await?);
     println!(
-        "validation {}: epoch {}, total validator stake {} BTT, {} fault reports",
+        "channels {}: {} opened, close window {}",
+        c.channels,
+        channels.channelCount().call().await?,
+        span(channels.closeWindow().call().await?)
+    );
+    println!(
+        "validation {}: epoch {}, total validator stake {}, {} fault reports",
         c.validation,
         validation.currentEpoch().call().await?,
-        format_ether(validation.totalValidatorStake().call().await?),
+        format_tokens(validation.totalValidatorStake().call().await?),
         validation.faultReportCount().call().await?
     );
     Ok(())
+}
+
+/// Seconds as the largest whole unit that divides them: `7d`, `36h`, `90m`, `45s`.
+fn span(seconds: u64) -> String {
+    match seconds {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -1,16 +1,23 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use alloy::primitives::Address;
+use alloy::primitives::utils::parse_ether;
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use infergrid::chain::Account;
+use infergrid::chain::audit::format_units;
 use infergrid::devnet::{
     self, AnvilProcess, DEVNET_CHAIN_ID, Manifest, Staffing, StateFile, accounts_with, provision,
 };
 use infergrid::tools::{self, Tool};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevnetArgs {
+    /// Helpers for a devnet already running (without one: start a devnet).
+    #[command(subcommand)]
+    action: Option<DevnetAction>,
     /// Port anvil listens on (0: any free port).
     #[arg(long, default_value_t = 8545)]
     port: u16,
@@ -67,7 +74,105 @@ pub struct DevnetArgs {
     api: std::net::SocketAddr,
 }
 
+/// What a newcomer needs on a running devnet without reaching for `cast`.
+#[derive(Debug, Subcommand)]
+enum DevnetAction {
+    /// Give an address test BTT (minted by the deployer) and ether for gas.
+    Fund {
+        address: Address,
+        /// Whole BTT to mint to it.
+        #[arg(long, default_value = "10000")]
+        btt: String,
+        /// Whole ether to set as its balance.
+        #[arg(long, default_value = "10")]
+        eth: String,
+        #[command(flatten)]
+        chain: super::ChainTarget,
+    },
+    /// Move the devnet's clock forward (unbonding periods, jail terms, close windows), e.g.
+    /// `7d`, `36h`, `90m`, `600s`, and mine a block at the new time.
+    AdvanceTime {
+        duration: String,
+        #[command(flatten)]
+        chain: super::ChainTarget,
+    },
+}
+
 pub async fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    match args.action {
+        Some(action) => helper(action).await,
+        None => start(args).await,
+    }
+}
+
+/// Runs a helper against the devnet at the action's RPC URL, refusing any other chain.
+async fn helper(action: DevnetAction) -> anyhow::Result<()> {
+    use alloy::providers::Provider;
+    let (DevnetAction::Fund { chain, .. } | DevnetAction::AdvanceTime { chain, .. }) = &action;
+    let deployment = chain.load()?;
+    let deployer = accounts_with(infergrid::devnet::Role::Deployer)[0].private_key;
+    let account = Account::connect(&chain.rpc_url, &deployer).await?;
+    let chain_id = account.provider.get_chain_id().await?;
+    anyhow::ensure!(
+        chain_id == DEVNET_CHAIN_ID,
+        "{} is chain {chain_id}, not a devnet ({DEVNET_CHAIN_ID}): this only works on `infergrid devnet`",
+        chain.rpc_url
+    );
+    match action {
+        DevnetAction::Fund { address, btt, eth, .. } => {
+            let contracts = account.contracts(&deployment);
+            let btt =
+                parse_ether(&btt).with_context(|| format!("--btt {btt:?} is not an amount"))?;
+            let eth =
+                parse_ether(&eth).with_context(|| format!("--eth {eth:?} is not an amount"))?;
+            contracts.token.mint(address, btt).await?;
+            let _: () = account
+                .provider
+                .raw_request("anvil_setBalance".into(), (address, eth))
+                .await
+                .context("anvil_setBalance")?;
+            println!(
+                "{address}: {}, {}",
+                format_units(contracts.token.balance_of(address).await?, "BTT"),
+                format_units(account.provider.get_balance(address).await?, "ether")
+            );
+        }
+        DevnetAction::AdvanceTime { duration, .. } => {
+            let seconds = parse_duration(&duration)?;
+            let _: serde_json::Value = account
+                .provider
+                .raw_request("evm_increaseTime".into(), (seconds,))
+                .await
+                .context("evm_increaseTime")?;
+            let _: serde_json::Value =
+                account.provider.raw_request("evm_mine".into(), ()).await.context("evm_mine")?;
+            let now = infergrid::chain::latest_block_time(&account.provider).await?;
+            println!("devnet: clock moved {duration} forward; chain time is now unix {now}");
+        }
+    }
+    Ok(())
+}
+
+/// `7d`, `36h`, `90m`, `600s` or `600`, in seconds.
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => t.split_at(at),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?} is not a duration like 7d, 36h, 90m or 600s"),
+    };
+    let n: u64 =
+        number.parse().with_context(|| format!("{text:?} is not a duration like 7d or 600s"))?;
+    n.checked_mul(scale).with_context(|| format!("{text:?} is too long"))
+}
+
+async fn start(args: DevnetArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let anvil_path = match args.anvil {
         Some(path) => path,

@@ -18,14 +18,14 @@ const PASSWORD_ENV: &str = "INFERGRID_KEYSTORE_PASSWORD";
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// Environment variable holding the private key (hex).
-    #[arg(long, value_name = "VAR", conflicts_with = "keystore")]
+    #[arg(long, global = true, value_name = "VAR", conflicts_with = "keystore")]
     key_env: Option<String>,
     /// Encrypted JSON keystore (v3, scrypt or pbkdf2) as written by geth, `cast wallet
     /// import` or `infergrid keystore`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     keystore: Option<PathBuf>,
     /// Environment variable holding the keystore's password.
-    #[arg(long, value_name = "VAR", default_value = PASSWORD_ENV, requires = "keystore")]
+    #[arg(long, global = true, value_name = "VAR", default_value = PASSWORD_ENV)]
     password_env: String,
 }
 

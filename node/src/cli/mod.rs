@@ -16,6 +16,7 @@ mod keys;
 mod ledger;
 mod model;
 mod operator;
+mod registration;
 mod swarm;
 mod validator;
 
@@ -72,6 +73,21 @@ enum Command {
     /// Benchmarks that print the figures the project reports.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+impl Cli {
+    /// Whether the command serves until stopped (a devnet, node, gateway, validator or
+    /// benchmark) rather than answering and exiting.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Devnet(_)
+                | Command::Node(_)
+                | Command::Gateway(_)
+                | Command::Validator(_)
+                | Command::Bench(_)
+        )
+    }
 }
 
 /// Runs one parsed command line.

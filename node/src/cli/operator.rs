@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
-use alloy::primitives::{Address, Bytes, U256, utils::parse_ether};
+use alloy::primitives::utils::parse_ether;
+use alloy::primitives::{Address, Bytes, U256};
 use alloy::rpc::types::TransactionReceipt;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use infergrid::chain::audit::{AuditError, Auditor};
+use infergrid::chain::audit::{AuditError, Auditor, format_tokens};
 use infergrid::chain::{Deployment, NodeRegistration};
 use infergrid::identity::NodeIdentity;
 
@@ -45,10 +46,35 @@ enum OperatorCommand {
         #[arg(long)]
         multiaddr: Vec<String>,
     },
-    /// Add stake.
+    /// Change what the registered node serves and where gateways dial it (`updateService`);
+    /// what is not given stays as registered.
+    Update {
+        /// Imported model folder whose id is registered.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Blocks served, inclusive: `2` or `1-2`.
+        #[arg(long)]
+        blocks: Option<String>,
+        /// Price per token, e.g. `0.000001BTT` or `1000000000000wei`.
+        #[arg(long)]
+        price: Option<String>,
+        /// Where gateways dial the node (repeatable; replaces all registered ones; the
+        /// /p2p/<peer id> suffix is added).
+        #[arg(long)]
+        multiaddr: Vec<String>,
+    },
+    /// Add stake (`1000`, `1000BTT`: whole BTT; or `…wei`).
     Stake { amount: String },
-    /// Move stake into unbonding; it can be withdrawn after the unbonding period.
-    Unbond { amount: String },
+    /// Move stake (`2500`, `2500BTT`: whole BTT; or `…wei`) into unbonding; it can be withdrawn
+    /// after the unbonding period. Below the minimum stake the node stops being routed to.
+    Unbond {
+        amount: String,
+        /// Unbond even if what stays bonded falls below the minimum stake.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// End a jail term that has run out, so the node is routed to again.
+    Unjail,
     /// Withdraw stake whose unbonding period has passed.
     Withdraw,
     /// Remove the node and free its peer id, once all stake is withdrawn and no jail term runs.
@@ -109,26 +135,68 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 first_block,
                 last_block,
                 price_per_token: parse_amount(&price)?,
-                multiaddrs: multiaddr
-                    .iter()
-                    .map(|a| format!("{}/p2p/{peer}", a.trim_end_matches('/')))
-                    .collect(),
+                multiaddrs: with_peer(&multiaddr, peer),
                 stake: parse_amount(&stake)?,
             };
+            check_can_register(&account, &c, registration.stake).await?;
             report(
                 "approve",
                 &c.token.approve(deployment.contracts.registry, registration.stake).await?,
             );
             report("register", &c.registry.register(&registration).await?);
         }
+        OperatorCommand::Update { model, blocks, price, multiaddr } => {
+            let node = c.registry.node(account.address).await?;
+            if node.registeredAt == 0 {
+                bail!("{} is not registered: `infergrid operator register` first", account.address);
+            }
+            let model_id = match model {
+                Some(model) => infergrid::model::ModelManifest::load(&model)?.id(),
+                None => node.modelId,
+            };
+            let blocks = match blocks {
+                Some(blocks) => super::parse_block_range(&blocks)?,
+                None => (node.firstBlock, node.lastBlock),
+            };
+            let price = price.map(|p| parse_amount(&p)).transpose()?.unwrap_or(node.pricePerToken);
+            let multiaddrs = if multiaddr.is_empty() {
+                node.multiaddrs
+            } else {
+                with_peer(&multiaddr, NodeIdentity::derive(&key).peer_id())
+            };
+            report(
+                "update",
+                &c.registry.update_service(model_id, blocks, price, multiaddrs).await?,
+            );
+        }
         OperatorCommand::Stake { amount } => {
             let amount = parse_amount(&amount)?;
             report("approve", &c.token.approve(deployment.contracts.registry, amount).await?);
             report("stake", &c.registry.add_stake(amount).await?);
         }
-        OperatorCommand::Unbond { amount } => {
-            report("unbond", &c.registry.request_unbond(parse_amount(&amount)?).await?)
+        OperatorCommand::Unbond { amount, yes } => {
+            let amount = parse_amount(&amount)?;
+            let (node, min_stake) =
+                (c.registry.node(account.address).await?, c.registry.min_stake().await?);
+            let staying = node.stake.saturating_sub(amount);
+            if staying < min_stake && amount <= node.stake && !yes {
+                bail!(
+                    "unbonding {} leaves {} bonded, below the minimum {}: the node \
+                     stops being routed to. Pass --yes to unbond anyway",
+                    format_tokens(amount),
+                    format_tokens(staying),
+                    format_tokens(min_stake)
+                );
+            }
+            if !node.unbonding.is_zero() {
+                println!(
+                    "note: {} already unbonding; this unbonding restarts the wait for all of it",
+                    format_tokens(node.unbonding)
+                );
+            }
+            report("unbond", &c.registry.request_unbond(amount).await?)
         }
+        OperatorCommand::Unjail => report("unjail", &c.registry.unjail().await?),
         OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
         OperatorCommand::Deregister => report("deregister", &c.registry.deregister().await?),
         OperatorCommand::Status { address } => {
@@ -137,6 +205,51 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
     }
     status(&args.chain.rpc_url, &deployment, account.address).await
+}
+
+/// `addresses` with this node's `/p2p/<peer id>` suffix.
+fn with_peer(addresses: &[String], peer: libp2p::PeerId) -> Vec<String> {
+    addresses.iter().map(|a| format!("{}/p2p/{peer}", a.trim_end_matches('/'))).collect()
+}
+
+/// What `register` needs, checked before any transaction: not registered yet, a stake of at
+/// least the minimum, that much BTT, and ether for gas.
+async fn check_can_register(
+    account: &infergrid::chain::Account,
+    c: &infergrid::chain::Contracts,
+    stake: U256,
+) -> anyhow::Result<()> {
+    use alloy::providers::Provider;
+    let me = account.address;
+    if c.registry.node(me).await?.registeredAt != 0 {
+        bail!(
+            "{me} is already registered: `infergrid operator update` changes what it serves, \
+             `infergrid operator stake` adds stake"
+        );
+    }
+    let min_stake = c.registry.min_stake().await?;
+    if stake < min_stake {
+        bail!(
+            "a stake of {} is below the registry's minimum {} (`infergrid chain info`)",
+            format_tokens(stake),
+            format_tokens(min_stake)
+        );
+    }
+    let balance = c.token.balance_of(me).await?;
+    if balance < stake {
+        bail!(
+            "{me} holds {}, less than the stake {}: get BTT first (on a devnet, \
+             `infergrid devnet fund {me}`)",
+            format_tokens(balance),
+            format_tokens(stake)
+        );
+    }
+    if account.provider.get_balance(me).await?.is_zero() {
+        bail!(
+            "{me} has no ether to pay gas: send it some (on a devnet, `infergrid devnet fund {me}`)"
+        );
+    }
+    Ok(())
 }
 
 /// The node's on-chain state, as an auditor sees it.

@@ -27,6 +27,8 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::ChainTarget;
 use super::keys::KeyArgs;
+use super::registration;
+use infergrid::chain::audit::format_tokens;
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -41,9 +43,14 @@ pub struct NodeArgs {
     /// The operator's key for a node, the payer's for a gateway.
     #[command(flatten)]
     key: KeyArgs,
-    /// libp2p listen address (repeatable).
+    /// libp2p listen address (repeatable). It must reach the multiaddrs registered on-chain,
+    /// which gateways dial; the node checks at start and refuses otherwise.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/40000")]
     listen: Vec<Multiaddr>,
+    /// When the registration disagrees with how the node is started (model, blocks, listen
+    /// addresses), register how it is started (`updateService`) instead of refusing to start.
+    #[arg(long)]
+    update_registration: bool,
     /// Peers to dial at start, `/…/p2p/<peer id>` (repeatable).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
@@ -124,6 +131,63 @@ impl NodeLimitArgs {
     }
 }
 
+/// Compares the node's registration with how it was started: refuses a mismatch with the fix,
+/// or with `update` registers how it was started; says loudly when the node is inactive or
+/// jailed, since it then earns nothing.
+async fn check_registration(
+    registry: &Registry,
+    operator: alloy::primitives::Address,
+    started: &registration::Started<'_>,
+    update: bool,
+) -> anyhow::Result<()> {
+    let record = registry.node(operator).await?;
+    let mut refusals = Vec::new();
+    for finding in registration::check(&record, started) {
+        match finding {
+            registration::Finding::Refuse(why) => refusals.push(why),
+            registration::Finding::Warn(why) => eprintln!("node: warning: {why}"),
+        }
+    }
+    if !refusals.is_empty() && !update {
+        bail!("node: {}", refusals.join("\nnode: "));
+    }
+    if !refusals.is_empty() {
+        let multiaddrs = registration::registrable(started.listen, started.peer)
+            .map_err(|e| anyhow::anyhow!("node: --update-registration: {e}"))?;
+        let receipt = registry
+            .update_service(
+                started.model_id,
+                started.blocks,
+                record.pricePerToken,
+                multiaddrs.clone(),
+            )
+            .await
+            .context("node: --update-registration: updateService")?;
+        eprintln!(
+            "node: registration updated (tx {}): model {}, blocks {}-{}, multiaddrs {multiaddrs:?}",
+            receipt.transaction_hash, started.model_id, started.blocks.0, started.blocks.1
+        );
+    }
+    if !registry.is_active(operator).await? {
+        let min_stake = registry.min_stake().await?;
+        let why = if record.stake < min_stake {
+            format!(
+                "its stake {} is below the minimum {}; add stake with `infergrid operator stake \
+                 AMOUNT`",
+                format_tokens(record.stake),
+                format_tokens(min_stake)
+            )
+        } else {
+            format!(
+                "it is jailed until unix {}; then `infergrid operator unjail`",
+                record.jailedUntil
+            )
+        };
+        eprintln!("node: INACTIVE, gateways will not route here: {why}");
+    }
+    Ok(())
+}
+
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let (first, last) = super::parse_block_range(&args.blocks)?;
@@ -137,8 +201,18 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let identity = NodeIdentity::derive(&key);
     let peer = identity.peer_id();
+    registration::check_ports_free(&args.listen).map_err(|e| anyhow::anyhow!("node: {e}"))?;
     let registered = registry.operator_of(peer.to_bytes().into()).await? == operator.address();
-    if !registered {
+    if registered {
+        let started = registration::Started {
+            peer,
+            model_id: manifest.id(),
+            blocks: (first as u32, last as u32),
+            listen: &args.listen,
+        };
+        check_registration(&registry, operator.address(), &started, args.update_registration)
+            .await?;
+    } else {
         eprintln!(
             "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
              here and only --allow-peer peers are served (vouchers already in the ledger are \

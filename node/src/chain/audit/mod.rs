@@ -212,13 +212,18 @@ pub fn peer_id_text(bytes: &Bytes) -> String {
 
 /// A token amount in whole tokens without trailing zeros: `10000 BTT`, `0.000001 BTT`.
 pub fn format_tokens(wei: U256) -> String {
+    format_units(wei, "BTT")
+}
+
+/// An 18-decimal amount in whole `unit`s without trailing zeros: `2 ether`, `0.5 BTT`.
+pub fn format_units(wei: U256, unit: &str) -> String {
     let ether = format_ether(wei);
     match ether.split_once('.') {
         Some((whole, fraction)) if !fraction.trim_end_matches('0').is_empty() => {
-            format!("{whole}.{} BTT", fraction.trim_end_matches('0'))
+            format!("{whole}.{} {unit}", fraction.trim_end_matches('0'))
         }
-        Some((whole, _)) => format!("{whole} BTT"),
-        None => format!("{ether} BTT"),
+        Some((whole, _)) => format!("{whole} {unit}"),
+        None => format!("{ether} {unit}"),
     }
 }
 

@@ -1,0 +1,243 @@
+//! A node's look at its own registration before it serves. Gateways route by what the
+//! registry holds — model, blocks, multiaddrs — so a node started differently looks healthy
+//! while nobody can reach it or nobody asks it for what it serves. The node compares, refuses
+//! with the fix in one line, or (`--update-registration`) registers how it was started.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use alloy::primitives::B256;
+use infergrid::chain::bindings::NodeRegistry;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+/// How the node was started.
+pub struct Started<'a> {
+    pub peer: PeerId,
+    pub model_id: B256,
+    pub blocks: (u32, u32),
+    pub listen: &'a [Multiaddr],
+}
+
+/// What disagrees between the registration and the node as started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Gateways would not route here, or would ask for what the node does not serve.
+    Refuse(String),
+    /// Worth saying, not worth stopping for.
+    Warn(String),
+}
+
+/// Compares `registered` with how the node was `started`.
+pub fn check(registered: &NodeRegistry::Node, started: &Started) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let update = "or run with --update-registration to register how it was started";
+    if registered.modelId != started.model_id {
+        findings.push(Finding::Refuse(format!(
+            "registered for model {}, started with model {}: start with the registered model, {update}",
+            registered.modelId, started.model_id
+        )));
+    }
+    let blocks = (registered.firstBlock, registered.lastBlock);
+    if blocks != started.blocks {
+        findings.push(Finding::Refuse(format!(
+            "registered for blocks {}, started with --blocks {}: start with --blocks {}, {update}",
+            range(blocks),
+            range(started.blocks),
+            range(blocks)
+        )));
+    }
+    let mut judged = Vec::new();
+    for text in &registered.multiaddrs {
+        let Ok(address) = text.parse::<Multiaddr>() else {
+            findings.push(Finding::Refuse(format!(
+                "the registered multiaddr {text:?} does not parse: {update}"
+            )));
+            continue;
+        };
+        if let Some(Protocol::P2p(peer)) = address.iter().last()
+            && peer != started.peer
+        {
+            findings.push(Finding::Refuse(format!(
+                "the registered multiaddr {text} names peer {peer}, not this node's {}: {update}",
+                started.peer
+            )));
+            continue;
+        }
+        match socket(&address) {
+            Some(registered) => judged.push((text, registered)),
+            None => findings.push(Finding::Warn(format!(
+                "the registered multiaddr {text} is not a TCP address this node can compare with \
+                 its listeners (DNS or relay); make sure it reaches {:?}",
+                started.listen
+            ))),
+        }
+    }
+    let listening: Vec<SocketAddr> = started.listen.iter().filter_map(socket).collect();
+    let reaches = |registered: &SocketAddr| listening.iter().any(|l| serves(l, registered));
+    let unreached: Vec<&String> =
+        judged.iter().filter(|(_, r)| !reaches(r)).map(|(text, _)| *text).collect();
+    if !judged.is_empty() && unreached.len() == judged.len() {
+        findings.push(Finding::Refuse(format!(
+            "registered at {}, but listening on {:?}: gateways dial the registered address. \
+             Listen there (--listen {}), {update}",
+            unreached.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            started.listen,
+            without_peer(unreached[0])
+        )));
+    } else {
+        for text in unreached {
+            findings.push(Finding::Warn(format!(
+                "the registered multiaddr {text} reaches none of the listeners {:?}",
+                started.listen
+            )));
+        }
+    }
+    findings
+}
+
+/// The multiaddrs to register for `listen`: each with this node's peer id. An unspecified
+/// address (`0.0.0.0`) or port 0 says nothing a gateway can dial, and is refused.
+pub fn registrable(listen: &[Multiaddr], peer: PeerId) -> Result<Vec<String>, String> {
+    listen
+        .iter()
+        .map(|address| match socket(address) {
+            Some(s) if s.ip().is_unspecified() || s.port() == 0 => Err(format!(
+                "cannot register {address}: gateways cannot dial an unspecified address or port \
+                 0; pass --listen with the address and port they should dial"
+            )),
+            _ => Ok(format!("{}/p2p/{peer}", without_peer(&address.to_string()))),
+        })
+        .collect()
+}
+
+/// Fails when another process listens on one of `listen`'s TCP ports. The probe sets only
+/// `SO_REUSEADDR` (as `std` does): a port in `TIME_WAIT` is free, a live listener is not,
+/// even one libp2p bound with `SO_REUSEPORT`, which would otherwise share the port silently.
+pub fn check_ports_free(listen: &[Multiaddr]) -> Result<(), String> {
+    for address in listen {
+        if let Some(socket) = socket(address).filter(|s| s.port() != 0)
+            && let Err(e) = TcpListener::bind(socket)
+        {
+            return Err(match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "--listen {address}: port {} is taken by another process (another node?); \
+                     pick a free port",
+                    socket.port()
+                ),
+                _ => format!("--listen {address}: cannot listen there: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The IP and TCP port of `address`, if it is an `/ip4` or `/ip6` TCP address.
+fn socket(address: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = address.iter();
+    let ip = match parts.next()? {
+        Protocol::Ip4(ip) => IpAddr::V4(ip),
+        Protocol::Ip6(ip) => IpAddr::V6(ip),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+/// Whether a listener on `listening` accepts connections to `registered`.
+fn serves(listening: &SocketAddr, registered: &SocketAddr) -> bool {
+    listening.port() == registered.port()
+        && (listening.ip() == registered.ip() || listening.ip().is_unspecified())
+}
+
+fn without_peer(address: &str) -> &str {
+    address.split("/p2p/").next().unwrap_or(address)
+}
+
+fn range((first, last): (u32, u32)) -> String {
+    if first == last { first.to_string() } else { format!("{first}-{last}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(multiaddrs: &[&str]) -> NodeRegistry::Node {
+        NodeRegistry::Node {
+            modelId: B256::repeat_byte(1),
+            firstBlock: 1,
+            lastBlock: 2,
+            multiaddrs: multiaddrs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn refusals(findings: &[Finding]) -> Vec<&str> {
+        findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Refuse(r) => Some(r.as_str()),
+                Finding::Warn(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_started_as_registered_passes() {
+        let peer = PeerId::random();
+        let listen: Vec<Multiaddr> = vec!["/ip4/0.0.0.0/tcp/4001".parse().unwrap()];
+        let started =
+            Started { peer, model_id: B256::repeat_byte(1), blocks: (1, 2), listen: &listen };
+        let registered = node(&[&format!("/ip4/1.2.3.4/tcp/4001/p2p/{peer}")]);
+        assert_eq!(check(&registered, &started), vec![]);
+    }
+
+    #[test]
+    fn mismatches_are_refused_with_the_fix() {
+        let peer = PeerId::random();
+        let listen: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/tcp/4002".parse().unwrap()];
+        let started =
+            Started { peer, model_id: B256::repeat_byte(2), blocks: (1, 1), listen: &listen };
+        let registered = node(&[&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")]);
+        let found = check(&registered, &started);
+        let refused = refusals(&found);
+        assert_eq!(refused.len(), 3, "{found:?}");
+        assert!(refused[0].contains("model"));
+        assert!(refused[1].contains("start with --blocks 1-2"), "{}", refused[1]);
+        assert!(refused[2].contains("--listen /ip4/127.0.0.1/tcp/4001"), "{}", refused[2]);
+        let other = PeerId::random();
+        let registered = node(&[&format!("/ip4/127.0.0.1/tcp/4002/p2p/{other}")]);
+        let started = Started { blocks: (1, 2), model_id: B256::repeat_byte(1), ..started };
+        assert!(
+            refusals(&check(&registered, &started))[0].contains(&format!("names peer {other}"))
+        );
+        let registered = node(&["/dns4/node.example/tcp/4002"]);
+        let found = check(&registered, &started);
+        assert!(refusals(&found).is_empty() && found.len() == 1, "DNS is warned about: {found:?}");
+    }
+
+    #[test]
+    fn only_dialable_addresses_are_registered() {
+        let peer = PeerId::random();
+        let ok: Vec<Multiaddr> = vec!["/ip4/10.0.0.5/tcp/4001".parse().unwrap()];
+        assert_eq!(
+            registrable(&ok, peer).unwrap(),
+            vec![format!("/ip4/10.0.0.5/tcp/4001/p2p/{peer}")]
+        );
+        for bad in ["/ip4/0.0.0.0/tcp/4001", "/ip4/10.0.0.5/tcp/0"] {
+            assert!(registrable(&[bad.parse().unwrap()], peer).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_live_listener_is_a_clash() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let error = check_ports_free(std::slice::from_ref(&address)).unwrap_err();
+        assert!(error.contains("is taken by another process"), "{error}");
+        drop(taken);
+        check_ports_free(&[address]).unwrap();
+    }
+}

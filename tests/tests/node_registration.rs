@@ -1,0 +1,87 @@
+//! A node checks its own registration at start: started differently from what gateways read
+//! on-chain, it refuses with the fix in one line (or registers how it was started with
+//! `--update-registration`); a port another process holds is an error, not a silent share.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use infergrid::devnet::{NODE_PORT_BASE, Role};
+use infergrid_e2e::procs::{Swarm, binary, llama_devnet, start};
+
+/// Runs `infergrid node` as operator `index` with `args`, expecting it to refuse: its last
+/// stderr line. A node that starts instead fails the test (killed after 60 s).
+fn refused(swarm: &Swarm, index: usize, args: &[&str]) -> String {
+    let key = infergrid_e2e::dev(Role::Operator, index).private_key.to_string();
+    let mut child = Command::new(binary())
+        .args(["node", "--model", swarm.model, "--key-env", "NODE_KEY"])
+        .args(["--rpc-url", swarm.rpc, "--deployment", swarm.deployment])
+        .args(args)
+        .env("NODE_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the node started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm = Swarm {
+        model: model.to_str().unwrap(),
+        rpc: &rpc,
+        deployment: deployment.to_str().unwrap(),
+        dir: dir.path(),
+    };
+    // Operator 0 is registered for block 0 at 127.0.0.1:31000.
+    let registered = format!("/ip4/127.0.0.1/tcp/{NODE_PORT_BASE}");
+    let elsewhere = format!("/ip4/127.0.0.1/tcp/{}", NODE_PORT_BASE + 9);
+
+    let error = refused(&swarm, 0, &["--blocks", "0", "--listen", &elsewhere]);
+    assert!(error.contains(&format!("registered at {registered}/p2p/")), "{error}");
+    assert!(error.contains(&format!("Listen there (--listen {registered})")), "{error}");
+    assert!(error.contains("--update-registration"), "{error}");
+
+    let error = refused(&swarm, 0, &["--blocks", "1", "--listen", &registered]);
+    assert!(error.contains("registered for blocks 0, started with --blocks 1"), "{error}");
+    assert!(error.contains("start with --blocks 0"), "{error}");
+
+    // A port someone else listens on is an error naming it.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", NODE_PORT_BASE + 1)).unwrap();
+    let clash = format!("/ip4/127.0.0.1/tcp/{}", NODE_PORT_BASE + 1);
+    let error = refused(&swarm, 1, &["--blocks", "1", "--listen", &clash]);
+    assert!(error.contains("is taken by another process"), "{error}");
+    drop(taken);
+
+    // --update-registration registers how the node was started, and it serves.
+    let key = infergrid_e2e::dev(Role::Operator, 0).private_key.to_string();
+    let ledger = dir.path().join("moved.redb");
+    let mut args = vec!["node", "--model", swarm.model, "--blocks", "0", "--key-env", "NODE_KEY"];
+    args.extend(["--rpc-url", &rpc, "--deployment", swarm.deployment, "--listen", &elsewhere]);
+    args.extend(["--ledger", ledger.to_str().unwrap(), "--update-registration"]);
+    let (_moved, _) = start(&args, &[("NODE_KEY", key)], "node ready");
+    let operator = infergrid_e2e::dev(Role::Operator, 0).address.to_string();
+    let audit = Command::new(binary())
+        .args(["audit", "node", &operator, "--json", "--rpc-url", &rpc, "--deployment"])
+        .arg(&deployment)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let multiaddrs = report["node"]["multiaddrs"].as_array().unwrap();
+    assert_eq!(multiaddrs.len(), 1, "{report}");
+    let now = multiaddrs[0].as_str().unwrap();
+    assert!(now.starts_with(&format!("{elsewhere}/p2p/")), "{now}");
+}
