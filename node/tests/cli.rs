@@ -175,6 +175,17 @@ fn unreachable_rpc_is_one_clear_line() {
         "INFERGRID_TEST_UNSET_KEY",
     ]);
     assert!(err.contains("set INFERGRID_TEST_UNSET_KEY"), "{err}");
+
+    // A deployment file that is not there: which file, from where, and how to point elsewhere,
+    // with the OS error once.
+    let missing = dir.path().join("nope.json");
+    let err = one_line_error(&["chain", "info", "--deployment", missing.to_str().unwrap()]);
+    assert!(err.contains(&format!("no deployment file {}", missing.display())), "{err}");
+    assert!(err.contains("--deployment FILE (or set INFERGRID_DEPLOYMENT)"), "{err}");
+    let not_json = dir.path().join("not.json");
+    std::fs::write(&not_json, "{").unwrap();
+    let err = one_line_error(&["chain", "info", "--deployment", not_json.to_str().unwrap()]);
+    assert!(err.contains("is not a valid deployment: EOF"), "{err}");
 }
 
 #[test]

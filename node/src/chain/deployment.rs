@@ -124,9 +124,11 @@ pub struct Deployment {
 /// A deployment file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DeploymentFileError {
-    #[error("cannot read deployment file {path}: {source}")]
+    // The cause is the error's source, not part of its message: printed as a chain, it
+    // would otherwise show twice.
+    #[error("cannot read deployment file {path}")]
     Io { path: String, source: std::io::Error },
-    #[error("deployment file {path} is not a valid deployment: {source}")]
+    #[error("deployment file {path} is not a valid deployment")]
     Parse { path: String, source: serde_json::Error },
 }
 

@@ -117,15 +117,37 @@ pub struct ChainTarget {
     /// JSON-RPC endpoint of the chain with the InferGrid contracts.
     #[arg(long, global = true, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
     rpc_url: String,
-    /// Deployment file (from `infergrid devnet` or `infergrid deploy`).
-    #[arg(long, global = true, default_value = "anvil-fixtures/devnet/deployment.json")]
+    /// Deployment file (from `infergrid devnet` or `infergrid deploy`); a relative path is
+    /// read from the current directory.
+    #[arg(
+        long,
+        global = true,
+        env = "INFERGRID_DEPLOYMENT",
+        default_value = "anvil-fixtures/devnet/deployment.json"
+    )]
     deployment: PathBuf,
 }
 
 impl ChainTarget {
-    /// The deployment file's contents.
+    /// The deployment file's contents; a missing file says which was tried and how to point
+    /// at another.
     fn load(&self) -> anyhow::Result<Deployment> {
-        Ok(Deployment::load(&self.deployment)?)
+        match Deployment::load(&self.deployment) {
+            Err(infergrid::chain::DeploymentFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let directory = std::env::current_dir()
+                    .map(|d| format!(" in {}", d.display()))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "no deployment file {}{directory}: run `infergrid devnet` there, or pass \
+                     --deployment FILE (or set INFERGRID_DEPLOYMENT) to the deployment.json that \
+                     `infergrid devnet` or `infergrid deploy` wrote",
+                    self.deployment.display()
+                )
+            }
+            loaded => Ok(loaded?),
+        }
     }
 
     /// Connects as the holder of `secret`, checked to serve the deployment.
