@@ -151,6 +151,10 @@ impl Registry {
     async fn head(&self) -> Result<BlockId, ChainError> {
         Ok(BlockId::number(self.0.provider().get_block_number().await?))
     }
+    /// Seconds between `requestUnbond` and `withdraw`.
+    pub async fn unbonding_period(&self) -> Result<u64, ChainError> {
+        Ok(self.0.unbondingPeriod().call().await?)
+    }
     pub async fn min_stake(&self) -> Result<U256, ChainError> {
         Ok(self.0.minStake().call().await?)
     }

@@ -150,7 +150,11 @@ fn print_table(nodes: &[NodeAudit]) {
 }
 
 fn jailed(node: &NodeAudit) -> String {
-    if node.jailed { format!("until unix {}", node.jailed_until) } else { "no".to_owned() }
+    if node.jailed {
+        format!("until {}", super::when::at(node.jailed_until, node.as_of_time))
+    } else {
+        "no".to_owned()
+    }
 }
 
 pub fn print_node(n: &NodeAudit) {
@@ -160,12 +164,16 @@ pub fn print_node(n: &NodeAudit) {
     println!("blocks       {}-{}", n.first_block, n.last_block);
     println!("price        {} per token", format_tokens(n.price_per_token));
     println!("stake        {}", format_tokens(n.stake));
-    println!(
-        "unbonding    {} (withdrawable at unix {})",
-        format_tokens(n.unbonding),
-        n.unbonding_ends_at
-    );
-    println!("registered   unix {}", n.registered_at);
+    if n.unbonding.is_zero() {
+        println!("unbonding    0 BTT");
+    } else {
+        println!(
+            "unbonding    {} (withdrawable at {})",
+            format_tokens(n.unbonding),
+            super::when::at(n.unbonding_ends_at, n.as_of_time)
+        );
+    }
+    println!("registered   {}", super::when::utc(n.registered_at));
     println!("jailed       {}", jailed(n));
     println!("active       {}", n.active);
     println!("reputation   {} bps after {} scored epochs", n.reputation_bps, n.epochs_scored);

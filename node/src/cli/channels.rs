@@ -55,7 +55,7 @@ impl Row {
         match (self.closed, self.closes_at) {
             (true, _) => "closed".into(),
             (false, 0) => "open".into(),
-            (false, t) if now < t => format!("closing (finalize from unix {t})"),
+            (false, t) if now < t => format!("closing (finalize from {})", super::when::at(t, now)),
             (false, _) => "ready to finalize".into(),
         }
     }

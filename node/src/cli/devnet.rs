@@ -147,7 +147,10 @@ async fn helper(action: DevnetAction) -> anyhow::Result<()> {
             let _: serde_json::Value =
                 account.provider.raw_request("evm_mine".into(), ()).await.context("evm_mine")?;
             let now = infergrid::chain::latest_block_time(&account.provider).await?;
-            println!("devnet: clock moved {duration} forward; chain time is now unix {now}");
+            println!(
+                "devnet: clock moved {duration} forward; chain time is now {}",
+                super::when::utc(now)
+            );
         }
     }
     Ok(())

@@ -19,6 +19,7 @@ mod operator;
 mod registration;
 mod swarm;
 mod validator;
+mod when;
 
 use std::path::PathBuf;
 

@@ -197,7 +197,22 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             report("unbond", &c.registry.request_unbond(amount).await?)
         }
         OperatorCommand::Unjail => report("unjail", &c.registry.unjail().await?),
-        OperatorCommand::Withdraw => report("withdraw", &c.registry.withdraw().await?),
+        OperatorCommand::Withdraw => {
+            let node = c.registry.node(account.address).await?;
+            let now = infergrid::chain::latest_block_time(&account.provider).await?;
+            if node.unbonding.is_zero() {
+                bail!("nothing is unbonding: `infergrid operator unbond AMOUNT` first");
+            }
+            if now < node.unbondingEndsAt {
+                bail!(
+                    "{} can be withdrawn at {}, by the chain's clock; unbonding takes {}",
+                    format_tokens(node.unbonding),
+                    super::when::at(node.unbondingEndsAt, now),
+                    super::when::span(c.registry.unbonding_period().await?)
+                );
+            }
+            report("withdraw", &c.registry.withdraw().await?)
+        }
         OperatorCommand::Deregister => report("deregister", &c.registry.deregister().await?),
         OperatorCommand::Status { address } => {
             return status(&args.chain.rpc_url, &deployment, address.unwrap_or(account.address))

@@ -179,8 +179,8 @@ async fn check_registration(
             )
         } else {
             format!(
-                "it is jailed until unix {}; then `infergrid operator unjail`",
-                record.jailedUntil
+                "it is jailed until {}; then `infergrid operator unjail`",
+                super::when::utc(record.jailedUntil)
             )
         };
         eprintln!("node: INACTIVE, gateways will not route here: {why}");

@@ -172,7 +172,7 @@ async fn status(validation: &ValidationClient, validator: Address) -> anyhow::Re
     );
     println!("  unbonding        {}", format_tokens(v.unbonding));
     if !v.unbonding.is_zero() {
-        println!("  withdrawable at  {} (unix time)", v.unbonding_ends_at);
+        println!("  withdrawable at  {}", super::when::utc(v.unbonding_ends_at));
     }
     println!(
         "  record           {} missed reveals, {} dissents, {} penalized",

@@ -62,6 +62,8 @@ impl From<alloy::transports::TransportError> for AuditError {
 pub struct NodeAudit {
     /// The chain block every field was read at.
     pub as_of_block: u64,
+    /// That block's timestamp: "now" for the times below.
+    pub as_of_time: u64,
     pub operator: Address,
     /// The registered libp2p peer id; see [`peer_id_text`].
     #[serde(serialize_with = "serialize_peer_id")]
@@ -179,6 +181,7 @@ impl Auditor {
         )?;
         Ok(NodeAudit {
             as_of_block: self.block,
+            as_of_time: self.timestamp,
             operator,
             peer_id: node.peerId,
             model_id: node.modelId,
