@@ -97,6 +97,15 @@ fn a_payer_closes_its_channels_and_gets_the_unused_deposit_back() {
     assert!(early.contains("CloseWindowOpen"), "{early}");
     let unknown = one_line_error(&channels(&devnet, &key, &["close", "99"]));
     assert!(unknown.contains("was not opened by"), "{unknown}");
+    // With nothing to do, each says so, and when the closing ones can be finalized.
+    let again = stdout(&channels(&devnet, &key, &["close"]));
+    assert!(again.contains("no open channel to close (2 channels"), "{again}");
+    let waiting = stdout(&channels(&devnet, &key, &["finalize"]));
+    assert!(
+        waiting.contains("no channel is ready to finalize yet: channel 1 from 20"),
+        "{waiting}"
+    );
+    assert!(waiting.contains("(in 1h)") || waiting.contains("(in 59m"), "{waiting}");
 
     // After the window, the whole unused deposits come back.
     cast(&["rpc", "evm_increaseTime", "3601", "--rpc-url", devnet.rpc()]);
@@ -108,4 +117,6 @@ fn a_payer_closes_its_channels_and_gets_the_unused_deposit_back() {
     let listed: serde_json::Value =
         serde_json::from_str(&stdout(&channels(&devnet, &key, &["list", "--json"]))).unwrap();
     assert!(listed.as_array().unwrap().iter().all(|r| r["state"] == "closed"), "{listed}");
+    let done = stdout(&channels(&devnet, &key, &["finalize"]));
+    assert!(done.contains("no channel is ready to finalize (none is closing)"), "{done}");
 }

@@ -63,16 +63,29 @@ singles = [ids(complete(max_tokens=12, temperature=1, seed=40 + i)) for i in ran
 assert [c.model_extra["token_ids"] for c in three.choices] == singles, (three.choices, singles)
 assert len({tuple(s) for s in singles}) > 1, singles
 assert three.usage.completion_tokens == sum(len(s) for s in singles)
+assert ids(complete(max_tokens=12, temperature=1, seed=-3)) == ids(
+    complete(max_tokens=12, temperature=1, seed=-3)), "a negative seed is a seed too"
 assert three.usage.prompt_tokens == complete(max_tokens=1).usage.prompt_tokens
 streamed = {}
 for chunk in complete(max_tokens=12, temperature=1, seed=40, n=3, stream=True):
     for choice in chunk.choices:
         streamed.setdefault(choice.index, []).extend(choice.model_extra["token_ids"])
 assert [streamed[i] for i in range(3)] == singles, streamed
-chat_three = client.chat.completions.create(
-    model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=1,
-    seed=5, n=3)
+chat_args = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                 temperature=1, seed=5)
+chat_three = client.chat.completions.create(n=3, **chat_args)
 assert [c.index for c in chat_three.choices] == [0, 1, 2]
+chat_singles = [client.chat.completions.create(**{**chat_args, "seed": 5 + i})
+                .choices[0].message.content for i in range(3)]
+assert [c.message.content for c in chat_three.choices] == chat_singles, chat_singles
+chat_streamed, roles = {}, {}
+for chunk in client.chat.completions.create(n=3, stream=True, **chat_args):
+    for choice in chunk.choices:
+        roles.setdefault(choice.index, choice.delta.role)
+        chat_streamed[choice.index] = chat_streamed.get(choice.index, "") + (
+            choice.delta.content or "")
+assert [chat_streamed[i] for i in range(3)] == chat_singles, chat_streamed
+assert all(roles[i] == "assistant" for i in range(3)), roles
 ok("n=3: three choices equal to single runs seeded s, s+1, s+2, streamed and not; usage counts "
    "the prompt once")
 
@@ -97,7 +110,7 @@ assert [ids for ids in map(lambda c: c.model_extra["token_ids"], greedy_ids.choi
 assert ids(complete(prompt=as_ids[0], max_tokens=6, temperature=0)) == \
     greedy_texts.choices[0].model_extra["token_ids"]
 refused(lambda: complete(prompt=[1, VOCAB], max_tokens=1), "prompt")
-refused(lambda: complete(prompt=[P1, P2, P1], max_tokens=1, n=3), "n")
+refused(lambda: complete(prompt=[P1, P2, P1], max_tokens=1, n=3), "prompt")
 ok("prompts: [p1, p2] with n=2 gives 4 choices (index = prompt*n + j) equal to single runs, "
    "usage counts each prompt once; token ids and lists of them equal the text prompts; an id "
    "outside the vocabulary is a 400")
@@ -133,6 +146,14 @@ assert all(math.isclose(a, b, abs_tol=1e-3)
 whole = complete(max_tokens=3, temperature=0, echo=True)
 assert whole.choices[0].text.startswith(PROMPT), whole.choices[0].text
 assert whole.choices[0].text[len(PROMPT):] == complete(max_tokens=3, temperature=0).choices[0].text
+scored = complete(max_tokens=2, temperature=0, echo=True, logprobs=0)
+offsets = scored.choices[0].logprobs.text_offset
+n_text_prompt = len(scored.choices[0].logprobs.tokens) - 2
+assert offsets == sorted(offsets) and offsets[n_text_prompt] == len(PROMPT), (offsets, PROMPT)
+only_prompt = complete(max_tokens=0, echo=True, logprobs=1)
+assert only_prompt.choices[0].text == PROMPT, only_prompt.choices[0].text
+assert len(only_prompt.choices[0].logprobs.token_logprobs) == n_text_prompt
+assert only_prompt.usage.completion_tokens == 0
 ok("echo: the prompt comes back before the completion; the echoed log-probabilities of 8 greedy "
    "tokens equal those from generating them")
 
@@ -202,6 +223,19 @@ def stop_string(span):
     return next((s for s in candidates if "\ufffd" not in s), candidates[0])
 
 
+# Stop strings that only start in the output: held back while they might complete, then sent.
+last = piece(len(OFFSETS) - 2, 1)
+assert last, "the last token adds no text"
+mid = next(LONG_TEXT[OFFSETS[k] + 1:OFFSETS[k + 1] + 1] for k in range(8, 38)
+           if OFFSETS[k + 1] - OFFSETS[k] >= 2 and LONG_TEXT.find(
+               LONG_TEXT[OFFSETS[k] + 1:OFFSETS[k + 1] + 1]) == OFFSETS[k] + 1)
+for stop, expected in ((last + "\x01", LONG_TEXT), (mid, LONG_TEXT[:LONG_TEXT.find(mid)])):
+    whole = complete(max_tokens=40, temperature=0, stop=[stop]).choices[0]
+    assert whole.text == expected, (stop, whole.text)
+    assert streamed_text(max_tokens=40, temperature=0, stop=[stop]) == expected, stop
+ok(f"a stop string never completed ({last!r} + '\\x01') is sent at the finish; one starting "
+   f"mid-token ({mid!r}) cuts there, streamed and not")
+
 for span in (1, 2, 3):
     stop = stop_string(span)
     cut = LONG_TEXT.find(stop)
@@ -240,6 +274,16 @@ for kind in ("json_object", "bogus"):
     refused(lambda: client.chat.completions.create(**chat, response_format={"type": kind}),
             "response_format")
 refused(lambda: client.chat.completions.create(**chat, top_logprobs=2), "top_logprobs")
+refused(lambda: client.chat.completions.create(**chat, logprobs=True, top_logprobs=21),
+        "top_logprobs")
+refused(lambda: complete(max_tokens=1, logprobs=21), "logprobs")
+refused(lambda: complete(max_tokens=1, stop=["a", "b", "c", "d", "e"]), "stop")
+refused(lambda: complete(max_tokens=1, stop=["x" * 257]), "stop")
+refused(lambda: complete(max_tokens=1, temperature=3), "temperature")
+refused(lambda: complete(max_tokens=1, top_p=0), "top_p")
+refused(lambda: complete(prompt=["a"] * 9, max_tokens=1), "prompt")
+refused(lambda: complete(max_tokens=1, echo=True, logprobs=1, prompt="a " * 1100), "echo")
+refused(lambda: client.embeddings.create(model=MODEL, input="x"), "model")
 for bad in (0, -1, 2**64 - 1, CONTEXT):
     refused(lambda: complete(max_tokens=bad), "max_tokens")
     refused(lambda: list(complete(max_tokens=bad, stream=True)), "max_tokens")
@@ -259,9 +303,12 @@ def chat_text(messages, **kw):
 
 
 as_string = chat_text([{"role": "user", "content": "hello there"}])
-as_parts = chat_text([{"role": "user", "content": [{"type": "text", "text": "hello "},
+as_parts = chat_text([{"role": "user", "content": [{"type": "text", "text": "hello"},
                                                    {"type": "text", "text": "there"}]}])
-assert as_parts == as_string, (as_parts, as_string)
+# Parts are joined by newlines, as vLLM joins them.
+assert as_parts == chat_text([{"role": "user", "content": "hello\nthere"}]), as_parts
+assert as_string == chat_text([{"role": "user", "content": [{"type": "text",
+                                                             "text": "hello there"}]}])
 chat_text([{"role": "user", "content": "weather?"},
            {"role": "assistant", "content": None,
             "tool_calls": [{"id": "c1", "type": "function",
@@ -269,7 +316,7 @@ chat_text([{"role": "user", "content": "weather?"},
            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}])
 refused(lambda: chat_text([{"role": "user", "content": [
     {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]), "messages")
-ok("chat: content parts equal a string; a null assistant content with tool_calls and a tool "
+ok("chat: content parts equal their text joined by newlines; a null assistant content with tool_calls and a tool "
    "turn are accepted; an image part is a 400 naming messages")
 
 # --- chat without max_tokens runs to the end of the context -------------------------------------

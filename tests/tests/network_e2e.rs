@@ -225,7 +225,8 @@ fn first_hop(listen: &str) -> (String, usize) {
 fn get(url: &str) -> serde_json::Value {
     let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
     let out = Command::new(python)
-        .args(["-c", "import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1],timeout=30).read().decode())", url])
+        // A 503 (a block unserved for a moment) still carries the JSON.
+        .args(["-c", "import sys,urllib.request,urllib.error\ntry: r=urllib.request.urlopen(sys.argv[1],timeout=30)\nexcept urllib.error.HTTPError as e: r=e\nprint(r.read().decode())", url])
         .output()
         .unwrap();
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()

@@ -84,4 +84,43 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     assert_eq!(multiaddrs.len(), 1, "{report}");
     let now = multiaddrs[0].as_str().unwrap();
     assert!(now.starts_with(&format!("{elsewhere}/p2p/")), "{now}");
+
+    // With blocks 1 and 2 unserved, the gateway says so: /healthz is 503 naming them, and a
+    // request fails naming block 1 (not block 0). Once their nodes start, the next directory
+    // refresh routes through them.
+    let api = format!("127.0.0.1:{}", infergrid_e2e::procs::free_port());
+    let _gateway = swarm.gateway(&api, &[]);
+    // Once the gateway has heard from node 0 (its first directory refresh dials it), only
+    // blocks 1 and 2 are left unserved.
+    let started = Instant::now();
+    let health = loop {
+        let health = infergrid_e2e::http::health(&api);
+        if health["unserved_blocks"] == serde_json::json!([1, 2]) {
+            break health;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health["status"], "unservable", "{health}");
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":4,"temperature":0}}"#);
+    let request = infergrid_e2e::http::post_request("/v1/completions", None, &body);
+    let (status, _, answer) = infergrid_e2e::http::exchange(&api, &request);
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("block 1 failed to run: no other staked, reachable peer"), "{answer}");
+    let _rest = [swarm.node(1, "1", &[]), swarm.node(2, "2", &[])];
+    let joined = Instant::now();
+    while infergrid_e2e::http::health(&api)["status"] != "ok" {
+        assert!(joined.elapsed() < Duration::from_secs(30), "blocks 1 and 2 never became servable");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "blocks 1 and 2 servable {:.1} s after their nodes started",
+        joined.elapsed().as_secs_f64()
+    );
+    let (status, _, answer) = infergrid_e2e::http::exchange(&api, &request);
+    assert_eq!(status, 200, "{answer}");
+    let (expected, _) = infergrid_e2e::models::local_greedy(&model, "hello", 4).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["choices"][0]["token_ids"], serde_json::json!(expected));
 }

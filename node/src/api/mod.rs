@@ -40,6 +40,13 @@ pub type Embedder = Arc<
     dyn Fn(&[String]) -> Result<(Vec<Vec<f32>>, usize), crate::engine::EngineError> + Send + Sync,
 >;
 
+/// What a gateway routing over the swarm tells `/healthz`.
+pub struct Routing {
+    pub report: Arc<std::sync::Mutex<crate::gateway::RouteReport>>,
+    /// Blocks no usable peer serves now.
+    pub unserved: Arc<dyn Fn() -> Vec<u16> + Send + Sync>,
+}
+
 /// Shared state of the API.
 pub struct ApiState {
     /// The served model's name, context length and vocabulary size.
@@ -52,7 +59,7 @@ pub struct ApiState {
     pub backend: Option<Backend>,
     pub embedder: Option<Embedder>,
     /// Routing facts for `/healthz`, when the backend routes over the swarm.
-    pub routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
+    pub routing: Option<Routing>,
     next_session: AtomicU64,
     /// One permit per generation allowed to run at once.
     sessions: Arc<Semaphore>,
@@ -66,7 +73,7 @@ impl ApiState {
         chat: ChatFormat,
         backend: Option<Backend>,
         embedder: Option<Embedder>,
-        routing: Option<Arc<std::sync::Mutex<crate::gateway::RouteReport>>>,
+        routing: Option<Routing>,
         max_sessions: usize,
     ) -> Arc<Self> {
         let seed =
@@ -136,10 +143,12 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
 }
 
 /// Liveness, plus the current route, every failover with its stall, and what the gateway
-/// owes each node it paid.
-async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+/// owes each node it paid. `503` with `status: unservable` and the `unserved_blocks` while
+/// some block has no usable peer: every request would fail.
+async fn health(State(state): State<Arc<ApiState>>) -> Response {
+    let unserved = state.routing.as_ref().map(|r| (r.unserved)()).unwrap_or_default();
     let routing = state.routing.as_ref().map(|r| {
-        let report = r.lock().expect("route report");
+        let report = r.report.lock().expect("route report");
         serde_json::json!({
             "route": report.route.iter().map(|h| serde_json::json!({
                 "peer": h.peer.to_string(), "first_block": h.first_block, "last_block": h.last_block,
@@ -157,7 +166,15 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     });
     let sessions =
         serde_json::json!({"active": state.active_sessions(), "limit": state.max_sessions});
-    Json(serde_json::json!({"status": "ok", "sessions": sessions, "routing": routing}))
+    let (status, code) = if unserved.is_empty() {
+        ("ok", StatusCode::OK)
+    } else {
+        ("unservable", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let body = serde_json::json!({
+        "status": status, "unserved_blocks": unserved, "sessions": sessions, "routing": routing,
+    });
+    (code, Json(body)).into_response()
 }
 
 fn model_object(state: &ApiState) -> serde_json::Value {
@@ -188,9 +205,8 @@ async fn embeddings(
             Err(e) => return e.into_response(),
         };
     let Some(embedder) = state.embedder.clone() else {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
+        return ApiError::invalid(
+            "model",
             format!("model {} is a text generation model; it has no embeddings", state.model.name),
         )
         .into_response();
@@ -288,6 +304,7 @@ type Running = tokio::task::JoinHandle<Result<Generation, GenerationError>>;
 #[allow(clippy::result_large_err)]
 fn run_job<F>(
     state: &Arc<ApiState>,
+    first_session: u64,
     job: Job,
     mut on_token: impl FnMut(usize) -> F,
 ) -> Result<(Vec<Running>, CancelOnDrop), ApiError>
@@ -300,7 +317,7 @@ where
     let running = (0..job.choices())
         .map(|index| {
             let mut model = Cancellable { model: backend(), cancel: cancel.clone() };
-            let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+            let session = first_session + index as u64;
             let (state, job, permits) = (state.clone(), job.clone(), permits.clone());
             let (cancelled, mut on_token) = (cancel.clone(), on_token(index));
             tokio::task::spawn_blocking(move || {
@@ -347,9 +364,9 @@ async fn completions(State(state): State<Arc<ApiState>>, body: Body) -> Response
         Ok(job) => job,
         Err(e) => return e.into_response(),
     };
-    let number = state.next_session.fetch_add(1, Ordering::Relaxed);
-    let shape = Shape::new(&state, format!("cmpl-{number}"), &job, Endpoint::Completions);
-    respond(&state, job, shape).await
+    let first = state.next_session.fetch_add(job.choices() as u64, Ordering::Relaxed);
+    let shape = Shape::new(&state, format!("cmpl-{first}"), &job, Endpoint::Completions);
+    respond(&state, first, job, shape).await
 }
 
 async fn chat_completions(State(state): State<Arc<ApiState>>, body: Body) -> Response {
@@ -360,9 +377,9 @@ async fn chat_completions(State(state): State<Arc<ApiState>>, body: Body) -> Res
         Ok(job) => job,
         Err(e) => return e.into_response(),
     };
-    let number = state.next_session.fetch_add(1, Ordering::Relaxed);
-    let shape = Shape::new(&state, format!("chatcmpl-{number}"), &job, Endpoint::Chat);
-    respond(&state, job, shape).await
+    let first = state.next_session.fetch_add(job.choices() as u64, Ordering::Relaxed);
+    let shape = Shape::new(&state, format!("chatcmpl-{first}"), &job, Endpoint::Chat);
+    respond(&state, first, job, shape).await
 }
 
 /// Turns a generation request body into a job, or the error to answer: reading and checking
@@ -380,10 +397,18 @@ async fn prepare(
     if state.backend.is_none() {
         return Err(no_generation(state));
     }
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || job(&state, body)).await.map_err(|e| {
+    let (state, limit) = (state.clone(), state.max_sessions);
+    let job = tokio::task::spawn_blocking(move || job(&state, body)).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
-    })?
+    })??;
+    // Each choice is a session: more than the gateway ever runs at once would be a 429 forever.
+    if job.choices() > limit {
+        return Err(ApiError::invalid(
+            "n",
+            format!("{} choices are more than this gateway's {limit} sessions", job.choices()),
+        ));
+    }
+    Ok(job)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,13 +493,15 @@ impl Shape {
 }
 
 /// Runs a generation and answers with one JSON object, or with SSE chunks as tokens arrive.
-async fn respond(state: &Arc<ApiState>, job: Job, shape: Shape) -> Response {
+/// The answer's id names its first choice's session (`cmpl-<session>`), as nodes and logs
+/// see it; choice `i` runs as session `first_session + i`.
+async fn respond(state: &Arc<ApiState>, first_session: u64, job: Job, shape: Shape) -> Response {
     let internal = |e: tokio::task::JoinError| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string())
     };
     if !job.output.stream {
         let (running, _cancel_on_disconnect) =
-            match run_job(state, job, |_| |_: &_| ControlFlow::Continue(())) {
+            match run_job(state, first_session, job, |_| |_: &_| ControlFlow::Continue(())) {
                 Ok(started) => started,
                 Err(e) => return e.into_response(),
             };
@@ -497,7 +524,7 @@ async fn respond(state: &Arc<ApiState>, job: Job, shape: Shape) -> Response {
         }
     }
     // A send fails once the stream is dropped: the client is gone.
-    let started = run_job(state, job, |index| {
+    let started = run_job(state, first_session, job, |index| {
         let (tx, shape, mut offset) = (tx.clone(), shape.clone(), 0);
         move |token: &crate::generate::GeneratedToken| {
             let text = &token.text_delta;

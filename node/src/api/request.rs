@@ -129,7 +129,8 @@ pub struct Sampling {
     top_p: Option<f32>,
     /// vLLM's extension: keep the k most likely tokens (0 or −1: all).
     top_k: Option<i64>,
-    seed: Option<u64>,
+    /// Any 64-bit integer, as OpenAI and vLLM take it (a negative one too).
+    seed: Option<i64>,
     stop: Option<OneOrMany>,
     pub stream: Option<bool>,
     stream_options: Option<StreamOptions>,
@@ -186,6 +187,8 @@ impl Job {
     }
 }
 
+/// Prompt tokens `echo` with `logprobs` may score, over all choices: each is a swarm step.
+const MAX_ECHO_SCORED_TOKENS: usize = 1024;
 /// Choices per request (`n`): each runs as a session of its own, so a request with many
 /// takes as many of the gateway's session slots.
 const MAX_CHOICES: usize = 8;
@@ -315,7 +318,7 @@ impl Sampling {
                 top_k: self.top_k.map_or(0, |k| k.max(0) as usize),
                 top_p: self.top_p.unwrap_or(1.0),
                 // Sampling is random unless seeded, as OpenAI's is.
-                seed: self.seed.unwrap_or_else(rand::random),
+                seed: self.seed.map_or_else(rand::random, |seed| seed as u64),
                 top_logprobs: logprobs.unwrap_or(0),
                 logit_bias,
                 presence_penalty: self.presence_penalty.unwrap_or(0.0),
@@ -414,6 +417,19 @@ impl CompletionRequest {
                 format!("logprobs must be at most {MAX_LOGPROBS}"),
             ));
         }
+        // Counted before anything is tokenized: a body of many tiny prompts costs nothing.
+        let count = match &self.prompt {
+            CompletionPrompt::Text(_) | CompletionPrompt::Ids(_) => 1,
+            CompletionPrompt::Texts(texts) => texts.len(),
+            CompletionPrompt::IdLists(lists) => lists.len(),
+        };
+        let n = self.sampling.n.unwrap_or(1) as usize;
+        if count.saturating_mul(n) > MAX_CHOICES {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("{count} prompts with n = {n} make more than {MAX_CHOICES} choices"),
+            ));
+        }
         // Each prompt as given (for `echo`) and as token ids.
         let prompts: Vec<(Option<&str>, Vec<u32>)> = match &self.prompt {
             CompletionPrompt::Text(text) => {
@@ -432,15 +448,32 @@ impl CompletionRequest {
         if prompts.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt list is empty"));
         }
-        let max_tokens = token_limit("max_tokens", self.sampling.max_tokens.as_ref())?;
+        // With `echo`, 0 asks only for the prompt's log-probabilities (how evaluation
+        // harnesses score text).
+        let max_tokens = token_limit("max_tokens", self.sampling.max_tokens.as_ref(), echo)?;
+        if echo && self.logprobs.is_some() {
+            // The prompt is scored one swarm step per token, for every choice.
+            let scored: usize = prompts.iter().map(|(_, ids)| ids.len()).sum::<usize>() * n;
+            if scored > MAX_ECHO_SCORED_TOKENS {
+                return Err(ApiError::invalid(
+                    "echo",
+                    format!(
+                        "echo with logprobs scores the prompt a token per step: at most \
+                         {MAX_ECHO_SCORED_TOKENS} prompt tokens over all choices, not {scored}"
+                    ),
+                ));
+            }
+        }
         let mut echoed = Vec::new();
         let mut checked = Vec::new();
         for (text, ids) in prompts {
             if echo {
                 echoed.push(match text {
                     Some(text) => text.to_owned(),
+                    // Decoded as the echoed log-probabilities' offsets are (special tokens
+                    // left out).
                     None => tokenizer
-                        .decode(&ids, false)
+                        .decode(&ids, true)
                         .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
                 });
             }
@@ -457,14 +490,16 @@ impl CompletionRequest {
     }
 }
 
-/// A token limit (`max_tokens`, `max_completion_tokens`) as a positive integer, if given.
+/// A token limit (`max_tokens`, `max_completion_tokens`) as a positive integer (or 0 when
+/// `zero_allowed`), if given.
 fn token_limit(
     param: &'static str,
     value: Option<&serde_json::Number>,
+    zero_allowed: bool,
 ) -> Result<(&'static str, Option<u64>), ApiError> {
     match value.map(|n| (n, n.as_u64())) {
         None => Ok((param, None)),
-        Some((_, Some(n))) if n >= 1 => Ok((param, Some(n))),
+        Some((_, Some(n))) if n >= 1 || zero_allowed => Ok((param, Some(n))),
         Some((n, _)) => {
             Err(ApiError::invalid(param, format!("{param} must be a positive integer, not {n}")))
         }
@@ -552,7 +587,12 @@ impl Message {
                 let mut text = String::new();
                 for part in parts {
                     match part {
-                        ContentPart::Text { text: t } => text.push_str(t),
+                        // Parts are joined by newlines, as vLLM joins them.
+                        ContentPart::Text { text: t } if text.is_empty() => text.push_str(t),
+                        ContentPart::Text { text: t } => {
+                            text.push('\n');
+                            text.push_str(t);
+                        }
                         _ => {
                             return Err(ApiError::invalid(
                                 "messages",
@@ -652,9 +692,10 @@ impl ChatRequest {
             .encode(tokenizer)
             .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
         // `max_completion_tokens` replaces the deprecated `max_tokens`; either is honoured.
+        let deprecated = token_limit("max_tokens", self.sampling.max_tokens.as_ref(), false)?;
         let max_tokens = match &self.max_completion_tokens {
-            Some(n) => token_limit("max_completion_tokens", Some(n))?,
-            None => token_limit("max_tokens", self.sampling.max_tokens.as_ref())?,
+            Some(n) => token_limit("max_completion_tokens", Some(n), false)?,
+            None => deprecated,
         };
         let logprobs = (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0));
         // Without a limit a chat runs to the end of the context, as OpenAI's does.
@@ -663,13 +704,19 @@ impl ChatRequest {
     }
 }
 
-/// `POST /v1/embeddings`.
+/// `POST /v1/embeddings`. Any other field is refused, as for generation.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: OneOrMany,
     /// `float` (default) or `base64` (little-endian f32), as the openai SDK asks by default.
     pub encoding_format: Option<String>,
+    /// Accepted, unused (see [`Sampling`]'s).
+    #[allow(dead_code)]
+    user: Option<String>,
+    /// Truncated embeddings are not implemented: refused unless it is the full width.
+    dimensions: Option<u64>,
 }
 
 impl EmbeddingRequest {
@@ -688,6 +735,12 @@ impl EmbeddingRequest {
         }
         if self.texts().is_empty() {
             return Err(ApiError::invalid("input", "input must not be empty"));
+        }
+        if self.dimensions.is_some() {
+            return Err(ApiError::invalid(
+                "dimensions",
+                "dimensions is not supported: embeddings have the model's full width",
+            ));
         }
         Ok(self)
     }

@@ -125,14 +125,36 @@ pub async fn run(args: ChannelsArgs) -> anyhow::Result<()> {
             }
         }
         ChannelsCommand::Close { ids } => {
-            for id in chosen(&ids, &|r| !r.closed && r.closes_at == 0)? {
+            let open = chosen(&ids, &|r| !r.closed && r.closes_at == 0)?;
+            if open.is_empty() {
+                println!(
+                    "no open channel to close ({} channels: `infergrid channels list`)",
+                    all.len()
+                );
+            }
+            for id in open {
                 let receipt = channels.request_close(id).await?;
                 println!("close channel {id}: tx {}", receipt.transaction_hash);
             }
         }
         ChannelsCommand::Finalize { ids } => {
             let ready = |r: &Row| !r.closed && r.closes_at != 0 && now >= r.closes_at;
-            for id in chosen(&ids, &ready)? {
+            let finalizable = chosen(&ids, &ready)?;
+            if finalizable.is_empty() {
+                // Say what is pending, and when it can be finalized.
+                let closing: Vec<String> = all
+                    .iter()
+                    .filter(|r| !r.closed && r.closes_at > now)
+                    .map(|r| format!("channel {} from {}", r.id, super::when::at(r.closes_at, now)))
+                    .collect();
+                match closing.is_empty() {
+                    true => println!("no channel is ready to finalize (none is closing)"),
+                    false => {
+                        println!("no channel is ready to finalize yet: {}", closing.join(", "))
+                    }
+                }
+            }
+            for id in finalizable {
                 let receipt = channels.finalize_close(id).await?;
                 let after = channels.channel(id).await?;
                 let row = all.iter().find(|r| r.id == id).expect("chosen from all");

@@ -558,7 +558,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .paying(wallet, directory.terms())
         .verifying(signatures)
         .pricing(args.wei_per_ms);
-    let report = remote.report();
+    let routing = {
+        let remote = remote.open();
+        infergrid::api::Routing {
+            report: remote.report(),
+            unserved: Arc::new(move || remote.unserved_blocks()),
+        }
+    };
     let limits = args.limits.limits();
     let model = infergrid::api::ModelLimits {
         name: manifest.name.clone(),
@@ -574,7 +580,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             chat,
             Some(backend),
             None,
-            Some(report),
+            Some(routing),
             limits.max_sessions,
         )
     } else {
@@ -590,7 +596,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             ChatFormat::Plain,
             None,
             Some(embedder),
-            Some(report),
+            Some(routing),
             sessions,
         )
     };

@@ -12,7 +12,7 @@ use crate::generate::TextModel;
 use crate::net::Network;
 use crate::net::codec::{Payload, StepKind};
 use crate::pay::{Tab, Wallet};
-use crate::route::{Candidate, CostModel, Hop, plan};
+use crate::route::{Candidate, CostModel, Hop, plan, unserved};
 
 /// How a step to a hop failed, for routing.
 enum StepFailure {
@@ -198,18 +198,25 @@ impl RemoteModel {
     fn plan_from(&self, from: u16, needed_tokens: usize) -> Result<Vec<Hop>, EngineError> {
         let candidates = self.router.candidates.lock().expect("candidates").clone();
         let banned = self.router.hops.bans().banned();
-        plan(
-            &candidates,
-            from,
-            self.router.config.num_blocks,
-            &banned,
-            &self.router.cost,
-            needed_tokens,
-        )
-        .ok_or_else(|| EngineError::Run {
-            block: from as usize,
-            reason: "no staked, reachable peer serves this block".into(),
+        let to = self.router.config.num_blocks;
+        plan(&candidates, from, to, &banned, &self.router.cost, needed_tokens).ok_or_else(|| {
+            // Name the block nobody serves, not where the route was to start.
+            let block = unserved(&candidates, from, to, &banned).first().copied().unwrap_or(from);
+            EngineError::Run {
+                block: block as usize,
+                reason: "no staked, reachable peer serves this block".into(),
+            }
         })
+    }
+
+    /// Blocks no staked peer the gateway has heard from (a ping answered, or an announcement)
+    /// serves now; peers whose last contact failed count out until they answer again. While
+    /// any is left, requests fail.
+    pub fn unserved_blocks(&self) -> Vec<u16> {
+        let mut candidates = self.router.candidates.lock().expect("candidates").clone();
+        candidates.retain(|c| c.rtt_ms.is_some() || c.compute_ms.is_some());
+        let banned = self.router.hops.bans().banned();
+        unserved(&candidates, 0, self.router.config.num_blocks, &banned)
     }
 
     /// Whether `peer` is still in the live directory.

@@ -161,6 +161,23 @@ pub fn plan(
     Some(hops)
 }
 
+/// Blocks in `from..to` that no usable candidate (not banned, well-formed) serves: [`plan`]
+/// finds a route exactly when there are none.
+pub fn unserved(
+    candidates: &[Candidate],
+    from: u16,
+    to: u16,
+    banned: &HashSet<PeerId>,
+) -> Vec<u16> {
+    (from..to)
+        .filter(|&block| {
+            !candidates.iter().any(|c| {
+                !banned.contains(&c.peer) && c.first_block <= block && block <= c.last_block
+            })
+        })
+        .collect()
+}
+
 /// Peers that failed recently, banned with exponential backoff, and peers banned for good.
 #[derive(Debug, Default)]
 pub struct Bans {
