@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::{NODE_PORT_BASE, Role};
-use infergrid_e2e::procs::{Swarm, binary, llama_devnet, start};
+use infergrid_e2e::procs::{SWARM, Swarm, binary, llama_devnet, start};
 
 /// Runs `infergrid node` as operator `index` with `args`, expecting it to refuse: its last
 /// stderr line. A node that starts instead fails the test (killed after 60 s).
@@ -37,6 +37,7 @@ fn refused(swarm: &Swarm, index: usize, args: &[&str]) -> String {
 
 #[test]
 fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
     let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
@@ -123,4 +124,31 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     let (expected, _) = infergrid_e2e::models::local_greedy(&model, "hello", 4).unwrap();
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["choices"][0]["token_ids"], serde_json::json!(expected));
+}
+
+/// A devnet's node stopped by hand is reaped and reported by the devnet, not left a zombie.
+#[test]
+fn a_devnet_reaps_and_reports_a_node_stopped_by_hand() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--layers", "3", "--seed", "21"];
+    let hf = infergrid_e2e::models::make_checkpoint(dir.path(), "llama", &flags).unwrap();
+    let model = infergrid_e2e::models::import(&hf, &dir.path().join("model"), 3).unwrap();
+    let args = ["--nodes", "3", "--api", "127.0.0.1:0"];
+    let (_devnet, manifest, _) =
+        infergrid_e2e::procs::devnet_with(dir.path(), model.to_str().unwrap(), &args);
+    let pid = manifest["node_pids"][1].as_u64().unwrap();
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let expected = format!("devnet: node 1 (pid {pid}) exited (signal: 9 (SIGKILL))");
+    let stopped = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+        if log.contains(&expected) {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(10), "no {expected:?} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reaped: no zombie entry left under /proc.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} is a zombie");
 }

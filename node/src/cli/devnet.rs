@@ -291,21 +291,34 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
     }
     println!("press Ctrl-C to stop");
 
-    tokio::select! {
-        signal = tokio::signal::ctrl_c() => {
-            signal.context("waiting for Ctrl-C")?;
-            if let Some(swarm) = swarm {
-                eprintln!("devnet: stopping the validators, gateway and nodes");
-                swarm.stop().await;
+    let mut swarm = swarm;
+    loop {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("waiting for Ctrl-C")?;
+                if let Some(swarm) = swarm {
+                    eprintln!("devnet: stopping the validators, gateway and nodes");
+                    swarm.stop().await;
+                }
+                eprintln!("devnet: stopping anvil");
+                anvil.stop().await.context("stopping anvil")?;
+                return Ok(());
             }
-            eprintln!("devnet: stopping anvil");
-            anvil.stop().await.context("stopping anvil")?;
-        }
-        status = anvil.exited() => {
-            anyhow::bail!("anvil exited unexpectedly ({})", status.context("waiting for anvil")?);
+            status = anvil.exited() => {
+                anyhow::bail!("anvil exited unexpectedly ({})", status.context("waiting for anvil")?);
+            }
+            exited = next_exit(swarm.as_mut()) => eprintln!("devnet: {exited}"),
         }
     }
-    Ok(())
+}
+
+/// The next of `swarm`'s processes to exit (stopped by hand, or crashed), reaped so that no
+/// zombie is left; never, without a swarm.
+async fn next_exit(swarm: Option<&mut Swarm>) -> String {
+    match swarm {
+        Some(swarm) => swarm.next_exit().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {
@@ -325,6 +338,26 @@ impl Swarm {
     fn everyone(&mut self) -> impl Iterator<Item = &mut tokio::process::Child> {
         let nodes = self.nodes.iter_mut();
         self.validators.iter_mut().chain(std::iter::once(&mut self.gateway)).chain(nodes)
+    }
+
+    /// Waits until one of the processes exits and says which; a reaped process has no pid
+    /// any more, so it is reported once.
+    async fn next_exit(&mut self) -> String {
+        loop {
+            let validators =
+                self.validators.iter_mut().enumerate().map(|(i, c)| (format!("validator {i}"), c));
+            let nodes = self.nodes.iter_mut().enumerate().map(|(i, c)| (format!("node {i}"), c));
+            let everyone = validators
+                .chain(std::iter::once(("gateway".to_owned(), &mut self.gateway)))
+                .chain(nodes);
+            for (name, child) in everyone {
+                let Some(pid) = child.id() else { continue };
+                if let Ok(Some(status)) = child.try_wait() {
+                    return format!("{name} (pid {pid}) exited ({status})");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 
     /// Interrupts every process (as Ctrl-C would) and waits for it.

@@ -1,0 +1,149 @@
+//! README's "Run a node", followed top to bottom with `infergrid` commands only (no `cast`):
+//! a new key joins a running network for block 1, is routed to and paid, unbonds, is refused
+//! an early withdrawal with the time left, and withdraws once the devnet's clock moved on.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use infergrid_e2e::http::{exchange, health, post_request};
+use infergrid_e2e::models::local_greedy;
+use infergrid_e2e::procs::{Proc, Swarm, binary, free_port, llama_devnet, start};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// `infergrid ARGS` against the devnet, with the keystore password set.
+fn infergrid(swarm: &Swarm, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .args(["--rpc-url", swarm.rpc, "--deployment", swarm.deployment])
+        .env("INFERGRID_KEYSTORE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap()
+}
+
+fn succeeded(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn refused(out: Output) -> String {
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm = Swarm {
+        model: model.to_str().unwrap(),
+        rpc: &rpc,
+        deployment: deployment.to_str().unwrap(),
+        dir: dir.path(),
+    };
+    // The network: blocks 0 and 2 served; the operator registered for block 1 is not running.
+    let _nodes: Vec<Proc> = [(0, "0"), (2, "2")].map(|(i, b)| swarm.node(i, b, &[])).into();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _gateway = swarm.gateway(&api, &[]);
+
+    // A new key, in an encrypted keystore, funded by the devnet.
+    let keystore = dir.path().join("op.json");
+    let keystore = keystore.to_str().unwrap();
+    let created = Command::new(binary())
+        .args(["keystore", "new", "--out", keystore])
+        .env("INFERGRID_KEYSTORE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let address = succeeded(created).trim().to_owned();
+    assert!(address.starts_with("0x") && address.len() == 42, "{address}");
+    let funded = succeeded(infergrid(&swarm, &["devnet", "fund", &address, "--btt", "2000"]));
+    assert!(funded.contains(": 2000 BTT, 10 ether"), "{funded}");
+
+    // Register for block 1 where the node will listen, and start it there.
+    let port = free_port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let registered = succeeded(infergrid(
+        &swarm,
+        &[
+            "operator",
+            "register",
+            "--keystore",
+            keystore,
+            "--model",
+            swarm.model,
+            "--blocks",
+            "1",
+            "--price",
+            "1000wei",
+            "--stake",
+            "1000BTT",
+            "--multiaddr",
+            &listen,
+        ],
+    ));
+    assert!(registered.contains("register: tx 0x") && registered.contains("active       true"));
+    let ledger = dir.path().join("op-ledger.redb");
+    let node_args = [
+        "node",
+        "--keystore",
+        keystore,
+        "--model",
+        swarm.model,
+        "--blocks",
+        "1",
+        "--listen",
+        &listen,
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--rpc-url",
+        swarm.rpc,
+        "--deployment",
+        swarm.deployment,
+    ];
+    let password = [("INFERGRID_KEYSTORE_PASSWORD", PASSWORD.to_owned())];
+    let (_node, _) = start(&node_args, &password, "node ready");
+
+    // Routed within a directory refresh or two: /healthz is ok once the gateway heard from it,
+    // a completion equals the model run whole, and the gateway has signed vouchers to it.
+    let joined = Instant::now();
+    while health(&api)["status"] != "ok" {
+        assert!(joined.elapsed() < Duration::from_secs(30), "{}", health(&api));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":8,"temperature":0}}"#);
+    let (status, _, answer) = exchange(&api, &post_request("/v1/completions", None, &body));
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let (expected, _) = local_greedy(&model, "hello", 8).unwrap();
+    assert_eq!(answer["choices"][0]["token_ids"], serde_json::json!(expected));
+    let tabs = health(&api)["routing"]["payments"].as_array().unwrap().clone();
+    let earned = tabs
+        .iter()
+        .find(|t| t["operator"].as_str().unwrap().eq_ignore_ascii_case(&address))
+        .unwrap_or_else(|| panic!("no tab for {address}: {tabs:?}"));
+    assert_ne!(earned["signed"], "0", "{earned}");
+    eprintln!(
+        "joined and routed {:.1} s after start; signed {} wei for its tokens",
+        joined.elapsed().as_secs_f64(),
+        earned["signed"]
+    );
+
+    // Leaving: unbonding below the minimum needs --yes; withdrawing early is refused with
+    // the time left; after the devnet's clock moves a week, the stake comes back.
+    let unbond = ["operator", "unbond", "1000", "--keystore", keystore];
+    let error = refused(infergrid(&swarm, &unbond));
+    assert!(error.contains("below the minimum 1000 BTT") && error.contains("--yes"), "{error}");
+    let unbonding = succeeded(infergrid(&swarm, &[&unbond[..], &["--yes"]].concat()));
+    assert!(unbonding.contains("active       false"), "{unbonding}");
+    let withdraw = ["operator", "withdraw", "--keystore", keystore];
+    let error = refused(infergrid(&swarm, &withdraw));
+    assert!(error.contains("1000 BTT can be withdrawn at 20"), "{error}");
+    assert!(error.contains("(in 7d)") || error.contains("(in 6d 23h)"), "{error}");
+    let advanced = succeeded(infergrid(&swarm, &["devnet", "advance-time", "7d"]));
+    assert!(advanced.contains("clock moved 7d forward"), "{advanced}");
+    let withdrawn = succeeded(infergrid(&swarm, &withdraw));
+    assert!(withdrawn.contains("withdraw: tx 0x") && withdrawn.contains("unbonding    0 BTT"));
+}
