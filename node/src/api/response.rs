@@ -196,13 +196,20 @@ pub fn completion_chunk(
 ) -> Value {
     let tokens = delta.token.map(std::slice::from_ref).unwrap_or_default();
     let logprobs = output.logprobs.map(|_| completion_logprobs(tokens, delta.offset, names));
+    let choice = json!({
+        "index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish.map(finish),
+        // Extension, as in the whole answer: the chunk's token ids.
+        "token_ids": tokens.iter().map(|t| t.choice.id).collect::<Vec<_>>(),
+    });
+    stream_chunk(answer, "text_completion", choice, output)
+}
+
+/// A streamed chunk around one `choice`: with `include_usage`, every chunk but the last
+/// carries `usage: null`.
+fn stream_chunk(answer: &Answer, object: &str, choice: Value, output: &Output) -> Value {
     let mut chunk = json!({
-        "id": answer.id, "object": "text_completion", "created": answer.created, "model": answer.model,
-        "choices": [{
-            "index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish.map(finish),
-            // Extension, as in the whole answer: the chunk's token ids.
-            "token_ids": tokens.iter().map(|t| t.choice.id).collect::<Vec<_>>(),
-        }],
+        "id": answer.id, "object": object, "created": answer.created, "model": answer.model,
+        "choices": [choice],
     });
     if output.include_usage {
         chunk["usage"] = Value::Null;
@@ -228,14 +235,10 @@ pub fn chat_chunk(
     }
     let logprobs =
         output.logprobs.filter(|_| !tokens.is_empty()).map(|_| chat_logprobs(tokens, names));
-    let mut chunk = json!({
-        "id": answer.id, "object": "chat.completion.chunk", "created": answer.created, "model": answer.model,
-        "choices": [{"index": delta.index, "delta": message, "logprobs": logprobs, "finish_reason": delta.finish.map(finish)}],
+    let choice = json!({
+        "index": delta.index, "delta": message, "logprobs": logprobs, "finish_reason": delta.finish.map(finish),
     });
-    if output.include_usage {
-        chunk["usage"] = Value::Null;
-    }
-    chunk
+    stream_chunk(answer, "chat.completion.chunk", choice, output)
 }
 
 /// The chunk that ends a stream with `stream_options.include_usage`: no choices, the usage.
