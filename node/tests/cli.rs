@@ -32,6 +32,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
         .arg(dir.path().join("out"))
         .arg("--ready-file")
         .arg(&ready)
+        .env("XDG_CONFIG_HOME", dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -45,6 +46,11 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
     assert_eq!(manifest["roles"]["operators"].as_array().map(Vec::len), Some(4));
     assert_eq!(manifest["roles"]["validators"].as_array().map(Vec::len), Some(3));
     assert_eq!(manifest["roles"]["payers"].as_array().map(Vec::len), Some(6));
+    // It records itself as the user's current devnet, for commands run from anywhere.
+    let record = dir.path().join("infergrid/devnet.json");
+    let current: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record)?)?;
+    assert_eq!(current["rpc_url"], url.as_str());
+    assert_eq!(current["deployment_file"], manifest["deployment_file"]);
 
     // `cast` reads the registered node's stake from the address in the ready file.
     let out = Command::new(tools::locate(Tool::Cast)?)
@@ -75,6 +81,7 @@ async fn devnet_comes_up_registers_roles_dumps_state_and_stops_on_ctrl_c() -> an
         Account::connect(&url, &accounts_with(Role::Payer)[0].private_key).await.is_err(),
         "anvil still up"
     );
+    assert!(!record.exists(), "a stopped devnet is no longer the current one");
     Ok(())
 }
 
@@ -100,6 +107,7 @@ fn devnet_staffs_up_to_its_accounts_with_short_epochs() {
         .arg(&out)
         .arg("--ready-file")
         .arg(&ready)
+        .env("XDG_CONFIG_HOME", dir.path())
         .stdout(Stdio::null())
         .spawn()
         .expect("start the devnet");

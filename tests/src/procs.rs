@@ -36,6 +36,16 @@ pub fn binary() -> PathBuf {
 
 /// Starts `infergrid ARGS` and waits for a stdout line starting with `ready`.
 pub fn start(args: &[&str], env: &[(&str, String)], ready: &str) -> (Proc, String) {
+    let (proc, line, _) = start_following(args, env, ready);
+    (proc, line)
+}
+
+/// [`start`], and the stdout lines that follow the ready line, as the process prints them.
+pub fn start_following(
+    args: &[&str],
+    env: &[(&str, String)],
+    ready: &str,
+) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(binary());
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     for (k, v) in env {
@@ -50,8 +60,32 @@ pub fn start(args: &[&str], env: &[(&str, String)], ready: &str) -> (Proc, Strin
             _ => panic!("infergrid {args:?} exited before {ready:?}"),
         }
     };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), line)
+    let (sender, following) = std::sync::mpsc::channel();
+    // Lines nobody waits for are dropped; the pipe is drained either way.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    (Proc(child), line, following)
+}
+
+/// Waits up to `within` for a line containing `text`; the line, or every line seen.
+pub fn expect_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    text: &str,
+    within: Duration,
+) -> Result<String, Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    Err(seen)
 }
 
 pub fn free_port() -> u16 {
@@ -119,6 +153,8 @@ fn devnet_started(
                 ready_file.to_str().unwrap(),
             ])
             .args(extra)
+            // The devnet records itself as the user's current one: here, in the test's folder.
+            .env("XDG_CONFIG_HOME", dir)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

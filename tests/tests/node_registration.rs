@@ -109,6 +109,33 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     let (status, _, answer) = infergrid_e2e::http::exchange(&api, &request);
     assert_eq!(status, 503, "{answer}");
     assert!(answer.contains("block 1 failed to run: no other staked, reachable peer"), "{answer}");
+    // The node that failed shows under failovers, with no peer taking over; and no channel
+    // was opened (no deposit locked up) to it, since it never answered a ping.
+    let health = infergrid_e2e::http::health(&api);
+    let operator1 = &manifest["roles"]["operators"][1];
+    let failed = health["routing"]["failovers"].as_array().unwrap();
+    assert!(
+        failed.iter().any(|f| f["failed_peer"] == operator1["peer_id"]
+            && f["recovered"] == false
+            && f["reason"].as_str().unwrap().contains("no channel was opened")),
+        "{health}"
+    );
+    let listed = Command::new(binary())
+        .args(["channels", "list", "--json", "--rpc-url", &rpc, "--deployment"])
+        .arg(&deployment)
+        .env("INFERGRID_PAYER_KEY", infergrid_e2e::dev(Role::Payer, 0).private_key.to_string())
+        .output()
+        .unwrap();
+    let channels: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let to = |node: &serde_json::Value| {
+        channels
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["node"].as_str().unwrap().eq_ignore_ascii_case(node.as_str().unwrap()))
+    };
+    assert!(to(&manifest["roles"]["operators"][0]["address"]), "{channels}");
+    assert!(!to(&operator1["address"]), "a channel to the unreachable node: {channels}");
     let _rest = [swarm.node(1, "1", &[]), swarm.node(2, "2", &[])];
     let joined = Instant::now();
     while infergrid_e2e::http::health(&api)["status"] != "ok" {

@@ -142,9 +142,10 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
     limits.guard(open, v1).layer(axum::extract::DefaultBodyLimit::disable()).with_state(state)
 }
 
-/// Liveness, plus the current route, every failover with its stall, and what the gateway
-/// owes each node it paid. `503` with `status: unservable` and the `unserved_blocks` while
-/// some block has no usable peer: every request would fail.
+/// Liveness, plus the current route, the latest failovers (with their stall, and whether a
+/// peer took over), and what the gateway owes each node it paid. `503` with
+/// `status: unservable` and the `unserved_blocks` while some block has no usable peer: every
+/// request would fail.
 async fn health(State(state): State<Arc<ApiState>>) -> Response {
     let unserved = state.routing.as_ref().map(|r| (r.unserved)()).unwrap_or_default();
     let routing = state.routing.as_ref().map(|r| {
@@ -154,8 +155,12 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
                 "peer": h.peer.to_string(), "first_block": h.first_block, "last_block": h.last_block,
             })).collect::<Vec<_>>(),
             "failovers": report.failovers.iter().map(|f| serde_json::json!({
-                "failed_peer": f.failed_peer.to_string(), "reason": f.reason, "stall_ms": f.stall.as_secs_f64() * 1e3,
+                "failed_peer": f.failed_peer.to_string(), "reason": f.reason,
+                "recovered": !f.replacement.is_empty(),
+                "replacement": f.replacement.iter().map(|h| h.peer.to_string()).collect::<Vec<_>>(),
+                "stall_ms": f.stall.as_secs_f64() * 1e3,
             })).collect::<Vec<_>>(),
+            "failovers_total": report.failovers_total,
             // Amounts in wei as decimal strings: exact, unlike JSON numbers.
             "payments": report.payments.iter().map(|t| serde_json::json!({
                 "operator": t.operator.to_string(), "channel": t.channel.to_string(),

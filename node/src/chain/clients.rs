@@ -269,6 +269,17 @@ impl Channels {
             .await?;
         Ok(logs.into_iter().map(|(event, _)| event.channelId).collect())
     }
+    /// What `finalizeClose` refunded to the payer of a closed channel (`ChannelClosed`), or
+    /// `None` while it is not closed.
+    pub async fn refunded(
+        &self,
+        channel_id: U256,
+        from_block: u64,
+    ) -> Result<Option<U256>, ChainError> {
+        let logs =
+            self.0.ChannelClosed_filter().topic1(channel_id).from_block(from_block).query().await?;
+        Ok(logs.first().map(|(event, _)| event.refund))
+    }
     /// Whether `finalizeClose` has run on the channel.
     pub async fn is_closed(&self, channel_id: U256) -> Result<bool, ChainError> {
         Ok(self.0.isClosed(channel_id).call().await?)

@@ -50,7 +50,7 @@ struct NodeReport<'a> {
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let deployment = args.chain.load()?;
-    let auditor = Auditor::connect(&args.chain.rpc_url, &deployment).await?;
+    let auditor = Auditor::connect(&args.chain.rpc_url(), &deployment).await?;
     match args.command {
         AuditCommand::Nodes { json } => {
             let nodes = auditor.nodes().await?;

@@ -60,7 +60,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 
 pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
     match cmd {
-        ChainCommand::Info { chain } => info(&chain.rpc_url, &chain.load()?).await,
+        ChainCommand::Info { chain } => info(&chain.rpc_url(), &chain.load()?).await,
     }
 }
 

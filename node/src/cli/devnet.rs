@@ -12,6 +12,8 @@ use infergrid::devnet::{
 };
 use infergrid::tools::{self, Tool};
 
+use super::target::CurrentDevnet;
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct DevnetArgs {
@@ -80,10 +82,10 @@ enum DevnetAction {
     /// Give an address test BTT (minted by the deployer) and ether for gas.
     Fund {
         address: Address,
-        /// Whole BTT to mint to it.
+        /// BTT to mint to it (0: only set its ether).
         #[arg(long, default_value = "10000")]
         btt: String,
-        /// Whole ether to set as its balance.
+        /// Ether to set as its balance (not added to it).
         #[arg(long, default_value = "10")]
         eth: String,
         #[command(flatten)]
@@ -111,12 +113,12 @@ async fn helper(action: DevnetAction) -> anyhow::Result<()> {
     let (DevnetAction::Fund { chain, .. } | DevnetAction::AdvanceTime { chain, .. }) = &action;
     let deployment = chain.load()?;
     let deployer = accounts_with(infergrid::devnet::Role::Deployer)[0].private_key;
-    let account = Account::connect(&chain.rpc_url, &deployer).await?;
+    let rpc_url = chain.rpc_url();
+    let account = Account::connect(&rpc_url, &deployer).await?;
     let chain_id = account.provider.get_chain_id().await?;
     anyhow::ensure!(
         chain_id == DEVNET_CHAIN_ID,
-        "{} is chain {chain_id}, not a devnet ({DEVNET_CHAIN_ID}): this only works on `infergrid devnet`",
-        chain.rpc_url
+        "{rpc_url} is chain {chain_id}, not a devnet ({DEVNET_CHAIN_ID}): this only works on `infergrid devnet`"
     );
     match action {
         DevnetAction::Fund { address, btt, eth, .. } => {
@@ -125,7 +127,9 @@ async fn helper(action: DevnetAction) -> anyhow::Result<()> {
                 parse_ether(&btt).with_context(|| format!("--btt {btt:?} is not an amount"))?;
             let eth =
                 parse_ether(&eth).with_context(|| format!("--eth {eth:?} is not an amount"))?;
-            contracts.token.mint(address, btt).await?;
+            if !btt.is_zero() {
+                contracts.token.mint(address, btt).await?;
+            }
             let _: () = account
                 .provider
                 .raw_request("anvil_setBalance".into(), (address, eth))
@@ -289,6 +293,16 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
     if let Some(api) = &manifest.api_url {
         println!("  OpenAI API       {api} ({} nodes)", manifest.node_pids.len());
     }
+    // Commands run from any directory, without --rpc-url and --deployment, use this devnet.
+    let current =
+        CurrentDevnet { rpc_url: url.clone(), deployment_file: absolute(&deployment_file) };
+    match current.record() {
+        Ok(file) => println!(
+            "  recorded in      {} (the default for commands run elsewhere)",
+            file.display()
+        ),
+        Err(e) => eprintln!("devnet: warning: not recorded as your current devnet: {e}"),
+    }
     println!("press Ctrl-C to stop");
 
     let mut swarm = swarm;
@@ -301,10 +315,12 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                     swarm.stop().await;
                 }
                 eprintln!("devnet: stopping anvil");
+                current.forget();
                 anvil.stop().await.context("stopping anvil")?;
                 return Ok(());
             }
             status = anvil.exited() => {
+                current.forget();
                 anyhow::bail!("anvil exited unexpectedly ({})", status.context("waiting for anvil")?);
             }
             exited = next_exit(swarm.as_mut()) => eprintln!("devnet: {exited}"),

@@ -18,14 +18,13 @@ mod model;
 mod operator;
 mod registration;
 mod swarm;
+mod target;
 mod validator;
 mod when;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use alloy::primitives::B256;
-use clap::{Args, Parser, Subcommand};
-use infergrid::chain::{Account, Deployment};
+pub use target::ChainTarget;
 
 /// InferGrid: a decentralized inference network paid per token in BTT.
 ///
@@ -109,54 +108,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => swarm::gateway(args).await,
         Command::Ledger(args) => ledger::run(args),
         Command::Channels(args) => channels::run(args).await,
-    }
-}
-
-/// The chain a command talks to and the InferGrid deployment on it.
-#[derive(Debug, Args)]
-pub struct ChainTarget {
-    /// JSON-RPC endpoint of the chain with the InferGrid contracts.
-    #[arg(long, global = true, env = "INFERGRID_RPC_URL", default_value = "http://127.0.0.1:8545")]
-    rpc_url: String,
-    /// Deployment file (from `infergrid devnet` or `infergrid deploy`); a relative path is
-    /// read from the current directory.
-    #[arg(
-        long,
-        global = true,
-        env = "INFERGRID_DEPLOYMENT",
-        default_value = "anvil-fixtures/devnet/deployment.json"
-    )]
-    deployment: PathBuf,
-}
-
-impl ChainTarget {
-    /// The deployment file's contents; a missing file says which was tried and how to point
-    /// at another.
-    fn load(&self) -> anyhow::Result<Deployment> {
-        match Deployment::load(&self.deployment) {
-            Err(infergrid::chain::DeploymentFileError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                let directory = std::env::current_dir()
-                    .map(|d| format!(" in {}", d.display()))
-                    .unwrap_or_default();
-                anyhow::bail!(
-                    "no deployment file {}{directory}: run `infergrid devnet` there, or pass \
-                     --deployment FILE (or set INFERGRID_DEPLOYMENT) to the deployment.json that \
-                     `infergrid devnet` or `infergrid deploy` wrote",
-                    self.deployment.display()
-                )
-            }
-            loaded => Ok(loaded?),
-        }
-    }
-
-    /// Connects as the holder of `secret`, checked to serve the deployment.
-    async fn account(&self, secret: &B256) -> anyhow::Result<(Deployment, Account)> {
-        let deployment = self.load()?;
-        let account = Account::connect(&self.rpc_url, secret).await?;
-        account.check_deployment(&deployment).await?;
-        Ok((deployment, account))
     }
 }
 

@@ -215,11 +215,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         OperatorCommand::Deregister => report("deregister", &c.registry.deregister().await?),
         OperatorCommand::Status { address } => {
-            return status(&args.chain.rpc_url, &deployment, address.unwrap_or(account.address))
+            return status(&args.chain.rpc_url(), &deployment, address.unwrap_or(account.address))
                 .await;
         }
     }
-    status(&args.chain.rpc_url, &deployment, account.address).await
+    status(&args.chain.rpc_url(), &deployment, account.address).await
 }
 
 /// `addresses` with this node's `/p2p/<peer id>` suffix.

@@ -5,8 +5,12 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use alloy::primitives::B256;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use infergrid::chain::audit::format_tokens;
 use infergrid::chain::bindings::NodeRegistry;
+use infergrid::chain::{ChainError, Registry};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
@@ -129,6 +133,58 @@ pub fn check_ports_free(listen: &[Multiaddr]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Why gateways do not route to `operator`'s node, if they do not: its stake is below the
+/// minimum (unbonded), or it is jailed.
+pub async fn inactive(
+    registry: &Registry,
+    operator: Address,
+) -> Result<Option<String>, ChainError> {
+    if registry.is_active(operator).await? {
+        return Ok(None);
+    }
+    let record = registry.node(operator).await?;
+    let min_stake = registry.min_stake().await?;
+    Ok(Some(if record.stake < min_stake {
+        format!(
+            "its stake {} is below the minimum {}; add stake with `infergrid operator stake AMOUNT`",
+            format_tokens(record.stake),
+            format_tokens(min_stake)
+        )
+    } else {
+        format!(
+            "it is jailed until {}; then `infergrid operator unjail`",
+            super::when::utc(record.jailedUntil)
+        )
+    }))
+}
+
+/// Looks at the node's standing every `every` and logs each change: a node unbonded below
+/// the minimum or jailed while running keeps answering the peers it has, but earns nothing
+/// new, and its operator should hear of it from the node itself.
+pub async fn watch_standing(registry: Registry, operator: Address, every: Duration) {
+    let mut last = inactive(&registry, operator).await.ok().flatten();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // immediate; `last` is the standing at start
+    loop {
+        tick.tick().await;
+        let now = match inactive(&registry, operator).await {
+            Ok(now) => now,
+            Err(e) => {
+                eprintln!("node: reading its standing on-chain failed (retrying): {e}");
+                continue;
+            }
+        };
+        match (&last, &now) {
+            (_, Some(why)) if last.as_ref() != Some(why) => {
+                println!("node: INACTIVE, gateways will not route here: {why}")
+            }
+            (Some(_), None) => println!("node: active again: gateways route here"),
+            _ => {}
+        }
+        last = now;
+    }
 }
 
 /// The IP and TCP port of `address`, if it is an `/ip4` or `/ip6` TCP address.

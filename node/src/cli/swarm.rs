@@ -28,7 +28,6 @@ use libp2p::{Multiaddr, PeerId};
 use super::ChainTarget;
 use super::keys::KeyArgs;
 use super::registration;
-use infergrid::chain::audit::format_tokens;
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -80,6 +79,10 @@ pub struct NodeArgs {
     /// Seconds between looks at the channels (close requests, value worth redeeming).
     #[arg(long, default_value_t = 10)]
     redeem_check_secs: u64,
+    /// Seconds between looks at the node's standing on-chain: it logs when it turns inactive
+    /// (stake unbonded below the minimum, jailed) or active again.
+    #[arg(long, default_value_t = 30)]
+    standing_check_secs: u64,
     /// Where the blocks run: `cpu`, or `cuda[:N]` (falls back to CPU with a warning).
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -133,7 +136,7 @@ impl NodeLimitArgs {
 
 /// Compares the node's registration with how it was started: refuses a mismatch with the fix,
 /// or with `update` registers how it was started; says loudly when the node is inactive or
-/// jailed, since it then earns nothing.
+/// jailed, since it then earns nothing (and [`registration::watch_standing`] says so later).
 async fn check_registration(
     registry: &Registry,
     operator: alloy::primitives::Address,
@@ -168,21 +171,7 @@ async fn check_registration(
             receipt.transaction_hash, started.model_id, started.blocks.0, started.blocks.1
         );
     }
-    if !registry.is_active(operator).await? {
-        let min_stake = registry.min_stake().await?;
-        let why = if record.stake < min_stake {
-            format!(
-                "its stake {} is below the minimum {}; add stake with `infergrid operator stake \
-                 AMOUNT`",
-                format_tokens(record.stake),
-                format_tokens(min_stake)
-            )
-        } else {
-            format!(
-                "it is jailed until {}; then `infergrid operator unjail`",
-                super::when::utc(record.jailedUntil)
-            )
-        };
+    if let Some(why) = registration::inactive(registry, operator).await? {
         eprintln!("node: INACTIVE, gateways will not route here: {why}");
     }
     Ok(())
@@ -212,6 +201,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         };
         check_registration(&registry, operator.address(), &started, args.update_registration)
             .await?;
+        let every = Duration::from_secs(args.standing_check_secs.max(1));
+        tokio::spawn(registration::watch_standing(registry.clone(), operator.address(), every));
     } else {
         eprintln!(
             "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
@@ -641,10 +632,7 @@ pub async fn wallet(
             config.deposit
         );
     }
-    let path = args
-        .wallet
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!(".infergrid/wallets/{}.redb", payer.address())));
+    let path = args.wallet.clone().unwrap_or_else(|| default_wallet(payer.address()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -665,6 +653,11 @@ pub async fn wallet(
         deployment_fingerprint(&account.provider, deployment).await?,
     )
     .with_context(|| format!("opening the wallet {}", path.display()))
+}
+
+/// Where a payer's wallet is kept unless `--wallet` says otherwise.
+pub fn default_wallet(payer: alloy::primitives::Address) -> PathBuf {
+    PathBuf::from(format!(".infergrid/wallets/{payer}.redb"))
 }
 
 /// One line per voucher a redemption left out, naming the channel and why.

@@ -3,6 +3,7 @@
 //! payments, so that a node cannot tell a challenge from a user's request.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 
@@ -15,6 +16,11 @@ use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKin
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Hop};
+
+/// How long a node never heard from gets to answer a ping before it is paid (see
+/// [`HopClient::call`]): the directory dials every node it lists, and a reachable one answers
+/// its first ping within a round trip of the connection.
+const FIRST_CONTACT: Duration = Duration::from_secs(3);
 
 /// Why a hop failed.
 #[derive(Debug)]
@@ -89,7 +95,8 @@ impl HopClient {
     /// Sends one step to one hop, paying for it when this client pays, and checks the answer
     /// (shape and values, and the operator's signature when this client verifies). An answer
     /// failing its checks is `HopError::Invalid` and unpaid; a malformed one forbids the peer
-    /// for good, a signature that does not check backs it off.
+    /// for good, a signature that does not check backs it off. A node never heard from is
+    /// not paid (nor a channel opened to it) until it answers a ping.
     pub fn call(
         &self,
         hop: &Hop,
@@ -113,6 +120,7 @@ impl HopClient {
         let units = step_units(&request);
         let terms = self.terms(hop)?;
         if let Some(terms) = terms {
+            self.reachable_before_paying(hop, terms)?;
             // An encoder request is whole (no Close step follows to settle it), so it is paid
             // with its own voucher, ahead of the answer.
             let ahead = matches!(request.payload, Payload::Masked { .. });
@@ -189,6 +197,27 @@ impl HopClient {
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
         }
+    }
+
+    /// A node this run has no channel to yet is paid only once it has answered a ping
+    /// (waiting up to [`FIRST_CONTACT`] for one): opening its channel deposits funds, which a
+    /// node nobody can reach must not lock up until the channel's close window ends.
+    fn reachable_before_paying(&self, hop: &Hop, terms: NodeTerms) -> Result<(), HopError> {
+        let (wallet, _) = self.payer.as_ref().expect("only called when paying");
+        if self.runtime.block_on(wallet.has_channel(terms.operator)) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + FIRST_CONTACT;
+        while self.net.rtts().get(&hop.peer).is_none() {
+            if Instant::now() >= deadline {
+                return Err(HopError::Peer(format!(
+                    "unreachable: no answer to a ping in {} s, so no channel was opened to it",
+                    FIRST_CONTACT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The width of the output of a span ending at `last_block`.

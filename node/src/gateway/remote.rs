@@ -48,15 +48,21 @@ pub struct RemoteModelConfig {
     pub output_width: usize,
 }
 
-/// One recovery from a failed node, for reporting.
+/// A node failing a step, for reporting: the route that took over, or none.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failover {
     pub failed_peer: PeerId,
     pub reason: String,
+    /// The session's route after the failover; empty when no peer could take over and the
+    /// step failed.
     pub replacement: Vec<Hop>,
-    /// From the failure to the step's answer, replay included.
+    /// From the failure to the step's answer (replay included), or to giving up.
     pub stall: Duration,
 }
+
+/// Failovers the routing report keeps: enough to see a pattern, bounded for a gateway that
+/// runs for months.
+pub const KEPT_FAILOVERS: usize = 100;
 
 /// A session's route and every input sent at every block boundary, so that any hop can be
 /// rebuilt on another peer by replaying exactly the same steps.
@@ -72,8 +78,11 @@ struct SessionState {
 pub struct RouteReport {
     /// The route of the step that ran last.
     pub route: Vec<Hop>,
-    /// Every failover so far.
+    /// The latest failovers (at most [`KEPT_FAILOVERS`]), including failures no other peer
+    /// could take over (an empty `replacement`).
     pub failovers: Vec<Failover>,
+    /// Failovers since the gateway started.
+    pub failovers_total: u64,
     /// What the gateway owes each node it paid, as of the last finished request.
     pub payments: Vec<Tab>,
 }
@@ -237,6 +246,24 @@ impl RemoteModel {
         Ok(self.router.hops.call(hop, session, position, kind, payload)?.output)
     }
 
+    /// Reports the first failure of a step, if it had one, with the route that took over
+    /// (empty when none could, and the step failed). Only the latest [`KEPT_FAILOVERS`] are
+    /// kept; `failovers_total` counts them all.
+    fn report_failover(&self, stalled: Option<(Instant, PeerId, String)>, replacement: Vec<Hop>) {
+        let Some((started, failed_peer, reason)) = stalled else { return };
+        let mut report = self.router.report.lock().expect("report");
+        if report.failovers.len() == KEPT_FAILOVERS {
+            report.failovers.remove(0);
+        }
+        report.failovers.push(Failover {
+            failed_peer,
+            reason,
+            replacement,
+            stall: started.elapsed(),
+        });
+        report.failovers_total += 1;
+    }
+
     /// Publishes what the gateway owes each node, after a request.
     fn report_payments(&self) {
         if let Some(tabs) = self.router.hops.tabs() {
@@ -341,6 +368,7 @@ impl RemoteModel {
                     loop {
                         failovers += 1;
                         if failovers > self.router.config.max_failovers_per_step {
+                            self.report_failover(stalled.take(), Vec::new());
                             return Err(EngineError::Run {
                                 block: hop.first_block as usize,
                                 reason,
@@ -348,14 +376,16 @@ impl RemoteModel {
                         }
                         // No replacement: the error says why the failed peer failed.
                         let needed = (position as usize) + tokens.len();
-                        let replacement =
-                            self.plan_from(hop.first_block, needed).map_err(|_| EngineError::Run {
+                        let Ok(replacement) = self.plan_from(hop.first_block, needed) else {
+                            self.report_failover(stalled.take(), Vec::new());
+                            return Err(EngineError::Run {
                                 block: hop.first_block as usize,
                                 reason: format!(
                                     "no other staked, reachable peer serves this block; {} failed: {reason}",
                                     hop.peer
                                 ),
-                            })?;
+                            });
+                        };
                         state.hops.truncate(index);
                         state.hops.extend(replacement.iter().copied());
                         match self.replay(state, &replacement, session, position) {
@@ -370,14 +400,7 @@ impl RemoteModel {
                 }
             }
         }
-        if let Some((started, failed_peer, reason)) = stalled {
-            self.router.report.lock().expect("report").failovers.push(Failover {
-                failed_peer,
-                reason,
-                replacement: state.hops.clone(),
-                stall: started.elapsed(),
-            });
-        }
+        self.report_failover(stalled, state.hops.clone());
         self.router.report.lock().expect("report").route = state.hops.clone();
         match payload {
             Payload::Tensor(logits) => Ok(logits),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
 
 use super::meter::Tariff;
@@ -265,6 +265,33 @@ impl Wallet {
         }
     }
 
+    /// The latest voucher signed on each channel (channel id → cumulative amount), read from
+    /// the wallet file at `path` whatever its deployment. Fails while a gateway has it open.
+    pub fn signed_in(path: &Path) -> Result<HashMap<U256, U256>, StoreError> {
+        let db = Database::open(path).map_err(redb::Error::from)?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(TABS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut signed = HashMap::new();
+        for entry in table.iter()? {
+            let (operator, value) = entry?;
+            let operator = Address::from(*operator.value());
+            let (channel, amount, _) = decode_tab(value.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("the tab of node {operator}")))?;
+            signed.insert(channel, amount);
+        }
+        Ok(signed)
+    }
+
+    /// Whether this run pays `operator` through a channel already (paying it deposits
+    /// nothing new).
+    pub async fn has_channel(&self, operator: Address) -> bool {
+        self.tabs.lock().await.open.contains_key(&operator)
+    }
+
     /// Every node's tab in this run.
     pub async fn tabs(&self) -> Vec<Tab> {
         let tabs = self.tabs.lock().await;
@@ -370,14 +397,20 @@ impl Wallet {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TABS)?;
         let Some(value) = table.get(&operator.0.0)? else { return Ok(None) };
-        let bytes = value.value();
-        if bytes.len() != 72 {
-            return Err(StoreError::Corrupt(format!("the tab of node {operator}")));
-        }
-        Ok(Some((
-            U256::from_be_slice(&bytes[..32]),
-            U256::from_be_slice(&bytes[32..64]),
-            u64::from_le_bytes(bytes[64..72].try_into().expect("8 bytes")),
-        )))
+        decode_tab(value.value())
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("the tab of node {operator}")))
     }
+}
+
+/// A stored tab: (channel id, signed amount, metered block-tokens), or `None` if malformed.
+fn decode_tab(bytes: &[u8]) -> Option<(U256, U256, u64)> {
+    if bytes.len() != 72 {
+        return None;
+    }
+    Some((
+        U256::from_be_slice(&bytes[..32]),
+        U256::from_be_slice(&bytes[32..64]),
+        u64::from_le_bytes(bytes[64..72].try_into().ok()?),
+    ))
 }

@@ -26,6 +26,8 @@ impl Devnet {
             .arg(dir.path().join("out"))
             .arg("--ready-file")
             .arg(&ready)
+            // The devnet records itself as the user's current one: here, in the test's folder.
+            .env("XDG_CONFIG_HOME", dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
