@@ -205,4 +205,11 @@ fn a_new_key_is_funded_by_the_devnet_and_short_commands_end_quietly_on_a_closed_
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+
+    // A bare amount is whole BTT, and the help says so; the global chain options are listed
+    // under the subcommand, where they also work.
+    let help = Command::new(BIN).args(["operator", "unbond", "--help"]).output().unwrap();
+    let help = stdout(&help);
+    assert!(help.contains("(`2500`, `2500BTT`: whole BTT; or `…wei`)"), "{help}");
+    assert!(help.contains("--deployment <DEPLOYMENT>") && help.contains("--keystore <FILE>"));
 }
