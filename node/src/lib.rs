@@ -20,6 +20,7 @@ pub mod net;
 pub mod pay;
 pub mod route;
 pub mod serve;
+pub mod telemetry;
 pub mod tools;
 pub mod validate;
 pub mod validator;

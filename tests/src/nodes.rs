@@ -121,6 +121,7 @@ impl Node {
             decode_ms: Default::default(),
             load: LoadGuard::new(limits),
             cheat,
+            metrics: Default::default(),
         });
         tokio::spawn(server.clone().run(inbound));
         let peer = net.local_peer();

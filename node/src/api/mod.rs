@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -25,7 +25,9 @@ use futures::{Stream, StreamExt};
 use tokenizers::Tokenizer;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::gateway::RoutingStatus;
 use crate::generate::{ChatFormat, Generation, GenerationError, Prompt, TextModel, generate};
+use crate::telemetry::{GatewayMetrics, NodeTab};
 pub use edge::ApiLimits;
 pub use error::ApiError;
 pub use request::{ChatRequest, CompletionRequest, EmbeddingRequest, Job, ModelLimits};
@@ -40,11 +42,11 @@ pub type Embedder = Arc<
     dyn Fn(&[String]) -> Result<(Vec<Vec<f32>>, usize), crate::engine::EngineError> + Send + Sync,
 >;
 
-/// What a gateway routing over the swarm tells `/healthz`.
+/// A gateway routing over the swarm: what it tells `/healthz`, and the metrics its routing
+/// and its API record into (`/metrics`).
 pub struct Routing {
-    pub report: Arc<std::sync::Mutex<crate::gateway::RouteReport>>,
-    /// Blocks no usable peer serves now.
-    pub unserved: Arc<dyn Fn() -> Vec<u16> + Send + Sync>,
+    pub status: Arc<dyn RoutingStatus>,
+    pub metrics: GatewayMetrics,
 }
 
 /// Shared state of the API.
@@ -60,6 +62,7 @@ pub struct ApiState {
     pub embedder: Option<Embedder>,
     /// Routing facts for `/healthz`, when the backend routes over the swarm.
     pub routing: Option<Routing>,
+    metrics: GatewayMetrics,
     next_session: AtomicU64,
     /// One permit per generation allowed to run at once.
     sessions: Arc<Semaphore>,
@@ -85,6 +88,7 @@ impl ApiState {
             chat,
             backend,
             embedder,
+            metrics: routing.as_ref().map(|r| r.metrics.clone()).unwrap_or_default(),
             routing,
             next_session: AtomicU64::new(seed),
             sessions: Arc::new(Semaphore::new(max_sessions)),
@@ -118,7 +122,7 @@ impl ApiState {
 
 /// The API's routes behind `limits`: `/healthz` open, `/v1` behind the API key if one is set.
 pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
-    let open = Router::new().route("/healthz", get(health));
+    let open = Router::new().route("/healthz", get(health)).route("/metrics", get(metrics));
     let v1 = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
@@ -139,7 +143,62 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
             .into_response()
         });
     // The body limit is the edge's (`ApiLimits::max_body_bytes`), not axum's own 2 MiB.
-    limits.guard(open, v1).layer(axum::extract::DefaultBodyLimit::disable()).with_state(state)
+    limits
+        .guard(open, v1)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// Counts every answer by endpoint and status (a streamed answer when its stream starts).
+async fn count_requests(
+    State(state): State<Arc<ApiState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = endpoint_of(request.uri().path());
+    let response = next.run(request).await;
+    state.metrics.request(endpoint, response.status().as_u16());
+    response
+}
+
+/// The route a path is answered by, as a metric label: a bounded set, whatever clients ask.
+fn endpoint_of(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        "/v1/models" => "/v1/models",
+        "/v1/completions" => "/v1/completions",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/embeddings" => "/v1/embeddings",
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        _ => "other",
+    }
+}
+
+/// Prometheus metrics (`telemetry`), outside the API key like `/healthz`.
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let (banned, tabs) = match &state.routing {
+        Some(routing) => {
+            let report = routing.status.route_report();
+            let tabs: Vec<NodeTab> = report
+                .lock()
+                .expect("route report")
+                .payments
+                .iter()
+                .map(|t| NodeTab {
+                    operator: t.operator,
+                    metered: t.metered,
+                    owed: t.owed,
+                    signed: t.signed,
+                })
+                .collect();
+            (routing.status.banned_peers(), tabs)
+        }
+        None => (0, Vec::new()),
+    };
+    let text = state.metrics.encode(state.active_sessions(), banned, &tabs);
+    ([(axum::http::header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], text).into_response()
 }
 
 /// Liveness, plus the current route, the latest failovers (with their stall, and whether a
@@ -147,9 +206,10 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
 /// `status: unservable` and the `unserved_blocks` while some block has no usable peer: every
 /// request would fail.
 async fn health(State(state): State<Arc<ApiState>>) -> Response {
-    let unserved = state.routing.as_ref().map(|r| (r.unserved)()).unwrap_or_default();
+    let unserved = state.routing.as_ref().map(|r| r.status.unserved_blocks()).unwrap_or_default();
     let routing = state.routing.as_ref().map(|r| {
-        let report = r.report.lock().expect("route report");
+        let report = r.status.route_report();
+        let report = report.lock().expect("route report");
         serde_json::json!({
             "route": report.route.iter().map(|h| serde_json::json!({
                 "peer": h.peer.to_string(), "first_block": h.first_block, "last_block": h.last_block,
@@ -331,7 +391,9 @@ where
                 let prompt = &job.prompts[index / per_prompt];
                 let mut params = job.params.clone();
                 params.seed = params.seed.wrapping_add((index % per_prompt) as u64);
-                generate(
+                let metrics = &state.metrics;
+                let (started, mut last_token) = (Instant::now(), None::<Instant>);
+                let generation = generate(
                     &mut model,
                     &state.tokenizer,
                     session,
@@ -340,9 +402,20 @@ where
                     &job.stop,
                     params,
                     |token| {
+                        match last_token.replace(Instant::now()) {
+                            None => metrics.first_token(started.elapsed()),
+                            Some(previous) => metrics.next_token(previous.elapsed()),
+                        }
                         if cancelled.is_set() { ControlFlow::Break(()) } else { on_token(token) }
                     },
-                )
+                );
+                if let Ok(generation) = &generation {
+                    // Counted as `usage` counts them: each prompt once, over its choices.
+                    let prompt_tokens =
+                        if index % per_prompt == 0 { generation.prompt_ids.len() } else { 0 };
+                    metrics.generation(prompt_tokens, generation.tokens.len());
+                }
+                generation
             })
         })
         .collect();

@@ -229,6 +229,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             decode_ms: Default::default(),
             load: Default::default(),
             cheat: None,
+            metrics: Default::default(),
         });
         tokio::spawn(server.run(inbound));
         client.dial(net.local_peer(), addr.context("addr")?).await?;

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
@@ -160,11 +161,18 @@ pub async fn inactive(
     }))
 }
 
-/// Looks at the node's standing every `every` and logs each change: a node unbonded below
+/// Looks at the node's standing every `every`, keeps it in `standing` (for `/healthz`) and
+/// logs each change: a node unbonded below
 /// the minimum or jailed while running keeps answering the peers it has, but earns nothing
 /// new, and its operator should hear of it from the node itself.
-pub async fn watch_standing(registry: Registry, operator: Address, every: Duration) {
+pub async fn watch_standing(
+    registry: Registry,
+    operator: Address,
+    every: Duration,
+    standing: Arc<Mutex<Option<String>>>,
+) {
     let mut last = inactive(&registry, operator).await.ok().flatten();
+    standing.lock().expect("standing").clone_from(&last);
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // immediate; `last` is the standing at start
     loop {
@@ -183,6 +191,7 @@ pub async fn watch_standing(registry: Registry, operator: Address, every: Durati
             (Some(_), None) => println!("node: active again: gateways route here"),
             _ => {}
         }
+        standing.lock().expect("standing").clone_from(&now);
         last = now;
     }
 }

@@ -21,7 +21,9 @@ use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
+use infergrid::serve::http::{self, NodeView};
 use infergrid::serve::{Admission, Attester, Batcher, BlockServer, Cheat, LoadGuard, ServeLimits};
+use infergrid::telemetry::{GatewayMetrics, NodeMetrics};
 use infergrid::validate::{ChainClock, validation_domain};
 use libp2p::{Multiaddr, PeerId};
 
@@ -79,6 +81,10 @@ pub struct NodeArgs {
     /// Seconds between looks at the channels (close requests, value worth redeeming).
     #[arg(long, default_value_t = 10)]
     redeem_check_secs: u64,
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/status` (sessions, KV cache, the live
+    /// ledger) over HTTP on this address, e.g. 127.0.0.1:9100. Off by default.
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// Seconds between looks at the node's standing on-chain: it logs when it turns inactive
     /// (stake unbonded below the minimum, jailed) or active again.
     #[arg(long, default_value_t = 30)]
@@ -192,6 +198,9 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let peer = identity.peer_id();
     registration::check_ports_free(&args.listen).map_err(|e| anyhow::anyhow!("node: {e}"))?;
     let registered = registry.operator_of(peer.to_bytes().into()).await? == operator.address();
+    let standing = Arc::new(std::sync::Mutex::new(
+        (!registered).then(|| "its peer id is not registered on-chain".to_owned()),
+    ));
     if registered {
         let started = registration::Started {
             peer,
@@ -202,7 +211,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         check_registration(&registry, operator.address(), &started, args.update_registration)
             .await?;
         let every = Duration::from_secs(args.standing_check_secs.max(1));
-        tokio::spawn(registration::watch_standing(registry.clone(), operator.address(), every));
+        let watcher = registration::watch_standing(
+            registry.clone(),
+            operator.address(),
+            every,
+            standing.clone(),
+        );
+        tokio::spawn(watcher);
     } else {
         eprintln!(
             "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
@@ -246,6 +261,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     for block in first..=last {
         net.provide(block_key(&model_id, block as u16)).await?;
     }
+    let metrics = NodeMetrics::new();
     let server = Arc::new(BlockServer {
         model_id,
         first_block: first as u16,
@@ -261,6 +277,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         load: LoadGuard::new(args.limits.limits()),
         admission: Admission::Peers(args.allow_peer.iter().copied().collect::<HashSet<_>>()),
         collector: registered.then(|| collector.clone()),
+        metrics: metrics.clone(),
         cheat: match (args.testing_perturb_answers, args.testing_lazy) {
             (Some(fraction), _) => {
                 eprintln!("node: TESTING: perturbing {:.1}% of answers", fraction * 100.0);
@@ -275,6 +292,21 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
     });
     tokio::spawn(server.clone().run(inbound));
+    if let Some(address) = args.http {
+        let view = NodeView {
+            peer,
+            server: server.clone(),
+            collector: collector.clone(),
+            inactive: standing.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("node: --http {address}: cannot listen there"))?;
+        println!(
+            "node: metrics on http://{address}/metrics, status on /status, health on /healthz"
+        );
+        tokio::spawn(async move { axum::serve(listener, http::router(Arc::new(view))).await });
+    }
     // Metering reaches the ledger every second, so a crash loses at most a second of it.
     let flusher = {
         let collector = collector.clone();
@@ -291,17 +323,19 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     // Redemption runs until shutdown; a redemption in flight then completes and is recorded.
     let (stop_redeeming, mut stopped) = tokio::sync::watch::channel(false);
     let redeemer = {
-        let collector = collector.clone();
+        let (collector, metrics) = (collector.clone(), metrics.clone());
         let policy = RedeemPolicy { value_to_gas: args.redeem_value_to_gas };
         let every = Duration::from_secs(args.redeem_check_secs.max(1));
         tokio::spawn(async move {
             loop {
                 match collector.settle(&policy).await {
                     Ok(Some(s)) if s.channels == 0 => {
+                        metrics.redemption(s.value, s.gas_used);
                         println!("node: redeemBatch tx {} paid nothing ({} gas)", s.tx, s.gas_used);
                         log_skipped(&s.skipped);
                     }
                     Ok(Some(s)) => {
+                        metrics.redemption(s.value, s.gas_used);
                         println!(
                             "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
                             s.value, s.channels, s.tx, s.gas_used
@@ -545,17 +579,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         time: chain_time(&account.provider, "gateway").await?,
         operators: directory.terms(),
     };
+    let metrics = GatewayMetrics::new();
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
         .paying(wallet, directory.terms())
         .verifying(signatures)
-        .pricing(args.wei_per_ms);
-    let routing = {
-        let remote = remote.open();
-        infergrid::api::Routing {
-            report: remote.report(),
-            unserved: Arc::new(move || remote.unserved_blocks()),
-        }
-    };
+        .pricing(args.wei_per_ms)
+        .observed(metrics.clone());
+    let routing = infergrid::api::Routing { status: Arc::new(remote.open()), metrics };
     let limits = args.limits.limits();
     let model = infergrid::api::ModelLimits {
         name: manifest.name.clone(),

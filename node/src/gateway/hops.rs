@@ -16,6 +16,7 @@ use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKin
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Hop};
+use crate::telemetry::GatewayMetrics;
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
 /// [`HopClient::call`]): the directory dials every node it lists, and a reachable one answers
@@ -56,6 +57,7 @@ pub struct HopClient {
     bans: Mutex<Bans>,
     pub(super) payer: Option<(Arc<Wallet>, TermsBook)>,
     pub(super) signatures: Option<SignatureCheck>,
+    pub(super) metrics: Option<GatewayMetrics>,
 }
 
 impl HopClient {
@@ -72,6 +74,7 @@ impl HopClient {
             bans: Mutex::new(Bans::default()),
             payer: None,
             signatures: None,
+            metrics: None,
         }
     }
 
@@ -130,7 +133,11 @@ impl HopClient {
             rows: input_rows(&request.payload),
             width: self.output_width(hop.last_block),
         });
+        let sent = Instant::now();
         let result = self.exchange(hop, terms, request, expected);
+        if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
+            metrics.hop(hop.first_block, hop.last_block, sent.elapsed());
+        }
         // The step is in flight from its voucher until here: answered and checked, it is
         // owed; otherwise the node refunds it and so does the wallet.
         if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {

@@ -9,5 +9,5 @@ mod verify;
 
 pub use directory::{Directory, TermsBook};
 pub use hops::{Answer, HopClient, HopError};
-pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport};
+pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport, RoutingStatus};
 pub use verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};

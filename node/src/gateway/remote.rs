@@ -13,6 +13,7 @@ use crate::net::Network;
 use crate::net::codec::{Payload, StepKind};
 use crate::pay::{Tab, Wallet};
 use crate::route::{Candidate, CostModel, Hop, plan, unserved};
+use crate::telemetry::GatewayMetrics;
 
 /// How a step to a hop failed, for routing.
 enum StepFailure {
@@ -95,6 +96,7 @@ struct Router {
     candidates: Arc<Mutex<Vec<Candidate>>>,
     cost: CostModel,
     report: Arc<Mutex<RouteReport>>,
+    metrics: Option<GatewayMetrics>,
 }
 
 /// A [`TextModel`] whose blocks run on the swarm. [`RemoteModel::open`] gives each request
@@ -156,6 +158,7 @@ impl RemoteModel {
             candidates,
             cost: CostModel::default(),
             report: Arc::default(),
+            metrics: None,
         };
         Self { router: Arc::new(router), sessions: HashMap::new() }
     }
@@ -168,6 +171,13 @@ impl RemoteModel {
     /// Refuses answers not signed by the operator registered for the peer.
     pub fn verifying(mut self, signatures: SignatureCheck) -> Self {
         self.configure().hops.signatures = Some(signatures);
+        self
+    }
+
+    /// Records hop latencies and failovers into `metrics`.
+    pub fn observed(mut self, metrics: GatewayMetrics) -> Self {
+        self.configure().hops.metrics = Some(metrics.clone());
+        self.configure().metrics = Some(metrics);
         self
     }
 
@@ -228,6 +238,11 @@ impl RemoteModel {
         unserved(&candidates, 0, self.router.config.num_blocks, &banned)
     }
 
+    /// Peers not routed to now: failed recently, or forbidden.
+    pub fn banned_peers(&self) -> usize {
+        self.router.hops.bans().banned().len()
+    }
+
     /// Whether `peer` is still in the live directory.
     fn routable(&self, peer: &PeerId) -> bool {
         self.router.candidates.lock().expect("candidates").iter().any(|c| c.peer == *peer)
@@ -251,6 +266,9 @@ impl RemoteModel {
     /// kept; `failovers_total` counts them all.
     fn report_failover(&self, stalled: Option<(Instant, PeerId, String)>, replacement: Vec<Hop>) {
         let Some((started, failed_peer, reason)) = stalled else { return };
+        if let Some(metrics) = &self.router.metrics {
+            metrics.failover(!replacement.is_empty());
+        }
         let mut report = self.router.report.lock().expect("report");
         if report.failovers.len() == KEPT_FAILOVERS {
             report.failovers.remove(0);
@@ -409,6 +427,28 @@ impl RemoteModel {
                 reason: "last hop returned no logits".into(),
             }),
         }
+    }
+}
+
+/// What the API reads about routing, for `/healthz` and `/metrics`.
+pub trait RoutingStatus: Send + Sync {
+    /// The live routing report.
+    fn route_report(&self) -> Arc<Mutex<RouteReport>>;
+    /// Blocks no usable peer serves now.
+    fn unserved_blocks(&self) -> Vec<u16>;
+    /// Peers not routed to now.
+    fn banned_peers(&self) -> usize;
+}
+
+impl RoutingStatus for RemoteModel {
+    fn route_report(&self) -> Arc<Mutex<RouteReport>> {
+        self.report()
+    }
+    fn unserved_blocks(&self) -> Vec<u16> {
+        RemoteModel::unserved_blocks(self)
+    }
+    fn banned_peers(&self) -> usize {
+        RemoteModel::banned_peers(self)
     }
 }
 

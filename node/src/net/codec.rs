@@ -33,6 +33,18 @@ pub enum StepKind {
     Close = 3,
 }
 
+impl StepKind {
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Prefill => "prefill",
+            StepKind::Decode => "decode",
+            StepKind::Replay => "replay",
+            StepKind::Close => "close",
+        }
+    }
+}
+
 /// The data of a step: token ids for a span starting at block 0, hidden states otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
@@ -79,6 +91,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::NotAdmitted => "not_admitted",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::BlocksNotServed => "blocks_not_served",
+            ErrorCode::BadInput => "bad_input",
+            ErrorCode::SessionLost => "session_lost",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+            ErrorCode::PaymentRequired => "payment_required",
+        }
+    }
+
     fn from_u16(v: u16) -> Option<Self> {
         use ErrorCode::*;
         [

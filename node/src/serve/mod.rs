@@ -3,6 +3,7 @@
 
 mod batcher;
 mod cheat;
+pub mod http;
 mod load;
 
 pub use batcher::Batcher;
@@ -11,6 +12,7 @@ pub use load::{LoadGuard, Refusal, ServeLimits};
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use alloy::primitives::B256;
 use libp2p::PeerId;
@@ -23,6 +25,7 @@ use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
 };
 use crate::pay::{Collector, meter::step_units};
+use crate::telemetry::{NodeMetrics, StepOutcome};
 use crate::validate::{ChainClock, EpochClock, ResponseAttestation};
 
 /// Who may send this node requests without paying.
@@ -97,6 +100,8 @@ pub struct BlockServer {
     pub batcher: Batcher,
     /// Testing only: answers deliberately made wrong before they are signed.
     pub cheat: Option<Cheat>,
+    /// Steps and vouchers, for `/metrics`.
+    pub metrics: NodeMetrics,
 }
 
 /// A moving average of decode-step compute times, announced to gateways for routing.
@@ -122,7 +127,14 @@ impl BlockServer {
             if let Inbound::Request { peer, request, reply } = message {
                 let server = self.clone();
                 tokio::spawn(async move {
+                    let (kind, started) = (request.as_ref().ok().map(|r| r.kind), Instant::now());
                     let response = server.handle(peer, request).await;
+                    let outcome = match &response {
+                        InferResponse::Ok { .. } => StepOutcome::Answered,
+                        InferResponse::Err(e) => StepOutcome::Refused(e.code.name()),
+                    };
+                    let kind = kind.map_or("malformed", StepKind::name);
+                    server.metrics.step(kind, outcome, started.elapsed());
                     let _ = reply.send(response);
                 });
             }
@@ -178,7 +190,12 @@ impl BlockServer {
         let charge = match &self.collector {
             Some(collector) if !free => {
                 match collector.admit(peer, request.payment.as_ref(), step_units(&request)).await {
-                    Ok(charge) => Some(charge),
+                    Ok(charge) => {
+                        if request.payment.is_some() {
+                            self.metrics.voucher_received();
+                        }
+                        Some(charge)
+                    }
                     Err(e) if e.is_payer_fault() => {
                         return refuse(ErrorCode::PaymentRequired, e.to_string());
                     }
