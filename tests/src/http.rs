@@ -42,6 +42,22 @@ pub fn post_request(path: &str, key: Option<&str>, body: &str) -> Vec<u8> {
 }
 
 /// `/healthz`: 200, or 503 while some block has no usable peer (the body says which).
+/// `GET path` on `addr`: the status and the body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: infergrid\r\nConnection: close\r\n\r\n");
+    let (status, _, body) = exchange(addr, request.as_bytes());
+    (status, body)
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in a Prometheus
+/// text exposition, or `None` if it is not there.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
 pub fn health(addr: &str) -> serde_json::Value {
     let request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n";
     let (status, _, body) = exchange(addr, request);

@@ -40,3 +40,83 @@ fn encode(registry: &Registry) -> String {
         .expect("writing to a String cannot fail");
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use alloy::primitives::{Address, U256};
+
+    use super::*;
+
+    /// Both expositions after one of everything, so that every family has a series.
+    fn expositions() -> String {
+        let gateway = GatewayMetrics::new();
+        gateway.request("/v1/completions", 200);
+        gateway.generation(5, 3);
+        gateway.first_token(Duration::from_millis(20));
+        gateway.next_token(Duration::from_millis(5));
+        gateway.hop(0, 1, Duration::from_millis(3));
+        gateway.failover(false);
+        let tab = NodeTab {
+            operator: Address::repeat_byte(1),
+            metered: 7,
+            owed: U256::from(7_000),
+            signed: U256::from(9_007_199_254_740_993u64),
+        };
+        let node = NodeMetrics::new();
+        node.step("decode", StepOutcome::Answered, Duration::from_millis(2));
+        node.step("prefill", StepOutcome::Refused("payment_required"), Duration::ZERO);
+        node.voucher_received();
+        node.redemption(U256::from(7_000), 90_000);
+        let figures = ChannelFigures { channels: 1, metered: 7, ..Default::default() };
+        gateway.encode(2, 1, &[tab]) + &node.encode(1, &[(0, 12, 100)], figures)
+    }
+
+    #[test]
+    fn figures_are_exposed_under_their_names() {
+        let text = expositions();
+        for line in [
+            r#"infergrid_gateway_requests_total{endpoint="/v1/completions",status="200"} 1"#,
+            "infergrid_gateway_completion_tokens_total 3",
+            "infergrid_gateway_time_to_first_token_seconds_count 1",
+            "infergrid_gateway_failovers_unrecovered_total 1",
+            "infergrid_gateway_sessions_active 2",
+            r#"infergrid_gateway_node_owed_wei{operator="0x0101010101010101010101010101010101010101"} 7000.0"#,
+            r#"infergrid_node_steps_total{kind="prefill",outcome="payment_required"} 1"#,
+            "infergrid_node_step_seconds_count 1",
+            "infergrid_node_redemption_gas_total 90000",
+            r#"infergrid_node_kv_cache_tokens_free{block="0"} 100"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        // Beyond 2^53 wei, the nearest float64.
+        assert!(text.contains("9007199254740992.0"), "{text}");
+    }
+
+    #[test]
+    fn the_grafana_dashboard_only_charts_metrics_that_exist() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../scripts/grafana/infergrid.json")).unwrap();
+        let text = expositions();
+        let exposed: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let panels = dashboard["panels"].as_array().unwrap();
+        let mut charted = 0;
+        for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("infergrid_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(exposed.contains(name.as_str()), "{name} (in {expr}) is not exposed");
+                charted += 1;
+            }
+        }
+        assert!(charted >= 15, "{charted}");
+    }
+}

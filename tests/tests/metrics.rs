@@ -1,0 +1,199 @@
+//! `/metrics` of a gateway and of its nodes after N requests: the request, token and step
+//! counters equal what N requests of known lengths make, and the wei figures equal the
+//! node's live ledger, the gateway's vouchers and, after a close, what `cast` reads on-chain.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use infergrid::devnet::Role;
+use infergrid::tools::{Tool, locate};
+use infergrid_e2e::http::{exchange, get, post_request, sample};
+use infergrid_e2e::procs::{SWARM, Swarm, binary, free_port, llama_devnet};
+
+const REQUESTS: usize = 3;
+
+fn scrape(addr: &str) -> String {
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn status(addr: &str) -> serde_json::Value {
+    let (code, body) = get(addr, "/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wei(value: &serde_json::Value) -> f64 {
+    value.as_str().unwrap().parse::<u128>().unwrap() as f64
+}
+
+#[test]
+fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm = Swarm {
+        model: model.to_str().unwrap(),
+        rpc: &rpc,
+        deployment: deployment.to_str().unwrap(),
+        dir: dir.path(),
+    };
+    let http: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let _nodes: Vec<_> = (0..3)
+        .map(|i| {
+            let blocks = i.to_string();
+            swarm.node(i, &blocks, &["--http", &http[i], "--redeem-check-secs", "1"])
+        })
+        .collect();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _gateway = swarm.gateway(&api, &[]);
+    let started = Instant::now();
+    while infergrid_e2e::http::health(&api)["status"] != "ok" {
+        assert!(started.elapsed() < Duration::from_secs(30), "the swarm never became servable");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // N completions of different lengths, one of them streamed.
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let (mut prompt_tokens, mut completion_tokens) = (0, Vec::new());
+    for i in 0..REQUESTS {
+        let stream = i == REQUESTS - 1;
+        let body = serde_json::json!({
+            "model": name, "prompt": format!("request number {i}"), "max_tokens": 3 + i,
+            "temperature": 0, "stream": stream, "stream_options": if stream { serde_json::json!({"include_usage": true}) } else { serde_json::Value::Null },
+        });
+        let (code, _, answer) =
+            exchange(&api, &post_request("/v1/completions", None, &body.to_string()));
+        assert_eq!(code, 200, "{answer}");
+        let usage = if stream {
+            let last = answer
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .last()
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(last).unwrap()["usage"].clone()
+        } else {
+            serde_json::from_str::<serde_json::Value>(&answer).unwrap()["usage"].clone()
+        };
+        prompt_tokens += usage["prompt_tokens"].as_u64().unwrap();
+        completion_tokens.push(usage["completion_tokens"].as_u64().unwrap());
+    }
+    let generated: u64 = completion_tokens.iter().sum();
+    assert_eq!(completion_tokens, [3, 4, 5], "max_tokens reached, no EOS in the random model");
+    let n = REQUESTS as f64;
+
+    // The gateway: requests, tokens, one first token per request, the rest inter-token.
+    let gateway = scrape(&api);
+    let at = |series: &str| {
+        sample(&gateway, series).unwrap_or_else(|| panic!("no {series} in:\n{gateway}"))
+    };
+    assert_eq!(
+        at(r#"infergrid_gateway_requests_total{endpoint="/v1/completions",status="200"}"#),
+        n
+    );
+    assert_eq!(at("infergrid_gateway_prompt_tokens_total"), prompt_tokens as f64);
+    assert_eq!(at("infergrid_gateway_completion_tokens_total"), generated as f64);
+    assert_eq!(at("infergrid_gateway_time_to_first_token_seconds_count"), n);
+    assert_eq!(at("infergrid_gateway_inter_token_seconds_count"), generated as f64 - n);
+    assert_eq!(at("infergrid_gateway_failovers_total"), 0.0);
+    assert!(gateway.contains("# TYPE infergrid_gateway_hop_latency_seconds histogram"));
+
+    // Each node: a prefill, k-1 decode steps and a close per request of k tokens; what it
+    // metered and was vouched equals its live ledger and what the gateway signed it.
+    for (i, addr) in http.iter().enumerate() {
+        let node = scrape(addr);
+        let at = |series: &str| {
+            sample(&node, series).unwrap_or_else(|| panic!("node {i}: no {series} in:\n{node}"))
+        };
+        assert_eq!(at(r#"infergrid_node_steps_total{kind="prefill",outcome="ok"}"#), n);
+        assert_eq!(
+            at(r#"infergrid_node_steps_total{kind="decode",outcome="ok"}"#),
+            generated as f64 - n
+        );
+        assert_eq!(at(r#"infergrid_node_steps_total{kind="close",outcome="ok"}"#), n);
+        let ledger = status(addr);
+        let totals = &ledger["totals"];
+        assert_eq!(
+            at("infergrid_node_metered_block_tokens"),
+            totals["metered_block_tokens"].as_f64().unwrap()
+        );
+        assert_eq!(at("infergrid_node_vouched_wei"), wei(&totals["vouched"]));
+        assert_eq!(at("infergrid_node_owed_wei"), wei(&totals["owed"]));
+        let operator = ledger["operator"].as_str().unwrap();
+        let signed = sample(
+            &gateway,
+            &format!("infergrid_gateway_node_signed_wei{{operator=\"{operator}\"}}"),
+        );
+        assert_eq!(
+            signed,
+            Some(wei(&totals["vouched"])),
+            "node {i}: gateway signed vs node vouched"
+        );
+        let metered = sample(
+            &gateway,
+            &format!("infergrid_gateway_node_metered_block_tokens{{operator=\"{operator}\"}}"),
+        );
+        assert_eq!(metered, Some(at("infergrid_node_metered_block_tokens")), "node {i}");
+    }
+
+    // The payer closes its channels: each node redeems its latest voucher, and what it
+    // reports redeemed equals what the channel paid on-chain.
+    let payer = infergrid_e2e::dev(Role::Payer, 0).private_key.to_string();
+    let closed = Command::new(binary())
+        .args(["channels", "close", "--rpc-url", &rpc, "--deployment", swarm.deployment])
+        .env("INFERGRID_PAYER_KEY", &payer)
+        .output()
+        .unwrap();
+    assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+    let cast = locate(Tool::Cast).unwrap();
+    let channels = manifest["contracts"]["channels"].as_str().unwrap();
+    for (i, addr) in http.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ledger = loop {
+            let ledger = status(addr);
+            if ledger["totals"]["redeemed"] == ledger["totals"]["vouched"] {
+                break ledger;
+            }
+            assert!(Instant::now() < deadline, "node {i} never redeemed: {ledger}");
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let mut paid_on_chain = 0u128;
+        for channel in ledger["channels"].as_array().unwrap() {
+            let out = Command::new(&cast)
+                .args([
+                    "call",
+                    channels,
+                    "getChannel(uint256)((address,uint64,address,uint128,uint128))",
+                ])
+                .arg(channel["channel"].as_str().unwrap())
+                .args(["--rpc-url", &rpc])
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            let paid = text
+                .trim_matches(|c| c == '(' || c == ')' || c == '\n')
+                .split(", ")
+                .nth(4)
+                .unwrap();
+            paid_on_chain += paid.split_whitespace().next().unwrap().parse::<u128>().unwrap();
+        }
+        let node = scrape(addr);
+        assert_eq!(
+            sample(&node, "infergrid_node_redeemed_wei"),
+            Some(paid_on_chain as f64),
+            "node {i}"
+        );
+        assert_eq!(
+            sample(&node, "infergrid_node_redeemed_by_this_run_wei_total"),
+            Some(paid_on_chain as f64)
+        );
+        assert!(sample(&node, "infergrid_node_redemptions_total").unwrap() >= 1.0);
+        eprintln!(
+            "node {i}: metered {}, vouched = redeemed = {paid_on_chain} wei (cast)",
+            ledger["totals"]["metered_block_tokens"]
+        );
+    }
+}
