@@ -9,6 +9,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    infergrid::telemetry::init_logs(args.log_format);
     if !args.serves() {
         // Rust ignores SIGPIPE, so a short command piped into `head` would panic writing to
         // the closed pipe; the default action ends it quietly, as any Unix tool. Serving

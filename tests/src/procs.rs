@@ -40,18 +40,29 @@ pub fn start(args: &[&str], env: &[(&str, String)], ready: &str) -> (Proc, Strin
     (proc, line)
 }
 
-/// [`start`], and the stdout lines that follow the ready line, as the process prints them.
+/// [`start`], and the lines the process prints after the ready line, stdout and stderr (its
+/// log) together; its stderr still reaches the test's.
 pub fn start_following(
     args: &[&str],
     env: &[(&str, String)],
     ready: &str,
 ) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(binary());
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn infergrid");
+    let (sender, following) = std::sync::mpsc::channel();
+    // Lines nobody waits for are dropped; the pipes are drained either way.
+    let log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let to_log = sender.clone();
+    std::thread::spawn(move || {
+        for line in log.map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = to_log.send(line);
+        }
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = loop {
         match lines.next() {
@@ -60,8 +71,6 @@ pub fn start_following(
             _ => panic!("infergrid {args:?} exited before {ready:?}"),
         }
     };
-    let (sender, following) = std::sync::mpsc::channel();
-    // Lines nobody waits for are dropped; the pipe is drained either way.
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             let _ = sender.send(line);

@@ -71,8 +71,7 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
             let last = answer
                 .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
-                .filter(|d| *d != "[DONE]")
-                .last()
+                .rfind(|d| *d != "[DONE]")
                 .unwrap();
             serde_json::from_str::<serde_json::Value>(last).unwrap()["usage"].clone()
         } else {

@@ -208,7 +208,7 @@ fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
     let unbonding = succeeded(infergrid(&swarm, &[&unbond[..], &["--yes"]].concat()));
     assert!(unbonding.contains("active       false"), "{unbonding}");
     // The running node notices on its own, within its standing check.
-    let noticed = expect_line(&node_log, "node: INACTIVE", Duration::from_secs(10))
+    let noticed = expect_line(&node_log, "INACTIVE, gateways", Duration::from_secs(10))
         .unwrap_or_else(|seen| panic!("the node never said it is inactive: {seen:?}"));
     assert!(noticed.contains("below the minimum 1000 BTT"), "{noticed}");
     let withdraw = ["operator", "withdraw", "--keystore", keystore];

@@ -305,13 +305,15 @@ fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Strea
     for (session, moved_at) in moved {
         let id = format!("cmpl-{session}");
         let stream = streams.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("no {id}"));
-        let marker = format!(
-            "node {CHEAT} | node: TESTING: perturbed the answer to session {session} position "
+        let (node, marker) = (
+            format!("node {CHEAT} | "),
+            format!("TESTING: perturbed the answer to session {session} position "),
         );
         let perturbed: Vec<usize> = log
             .lines()
-            .filter_map(|l| l.strip_prefix(marker.as_str()))
-            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .filter(|l| l.starts_with(&node))
+            .filter_map(|l| l.split_once(marker.as_str()))
+            .filter_map(|(_, rest)| rest.split(' ').next()?.parse().ok())
             .collect();
         let first_wrong = perturbed.iter().min().copied().unwrap_or(usize::MAX);
         let honest = teacher_forced_greedy(model, USER_PROMPT, &stream.token_ids).unwrap();

@@ -150,7 +150,7 @@ impl ApiLimits {
                     Ok(accepted) => accepted,
                     // Out of file descriptors and the like: the next accept may work.
                     Err(e) => {
-                        eprintln!("gateway: accept failed: {e}");
+                        tracing::warn!("accepting a connection failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -178,10 +178,7 @@ impl ApiLimits {
                 drop((permit, address_slot));
             });
         }
-        eprintln!(
-            "gateway: shutting down; open requests get {} s to finish",
-            SHUTDOWN_GRACE.as_secs()
-        );
+        tracing::info!("shutting down; open requests get {} s to finish", SHUTDOWN_GRACE.as_secs());
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
         Ok(())
     }
@@ -208,8 +205,9 @@ impl RefusalLog {
         }
         *last = Some(now);
         let skipped = self.skipped.swap(0, Ordering::Relaxed);
-        eprintln!(
-            "gateway: refused a connection from {from}: too many {limit} ({skipped} more refused since the last such line)"
+        tracing::warn!(
+            %from,
+            "refused a connection: too many {limit} ({skipped} more refused since the last such line)"
         );
     }
 }

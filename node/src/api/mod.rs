@@ -385,13 +385,21 @@ where
             let session = first_session + index as u64;
             let (state, job, permits) = (state.clone(), job.clone(), permits.clone());
             let (cancelled, mut on_token) = (cancel.clone(), on_token(index));
+            // The session id is the one on the wire: every node's log names it too.
+            let span = tracing::info_span!("generation", request = first_session, session);
             tokio::task::spawn_blocking(move || {
+                let _in_span = span.enter();
                 let _permits = permits;
                 let per_prompt = job.output.choices_per_prompt;
                 let prompt = &job.prompts[index / per_prompt];
                 let mut params = job.params.clone();
                 params.seed = params.seed.wrapping_add((index % per_prompt) as u64);
                 let metrics = &state.metrics;
+                tracing::info!(
+                    prompt_tokens = prompt.ids.len(),
+                    max_tokens = prompt.max_tokens,
+                    "generating"
+                );
                 let (started, mut last_token) = (Instant::now(), None::<Instant>);
                 let generation = generate(
                     &mut model,
@@ -409,11 +417,20 @@ where
                         if cancelled.is_set() { ControlFlow::Break(()) } else { on_token(token) }
                     },
                 );
-                if let Ok(generation) = &generation {
-                    // Counted as `usage` counts them: each prompt once, over its choices.
-                    let prompt_tokens =
-                        if index % per_prompt == 0 { generation.prompt_ids.len() } else { 0 };
-                    metrics.generation(prompt_tokens, generation.tokens.len());
+                match &generation {
+                    Ok(generation) => {
+                        tracing::info!(
+                            tokens = generation.tokens.len(),
+                            finish = ?generation.finish_reason,
+                            ms = started.elapsed().as_millis() as u64,
+                            "finished"
+                        );
+                        // Counted as `usage` counts them: each prompt once, over its choices.
+                        let prompt_tokens =
+                            if index % per_prompt == 0 { generation.prompt_ids.len() } else { 0 };
+                        metrics.generation(prompt_tokens, generation.tokens.len());
+                    }
+                    Err(e) => tracing::warn!("failed: {e}"),
                 }
                 generation
             })

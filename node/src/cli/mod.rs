@@ -35,6 +35,11 @@ pub use target::ChainTarget;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line). Which lines: `RUST_LOG`, e.g.
+    /// `RUST_LOG=debug` for every hop of every step, `RUST_LOG=info,libp2p=debug` for the
+    /// network's own events; default `warn,infergrid=info`.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: infergrid::telemetry::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

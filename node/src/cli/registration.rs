@@ -180,15 +180,15 @@ pub async fn watch_standing(
         let now = match inactive(&registry, operator).await {
             Ok(now) => now,
             Err(e) => {
-                eprintln!("node: reading its standing on-chain failed (retrying): {e}");
+                tracing::warn!("reading its standing on-chain failed (retrying): {e}");
                 continue;
             }
         };
         match (&last, &now) {
             (_, Some(why)) if last.as_ref() != Some(why) => {
-                println!("node: INACTIVE, gateways will not route here: {why}")
+                tracing::warn!("INACTIVE, gateways will not route here: {why}")
             }
-            (Some(_), None) => println!("node: active again: gateways route here"),
+            (Some(_), None) => tracing::info!("active again: gateways route here"),
             _ => {}
         }
         standing.lock().expect("standing").clone_from(&now);

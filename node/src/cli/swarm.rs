@@ -154,7 +154,7 @@ async fn check_registration(
     for finding in registration::check(&record, started) {
         match finding {
             registration::Finding::Refuse(why) => refusals.push(why),
-            registration::Finding::Warn(why) => eprintln!("node: warning: {why}"),
+            registration::Finding::Warn(why) => tracing::warn!("{why}"),
         }
     }
     if !refusals.is_empty() && !update {
@@ -172,13 +172,16 @@ async fn check_registration(
             )
             .await
             .context("node: --update-registration: updateService")?;
-        eprintln!(
-            "node: registration updated (tx {}): model {}, blocks {}-{}, multiaddrs {multiaddrs:?}",
-            receipt.transaction_hash, started.model_id, started.blocks.0, started.blocks.1
+        tracing::info!(
+            "registration updated (tx {}): model {}, blocks {}-{}, multiaddrs {multiaddrs:?}",
+            receipt.transaction_hash,
+            started.model_id,
+            started.blocks.0,
+            started.blocks.1
         );
     }
     if let Some(why) = registration::inactive(registry, operator).await? {
-        eprintln!("node: INACTIVE, gateways will not route here: {why}");
+        tracing::warn!("INACTIVE, gateways will not route here: {why}");
     }
     Ok(())
 }
@@ -219,8 +222,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(watcher);
     } else {
-        eprintln!(
-            "warning: peer id {peer} is not registered on-chain for {}; gateways will not route \
+        tracing::warn!(
+            "peer id {peer} is not registered on-chain for {}; gateways will not route \
              here and only --allow-peer peers are served (vouchers already in the ledger are \
              still redeemed)",
             operator.address()
@@ -232,7 +235,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 
     let runtime = Runtime::new_shared_host(args.device, args.threads)?;
     if let Some(reason) = runtime.fallback() {
-        eprintln!("warning: {reason}");
+        tracing::warn!("{reason}");
     }
     let mut blocks = Vec::new();
     for index in first..=last {
@@ -280,12 +283,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         cheat: match (args.testing_perturb_answers, args.testing_lazy) {
             (Some(fraction), _) => {
-                eprintln!("node: TESTING: perturbing {:.1}% of answers", fraction * 100.0);
+                tracing::warn!("TESTING: perturbing {:.1}% of answers", fraction * 100.0);
                 let seed = u64::from_le_bytes(model_id[..8].try_into().expect("8 bytes"));
                 Some(Cheat::perturbing(fraction, seed))
             }
             (None, true) => {
-                eprintln!("node: TESTING: lazy, skipping the last block of every span");
+                tracing::warn!("TESTING: lazy, skipping the last block of every span");
                 Some(Cheat::Lazy)
             }
             (None, false) => None,
@@ -315,7 +318,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             loop {
                 every.tick().await;
                 if let Err(e) = collector.flush().await {
-                    eprintln!("node: writing metering to the ledger failed (retrying): {e}");
+                    tracing::warn!("writing metering to the ledger failed (retrying): {e}");
                 }
             }
         })
@@ -331,19 +334,19 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                 match collector.settle(&policy).await {
                     Ok(Some(s)) if s.channels == 0 => {
                         metrics.redemption(s.value, s.gas_used);
-                        println!("node: redeemBatch tx {} paid nothing ({} gas)", s.tx, s.gas_used);
+                        tracing::warn!(tx = %s.tx, gas = s.gas_used, "redeemBatch paid nothing");
                         log_skipped(&s.skipped);
                     }
                     Ok(Some(s)) => {
                         metrics.redemption(s.value, s.gas_used);
-                        println!(
-                            "node: redeemed {} wei from {} channel(s) in tx {} ({} gas)",
-                            s.value, s.channels, s.tx, s.gas_used
+                        tracing::info!(
+                            wei = %s.value, channels = s.channels, tx = %s.tx, gas = s.gas_used,
+                            "redeemed"
                         );
                         log_skipped(&s.skipped);
                     }
                     Ok(None) => {}
-                    Err(e) => eprintln!("node: redemption failed (retrying): {e}"),
+                    Err(e) => tracing::warn!("redemption failed (retrying): {e}"),
                 }
                 tokio::select! {
                     _ = stopped.changed() => return,
@@ -379,7 +382,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         manifest.model_id, args.listen
     );
     tokio::signal::ctrl_c().await?;
-    eprintln!("node: stopping");
+    tracing::info!("stopping");
     net.shutdown().await?;
     let _ = stop_redeeming.send(true);
     let _ = redeemer.await;
@@ -415,8 +418,8 @@ async fn collector(
     let ledger = Ledger::open(&path, fingerprint)
         .with_context(|| format!("opening the ledger {}", path.display()))?;
     let credit = tariff.price_per_token * U256::from(args.credit_tokens);
-    eprintln!(
-        "node: paid at {} wei per token, credit {credit} wei, ledger {}",
+    tracing::info!(
+        "paid at {} wei per token, credit {credit} wei, ledger {}",
         tariff.price_per_token,
         path.display()
     );
@@ -554,11 +557,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         Directory::new(registry, validation.clone(), manifest.id(), manifest.blocks.len() as u16)
             .with_min_reputation(args.min_reputation);
     let found = directory.refresh(&net).await?;
-    eprintln!(
-        "gateway: peer {}, {found} staked nodes serve {}",
-        net.local_peer(),
-        manifest.model_id
-    );
+    tracing::info!("peer {}, {found} staked nodes serve {}", net.local_peer(), manifest.model_id);
 
     // Announcements are drained by one task and the registry re-read by another, so a slow
     // RPC never leaves the swarm waiting to hand over inbound messages.
@@ -666,7 +665,7 @@ pub async fn wallet(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    eprintln!(
+    tracing::info!(
         "{role}: paying as {}, deposit {} wei per channel, budget {} wei, wallet {}",
         payer.address(),
         config.deposit,
@@ -693,9 +692,10 @@ pub fn default_wallet(payer: alloy::primitives::Address) -> PathBuf {
 /// One line per voucher a redemption left out, naming the channel and why.
 fn log_skipped(skipped: &[SkippedVoucher]) {
     for skip in skipped {
-        eprintln!(
-            "node: channel {}: voucher for {} wei not redeemed: {}",
-            skip.channel, skip.cumulative_amount, skip.reason
+        tracing::warn!(
+            channel = %skip.channel,
+            "voucher for {} wei not redeemed: {}",
+            skip.cumulative_amount, skip.reason
         );
     }
 }
@@ -726,7 +726,7 @@ pub async fn chain_time(provider: &DynProvider, role: &'static str) -> anyhow::R
             tokio::time::sleep(Duration::from_secs(30)).await;
             match latest_block_time(&provider).await {
                 Ok(timestamp) => synced.sync(timestamp),
-                Err(e) => eprintln!("{role}: reading the chain's time failed (retrying): {e}"),
+                Err(e) => tracing::warn!("{role}: reading the chain's time failed (retrying): {e}"),
             }
         }
     });

@@ -81,7 +81,7 @@ impl Directory {
             loop {
                 refresh.tick().await;
                 if let Err(e) = directory.refresh(&net).await {
-                    eprintln!("{role}: registry refresh failed (retrying): {e}");
+                    tracing::warn!("{role}: registry refresh failed (retrying): {e}");
                 }
             }
         });

@@ -135,8 +135,15 @@ impl HopClient {
         });
         let sent = Instant::now();
         let result = self.exchange(hop, terms, request, expected);
-        if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
-            metrics.hop(hop.first_block, hop.last_block, sent.elapsed());
+        if result.is_ok() {
+            let took = sent.elapsed();
+            tracing::debug!(
+                peer = %hop.peer, first_block = hop.first_block, last_block = hop.last_block,
+                position, kind = kind.name(), ms = took.as_secs_f64() * 1e3, "hop answered"
+            );
+            if let Some(metrics) = &self.metrics {
+                metrics.hop(hop.first_block, hop.last_block, took);
+            }
         }
         // The step is in flight from its voucher until here: answered and checked, it is
         // owed; otherwise the node refunds it and so does the wallet.
@@ -183,10 +190,10 @@ impl HopClient {
                             // may be clock skew around an epoch boundary, or a directory refresh
                             // racing the answer: the peer backs off like a failed one.
                             if bad.is_malformed() {
-                                eprintln!("banned {} for good: {bad}", hop.peer);
+                                tracing::warn!(peer = %hop.peer, "banned for good: {bad}");
                                 self.bans().forbid(hop.peer);
                             } else {
-                                eprintln!("refused an answer of {}: {bad}", hop.peer);
+                                tracing::warn!(peer = %hop.peer, "refused its answer: {bad}");
                                 self.bans().fail(hop.peer);
                             }
                             return Err(HopError::Invalid(bad));

@@ -266,6 +266,15 @@ impl RemoteModel {
     /// kept; `failovers_total` counts them all.
     fn report_failover(&self, stalled: Option<(Instant, PeerId, String)>, replacement: Vec<Hop>) {
         let Some((started, failed_peer, reason)) = stalled else { return };
+        match replacement.is_empty() {
+            true => tracing::warn!(%failed_peer, "no peer could take over: {reason}"),
+            false => tracing::info!(
+                %failed_peer,
+                route = %describe(&replacement),
+                stall_ms = started.elapsed().as_millis() as u64,
+                "failed over"
+            ),
+        }
         if let Some(metrics) = &self.router.metrics {
             metrics.failover(!replacement.is_empty());
         }
@@ -332,7 +341,11 @@ impl RemoteModel {
     ) -> Result<Activation, EngineError> {
         let mut state = match self.sessions.remove(&session) {
             Some(state) if position > 0 => state,
-            _ => SessionState { hops: self.plan_from(0, planned)?, ..Default::default() },
+            _ => {
+                let hops = self.plan_from(0, planned)?;
+                tracing::info!(route = %describe(&hops), "routed");
+                SessionState { hops, ..Default::default() }
+            }
         };
         let result = self.step_through(&mut state, session, position, tokens);
         self.sessions.insert(session, state);
@@ -372,9 +385,11 @@ impl RemoteModel {
                 }
                 Err(StepFailure::Fatal(e)) => return Err(*e),
                 Err(StepFailure::Peer(reason)) => {
-                    eprintln!(
-                        "gateway: session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
-                        hop.peer, hop.first_block, hop.last_block
+                    tracing::warn!(
+                        "session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
+                        hop.peer,
+                        hop.first_block,
+                        hop.last_block
                     );
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
                     self.router.hops.bans().fail(hop.peer);
@@ -428,6 +443,12 @@ impl RemoteModel {
             }),
         }
     }
+}
+
+/// A route for the log: `peer[first-last] → …`.
+fn describe(hops: &[Hop]) -> String {
+    let hop = |h: &Hop| format!("{}[{}-{}]", h.peer, h.first_block, h.last_block);
+    hops.iter().map(hop).collect::<Vec<_>>().join(" -> ")
 }
 
 /// What the API reads about routing, for `/healthz` and `/metrics`.

@@ -543,9 +543,10 @@ impl Collector {
 /// Says so when the chain has paid less than a redemption booked: a reorg dropped it.
 fn log_reorg(id: U256, booked: U256, paid: U256) {
     if paid < booked {
-        eprintln!(
-            "node: the chain paid {paid} wei on channel {id}, not the {booked} wei a redemption booked \
-             (a reorg dropped it): redeeming again"
+        tracing::warn!(
+            channel = %id,
+            "the chain paid {paid} wei, not the {booked} wei a redemption booked (a reorg \
+             dropped it): redeeming again"
         );
     }
 }

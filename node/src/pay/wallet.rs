@@ -222,6 +222,7 @@ impl Wallet {
             tab.signed = amount;
             tab.introduced = true;
         }
+        tracing::info!(%operator, %channel, wei = %amount, "voucher signed");
         let voucher = Voucher { channel_id: channel, cumulative_amount: amount };
         Ok(Some(voucher.sign(&self.domain, &self.payer)))
     }
@@ -241,6 +242,9 @@ impl Wallet {
             self.channels.top_up(channel, deposit).await
         };
         let result = topped_up.await;
+        if result.is_ok() {
+            tracing::info!(%channel, deposit_wei = %deposit, "channel topped up");
+        }
         if let Err(e) = &result {
             self.unspend_unless_sent(deposit, e).await;
         }
@@ -347,6 +351,7 @@ impl Wallet {
             }
         };
         self.save(operator, channel, U256::ZERO, 0)?;
+        tracing::info!(%operator, %channel, deposit_wei = %deposit, "channel opened");
         Ok(fresh(channel, deposit, U256::ZERO, 0))
     }
 

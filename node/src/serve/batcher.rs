@@ -126,8 +126,8 @@ fn work(
                 run_group(&blocks[first..=last], group)
             }));
             if outcome.is_err() {
-                eprintln!(
-                    "node: a decode batch over blocks {first}-{last} panicked; its steps failed"
+                tracing::error!(
+                    "a decode batch over blocks {first}-{last} panicked; its steps failed"
                 );
             }
         }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use alloy::primitives::B256;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::eip712::{Domain, Eip712Signer, keccak256};
 use crate::engine::{BlockInput, BlockRunner, EncoderMask, EngineError, run_chain};
@@ -126,17 +127,31 @@ impl BlockServer {
         while let Some(message) = inbound.recv().await {
             if let Inbound::Request { peer, request, reply } = message {
                 let server = self.clone();
-                tokio::spawn(async move {
-                    let (kind, started) = (request.as_ref().ok().map(|r| r.kind), Instant::now());
+                // The gateway's session id is on the wire: its logs and this node's name
+                // the same session.
+                let (kind, session, position) = match &request {
+                    Ok(r) => (r.kind.name(), r.session, r.position),
+                    Err(_) => ("malformed", 0, 0),
+                };
+                let span = tracing::info_span!("step", %peer, session, kind, position);
+                let step = async move {
+                    let started = Instant::now();
                     let response = server.handle(peer, request).await;
+                    let took = started.elapsed();
                     let outcome = match &response {
-                        InferResponse::Ok { .. } => StepOutcome::Answered,
-                        InferResponse::Err(e) => StepOutcome::Refused(e.code.name()),
+                        InferResponse::Ok { .. } => {
+                            tracing::debug!(ms = took.as_secs_f64() * 1e3, "answered");
+                            StepOutcome::Answered
+                        }
+                        InferResponse::Err(e) => {
+                            tracing::info!(code = e.code.name(), "refused: {}", e.message);
+                            StepOutcome::Refused(e.code.name())
+                        }
                     };
-                    let kind = kind.map_or("malformed", StepKind::name);
-                    server.metrics.step(kind, outcome, started.elapsed());
+                    server.metrics.step(kind, outcome, took);
                     let _ = reply.send(response);
-                });
+                };
+                tokio::spawn(step.instrument(span));
             }
         }
     }
@@ -191,7 +206,10 @@ impl BlockServer {
             Some(collector) if !free => {
                 match collector.admit(peer, request.payment.as_ref(), step_units(&request)).await {
                     Ok(charge) => {
-                        if request.payment.is_some() {
+                        if let Some(paid) = &request.payment {
+                            let (channel, amount) =
+                                (paid.voucher.channel_id, paid.voucher.cumulative_amount);
+                            tracing::info!(%channel, wei = %amount, "voucher received");
                             self.metrics.voucher_received();
                         }
                         Some(charge)
@@ -236,10 +254,15 @@ impl BlockServer {
                 if let Some(cheat) = &self.cheat
                     && cheat.apply(&mut output)
                 {
-                    eprintln!(
-                        "node: TESTING: perturbed the answer to session {wire_session} position \
+                    tracing::warn!(
+                        "TESTING: perturbed the answer to session {wire_session} position \
                          {position} from {peer}"
                     );
+                }
+                match kind {
+                    StepKind::Prefill => tracing::info!("session opened"),
+                    StepKind::Close => tracing::info!("session closed"),
+                    _ => {}
                 }
                 let signature = self.attester.attest(request_hash, &output);
                 InferResponse::Ok { output, signature }

@@ -1,4 +1,4 @@
-//! What a gateway and a node report to Prometheus (`GET /metrics`, text exposition format).
+//! Logs ([`init_logs`]), and what a gateway and a node report to Prometheus (`GET /metrics`, text exposition format).
 //!
 //! Each role owns one [`prometheus_client`] registry with the metrics it records as things
 //! happen (requests, tokens, latencies, steps, redemptions) and gauges it reads at scrape
@@ -9,9 +9,11 @@
 //! exact up to 2^53 wei (0.009 BTT), within a part in 2^53 beyond.
 
 mod gateway;
+mod logs;
 mod node;
 
 pub use gateway::{GatewayMetrics, NodeTab};
+pub use logs::{DEFAULT_FILTER, LogFormat, init as init_logs};
 pub use node::{ChannelFigures, NodeMetrics, StepOutcome};
 
 use alloy::primitives::U256;
