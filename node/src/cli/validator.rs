@@ -292,7 +292,7 @@ async fn run_validator(
     tokio::spawn(desk.clone().run_reporter(found_faults));
     tokio::spawn(desk.run_voter(pool));
 
-    eprintln!(
+    tracing::info!(
         "validator {}: peer {}, {found} staked nodes serve {}; {} sessions of {} steps per {} s \
          epoch, results in {}",
         account.address,
@@ -304,10 +304,10 @@ async fn run_validator(
         path.display()
     );
     if args.testing_false_reports {
-        eprintln!("validator: TESTING: lying — perturbed expected answers, forged evidence");
+        tracing::warn!("TESTING: lying — perturbed expected answers, forged evidence");
     }
     if args.testing_withhold_reveals {
-        eprintln!("validator: TESTING: withholding every reveal");
+        tracing::warn!("TESTING: withholding every reveal");
     }
     println!("validator ready: {} challenging as {}", account.address, payer.address);
     let challenges = Arc::new(ChallengeLoop {
@@ -332,7 +332,7 @@ async fn run_validator(
     tokio::select! {
         () = challenges.run() => Ok(()),
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("validator: interrupted; tallies not yet committed stay in {}", path.display());
+            tracing::warn!("interrupted; tallies not yet committed stay in {}", path.display());
             Ok(())
         }
     }

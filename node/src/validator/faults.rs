@@ -52,7 +52,7 @@ impl EvidencePool {
         let evidence = match FaultEvidence::decode(bytes) {
             Ok(evidence) => evidence,
             Err(e) => {
-                eprintln!("validator: malformed fault evidence from {from} dropped: {e}");
+                tracing::warn!("malformed fault evidence from {from} dropped: {e}");
                 return;
             }
         };
@@ -108,8 +108,8 @@ impl FaultDesk {
         while let Some(FoundFault { epoch, set, failure }) = found.recv().await {
             let node = failure.evidence.node;
             if !failure.reportable {
-                eprintln!(
-                    "validator: {node} answered a challenge of epoch {epoch} wrongly, signed for \
+                tracing::info!(
+                    "{node} answered a challenge of epoch {epoch} wrongly, signed for \
                      another epoch: counted, not reportable"
                 );
                 continue;
@@ -129,14 +129,14 @@ impl FaultDesk {
                 && let Err(e) =
                     self.token.approve(self.validation.address(), self.report_bond).await
             {
-                eprintln!("validator: cannot approve the report bond for {node}: {e}");
+                tracing::warn!("cannot approve the report bond for {node}: {e}");
                 reported.remove(&(epoch, node));
                 continue;
             }
             match self.validation.report_fault(node, epoch, evidence).await {
                 Ok(id) => {
-                    eprintln!(
-                        "validator: reported {node} (report {id}): epoch {epoch}, {:?}, session \
+                    tracing::info!(
+                        "reported {node} (report {id}): epoch {epoch}, {:?}, session \
                          step {}; publishing the evidence",
                         failure.verdict,
                         failure.evidence.steps.len() - 1
@@ -144,7 +144,7 @@ impl FaultDesk {
                     tokio::spawn(self.clone().publish_while_pending(id, failure.evidence));
                 }
                 Err(e) => {
-                    eprintln!("validator: reporting {node} for epoch {epoch} refused: {e}");
+                    tracing::warn!("reporting {node} for epoch {epoch} refused: {e}");
                     reported.remove(&(epoch, node));
                 }
             }
@@ -157,26 +157,26 @@ impl FaultDesk {
             let mut forged = evidence.clone();
             let reported = forged.steps.last_mut().expect("evidence has steps");
             Cheat::perturbing(1.0, 1).apply(&mut reported.output);
-            eprintln!("validator: TESTING: publishing forged evidence for report {id}");
+            tracing::warn!("TESTING: publishing forged evidence for report {id}");
             let _ = self.net.publish_evidence(forged.encode()).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let bytes = evidence.encode();
         loop {
             if let Err(e) = self.net.publish_evidence(bytes.clone()).await {
-                eprintln!("validator: publishing the evidence of report {id} failed: {e}");
+                tracing::warn!("publishing the evidence of report {id} failed: {e}");
                 return;
             }
             tokio::time::sleep(REPUBLISH).await;
             match self.validation.fault_report(id).await {
                 Ok(report) if report.status != PENDING => {
                     let outcome = status_name(report.status);
-                    eprintln!("validator: report {id} against {} closed: {outcome}", report.node);
+                    tracing::info!("report {id} against {} closed: {outcome}", report.node);
                     return;
                 }
                 Ok(report) if self.time.now() >= report.reportedAt + self.vote_secs => return,
                 Ok(_) => {}
-                Err(e) => eprintln!("validator: reading report {id} failed (retrying): {e}"),
+                Err(e) => tracing::warn!("reading report {id} failed (retrying): {e}"),
             }
         }
     }
@@ -187,7 +187,7 @@ impl FaultDesk {
         let mut seen = loop {
             match self.validation.fault_report_count().await {
                 Ok(count) => break count,
-                Err(e) => eprintln!("validator: reading the report count failed (retrying): {e}"),
+                Err(e) => tracing::warn!("reading the report count failed (retrying): {e}"),
             }
             tokio::time::sleep(POLL).await;
         };
@@ -199,7 +199,7 @@ impl FaultDesk {
                     open.extend((seen + 1..=count).map(U256::from));
                     seen = seen.max(count);
                 }
-                Err(e) => eprintln!("validator: reading the report count failed (retrying): {e}"),
+                Err(e) => tracing::warn!("reading the report count failed (retrying): {e}"),
             }
             let mut still_open = Vec::with_capacity(open.len());
             for id in open {
@@ -209,7 +209,7 @@ impl FaultDesk {
                         voted.remove(&id);
                     }
                     Err(e) => {
-                        eprintln!("validator: report {id}: {e} (retrying)");
+                        tracing::info!("report {id}: {e} (retrying)");
                         still_open.push(id);
                     }
                 }
@@ -231,9 +231,9 @@ impl FaultDesk {
             return Ok(false);
         }
         if self.time.now() >= report.reportedAt + self.vote_secs {
-            eprintln!("validator: report {id}: its vote ran out without a quorum; closing it");
+            tracing::warn!("report {id}: its vote ran out without a quorum; closing it");
             if let Err(e) = self.validation.finalize_fault(id).await {
-                eprintln!("validator: closing report {id} refused: {e}");
+                tracing::warn!("closing report {id} refused: {e}");
             }
             return Ok(false);
         }
@@ -256,25 +256,27 @@ impl FaultDesk {
         };
         for (from, evidence) in candidates {
             if let Err(e) = evidence.check(&self.domain, &reported) {
-                eprintln!("validator: report {id}: evidence from {from} refused: {e}");
+                tracing::warn!("report {id}: evidence from {from} refused: {e}");
                 pool.discard(&key, from);
                 continue;
             }
             let verdict = self.reexecute(evidence).await;
             let guilty = match verdict {
                 Some(Verdict::Pass { error }) => {
-                    eprintln!(
-                        "validator: report {id} against {}: re-executed, relative error {error:.2e} \
+                    tracing::info!(
+                        "report {id} against {}: re-executed, relative error {error:.2e} \
                          within tolerance {:.0e}: voting innocent",
-                        report.node, self.judge.tolerance
+                        report.node,
+                        self.judge.tolerance
                     );
                     false
                 }
                 Some(wrong) => {
-                    eprintln!(
-                        "validator: report {id} against {}: re-executed, {wrong:?} (tolerance \
+                    tracing::info!(
+                        "report {id} against {}: re-executed, {wrong:?} (tolerance \
                          {:.0e}): voting guilty",
-                        report.node, self.judge.tolerance
+                        report.node,
+                        self.judge.tolerance
                     );
                     true
                 }
@@ -284,8 +286,8 @@ impl FaultDesk {
                 }
             };
             match self.validation.vote_on_fault(id, guilty).await {
-                Ok(_) => eprintln!("validator: voted on report {id}"),
-                Err(e) => eprintln!("validator: vote on report {id} refused: {e}"),
+                Ok(_) => tracing::info!("voted on report {id}"),
+                Err(e) => tracing::warn!("vote on report {id} refused: {e}"),
             }
             voted.insert(id);
             return Ok(true);
@@ -308,11 +310,11 @@ impl FaultDesk {
         match result {
             Ok(Ok(verdict)) => Some(verdict),
             Ok(Err(e)) => {
-                eprintln!("validator: cannot re-execute evidence: {e}");
+                tracing::warn!("cannot re-execute evidence: {e}");
                 None
             }
             Err(e) => {
-                eprintln!("validator: re-execution failed: {e}");
+                tracing::warn!("re-execution failed: {e}");
                 None
             }
         }

@@ -70,8 +70,8 @@ pub async fn run_rounds(
                 None => return,
                 Some(RoundEvent::Judged { epoch, node, passed }) => {
                     if !book.record(epoch, node, passed) {
-                        eprintln!(
-                            "validator: an answer of {node} judged after epoch {epoch}'s results \
+                        tracing::info!(
+                            "an answer of {node} judged after epoch {epoch}'s results \
                              were sealed is not counted"
                         );
                     }
@@ -135,18 +135,18 @@ async fn penalize_withheld_reveals(
         let withheld = match withheld.await {
             Ok(withheld) => withheld,
             Err(e) => {
-                eprintln!("validator: epoch {epoch}: checking the round of {node} failed: {e}");
+                tracing::warn!("epoch {epoch}: checking the round of {node} failed: {e}");
                 continue;
             }
         };
         for other in withheld.into_iter().filter(|v| *v != validator) {
             match validation.penalize_missed_reveal(other, node, epoch).await {
-                Ok(_) => eprintln!(
-                    "validator: epoch {epoch}: {other} committed a result about {node} and never \
+                Ok(_) => tracing::info!(
+                    "epoch {epoch}: {other} committed a result about {node} and never \
                      revealed it; the round did not finalize: penalized"
                 ),
-                Err(e) => eprintln!(
-                    "validator: epoch {epoch}: penalizing {other}'s missed reveal about {node} \
+                Err(e) => tracing::warn!(
+                    "epoch {epoch}: penalizing {other}'s missed reveal about {node} \
                      refused: {e}"
                 ),
             }
@@ -169,14 +169,14 @@ fn log_round(
     let sent = match sent {
         Ok(sent) => sent,
         Err(e) => {
-            eprintln!("validator: epoch {epoch}: {what} stopped: {e}");
+            tracing::warn!("epoch {epoch}: {what} stopped: {e}");
             return true;
         }
     };
     let mut retry = false;
     for Sent { node, outcome } in sent {
         match outcome {
-            Ok(()) => eprintln!("validator: epoch {epoch}: {what} of the result for {node}: done"),
+            Ok(()) => tracing::info!("epoch {epoch}: {what} of the result for {node}: done"),
             Err(e) => {
                 let early = ["EpochNotEnded", "RevealWindowNotOpen"];
                 let again = match &e {
@@ -185,8 +185,8 @@ fn log_round(
                 };
                 retry |= again;
                 let next = if again { "will retry" } else { "final" };
-                eprintln!(
-                    "validator: epoch {epoch}: {what} of the result for {node} refused ({next}): {e}"
+                tracing::warn!(
+                    "epoch {epoch}: {what} of the result for {node} refused ({next}): {e}"
                 );
             }
         }

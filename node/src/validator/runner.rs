@@ -66,10 +66,10 @@ impl ChallengeLoop {
             let preparing = tokio::spawn(self.clone().prepare(epoch + 1));
             match current {
                 Some(set) => self.challenge(epoch, set).await,
-                None => eprintln!("validator: epoch {epoch}: no committed challenge set, idle"),
+                None => tracing::warn!("epoch {epoch}: no committed challenge set, idle"),
             }
             next = preparing.await.unwrap_or_else(|e| {
-                eprintln!("validator: preparing epoch {} failed: {e}", epoch + 1);
+                tracing::warn!("preparing epoch {} failed: {e}", epoch + 1);
                 None
             });
         }
@@ -113,18 +113,18 @@ impl ChallengeLoop {
             Ok(Ok(Some(set))) => Arc::new(set),
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
-                eprintln!("validator: building the challenge set of epoch {epoch} failed: {e}");
+                tracing::warn!("building the challenge set of epoch {epoch} failed: {e}");
                 return None;
             }
             Err(e) => {
-                eprintln!("validator: building the challenge set of epoch {epoch} failed: {e}");
+                tracing::warn!("building the challenge set of epoch {epoch} failed: {e}");
                 return None;
             }
         };
         match self.validation.commit_challenge_root(epoch, set.root()).await {
             Ok(_) => {
-                eprintln!(
-                    "validator: epoch {epoch}: committed challenge root {} ({} sessions, {} \
+                tracing::info!(
+                    "epoch {epoch}: committed challenge root {} ({} sessions, {} \
                      requests, built in {:.1}s)",
                     set.root(),
                     set.sessions.len(),
@@ -134,7 +134,7 @@ impl ChallengeLoop {
                 Some(set)
             }
             Err(e) => {
-                eprintln!("validator: committing the challenge root of epoch {epoch} refused: {e}");
+                tracing::warn!("committing the challenge root of epoch {epoch} refused: {e}");
                 None
             }
         }
@@ -156,9 +156,7 @@ impl ChallengeLoop {
         for (index, offset) in times.into_iter().enumerate() {
             sleep_until(&self.time, start + offset as u64).await;
             if self.time.now() >= start + window.ceil() as u64 {
-                eprintln!(
-                    "validator: epoch {epoch}: session {index} left out: too late in the epoch"
-                );
+                tracing::info!("epoch {epoch}: session {index} left out: too late in the epoch");
                 continue;
             }
             let route = {
@@ -166,8 +164,8 @@ impl ChallengeLoop {
                 random_route(&candidates, self.pipeline.blocks().len() as u16)
             };
             let Some(route) = route else {
-                eprintln!(
-                    "validator: epoch {epoch}: no staked nodes cover every block; session {index} left out"
+                tracing::info!(
+                    "epoch {epoch}: no staked nodes cover every block; session {index} left out"
                 );
                 continue;
             };
@@ -185,22 +183,20 @@ impl ChallengeLoop {
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    eprintln!("validator: epoch {epoch}: session {index} failed: {e}");
+                    tracing::warn!("epoch {epoch}: session {index} failed: {e}");
                     continue;
                 }
             };
             passed += outcome.passed;
             failed += outcome.failures.len() + outcome.unsigned.len();
             if let Some(why) = &outcome.stopped {
-                eprintln!("validator: epoch {epoch}: session {index} stopped early: {why}");
+                tracing::warn!("epoch {epoch}: session {index} stopped early: {why}");
             }
             for failure in outcome.failures {
                 let _ = self.faults.send(FoundFault { epoch, set: set.clone(), failure });
             }
         }
-        eprintln!(
-            "validator: epoch {epoch}: challenges sent; {passed} answers right, {failed} wrong"
-        );
+        tracing::warn!("epoch {epoch}: challenges sent; {passed} answers right, {failed} wrong");
         let _ = self.rounds.send(RoundEvent::Challenged { epoch });
     }
 }
