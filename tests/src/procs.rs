@@ -195,6 +195,16 @@ impl Swarm<'_> {
     /// `infergrid node` as devnet operator `index`, serving `blocks`, listening on the port
     /// registered for it (`NODE_PORT_BASE + index`), with `extra` arguments.
     pub fn node(&self, index: usize, blocks: &str, extra: &[&str]) -> Proc {
+        self.node_logged(index, blocks, extra).0
+    }
+
+    /// [`Swarm::node`], and the lines it prints once ready (its log included).
+    pub fn node_logged(
+        &self,
+        index: usize,
+        blocks: &str,
+        extra: &[&str],
+    ) -> (Proc, std::sync::mpsc::Receiver<String>) {
         let port = usize::from(infergrid::devnet::NODE_PORT_BASE) + index;
         let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         let ledger = self.dir.join(format!("node-{index}.redb"));
@@ -203,7 +213,8 @@ impl Swarm<'_> {
         args.extend(["--listen", &listen, "--ledger", ledger.to_str().expect("utf-8 path")]);
         args.extend_from_slice(extra);
         let key = crate::dev(Role::Operator, index).private_key.to_string();
-        start(&args, &[("NODE_KEY", key)], "node ready").0
+        let (node, _, lines) = start_following(&args, &[("NODE_KEY", key)], "node ready");
+        (node, lines)
     }
 
     /// `infergrid gateway` paying as devnet payer 0, its API on `listen`, with `extra` arguments.
@@ -225,6 +236,17 @@ impl Swarm<'_> {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Proc {
+        self.gateway_logged(payer, listen, extra, env).0
+    }
+
+    /// [`Swarm::gateway_paying`], and the lines it prints once ready (its log included).
+    pub fn gateway_logged(
+        &self,
+        payer: usize,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> (Proc, std::sync::mpsc::Receiver<String>) {
         let wallet = self.dir.join(format!("wallet-{payer}.redb"));
         let mut args = vec!["gateway", "--model", self.model, "--key-env", "PAYER_KEY"];
         args.extend(["--rpc-url", self.rpc, "--deployment", self.deployment, "--listen", listen]);
@@ -232,7 +254,8 @@ impl Swarm<'_> {
         args.extend_from_slice(extra);
         let mut env = env.to_vec();
         env.push(("PAYER_KEY", crate::dev(Role::Payer, payer).private_key.to_string()));
-        start(&args, &env, "gateway ready").0
+        let (gateway, _, lines) = start_following(&args, &env, "gateway ready");
+        (gateway, lines)
     }
 }
 

@@ -41,14 +41,14 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         dir: dir.path(),
     };
     let http: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let _nodes: Vec<_> = (0..3)
+    let (_nodes, node_logs): (Vec<_>, Vec<_>) = (0..3)
         .map(|i| {
             let blocks = i.to_string();
-            swarm.node(i, &blocks, &["--http", &http[i], "--redeem-check-secs", "1"])
+            swarm.node_logged(i, &blocks, &["--http", &http[i], "--redeem-check-secs", "1"])
         })
-        .collect();
+        .unzip();
     let api = format!("127.0.0.1:{}", free_port());
-    let _gateway = swarm.gateway(&api, &[]);
+    let (_gateway, gateway_log) = swarm.gateway_logged(0, &api, &[], &[]);
     let started = Instant::now();
     while infergrid_e2e::http::health(&api)["status"] != "ok" {
         assert!(started.elapsed() < Duration::from_secs(30), "the swarm never became servable");
@@ -57,7 +57,7 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
 
     // N completions of different lengths, one of them streamed.
     let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
-    let (mut prompt_tokens, mut completion_tokens) = (0, Vec::new());
+    let (mut prompt_tokens, mut completion_tokens, mut ids) = (0, Vec::new(), Vec::new());
     for i in 0..REQUESTS {
         let stream = i == REQUESTS - 1;
         let body = serde_json::json!({
@@ -67,6 +67,9 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         let (code, _, answer) =
             exchange(&api, &post_request("/v1/completions", None, &body.to_string()));
         assert_eq!(code, 200, "{answer}");
+        let first = answer.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&answer);
+        let id = serde_json::from_str::<serde_json::Value>(first).unwrap()["id"].clone();
+        ids.push(id.as_str().unwrap().to_owned());
         let usage = if stream {
             let last = answer
                 .lines()
@@ -137,6 +140,42 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         );
         assert_eq!(metered, Some(at("infergrid_node_metered_block_tokens")), "node {i}");
     }
+
+    // The log follows each request by its session id, at the default level: the gateway
+    // generating, routing, signing vouchers and finishing it; every node opening the session,
+    // taking its vouchers and closing it.
+    let gateway_lines: Vec<String> = gateway_log.try_iter().collect();
+    let node_lines: Vec<Vec<String>> = node_logs.iter().map(|l| l.try_iter().collect()).collect();
+    let mentions = |lines: &[String], session: &str, what: &str| {
+        lines.iter().any(|l| l.contains(&format!("session={session}")) && l.contains(what))
+    };
+    for id in &ids {
+        let session = id.strip_prefix("cmpl-").unwrap();
+        for what in ["generating", "routed", "voucher signed", "finished"] {
+            assert!(
+                mentions(&gateway_lines, session, what),
+                "gateway: {id}: no {what:?} in {gateway_lines:#?}"
+            );
+        }
+        for (i, lines) in node_lines.iter().enumerate() {
+            for what in ["session opened", "voucher received", "session closed"] {
+                assert!(
+                    mentions(lines, session, what),
+                    "node {i}: {id}: no {what:?} in {lines:#?}"
+                );
+            }
+        }
+    }
+    let trail: Vec<&String> = gateway_lines
+        .iter()
+        .chain(&node_lines[1])
+        .filter(|l| l.contains(&format!("session={}", ids[0].strip_prefix("cmpl-").unwrap())))
+        .collect();
+    eprintln!(
+        "the trail of {}:\n{}",
+        ids[0],
+        trail.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+    );
 
     // The payer closes its channels: each node redeems its latest voucher, and what it
     // reports redeemed equals what the channel paid on-chain.
