@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod chain;
+pub mod dashboard;
 pub mod devnet;
 pub mod eip712;
 pub mod engine;
@@ -24,3 +25,4 @@ pub mod telemetry;
 pub mod tools;
 pub mod validate;
 pub mod validator;
+pub mod when;

@@ -292,6 +292,8 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
     println!("  manifest         {}", args.out.join("manifest.json").display());
     if let Some(api) = &manifest.api_url {
         println!("  OpenAI API       {api} ({} nodes)", manifest.node_pids.len());
+        let dashboard = api.trim_end_matches("/v1");
+        println!("  dashboard        {dashboard}/dashboard");
     }
     // Commands run from any directory, without --rpc-url and --deployment, use this devnet.
     let current =

@@ -10,6 +10,7 @@ mod bench_swarm;
 mod bench_validators;
 mod chain;
 mod channels;
+mod dashboard;
 mod devnet;
 mod infer;
 mod keys;
@@ -20,9 +21,9 @@ mod registration;
 mod swarm;
 mod target;
 mod validator;
-mod when;
 
 use clap::{Parser, Subcommand};
+use infergrid::when;
 
 pub use target::ChainTarget;
 
@@ -67,6 +68,8 @@ enum Command {
     Keystore(keys::KeystoreCommand),
     /// Read stake, reputation, slashes, challenges and payments back from the chain (auditors).
     Audit(audit::AuditArgs),
+    /// Serve the auditors' web page of the network: operators, stake, reputation, history.
+    Dashboard(dashboard::DashboardArgs),
     /// Serve layer blocks of a model to the swarm (operators).
     Node(swarm::NodeArgs),
     /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
@@ -87,6 +90,7 @@ impl Cli {
         matches!(
             self.command,
             Command::Devnet(_)
+                | Command::Dashboard(_)
                 | Command::Node(_)
                 | Command::Gateway(_)
                 | Command::Validator(_)
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validator(args) => validator::run(args).await,
         Command::Keystore(cmd) => keys::run(cmd),
         Command::Audit(args) => audit::run(args).await,
+        Command::Dashboard(args) => dashboard::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
         Command::Ledger(args) => ledger::run(args),
         Command::Channels(args) => channels::run(args).await,

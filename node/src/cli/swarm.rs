@@ -584,7 +584,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .verifying(signatures)
         .pricing(args.wei_per_ms)
         .observed(metrics.clone());
-    let routing = infergrid::api::Routing { status: Arc::new(remote.open()), metrics };
+    let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
+    let routing = infergrid::api::Routing { status: status.clone(), metrics };
+    let dashboard = infergrid::dashboard::DashboardSource {
+        rpc_url: args.chain.rpc_url(),
+        deployment: deployment.clone(),
+        gateway: Some(status),
+    };
     let limits = args.limits.limits();
     let model = infergrid::api::ModelLimits {
         name: manifest.name.clone(),
@@ -624,11 +630,12 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     println!(
-        "gateway ready: OpenAI API on http://{}/v1 (model {:?})",
-        listener.local_addr()?,
-        manifest.name
+        "gateway ready: OpenAI API on http://{address}/v1 (model {:?}), dashboard on \
+         http://{address}/dashboard",
+        manifest.name,
+        address = listener.local_addr()?,
     );
-    let app = router(state, &limits);
+    let app = router(state, &limits).merge(infergrid::dashboard::router(Arc::new(dashboard)));
     limits
         .serve(listener, app, async {
             let _ = tokio::signal::ctrl_c().await;

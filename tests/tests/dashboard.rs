@@ -1,0 +1,131 @@
+//! The dashboard in a real browser (headless Chromium): served by a gateway after a request,
+//! it shows one row per operator with the stake and reputation `cast` reads at the block the
+//! page names, the route of the last request, a node's history page, and no console error.
+//! A screenshot is saved as `target/tmp/dashboard.png`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use infergrid::tools::{Tool, locate};
+use infergrid_e2e::http::{exchange, health, post_request};
+use infergrid_e2e::procs::{SWARM, Swarm, free_port, llama_devnet};
+
+/// Headless Chromium (Debian's `chromium`, installed by `scripts/setup`) on `url`, with
+/// `extra` flags: what it printed on stdout (the DOM with `--dump-dom`), and its console
+/// messages of level error.
+fn chromium(url: &str, extra: &[&str]) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .args(["--enable-logging=stderr", "--v=0", "--window-size=1400,1100"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium is installed by scripts/setup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console_errors = stderr
+        .lines()
+        .filter(|l| l.contains("CONSOLE") && (l.contains(":ERROR:") || l.contains("Uncaught")))
+        .map(str::to_owned)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console_errors)
+}
+
+/// The values of `attribute="…"` in `html`, in order.
+fn attributes<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
+    let marker = format!("{attribute}=\"");
+    html.match_indices(&marker)
+        .map(|(at, _)| {
+            let rest = &html[at + marker.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
+fn cast_call(rpc: &str, block: &str, contract: &str, signature: &str, arg: &str) -> String {
+    let out = Command::new(locate(Tool::Cast).unwrap())
+        .args(["call", contract, signature, arg, "--block", block, "--rpc-url", rpc])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm = Swarm {
+        model: model.to_str().unwrap(),
+        rpc: &rpc,
+        deployment: deployment.to_str().unwrap(),
+        dir: dir.path(),
+    };
+    let _nodes: Vec<_> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _gateway = swarm.gateway(&api, &[]);
+    let started = Instant::now();
+    while health(&api)["status"] != "ok" {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", health(&api));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":4,"temperature":0}}"#);
+    let (code, _, answer) = exchange(&api, &post_request("/v1/completions", None, &body));
+    assert_eq!(code, 200, "{answer}");
+    let route: Vec<String> = health(&api)["routing"]["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["peer"].as_str().unwrap().to_owned())
+        .collect();
+
+    let url = format!("http://{api}/dashboard");
+    let (dom, errors) = chromium(&url, &["--dump-dom"]);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    let block = attributes(&dom, "data-block")[0].to_owned();
+    let operators = attributes(&dom, "data-operator");
+    let registered = manifest["roles"]["operators"].as_array().unwrap();
+    assert_eq!(operators.len(), registered.len(), "one row per operator:\n{dom}");
+    let (registry, validation) = (
+        manifest["contracts"]["registry"].as_str().unwrap(),
+        manifest["contracts"]["validation"].as_str().unwrap(),
+    );
+    let stakes = attributes(&dom, "data-stake-wei");
+    let reputations = attributes(&dom, "data-reputation-bps");
+    for (i, operator) in operators.iter().enumerate() {
+        let stake = cast_call(&rpc, &block, registry, "stakeOf(address)(uint256)", operator);
+        assert_eq!(stakes[i], stake, "{operator}'s stake at block {block}");
+        let reputation =
+            cast_call(&rpc, &block, validation, "reputationOf(address)(uint32)", operator);
+        assert_eq!(reputations[i], reputation, "{operator}'s reputation at block {block}");
+    }
+    let hops = attributes(&dom, "data-peer");
+    assert_eq!(hops, route, "the route of the last request");
+
+    // Each operator links to its history, with the same figures.
+    let operator = operators[1];
+    let (page, errors) = chromium(&format!("{url}/node/{operator}"), &["--dump-dom"]);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    assert!(page.contains("NodeRegistry.NodeRegistered"), "{page}");
+    assert!(page.contains("PaymentChannels.ChannelOpened"), "a channel was opened to it: {page}");
+    let block = attributes(&page, "data-block")[0];
+    let stake = cast_call(&rpc, block, registry, "stakeOf(address)(uint256)", operator);
+    assert_eq!(attributes(&page, "data-stake-wei"), [stake.as_str()]);
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let (_, errors) = chromium(&url, &[&format!("--screenshot={}", shot.display())]);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "the screenshot {} is {size} bytes", shot.display());
+    eprintln!(
+        "dashboard at block {block}: {} operators; screenshot {}",
+        operators.len(),
+        shot.display()
+    );
+}
