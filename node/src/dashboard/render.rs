@@ -222,7 +222,7 @@ fn gateway_section(gateway: &GatewayView) -> String {
 
 /// Each operator's reputation as a horizontal bar, 0-100%.
 fn reputation_bars(nodes: &[NodeAudit]) -> String {
-    let (row, label, width) = (22, 120, 420);
+    let (row, label, width) = (22, 136, 420);
     let height = row * nodes.len().max(1) + 8;
     let mut svg = format!(
         "<section><h2>Reputation</h2><svg role=\"img\" aria-label=\"reputation per operator\" \
