@@ -58,6 +58,27 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Waits until the gateway at `api` can serve every block (`/healthz` ok); how long it took.
+pub fn await_servable(api: &str, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while health(api)["status"] != "ok" {
+        assert!(started.elapsed() < within, "not servable after {within:?}: {}", health(api));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    started.elapsed()
+}
+
+/// A greedy, whole (not streamed) completion of `prompt` from the gateway at `api`.
+pub fn complete(api: &str, model: &str, prompt: &str, max_tokens: usize) -> serde_json::Value {
+    let body = serde_json::json!({
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0
+    });
+    let (status, _, answer) =
+        exchange(api, &post_request("/v1/completions", None, &body.to_string()));
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
 pub fn health(addr: &str) -> serde_json::Value {
     let request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n";
     let (status, _, body) = exchange(addr, request);

@@ -132,6 +132,44 @@ pub fn llama_devnet(dir: &Path) -> (Proc, serde_json::Value, PathBuf, PathBuf) {
     (devnet, manifest, deployment, model)
 }
 
+/// [`llama_devnet`], with what the processes a test starts against it need.
+pub struct TestNet {
+    pub devnet: Proc,
+    /// The devnet's ready file: RPC URL, contracts, roles.
+    pub manifest: serde_json::Value,
+    pub rpc: String,
+    pub deployment: String,
+    pub model: String,
+    pub dir: PathBuf,
+}
+
+impl TestNet {
+    /// A devnet for a random 3-layer llama in 3 blocks, its files in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let (devnet, manifest, deployment, model) = llama_devnet(dir);
+        let rpc = manifest["rpc_url"].as_str().expect("rpc_url").to_owned();
+        let text = |path: PathBuf| path.to_str().expect("utf-8 path").to_owned();
+        Self {
+            devnet,
+            manifest,
+            rpc,
+            deployment: text(deployment),
+            model: text(model),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Nodes and gateways joining this devnet.
+    pub fn swarm(&self) -> Swarm<'_> {
+        Swarm { model: &self.model, rpc: &self.rpc, deployment: &self.deployment, dir: &self.dir }
+    }
+
+    /// The served model's name (`model` in API requests).
+    pub fn model_name(&self) -> String {
+        infergrid::model::ModelManifest::load(Path::new(&self.model)).expect("manifest").name
+    }
+}
+
 /// [`devnet`] with `extra` arguments (its nodes, validators, epochs); what its processes log
 /// goes to `dir/devnet.log`.
 pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json::Value, PathBuf) {

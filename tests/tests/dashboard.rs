@@ -5,11 +5,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use infergrid::tools::{Tool, locate};
-use infergrid_e2e::http::{exchange, health, post_request};
-use infergrid_e2e::procs::{SWARM, Swarm, free_port, llama_devnet};
+use infergrid_e2e::http::{await_servable, complete, health};
+use infergrid_e2e::procs::{SWARM, TestNet, free_port};
 
 /// Headless Chromium (Debian's `chromium`, installed by `scripts/setup`) on `url`, with
 /// `extra` flags: what it printed on stdout (the DOM with `--dump-dom`), and its console
@@ -56,26 +56,13 @@ fn cast_call(rpc: &str, block: &str, contract: &str, signature: &str, arg: &str)
 fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
-    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let swarm = Swarm {
-        model: model.to_str().unwrap(),
-        rpc: &rpc,
-        deployment: deployment.to_str().unwrap(),
-        dir: dir.path(),
-    };
+    let net = TestNet::start(dir.path());
+    let (swarm, manifest, rpc) = (net.swarm(), &net.manifest, net.rpc.as_str());
     let _nodes: Vec<_> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
     let api = format!("127.0.0.1:{}", free_port());
     let _gateway = swarm.gateway(&api, &[]);
-    let started = Instant::now();
-    while health(&api)["status"] != "ok" {
-        assert!(started.elapsed() < Duration::from_secs(30), "{}", health(&api));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
-    let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":4,"temperature":0}}"#);
-    let (code, _, answer) = exchange(&api, &post_request("/v1/completions", None, &body));
-    assert_eq!(code, 200, "{answer}");
+    await_servable(&api, Duration::from_secs(30));
+    complete(&api, &net.model_name(), "hello", 4);
     let route: Vec<String> = health(&api)["routing"]["route"]
         .as_array()
         .unwrap()
@@ -102,10 +89,10 @@ fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
     let stakes = attributes(&dom, "data-stake-wei");
     let reputations = attributes(&dom, "data-reputation-bps");
     for (i, operator) in operators.iter().enumerate() {
-        let stake = cast_call(&rpc, &block, registry, "stakeOf(address)(uint256)", operator);
+        let stake = cast_call(rpc, &block, registry, "stakeOf(address)(uint256)", operator);
         assert_eq!(stakes[i], stake, "{operator}'s stake at block {block}");
         let reputation =
-            cast_call(&rpc, &block, validation, "reputationOf(address)(uint32)", operator);
+            cast_call(rpc, &block, validation, "reputationOf(address)(uint32)", operator);
         assert_eq!(reputations[i], reputation, "{operator}'s reputation at block {block}");
     }
     let hops = attributes(&dom, "data-peer");
@@ -118,7 +105,7 @@ fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
     assert!(page.contains("NodeRegistry.NodeRegistered"), "{page}");
     assert!(page.contains("PaymentChannels.ChannelOpened"), "a channel was opened to it: {page}");
     let block = attributes(&page, "data-block")[0];
-    let stake = cast_call(&rpc, block, registry, "stakeOf(address)(uint256)", operator);
+    let stake = cast_call(rpc, block, registry, "stakeOf(address)(uint256)", operator);
     assert_eq!(attributes(&page, "data-stake-wei"), [stake.as_str()]);
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

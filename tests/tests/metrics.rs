@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
 use infergrid::tools::{Tool, locate};
-use infergrid_e2e::http::{exchange, get, post_request, sample};
-use infergrid_e2e::procs::{SWARM, Swarm, binary, free_port, llama_devnet};
+use infergrid_e2e::http::{await_servable, exchange, get, post_request, sample};
+use infergrid_e2e::procs::{SWARM, TestNet, binary, free_port};
 
 const REQUESTS: usize = 3;
 
@@ -32,14 +32,8 @@ fn wei(value: &serde_json::Value) -> f64 {
 fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
-    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let swarm = Swarm {
-        model: model.to_str().unwrap(),
-        rpc: &rpc,
-        deployment: deployment.to_str().unwrap(),
-        dir: dir.path(),
-    };
+    let net = TestNet::start(dir.path());
+    let (swarm, manifest, rpc) = (net.swarm(), &net.manifest, net.rpc.as_str());
     let http: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let (_nodes, node_logs): (Vec<_>, Vec<_>) = (0..3)
         .map(|i| {
@@ -49,14 +43,10 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         .unzip();
     let api = format!("127.0.0.1:{}", free_port());
     let (_gateway, gateway_log) = swarm.gateway_logged(0, &api, &[], &[]);
-    let started = Instant::now();
-    while infergrid_e2e::http::health(&api)["status"] != "ok" {
-        assert!(started.elapsed() < Duration::from_secs(30), "the swarm never became servable");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    await_servable(&api, Duration::from_secs(30));
 
     // N completions of different lengths, one of them streamed.
-    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let name = net.model_name();
     let (mut prompt_tokens, mut completion_tokens, mut ids) = (0, Vec::new(), Vec::new());
     for i in 0..REQUESTS {
         let stream = i == REQUESTS - 1;
@@ -181,7 +171,7 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
     // reports redeemed equals what the channel paid on-chain.
     let payer = infergrid_e2e::dev(Role::Payer, 0).private_key.to_string();
     let closed = Command::new(binary())
-        .args(["channels", "close", "--rpc-url", &rpc, "--deployment", swarm.deployment])
+        .args(["channels", "close", "--rpc-url", rpc, "--deployment", swarm.deployment])
         .env("INFERGRID_PAYER_KEY", &payer)
         .output()
         .unwrap();
@@ -207,7 +197,7 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
                     "getChannel(uint256)((address,uint64,address,uint128,uint128))",
                 ])
                 .arg(channel["channel"].as_str().unwrap())
-                .args(["--rpc-url", &rpc])
+                .args(["--rpc-url", rpc])
                 .output()
                 .unwrap();
             let text = String::from_utf8(out.stdout).unwrap();

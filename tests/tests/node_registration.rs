@@ -2,11 +2,12 @@
 //! on-chain, it refuses with the fix in one line (or registers how it was started with
 //! `--update-registration`); a port another process holds is an error, not a silent share.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::{NODE_PORT_BASE, Role};
-use infergrid_e2e::procs::{SWARM, Swarm, binary, llama_devnet, start};
+use infergrid_e2e::procs::{SWARM, Swarm, TestNet, binary, start};
 
 /// Runs `infergrid node` as operator `index` with `args`, expecting it to refuse: its last
 /// stderr line. A node that starts instead fails the test (killed after 60 s).
@@ -39,14 +40,9 @@ fn refused(swarm: &Swarm, index: usize, args: &[&str]) -> String {
 fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
-    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let swarm = Swarm {
-        model: model.to_str().unwrap(),
-        rpc: &rpc,
-        deployment: deployment.to_str().unwrap(),
-        dir: dir.path(),
-    };
+    let net = TestNet::start(dir.path());
+    let (swarm, manifest, rpc) = (net.swarm(), &net.manifest, net.rpc.as_str());
+    let (deployment, model) = (Path::new(&net.deployment), Path::new(&net.model));
     // Operator 0 is registered for block 0 at 127.0.0.1:31000.
     let registered = format!("/ip4/127.0.0.1/tcp/{NODE_PORT_BASE}");
     let elsewhere = format!("/ip4/127.0.0.1/tcp/{}", NODE_PORT_BASE + 9);
@@ -71,13 +67,13 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     let key = infergrid_e2e::dev(Role::Operator, 0).private_key.to_string();
     let ledger = dir.path().join("moved.redb");
     let mut args = vec!["node", "--model", swarm.model, "--blocks", "0", "--key-env", "NODE_KEY"];
-    args.extend(["--rpc-url", &rpc, "--deployment", swarm.deployment, "--listen", &elsewhere]);
+    args.extend(["--rpc-url", rpc, "--deployment", swarm.deployment, "--listen", &elsewhere]);
     args.extend(["--ledger", ledger.to_str().unwrap(), "--update-registration"]);
     let (_moved, _) = start(&args, &[("NODE_KEY", key)], "node ready");
     let operator = infergrid_e2e::dev(Role::Operator, 0).address.to_string();
     let audit = Command::new(binary())
-        .args(["audit", "node", &operator, "--json", "--rpc-url", &rpc, "--deployment"])
-        .arg(&deployment)
+        .args(["audit", "node", &operator, "--json", "--rpc-url", rpc, "--deployment"])
+        .arg(deployment)
         .output()
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
@@ -103,7 +99,7 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(health["status"], "unservable", "{health}");
-    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let name = infergrid::model::ModelManifest::load(model).unwrap().name;
     let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":4,"temperature":0}}"#);
     let request = infergrid_e2e::http::post_request("/v1/completions", None, &body);
     let (status, _, answer) = infergrid_e2e::http::exchange(&api, &request);
@@ -121,8 +117,8 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
         "{health}"
     );
     let listed = Command::new(binary())
-        .args(["channels", "list", "--json", "--rpc-url", &rpc, "--deployment"])
-        .arg(&deployment)
+        .args(["channels", "list", "--json", "--rpc-url", rpc, "--deployment"])
+        .arg(deployment)
         .env("INFERGRID_PAYER_KEY", infergrid_e2e::dev(Role::Payer, 0).private_key.to_string())
         .output()
         .unwrap();
@@ -137,18 +133,11 @@ fn a_node_started_unlike_its_registration_refuses_or_updates_it() {
     assert!(to(&manifest["roles"]["operators"][0]["address"]), "{channels}");
     assert!(!to(&operator1["address"]), "a channel to the unreachable node: {channels}");
     let _rest = [swarm.node(1, "1", &[]), swarm.node(2, "2", &[])];
-    let joined = Instant::now();
-    while infergrid_e2e::http::health(&api)["status"] != "ok" {
-        assert!(joined.elapsed() < Duration::from_secs(30), "blocks 1 and 2 never became servable");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!(
-        "blocks 1 and 2 servable {:.1} s after their nodes started",
-        joined.elapsed().as_secs_f64()
-    );
+    let joined = infergrid_e2e::http::await_servable(&api, Duration::from_secs(30));
+    eprintln!("blocks 1 and 2 servable {:.1} s after their nodes started", joined.as_secs_f64());
     let (status, _, answer) = infergrid_e2e::http::exchange(&api, &request);
     assert_eq!(status, 200, "{answer}");
-    let (expected, _) = infergrid_e2e::models::local_greedy(&model, "hello", 4).unwrap();
+    let (expected, _) = infergrid_e2e::models::local_greedy(model, "hello", 4).unwrap();
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["choices"][0]["token_ids"], serde_json::json!(expected));
 }

@@ -3,30 +3,25 @@
 //! JS SDK the common paths, and raw HTTP what SDKs hide — against a gateway routing over three
 //! node processes on anvil, its greedy output compared with the model run whole in-process.
 
+use std::path::Path;
 use std::process::Command;
 
 use infergrid_e2e::http::{exchange, metered, post_request};
 use infergrid_e2e::models::{local_greedy, repo_root};
-use infergrid_e2e::procs::{Proc, Swarm, free_port, llama_devnet};
+use infergrid_e2e::procs::{Proc, TestNet, free_port};
 
 const ORIGIN: &str = "http://app.example";
 
 #[test]
 fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
-    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let swarm = Swarm {
-        model: model.to_str().unwrap(),
-        rpc: &rpc,
-        deployment: deployment.to_str().unwrap(),
-        dir: dir.path(),
-    };
+    let net = TestNet::start(dir.path());
+    let (swarm, model) = (net.swarm(), Path::new(&net.model));
     let _nodes: Vec<Proc> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
     let addr = format!("127.0.0.1:{}", free_port());
     let timeouts = ["--header-timeout-secs", "2", "--body-timeout-secs", "2"];
     let _gateway = swarm.gateway(&addr, &[&["--cors-origin", ORIGIN][..], &timeouts].concat());
-    let served = infergrid::model::ModelManifest::load(&model).unwrap();
+    let served = infergrid::model::ModelManifest::load(model).unwrap();
     let (name, config) = (served.name.clone(), &served.config);
     let api = format!("http://{addr}/v1");
 
@@ -50,7 +45,7 @@ fn the_openai_sdks_find_every_parameter_implemented_or_refused_by_name() {
     let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
     assert_eq!(checks, 15, "the script ran {checks} of its 15 checks");
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    let (expected_ids, expected_text) = local_greedy(&model, "once upon a time", 16).unwrap();
+    let (expected_ids, expected_text) = local_greedy(model, "once upon a time", 16).unwrap();
     assert_eq!(report["greedy_ids"], serde_json::json!(expected_ids), "the swarm's greedy output");
 
     // The JS SDK: a completion, a streamed chat, an error.

@@ -2,15 +2,14 @@
 //! a new key joins a running network for block 1, is routed to and paid, unbonds, is refused
 //! an early withdrawal with the time left, and withdraws once the devnet's clock moved on.
 
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use infergrid::devnet::Role;
-use infergrid_e2e::http::{exchange, health, post_request};
+use infergrid_e2e::http::{await_servable, complete, health};
 use infergrid_e2e::models::local_greedy;
-use infergrid_e2e::procs::{
-    Proc, Swarm, binary, expect_line, free_port, llama_devnet, start_following,
-};
+use infergrid_e2e::procs::{Proc, Swarm, TestNet, binary, expect_line, free_port, start_following};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -38,14 +37,8 @@ fn refused(out: Output) -> String {
 #[test]
 fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
     let dir = tempfile::tempdir().unwrap();
-    let (_devnet, manifest, deployment, model) = llama_devnet(dir.path());
-    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
-    let swarm = Swarm {
-        model: model.to_str().unwrap(),
-        rpc: &rpc,
-        deployment: deployment.to_str().unwrap(),
-        dir: dir.path(),
-    };
+    let net = TestNet::start(dir.path());
+    let (swarm, rpc, model) = (net.swarm(), net.rpc.as_str(), Path::new(&net.model));
     // From any directory, with no --rpc-url or --deployment, commands use the devnet started
     // last (recorded under $XDG_CONFIG_HOME, here the test's directory); with none recorded,
     // the error says what was tried and what to do.
@@ -138,17 +131,9 @@ fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
 
     // Routed within a directory refresh or two: /healthz is ok once the gateway heard from it,
     // a completion equals the model run whole, and the gateway has signed vouchers to it.
-    let joined = Instant::now();
-    while health(&api)["status"] != "ok" {
-        assert!(joined.elapsed() < Duration::from_secs(30), "{}", health(&api));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
-    let body = format!(r#"{{"model":"{name}","prompt":"hello","max_tokens":8,"temperature":0}}"#);
-    let (status, _, answer) = exchange(&api, &post_request("/v1/completions", None, &body));
-    assert_eq!(status, 200, "{answer}");
-    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    let (expected, _) = local_greedy(&model, "hello", 8).unwrap();
+    let joined = await_servable(&api, Duration::from_secs(30));
+    let answer = complete(&api, &net.model_name(), "hello", 8);
+    let (expected, _) = local_greedy(model, "hello", 8).unwrap();
     assert_eq!(answer["choices"][0]["token_ids"], serde_json::json!(expected));
     let tabs = health(&api)["routing"]["payments"].as_array().unwrap().clone();
     let earned = tabs
@@ -158,7 +143,7 @@ fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
     assert_ne!(earned["signed"], "0", "{earned}");
     eprintln!(
         "joined and routed {:.1} s after start; signed {} wei for its tokens",
-        joined.elapsed().as_secs_f64(),
+        joined.as_secs_f64(),
         earned["signed"]
     );
 
