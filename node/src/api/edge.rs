@@ -213,14 +213,14 @@ impl RefusalLog {
 }
 
 /// Gives the bare error answers of the layers (a body over the limit, a response timeout)
-/// OpenAI's JSON error shape, as every other error has.
+/// OpenAI's JSON error shape, as every other error has. JSON errors and the dashboard's HTML
+/// error pages (which reload themselves) are answers already, and pass as they are.
 fn openai_shaped(response: Response) -> Response {
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    let shaped = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| {
+        t.as_bytes().starts_with(b"application/json") || t.as_bytes().starts_with(b"text/html")
+    });
     let status = response.status();
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+    if shaped || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let (kind, message) = match status {

@@ -78,7 +78,10 @@ impl Row {
     fn refundable(&self) -> U256 {
         match self.refunded {
             Some(_) => U256::ZERO,
-            None => self.deposit - self.paid - self.unredeemed().unwrap_or_default(),
+            None => self
+                .deposit
+                .saturating_sub(self.paid)
+                .saturating_sub(self.unredeemed().unwrap_or_default()),
         }
     }
 
@@ -111,7 +114,9 @@ async fn rows(
             node: c.node,
             deposit: U256::from(c.deposit) + refunded.unwrap_or_default(),
             paid,
-            signed: signed.map(|s| s.get(&id).copied().unwrap_or_default()),
+            // A channel the wallet does not hold (opened from another wallet, or replaced in
+            // it by a newer channel to the same node): what was signed on it is unknown.
+            signed: signed.and_then(|s| s.get(&id).copied()),
             closes_at: c.closesAt,
             refunded,
         });

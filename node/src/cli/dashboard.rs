@@ -2,7 +2,6 @@
 //! serves the same page at `/dashboard`, with its live route).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -27,7 +26,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     println!("dashboard ready on http://{}/dashboard", listener.local_addr()?);
-    axum::serve(listener, router(Arc::new(source)))
+    axum::serve(listener, router(source))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

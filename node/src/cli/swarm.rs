@@ -635,7 +635,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         manifest.name,
         address = listener.local_addr()?,
     );
-    let app = router(state, &limits).merge(infergrid::dashboard::router(Arc::new(dashboard)));
+    let app = router(state, &limits).merge(infergrid::dashboard::router(dashboard));
     limits
         .serve(listener, app, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -10,7 +10,8 @@
 
 mod render;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use axum::Router;
@@ -18,6 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::chain::Deployment;
 use crate::chain::audit::{AuditError, Auditor};
@@ -33,12 +35,43 @@ pub struct DashboardSource {
     pub gateway: Option<Arc<dyn RoutingStatus>>,
 }
 
+/// Pages rendered at once, at most: each costs the RPC endpoint a round of calls, and the
+/// page is open to anyone who can reach the gateway.
+const CONCURRENT_RENDERS: usize = 4;
+
+/// How long a rendered overview is served again before the chain is read anew: a page
+/// reloaded by many browsers, or a flood of requests, reads the chain once per interval.
+const OVERVIEW_REUSE: Duration = Duration::from_secs(2);
+
+struct Dashboard {
+    source: DashboardSource,
+    renders: Semaphore,
+    overview: Mutex<Option<(Instant, String)>>,
+}
+
+impl Dashboard {
+    /// A render slot, or `503` with `Retry-After` while every slot is taken.
+    #[allow(clippy::result_large_err)]
+    fn slot(&self) -> Result<SemaphorePermit<'_>, Response> {
+        self.renders.try_acquire().map_err(|_| {
+            let busy = render::error_page("the dashboard is busy; it reloads shortly");
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Html(busy))
+                .into_response()
+        })
+    }
+}
+
 /// `/dashboard` and `/dashboard/node/{operator}`.
-pub fn router<S>(source: Arc<DashboardSource>) -> Router<S> {
+pub fn router<S>(source: DashboardSource) -> Router<S> {
+    let dashboard = Dashboard {
+        source,
+        renders: Semaphore::new(CONCURRENT_RENDERS),
+        overview: Mutex::new(None),
+    };
     Router::new()
         .route("/dashboard", get(overview))
         .route("/dashboard/node/{operator}", get(node))
-        .with_state(source)
+        .with_state(Arc::new(dashboard))
 }
 
 fn page(html: String) -> Response {
@@ -49,13 +82,26 @@ fn page(html: String) -> Response {
         .into_response()
 }
 
+/// The chain could not be read: the details go to the log, not to the page, since they may
+/// name the RPC endpoint (and a key in its URL).
 fn failed(e: AuditError) -> Response {
-    let html = render::error_page(&e.to_string());
+    tracing::warn!("dashboard: reading the chain failed: {e}");
+    let html = render::error_page("the chain could not be read; retrying");
     (StatusCode::BAD_GATEWAY, [(header::REFRESH, REFRESH_SECS.to_string())], Html(html))
         .into_response()
 }
 
-async fn overview(State(source): State<Arc<DashboardSource>>) -> Response {
+async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
+    if let Some((at, html)) = dashboard.overview.lock().expect("overview").as_ref()
+        && at.elapsed() < OVERVIEW_REUSE
+    {
+        return page(html.clone());
+    }
+    let _slot = match dashboard.slot() {
+        Ok(slot) => slot,
+        Err(busy) => return busy,
+    };
+    let source = &dashboard.source;
     let auditor = match Auditor::connect(&source.rpc_url, &source.deployment).await {
         Ok(auditor) => auditor,
         Err(e) => return failed(e),
@@ -69,17 +115,21 @@ async fn overview(State(source): State<Arc<DashboardSource>>) -> Response {
         banned: g.banned_peers(),
         report: g.route_report().lock().expect("route report").clone(),
     });
-    page(render::overview(&source.deployment, &auditor, &nodes, gateway.as_ref()))
+    let html = render::overview(&source.deployment, &auditor, &nodes, gateway.as_ref());
+    *dashboard.overview.lock().expect("overview") = Some((Instant::now(), html.clone()));
+    page(html)
 }
 
-async fn node(
-    State(source): State<Arc<DashboardSource>>,
-    Path(operator): Path<String>,
-) -> Response {
+async fn node(State(dashboard): State<Arc<Dashboard>>, Path(operator): Path<String>) -> Response {
     let Ok(operator) = operator.parse::<Address>() else {
         let html = render::error_page(&format!("{operator:?} is not an address"));
         return (StatusCode::NOT_FOUND, Html(html)).into_response();
     };
+    let _slot = match dashboard.slot() {
+        Ok(slot) => slot,
+        Err(busy) => return busy,
+    };
+    let source = &dashboard.source;
     let auditor = match Auditor::connect(&source.rpc_url, &source.deployment).await {
         Ok(auditor) => auditor,
         Err(e) => return failed(e),

@@ -76,12 +76,15 @@ fn percent(bps: u32) -> String {
     format!("{:.1}%", f64::from(bps) / 100.0)
 }
 
+/// The first 8 and last 6 characters of a long id.
 fn short(text: &str) -> String {
-    if text.len() <= 16 {
-        text.to_owned()
-    } else {
-        format!("{}…{}", &text[..8], &text[text.len() - 6..])
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 16 {
+        return text.to_owned();
     }
+    let (head, tail): (String, String) =
+        (chars[..8].iter().collect(), chars[chars.len() - 6..].iter().collect());
+    format!("{head}…{tail}")
 }
 
 fn standing(node: &NodeAudit) -> (&'static str, String) {
@@ -291,13 +294,15 @@ pub fn node_page(deployment: &Deployment, node: &NodeAudit, history: &[HistoryEv
         escape(&format_tokens(node.total_slashed)),
         escape(&status),
     );
-    let reputation: Vec<(u64, u32)> = history
+    let mut reputation: Vec<(u64, u32)> = history
         .iter()
         .filter_map(|h| match &h.event {
             NodeEvent::ResultFinalized(e) => Some((e.epoch, e.newReputationBps)),
             _ => None,
         })
         .collect();
+    // Epochs may finalize out of order; the chart runs in epoch order.
+    reputation.sort_by_key(|(epoch, _)| *epoch);
     body.push_str(&reputation_chart(&reputation));
     body.push_str(
         "<section><h2>History</h2><table><thead><tr><th class=\"num\">block</th><th>event</th>\
@@ -391,6 +396,13 @@ mod tests {
             escape("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
+    }
+
+    #[test]
+    fn long_ids_are_shortened_by_characters() {
+        assert_eq!(short("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"), "0x709979…dc79C8");
+        assert_eq!(short(&"é".repeat(20)), format!("{}…{}", "é".repeat(8), "é".repeat(6)));
+        assert_eq!(short("short"), "short");
     }
 
     #[test]

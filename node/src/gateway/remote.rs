@@ -383,7 +383,10 @@ impl RemoteModel {
                     payload = output;
                     index += 1;
                 }
-                Err(StepFailure::Fatal(e)) => return Err(*e),
+                Err(StepFailure::Fatal(e)) => {
+                    self.report_failover(stalled.take(), Vec::new());
+                    return Err(*e);
+                }
                 Err(StepFailure::Peer(reason)) => {
                     tracing::warn!(
                         "session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
@@ -423,7 +426,10 @@ impl RemoteModel {
                         state.hops.extend(replacement.iter().copied());
                         match self.replay(state, &replacement, session, position) {
                             Ok(()) => break,
-                            Err((_, StepFailure::Fatal(e))) => return Err(*e),
+                            Err((_, StepFailure::Fatal(e))) => {
+                                self.report_failover(stalled.take(), Vec::new());
+                                return Err(*e);
+                            }
                             Err((bad, StepFailure::Peer(_))) => {
                                 self.router.hops.bans().fail(bad.peer)
                             }

@@ -425,13 +425,21 @@ impl Collector {
         })
     }
 
-    /// Every channel's standing: the ledger's, overlaid with this run's metering.
+    /// Every channel's standing: the ledger's, overlaid with this run's metering. The ledger
+    /// is read before the book's lock is taken: a scan of every channel must not
+    /// hold up the steps being paid meanwhile (each needs the lock to be admitted).
     pub async fn standings(&self) -> Result<Vec<ChannelStanding>, PaymentError> {
-        let book = self.book.lock().await;
         let mut records = self.ledger.all()?;
+        let book = self.book.lock().await;
         for (id, record) in &mut records {
             if let Some(live) = book.channels.get(id) {
                 *record = live.record.clone();
+            }
+        }
+        // A channel first paid after the scan is in the book only.
+        for (id, live) in &book.channels {
+            if !records.iter().any(|(known, _)| known == id) {
+                records.push((*id, live.record.clone()));
             }
         }
         Ok(records.into_iter().map(|(id, r)| self.standing(id, &r)).collect())

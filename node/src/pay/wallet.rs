@@ -270,9 +270,10 @@ impl Wallet {
     }
 
     /// The latest voucher signed on each channel (channel id → cumulative amount), read from
-    /// the wallet file at `path` whatever its deployment. Fails while a gateway has it open.
+    /// the wallet file at `path` whatever its deployment, opened read-only. Fails while a
+    /// gateway has it open.
     pub fn signed_in(path: &Path) -> Result<HashMap<U256, U256>, StoreError> {
-        let db = Database::open(path).map_err(redb::Error::from)?;
+        let db = redb::ReadOnlyDatabase::open(path).map_err(redb::Error::from)?;
         let txn = db.begin_read()?;
         let table = match txn.open_table(TABS) {
             Ok(table) => table,

@@ -144,7 +144,9 @@ impl BlockServer {
                             StepOutcome::Answered
                         }
                         InferResponse::Err(e) => {
-                            tracing::info!(code = e.code.name(), "refused: {}", e.message);
+                            // Any peer can send refusable steps: at `debug`, so that it cannot
+                            // fill the log (the metrics count them by code).
+                            tracing::debug!(code = e.code.name(), "refused: {}", e.message);
                             StepOutcome::Refused(e.code.name())
                         }
                     };

@@ -74,7 +74,8 @@ impl GatewayMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "HTTP requests answered, by endpoint and status",
+            "HTTP requests the API answered, by endpoint and status (not those shed at the \
+             in-flight limit or timed out before an answer)",
             requests.clone(),
         );
         let prompt_tokens = Counter::default();

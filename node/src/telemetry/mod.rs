@@ -3,7 +3,8 @@
 //! Each role owns one [`prometheus_client`] registry with the metrics it records as things
 //! happen (requests, tokens, latencies, steps, redemptions) and gauges it reads at scrape
 //! time from the state that already holds them (sessions, KV cache, what each channel owes):
-//! a gauge kept in step by hand drifts, one read from the source does not. Metric names are
+//! a gauge kept in step by hand drifts, one read from the source does not. The exposition is
+//! OpenMetrics text ([`CONTENT_TYPE`]). Metric names are
 //! `infergrid_gateway_*` and `infergrid_node_*`; no label names a session or a request, so
 //! their number stays bounded. Wei amounts are float64 (the format's only number type):
 //! exact up to 2^53 wei (0.009 BTT), within a part in 2^53 beyond.
@@ -20,9 +21,9 @@ use alloy::primitives::U256;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// The content type of the text exposition format, version 0.0.4, which every Prometheus
-/// scraper reads.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what [`prometheus_client`]'s text encoder writes: OpenMetrics 1.0
+/// (`# UNIT` lines, `# EOF`), which Prometheus negotiates and parses as such.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets from 1 ms to about 33 s, doubling: one histogram shape for every latency
 /// measured, from a loopback hop to a long prefill.
