@@ -95,6 +95,14 @@ fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
             cast_call(rpc, &block, validation, "reputationOf(address)(uint32)", operator);
         assert_eq!(reputations[i], reputation, "{operator}'s reputation at block {block}");
     }
+    let validators = attributes(&dom, "data-validator");
+    let registered = manifest["roles"]["validators"].as_array().unwrap();
+    assert_eq!(validators.len(), registered.len(), "one row per validator:\n{dom}");
+    for (validator, stake) in validators.iter().zip(attributes(&dom, "data-validator-stake-wei")) {
+        let bonded =
+            cast_call(rpc, &block, validation, "validatorStake(address)(uint256)", validator);
+        assert_eq!(stake, bonded, "{validator}'s stake at block {block}");
+    }
     let hops = attributes(&dom, "data-peer");
     assert_eq!(hops, route, "the route of the last request");
 

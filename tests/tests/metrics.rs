@@ -92,6 +92,11 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
     assert_eq!(at("infergrid_gateway_inter_token_seconds_count"), generated as f64 - n);
     assert_eq!(at("infergrid_gateway_failovers_total"), 0.0);
     assert!(gateway.contains("# TYPE infergrid_gateway_hop_latency_seconds histogram"));
+    assert!(
+        at("infergrid_gateway_peers_connected") >= 3.0,
+        "the gateway is connected to the nodes"
+    );
+    let mut vouchers_received = 0.0;
 
     // Each node: a prefill, k-1 decode steps and a close per request of k tokens; what it
     // metered and was vouched equals its live ledger and what the gateway signed it.
@@ -106,6 +111,8 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
             generated as f64 - n
         );
         assert_eq!(at(r#"infergrid_node_steps_total{kind="close",outcome="ok"}"#), n);
+        assert!(at("infergrid_node_peers_connected") >= 1.0, "node {i} is connected");
+        vouchers_received += at("infergrid_node_vouchers_received_total");
         let ledger = status(addr);
         let totals = &ledger["totals"];
         assert_eq!(
@@ -130,6 +137,9 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         );
         assert_eq!(metered, Some(at("infergrid_node_metered_block_tokens")), "node {i}");
     }
+
+    // Every voucher the gateway signed went with a step a node accepted.
+    assert_eq!(at("infergrid_gateway_vouchers_signed_total"), vouchers_received);
 
     // The log follows each request by its session id, at the default level: the gateway
     // generating, routing, signing vouchers and finishing it; every node opening the session,

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::gateway::RoutingStatus;
 use crate::generate::{ChatFormat, Generation, GenerationError, Prompt, TextModel, generate};
-use crate::telemetry::{GatewayMetrics, NodeTab};
+use crate::telemetry::{GatewayMetrics, GatewayNow, NodeTab};
 pub use edge::ApiLimits;
 pub use error::ApiError;
 pub use request::{ChatRequest, CompletionRequest, EmbeddingRequest, Job, ModelLimits};
@@ -178,7 +178,7 @@ fn endpoint_of(path: &str) -> &'static str {
 
 /// Prometheus metrics (`telemetry`), outside the API key like `/healthz`.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let (banned, tabs) = match &state.routing {
+    let (peers_banned, peers_connected, tabs) = match &state.routing {
         Some(routing) => {
             let report = routing.status.route_report();
             let tabs: Vec<NodeTab> = report
@@ -193,11 +193,17 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
                     signed: t.signed,
                 })
                 .collect();
-            (routing.status.banned_peers(), tabs)
+            (routing.status.banned_peers(), routing.status.connected_peers(), tabs)
         }
-        None => (0, Vec::new()),
+        None => (0, 0, Vec::new()),
     };
-    let text = state.metrics.encode(state.active_sessions(), banned, &tabs);
+    let now = GatewayNow {
+        sessions_active: state.active_sessions(),
+        peers_banned,
+        peers_connected,
+        tabs,
+    };
+    let text = state.metrics.encode(&now);
     ([(axum::http::header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], text).into_response()
 }
 

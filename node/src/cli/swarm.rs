@@ -298,6 +298,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(address) = args.http {
         let view = NodeView {
             peer,
+            net: net.clone(),
             server: server.clone(),
             collector: collector.clone(),
             inactive: standing.clone(),

@@ -1,5 +1,5 @@
 //! The auditor's dashboard: every operator's stake, blocks, price, reputation, challenges,
-//! faults, slashes and jail; each node's reputation over the epochs and its event history;
+//! faults, slashes and jail; the validators' stake and record; each node's reputation over the epochs and its event history;
 //! and, under a gateway, its live route and health. Served by `infergrid dashboard` and by
 //! the gateway at `/dashboard`.
 //!
@@ -106,8 +106,8 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
         Ok(auditor) => auditor,
         Err(e) => return failed(e),
     };
-    let nodes = match auditor.nodes().await {
-        Ok(nodes) => nodes,
+    let (nodes, validators) = match futures::try_join!(auditor.nodes(), auditor.validators()) {
+        Ok(read) => read,
         Err(e) => return failed(e),
     };
     let gateway = source.gateway.as_ref().map(|g| render::GatewayView {
@@ -115,7 +115,8 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
         banned: g.banned_peers(),
         report: g.route_report().lock().expect("route report").clone(),
     });
-    let html = render::overview(&source.deployment, &auditor, &nodes, gateway.as_ref());
+    let html =
+        render::overview(&source.deployment, &auditor, &nodes, &validators, gateway.as_ref());
     *dashboard.overview.lock().expect("overview") = Some((Instant::now(), html.clone()));
     page(html)
 }

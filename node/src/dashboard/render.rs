@@ -8,7 +8,7 @@ use alloy::primitives::U256;
 
 use crate::chain::Deployment;
 use crate::chain::audit::{
-    Auditor, HistoryEvent, NodeAudit, NodeEvent, Value, format_tokens, peer_id_text,
+    Auditor, HistoryEvent, NodeAudit, NodeEvent, ValidatorAudit, Value, format_tokens, peer_id_text,
 };
 use crate::gateway::RouteReport;
 use crate::when::utc;
@@ -101,6 +101,7 @@ pub fn overview(
     deployment: &Deployment,
     auditor: &Auditor,
     nodes: &[NodeAudit],
+    validators: &[ValidatorAudit],
     gateway: Option<&GatewayView>,
 ) -> String {
     let time = nodes.first().map_or(String::new(), |n| format!(", {}", utc(n.as_of_time)));
@@ -163,7 +164,40 @@ pub fn overview(
     }
     body.push_str("</tbody></table></section>");
     body.push_str(&reputation_bars(nodes));
+    body.push_str(&validators_section(validators));
     layout("InferGrid network", &subtitle, auditor.block(), &body)
+}
+
+/// The validators, by stake: their weight in every quorum.
+fn validators_section(validators: &[ValidatorAudit]) -> String {
+    let mut out = String::from(
+        "<section id=\"validators\"><h2>Validators</h2><table><thead><tr><th>validator</th>\
+         <th class=\"num\">stake</th><th class=\"num\">unbonding</th>\
+         <th class=\"num\">missed reveals</th><th class=\"num\">dissents</th>\
+         <th class=\"num\">penalized</th><th>status</th></tr></thead><tbody>",
+    );
+    if validators.is_empty() {
+        out.push_str("<tr><td class=\"muted\" colspan=\"7\">no validator registered</td></tr>");
+    }
+    for v in validators {
+        let (class, status) = if v.active { ("ok", "active") } else { ("bad", "inactive") };
+        let _ = write!(
+            out,
+            "<tr class=\"validator\" data-validator=\"{addr}\" data-validator-stake-wei=\"{}\">\
+             <td><code>{addr}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"{class}\">{status}</td></tr>",
+            v.stake,
+            escape(&format_tokens(v.stake)),
+            escape(&format_tokens(v.unbonding)),
+            v.missed_reveals,
+            v.dissents,
+            escape(&format_tokens(v.total_penalized)),
+            addr = v.validator,
+        );
+    }
+    out.push_str("</tbody></table></section>");
+    out
 }
 
 /// The gateway's live view: servable or not, the last request's route, recent failovers and

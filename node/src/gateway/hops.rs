@@ -90,6 +90,11 @@ impl HopClient {
         self
     }
 
+    /// libp2p peers with an open connection now.
+    pub fn connected_peers(&self) -> usize {
+        self.net.connected_peers()
+    }
+
     /// Peers that failed, and those forbidden.
     pub fn bans(&self) -> MutexGuard<'_, Bans> {
         self.bans.lock().expect("bans")
@@ -128,6 +133,9 @@ impl HopClient {
             // with its own voucher, ahead of the answer.
             let ahead = matches!(request.payload, Payload::Masked { .. });
             request.payment = self.voucher(terms, units, settle, ahead)?;
+            if let (Some(metrics), Some(_)) = (&self.metrics, &request.payment) {
+                metrics.voucher_signed();
+            }
         }
         let expected = (kind != StepKind::Close).then(|| ExpectedShape {
             rows: input_rows(&request.payload),
@@ -177,6 +185,9 @@ impl HopClient {
             // The node may have restarted, keeps a smaller credit, or got this run's vouchers
             // out of order: pay for everything in flight now and retry once.
             request.payment = Some(self.repay(terms)?);
+            if let Some(metrics) = &self.metrics {
+                metrics.voucher_signed();
+            }
             response = self.runtime.block_on(self.net.request(hop.peer, request));
         }
         match response {

@@ -465,6 +465,8 @@ pub trait RoutingStatus: Send + Sync {
     fn unserved_blocks(&self) -> Vec<u16>;
     /// Peers not routed to now.
     fn banned_peers(&self) -> usize;
+    /// libp2p peers with an open connection now.
+    fn connected_peers(&self) -> usize;
 }
 
 impl RoutingStatus for RemoteModel {
@@ -476,6 +478,9 @@ impl RoutingStatus for RemoteModel {
     }
     fn banned_peers(&self) -> usize {
         RemoteModel::banned_peers(self)
+    }
+    fn connected_peers(&self) -> usize {
+        self.router.hops.connected_peers()
     }
 }
 

@@ -2,6 +2,7 @@
 //! talks to the rest of the node through channels.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +150,7 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     local_peer: PeerId,
     rtts: Arc<PeerRtts>,
+    connected: Arc<AtomicUsize>,
 }
 
 /// How to start the network.
@@ -169,18 +171,20 @@ impl Network {
         let (commands, command_rx) = mpsc::channel(256);
         let (inbound_tx, inbound) = mpsc::channel(256);
         let rtts = Arc::new(PeerRtts::default());
+        let connected = Arc::new(AtomicUsize::new(0));
         let mut event_loop = EventLoop {
             swarm,
             commands: command_rx,
             respond: commands.clone(),
             inbound: inbound_tx,
             rtts: rtts.clone(),
+            connected: connected.clone(),
             pending: HashMap::new(),
             providers: HashMap::new(),
         };
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
-        Ok((Network { commands, local_peer, rtts }, inbound))
+        Ok((Network { commands, local_peer, rtts, connected }, inbound))
     }
 
     pub fn local_peer(&self) -> PeerId {
@@ -190,6 +194,11 @@ impl Network {
     /// RTTs measured by ping.
     pub fn rtts(&self) -> &PeerRtts {
         &self.rtts
+    }
+
+    /// Peers with at least one open connection now.
+    pub fn connected_peers(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
     }
 
     async fn send(&self, command: Command) -> Result<(), NetError> {
@@ -320,6 +329,7 @@ struct EventLoop {
     respond: mpsc::Sender<Command>,
     inbound: mpsc::Sender<Inbound>,
     rtts: Arc<PeerRtts>,
+    connected: Arc<AtomicUsize>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse, NetError>>>,
     providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
 }
@@ -401,6 +411,15 @@ impl EventLoop {
 
     async fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            // Peers, not connections: the first connection to a peer adds it, its last removes it.
+            SwarmEvent::ConnectionEstablished { num_established, .. }
+                if num_established.get() == 1 =>
+            {
+                self.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                self.connected.fetch_sub(1, Ordering::Relaxed);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Infer(request_response::Event::Message {
                 peer,
                 message,

@@ -21,6 +21,7 @@ use crate::telemetry::{CONTENT_TYPE, ChannelFigures};
 /// on-chain as its watcher last saw it (`Some(why)` while gateways do not route here).
 pub struct NodeView {
     pub peer: PeerId,
+    pub net: crate::net::Network,
     pub server: Arc<BlockServer>,
     pub collector: Arc<Collector>,
     pub inactive: Arc<Mutex<Option<String>>>,
@@ -73,7 +74,8 @@ async fn metrics(State(view): State<Arc<NodeView>>) -> Response {
         Err(e) => return unavailable("the ledger", e),
     };
     let (sessions, kv) = view.cache();
-    let text = view.server.metrics.encode(sessions, &kv, totals(&standings));
+    let peers = view.net.connected_peers();
+    let text = view.server.metrics.encode(sessions, peers, &kv, totals(&standings));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 

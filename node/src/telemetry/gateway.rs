@@ -43,6 +43,15 @@ pub struct NodeTab {
     pub signed: U256,
 }
 
+/// What the gateway's state holds at a scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayNow {
+    pub sessions_active: usize,
+    pub peers_banned: usize,
+    pub peers_connected: usize,
+    pub tabs: Vec<NodeTab>,
+}
+
 /// The gateway's registry and the handles that record into it; cheap to clone.
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -57,6 +66,8 @@ pub struct GatewayMetrics {
     failovers_unrecovered: Counter,
     sessions_active: Gauge,
     peers_banned: Gauge,
+    peers_connected: Gauge,
+    vouchers_signed: Counter,
     node_metered: Family<NodeLabels, Gauge>,
     node_owed: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     node_signed: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -128,6 +139,18 @@ impl GatewayMetrics {
             "Peers not routed to now (failed recently, or forbidden)",
             peers_banned.clone(),
         );
+        let peers_connected = Gauge::default();
+        registry.register(
+            "peers_connected",
+            "libp2p peers with an open connection",
+            peers_connected.clone(),
+        );
+        let vouchers_signed = Counter::default();
+        registry.register(
+            "vouchers_signed",
+            "Vouchers signed and sent with steps",
+            vouchers_signed.clone(),
+        );
         let node_metered = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "node_metered_block_tokens",
@@ -158,6 +181,8 @@ impl GatewayMetrics {
             failovers_unrecovered,
             sessions_active,
             peers_banned,
+            peers_connected,
+            vouchers_signed,
             node_metered,
             node_owed,
             node_signed,
@@ -188,6 +213,10 @@ impl GatewayMetrics {
         self.hop_latency.get_or_create(&HopLabels { blocks }).observe(took.as_secs_f64());
     }
 
+    pub fn voucher_signed(&self) {
+        self.vouchers_signed.inc();
+    }
+
     pub fn failover(&self, recovered: bool) {
         self.failovers.inc();
         if !recovered {
@@ -196,10 +225,11 @@ impl GatewayMetrics {
     }
 
     /// The text exposition of every metric, with the scrape-time gauges read first.
-    pub fn encode(&self, sessions_active: usize, peers_banned: usize, tabs: &[NodeTab]) -> String {
-        self.sessions_active.set(sessions_active as i64);
-        self.peers_banned.set(peers_banned as i64);
-        for tab in tabs {
+    pub fn encode(&self, now: &GatewayNow) -> String {
+        self.sessions_active.set(now.sessions_active as i64);
+        self.peers_banned.set(now.peers_banned as i64);
+        self.peers_connected.set(now.peers_connected as i64);
+        for tab in &now.tabs {
             let node = NodeLabels { operator: tab.operator.to_string() };
             self.node_metered.get_or_create(&node).set(tab.metered as i64);
             self.node_owed.get_or_create(&node).set(wei(tab.owed));

@@ -13,7 +13,7 @@ mod gateway;
 mod logs;
 mod node;
 
-pub use gateway::{GatewayMetrics, NodeTab};
+pub use gateway::{GatewayMetrics, GatewayNow, NodeTab};
 pub use logs::{DEFAULT_FILTER, LogFormat, init as init_logs};
 pub use node::{ChannelFigures, NodeMetrics, StepOutcome};
 
@@ -73,7 +73,10 @@ mod tests {
         node.voucher_received();
         node.redemption(U256::from(7_000), 90_000);
         let figures = ChannelFigures { channels: 1, metered: 7, ..Default::default() };
-        gateway.encode(2, 1, &[tab]) + &node.encode(1, &[(0, 12, 100)], figures)
+        let now =
+            GatewayNow { sessions_active: 2, peers_banned: 1, peers_connected: 3, tabs: vec![tab] };
+        gateway.voucher_signed();
+        gateway.encode(&now) + &node.encode(1, 3, &[(0, 12, 100)], figures)
     }
 
     #[test]
@@ -85,6 +88,9 @@ mod tests {
             "infergrid_gateway_time_to_first_token_seconds_count 1",
             "infergrid_gateway_failovers_unrecovered_total 1",
             "infergrid_gateway_sessions_active 2",
+            "infergrid_gateway_peers_connected 3",
+            "infergrid_gateway_vouchers_signed_total 1",
+            "infergrid_node_peers_connected 3",
             r#"infergrid_gateway_node_owed_wei{operator="0x0101010101010101010101010101010101010101"} 7000.0"#,
             r#"infergrid_node_steps_total{kind="prefill",outcome="payment_required"} 1"#,
             "infergrid_node_step_seconds_count 1",

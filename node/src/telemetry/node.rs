@@ -58,6 +58,7 @@ pub struct NodeMetrics {
     redeemed_by_node: Counter<f64, AtomicU64>,
     redemption_gas: Counter,
     sessions_active: Gauge,
+    peers_connected: Gauge,
     kv_tokens_used: Family<BlockLabels, Gauge>,
     kv_tokens_free: Family<BlockLabels, Gauge>,
     channels: Gauge,
@@ -107,6 +108,12 @@ impl NodeMetrics {
             "Sessions with a KV cache here",
             sessions_active.clone(),
         );
+        let peers_connected = Gauge::default();
+        registry.register(
+            "peers_connected",
+            "libp2p peers with an open connection",
+            peers_connected.clone(),
+        );
         let kv_tokens_used = Family::<BlockLabels, Gauge>::default();
         registry.register(
             "kv_cache_tokens_used",
@@ -154,6 +161,7 @@ impl NodeMetrics {
             redeemed_by_node,
             redemption_gas,
             sessions_active,
+            peers_connected,
             kv_tokens_used,
             kv_tokens_free,
             channels,
@@ -187,14 +195,17 @@ impl NodeMetrics {
     }
 
     /// The text exposition of every metric, with the scrape-time gauges read first:
-    /// `sessions`, each block's KV tokens `(block, used, free)` and the channels' figures.
+    /// `sessions`, connected `peers`, each block's KV tokens `(block, used, free)` and the
+    /// channels' figures.
     pub fn encode(
         &self,
         sessions: usize,
+        peers: usize,
         kv: &[(u16, usize, usize)],
         figures: ChannelFigures,
     ) -> String {
         self.sessions_active.set(sessions as i64);
+        self.peers_connected.set(peers as i64);
         for &(block, used, free) in kv {
             self.kv_tokens_used.get_or_create(&BlockLabels { block }).set(used as i64);
             self.kv_tokens_free.get_or_create(&BlockLabels { block }).set(free as i64);

@@ -84,7 +84,7 @@ impl Auditor {
 
     /// The logs matching `filter` from the deployment block to the pinned block, asked for
     /// in windows of `log_window` blocks.
-    async fn logs(&self, filter: Filter) -> Result<Vec<Log>, AuditError> {
+    pub(super) async fn logs(&self, filter: Filter) -> Result<Vec<Log>, AuditError> {
         let mut logs = Vec::new();
         for (from, to) in windows(self.deploy_block, self.block, self.log_window) {
             let window = filter.clone().from_block(from).to_block(to);

@@ -8,9 +8,11 @@
 mod epochs;
 mod events;
 mod history;
+mod validators;
 
 pub use epochs::{EpochSummary, epochs};
 pub use events::{HistoryEvent, NodeEvent, Value};
+pub use validators::ValidatorAudit;
 
 use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, U256, utils::format_ether};
