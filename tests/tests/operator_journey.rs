@@ -83,22 +83,10 @@ fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
     // Register for block 1 where the node will listen, and start it there.
     let port = free_port();
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-    let register = [
-        "operator",
-        "register",
-        "--keystore",
-        keystore,
-        "--model",
-        swarm.model,
-        "--blocks",
-        "1",
-        "--price",
-        "1000wei",
-        "--stake",
-        "1000BTT",
-        "--multiaddr",
-        &listen,
-    ];
+    // The key, the model and block 1: the same in the registration and for the node.
+    let service = ["--keystore", keystore, "--model", swarm.model, "--blocks", "1"];
+    let terms = ["--price", "1000wei", "--stake", "1000BTT", "--multiaddr", &listen];
+    let register = [&["operator", "register"][..], &service, &terms].concat();
     let error = refused(infergrid(&swarm, &register));
     assert!(error.contains("too little ether to pay for gas"), "{error}");
     assert!(error.contains("`infergrid devnet fund ADDRESS`"), "{error}");
@@ -107,25 +95,10 @@ fn a_new_operator_follows_the_readme_from_key_to_withdrawal() {
     let registered = succeeded(infergrid(&swarm, &register));
     assert!(registered.contains("register: tx 0x") && registered.contains("active       true"));
     let ledger = dir.path().join("op-ledger.redb");
-    let node_args = [
-        "node",
-        "--keystore",
-        keystore,
-        "--model",
-        swarm.model,
-        "--blocks",
-        "1",
-        "--listen",
-        &listen,
-        "--ledger",
-        ledger.to_str().unwrap(),
-        "--rpc-url",
-        swarm.rpc,
-        "--deployment",
-        swarm.deployment,
-        "--standing-check-secs",
-        "1",
-    ];
+    let chain = ["--rpc-url", swarm.rpc, "--deployment", swarm.deployment];
+    let serving = ["--listen", &listen, "--ledger", ledger.to_str().unwrap()];
+    let node_args =
+        [&["node"][..], &service, &serving, &chain, &["--standing-check-secs", "1"]].concat();
     let password = [("INFERGRID_KEYSTORE_PASSWORD", PASSWORD.to_owned())];
     let (_node, _, node_log) = start_following(&node_args, &password, "node ready");
 

@@ -50,14 +50,19 @@ struct Dashboard {
 }
 
 impl Dashboard {
-    /// A render slot, or `503` with `Retry-After` while every slot is taken.
+    /// A render slot and an auditor pinned to the latest block; `503` with `Retry-After`
+    /// while every slot is taken, or the error page when the chain cannot be read.
     #[allow(clippy::result_large_err)]
-    fn slot(&self) -> Result<SemaphorePermit<'_>, Response> {
-        self.renders.try_acquire().map_err(|_| {
+    async fn reader(&self) -> Result<(SemaphorePermit<'_>, Auditor), Response> {
+        let slot = self.renders.try_acquire().map_err(|_| {
             let busy = render::error_page("the dashboard is busy; it reloads shortly");
             (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Html(busy))
                 .into_response()
-        })
+        })?;
+        let auditor = Auditor::connect(&self.source.rpc_url, &self.source.deployment)
+            .await
+            .map_err(failed)?;
+        Ok((slot, auditor))
     }
 }
 
@@ -97,15 +102,11 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
     {
         return page(html.clone());
     }
-    let _slot = match dashboard.slot() {
-        Ok(slot) => slot,
-        Err(busy) => return busy,
+    let (_slot, auditor) = match dashboard.reader().await {
+        Ok(reader) => reader,
+        Err(answer) => return answer,
     };
     let source = &dashboard.source;
-    let auditor = match Auditor::connect(&source.rpc_url, &source.deployment).await {
-        Ok(auditor) => auditor,
-        Err(e) => return failed(e),
-    };
     let (nodes, validators) = match futures::try_join!(auditor.nodes(), auditor.validators()) {
         Ok(read) => read,
         Err(e) => return failed(e),
@@ -126,15 +127,11 @@ async fn node(State(dashboard): State<Arc<Dashboard>>, Path(operator): Path<Stri
         let html = render::error_page(&format!("{operator:?} is not an address"));
         return (StatusCode::NOT_FOUND, Html(html)).into_response();
     };
-    let _slot = match dashboard.slot() {
-        Ok(slot) => slot,
-        Err(busy) => return busy,
+    let (_slot, auditor) = match dashboard.reader().await {
+        Ok(reader) => reader,
+        Err(answer) => return answer,
     };
     let source = &dashboard.source;
-    let auditor = match Auditor::connect(&source.rpc_url, &source.deployment).await {
-        Ok(auditor) => auditor,
-        Err(e) => return failed(e),
-    };
     let (node, history) =
         match futures::try_join!(auditor.node(operator), auditor.history(operator)) {
             Ok(found) => found,
