@@ -151,29 +151,20 @@ pub fn router(state: Arc<ApiState>, limits: &ApiLimits) -> Router {
 }
 
 /// Counts every answer by endpoint and status (a streamed answer when its stream starts).
+/// The endpoint is the route that matched (`/v1/models/{id}`), `other` for no route: a
+/// bounded set of labels, whatever paths clients ask for.
 async fn count_requests(
     State(state): State<Arc<ApiState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let endpoint = endpoint_of(request.uri().path());
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |route| route.as_str().to_owned());
     let response = next.run(request).await;
-    state.metrics.request(endpoint, response.status().as_u16());
+    state.metrics.request(&endpoint, response.status().as_u16());
     response
-}
-
-/// The route a path is answered by, as a metric label: a bounded set, whatever clients ask.
-fn endpoint_of(path: &str) -> &'static str {
-    match path {
-        "/healthz" => "/healthz",
-        "/metrics" => "/metrics",
-        "/v1/models" => "/v1/models",
-        "/v1/completions" => "/v1/completions",
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/embeddings" => "/v1/embeddings",
-        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
-        _ => "other",
-    }
 }
 
 /// Prometheus metrics (`telemetry`), outside the API key like `/healthz`.

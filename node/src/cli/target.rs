@@ -109,10 +109,9 @@ impl ChainTarget {
     /// The RPC endpoint: `--rpc-url`, else the running devnet's when its deployment is the
     /// one used, else the local default.
     pub fn rpc_url(&self) -> String {
-        match (&self.rpc_url, self.resolve()) {
-            (Some(url), _) => url.clone(),
-            (None, Ok(resolved)) => resolved.rpc_url,
-            (None, Err(_)) => DEFAULT_RPC_URL.to_owned(),
+        match &self.rpc_url {
+            Some(url) => url.clone(),
+            None => self.resolve().map_or_else(|_| DEFAULT_RPC_URL.to_owned(), |r| r.rpc_url),
         }
     }
 

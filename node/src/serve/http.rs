@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use alloy::primitives::U256;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -88,10 +87,6 @@ async fn health(State(view): State<Arc<NodeView>>) -> Response {
         .into_response()
 }
 
-fn wei(amount: U256) -> String {
-    amount.to_string()
-}
-
 async fn status(State(view): State<Arc<NodeView>>) -> Response {
     let standings = match view.collector.standings().await {
         Ok(standings) => standings,
@@ -112,12 +107,12 @@ async fn status(State(view): State<Arc<NodeView>>) -> Response {
         "decode_ms_per_token": server.decode_ms.get(),
         "channels": standings.iter().map(|s| json!({
             "channel": s.channel.to_string(), "payer": s.payer.to_string(),
-            "metered_block_tokens": s.metered, "owed": wei(s.owed),
-            "vouched": wei(s.vouched), "redeemed": wei(s.redeemed),
+            "metered_block_tokens": s.metered, "owed": s.owed.to_string(),
+            "vouched": s.vouched.to_string(), "redeemed": s.redeemed.to_string(),
         })).collect::<Vec<_>>(),
         "totals": {
-            "metered_block_tokens": total.metered, "owed": wei(total.owed),
-            "vouched": wei(total.vouched), "redeemed": wei(total.redeemed),
+            "metered_block_tokens": total.metered, "owed": total.owed.to_string(),
+            "vouched": total.vouched.to_string(), "redeemed": total.redeemed.to_string(),
         },
     }))
     .into_response()
