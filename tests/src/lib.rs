@@ -149,3 +149,29 @@ pub fn btt(amount: &str) -> U256 {
 pub fn word(tag: &str) -> B256 {
     infergrid::eip712::keccak256(tag.as_bytes())
 }
+
+/// `cast call` of `signature` on `contract` with `args`, at `block` (the latest if `None`):
+/// each word of the answer (a tuple's fields in order), without cast's `[1e21]` annotations.
+pub fn cast_call(
+    rpc: &str,
+    contract: &str,
+    signature: &str,
+    args: &[&str],
+    block: Option<&str>,
+) -> Vec<String> {
+    let out = std::process::Command::new(tools::locate(Tool::Cast).unwrap())
+        .args(["call", "--rpc-url", rpc, contract, signature])
+        .args(args)
+        .args(block.map(|block| ["--block", block]).into_iter().flatten())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cast: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(", ")
+        .map(|word| word.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect()
+}

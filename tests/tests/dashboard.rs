@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use infergrid::tools::{Tool, locate};
 use infergrid_e2e::http::{await_servable, complete, health};
 use infergrid_e2e::procs::{SWARM, TestNet, free_port};
 
@@ -43,13 +42,9 @@ fn attributes<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The first word `cast call` answers at `block`.
 fn cast_call(rpc: &str, block: &str, contract: &str, signature: &str, arg: &str) -> String {
-    let out = Command::new(locate(Tool::Cast).unwrap())
-        .args(["call", contract, signature, arg, "--block", block, "--rpc-url", rpc])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    infergrid_e2e::cast_call(rpc, contract, signature, &[arg], Some(block)).swap_remove(0)
 }
 
 #[test]
@@ -105,6 +100,25 @@ fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
     }
     let hops = attributes(&dom, "data-peer");
     assert_eq!(hops, route, "the route of the last request");
+    // The gateway opened a channel to each node of the route; every row equals the contract.
+    let payments = manifest["contracts"]["channels"].as_str().unwrap();
+    let opened =
+        infergrid_e2e::cast_call(rpc, payments, "channelCount()(uint256)", &[], Some(&block))
+            .swap_remove(0);
+    let channels = attributes(&dom, "data-channel");
+    assert_eq!(channels.len().to_string(), opened, "one row per channel opened:\n{dom}");
+    assert!(channels.len() >= route.len(), "a channel to every node of the route: {channels:?}");
+    let (deposits, paid) =
+        (attributes(&dom, "data-deposit-wei"), attributes(&dom, "data-paid-wei"));
+    for (i, channel) in channels.iter().enumerate() {
+        let signature = "getChannel(uint256)((address,uint64,address,uint128,uint128))";
+        let words = infergrid_e2e::cast_call(rpc, payments, signature, &[channel], Some(&block));
+        assert_eq!(
+            (deposits[i], paid[i]),
+            (words[3].as_str(), words[4].as_str()),
+            "channel {channel}"
+        );
+    }
 
     // Each operator links to its history, with the same figures.
     let operator = operators[1];
@@ -118,7 +132,9 @@ fn the_dashboard_shows_the_chain_and_the_route_in_a_real_browser() {
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let (_, errors) = chromium(&url, &[&format!("--screenshot={}", shot.display())]);
+    // Tall enough for every section, payments last.
+    let screenshot = format!("--screenshot={}", shot.display());
+    let (_, errors) = chromium(&url, &[&screenshot, "--window-size=1400,1900"]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "the screenshot {} is {size} bytes", shot.display());

@@ -18,6 +18,22 @@ fn scrape(addr: &str) -> String {
     text
 }
 
+/// Bytes libp2p carried (`libp2p_bandwidth_bytes_total`, every protocol stack), (in, out);
+/// checks the exposition is one OpenMetrics document, its own metrics and libp2p's.
+fn libp2p_traffic(exposition: &str) -> (f64, f64) {
+    assert_eq!(exposition.matches("# EOF").count(), 1, "{exposition}");
+    assert!(exposition.ends_with("# EOF\n"), "{exposition}");
+    let bytes = |direction: &str| -> f64 {
+        exposition
+            .lines()
+            .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+            .filter(|l| l.contains(&format!("direction=\"{direction}\"")))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    (bytes("Inbound"), bytes("Outbound"))
+}
+
 fn status(addr: &str) -> serde_json::Value {
     let (code, body) = get(addr, "/status");
     assert_eq!(code, 200, "{body}");
@@ -96,6 +112,9 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         at("infergrid_gateway_peers_connected") >= 3.0,
         "the gateway is connected to the nodes"
     );
+    let (inbound, outbound) = libp2p_traffic(&gateway);
+    assert!(inbound > 0.0 && outbound > 0.0, "gateway libp2p bytes: {inbound} in, {outbound} out");
+    assert!(gateway.contains("\nlibp2p_swarm_connections_established_total{"), "{gateway}");
     let mut vouchers_received = 0.0;
 
     // Each node: a prefill, k-1 decode steps and a close per request of k tokens; what it
@@ -112,6 +131,8 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         );
         assert_eq!(at(r#"infergrid_node_steps_total{kind="close",outcome="ok"}"#), n);
         assert!(at("infergrid_node_peers_connected") >= 1.0, "node {i} is connected");
+        let (inbound, outbound) = libp2p_traffic(&node);
+        assert!(inbound > 0.0 && outbound > 0.0, "node {i} libp2p: {inbound} in, {outbound} out");
         vouchers_received += at("infergrid_node_vouchers_received_total");
         let ledger = status(addr);
         let totals = &ledger["totals"];

@@ -13,7 +13,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
-use infergrid::tools::{Tool, locate};
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, local_greedy, make_checkpoint, teacher_forced_greedy};
 use infergrid_e2e::procs::{
@@ -24,8 +23,10 @@ use infergrid_e2e::proxy::HangingProxy;
 const EPOCH_SECS: u64 = 20;
 /// The node `--testing-cheat` names: operator 1 serves block 1 mod 3 = 1, a middle block, so
 /// a lazy node has a block to skip; operator 4 serves it too, dearer (the devnet prices
-/// operator i at i + 1 units), so the gateway routes users through the cheater until it is
-/// jailed, then through operator 4.
+/// operator i at i + 1 units) and the gateway is told to let price decide every route (it
+/// weighs latency and reputation too, and measured compute swings by tens of milliseconds on
+/// a loaded machine), so the gateway routes users through the cheater until it is jailed,
+/// then through operator 4.
 const CHEAT: usize = 1;
 
 /// Runs `scenario`, and once more on a fresh devnet if anvil stopped answering during it.
@@ -49,22 +50,10 @@ fn once_more_if_anvil_stalls(scenario: impl Fn()) {
     scenario();
 }
 
-/// `cast call` on the devnet, each word of the answer without cast's `[1e21]` annotations.
+/// `cast call` on the devnet at the latest block: each word of the answer.
 fn cast_call(rpc: &str, to: &str, signature: &str, args: &[String]) -> Vec<String> {
-    let out = Command::new(locate(Tool::Cast).unwrap())
-        .args(["call", "--rpc-url", rpc, to, signature])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cast: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .trim_start_matches('(')
-        .trim_end_matches(')')
-        .split(", ")
-        .map(|word| word.split(' ').next().unwrap_or_default().to_owned())
-        .collect()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    infergrid_e2e::cast_call(rpc, to, signature, &args, None)
 }
 
 /// A node's record as `Validation.getNodeRecord` returns it.
@@ -154,7 +143,10 @@ fn convicts(cheat: &str) {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let cheat_spec = format!("{CHEAT}:{cheat}");
-    let (_devnet, chain, manifest, dir) = start(&["--testing-cheat", &cheat_spec]);
+    // 1 wei per microsecond: the price gap between the cheater and operator 4 outweighs
+    // seconds of latency.
+    let (_devnet, chain, manifest, dir) =
+        start(&["--testing-cheat", &cheat_spec, "--wei-per-ms", "1000"]);
     let model = dir.path().join("model");
     let operators: Vec<String> =
         (0..6).map(|i| dev(Role::Operator, i).address.to_string()).collect();
@@ -188,6 +180,16 @@ fn convicts(cheat: &str) {
     let record = chain.record(cheater);
     eprintln!("{cheat} node convicted {convicted_after:.0} s after start: {record:?}");
     assert!(record.faults >= 1, "{record:?}");
+    // The validators' own count, scraped from their /metrics: the wrong answers they judged
+    // and the reports they filed and voted guilty on stand behind every fault on-chain.
+    let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    assert_no_key_in(&log);
+    let counted = validator_counts(&log);
+    eprintln!("validators' metrics: {counted:?}");
+    assert!(counted.sessions_completed >= 1.0 && counted.answers_right >= 1.0, "{counted:?}");
+    assert!(counted.answers_wrong >= 1.0, "{counted:?}");
+    assert!(counted.reports_filed >= record.faults as f64, "{counted:?} vs {record:?}");
+    assert!(counted.votes_guilty >= 1.0, "{counted:?}");
     assert_ne!(record.total_slashed, "0", "{record:?}");
     assert_eq!(chain.reputation(cheater), 0, "cast reads a convicted node's reputation as 0");
     let audit = chain.audit(cheater);
@@ -231,6 +233,57 @@ fn convicts(cheat: &str) {
     let remote: Vec<u32> = serde_json::from_value(body["choices"][0]["token_ids"].clone()).unwrap();
     let (expected, _) = local_greedy(&model, prompt, 16).unwrap();
     assert_eq!(remote, expected, "the gateway's greedy output differs from the local run");
+}
+
+/// No dev account's private key, in any spelling, appears in the devnet's log (every node,
+/// the gateway and the validators, each holding keys).
+fn assert_no_key_in(log: &str) {
+    let log = log.to_ascii_lowercase();
+    let roles = [Role::Deployer, Role::Operator, Role::Validator, Role::Payer, Role::Treasury];
+    for role in roles {
+        for account in infergrid::devnet::accounts_with(role) {
+            let key = hex::encode(account.private_key.as_slice());
+            assert!(
+                !log.contains(&key),
+                "the private key of {role:?} {} is logged",
+                account.address
+            );
+        }
+    }
+}
+
+/// The validators' metrics, summed over every validator of the devnet.
+#[derive(Debug, Default)]
+struct ValidatorCounts {
+    sessions_completed: f64,
+    answers_right: f64,
+    answers_wrong: f64,
+    reports_filed: f64,
+    votes_guilty: f64,
+}
+
+/// Scrapes the `/metrics` of every validator the devnet log names and sums the counts.
+fn validator_counts(log: &str) -> ValidatorCounts {
+    let urls: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("validator "))
+        .filter_map(|l| l.split_once("metrics on http://")?.1.split_once("/metrics"))
+        .map(|(address, _)| address)
+        .collect();
+    assert_eq!(urls.len(), 3, "every validator serves its metrics: {urls:?}");
+    let mut counts = ValidatorCounts::default();
+    for address in urls {
+        let (status, text) = infergrid_e2e::http::get(address, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let at = |series: &str| infergrid_e2e::http::sample(&text, series).unwrap_or(0.0);
+        counts.sessions_completed +=
+            at(r#"infergrid_validator_challenge_sessions_total{outcome="completed"}"#);
+        counts.answers_right += at(r#"infergrid_validator_answers_judged_total{outcome="right"}"#);
+        counts.answers_wrong += at(r#"infergrid_validator_answers_judged_total{outcome="wrong"}"#);
+        counts.reports_filed += at(r#"infergrid_validator_fault_reports_total{outcome="filed"}"#);
+        counts.votes_guilty += at(r#"infergrid_validator_fault_votes_total{outcome="guilty"}"#);
+    }
+    counts
 }
 
 /// What the users stream: a prompt the fixture continues for all of `USER_TOKENS`.

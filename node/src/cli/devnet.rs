@@ -74,6 +74,11 @@ pub struct DevnetArgs {
     /// With --nodes: the gateway's OpenAI API address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: std::net::SocketAddr,
+    /// With --nodes: the gateway's `--wei-per-ms`, what one millisecond less per token is
+    /// worth in wei when it plans routes (the devnet prices operator i at (i + 1)·10^12 wei
+    /// a token; a small value makes price decide every route).
+    #[arg(long, default_value_t = infergrid::route::DEFAULT_WEI_PER_MS, value_parser = super::swarm::parse_wei_per_ms)]
+    wei_per_ms: f64,
 }
 
 /// What a newcomer needs on a running devnet without reaching for `cast`.
@@ -232,7 +237,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
             &url,
             &deployment_file,
             &payments,
-            args.api,
+            GatewaySettings { api: args.api, wei_per_ms: args.wei_per_ms },
             &args.testing_cheat,
         )
         .await?;
@@ -395,10 +400,9 @@ impl Swarm {
     }
 }
 
-/// Starts `infergrid ARGS` with `envs` and waits for its `ready` line on stdout.
-/// Starts `infergrid ARGS` and waits for its `ready` line. Its log lines are copied to ours,
-/// each prefixed with `name` (`node 3 | …`), so an operator reading the devnet's log can tell
-/// which process said what.
+/// Starts `infergrid ARGS` with `envs` and waits for its `ready` line on stdout. Its output
+/// (stdout and log) is copied to ours, each line prefixed with `name` (`node 3 | …`), so an
+/// operator reading the devnet's log can tell which process said what.
 async fn spawn_ready(
     name: String,
     args: &[String],
@@ -413,26 +417,47 @@ async fn spawn_ready(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    // Bytes, not `lines()`: a line that is not UTF-8 must not end the copy (the child would
-    // then die writing to a closed pipe).
-    let mut log = tokio::io::BufReader::new(child.stderr.take().expect("piped"));
-    tokio::spawn(async move {
-        let mut line = Vec::new();
-        while log.read_until(b'\n', &mut line).await.is_ok_and(|read| read > 0) {
-            eprintln!("{name} | {}", String::from_utf8_lossy(&line).trim_end());
-            line.clear();
-        }
-    });
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let prefix = format!("{name} | ");
+    forward(prefix.clone(), tokio::io::BufReader::new(child.stderr.take().expect("piped")));
+    // What it prints before it is ready (where it serves metrics) is shown too.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = Vec::new();
     loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.starts_with(ready) => break,
-            Ok(Ok(Some(_))) => continue,
+        line.clear();
+        let read = stdout.read_until(b'\n', &mut line);
+        match tokio::time::timeout(std::time::Duration::from_secs(60), read).await {
+            Ok(Ok(read)) if read > 0 => {
+                let text = String::from_utf8_lossy(&line);
+                eprintln!("{prefix}{}", text.trim_end());
+                if text.starts_with(ready) {
+                    break;
+                }
+            }
             _ => anyhow::bail!("`infergrid {}` did not become ready", args.join(" ")),
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    forward(prefix, stdout);
     Ok(child)
+}
+
+/// Copies a child's output to the devnet's stderr, each line after `prefix`, until it ends.
+/// Bytes, not `lines()`: a line that is not UTF-8 must not end the copy (the child would
+/// then die writing to a closed pipe).
+fn forward(prefix: String, mut output: impl tokio::io::AsyncBufRead + Unpin + Send + 'static) {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut line = Vec::new();
+        while output.read_until(b'\n', &mut line).await.is_ok_and(|read| read > 0) {
+            eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end());
+            line.clear();
+        }
+    });
+}
+
+/// How the devnet's gateway listens and plans routes.
+struct GatewaySettings {
+    api: std::net::SocketAddr,
+    wei_per_ms: f64,
 }
 
 async fn start_swarm(
@@ -441,7 +466,7 @@ async fn start_swarm(
     url: &str,
     deployment: &std::path::Path,
     payments: &std::path::Path,
-    api: std::net::SocketAddr,
+    gateway: GatewaySettings,
     cheats: &[(usize, Vec<String>)],
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
@@ -486,7 +511,10 @@ async fn start_swarm(
             .await?,
         );
     }
-    let api = if api.port() == 0 { std::net::TcpListener::bind(api)?.local_addr()? } else { api };
+    let api = match gateway.api {
+        any if any.port() == 0 => std::net::TcpListener::bind(any)?.local_addr()?,
+        api => api,
+    };
     let args = [
         "gateway",
         "--model",
@@ -504,6 +532,8 @@ async fn start_swarm(
         // A devnet is for development: a dApp page served from anywhere may call it.
         "--cors-origin",
         "*",
+        "--wei-per-ms",
+        &gateway.wei_per_ms.to_string(),
     ]
     .map(String::from);
     let gateway = spawn_ready(
@@ -574,6 +604,9 @@ impl ValidatorProcesses {
                 &file(&format!("validator-{index}-results.json")),
                 "--sessions-per-epoch",
                 &self.sessions_per_epoch.to_string(),
+                // Its metrics on a free port, named in its log.
+                "--http",
+                "127.0.0.1:0",
             ]
             .map(String::from);
             let lies = (self.liar == Some(index)).then(|| "--testing-false-reports".to_owned());

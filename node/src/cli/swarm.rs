@@ -264,7 +264,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     for block in first..=last {
         net.provide(block_key(&model_id, block as u16)).await?;
     }
-    let metrics = NodeMetrics::new();
+    let metrics = NodeMetrics::new().with_network(net.metrics());
     let server = Arc::new(BlockServer {
         model_id,
         first_block: first as u16,
@@ -306,6 +306,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("node: --http {address}: cannot listen there"))?;
+        let address = listener.local_addr()?;
         println!(
             "node: metrics on http://{address}/metrics, status on /status, health on /healthz"
         );
@@ -579,7 +580,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         time: chain_time(&account.provider, "gateway").await?,
         operators: directory.terms(),
     };
-    let metrics = GatewayMetrics::new();
+    let metrics = GatewayMetrics::new().with_network(net.metrics());
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
         .paying(wallet, directory.terms())
         .verifying(signatures)
@@ -708,14 +709,15 @@ fn log_skipped(skipped: &[SkippedVoucher]) {
     }
 }
 
-/// A fraction in [0, 1].
-fn parse_wei_per_ms(text: &str) -> Result<f64, String> {
+/// A positive, finite number of wei.
+pub(super) fn parse_wei_per_ms(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(wei) if wei.is_finite() && wei > 0.0 => Ok(wei),
         _ => Err(format!("{text:?} is not a positive number of wei")),
     }
 }
 
+/// A fraction in [0, 1].
 pub fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),

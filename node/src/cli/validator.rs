@@ -14,7 +14,9 @@ use infergrid::gateway::{Directory, HopClient, RemoteModelConfig, SignatureCheck
 use infergrid::generate::{ChatFormat, ChatMessage};
 use infergrid::identity::NodeIdentity;
 use infergrid::net::{Inbound, NetConfig, Network};
+use infergrid::telemetry::ValidatorMetrics;
 use infergrid::validate::{DEFAULT_TOLERANCE, Judge, ResultBook, validation_domain};
+use infergrid::validator::http::{self, ValidatorView};
 use infergrid::validator::{
     ChallengeLoop, ChallengeRate, EvidencePool, FaultDesk, RoundWindows, run_rounds,
 };
@@ -118,6 +120,11 @@ pub struct RunArgs {
     /// Default: .infergrid/validators/<validator address>/results.json
     #[arg(long)]
     results: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus: challenge sets, sessions, answers judged, reports,
+    /// votes, libp2p) and `/healthz` over HTTP on this address, e.g. 127.0.0.1:9200 (port 0:
+    /// any free port, printed at start). Off by default.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: ValidatorArgs) -> anyhow::Result<()> {
@@ -221,6 +228,7 @@ async fn run_validator(
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
     })?;
+    let metrics = ValidatorMetrics::new().with_network(net.metrics());
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let directory =
         Directory::new(registry, validation.clone(), manifest.id(), manifest.blocks.len() as u16);
@@ -287,6 +295,7 @@ async fn run_validator(
         report_bond: params.reportBond,
         vote_secs: params.voteWindow,
         forge_evidence: args.testing_false_reports,
+        metrics: metrics.clone(),
     };
     let (faults, found_faults) = mpsc::unbounded_channel();
     tokio::spawn(desk.clone().run_reporter(found_faults));
@@ -309,6 +318,15 @@ async fn run_validator(
     if args.testing_withhold_reveals {
         tracing::warn!("TESTING: withholding every reveal");
     }
+    if let Some(address) = args.http {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("validator: --http {address}: cannot listen there"))?;
+        let address = listener.local_addr()?;
+        println!("validator: metrics on http://{address}/metrics, health on /healthz");
+        let view = Arc::new(ValidatorView { validator: account.address, metrics: metrics.clone() });
+        tokio::spawn(async move { axum::serve(listener, http::router(view)).await });
+    }
     println!("validator ready: {} challenging as {}", account.address, payer.address);
     let challenges = Arc::new(ChallengeLoop {
         validation,
@@ -327,6 +345,7 @@ async fn run_validator(
         },
         rounds,
         faults,
+        metrics,
         corrupt_expected: args.testing_false_reports,
     });
     tokio::select! {

@@ -1,5 +1,6 @@
 //! The auditor's dashboard: every operator's stake, blocks, price, reputation, challenges,
-//! faults, slashes and jail; the validators' stake and record; each node's reputation over the epochs and its event history;
+//! faults, slashes and jail; the validators' stake and record; the payment channels and the
+//! vouchers redeemed on them; each node's reputation over the epochs and its event history;
 //! and, under a gateway, its live route and health. Served by `infergrid dashboard` and by
 //! the gateway at `/dashboard`.
 //!
@@ -8,6 +9,7 @@
 //! nothing from the network: no script, no font, no stylesheet but their own inline one;
 //! charts are inline SVG; a `refresh` header reloads them.
 
+mod payments;
 mod render;
 
 use std::sync::{Arc, Mutex};
@@ -107,17 +109,30 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
         Err(answer) => return answer,
     };
     let source = &dashboard.source;
-    let (nodes, validators) = match futures::try_join!(auditor.nodes(), auditor.validators()) {
+    let read = futures::try_join!(
+        auditor.nodes(),
+        auditor.validators(),
+        auditor.channels(payments::CHANNELS_SHOWN),
+        auditor.redemptions(),
+    );
+    let (nodes, validators, (opened, channels), redemptions) = match read {
         Ok(read) => read,
         Err(e) => return failed(e),
     };
+    let payments = payments::Payments { opened, channels, redemptions, now: auditor.block_time() };
     let gateway = source.gateway.as_ref().map(|g| render::GatewayView {
         unserved: g.unserved_blocks(),
         banned: g.banned_peers(),
         report: g.route_report().lock().expect("route report").clone(),
     });
-    let html =
-        render::overview(&source.deployment, &auditor, &nodes, &validators, gateway.as_ref());
+    let html = render::overview(
+        &source.deployment,
+        &auditor,
+        &nodes,
+        &validators,
+        &payments,
+        gateway.as_ref(),
+    );
     *dashboard.overview.lock().expect("overview") = Some((Instant::now(), html.clone()));
     page(html)
 }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use alloy::primitives::U256;
 
+use super::payments::Payments;
 use crate::chain::Deployment;
 use crate::chain::audit::{
     Auditor, HistoryEvent, NodeAudit, NodeEvent, ValidatorAudit, Value, format_tokens, peer_id_text,
@@ -22,7 +23,7 @@ pub struct GatewayView {
 
 /// `&`, `<`, `>`, `"` and `'` as entities: text from the chain (multiaddrs, revert reasons)
 /// is anyone's to choose.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -42,7 +43,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d24
 header{background:#14213d;color:#fff;padding:14px 28px}header h1{margin:0;font-size:20px}
 header p{margin:4px 0 0;color:#c9d2e3}main{padding:18px 28px;max-width:1400px}
 section{background:#fff;border:1px solid #dde2ea;border-radius:8px;padding:14px 18px;margin:0 0 18px}
-h2{font-size:16px;margin:0 0 10px}table{border-collapse:collapse;width:100%}
+h2{font-size:16px;margin:0 0 10px}h3{font-size:14px;margin:14px 0 6px}table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #edf0f4;white-space:nowrap}
 th{font-weight:600;color:#4a5568;background:#fafbfc}td.num,th.num{text-align:right}
 .ok{color:#1e7b34;font-weight:600}.bad{color:#b42318;font-weight:600}.muted{color:#718096}
@@ -77,7 +78,7 @@ fn percent(bps: u32) -> String {
 }
 
 /// The first 8 and last 6 characters of a long id.
-fn short(text: &str) -> String {
+pub(super) fn short(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     if chars.len() <= 16 {
         return text.to_owned();
@@ -102,6 +103,7 @@ pub fn overview(
     auditor: &Auditor,
     nodes: &[NodeAudit],
     validators: &[ValidatorAudit],
+    payments: &Payments,
     gateway: Option<&GatewayView>,
 ) -> String {
     let time = nodes.first().map_or(String::new(), |n| format!(", {}", utc(n.as_of_time)));
@@ -165,6 +167,7 @@ pub fn overview(
     body.push_str("</tbody></table></section>");
     body.push_str(&reputation_bars(nodes));
     body.push_str(&validators_section(validators));
+    body.push_str(&super::payments::section(payments));
     layout("InferGrid network", &subtitle, auditor.block(), &body)
 }
 

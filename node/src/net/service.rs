@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -151,6 +152,7 @@ pub struct Network {
     local_peer: PeerId,
     rtts: Arc<PeerRtts>,
     connected: Arc<AtomicUsize>,
+    metrics: Arc<Registry>,
 }
 
 /// How to start the network.
@@ -166,7 +168,9 @@ pub struct NetConfig {
 impl Network {
     /// Starts the swarm task; inbound requests and announcements arrive on the receiver.
     pub fn spawn(config: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
-        let swarm = build_swarm(&config).map_err(NetError::Start)?;
+        let mut registry = Registry::default();
+        let swarm = build_swarm(&config, &mut registry).map_err(NetError::Start)?;
+        let metrics = Metrics::new(&mut registry);
         let local_peer = *swarm.local_peer_id();
         let (commands, command_rx) = mpsc::channel(256);
         let (inbound_tx, inbound) = mpsc::channel(256);
@@ -179,12 +183,14 @@ impl Network {
             inbound: inbound_tx,
             rtts: rtts.clone(),
             connected: connected.clone(),
+            metrics,
             pending: HashMap::new(),
             providers: HashMap::new(),
         };
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
-        Ok((Network { commands, local_peer, rtts, connected }, inbound))
+        let metrics = Arc::new(registry);
+        Ok((Network { commands, local_peer, rtts, connected, metrics }, inbound))
     }
 
     pub fn local_peer(&self) -> PeerId {
@@ -194,6 +200,12 @@ impl Network {
     /// RTTs measured by ping.
     pub fn rtts(&self) -> &PeerRtts {
         &self.rtts
+    }
+
+    /// libp2p's own metrics (`libp2p_*`: bytes in and out by protocol stack, connections,
+    /// ping RTTs, identify, Kademlia and gossipsub events), recorded by the event loop.
+    pub fn metrics(&self) -> Arc<Registry> {
+        self.metrics.clone()
     }
 
     /// Peers with at least one open connection now.
@@ -264,12 +276,13 @@ pub fn block_key(model_id: &[u8; 32], block: u16) -> Vec<u8> {
     key
 }
 
-fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, String> {
+fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Behaviour>, String> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| e.to_string())?
         .with_quic()
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(
@@ -330,6 +343,7 @@ struct EventLoop {
     inbound: mpsc::Sender<Inbound>,
     rtts: Arc<PeerRtts>,
     connected: Arc<AtomicUsize>,
+    metrics: Metrics,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse, NetError>>>,
     providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
 }
@@ -409,7 +423,34 @@ impl EventLoop {
         }
     }
 
+    fn record(&self, event: &SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.metrics.record(e),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                tracing::debug!(peer = %peer_id, ?cause, "disconnected");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::debug!(address = %send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+            }
+            _ => {}
+        }
+    }
+
     async fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.record(&event);
         match event {
             // Peers, not connections: the first connection to a peer adds it, its last removes it.
             SwarmEvent::ConnectionEstablished { num_established, .. }

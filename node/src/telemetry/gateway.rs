@@ -56,6 +56,8 @@ pub struct GatewayNow {
 #[derive(Clone)]
 pub struct GatewayMetrics {
     registry: Arc<Registry>,
+    /// The network's libp2p metrics, exposed after this registry's.
+    network: Option<Arc<Registry>>,
     requests: Family<RequestLabels, Counter>,
     prompt_tokens: Counter,
     completion_tokens: Counter,
@@ -171,6 +173,7 @@ impl GatewayMetrics {
         );
         Self {
             registry: Arc::new(registry),
+            network: None,
             requests,
             prompt_tokens,
             completion_tokens,
@@ -187,6 +190,12 @@ impl GatewayMetrics {
             node_owed,
             node_signed,
         }
+    }
+
+    /// Exposes the network's libp2p metrics (`Network::metrics`) with these.
+    pub fn with_network(mut self, registry: Arc<Registry>) -> Self {
+        self.network = Some(registry);
+        self
     }
 
     pub fn request(&self, endpoint: &str, status: u16) {
@@ -235,6 +244,6 @@ impl GatewayMetrics {
             self.node_owed.get_or_create(&node).set(wei(tab.owed));
             self.node_signed.get_or_create(&node).set(wei(tab.signed));
         }
-        super::encode(&self.registry)
+        super::encode(&self.registry, self.network.as_deref())
     }
 }

@@ -1,21 +1,25 @@
-//! Logs ([`init_logs`]), and what a gateway and a node report to Prometheus (`GET /metrics`, text exposition format).
+//! Logs ([`init_logs`]), and what a gateway, a node and a validator report to Prometheus
+//! (`GET /metrics`, text exposition format).
 //!
 //! Each role owns one [`prometheus_client`] registry with the metrics it records as things
 //! happen (requests, tokens, latencies, steps, redemptions) and gauges it reads at scrape
 //! time from the state that already holds them (sessions, KV cache, what each channel owes):
 //! a gauge kept in step by hand drifts, one read from the source does not. The exposition is
 //! OpenMetrics text ([`CONTENT_TYPE`]). Metric names are
-//! `infergrid_gateway_*` and `infergrid_node_*`; no label names a session or a request, so
+//! `infergrid_gateway_*`, `infergrid_node_*` and `infergrid_validator_*`, followed by
+//! libp2p's own (`libp2p_*`, from `libp2p-metrics`); no label names a session or a request, so
 //! their number stays bounded. Wei amounts are float64 (the format's only number type):
 //! exact up to 2^53 wei (0.009 BTT), within a part in 2^53 beyond.
 
 mod gateway;
 mod logs;
 mod node;
+mod validator;
 
 pub use gateway::{GatewayMetrics, GatewayNow, NodeTab};
 pub use logs::{DEFAULT_FILTER, LogFormat, init as init_logs};
 pub use node::{ChannelFigures, NodeMetrics, StepOutcome};
+pub use validator::{SessionEnd, ValidatorMetrics};
 
 use alloy::primitives::U256;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -36,12 +40,17 @@ fn wei(amount: U256) -> f64 {
     f64::from(amount)
 }
 
-/// The text exposition of `registry`.
-fn encode(registry: &Registry) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)
-        .expect("writing to a String cannot fail");
-    text
+/// One text exposition of `own` and, after it, the network's libp2p metrics when there are
+/// any (`Network::metrics`): two registries, one document with one `# EOF`.
+fn encode(own: &Registry, network: Option<&Registry>) -> String {
+    use prometheus_client::encoding::text;
+    const INFALLIBLE: &str = "writing to a String cannot fail";
+    let mut exposition = String::new();
+    for registry in std::iter::once(own).chain(network) {
+        text::encode_registry(&mut exposition, registry).expect(INFALLIBLE);
+    }
+    text::encode_eof(&mut exposition).expect(INFALLIBLE);
+    exposition
 }
 
 #[cfg(test)]
@@ -76,7 +85,14 @@ mod tests {
         let now =
             GatewayNow { sessions_active: 2, peers_banned: 1, peers_connected: 3, tabs: vec![tab] };
         gateway.voucher_signed();
-        gateway.encode(&now) + &node.encode(1, 3, &[(0, 12, 100)], figures)
+        let validator = ValidatorMetrics::new();
+        validator.challenging(4);
+        validator.challenge_set(true);
+        validator.session(SessionEnd::Completed);
+        validator.judged(7, 1, 0);
+        validator.report(true);
+        validator.vote(true);
+        gateway.encode(&now) + &node.encode(1, 3, &[(0, 12, 100)], figures) + &validator.encode()
     }
 
     #[test]
@@ -96,11 +112,34 @@ mod tests {
             "infergrid_node_step_seconds_count 1",
             "infergrid_node_redemption_gas_total 90000",
             r#"infergrid_node_kv_cache_tokens_free{block="0"} 100"#,
+            "infergrid_validator_epoch 4",
+            r#"infergrid_validator_challenge_sets_total{outcome="committed"} 1"#,
+            r#"infergrid_validator_answers_judged_total{outcome="right"} 7"#,
+            r#"infergrid_validator_answers_judged_total{outcome="wrong"} 1"#,
+            r#"infergrid_validator_fault_votes_total{outcome="guilty"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
         }
         // Beyond 2^53 wei, the nearest float64.
         assert!(text.contains("9007199254740992.0"), "{text}");
+    }
+
+    /// A role's registry and the network's make one document: both sets of families, one
+    /// `# EOF`, last.
+    #[test]
+    fn the_network_metrics_join_the_exposition() {
+        let mut network = Registry::default();
+        let _recorder = libp2p::metrics::Metrics::new(&mut network);
+        let text = NodeMetrics::new().with_network(std::sync::Arc::new(network)).encode(
+            0,
+            0,
+            &[],
+            ChannelFigures::default(),
+        );
+        assert!(text.contains("# TYPE infergrid_node_step_seconds histogram"), "{text}");
+        assert!(text.contains("# TYPE libp2p_swarm_dial_attempt counter"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
@@ -126,6 +165,6 @@ mod tests {
                 charted += 1;
             }
         }
-        assert!(charted >= 15, "{charted}");
+        assert!(charted >= 18, "{charted}");
     }
 }

@@ -51,6 +51,8 @@ type WeiGauge = Gauge<f64, AtomicU64>;
 #[derive(Clone)]
 pub struct NodeMetrics {
     registry: Arc<Registry>,
+    /// The network's libp2p metrics, exposed after this registry's.
+    network: Option<Arc<Registry>>,
     steps: Family<StepLabels, Counter>,
     step_seconds: Histogram,
     vouchers_received: Counter,
@@ -154,6 +156,7 @@ impl NodeMetrics {
         );
         Self {
             registry: Arc::new(registry),
+            network: None,
             steps,
             step_seconds,
             vouchers_received,
@@ -188,6 +191,12 @@ impl NodeMetrics {
         self.vouchers_received.inc();
     }
 
+    /// Exposes the network's libp2p metrics (`Network::metrics`) with these.
+    pub fn with_network(mut self, registry: Arc<Registry>) -> Self {
+        self.network = Some(registry);
+        self
+    }
+
     pub fn redemption(&self, value: U256, gas_used: u64) {
         self.redemptions.inc();
         self.redeemed_by_node.inc_by(wei(value));
@@ -215,6 +224,6 @@ impl NodeMetrics {
         self.owed.set(wei(figures.owed));
         self.vouched.set(wei(figures.vouched));
         self.redeemed.set(wei(figures.redeemed));
-        super::encode(&self.registry)
+        super::encode(&self.registry, self.network.as_deref())
     }
 }

@@ -98,6 +98,7 @@ pub struct FaultDesk {
     /// TESTING ONLY: before each genuine piece of evidence, publish a forged copy (its
     /// reported output changed), which other validators must refuse.
     pub forge_evidence: bool,
+    pub metrics: crate::telemetry::ValidatorMetrics,
 }
 
 impl FaultDesk {
@@ -141,10 +142,12 @@ impl FaultDesk {
                         failure.verdict,
                         failure.evidence.steps.len() - 1
                     );
+                    self.metrics.report(true);
                     tokio::spawn(self.clone().publish_while_pending(id, failure.evidence));
                 }
                 Err(e) => {
                     tracing::warn!("reporting {node} for epoch {epoch} refused: {e}");
+                    self.metrics.report(false);
                     reported.remove(&(epoch, node));
                 }
             }
@@ -286,7 +289,10 @@ impl FaultDesk {
                 }
             };
             match self.validation.vote_on_fault(id, guilty).await {
-                Ok(_) => tracing::info!("voted on report {id}"),
+                Ok(_) => {
+                    tracing::info!("voted on report {id}");
+                    self.metrics.vote(guilty);
+                }
                 Err(e) => tracing::warn!("vote on report {id} refused: {e}"),
             }
             voted.insert(id);

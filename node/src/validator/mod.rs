@@ -6,6 +6,7 @@
 
 mod challenger;
 mod faults;
+pub mod http;
 mod rounds;
 mod runner;
 

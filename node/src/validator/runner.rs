@@ -20,6 +20,7 @@ use crate::gateway::{HopClient, TermsBook};
 use crate::net::codec::Payload;
 use crate::route::{Candidate, Hop};
 use crate::serve::Cheat;
+use crate::telemetry::{SessionEnd, ValidatorMetrics};
 use crate::validate::{ChainClock, ChallengeSession, ChallengeSet, EpochClock, Judge};
 
 /// How much challenging a validator does.
@@ -49,6 +50,7 @@ pub struct ChallengeLoop {
     pub rate: ChallengeRate,
     pub rounds: mpsc::UnboundedSender<RoundEvent>,
     pub faults: mpsc::UnboundedSender<FoundFault>,
+    pub metrics: ValidatorMetrics,
     /// TESTING ONLY: a faulty validator, whose expected outputs are perturbed before they
     /// are committed, so that it judges honest answers wrong and reports them.
     pub corrupt_expected: bool,
@@ -111,13 +113,18 @@ impl ChallengeLoop {
         .await;
         let set = match built {
             Ok(Ok(Some(set))) => Arc::new(set),
-            Ok(Ok(None)) => return None,
+            Ok(Ok(None)) => {
+                self.metrics.challenge_set(false);
+                return None;
+            }
             Ok(Err(e)) => {
                 tracing::warn!("building the challenge set of epoch {epoch} failed: {e}");
+                self.metrics.challenge_set(false);
                 return None;
             }
             Err(e) => {
                 tracing::warn!("building the challenge set of epoch {epoch} failed: {e}");
+                self.metrics.challenge_set(false);
                 return None;
             }
         };
@@ -131,10 +138,12 @@ impl ChallengeLoop {
                     set.len(),
                     started.elapsed().as_secs_f64()
                 );
+                self.metrics.challenge_set(true);
                 Some(set)
             }
             Err(e) => {
                 tracing::warn!("committing the challenge root of epoch {epoch} refused: {e}");
+                self.metrics.challenge_set(false);
                 None
             }
         }
@@ -145,6 +154,7 @@ impl ChallengeLoop {
         // The round is scheduled now, not after the last session: a session running late
         // must not push the commitments out of their window.
         let _ = self.rounds.send(RoundEvent::Challenged { epoch });
+        self.metrics.challenging(epoch);
         let start = self.clock.genesis + epoch * self.clock.duration;
         let window = self.clock.duration as f64 * self.rate.spread;
         let mut times: Vec<f64> = {
@@ -157,6 +167,7 @@ impl ChallengeLoop {
             sleep_until(&self.time, start + offset as u64).await;
             if self.time.now() >= start + window.ceil() as u64 {
                 tracing::info!("epoch {epoch}: session {index} left out: too late in the epoch");
+                self.metrics.session(SessionEnd::LeftOut);
                 continue;
             }
             let route = {
@@ -167,6 +178,7 @@ impl ChallengeLoop {
                 tracing::info!(
                     "epoch {epoch}: no staked nodes cover every block; session {index} left out"
                 );
+                self.metrics.session(SessionEnd::LeftOut);
                 continue;
             };
             let rounds = self.rounds.clone();
@@ -184,13 +196,19 @@ impl ChallengeLoop {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     tracing::warn!("epoch {epoch}: session {index} failed: {e}");
+                    self.metrics.session(SessionEnd::Stopped);
                     continue;
                 }
             };
             passed += outcome.passed;
             failed += outcome.failures.len() + outcome.unsigned.len();
-            if let Some(why) = &outcome.stopped {
-                tracing::warn!("epoch {epoch}: session {index} stopped early: {why}");
+            self.metrics.judged(outcome.passed, outcome.failures.len(), outcome.unsigned.len());
+            match &outcome.stopped {
+                Some(why) => {
+                    tracing::warn!("epoch {epoch}: session {index} stopped early: {why}");
+                    self.metrics.session(SessionEnd::Stopped);
+                }
+                None => self.metrics.session(SessionEnd::Completed),
             }
             for failure in outcome.failures {
                 let _ = self.faults.send(FoundFault { epoch, set: set.clone(), failure });

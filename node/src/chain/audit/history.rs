@@ -53,7 +53,7 @@ impl Auditor {
         ]);
         logs.extend(self.logs_of_ids(verdicts, &reports).await?);
 
-        let channels = Filter::new().address(self.channels);
+        let channels = Filter::new().address(*self.channels.address());
         let opened =
             channels.clone().topic3(node).event_signature(C::ChannelOpened::SIGNATURE_HASH);
         let ids = first_topics_of(&self.logs(opened).await?, C::ChannelOpened::SIGNATURE_HASH);

@@ -1,15 +1,18 @@
-//! Read-only auditing: every node's stake, reputation, challenge results and slashes, and
-//! one node's history from the contracts' events.
+//! Read-only auditing: every node's stake, reputation, challenge results and slashes, one
+//! node's history from the contracts' events, the validators, and the payment channels with
+//! their redemptions.
 //!
 //! An [`Auditor`] pins one block when it connects, so that every figure of a report comes
 //! from the same chain state and can be checked against `cast call --block N`. Nothing here
 //! needs a key.
 
+mod channels;
 mod epochs;
 mod events;
 mod history;
 mod validators;
 
+pub use channels::{ChannelAudit, Redemption};
 pub use epochs::{EpochSummary, epochs};
 pub use events::{HistoryEvent, NodeEvent, Value};
 pub use validators::ValidatorAudit;
@@ -23,6 +26,7 @@ use serde::{Serialize, Serializer};
 
 use super::bindings::{
     NodeRegistry::{self, NodeRegistryInstance},
+    PaymentChannels::{self, PaymentChannelsInstance},
     Validation::{self, ValidationInstance},
 };
 use super::clients::registered_operators;
@@ -104,7 +108,7 @@ pub struct NodeAudit {
 pub struct Auditor {
     registry: NodeRegistryInstance<DynProvider>,
     validation: ValidationInstance<DynProvider>,
-    channels: Address,
+    channels: PaymentChannelsInstance<DynProvider>,
     deploy_block: u64,
     block: u64,
     timestamp: u64,
@@ -123,8 +127,8 @@ impl Auditor {
         let c = deployment.contracts;
         Ok(Self {
             registry: NodeRegistry::new(c.registry, provider.clone()),
-            validation: Validation::new(c.validation, provider),
-            channels: c.channels,
+            validation: Validation::new(c.validation, provider.clone()),
+            channels: PaymentChannels::new(c.channels, provider),
             deploy_block: deployment.deploy_block,
             block: head.header.number,
             timestamp: head.header.timestamp,
@@ -141,6 +145,11 @@ impl Auditor {
     /// The pinned block.
     pub fn block(&self) -> u64 {
         self.block
+    }
+
+    /// The pinned block's timestamp.
+    pub fn block_time(&self) -> u64 {
+        self.timestamp
     }
 
     /// The registry's address.
