@@ -60,6 +60,27 @@ pub fn llama_fixture(flags: &[&str], blocks: usize) -> anyhow::Result<LlamaFixtu
     Ok(LlamaFixture { dir, manifest, runtime, local })
 }
 
+/// SmolLM2 imported into 3 blocks with `infergrid model import --gguf`, once per test
+/// binary, under `tmp` (the test's `CARGO_TARGET_TMPDIR`; replaced every run).
+pub fn smollm2_imported(tmp: &str) -> &'static Path {
+    static MODEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let model = Path::new(tmp).join("smollm2-3-blocks");
+        let started = std::time::Instant::now();
+        let import = std::process::Command::new(crate::procs::binary())
+            .args(["model", "import", "--gguf"])
+            .arg(smollm2_gguf().expect("the GGUF from scripts/setup"))
+            .arg("--out")
+            .arg(&model)
+            .args(["--blocks", "3"])
+            .output()
+            .expect("infergrid runs");
+        assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
+        eprintln!("import --gguf: {:.1} s", started.elapsed().as_secs_f64());
+        model
+    })
+}
+
 /// The numpy reference: greedy token ids and per-step logits for `prompt`.
 pub fn reference_decode(
     hf: &Path,

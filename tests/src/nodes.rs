@@ -122,6 +122,7 @@ impl Node {
             load: LoadGuard::new(limits),
             cheat,
             metrics: Default::default(),
+            answer_delay: Default::default(),
         });
         tokio::spawn(server.clone().run(inbound));
         let peer = net.local_peer();

@@ -238,6 +238,49 @@ fn get(url: &str) -> serde_json::Value {
 /// process.
 #[test]
 fn a_failover_mid_batch_leaves_every_stream_exact() {
+    let prompts = ["once upon a time", "in the beginning", "hello", "a b c", "the end", "why"];
+    let after = streams_survive_a_kill(&[], &prompts, 400);
+    eprintln!(
+        "killed {} under 6 concurrent streams: {} sessions failed over, all exact",
+        after.victim, after.failed_over
+    );
+}
+
+/// A gateway speculating (`--speculate 4`: prompt-lookup drafts, `k + 1` positions verified
+/// in one round trip per hop) streams exactly the greedy output of the model run in one
+/// process, and keeps doing so when the node serving block 0 is killed mid-generation: the
+/// verify steps replayed on the replica roll back like any other step.
+#[test]
+fn a_speculating_gateway_gives_the_plain_output_through_a_failover() {
+    let prompts = ["once upon a time", "the cat sat on the mat. the cat sat on", "a b c"];
+    let after = streams_survive_a_kill(&["--speculate", "4"], &prompts, 300);
+    let count = |name: &str| infergrid_e2e::http::sample(&after.metrics, name).unwrap_or(0.0);
+    let (drafted, accepted) = (
+        count("infergrid_gateway_drafted_tokens_total"),
+        count("infergrid_gateway_accepted_tokens_total"),
+    );
+    eprintln!(
+        "speculating, killed {} under 3 streams: {} sessions failed over, all exact; \
+         {accepted} of {drafted} drafted tokens accepted",
+        after.victim, after.failed_over
+    );
+    assert!(drafted > 0.0 && accepted > 0.0, "nothing was speculated: {}", after.metrics);
+}
+
+/// What [`streams_survive_a_kill`] saw.
+struct AfterKill {
+    victim: String,
+    /// Sessions that failed over off the killed node.
+    failed_over: usize,
+    /// The gateway's `/metrics` after every stream finished.
+    metrics: String,
+}
+
+/// Streams `prompts` at once (`tokens` each, greedy) through a gateway started with
+/// `gateway_args`, kills the node their route uses for block 0 once all of them run, and
+/// checks that every stream ends with exactly the greedy output of the model run in one
+/// process and that at least one failed over.
+fn streams_survive_a_kill(gateway_args: &[&str], prompts: &[&str], tokens: usize) -> AfterKill {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (_devnet, manifest, deployment, model) = infergrid_e2e::procs::llama_devnet(dir.path());
@@ -248,38 +291,33 @@ fn a_failover_mid_batch_leaves_every_stream_exact() {
     // Operators 0..4 serve blocks 0, 1, 2, 0.
     let mut nodes: Vec<Proc> = (0..4).map(|i| swarm.node(i, &(i % 3).to_string(), &[])).collect();
     let listen = format!("127.0.0.1:{}", free_port());
-    let _gateway = swarm.gateway(&listen, &[]);
+    let _gateway = swarm.gateway(&listen, gateway_args);
     let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
 
-    let prompts: Vec<String> =
-        ["once upon a time", "in the beginning", "hello", "a b c", "the end", "why"]
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
     let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
     let script = infergrid_e2e::models::repo_root().join("tests/py/streams.py");
     let users = Command::new(&python)
         .arg(&script)
-        .args([&format!("http://{listen}/v1"), &name, "unused", "400"])
-        .args(&prompts)
+        .args([&format!("http://{listen}/v1"), &name, "unused", &tokens.to_string()])
+        .args(prompts)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Once all six run, kill the node their route uses for block 0.
+    // Once all of them run, kill the node their route uses for block 0.
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while get(&format!("http://{listen}/healthz"))["sessions"]["active"] != 6 {
-        assert!(Instant::now() < deadline, "the six streams never ran at once");
+    while get(&format!("http://{listen}/healthz"))["sessions"]["active"] != prompts.len() {
+        assert!(Instant::now() < deadline, "the streams never ran at once");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let (victim, index) = first_hop(&listen);
-    nodes[index].0.kill().unwrap(); // SIGKILL, while six sessions stream through it
+    nodes[index].0.kill().unwrap(); // SIGKILL, while every session streams through it
     let out = users.wait_with_output().unwrap();
     assert!(out.status.success(), "streams.py: {}", String::from_utf8_lossy(&out.stderr));
     let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     for (prompt, result) in prompts.iter().zip(&results) {
         assert!(result.get("error").is_none(), "{prompt:?}: {result}");
-        let (_, expected) = local_greedy(&model, prompt, 400).unwrap();
+        let (_, expected) = local_greedy(&model, prompt, tokens).unwrap();
         assert_eq!(
             result["text"].as_str(),
             Some(expected.as_str()),
@@ -288,9 +326,9 @@ fn a_failover_mid_batch_leaves_every_stream_exact() {
     }
     let health = get(&format!("http://{listen}/healthz"));
     let failovers = health["routing"]["failovers"].as_array().unwrap();
-    let off_victim = failovers.iter().filter(|f| f["failed_peer"] == victim.as_str()).count();
-    eprintln!(
-        "killed {victim} under 6 concurrent streams: {off_victim} sessions failed over, all exact"
-    );
-    assert!(off_victim >= 1, "no session failed over: {health}");
+    let failed_over = failovers.iter().filter(|f| f["failed_peer"] == victim.as_str()).count();
+    assert!(failed_over >= 1, "no session failed over: {health}");
+    let (status, metrics) = infergrid_e2e::http::get(&listen, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    AfterKill { victim, failed_over, metrics }
 }

@@ -8,13 +8,14 @@
 //! - Served by 4 node processes on a devnet, the official `openai` SDK chats with it through
 //!   the model's own chat template, streamed and not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
-use infergrid_e2e::models::{gguf_reference_decode, gguf_reference_tokenize, smollm2_gguf};
+use infergrid_e2e::models::{
+    gguf_reference_decode, gguf_reference_tokenize, smollm2_gguf, smollm2_imported,
+};
 use infergrid_e2e::procs::{Proc, SWARM, Swarm, binary, devnet, free_port};
 
 const STEPS: usize = 16;
@@ -26,26 +27,6 @@ const PROMPTS: [&str; 3] = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
     "def fibonacci(n):\n    ",
 ];
-
-/// The model imported once per test run (into the target folder, replaced every run).
-fn imported() -> &'static Path {
-    static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let model = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-3-blocks");
-        let started = Instant::now();
-        let import = Command::new(binary())
-            .args(["model", "import", "--gguf"])
-            .arg(smollm2_gguf().expect("the GGUF from scripts/setup"))
-            .arg("--out")
-            .arg(&model)
-            .args(["--blocks", "3"])
-            .output()
-            .expect("infergrid runs");
-        assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
-        eprintln!("import --gguf: {:.1} s", started.elapsed().as_secs_f64());
-        model
-    })
-}
 
 fn tokenizer(model: &Path) -> tokenizers::Tokenizer {
     tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).expect("tokenizer.json loads")
@@ -68,7 +49,7 @@ fn greedy(pipeline: &Pipeline, session: u64, prompt: &[i64]) -> (Vec<i64>, Vec<f
 
 #[test]
 fn three_blocks_match_numpy_verify_and_know_paris() -> anyhow::Result<()> {
-    let (model, gguf) = (imported(), smollm2_gguf()?);
+    let (model, gguf) = (smollm2_imported(env!("CARGO_TARGET_TMPDIR")), smollm2_gguf()?);
     let work = tempfile::tempdir()?;
     let verify = Command::new(binary()).args(["model", "verify"]).arg(model).output()?;
     assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
@@ -135,7 +116,7 @@ fn tokenizer_encodes_like_an_independent_bpe_over_the_gguf_vocabulary() -> anyho
     ];
     let work = tempfile::tempdir()?;
     let expected = gguf_reference_tokenize(&smollm2_gguf()?, &texts, work.path())?;
-    let tokenizer = tokenizer(imported());
+    let tokenizer = tokenizer(smollm2_imported(env!("CARGO_TARGET_TMPDIR")));
     for (text, expected) in texts.iter().zip(&expected) {
         let ids = tokenizer.encode(*text, false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
         assert_eq!(&ids, expected, "{text:?}");
@@ -175,7 +156,7 @@ fn a_truncated_gguf_is_a_clear_error() -> anyhow::Result<()> {
 #[test]
 fn openai_sdk_chats_with_smollm2_through_four_node_processes() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
-    let model = imported();
+    let model = smollm2_imported(env!("CARGO_TARGET_TMPDIR"));
     let m = model.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (_devnet, manifest, deployment) = devnet(dir.path(), m);

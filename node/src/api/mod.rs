@@ -26,7 +26,10 @@ use tokenizers::Tokenizer;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::gateway::RoutingStatus;
-use crate::generate::{ChatFormat, Generation, GenerationError, Prompt, TextModel, generate};
+use crate::generate::{
+    ChatFormat, Generation, GenerationError, Prompt, PromptLookup, Request, Speculation, TextModel,
+    generate_speculating,
+};
 use crate::telemetry::{GatewayMetrics, GatewayNow, NodeTab};
 pub use edge::ApiLimits;
 pub use error::ApiError;
@@ -47,6 +50,9 @@ pub type Embedder = Arc<
 pub struct Routing {
     pub status: Arc<dyn RoutingStatus>,
     pub metrics: GatewayMetrics,
+    /// Prompt-lookup drafts a decode step verifies at most, one round trip through the
+    /// route for all of them (`generate::speculate`); 0 decodes a token a step.
+    pub drafts: usize,
 }
 
 /// Shared state of the API.
@@ -324,16 +330,16 @@ struct Cancellable {
 }
 
 impl TextModel for Cancellable {
-    fn next_logits(
+    fn logits(
         &mut self,
         session: u64,
         position: usize,
         tokens: &[i64],
-    ) -> Result<Vec<f32>, crate::engine::EngineError> {
+    ) -> Result<crate::engine::Activation, crate::engine::EngineError> {
         if self.cancel.is_set() {
             return Err(crate::engine::EngineError::Cancelled);
         }
-        self.model.next_logits(session, position, tokens)
+        self.model.logits(session, position, tokens)
     }
     fn close(&mut self, session: u64) {
         self.model.close(session)
@@ -398,14 +404,21 @@ where
                     "generating"
                 );
                 let (started, mut last_token) = (Instant::now(), None::<Instant>);
-                let generation = generate(
+                let drafts = state.routing.as_ref().map_or(0, |r| r.drafts);
+                let mut speculation = (drafts > 0)
+                    .then(|| Speculation::new(Box::new(PromptLookup::default()), drafts));
+                let request = Request {
+                    session,
+                    prompt: Prompt::Ids(&prompt.ids),
+                    max_tokens: prompt.max_tokens,
+                    stop: &job.stop,
+                    params,
+                };
+                let generation = generate_speculating(
                     &mut model,
                     &state.tokenizer,
-                    session,
-                    Prompt::Ids(&prompt.ids),
-                    prompt.max_tokens,
-                    &job.stop,
-                    params,
+                    request,
+                    speculation.as_mut(),
                     |token| {
                         match last_token.replace(Instant::now()) {
                             None => metrics.first_token(started.elapsed()),
@@ -420,8 +433,11 @@ where
                             tokens = generation.tokens.len(),
                             finish = ?generation.finish_reason,
                             ms = started.elapsed().as_millis() as u64,
+                            drafted = generation.drafted,
+                            accepted = generation.accepted,
                             "finished"
                         );
+                        metrics.speculation(generation.drafted, generation.accepted);
                         // Counted as `usage` counts them: each prompt once, over its choices.
                         let prompt_tokens =
                             if index % per_prompt == 0 { generation.prompt_ids.len() } else { 0 };

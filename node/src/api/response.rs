@@ -42,9 +42,18 @@ fn choices_usage(generations: &[Generation], per_prompt: usize) -> Value {
     let prompt: usize =
         generations.iter().step_by(per_prompt.max(1)).map(|g| g.prompt_ids.len()).sum();
     let completion: usize = generations.iter().map(|g| g.tokens.len()).sum();
-    json!({
+    let mut usage = json!({
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-    })
+    });
+    // An extension: what speculative decoding drafted and the model accepted.
+    let drafted: usize = generations.iter().map(|g| g.drafted).sum();
+    if drafted > 0 {
+        let accepted: usize = generations.iter().map(|g| g.accepted).sum();
+        let steps: usize = generations.iter().map(|g| g.verify_steps).sum();
+        usage["speculation"] =
+            json!({"drafted_tokens": drafted, "accepted_tokens": accepted, "verify_steps": steps});
+    }
+    usage
 }
 
 /// A completion's `logprobs` for `tokens`, whose text starts at character `offset` of the

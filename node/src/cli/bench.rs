@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// User tokens/s through a devnet's gateway with a validator challenging a share of the
     /// traffic (default 2%) against none, in alternating rounds.
     Validators(super::bench_validators::ValidatorsBench),
+    /// Speculative decoding over emulated wide-area hops (0, 5 and 20 ms per hop by
+    /// default): tokens/s with and without prompt-lookup drafts, their ratio, acceptance
+    /// rate and mean drafts per verify step.
+    Spec(super::bench_spec::SpecBench),
     /// Internal: one node configuration of `bench judge`, run as a child process.
     #[command(hide = true)]
     JudgeWorker(super::bench_judge::JudgeWorker),
@@ -96,6 +100,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Validators(args) => {
             tokio::task::block_in_place(|| super::bench_validators::run(args, &repo_root()?))
+        }
+        BenchCommand::Spec(args) => {
+            tokio::task::block_in_place(|| super::bench_spec::run(args, &repo_root()?))
         }
         BenchCommand::JudgeWorker(args) => {
             tokio::task::block_in_place(|| super::bench_judge::worker(args))

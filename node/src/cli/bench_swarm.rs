@@ -230,6 +230,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             load: Default::default(),
             cheat: None,
             metrics: Default::default(),
+            answer_delay: Default::default(),
         });
         tokio::spawn(server.run(inbound));
         client.dial(net.local_peer(), addr.context("addr")?).await?;

@@ -79,6 +79,14 @@ pub struct DevnetArgs {
     /// a token; a small value makes price decide every route).
     #[arg(long, default_value_t = infergrid::route::DEFAULT_WEI_PER_MS, value_parser = super::swarm::parse_wei_per_ms)]
     wei_per_ms: f64,
+    /// With --nodes: the gateway's `--speculate`, drafted tokens verified per decode step
+    /// (0: plain decoding).
+    #[arg(long, default_value_t = 0)]
+    speculate: u32,
+    /// TESTING ONLY — with --nodes: every node holds each answer this many milliseconds
+    /// (`node --testing-delay-ms`), a wide-area hop emulated on loopback.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    testing_delay_ms: u64,
 }
 
 /// What a newcomer needs on a running devnet without reaching for `cast`.
@@ -237,8 +245,12 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
             &url,
             &deployment_file,
             &payments,
-            GatewaySettings { api: args.api, wei_per_ms: args.wei_per_ms },
-            &args.testing_cheat,
+            GatewaySettings {
+                api: args.api,
+                wei_per_ms: args.wei_per_ms,
+                speculate: args.speculate,
+            },
+            NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
         )
         .await?;
         if args.epoch_secs.is_some() && args.validators > 0 {
@@ -454,10 +466,18 @@ fn forward(prefix: String, mut output: impl tokio::io::AsyncBufRead + Unpin + Se
     });
 }
 
-/// How the devnet's gateway listens and plans routes.
+/// How the devnet's gateway listens, plans routes and decodes.
 struct GatewaySettings {
     api: std::net::SocketAddr,
     wei_per_ms: f64,
+    speculate: u32,
+}
+
+/// What the devnet's nodes do for tests: node `i` cheats with the flags given for it, and
+/// every node holds its answers `delay_ms`.
+struct NodeTesting<'a> {
+    cheats: &'a [(usize, Vec<String>)],
+    delay_ms: u64,
 }
 
 async fn start_swarm(
@@ -467,7 +487,7 @@ async fn start_swarm(
     deployment: &std::path::Path,
     payments: &std::path::Path,
     gateway: GatewaySettings,
-    cheats: &[(usize, Vec<String>)],
+    testing: NodeTesting<'_>,
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
     let operators = accounts_with(devnet::Role::Operator);
@@ -499,8 +519,12 @@ async fn start_swarm(
             &payments.join(format!("node-{}.redb", operator.address)).display().to_string(),
         ]
         .map(String::from);
-        let cheat = cheats.iter().filter(|(node, _)| *node == index).flat_map(|(_, flags)| flags);
-        let args: Vec<String> = args.into_iter().chain(cheat.cloned()).collect();
+        let cheat =
+            testing.cheats.iter().filter(|(node, _)| *node == index).flat_map(|(_, f)| f).cloned();
+        let delay = (testing.delay_ms > 0)
+            .then(|| ["--testing-delay-ms".to_owned(), testing.delay_ms.to_string()]);
+        let args: Vec<String> =
+            args.into_iter().chain(cheat).chain(delay.into_iter().flatten()).collect();
         nodes.push(
             spawn_ready(
                 format!("node {index}"),
@@ -534,6 +558,8 @@ async fn start_swarm(
         "*",
         "--wei-per-ms",
         &gateway.wei_per_ms.to_string(),
+        "--speculate",
+        &gateway.speculate.to_string(),
     ]
     .map(String::from);
     let gateway = spawn_ready(

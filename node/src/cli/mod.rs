@@ -6,6 +6,7 @@ mod bench_batch;
 mod bench_http;
 mod bench_judge;
 mod bench_load;
+mod bench_spec;
 mod bench_swarm;
 mod bench_validators;
 mod chain;

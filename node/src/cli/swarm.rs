@@ -104,6 +104,10 @@ pub struct NodeArgs {
     /// logits. The stake will be slashed.
     #[arg(long, conflicts_with = "testing_perturb_answers")]
     testing_lazy: bool,
+    /// TESTING ONLY — hold every answer this many milliseconds before sending it: a
+    /// wide-area hop emulated on loopback, for benchmarks (`bench spec`).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    testing_delay_ms: u64,
     #[command(flatten)]
     limits: NodeLimitArgs,
 }
@@ -292,6 +296,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                 Some(Cheat::Lazy)
             }
             (None, false) => None,
+        },
+        answer_delay: {
+            if args.testing_delay_ms > 0 {
+                tracing::warn!("TESTING: every answer held {} ms", args.testing_delay_ms);
+            }
+            Duration::from_millis(args.testing_delay_ms)
         },
     });
     tokio::spawn(server.clone().run(inbound));
@@ -490,6 +500,12 @@ pub struct GatewayArgs {
     /// so the cheapest nodes win unless a pricier one is much faster).
     #[arg(long, default_value_t = infergrid::route::DEFAULT_WEI_PER_MS, value_parser = parse_wei_per_ms)]
     wei_per_ms: f64,
+    /// Speculative decoding: verify up to N drafted tokens in each decode step, one round
+    /// trip through the route for all of them. Drafts come from prompt lookup (the
+    /// continuation of an earlier occurrence of the last tokens: right when the output quotes
+    /// its input). The output is exactly plain decoding's; 0 turns it off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    speculate: u32,
     #[command(flatten)]
     limits: ApiLimitArgs,
 }
@@ -587,7 +603,11 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .pricing(args.wei_per_ms)
         .observed(metrics.clone());
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
-    let routing = infergrid::api::Routing { status: status.clone(), metrics };
+    let routing = infergrid::api::Routing {
+        status: status.clone(),
+        metrics,
+        drafts: args.speculate as usize,
+    };
     let dashboard = infergrid::dashboard::DashboardSource {
         rpc_url: args.chain.rpc_url(),
         deployment: deployment.clone(),

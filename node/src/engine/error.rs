@@ -37,6 +37,8 @@ pub enum EngineError {
     SessionEvicted(u64),
     #[error("session {session} is at position {cached}, the request is for position {requested}")]
     PositionMismatch { session: u64, cached: usize, requested: usize },
+    #[error("rolling session {session} back failed: {reason}")]
+    Rollback { session: u64, reason: String },
     #[error("session needs {needed} KV-cache tokens, this block allows {limit}")]
     CacheFull { needed: usize, limit: usize },
     #[error("tokenizer: {0}")]

@@ -1,6 +1,6 @@
 use std::collections::{HashMap, VecDeque};
 
-use ort::value::DynValue;
+use ort::value::{DynValue, Tensor};
 
 use super::EngineError;
 
@@ -10,6 +10,24 @@ pub(crate) struct KvEntry {
     pub layers: Vec<(DynValue, DynValue)>,
     pub tokens: usize,
     last_used: u64,
+}
+
+impl KvEntry {
+    /// Every layer's keys and values for the first `keep` positions only.
+    fn first_positions(&self, keep: usize) -> ort::Result<Vec<(DynValue, DynValue)>> {
+        self.layers.iter().map(|(k, v)| Ok((truncated(k, keep)?, truncated(v, keep)?))).collect()
+    }
+}
+
+/// A `[1, heads, len, dim]` cache tensor cut to `[1, heads, keep, dim]` (`keep ≤ len`).
+fn truncated(cache: &DynValue, keep: usize) -> ort::Result<DynValue> {
+    let (shape, data) = cache.try_extract_tensor::<f32>()?;
+    let (heads, len, dim) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+    let mut kept = Vec::with_capacity(heads * keep * dim);
+    for head in data.chunks_exact(len * dim).take(heads) {
+        kept.extend_from_slice(&head[..keep * dim]);
+    }
+    Ok(Tensor::from_array(([1, heads, keep, dim], kept))?.into_dyn())
 }
 
 /// The KV caches of every session a block serves, bounded in sessions and in tokens.
@@ -38,7 +56,9 @@ impl KvStore {
     }
 
     /// Takes the cache of `session` for a step that starts at `position` and adds `new_tokens`.
-    /// Position 0 starts (or restarts) the session. Returns `None` for a fresh session.
+    /// Position 0 starts (or restarts) the session; a position inside the cache rolls the
+    /// session back to it first (the positions from there on are forgotten: speculative
+    /// decoding discards the drafts the model rejected). Returns `None` for a fresh session.
     pub(crate) fn take(
         &mut self,
         session: u64,
@@ -60,12 +80,22 @@ impl KvStore {
                     EngineError::UnknownSession(session)
                 }
             })?;
-            if entry.tokens != position {
+            if entry.tokens < position {
                 let cached = entry.tokens;
                 self.entries.insert(session, entry);
                 return Err(EngineError::PositionMismatch { session, cached, requested: position });
             }
-            Some(entry)
+            if entry.tokens > position {
+                match entry.first_positions(position) {
+                    Ok(layers) => Some(KvEntry { layers, tokens: position, ..entry }),
+                    Err(e) => {
+                        self.entries.insert(session, entry);
+                        return Err(EngineError::Rollback { session, reason: e.to_string() });
+                    }
+                }
+            } else {
+                Some(entry)
+            }
         };
         self.make_room(needed);
         Ok(entry)

@@ -59,6 +59,20 @@ impl Activation {
         (self.shape, self.data)
     }
 
+    /// Positions of a `[1, S, N]` activation (`S`).
+    pub fn rows(&self) -> usize {
+        match self.shape.as_slice() {
+            [.., rows, _] => *rows,
+            _ => 0,
+        }
+    }
+
+    /// Row `i` of a `[1, S, N]` activation: the logits (or hidden state) of its `i`-th position.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let width = self.shape.last().copied().unwrap_or(0);
+        &self.data[i * width..(i + 1) * width]
+    }
+
     /// The last row of a `[1, S, N]` activation: the logits of the newest position.
     pub fn last_row(&self) -> &[f32] {
         let width = self.shape.last().copied().unwrap_or(0);

@@ -534,12 +534,12 @@ impl crate::generate::TokenEncoder for RemoteModel {
 }
 
 impl TextModel for RemoteModel {
-    fn next_logits(
+    fn logits(
         &mut self,
         session: u64,
         position: usize,
         tokens: &[i64],
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> Result<Activation, EngineError> {
         // A long prompt goes in chunks, each a step of its own (and replayed as such after a
         // failover): every answer stays within the wire's size limit, and decode steps of
         // other sessions interleave with the chunks at each node.
@@ -549,8 +549,7 @@ impl TextModel for RemoteModel {
             let at = position + index * chunk;
             logits = Some(self.step(session, at as u32, part, position + tokens.len())?);
         }
-        let logits = logits.ok_or(EngineError::Run { block: 0, reason: "an empty step".into() })?;
-        Ok(logits.last_row().to_vec())
+        logits.ok_or(EngineError::Run { block: 0, reason: "an empty step".into() })
     }
 
     fn close(&mut self, session: u64) {

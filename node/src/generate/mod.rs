@@ -4,11 +4,14 @@
 mod chat;
 mod embed;
 mod sampler;
+mod speculate;
 mod text;
 
 pub use chat::{ChatFormat, ChatMessage, ChatTemplateError};
 pub use embed::{TokenEncoder, cosine, embed_texts, pool_texts};
 pub use sampler::{Sampler, SamplingParams, TokenChoice, argmax};
+pub use speculate::{Drafter, PromptLookup, Speculation, verify};
 pub use text::{
-    FinishReason, GeneratedToken, Generation, GenerationError, Prompt, TextModel, generate,
+    FinishReason, GeneratedToken, Generation, GenerationError, Prompt, Request, TextModel,
+    generate, generate_speculating,
 };

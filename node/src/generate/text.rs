@@ -2,19 +2,30 @@ use std::ops::ControlFlow;
 
 use tokenizers::Tokenizer;
 
+use super::speculate::{Speculation, verify};
 use super::{Sampler, SamplingParams, TokenChoice};
-use crate::engine::{EngineError, Pipeline};
+use crate::engine::{Activation, EngineError, Pipeline};
 
 /// Anything that turns the tokens of a session into next-token logits.
 pub trait TextModel {
-    /// Runs `tokens` at positions `position..` of `session`; returns the logits of the
-    /// last position.
+    /// Runs `tokens` at positions `position..` of `session` (a position the session already
+    /// holds rolls it back there first); returns the logits `[1, n, vocab]` of its last `n`
+    /// positions: all of them, or, where a long input ran in chunks, at least the last chunk's.
+    fn logits(
+        &mut self,
+        session: u64,
+        position: usize,
+        tokens: &[i64],
+    ) -> Result<Activation, EngineError>;
+    /// The logits of the last position only.
     fn next_logits(
         &mut self,
         session: u64,
         position: usize,
         tokens: &[i64],
-    ) -> Result<Vec<f32>, EngineError>;
+    ) -> Result<Vec<f32>, EngineError> {
+        Ok(self.logits(session, position, tokens)?.last_row().to_vec())
+    }
     /// Frees the session's state.
     fn close(&mut self, session: u64);
     /// Longest sequence (prompt + generated) the model supports.
@@ -24,13 +35,13 @@ pub trait TextModel {
 }
 
 impl TextModel for &Pipeline {
-    fn next_logits(
+    fn logits(
         &mut self,
         session: u64,
         position: usize,
         tokens: &[i64],
-    ) -> Result<Vec<f32>, EngineError> {
-        Ok(self.step(session, position, tokens)?.last_row().to_vec())
+    ) -> Result<Activation, EngineError> {
+        self.step(session, position, tokens)
     }
     fn close(&mut self, session: u64) {
         Pipeline::close(self, session)
@@ -75,6 +86,11 @@ pub struct Generation {
     /// with the finish.
     pub tail: String,
     pub finish_reason: FinishReason,
+    /// Drafts proposed by speculation, how many of them the model accepted, and the steps
+    /// that verified them.
+    pub drafted: usize,
+    pub accepted: usize,
+    pub verify_steps: usize,
 }
 
 /// A generation request that cannot run.
@@ -135,8 +151,33 @@ pub fn generate(
     max_tokens: usize,
     stop: &[String],
     params: SamplingParams,
+    on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
+) -> Result<Generation, GenerationError> {
+    let request = Request { session, prompt, max_tokens, stop, params };
+    generate_speculating(model, tokenizer, request, None, on_token)
+}
+
+/// One generation's request.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub session: u64,
+    pub prompt: Prompt<'a>,
+    pub max_tokens: usize,
+    pub stop: &'a [String],
+    pub params: SamplingParams,
+}
+
+/// [`generate`], verifying the drafts of `speculation` (when given) a step at a time: the
+/// tokens, and with a seed their very sequence, are those of plain decoding
+/// ([`super::speculate`]); only the number of steps through the model differs.
+pub fn generate_speculating(
+    model: &mut (impl TextModel + ?Sized),
+    tokenizer: &Tokenizer,
+    request: Request<'_>,
+    mut speculation: Option<&mut Speculation>,
     mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
 ) -> Result<Generation, GenerationError> {
+    let Request { session, prompt, max_tokens, stop, params } = request;
     let prompt_ids = prompt.encode(tokenizer)?;
     if prompt_ids.is_empty() {
         return Err(GenerationError::EmptyPrompt);
@@ -149,14 +190,10 @@ pub fn generate(
     let score_prompt = params.prompt_logprobs;
     let mut prompt_logprobs = Vec::new();
     let mut sampler = Sampler::new(params);
-    let mut tokens: Vec<GeneratedToken> = Vec::new();
-    let mut ids: Vec<u32> = Vec::new();
-    // `text` is what the tokens' deltas carried; `settled` is the output so far.
-    let mut text = String::new();
-    let mut settled = String::new();
-    let mut finish_reason = FinishReason::Length;
+    let mut output = Output::new(tokenizer, stop, prompt_ids.clone());
     let mut input: Vec<i64> = prompt_ids.iter().map(|&i| i as i64).collect();
     let mut position = 0;
+    let (mut drafted, mut accepted_total, mut verify_steps) = (0, 0, 0);
     let result = (|| {
         if let Some(top) = score_prompt {
             // A prompt token's log-probability needs the logits of the position before it,
@@ -168,49 +205,141 @@ pub fn generate(
             }
             input.drain(..position);
         }
-        while tokens.len() < max_tokens {
-            let logits = model.next_logits(session, position, &input)?;
-            if logits.is_empty() {
+        while output.tokens.len() < max_tokens {
+            // Drafts ride on decode steps (a prompt may run in chunks, answering for the last
+            // chunk only), and only as many as could all be emitted: the step after them
+            // stays in the context.
+            let room = max_tokens - output.tokens.len() - 1;
+            let draft = match speculation.as_deref_mut() {
+                Some(speculation) if room > 0 && input.len() == 1 => {
+                    speculation.draft(&output.context, room)
+                }
+                _ => Vec::new(),
+            };
+            let step: Vec<i64> =
+                input.iter().copied().chain(draft.iter().map(|&t| t as i64)).collect();
+            let logits = model.logits(session, position, &step)?;
+            let Some(first) = logits.rows().checked_sub(draft.len() + 1) else {
+                return Err(GenerationError::NoLogits);
+            };
+            let rows: Vec<&[f32]> = (first..logits.rows()).map(|j| logits.row(j)).collect();
+            if rows.iter().any(|row| row.is_empty()) {
                 return Err(GenerationError::NoLogits);
             }
-            position += input.len();
-            let choice = sampler.choose(&logits);
-            if model.eos_ids().contains(&choice.id) {
-                finish_reason = FinishReason::Stop;
+            let draws = verify(&mut sampler, &rows, &draft);
+            // The accepted drafts' positions hold the right cache: they stay.
+            let accepted = draws.len() - 1;
+            position += input.len() + accepted;
+            let last = draws.last().expect("a step draws at least one token").id;
+            for choice in draws {
+                if output.push(model.eos_ids(), choice, &mut on_token)?.is_break() {
+                    break;
+                }
+            }
+            if let Some(speculation) = speculation.as_deref_mut() {
+                speculation.verified(draft.len(), accepted);
+            }
+            drafted += draft.len();
+            accepted_total += accepted;
+            verify_steps += usize::from(!draft.is_empty());
+            if output.finish_reason.is_some() {
                 break;
             }
-            ids.push(choice.id);
-            let full = tokenizer
-                .decode(&ids, true)
-                .map_err(|e| GenerationError::Tokenizer(e.to_string()))?;
-            let (kept, stopped) = match stop.iter().filter_map(|s| full.find(s.as_str())).min() {
-                Some(cut) => (full[..cut].to_owned(), true),
-                None => (full, false),
-            };
-            // A partial UTF-8 character decodes as U+FFFD; hold it back until complete.
-            settled = if stopped { kept } else { kept.trim_end_matches('\u{FFFD}').to_owned() };
-            let shown =
-                if stopped { settled.len() } else { settled.len() - held_back(&settled, stop) };
-            let text_delta = settled.get(text.len()..shown).unwrap_or_default().to_owned();
-            text.push_str(&text_delta);
-            input = vec![choice.id as i64];
-            let token = GeneratedToken { choice, text_delta };
-            if on_token(&token).is_break() {
-                return Err(GenerationError::Cancelled);
-            }
-            tokens.push(token);
-            if stopped {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
+            input = vec![i64::from(last)];
         }
         Ok::<_, GenerationError>(())
     })();
     model.close(session);
     result?;
+    let Output { tokens, mut text, settled, finish_reason, .. } = output;
     let tail = settled.get(text.len()..).unwrap_or_default().to_owned();
     text.push_str(&tail);
-    Ok(Generation { prompt_ids, prompt_logprobs, tokens, text, tail, finish_reason })
+    let finish_reason = finish_reason.unwrap_or(FinishReason::Length);
+    Ok(Generation {
+        prompt_ids,
+        prompt_logprobs,
+        tokens,
+        text,
+        tail,
+        finish_reason,
+        drafted,
+        accepted: accepted_total,
+        verify_steps,
+    })
+}
+
+/// The output so far: tokens, their text, what may be shown, and why it ended.
+struct Output<'a> {
+    tokenizer: &'a Tokenizer,
+    stop: &'a [String],
+    /// The prompt and the output's ids: what a drafter continues.
+    context: Vec<u32>,
+    ids: Vec<u32>,
+    tokens: Vec<GeneratedToken>,
+    /// What the tokens' deltas carried.
+    text: String,
+    /// The output so far, a stop string cut off.
+    settled: String,
+    finish_reason: Option<FinishReason>,
+}
+
+impl<'a> Output<'a> {
+    fn new(tokenizer: &'a Tokenizer, stop: &'a [String], prompt: Vec<u32>) -> Self {
+        Self {
+            tokenizer,
+            stop,
+            context: prompt,
+            ids: Vec::new(),
+            tokens: Vec::new(),
+            text: String::new(),
+            settled: String::new(),
+            finish_reason: None,
+        }
+    }
+
+    /// Adds a drawn token: an end-of-sequence or a completed stop string ends the output
+    /// (`Break`), as does a reader that is gone (`Cancelled`).
+    fn push(
+        &mut self,
+        eos: &[u32],
+        choice: TokenChoice,
+        on_token: &mut impl FnMut(&GeneratedToken) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, GenerationError> {
+        if eos.contains(&choice.id) {
+            self.finish_reason = Some(FinishReason::Stop);
+            return Ok(ControlFlow::Break(()));
+        }
+        self.ids.push(choice.id);
+        self.context.push(choice.id);
+        let full = self
+            .tokenizer
+            .decode(&self.ids, true)
+            .map_err(|e| GenerationError::Tokenizer(e.to_string()))?;
+        let stop = self.stop;
+        let (kept, stopped) = match stop.iter().filter_map(|s| full.find(s.as_str())).min() {
+            Some(cut) => (full[..cut].to_owned(), true),
+            None => (full, false),
+        };
+        // A partial UTF-8 character decodes as U+FFFD; hold it back until complete.
+        self.settled = if stopped { kept } else { kept.trim_end_matches('\u{FFFD}').to_owned() };
+        let shown = if stopped {
+            self.settled.len()
+        } else {
+            self.settled.len() - held_back(&self.settled, stop)
+        };
+        let text_delta = self.settled.get(self.text.len()..shown).unwrap_or_default().to_owned();
+        self.text.push_str(&text_delta);
+        let token = GeneratedToken { choice, text_delta };
+        if on_token(&token).is_break() {
+            return Err(GenerationError::Cancelled);
+        }
+        self.tokens.push(token);
+        if stopped {
+            self.finish_reason = Some(FinishReason::Stop);
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
 }
 
 /// Bytes at the end of `output` that are the start of some stop string, which the next tokens

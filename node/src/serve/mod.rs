@@ -101,6 +101,9 @@ pub struct BlockServer {
     pub batcher: Batcher,
     /// Testing only: answers deliberately made wrong before they are signed.
     pub cheat: Option<Cheat>,
+    /// Testing only: how long each answer is held before it is sent, emulating a wide-area
+    /// hop on loopback (`bench spec`).
+    pub answer_delay: std::time::Duration,
     /// Steps and vouchers, for `/metrics`.
     pub metrics: NodeMetrics,
 }
@@ -151,6 +154,9 @@ impl BlockServer {
                         }
                     };
                     server.metrics.step(kind, outcome, took);
+                    if !server.answer_delay.is_zero() {
+                        tokio::time::sleep(server.answer_delay).await;
+                    }
                     let _ = reply.send(response);
                 };
                 tokio::spawn(step.instrument(span));

@@ -70,6 +70,8 @@ pub struct GatewayMetrics {
     peers_banned: Gauge,
     peers_connected: Gauge,
     vouchers_signed: Counter,
+    drafted_tokens: Counter,
+    accepted_tokens: Counter,
     node_metered: Family<NodeLabels, Gauge>,
     node_owed: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     node_signed: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -153,6 +155,18 @@ impl GatewayMetrics {
             "Vouchers signed and sent with steps",
             vouchers_signed.clone(),
         );
+        let drafted_tokens = Counter::default();
+        registry.register(
+            "drafted_tokens",
+            "Tokens speculative decoding proposed for verification (prompt lookup)",
+            drafted_tokens.clone(),
+        );
+        let accepted_tokens = Counter::default();
+        registry.register(
+            "accepted_tokens",
+            "Drafted tokens the model accepted: decode steps saved",
+            accepted_tokens.clone(),
+        );
         let node_metered = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "node_metered_block_tokens",
@@ -186,6 +200,8 @@ impl GatewayMetrics {
             peers_banned,
             peers_connected,
             vouchers_signed,
+            drafted_tokens,
+            accepted_tokens,
             node_metered,
             node_owed,
             node_signed,
@@ -220,6 +236,12 @@ impl GatewayMetrics {
     pub fn hop(&self, first_block: u16, last_block: u16, took: Duration) {
         let blocks = format!("{first_block}-{last_block}");
         self.hop_latency.get_or_create(&HopLabels { blocks }).observe(took.as_secs_f64());
+    }
+
+    /// A generation's speculative drafts: proposed, and accepted by the model.
+    pub fn speculation(&self, drafted: usize, accepted: usize) {
+        self.drafted_tokens.inc_by(drafted as u64);
+        self.accepted_tokens.inc_by(accepted as u64);
     }
 
     pub fn voucher_signed(&self) {
