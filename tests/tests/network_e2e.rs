@@ -265,6 +265,14 @@ fn a_speculating_gateway_gives_the_plain_output_through_a_failover() {
         after.victim, after.failed_over
     );
     assert!(drafted > 0.0 && accepted > 0.0, "nothing was speculated: {}", after.metrics);
+    let speculation = &after.health["routing"]["speculation"];
+    assert_eq!(speculation["max_drafts"], 4, "{speculation}");
+    assert_eq!(
+        speculation["drafted_tokens"].as_f64(),
+        Some(drafted),
+        "/healthz and /metrics agree"
+    );
+    assert_eq!(speculation["accepted_tokens"].as_f64(), Some(accepted));
 }
 
 /// What [`streams_survive_a_kill`] saw.
@@ -272,7 +280,8 @@ struct AfterKill {
     victim: String,
     /// Sessions that failed over off the killed node.
     failed_over: usize,
-    /// The gateway's `/metrics` after every stream finished.
+    /// The gateway's `/healthz` and `/metrics` after every stream finished.
+    health: serde_json::Value,
     metrics: String,
 }
 
@@ -330,5 +339,5 @@ fn streams_survive_a_kill(gateway_args: &[&str], prompts: &[&str], tokens: usize
     assert!(failed_over >= 1, "no session failed over: {health}");
     let (status, metrics) = infergrid_e2e::http::get(&listen, "/metrics");
     assert_eq!(status, 200, "{metrics}");
-    AfterKill { victim, failed_over, metrics }
+    AfterKill { victim, failed_over, health, metrics }
 }

@@ -224,6 +224,11 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
                 "stall_ms": f.stall.as_secs_f64() * 1e3,
             })).collect::<Vec<_>>(),
             "failovers_total": report.failovers_total,
+            "speculation": {
+                "max_drafts": r.drafts,
+                "drafted_tokens": r.metrics.drafted_tokens(),
+                "accepted_tokens": r.metrics.accepted_tokens(),
+            },
             // Amounts in wei as decimal strings: exact, unlike JSON numbers.
             "payments": report.payments.iter().map(|t| serde_json::json!({
                 "operator": t.operator.to_string(), "channel": t.channel.to_string(),

@@ -244,6 +244,16 @@ impl GatewayMetrics {
         self.accepted_tokens.inc_by(accepted as u64);
     }
 
+    /// Tokens drafted for speculation so far.
+    pub fn drafted_tokens(&self) -> u64 {
+        self.drafted_tokens.get()
+    }
+
+    /// Drafted tokens the model accepted so far.
+    pub fn accepted_tokens(&self) -> u64 {
+        self.accepted_tokens.get()
+    }
+
     pub fn voucher_signed(&self) {
         self.vouchers_signed.inc();
     }

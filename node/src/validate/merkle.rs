@@ -2,12 +2,18 @@ use alloy::primitives::B256;
 
 use crate::eip712::keccak256;
 
-/// A Merkle tree over a validator's challenge set, hashed the way OpenZeppelin's
-/// `MerkleProof.verify` checks it: each parent is the keccak of its two children in sorted
-/// order, and an unpaired node moves up unchanged.
+/// A Merkle tree over a validator's challenge set, built exactly as OpenZeppelin's
+/// `StandardMerkleTree` (`@openzeppelin/merkle-tree`) builds one, so that its root and proofs
+/// equal that library's for the same leaves: the leaves sorted, laid out as a complete binary
+/// tree in one array (leaf `k` of the sorted order at `2n − 2 − k`, the children of node `i`
+/// at `2i + 1` and `2i + 2`), each parent the keccak of its two children in sorted order —
+/// what `MerkleProof.verify` checks on-chain.
 #[derive(Debug, Clone)]
 pub struct ChallengeTree {
-    levels: Vec<Vec<B256>>,
+    /// The `2n − 1` nodes, the root first.
+    nodes: Vec<B256>,
+    /// Where each leaf, in the order given, sits in `nodes`.
+    positions: Vec<usize>,
 }
 
 impl ChallengeTree {
@@ -16,38 +22,36 @@ impl ChallengeTree {
         if leaves.is_empty() {
             return None;
         }
-        let mut levels = vec![leaves];
-        while levels.last().is_some_and(|level| level.len() > 1) {
-            let below = levels.last().expect("non-empty");
-            let above = below
-                .chunks(2)
-                .map(|pair| match pair {
-                    [a, b] => hash_pair(a, b),
-                    [single] => *single,
-                    _ => unreachable!("chunks(2) yields one or two"),
-                })
-                .collect();
-            levels.push(above);
+        let count = leaves.len();
+        let mut sorted: Vec<usize> = (0..count).collect();
+        sorted.sort_by_key(|&i| leaves[i]);
+        let mut nodes = vec![B256::ZERO; 2 * count - 1];
+        let mut positions = vec![0; count];
+        for (k, &leaf) in sorted.iter().enumerate() {
+            let at = nodes.len() - 1 - k;
+            nodes[at] = leaves[leaf];
+            positions[leaf] = at;
         }
-        Some(Self { levels })
+        for i in (0..nodes.len() - count).rev() {
+            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        }
+        Some(Self { nodes, positions })
     }
 
     /// The root a validator commits on-chain.
     pub fn root(&self) -> B256 {
-        self.levels.last().expect("at least one level")[0]
+        self.nodes[0]
     }
 
-    /// The sibling path of leaf `index`, or `None` when out of range.
-    pub fn proof(&self, mut index: usize) -> Option<Vec<B256>> {
-        if index >= self.levels[0].len() {
-            return None;
-        }
+    /// The sibling path of leaf `index` (in the order given), from the leaf up, or `None`
+    /// when out of range.
+    pub fn proof(&self, index: usize) -> Option<Vec<B256>> {
+        let mut at = *self.positions.get(index)?;
         let mut proof = Vec::new();
-        for level in &self.levels[..self.levels.len() - 1] {
-            if let Some(sibling) = level.get(index ^ 1) {
-                proof.push(*sibling);
-            }
-            index /= 2;
+        while at > 0 {
+            let sibling = if at % 2 == 1 { at + 1 } else { at - 1 };
+            proof.push(self.nodes[sibling]);
+            at = (at - 1) / 2;
         }
         Some(proof)
     }
