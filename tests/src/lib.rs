@@ -6,6 +6,7 @@ pub mod models;
 pub mod nodes;
 pub mod procs;
 pub mod proxy;
+pub mod versions;
 
 use alloy::primitives::{Address, B256, Bytes, U256, utils::parse_ether};
 use alloy::providers::Provider;

@@ -225,6 +225,88 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
     Ok(())
 }
 
+/// A client of the retired version 1 gets an answer it can decode — `Malformed`, naming the
+/// version the node speaks — instead of a bare negotiation failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_of_a_retired_version_is_told_which_version_to_speak() -> anyhow::Result<()> {
+    let LlamaFixture { dir: _model_dir, manifest, runtime, .. } =
+        llama_fixture(&["--layers", "2", "--seed", "4"], 1)?;
+    // Nobody is admitted: the version is refused before admission is looked at.
+    let node = serve(&manifest, &runtime, 0..=0, &[], 1)?;
+    // A version-1 request: magic `IGQ1`, no payment field.
+    let v1 = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2]));
+    let mut bytes = v1.encode();
+    bytes[..4].copy_from_slice(b"IGQ1");
+    let answer = infergrid_e2e::versions::ask_over(
+        "/infergrid/infer/1",
+        node.peer,
+        node.addr.clone(),
+        bytes,
+    )
+    .await?
+    .expect("the node accepts the retired version's streams");
+    let InferResponse::Err(refusal) = InferResponse::decode(&answer)? else {
+        panic!("a retired version's request was served");
+    };
+    assert_eq!(refusal.code, ErrorCode::Malformed);
+    assert!(
+        refusal.message.contains("/infergrid/infer/1 is retired")
+            && refusal.message.contains("speaks /infergrid/infer/2"),
+        "{}",
+        refusal.message
+    );
+    // A version this build never knew is refused at negotiation.
+    let unknown = infergrid_e2e::versions::ask_over(
+        "/infergrid/infer/9",
+        node.peer,
+        node.addr.clone(),
+        Vec::new(),
+    )
+    .await?;
+    assert!(unknown.is_err_and(|e| e.contains("protocol")), "an unknown version was accepted");
+    Ok(())
+}
+
+/// The cheapest route starts at a peer speaking another protocol version: the gateway fails
+/// over to the node that speaks its own, with the in-process output, and leaves the other
+/// peer out of routes without banning it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_speaking_another_version_is_routed_around_not_banned() -> anyhow::Result<()> {
+    use infergrid::gateway::{RemoteModel, RemoteModelConfig};
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "8"], 1)?;
+    let (client, _inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 1)?;
+    let (other, other_addr, other_task) =
+        infergrid_e2e::versions::speaking_only("/infergrid/infer/3").await?;
+    client.dial(node.peer, node.addr.clone()).await?;
+    client.dial(other, other_addr).await?;
+    let mut preferred = candidate(&node, (0, 0), 1.0);
+    preferred.peer = other;
+    let directory =
+        Arc::new(std::sync::Mutex::new(vec![preferred, candidate(&node, (0, 0), 30.0)]));
+    let config =
+        RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 1) };
+    let remote = RemoteModel::new(client.clone(), config, directory);
+    let status = remote.open();
+    let mut remote = remote;
+    let prompt = [3i64, 1, 4, 1, 5];
+    let (ids, reference, failovers) = tokio::task::spawn_blocking(move || {
+        let ids = greedy(&mut remote, 1, &prompt, 6, |_| {});
+        let again = greedy(&mut remote, 2, &prompt, 6, |_| {});
+        assert_eq!(again, ids, "the second generation went straight to the node");
+        (ids, greedy(&mut &local, 3, &prompt, 6, |_| {}), remote.failovers())
+    })
+    .await?;
+    other_task.abort();
+    assert_eq!(ids, reference);
+    assert_eq!(failovers.len(), 1, "one failover, then routes leave the peer out: {failovers:?}");
+    assert_eq!(failovers[0].failed_peer, other);
+    assert!(failovers[0].reason.contains("does not speak /infergrid/infer/2"), "{failovers:?}");
+    assert_eq!(status.banned_peers(), 0, "a peer of another version is not banned");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Result<()> {
     use infergrid::chain::connect_reader;

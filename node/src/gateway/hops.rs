@@ -11,7 +11,7 @@ use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
 use crate::engine::EngineError;
-use crate::net::Network;
+use crate::net::{NetError, Network};
 use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
@@ -28,6 +28,9 @@ const FIRST_CONTACT: Duration = Duration::from_secs(3);
 pub enum HopError {
     /// The peer is unusable (network failure, lost session, overload): fail over.
     Peer(String),
+    /// The peer speaks another protocol version: fail over, and leave it out of routes
+    /// without banning it (it did nothing wrong, and may upgrade).
+    Incompatible(String),
     /// The peer answered, but not with a well-formed answer its operator signed: the peer is
     /// forbidden and the answer unpaid.
     Invalid(BadAnswer),
@@ -220,6 +223,7 @@ impl HopClient {
                 })))
             }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
+            Err(e @ NetError::Unsupported { .. }) => Err(HopError::Incompatible(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
         }
     }

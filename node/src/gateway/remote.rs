@@ -19,6 +19,8 @@ use crate::telemetry::GatewayMetrics;
 enum StepFailure {
     /// Fail over: the peer is unusable, or its answer failed the checks.
     Peer(String),
+    /// Fail over: the peer speaks another protocol version (left out, not banned).
+    Incompatible(String),
     /// The request itself is wrong: failing over would not help.
     Fatal(Box<EngineError>),
 }
@@ -27,6 +29,7 @@ impl From<HopError> for StepFailure {
     fn from(e: HopError) -> Self {
         match e {
             HopError::Peer(reason) => StepFailure::Peer(reason),
+            HopError::Incompatible(reason) => StepFailure::Incompatible(reason),
             HopError::Invalid(bad) => StepFailure::Peer(format!("invalid answer: {bad}")),
             HopError::Fatal(e) => StepFailure::Fatal(e),
         }
@@ -214,9 +217,26 @@ impl RemoteModel {
         self.sessions.get(&session).map(|s| s.hops.as_slice())
     }
 
+    /// Leaves a peer whose step failed out of routes — banned with backoff, or, speaking
+    /// another protocol version, set aside without a ban — and says why it failed.
+    fn set_aside(&self, peer: PeerId, failure: StepFailure) -> String {
+        let mut bans = self.router.hops.bans();
+        match failure {
+            StepFailure::Incompatible(reason) => {
+                bans.incompatible(peer);
+                reason
+            }
+            StepFailure::Peer(reason) => {
+                bans.fail(peer);
+                reason
+            }
+            StepFailure::Fatal(e) => e.to_string(),
+        }
+    }
+
     fn plan_from(&self, from: u16, needed_tokens: usize) -> Result<Vec<Hop>, EngineError> {
         let candidates = self.router.candidates.lock().expect("candidates").clone();
-        let banned = self.router.hops.bans().banned();
+        let banned = self.router.hops.bans().excluded();
         let to = self.router.config.num_blocks;
         plan(&candidates, from, to, &banned, &self.router.cost, needed_tokens).ok_or_else(|| {
             // Name the block nobody serves, not where the route was to start.
@@ -234,7 +254,7 @@ impl RemoteModel {
     pub fn unserved_blocks(&self) -> Vec<u16> {
         let mut candidates = self.router.candidates.lock().expect("candidates").clone();
         candidates.retain(|c| c.rtt_ms.is_some() || c.compute_ms.is_some());
-        let banned = self.router.hops.bans().banned();
+        let banned = self.router.hops.bans().excluded();
         unserved(&candidates, 0, self.router.config.num_blocks, &banned)
     }
 
@@ -387,7 +407,8 @@ impl RemoteModel {
                     self.report_failover(stalled.take(), Vec::new());
                     return Err(*e);
                 }
-                Err(StepFailure::Peer(reason)) => {
+                Err(failure @ (StepFailure::Peer(_) | StepFailure::Incompatible(_))) => {
+                    let reason = self.set_aside(hop.peer, failure);
                     tracing::warn!(
                         "session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
                         hop.peer,
@@ -395,7 +416,6 @@ impl RemoteModel {
                         hop.last_block
                     );
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
-                    self.router.hops.bans().fail(hop.peer);
                     for old in &state.hops[index + 1..] {
                         let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
                     }
@@ -430,8 +450,8 @@ impl RemoteModel {
                                 self.report_failover(stalled.take(), Vec::new());
                                 return Err(*e);
                             }
-                            Err((bad, StepFailure::Peer(_))) => {
-                                self.router.hops.bans().fail(bad.peer)
+                            Err((bad, failure)) => {
+                                self.set_aside(bad.peer, failure);
                             }
                         }
                     }
@@ -508,8 +528,8 @@ impl crate::generate::TokenEncoder for RemoteModel {
                 match self.call(&hop, 0, 0, StepKind::Prefill, masked) {
                     Ok(output) => payload = output,
                     Err(StepFailure::Fatal(e)) => return Err(*e),
-                    Err(StepFailure::Peer(reason)) => {
-                        self.router.hops.bans().fail(hop.peer);
+                    Err(failure) => {
+                        let reason = self.set_aside(hop.peer, failure);
                         failovers += 1;
                         if failovers > self.router.config.max_failovers_per_step {
                             return Err(EngineError::Run {

@@ -77,7 +77,16 @@ impl Drafter for PromptLookup {
     }
 }
 
+/// Every this many decode steps, one goes the other way (plain while speculating, drafted
+/// while not), so that the cost of both stays measured.
+const PROBE_EVERY: usize = 8;
+
 /// A drafter with an adaptive draft length, and what it drafted and had accepted.
+///
+/// The draft length follows acceptance; whether to draft at all follows cost: a verify step
+/// costs more than a plain one (more positions through every block, more logits back), and
+/// on a fast route that can outweigh what its accepted drafts save. Seconds per emitted token
+/// are kept for both kinds of decode step, and drafting stops while plain steps are cheaper.
 pub struct Speculation {
     drafter: Box<dyn Drafter>,
     /// The most drafts one step verifies.
@@ -85,6 +94,11 @@ pub struct Speculation {
     /// Drafts asked for next: grows by 2 when every draft was accepted, shrinks by 1 when
     /// one was rejected (Hugging Face's assisted generation heuristic), within 1..=max.
     next_draft: usize,
+    /// Moving averages of seconds per emitted token: decode steps without drafts, and verify
+    /// steps.
+    plain_cost: Option<f64>,
+    verify_cost: Option<f64>,
+    decode_steps: usize,
     pub drafted: usize,
     pub accepted: usize,
 }
@@ -92,18 +106,37 @@ pub struct Speculation {
 impl Speculation {
     pub fn new(drafter: Box<dyn Drafter>, max_draft: usize) -> Self {
         let max_draft = max_draft.max(1);
-        Self { drafter, max_draft, next_draft: max_draft, drafted: 0, accepted: 0 }
+        Self {
+            drafter,
+            max_draft,
+            next_draft: max_draft,
+            plain_cost: None,
+            verify_cost: None,
+            decode_steps: 0,
+            drafted: 0,
+            accepted: 0,
+        }
     }
 
-    /// Drafts for `context`, at most `room`.
+    /// Drafts for `context` for the next decode step, at most `room`: none while verify
+    /// steps cost more per token than plain ones (but for a probe now and then).
     pub(super) fn draft(&mut self, context: &[u32], room: usize) -> Vec<u32> {
+        self.decode_steps += 1;
+        let losing = matches!((self.plain_cost, self.verify_cost), (Some(p), Some(v)) if v > p);
+        let probe = self.decode_steps.is_multiple_of(PROBE_EVERY);
+        if losing != probe {
+            return Vec::new();
+        }
         let mut draft = self.drafter.draft(context, self.next_draft.min(room));
         draft.truncate(self.next_draft.min(room));
         draft
     }
 
-    /// Counts one verified step: `drafted` proposed, the first `accepted` kept.
-    pub(super) fn verified(&mut self, drafted: usize, accepted: usize) {
+    /// Counts one decode step that took `took`: `drafted` proposed, the first `accepted` kept.
+    pub(super) fn verified(&mut self, drafted: usize, accepted: usize, took: std::time::Duration) {
+        let per_token = took.as_secs_f64() / (accepted + 1) as f64;
+        let cost = if drafted == 0 { &mut self.plain_cost } else { &mut self.verify_cost };
+        *cost = Some(cost.map_or(per_token, |old| 0.8 * old + 0.2 * per_token));
         if drafted == 0 {
             return;
         }
@@ -139,12 +172,34 @@ mod tests {
     #[test]
     fn the_draft_length_adapts_to_what_was_accepted() {
         let mut speculation = Speculation::new(Box::new(PromptLookup::default()), 4);
-        speculation.verified(4, 1);
-        speculation.verified(3, 0);
+        let ms = std::time::Duration::from_millis;
+        speculation.verified(4, 1, ms(10));
+        speculation.verified(3, 0, ms(10));
         assert_eq!(speculation.next_draft, 2);
-        speculation.verified(2, 2);
+        speculation.verified(2, 2, ms(10));
         assert_eq!(speculation.next_draft, 4);
-        speculation.verified(0, 0);
+        speculation.verified(0, 0, ms(10));
         assert_eq!((speculation.drafted, speculation.accepted), (9, 3));
+    }
+
+    /// A context prompt lookup always drafts for.
+    const LOOPING: [u32; 6] = [1, 2, 3, 1, 2, 3];
+
+    #[test]
+    fn drafting_stops_while_plain_steps_are_cheaper_but_for_probes() {
+        let mut speculation = Speculation::new(Box::new(PromptLookup::default()), 4);
+        let ms = std::time::Duration::from_millis;
+        // Verify steps of 30 ms keeping one draft (15 ms a token) against plain 10 ms steps.
+        speculation.verified(0, 0, ms(10));
+        speculation.verified(4, 1, ms(30));
+        let drafted: Vec<bool> =
+            (0..16).map(|_| !speculation.draft(&LOOPING, 4).is_empty()).collect();
+        assert_eq!(drafted.iter().filter(|&&d| d).count(), 2, "only the probes draft: {drafted:?}");
+        // Verify steps now keeping every draft (6 ms a token): drafting resumes at once.
+        for _ in 0..8 {
+            speculation.verified(4, 4, ms(30));
+        }
+        let drafted = (0..16).filter(|_| !speculation.draft(&LOOPING, 4).is_empty()).count();
+        assert_eq!(drafted, 14, "all but the plain probes draft");
     }
 }

@@ -218,7 +218,9 @@ pub fn generate_speculating(
             };
             let step: Vec<i64> =
                 input.iter().copied().chain(draft.iter().map(|&t| t as i64)).collect();
+            let started = std::time::Instant::now();
             let logits = model.logits(session, position, &step)?;
+            let took = started.elapsed();
             let Some(first) = logits.rows().checked_sub(draft.len() + 1) else {
                 return Err(GenerationError::NoLogits);
             };
@@ -236,8 +238,10 @@ pub fn generate_speculating(
                     break;
                 }
             }
-            if let Some(speculation) = speculation.as_deref_mut() {
-                speculation.verified(draft.len(), accepted);
+            if let Some(speculation) = speculation.as_deref_mut()
+                && input.len() == 1
+            {
+                speculation.verified(draft.len(), accepted, took);
             }
             drafted += draft.len();
             accepted_total += accepted;

@@ -179,6 +179,11 @@ pub enum CodecError {
     Trailing(usize),
     #[error("error message is not UTF-8")]
     Utf8,
+    /// A request over a protocol version this node no longer serves.
+    #[error(
+        "{retired} is retired: this node speaks {current} (protocol-spec/wire.md, \"Versions\"); upgrade"
+    )]
+    Retired { retired: String, current: String },
 }
 
 impl StepKind {

@@ -8,6 +8,12 @@ use super::codec::{CodecError, InferRequest, InferResponse, MAX_MESSAGE_BYTES};
 /// The versioned protocol id.
 pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/infer/2");
 
+/// Earlier versions, still accepted inbound only to refuse every request with a message that
+/// names the current one (their response format is this one's), instead of a bare
+/// protocol negotiation failure a peer cannot tell from an outage.
+pub const RETIRED_INFER_PROTOCOLS: [StreamProtocol; 1] =
+    [StreamProtocol::new("/infergrid/infer/1")];
+
 /// Reads a whole stream (one message per stream) up to the size limit. A request that does
 /// not parse is still delivered, as an error, so the node can answer it with a typed refusal.
 #[derive(Debug, Clone, Default)]
@@ -26,10 +32,17 @@ impl libp2p::request_response::Codec for InferCodec {
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Self::Request> {
-        Ok(InferRequest::decode(&read_limited(io).await?))
+        let bytes = read_limited(io).await?;
+        if *protocol != INFER_PROTOCOL {
+            return Ok(Err(CodecError::Retired {
+                retired: protocol.to_string(),
+                current: INFER_PROTOCOL.to_string(),
+            }));
+        }
+        Ok(InferRequest::decode(&bytes))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(

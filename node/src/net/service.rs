@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{CodecError, InferRequest, InferResponse};
-use super::protocol::{INFER_PROTOCOL, InferCodec};
+use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
@@ -75,6 +75,9 @@ pub enum NetError {
     Start(String),
     #[error("request to {peer} failed: {reason}")]
     Request { peer: PeerId, reason: String },
+    /// The peer does not speak this protocol version: not a failure of the peer.
+    #[error("{peer} does not speak {protocol} (another protocol version)")]
+    Unsupported { peer: PeerId, protocol: String },
     #[error("the network task has stopped")]
     Stopped,
 }
@@ -323,7 +326,9 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                 gossipsub,
                 infer: request_response::Behaviour::with_codec(
                     InferCodec,
-                    [(INFER_PROTOCOL, ProtocolSupport::Full)],
+                    std::iter::once((INFER_PROTOCOL, ProtocolSupport::Full)).chain(
+                        RETIRED_INFER_PROTOCOLS.map(|retired| (retired, ProtocolSupport::Inbound)),
+                    ),
                     request_response::Config::default()
                         .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
@@ -489,7 +494,13 @@ impl EventLoop {
                 request_response::Event::OutboundFailure { peer, request_id, error, .. },
             )) => {
                 if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request { peer, reason: error.to_string() }));
+                    let error = match error {
+                        request_response::OutboundFailure::UnsupportedProtocols => {
+                            NetError::Unsupported { peer, protocol: INFER_PROTOCOL.to_string() }
+                        }
+                        other => NetError::Request { peer, reason: other.to_string() },
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {

@@ -178,16 +178,21 @@ pub fn unserved(
         .collect()
 }
 
-/// Peers that failed recently, banned with exponential backoff, and peers banned for good.
+/// Peers that failed recently, banned with exponential backoff, and peers banned for good;
+/// and, apart, peers speaking another protocol version, left out of routes but not banned.
 #[derive(Debug, Default)]
 pub struct Bans {
     entries: HashMap<PeerId, (Instant, u32)>,
     forbidden: HashSet<PeerId>,
+    incompatible: HashMap<PeerId, Instant>,
 }
 
 impl Bans {
     const BASE: Duration = Duration::from_secs(2);
     const MAX_EXPONENT: u32 = 8;
+    /// How long a peer speaking another protocol version is left out of routes before it is
+    /// tried again (it may have upgraded).
+    const INCOMPATIBLE_FOR: Duration = Duration::from_secs(600);
 
     /// Records a failure: the ban doubles with each consecutive one. Failures while the peer
     /// is banned already are the same outage seen by other concurrent sessions, not new
@@ -212,11 +217,25 @@ impl Bans {
         self.forbidden.insert(peer);
     }
 
+    /// Leaves a peer that speaks another protocol version out of routes for a while. Not a
+    /// ban: it is not counted as one, and its failure count is untouched.
+    pub fn incompatible(&mut self, peer: PeerId) {
+        self.incompatible.insert(peer, Instant::now() + Self::INCOMPATIBLE_FOR);
+    }
+
     /// Peers still banned now.
     pub fn banned(&self) -> HashSet<PeerId> {
         let now = Instant::now();
         let recent = self.entries.iter().filter(|(_, (until, _))| *until > now).map(|(p, _)| *p);
         recent.chain(self.forbidden.iter().copied()).collect()
+    }
+
+    /// Peers routes leave out now: the banned and those speaking another version.
+    pub fn excluded(&self) -> HashSet<PeerId> {
+        let now = Instant::now();
+        let incompatible =
+            self.incompatible.iter().filter(|(_, until)| **until > now).map(|(p, _)| *p);
+        self.banned().into_iter().chain(incompatible).collect()
     }
 }
 

@@ -123,7 +123,7 @@ impl Challenger<'_> {
                             Some(format!("{} answered without a valid signature", hop.peer));
                         break 'steps;
                     }
-                    Err(HopError::Peer(reason)) => {
+                    Err(HopError::Peer(reason) | HopError::Incompatible(reason)) => {
                         outcome.stopped = Some(format!("{}: {reason}", hop.peer));
                         break 'steps;
                     }
