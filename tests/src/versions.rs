@@ -98,11 +98,13 @@ pub async fn ask_over(
     }
 }
 
-/// A peer listening on loopback that serves only `protocol`, answering nothing: what a node
-/// of another version looks like to this build. Runs on the caller's runtime until the
-/// returned task is aborted (or the runtime ends).
+/// A peer listening on loopback that serves only `protocol`, answering every request with
+/// `answer` (none: it lets them time out): what a node of another version looks like to this
+/// build. Runs on the caller's runtime until the returned task is aborted (or the runtime
+/// ends).
 pub async fn speaking_only(
     protocol: &'static str,
+    answer: Option<Vec<u8>>,
 ) -> anyhow::Result<(PeerId, Multiaddr, tokio::task::JoinHandle<()>)> {
     let mut swarm = raw_swarm(protocol, ProtocolSupport::Inbound)?;
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
@@ -114,7 +116,14 @@ pub async fn speaking_only(
     let peer = *swarm.local_peer_id();
     let task = tokio::spawn(async move {
         loop {
-            swarm.select_next_some().await;
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = swarm.select_next_some().await
+                && let Some(answer) = &answer
+            {
+                let _ = swarm.behaviour_mut().send_response(channel, answer.clone());
+            }
         }
     });
     Ok((peer, addr, task))

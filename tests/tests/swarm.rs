@@ -267,43 +267,57 @@ async fn a_client_of_a_retired_version_is_told_which_version_to_speak() -> anyho
     Ok(())
 }
 
-/// The cheapest route starts at a peer speaking another protocol version: the gateway fails
-/// over to the node that speaks its own, with the in-process output, and leaves the other
-/// peer out of routes without banning it.
+/// The cheapest route starts at a peer speaking another protocol version — one refusing ours
+/// at negotiation, then a newer node refusing it as retired: each time the gateway fails over
+/// to the node that speaks its own, with the in-process output, and leaves the other peer out
+/// of routes without banning it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_speaking_another_version_is_routed_around_not_banned() -> anyhow::Result<()> {
     use infergrid::gateway::{RemoteModel, RemoteModelConfig};
+    use infergrid::net::codec::WireError;
+    use infergrid_e2e::versions::speaking_only;
     let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
         llama_fixture(&["--layers", "3", "--seed", "8"], 1)?;
+    let local = Arc::new(local);
     let (client, _inbound) = network(None)?;
     let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 1)?;
-    let (other, other_addr, other_task) =
-        infergrid_e2e::versions::speaking_only("/infergrid/infer/3").await?;
     client.dial(node.peer, node.addr.clone()).await?;
-    client.dial(other, other_addr).await?;
-    let mut preferred = candidate(&node, (0, 0), 1.0);
-    preferred.peer = other;
-    let directory =
-        Arc::new(std::sync::Mutex::new(vec![preferred, candidate(&node, (0, 0), 30.0)]));
-    let config =
-        RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 1) };
-    let remote = RemoteModel::new(client.clone(), config, directory);
-    let status = remote.open();
-    let mut remote = remote;
-    let prompt = [3i64, 1, 4, 1, 5];
-    let (ids, reference, failovers) = tokio::task::spawn_blocking(move || {
-        let ids = greedy(&mut remote, 1, &prompt, 6, |_| {});
-        let again = greedy(&mut remote, 2, &prompt, 6, |_| {});
-        assert_eq!(again, ids, "the second generation went straight to the node");
-        (ids, greedy(&mut &local, 3, &prompt, 6, |_| {}), remote.failovers())
-    })
-    .await?;
-    other_task.abort();
-    assert_eq!(ids, reference);
-    assert_eq!(failovers.len(), 1, "one failover, then routes leave the peer out: {failovers:?}");
-    assert_eq!(failovers[0].failed_peer, other);
-    assert!(failovers[0].reason.contains("does not speak /infergrid/infer/2"), "{failovers:?}");
-    assert_eq!(status.banned_peers(), 0, "a peer of another version is not banned");
+    let retired = InferResponse::Err(WireError::new(
+        ErrorCode::Malformed,
+        "malformed request: /infergrid/infer/2 is retired: this node speaks /infergrid/infer/3 \
+         (protocol-spec/wire.md, \"Versions\"); upgrade",
+    ));
+    let peers = [
+        (speaking_only("/infergrid/infer/3", None).await?, "does not speak /infergrid/infer/2"),
+        (speaking_only("/infergrid/infer/2", Some(retired.encode())).await?, "is retired"),
+    ];
+    for ((other, other_addr, task), reason) in peers {
+        client.dial(other, other_addr).await?;
+        let mut preferred = candidate(&node, (0, 0), 1.0);
+        preferred.peer = other;
+        let directory =
+            Arc::new(std::sync::Mutex::new(vec![preferred, candidate(&node, (0, 0), 30.0)]));
+        let config =
+            RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 1) };
+        let mut remote = RemoteModel::new(client.clone(), config, directory);
+        let status = remote.open();
+        let reference_model = local.clone();
+        let prompt = [3i64, 1, 4, 1, 5];
+        let (ids, again, reference, failovers) = tokio::task::spawn_blocking(move || {
+            let ids = greedy(&mut remote, 1, &prompt, 6, |_| {});
+            let again = greedy(&mut remote, 2, &prompt, 6, |_| {});
+            let reference = greedy(&mut &*reference_model, 3, &prompt, 6, |_| {});
+            (ids, again, reference, remote.failovers())
+        })
+        .await?;
+        task.abort();
+        assert_eq!(ids, reference, "{reason}");
+        assert_eq!(again, ids, "{reason}");
+        assert_eq!(failovers.len(), 1, "one failover, then routes leave it out: {failovers:?}");
+        assert_eq!(failovers[0].failed_peer, other);
+        assert!(failovers[0].reason.contains(reason), "{failovers:?}");
+        assert_eq!(status.banned_peers(), 0, "a peer of another version is not banned ({reason})");
+    }
     Ok(())
 }
 

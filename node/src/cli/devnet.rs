@@ -81,7 +81,7 @@ pub struct DevnetArgs {
     wei_per_ms: f64,
     /// With --nodes: the gateway's `--speculate`, drafted tokens verified per decode step
     /// (0: plain decoding).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
     /// TESTING ONLY — with --nodes: every node holds each answer this many milliseconds
     /// (`node --testing-delay-ms`), a wide-area hop emulated on loopback.

@@ -14,20 +14,29 @@ pub(crate) struct KvEntry {
 
 impl KvEntry {
     /// Every layer's keys and values for the first `keep` positions only.
-    fn first_positions(&self, keep: usize) -> ort::Result<Vec<(DynValue, DynValue)>> {
+    fn first_positions(&self, keep: usize) -> Result<Vec<(DynValue, DynValue)>, String> {
         self.layers.iter().map(|(k, v)| Ok((truncated(k, keep)?, truncated(v, keep)?))).collect()
     }
 }
 
-/// A `[1, heads, len, dim]` cache tensor cut to `[1, heads, keep, dim]` (`keep ≤ len`).
-fn truncated(cache: &DynValue, keep: usize) -> ort::Result<DynValue> {
-    let (shape, data) = cache.try_extract_tensor::<f32>()?;
-    let (heads, len, dim) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+/// A `[1, heads, len, dim]` cache tensor cut to `[1, heads, keep, dim]`; an error, not a
+/// panic under the cache's lock, for any other shape or `keep > len`.
+fn truncated(cache: &DynValue, keep: usize) -> Result<DynValue, String> {
+    let (shape, data) = cache.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+    let &[1, heads, len, dim] = &shape[..] else {
+        return Err(format!("a cache of shape {shape:?}, not [1, heads, len, dim]"));
+    };
+    let (heads, len, dim) = (heads as usize, len as usize, dim as usize);
+    if keep > len || dim == 0 || data.len() != heads * len * dim {
+        return Err(format!("cannot keep {keep} positions of a cache of shape {shape:?}"));
+    }
     let mut kept = Vec::with_capacity(heads * keep * dim);
-    for head in data.chunks_exact(len * dim).take(heads) {
+    for head in data.chunks_exact(len * dim) {
         kept.extend_from_slice(&head[..keep * dim]);
     }
-    Ok(Tensor::from_array(([1, heads, keep, dim], kept))?.into_dyn())
+    Tensor::from_array(([1, heads, keep, dim], kept))
+        .map(|t| t.into_dyn())
+        .map_err(|e| e.to_string())
 }
 
 /// The KV caches of every session a block serves, bounded in sessions and in tokens.
@@ -88,9 +97,9 @@ impl KvStore {
             if entry.tokens > position {
                 match entry.first_positions(position) {
                     Ok(layers) => Some(KvEntry { layers, tokens: position, ..entry }),
-                    Err(e) => {
+                    Err(reason) => {
                         self.entries.insert(session, entry);
-                        return Err(EngineError::Rollback { session, reason: e.to_string() });
+                        return Err(EngineError::Rollback { session, reason });
                     }
                 }
             } else {
@@ -167,10 +176,14 @@ mod tests {
         assert!(matches!(store.take(1, 10, 1), Err(EngineError::SessionEvicted(1))));
         assert!(matches!(store.take(9, 10, 1), Err(EngineError::UnknownSession(9))));
         assert!(matches!(
-            store.take(3, 5, 1),
+            store.take(3, 11, 1),
             Err(EngineError::PositionMismatch { cached: 10, .. })
         ));
         assert_eq!(store.take(3, 10, 1).unwrap().map(|e| e.tokens), Some(10));
+        // A position inside the cache rolls the session back to it (the tensors' cut is
+        // checked on real caches by the speculation tests).
+        store.put(3, Vec::new(), 10);
+        assert_eq!(store.take(3, 4, 1).unwrap().map(|e| e.tokens), Some(4));
         assert!(matches!(
             store.take(4, 0, 101),
             Err(EngineError::CacheFull { needed: 101, limit: 100 })

@@ -11,8 +11,8 @@ use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
 use crate::engine::EngineError;
-use crate::net::{NetError, Network};
 use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
+use crate::net::{NetError, Network};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Hop};
@@ -221,6 +221,9 @@ impl HopClient {
                     block: hop.first_block as usize,
                     reason: e.message,
                 })))
+            }
+            Ok(InferResponse::Err(e)) if e.is_retired_version() => {
+                Err(HopError::Incompatible(e.to_string()))
             }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e @ NetError::Unsupported { .. }) => Err(HopError::Incompatible(e.to_string())),

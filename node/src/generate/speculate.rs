@@ -9,7 +9,8 @@
 //! one-hot draft distribution `q`: accept `d` with probability `min(1, p(d) / q(d)) = p(d)`,
 //! otherwise draw from `p` without `d` renormalised; drawing `x ~ p` and accepting iff
 //! `x = d` gives both at once. So the output has exactly the target's distribution, and with
-//! a seeded sampler it is the very token sequence plain decoding gives. Rejected drafts are
+//! a seeded sampler it is the token sequence plain decoding gives — up to the float noise
+//! between a `k + 1`-position step and `k + 1` one-position steps, which can flip a near-tie. Rejected drafts are
 //! rolled back by the next step, which starts at the kept length (`wire.md`, "KV cache").
 
 use super::{Sampler, TokenChoice};
@@ -66,7 +67,7 @@ impl Drafter for PromptLookup {
                 continue;
             }
             let suffix = &context[context.len() - n..];
-            // The latest earlier occurrence, not overlapping the suffix itself.
+            // The latest occurrence other than the suffix itself (it may overlap it).
             let found = (0..context.len() - n).rev().find(|&at| &context[at..at + n] == suffix);
             if let Some(at) = found {
                 let next = at + n;

@@ -233,11 +233,15 @@ pub fn generate_speculating(
             let accepted = draws.len() - 1;
             position += input.len() + accepted;
             let last = draws.last().expect("a step draws at least one token").id;
+            let mut emitted = 0;
             for choice in draws {
+                emitted += 1;
                 if output.push(model.eos_ids(), choice, &mut on_token)?.is_break() {
                     break;
                 }
             }
+            // Drafts drawn past an end of sequence or a stop string were not used.
+            let accepted = accepted.min(emitted);
             if let Some(speculation) = speculation.as_deref_mut()
                 && input.len() == 1
             {

@@ -132,7 +132,19 @@ pub struct WireError {
     pub message: String,
 }
 
+/// What a refusal of a retired protocol version says after the version's id: its marker
+/// (`wire.md`, "Versions").
+pub const RETIRED_MARK: &str = " is retired: ";
+
 impl WireError {
+    /// Whether this is a node's refusal of the protocol version it was spoken to in: the
+    /// node speaks a newer one, which is no failure of the node.
+    pub fn is_retired_version(&self) -> bool {
+        self.code == ErrorCode::Malformed
+            && self.message.starts_with("malformed request: /infergrid/infer/")
+            && self.message.contains(RETIRED_MARK)
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let mut message = message.into();
         if message.len() > MAX_ERROR_MESSAGE {
@@ -181,7 +193,7 @@ pub enum CodecError {
     Utf8,
     /// A request over a protocol version this node no longer serves.
     #[error(
-        "{retired} is retired: this node speaks {current} (protocol-spec/wire.md, \"Versions\"); upgrade"
+        "{retired}{RETIRED_MARK}this node speaks {current} (protocol-spec/wire.md, \"Versions\"); upgrade"
     )]
     Retired { retired: String, current: String },
 }

@@ -233,6 +233,8 @@ impl BlockServer {
         let request_hash = request.request_hash();
         let (kind, wire_session, position) = (request.kind, request.session, request.position);
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
+        // What is announced is one position's cost: verify steps of several are not timed.
+        let one_position = is_one_position(&request.payload);
         let server = self.clone();
         let started = std::time::Instant::now();
         let result = match self.batchable(&request) {
@@ -246,7 +248,7 @@ impl BlockServer {
             }
             None => tokio::task::spawn_blocking(move || server.compute(session, request)).await,
         };
-        if kind == StepKind::Decode && matches!(result, Ok(Ok(_))) {
+        if kind == StepKind::Decode && one_position && matches!(result, Ok(Ok(_))) {
             // Scaled to the whole span, which is what a route through this node uses.
             let full_span = self.blocks.len() as f64;
             self.decode_ms.record(started.elapsed().as_secs_f64() * 1e3 * full_span / span_blocks);
@@ -284,11 +286,7 @@ impl BlockServer {
     /// (one new position) through batch-capable blocks, from an honest node (the lazy cheat
     /// runs its own shortened span).
     fn batchable(&self, request: &InferRequest) -> Option<(usize, usize)> {
-        let one_position = match &request.payload {
-            Payload::Tokens(ids) => ids.len() == 1,
-            Payload::Tensor(t) => t.shape().get(1) == Some(&1),
-            Payload::Masked { .. } | Payload::Empty => false,
-        };
+        let one_position = is_one_position(&request.payload);
         let span = (
             (request.first_block - self.first_block) as usize,
             (request.last_block - self.first_block) as usize,
@@ -377,6 +375,15 @@ fn session_key(peer: &PeerId, session: u64) -> u64 {
     preimage.extend_from_slice(&session.to_le_bytes());
     let hash = keccak256(&preimage);
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// Whether a decoder step carries one new position (a plain decode step).
+fn is_one_position(payload: &Payload) -> bool {
+    match payload {
+        Payload::Tokens(ids) => ids.len() == 1,
+        Payload::Tensor(t) => t.shape().get(1) == Some(&1),
+        Payload::Masked { .. } | Payload::Empty => false,
+    }
 }
 
 fn refuse(code: ErrorCode, message: String) -> InferResponse {
