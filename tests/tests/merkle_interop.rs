@@ -29,18 +29,7 @@ fn challenge_roots_and_proofs_equal_openzeppelins_standard_merkle_tree() {
         .iter()
         .map(|set| set.iter().map(|(r, e)| [r.to_string(), e.to_string()]).collect())
         .collect();
-    let mut node = Command::new("node")
-        .arg(repo_root().join("tests/js/merkle_tree.cjs"))
-        .env("NODE_PATH", repo_root().join(".infergrid/npm/node_modules"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs (Debian's nodejs)");
-    node.stdin.take().unwrap().write_all(serde_json::to_string(&json).unwrap().as_bytes()).unwrap();
-    let out = node.wait_with_output().unwrap();
-    assert!(out.status.success(), "merkle_tree.cjs: {}", String::from_utf8_lossy(&out.stderr));
-    let reference: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = openzeppelin(&serde_json::to_value(&json).unwrap());
 
     for (set, expected) in sets.iter().zip(&reference) {
         let leaves: Vec<B256> = set.iter().map(|&(r, e)| challenge_leaf(r, e)).collect();
@@ -57,4 +46,33 @@ fn challenge_roots_and_proofs_equal_openzeppelins_standard_merkle_tree() {
         assert!(tree.proof(n).is_none());
     }
     eprintln!("{} sets of 1 to 33 challenges: roots and proofs equal OpenZeppelin's", sets.len());
+}
+
+/// The challenge tree of `protocol-spec/test-vectors.json` is OpenZeppelin's too.
+#[test]
+fn the_test_vectors_challenge_tree_is_openzeppelins() {
+    let path = repo_root().join("protocol-spec/test-vectors.json");
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tree = &vectors["challengeTree"];
+    let theirs = openzeppelin(&serde_json::json!([tree["values"]])).swap_remove(0);
+    assert_eq!(theirs["root"], tree["root"]);
+    assert_eq!(theirs["proofs"], tree["proofs"]);
+}
+
+/// OpenZeppelin's `StandardMerkleTree` (`tests/js/merkle_tree.cjs`, run by node) over each
+/// set of `[requestHash, expectedOutputHash]` values: its root and proofs.
+fn openzeppelin(sets: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut node = Command::new("node")
+        .arg(repo_root().join("tests/js/merkle_tree.cjs"))
+        .env("NODE_PATH", repo_root().join(".infergrid/npm/node_modules"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (Debian's nodejs)");
+    node.stdin.take().unwrap().write_all(sets.to_string().as_bytes()).unwrap();
+    let out = node.wait_with_output().unwrap();
+    assert!(out.status.success(), "merkle_tree.cjs: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -1,0 +1,205 @@
+//! `protocol-spec/test-vectors.json`: what a second implementation must reproduce, computed
+//! here by this one and compared field by field with the committed file (a change to any of
+//! them is a protocol change). `INFERGRID_WRITE_VECTORS=1` rewrites the file instead.
+//!
+//! The vectors: EIP-712 domain separators, digests and signatures of a voucher and a
+//! response from known anvil keys; an operator key's libp2p peer id and its registry
+//! ownership digest; a DHT block key; a paid request's bytes and request hash; a challenge
+//! Merkle tree (its root and proofs are also checked against OpenZeppelin's own library by
+//! `merkle_interop.rs`); and a metering worked example.
+
+use alloy::primitives::{Address, B256, U256, address, b256};
+use infergrid::eip712::{Eip712Signer, keccak256};
+use infergrid::identity::{NodeIdentity, peer_id_ownership_digest, registry_domain};
+use infergrid::net::block_key;
+use infergrid::net::codec::{InferRequest, Payload, StepKind};
+use infergrid::pay::{Voucher, channels_domain};
+use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
+use infergrid_e2e::models::repo_root;
+use serde_json::{Value, json};
+
+const CHAIN_ID: u64 = 31_337;
+/// Anvil's dev accounts 0 (the payer here) and 1 (the operator).
+const PAYER_SECRET: B256 =
+    b256!("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80");
+const OPERATOR_SECRET: B256 =
+    b256!("59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d");
+const CHANNELS: Address = address!("0x5FbDB2315678afecb367f032d93F642f64180aa3");
+const VALIDATION: Address = address!("0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512");
+const REGISTRY: Address = address!("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0");
+
+fn hex(bytes: impl AsRef<[u8]>) -> String {
+    format!("0x{}", ::hex::encode(bytes.as_ref()))
+}
+
+fn domain_json(domain: &infergrid::eip712::Domain) -> Value {
+    json!({
+        "name": domain.name, "version": domain.version, "chainId": domain.chain_id,
+        "verifyingContract": domain.verifying_contract.to_string(),
+        "separator": domain.separator().to_string(),
+    })
+}
+
+/// Every vector, as this implementation computes it.
+fn vectors() -> Value {
+    let payer = Eip712Signer::from_bytes(&PAYER_SECRET).unwrap();
+    let operator = Eip712Signer::from_bytes(&OPERATOR_SECRET).unwrap();
+
+    let channels = channels_domain(CHAIN_ID, CHANNELS);
+    let voucher =
+        Voucher { channel_id: U256::from(7), cumulative_amount: U256::from(123_456_789u64) };
+    let signed = voucher.sign(&channels, &payer);
+
+    let validation = validation_domain(CHAIN_ID, VALIDATION);
+    let response = ResponseAttestation {
+        request_hash: keccak256(b"a request"),
+        output_hash: keccak256(b"its output"),
+        epoch: 42,
+    };
+
+    let identity = NodeIdentity::derive(&OPERATOR_SECRET);
+    let model_id = keccak256(b"test-vectors model");
+
+    let request = InferRequest {
+        model_id: model_id.0,
+        first_block: 1,
+        last_block: 2,
+        session: 0x0102_0304_0506_0708,
+        position: 5,
+        kind: StepKind::Decode,
+        payment: Some(signed.clone()),
+        payload: Payload::Tokens(vec![17, 4242]),
+    };
+
+    let challenges: Vec<(B256, B256)> = (0..5)
+        .map(|i| {
+            (
+                keccak256(format!("request {i}").as_bytes()),
+                keccak256(format!("expected {i}").as_bytes()),
+            )
+        })
+        .collect();
+    let leaves: Vec<B256> = challenges.iter().map(|&(r, e)| challenge_leaf(r, e)).collect();
+    let tree = ChallengeTree::new(leaves.clone()).unwrap();
+
+    // A node registered for blocks 1-2 (n = 2) at 3·10^12 wei a token, asked for a prompt of
+    // 5, two decode steps, a verify step of 1 + 3 drafts on block 2 alone, and a close.
+    let tariff = infergrid::pay::meter::Tariff {
+        price_per_token: U256::from(3_000_000_000_000u64),
+        span_blocks: 2,
+    };
+    let steps = [
+        (StepKind::Prefill, 1u16, 2u16, 5usize),
+        (StepKind::Decode, 1, 2, 1),
+        (StepKind::Decode, 1, 2, 1),
+        (StepKind::Decode, 2, 2, 4),
+        (StepKind::Close, 1, 2, 0),
+    ];
+    let metered: Vec<Value> = steps
+        .iter()
+        .map(|&(kind, first, last, positions)| {
+            let step = InferRequest {
+                first_block: first,
+                last_block: last,
+                kind,
+                payload: Payload::Tokens(vec![1; positions]),
+                payment: None,
+                ..request.clone()
+            };
+            json!({
+                "kind": kind.name(), "first_block": first, "last_block": last,
+                "positions": positions, "block_tokens": infergrid::pay::meter::step_units(&step),
+            })
+        })
+        .collect();
+    let total: u64 = metered.iter().map(|m| m["block_tokens"].as_u64().unwrap()).sum();
+
+    json!({
+        "about": "Values every implementation of the InferGrid protocol must reproduce; see protocol-spec/*.md. Generated and checked by tests/tests/test_vectors.rs.",
+        "keys": {
+            "payer": {"secret": PAYER_SECRET.to_string(), "address": payer.address().to_string()},
+            "operator": {"secret": OPERATOR_SECRET.to_string(), "address": operator.address().to_string()},
+        },
+        "voucher": {
+            "spec": "payments.md, Vouchers",
+            "domain": domain_json(&channels),
+            "channelId": voucher.channel_id.to_string(),
+            "cumulativeAmount": voucher.cumulative_amount.to_string(),
+            "structHash": voucher.struct_hash().to_string(),
+            "digest": voucher.digest(&channels).to_string(),
+            "signature": hex(&signed.signature),
+        },
+        "response": {
+            "spec": "wire.md, Response signature",
+            "domain": domain_json(&validation),
+            "requestHash": response.request_hash.to_string(),
+            "outputHash": response.output_hash.to_string(),
+            "epoch": response.epoch,
+            "digest": response.digest(&validation).to_string(),
+            "signature": hex(response.sign(&validation, &operator)),
+        },
+        "identity": {
+            "spec": "wire.md, Identity and the registry binding",
+            "operatorSecret": OPERATOR_SECRET.to_string(),
+            "peerId": identity.peer_id().to_string(),
+            "peerIdBytes": hex(identity.peer_id().to_bytes()),
+            "registryDomain": domain_json(&registry_domain(CHAIN_ID, REGISTRY)),
+            "ownershipDigest": peer_id_ownership_digest(CHAIN_ID, REGISTRY, operator.address()).to_string(),
+        },
+        "dht": {
+            "spec": "wire.md, DHT",
+            "modelId": model_id.to_string(),
+            "block": 2,
+            "key": hex(block_key(&model_id.0, 2)),
+        },
+        "paidRequest": {
+            "spec": "wire.md, Messages",
+            "modelId": model_id.to_string(),
+            "firstBlock": 1, "lastBlock": 2, "session": "0x0102030405060708", "position": 5,
+            "kind": "decode", "tokens": [17, 4242],
+            "payment": {"channelId": "7", "cumulativeAmount": "123456789", "signature": hex(&signed.signature)},
+            "bytes": hex(request.encode()),
+            "requestHash": request.request_hash().to_string(),
+        },
+        "challengeTree": {
+            "spec": "validation.md, Challenge sets",
+            "values": challenges.iter().map(|(r, e)| [r.to_string(), e.to_string()]).collect::<Vec<_>>(),
+            "leaves": leaves.iter().map(B256::to_string).collect::<Vec<_>>(),
+            "root": tree.root().to_string(),
+            "proofs": (0..leaves.len()).map(|i| tree.proof(i).unwrap().iter().map(B256::to_string).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        },
+        "metering": {
+            "spec": "payments.md, Metering",
+            "pricePerToken": tariff.price_per_token.to_string(),
+            "spanBlocks": tariff.span_blocks,
+            "steps": metered,
+            "totalBlockTokens": total,
+            "amountOwed": tariff.amount(total).to_string(),
+        },
+    })
+}
+
+#[test]
+fn this_implementation_reproduces_every_test_vector() {
+    let path = repo_root().join("protocol-spec/test-vectors.json");
+    let computed = vectors();
+    if std::env::var_os("INFERGRID_WRITE_VECTORS").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sections = computed.as_object().unwrap();
+    for (name, section) in sections {
+        assert_eq!(&committed[name], section, "vector {name:?} differs from {}", path.display());
+    }
+    assert_eq!(committed.as_object().unwrap().len(), sections.len(), "unknown vectors in the file");
+    // The signatures recover to the keys they claim, independently of the signer.
+    let voucher = &committed["voucher"];
+    let signature =
+        ::hex::decode(voucher["signature"].as_str().unwrap().trim_start_matches("0x")).unwrap();
+    let digest: B256 = voucher["digest"].as_str().unwrap().parse().unwrap();
+    let recovered = infergrid::eip712::recover_signer(&digest, &signature).unwrap();
+    assert_eq!(recovered.to_string(), committed["keys"]["payer"]["address"].as_str().unwrap());
+    eprintln!("{} test-vector sections reproduced", sections.len());
+}
