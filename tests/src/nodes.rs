@@ -121,7 +121,7 @@ impl Node {
             decode_ms: Default::default(),
             load: LoadGuard::new(limits),
             cheat,
-            metrics: Default::default(),
+            metrics: infergrid::telemetry::NodeMetrics::new(None),
             answer_delay: Default::default(),
         });
         tokio::spawn(server.clone().run(inbound));

@@ -6,7 +6,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
-use infergrid::tools::{Tool, locate};
 use infergrid_e2e::http::{await_servable, exchange, get, post_request, sample};
 use infergrid_e2e::procs::{SWARM, TestNet, binary, free_port};
 
@@ -207,7 +206,6 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         .output()
         .unwrap();
     assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
-    let cast = locate(Tool::Cast).unwrap();
     let channels = manifest["contracts"]["channels"].as_str().unwrap();
     for (i, addr) in http.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -221,23 +219,10 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
         };
         let mut paid_on_chain = 0u128;
         for channel in ledger["channels"].as_array().unwrap() {
-            let out = Command::new(&cast)
-                .args([
-                    "call",
-                    channels,
-                    "getChannel(uint256)((address,uint64,address,uint128,uint128))",
-                ])
-                .arg(channel["channel"].as_str().unwrap())
-                .args(["--rpc-url", rpc])
-                .output()
-                .unwrap();
-            let text = String::from_utf8(out.stdout).unwrap();
-            let paid = text
-                .trim_matches(|c| c == '(' || c == ')' || c == '\n')
-                .split(", ")
-                .nth(4)
-                .unwrap();
-            paid_on_chain += paid.split_whitespace().next().unwrap().parse::<u128>().unwrap();
+            let signature = "getChannel(uint256)((address,uint64,address,uint128,uint128))";
+            let id = channel["channel"].as_str().unwrap();
+            let words = infergrid_e2e::cast_call(rpc, channels, signature, &[id], None);
+            paid_on_chain += words[4].parse::<u128>().unwrap();
         }
         let node = scrape(addr);
         assert_eq!(

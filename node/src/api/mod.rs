@@ -94,7 +94,10 @@ impl ApiState {
             chat,
             backend,
             embedder,
-            metrics: routing.as_ref().map(|r| r.metrics.clone()).unwrap_or_default(),
+            metrics: routing
+                .as_ref()
+                .map(|r| r.metrics.clone())
+                .unwrap_or_else(|| GatewayMetrics::new(None)),
             routing,
             next_session: AtomicU64::new(seed),
             sessions: Arc::new(Semaphore::new(max_sessions)),

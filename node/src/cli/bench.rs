@@ -148,6 +148,19 @@ pub fn imported(
     Ok((label, import_once(root, &source, &dir, blocks)?))
 }
 
+/// `gguf` imported in 3 blocks, or else the random 3-layer llama of `bench judge`: the model
+/// of a benchmark that runs a 3-node devnet.
+pub fn gguf_or_fixture(
+    work: &Path,
+    root: &Path,
+    gguf: Option<&Path>,
+) -> anyhow::Result<(String, PathBuf)> {
+    match gguf {
+        Some(gguf) => imported(work, root, gguf, 3),
+        None => super::bench_judge::fixture(work, root),
+    }
+}
+
 fn gguf_label(gguf: &Path) -> anyhow::Result<String> {
     let stem = gguf.file_stem().map(|s| s.to_string_lossy().into_owned());
     stem.context("--gguf names no file")

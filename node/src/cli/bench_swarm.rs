@@ -229,7 +229,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             decode_ms: Default::default(),
             load: Default::default(),
             cheat: None,
-            metrics: Default::default(),
+            metrics: infergrid::telemetry::NodeMetrics::new(None),
             answer_delay: Default::default(),
         });
         tokio::spawn(server.run(inbound));

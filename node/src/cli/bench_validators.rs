@@ -44,10 +44,7 @@ pub struct ValidatorsBench {
 }
 
 pub fn run(args: ValidatorsBench, root: &Path) -> anyhow::Result<()> {
-    let (label, model) = match &args.gguf {
-        Some(gguf) => super::bench::imported(&args.work, root, gguf, 3)?,
-        None => super::bench_judge::fixture(&args.work, root)?,
-    };
+    let (label, model) = super::bench::gguf_or_fixture(&args.work, root, args.gguf.as_deref())?;
     let manifest = ModelManifest::load(&model)?;
     let blocks = manifest.blocks.len();
     // A challenge session's tokens through the route: its prompt (the corpus through the

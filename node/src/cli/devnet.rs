@@ -421,7 +421,6 @@ async fn spawn_ready(
     envs: &[(&str, String)],
     ready: &str,
 ) -> anyhow::Result<tokio::process::Child> {
-    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
         .envs(envs.iter().map(|(name, value)| (*name, value)))
@@ -430,37 +429,37 @@ async fn spawn_ready(
         .kill_on_drop(true)
         .spawn()?;
     let prefix = format!("{name} | ");
-    forward(prefix.clone(), tokio::io::BufReader::new(child.stderr.take().expect("piped")));
+    forward(prefix.clone(), tokio::io::BufReader::new(child.stderr.take().expect("piped")), None);
     // What it prints before it is ready (where it serves metrics) is shown too.
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = stdout.read_until(b'\n', &mut line);
-        match tokio::time::timeout(std::time::Duration::from_secs(60), read).await {
-            Ok(Ok(read)) if read > 0 => {
-                let text = String::from_utf8_lossy(&line);
-                eprintln!("{prefix}{}", text.trim_end());
-                if text.starts_with(ready) {
-                    break;
-                }
-            }
-            _ => anyhow::bail!("`infergrid {}` did not become ready", args.join(" ")),
-        }
+    let (is_ready, ready_seen) = tokio::sync::oneshot::channel();
+    let stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    forward(prefix, stdout, Some((ready.to_string(), is_ready)));
+    match tokio::time::timeout(std::time::Duration::from_secs(60), ready_seen).await {
+        Ok(Ok(())) => Ok(child),
+        _ => anyhow::bail!("`infergrid {}` did not become ready", args.join(" ")),
     }
-    forward(prefix, stdout);
-    Ok(child)
 }
 
-/// Copies a child's output to the devnet's stderr, each line after `prefix`, until it ends.
-/// Bytes, not `lines()`: a line that is not UTF-8 must not end the copy (the child would
-/// then die writing to a closed pipe).
-fn forward(prefix: String, mut output: impl tokio::io::AsyncBufRead + Unpin + Send + 'static) {
+/// Copies a child's output to the devnet's stderr, each line after `prefix`, until it ends,
+/// and signals the first line that starts with `ready`'s marker. Bytes, not `lines()`: a line
+/// that is not UTF-8 must not end the copy (the child would then die writing to a closed
+/// pipe).
+fn forward(
+    prefix: String,
+    mut output: impl tokio::io::AsyncBufRead + Unpin + Send + 'static,
+    mut ready: Option<(String, tokio::sync::oneshot::Sender<()>)>,
+) {
     use tokio::io::AsyncBufReadExt;
     tokio::spawn(async move {
         let mut line = Vec::new();
         while output.read_until(b'\n', &mut line).await.is_ok_and(|read| read > 0) {
-            eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end());
+            let text = String::from_utf8_lossy(&line);
+            eprintln!("{prefix}{}", text.trim_end());
+            if ready.as_ref().is_some_and(|(marker, _)| text.starts_with(marker.as_str()))
+                && let Some((_, is_ready)) = ready.take()
+            {
+                let _ = is_ready.send(());
+            }
             line.clear();
         }
     });

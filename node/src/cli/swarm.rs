@@ -268,7 +268,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     for block in first..=last {
         net.provide(block_key(&model_id, block as u16)).await?;
     }
-    let metrics = NodeMetrics::new().with_network(net.metrics());
+    let metrics = NodeMetrics::new(Some(net.metrics()));
     let server = Arc::new(BlockServer {
         model_id,
         first_block: first as u16,
@@ -596,7 +596,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         time: chain_time(&account.provider, "gateway").await?,
         operators: directory.terms(),
     };
-    let metrics = GatewayMetrics::new().with_network(net.metrics());
+    let metrics = GatewayMetrics::new(Some(net.metrics()));
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
         .paying(wallet, directory.terms())
         .verifying(signatures)

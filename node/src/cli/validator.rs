@@ -228,7 +228,7 @@ async fn run_validator(
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
     })?;
-    let metrics = ValidatorMetrics::new().with_network(net.metrics());
+    let metrics = ValidatorMetrics::new(Some(net.metrics()));
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let directory =
         Directory::new(registry, validation.clone(), manifest.id(), manifest.blocks.len() as u16);

@@ -49,6 +49,7 @@ struct Dashboard {
     source: DashboardSource,
     renders: Semaphore,
     overview: Mutex<Option<(Instant, String)>>,
+    redemptions: Mutex<payments::RedemptionTally>,
 }
 
 impl Dashboard {
@@ -74,6 +75,7 @@ pub fn router<S>(source: DashboardSource) -> Router<S> {
         source,
         renders: Semaphore::new(CONCURRENT_RENDERS),
         overview: Mutex::new(None),
+        redemptions: Mutex::default(),
     };
     Router::new()
         .route("/dashboard", get(overview))
@@ -109,16 +111,28 @@ async fn overview(State(dashboard): State<Arc<Dashboard>>) -> Response {
         Err(answer) => return answer,
     };
     let source = &dashboard.source;
+    let mut tally = dashboard.redemptions.lock().expect("redemptions").clone();
+    if tally.is_ahead_of(auditor.block()) {
+        tally = Default::default();
+    }
     let read = futures::try_join!(
         auditor.nodes(),
         auditor.validators(),
         auditor.channels(payments::CHANNELS_SHOWN),
-        auditor.redemptions(),
+        auditor.redemptions_from(tally.next_block()),
     );
-    let (nodes, validators, (opened, channels), redemptions) = match read {
+    let (nodes, validators, (opened, channels), new_redemptions) = match read {
         Ok(read) => read,
         Err(e) => return failed(e),
     };
+    let (redemptions, kept) = tally.advance(&new_redemptions, auditor.block());
+    {
+        // Renders run side by side: the tally that has counted further is kept.
+        let mut stored = dashboard.redemptions.lock().expect("redemptions");
+        if kept.next_block() > stored.next_block() || stored.is_ahead_of(auditor.block()) {
+            *stored = kept;
+        }
+    }
     let payments = payments::Payments { opened, channels, redemptions, now: auditor.block_time() };
     let gateway = source.gateway.as_ref().map(|g| render::GatewayView {
         unserved: g.unserved_blocks(),

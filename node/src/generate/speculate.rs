@@ -82,7 +82,8 @@ impl Drafter for PromptLookup {
 /// while not), so that the cost of both stays measured.
 const PROBE_EVERY: usize = 8;
 
-/// A drafter with an adaptive draft length, and what it drafted and had accepted.
+/// A drafter with an adaptive draft length (what it drafted and had accepted is counted on
+/// each `Generation`).
 ///
 /// The draft length follows acceptance; whether to draft at all follows cost: a verify step
 /// costs more than a plain one (more positions through every block, more logits back), and
@@ -100,8 +101,6 @@ pub struct Speculation {
     plain_cost: Option<f64>,
     verify_cost: Option<f64>,
     decode_steps: usize,
-    pub drafted: usize,
-    pub accepted: usize,
 }
 
 impl Speculation {
@@ -114,8 +113,6 @@ impl Speculation {
             plain_cost: None,
             verify_cost: None,
             decode_steps: 0,
-            drafted: 0,
-            accepted: 0,
         }
     }
 
@@ -141,8 +138,6 @@ impl Speculation {
         if drafted == 0 {
             return;
         }
-        self.drafted += drafted;
-        self.accepted += accepted;
         self.next_draft = if accepted == drafted {
             (self.next_draft + 2).min(self.max_draft)
         } else {
@@ -179,8 +174,9 @@ mod tests {
         assert_eq!(speculation.next_draft, 2);
         speculation.verified(2, 2, ms(10));
         assert_eq!(speculation.next_draft, 4);
+        // A plain step leaves the draft length alone.
         speculation.verified(0, 0, ms(10));
-        assert_eq!((speculation.drafted, speculation.accepted), (9, 3));
+        assert_eq!(speculation.next_draft, 4);
     }
 
     /// A context prompt lookup always drafts for.

@@ -55,9 +55,7 @@ pub struct GatewayNow {
 /// The gateway's registry and the handles that record into it; cheap to clone.
 #[derive(Clone)]
 pub struct GatewayMetrics {
-    registry: Arc<Registry>,
-    /// The network's libp2p metrics, exposed after this registry's.
-    network: Option<Arc<Registry>>,
+    exposition: super::Exposition,
     requests: Family<RequestLabels, Counter>,
     prompt_tokens: Counter,
     completion_tokens: Counter,
@@ -77,14 +75,9 @@ pub struct GatewayMetrics {
     node_signed: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
-impl Default for GatewayMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl GatewayMetrics {
-    pub fn new() -> Self {
+    /// `network`: the libp2p metrics (`Network::metrics`) to expose after these.
+    pub fn new(network: Option<Arc<Registry>>) -> Self {
         let mut registry = Registry::with_prefix("infergrid_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -186,8 +179,7 @@ impl GatewayMetrics {
             node_signed.clone(),
         );
         Self {
-            registry: Arc::new(registry),
-            network: None,
+            exposition: super::Exposition::new(registry, network),
             requests,
             prompt_tokens,
             completion_tokens,
@@ -206,12 +198,6 @@ impl GatewayMetrics {
             node_owed,
             node_signed,
         }
-    }
-
-    /// Exposes the network's libp2p metrics (`Network::metrics`) with these.
-    pub fn with_network(mut self, registry: Arc<Registry>) -> Self {
-        self.network = Some(registry);
-        self
     }
 
     pub fn request(&self, endpoint: &str, status: u16) {
@@ -276,6 +262,6 @@ impl GatewayMetrics {
             self.node_owed.get_or_create(&node).set(wei(tab.owed));
             self.node_signed.get_or_create(&node).set(wei(tab.signed));
         }
-        super::encode(&self.registry, self.network.as_deref())
+        self.exposition.encode()
     }
 }

@@ -21,6 +21,8 @@ pub use logs::{DEFAULT_FILTER, LogFormat, init as init_logs};
 pub use node::{ChannelFigures, NodeMetrics, StepOutcome};
 pub use validator::{SessionEnd, ValidatorMetrics};
 
+use std::sync::Arc;
+
 use alloy::primitives::U256;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -40,17 +42,30 @@ fn wei(amount: U256) -> f64 {
     f64::from(amount)
 }
 
-/// One text exposition of `own` and, after it, the network's libp2p metrics when there are
-/// any (`Network::metrics`): two registries, one document with one `# EOF`.
-fn encode(own: &Registry, network: Option<&Registry>) -> String {
-    use prometheus_client::encoding::text;
-    const INFALLIBLE: &str = "writing to a String cannot fail";
-    let mut exposition = String::new();
-    for registry in std::iter::once(own).chain(network) {
-        text::encode_registry(&mut exposition, registry).expect(INFALLIBLE);
+/// A role's registry and the network's libp2p metrics (`Network::metrics`), exposed as one
+/// document: the role's families, then libp2p's, one `# EOF`.
+#[derive(Clone)]
+struct Exposition {
+    own: Arc<Registry>,
+    network: Option<Arc<Registry>>,
+}
+
+impl Exposition {
+    fn new(own: Registry, network: Option<Arc<Registry>>) -> Self {
+        Self { own: Arc::new(own), network }
     }
-    text::encode_eof(&mut exposition).expect(INFALLIBLE);
-    exposition
+
+    /// The text exposition of both registries.
+    fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
+        const INFALLIBLE: &str = "writing to a String cannot fail";
+        let mut exposition = String::new();
+        for registry in std::iter::once(&self.own).chain(&self.network) {
+            text::encode_registry(&mut exposition, registry).expect(INFALLIBLE);
+        }
+        text::encode_eof(&mut exposition).expect(INFALLIBLE);
+        exposition
+    }
 }
 
 #[cfg(test)]
@@ -63,7 +78,7 @@ mod tests {
 
     /// Both expositions after one of everything, so that every family has a series.
     fn expositions() -> String {
-        let gateway = GatewayMetrics::new();
+        let gateway = GatewayMetrics::new(None);
         gateway.request("/v1/completions", 200);
         gateway.generation(5, 3);
         gateway.first_token(Duration::from_millis(20));
@@ -76,7 +91,7 @@ mod tests {
             owed: U256::from(7_000),
             signed: U256::from(9_007_199_254_740_993u64),
         };
-        let node = NodeMetrics::new();
+        let node = NodeMetrics::new(None);
         node.step("decode", StepOutcome::Answered, Duration::from_millis(2));
         node.step("prefill", StepOutcome::Refused("payment_required"), Duration::ZERO);
         node.voucher_received();
@@ -85,7 +100,7 @@ mod tests {
         let now =
             GatewayNow { sessions_active: 2, peers_banned: 1, peers_connected: 3, tabs: vec![tab] };
         gateway.voucher_signed();
-        let validator = ValidatorMetrics::new();
+        let validator = ValidatorMetrics::new(None);
         validator.challenging(4);
         validator.challenge_set(true);
         validator.session(SessionEnd::Completed);
@@ -130,12 +145,8 @@ mod tests {
     fn the_network_metrics_join_the_exposition() {
         let mut network = Registry::default();
         let _recorder = libp2p::metrics::Metrics::new(&mut network);
-        let text = NodeMetrics::new().with_network(std::sync::Arc::new(network)).encode(
-            0,
-            0,
-            &[],
-            ChannelFigures::default(),
-        );
+        let text =
+            NodeMetrics::new(Some(Arc::new(network))).encode(0, 0, &[], ChannelFigures::default());
         assert!(text.contains("# TYPE infergrid_node_step_seconds histogram"), "{text}");
         assert!(text.contains("# TYPE libp2p_swarm_dial_attempt counter"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");

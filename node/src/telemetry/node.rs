@@ -50,9 +50,7 @@ type WeiGauge = Gauge<f64, AtomicU64>;
 /// The node's registry and the handles that record into it; cheap to clone.
 #[derive(Clone)]
 pub struct NodeMetrics {
-    registry: Arc<Registry>,
-    /// The network's libp2p metrics, exposed after this registry's.
-    network: Option<Arc<Registry>>,
+    exposition: super::Exposition,
     steps: Family<StepLabels, Counter>,
     step_seconds: Histogram,
     vouchers_received: Counter,
@@ -70,14 +68,9 @@ pub struct NodeMetrics {
     redeemed: WeiGauge,
 }
 
-impl Default for NodeMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl NodeMetrics {
-    pub fn new() -> Self {
+    /// `network`: the libp2p metrics (`Network::metrics`) to expose after these.
+    pub fn new(network: Option<Arc<Registry>>) -> Self {
         let mut registry = Registry::with_prefix("infergrid_node");
         let steps = Family::<StepLabels, Counter>::default();
         registry.register("steps", "Steps received, by kind and outcome", steps.clone());
@@ -155,8 +148,7 @@ impl NodeMetrics {
             redeemed.clone(),
         );
         Self {
-            registry: Arc::new(registry),
-            network: None,
+            exposition: super::Exposition::new(registry, network),
             steps,
             step_seconds,
             vouchers_received,
@@ -191,12 +183,6 @@ impl NodeMetrics {
         self.vouchers_received.inc();
     }
 
-    /// Exposes the network's libp2p metrics (`Network::metrics`) with these.
-    pub fn with_network(mut self, registry: Arc<Registry>) -> Self {
-        self.network = Some(registry);
-        self
-    }
-
     pub fn redemption(&self, value: U256, gas_used: u64) {
         self.redemptions.inc();
         self.redeemed_by_node.inc_by(wei(value));
@@ -224,6 +210,6 @@ impl NodeMetrics {
         self.owed.set(wei(figures.owed));
         self.vouched.set(wei(figures.vouched));
         self.redeemed.set(wei(figures.redeemed));
-        super::encode(&self.registry, self.network.as_deref())
+        self.exposition.encode()
     }
 }

@@ -29,8 +29,7 @@ pub enum SessionEnd {
 /// The validator's registry and the handles that record into it; cheap to clone.
 #[derive(Clone)]
 pub struct ValidatorMetrics {
-    registry: Arc<Registry>,
-    network: Option<Arc<Registry>>,
+    exposition: super::Exposition,
     epoch: Gauge,
     challenge_sets: Family<OutcomeLabels, Counter>,
     sessions: Family<OutcomeLabels, Counter>,
@@ -39,14 +38,9 @@ pub struct ValidatorMetrics {
     votes: Family<OutcomeLabels, Counter>,
 }
 
-impl Default for ValidatorMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ValidatorMetrics {
-    pub fn new() -> Self {
+    /// `network`: the libp2p metrics (`Network::metrics`) to expose after these.
+    pub fn new(network: Option<Arc<Registry>>) -> Self {
         let mut registry = Registry::with_prefix("infergrid_validator");
         let epoch = Gauge::default();
         registry.register("epoch", "The epoch being challenged", epoch.clone());
@@ -80,8 +74,7 @@ impl ValidatorMetrics {
              or `innocent`",
         );
         Self {
-            registry: Arc::new(registry),
-            network: None,
+            exposition: super::Exposition::new(registry, network),
             epoch,
             challenge_sets,
             sessions,
@@ -89,12 +82,6 @@ impl ValidatorMetrics {
             reports,
             votes,
         }
-    }
-
-    /// Exposes the network's libp2p metrics (`Network::metrics`) with these.
-    pub fn with_network(mut self, registry: Arc<Registry>) -> Self {
-        self.network = Some(registry);
-        self
     }
 
     fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str, by: u64) {
@@ -135,6 +122,6 @@ impl ValidatorMetrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
-        super::encode(&self.registry, self.network.as_deref())
+        self.exposition.encode()
     }
 }

@@ -68,13 +68,14 @@ impl Auditor {
         Ok((count, channels))
     }
 
-    /// Every voucher redeemed from the deployment to the pinned block, oldest first.
-    pub async fn redemptions(&self) -> Result<Vec<Redemption>, AuditError> {
+    /// The vouchers redeemed from block `first` (no earlier than the deployment) to the
+    /// pinned block, oldest first.
+    pub async fn redemptions_from(&self, first: u64) -> Result<Vec<Redemption>, AuditError> {
         let filter = Filter::new()
             .address(*self.channels.address())
             .event_signature(C::VoucherRedeemed::SIGNATURE_HASH);
         let mut redemptions = Vec::new();
-        for log in self.logs(filter).await? {
+        for log in self.logs_from(filter, first).await? {
             let bad = |reason: String| AuditError::BadLog {
                 block: log.block_number.unwrap_or_default(),
                 index: log.log_index.unwrap_or_default(),

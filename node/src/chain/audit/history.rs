@@ -85,8 +85,18 @@ impl Auditor {
     /// The logs matching `filter` from the deployment block to the pinned block, asked for
     /// in windows of `log_window` blocks.
     pub(super) async fn logs(&self, filter: Filter) -> Result<Vec<Log>, AuditError> {
+        self.logs_from(filter, self.deploy_block).await
+    }
+
+    /// The logs matching `filter` from block `first` (no earlier than the deployment) to the
+    /// pinned block.
+    pub(super) async fn logs_from(
+        &self,
+        filter: Filter,
+        first: u64,
+    ) -> Result<Vec<Log>, AuditError> {
         let mut logs = Vec::new();
-        for (from, to) in windows(self.deploy_block, self.block, self.log_window) {
+        for (from, to) in windows(first.max(self.deploy_block), self.block, self.log_window) {
             let window = filter.clone().from_block(from).to_block(to);
             logs.extend(self.registry.provider().get_logs(&window).await?);
         }
