@@ -21,6 +21,7 @@ pub mod net;
 pub mod pay;
 pub mod route;
 pub mod serve;
+pub mod share;
 pub mod telemetry;
 pub mod tools;
 pub mod validate;

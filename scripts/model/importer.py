@@ -24,7 +24,7 @@ from .config import ModelConfig, load_config
 from .errors import CheckpointError, UnsupportedModelError, UsageError
 from .families import FAMILIES
 from .gguf_convert import convert
-from .manifest import FORMAT, file_sha3, model_id
+from .manifest import FORMAT, MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECE_BYTES, file_pieces, file_sha3, model_id
 from .onnxgraph import GraphBuilder
 
 CHAT_TEMPLATE = "chat_template.jinja"
@@ -88,7 +88,8 @@ def _clear_previous(out: Path) -> None:
         path.unlink()
 
 
-def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, name: str | None) -> dict:
+def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, name: str | None,
+                 piece_bytes: int = PIECE_BYTES) -> dict:
     ckpt = Checkpoint(hf)
     cfg = load_config(ckpt)
     plan = plan_ranges(cfg.num_layers, layers) if layers else plan_even(cfg.num_layers, blocks)
@@ -114,9 +115,10 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
         entries.append(entry)
     files = {p: file_sha3(out / p) for p in
              ["tokenizer.json"] + ([CHAT_TEMPLATE] if template is not None else []) + [e[k] for e in entries for k in ("graph", "weights")]}
+    pieces = {"piece_bytes": piece_bytes, "files": {p: file_pieces(out / p, piece_bytes) for p in files}}
     manifest = {
         "format": FORMAT,
-        "model_id": model_id(files),
+        "model_id": model_id(files, pieces),
         "name": name or hf.resolve().name,
         "architecture": cfg.architecture,
         "config": cfg.manifest_config(),
@@ -124,6 +126,7 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
         "pooling": pooling,
         "blocks": entries,
         "files": files,
+        "pieces": pieces,
     }
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -145,16 +148,22 @@ def main(argv: Sequence[str]) -> int:
                                         "name, or the GGUF file's name without .gguf)")
     parser.add_argument("--dtype", choices=("float32", "float16"),
                         help="--gguf only: dtype the GGUF weights are dequantized to (default float32)")
+    parser.add_argument("--piece-bytes", type=int, default=PIECE_BYTES,
+                        help="bytes per piece nodes fetch and verify one at a time: a power of two "
+                             f"from {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES} (default {PIECE_BYTES})")
     args = parser.parse_args(argv)
+    pb = args.piece_bytes
+    if pb < MIN_PIECE_BYTES or pb > MAX_PIECE_BYTES or pb & (pb - 1):
+        raise UsageError(f"--piece-bytes {pb}: not a power of two from {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES}")
     if args.hf is not None:
         if args.dtype is not None:
             raise UsageError("--dtype applies to --gguf only (a checkpoint keeps its own dtype)")
-        import_model(args.hf, args.out, args.blocks, args.layers, args.name)
+        import_model(args.hf, args.out, args.blocks, args.layers, args.name, pb)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out.name}-gguf-", dir=args.out.parent) as tmp:
         convert(args.gguf, Path(tmp), args.dtype or "float32")
-        import_model(Path(tmp), args.out, args.blocks, args.layers, args.name or args.gguf.stem)
+        import_model(Path(tmp), args.out, args.blocks, args.layers, args.name or args.gguf.stem, pb)
     return 0
 
 

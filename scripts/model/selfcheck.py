@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, pre_tokenizers
 from . import fixture, gguf_convert, gguf_reference, importer, reference
 from .cli import ArgumentParser, run
 from .errors import CheckpointError, ModelToolError, UnsupportedModelError
-from .manifest import file_sha3, model_id
+from .manifest import file_pieces, file_sha3, model_id
 from .onnxgraph import WEIGHT_ALIGNMENT
 from .runtime import ImportedModel
 
@@ -68,7 +68,11 @@ def check_files(folder: Path, report: Report) -> None:
                 offset = int({e.key: e.value for e in t.external_data}["offset"])
                 report.check(offset % WEIGHT_ALIGNMENT == 0, f"{folder.name}/{block['graph']}: {t.name} at {offset}")
     files = {name: file_sha3(folder / name) for name in manifest["files"]}
-    report.check(files == manifest["files"] and model_id(files) == manifest["model_id"], f"{folder.name}: model id")
+    pieces = manifest.get("pieces")
+    if pieces is not None:
+        listed = {name: file_pieces(folder / name, pieces["piece_bytes"]) for name in manifest["files"]}
+        report.check(listed == pieces["files"], f"{folder.name}: pieces")
+    report.check(files == manifest["files"] and model_id(files, pieces) == manifest["model_id"], f"{folder.name}: model id")
 
 
 def greedy_cached(model: ImportedModel, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int]]:

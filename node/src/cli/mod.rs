@@ -13,6 +13,7 @@ mod chain;
 mod channels;
 mod dashboard;
 mod devnet;
+mod fetch;
 mod infer;
 mod keys;
 mod ledger;
@@ -106,7 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(args) => devnet::run(args).await,
         Command::Deploy(args) => chain::deploy(args).await,
         Command::Chain(cmd) => chain::run(cmd).await,
-        Command::Model(cmd) => model::run(cmd),
+        Command::Model(cmd) => model::run(cmd).await,
         Command::Infer(args) => infer::infer(args),
         Command::Embed(args) => infer::embed(args),
         Command::Bench(cmd) => bench::run(cmd).await,

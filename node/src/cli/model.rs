@@ -15,6 +15,10 @@ pub enum ModelCommand {
     /// llama.cpp GGUF file (llama architecture, F32/F16/BF16 or Q4/Q5/Q8 and K-quant weights),
     /// dequantized and converted to such a folder first.
     Import(ImportArgs),
+    /// Fetch blocks of a model from the peers that seed them (the registry's nodes on those
+    /// blocks, DHT provider records, --fetch-from peers): pieces from several peers at
+    /// once, each checked against the model id; a stopped fetch resumes where it was.
+    Fetch(super::fetch::FetchArgs),
     /// Check every file of a model folder against the hashes in its manifest.
     Verify {
         /// The model folder (holding manifest.json).
@@ -47,6 +51,10 @@ pub struct ImportArgs {
     /// GGUF file's name without .gguf).
     #[arg(long)]
     name: Option<String>,
+    /// Bytes per piece, the unit nodes fetch from each other and check one at a time: a
+    /// power of two from 16384 to 4194304.
+    #[arg(long, default_value_t = infergrid::model::pieces::DEFAULT_PIECE_BYTES)]
+    piece_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -65,9 +73,10 @@ impl GgufDtype {
     }
 }
 
-pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Import(args) => import(args),
+        ModelCommand::Fetch(args) => super::fetch::run(args).await,
         ModelCommand::Verify { dir } => {
             let manifest = ModelManifest::load(&dir)?;
             verify_model(&manifest)?;
@@ -106,6 +115,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.name {
         cmd.arg("--name").arg(name);
     }
+    cmd.arg("--piece-bytes").arg(args.piece_bytes.to_string());
     // Progress lines pass through as they come; the importer's own error line becomes ours.
     let mut child = cmd
         .stderr(Stdio::piped())

@@ -18,7 +18,7 @@ use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig, SignatureChe
 use infergrid::generate::ChatFormat;
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
-use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key};
+use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key, files_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
 use infergrid::serve::http::{self, NodeView};
@@ -39,6 +39,11 @@ pub struct NodeArgs {
     /// Blocks served, inclusive: `2` or `1-2`.
     #[arg(long)]
     blocks: String,
+    /// Fetch the blocks' files of this model id into --model first, from the peers that
+    /// seed them (the registry's nodes on those blocks, DHT provider records, --bootstrap
+    /// peers), every piece checked against the id; pieces already there are kept.
+    #[arg(long, value_name = "MODEL_ID")]
+    fetch: Option<alloy::primitives::B256>,
     #[command(flatten)]
     chain: ChainTarget,
     /// The operator's key for a node, the payer's for a gateway.
@@ -104,10 +109,14 @@ pub struct NodeArgs {
     /// logits. The stake will be slashed.
     #[arg(long, conflicts_with = "testing_perturb_answers")]
     testing_lazy: bool,
-    /// TESTING ONLY — hold every answer this many milliseconds before sending it: a
-    /// wide-area hop emulated on loopback, for benchmarks (`bench spec`).
+    /// TESTING ONLY — hold every answer (and every piece seeded) this many milliseconds
+    /// before sending it: a wide-area hop emulated on loopback, for benchmarks (`bench spec`).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     testing_delay_ms: u64,
+    /// TESTING ONLY — a bad seeder: corrupt one piece in N served to fetching peers (they
+    /// refuse it and ban this node).
+    #[arg(long, value_name = "N")]
+    testing_corrupt_pieces: Option<u64>,
     #[command(flatten)]
     limits: NodeLimitArgs,
 }
@@ -190,9 +199,43 @@ async fn check_registration(
     Ok(())
 }
 
+/// Seeds the model folder's manifest and the pieces of the files it holds to fetching peers.
+async fn seed(net: &Network, manifest: &ModelManifest, args: &NodeArgs) -> anyhow::Result<()> {
+    match infergrid::share::Seed::open(manifest) {
+        Ok(seed) => {
+            let seed = seed.delaying(Duration::from_millis(args.testing_delay_ms));
+            let seed = match args.testing_corrupt_pieces {
+                Some(every) => {
+                    tracing::warn!("TESTING: corrupting one piece in {every} served");
+                    seed.corrupting(every)
+                }
+                None => seed,
+            };
+            let blocks = seed.held_blocks();
+            tracing::info!(
+                "seeding {} files of model {} (blocks {blocks:?})",
+                seed.held(),
+                manifest.model_id
+            );
+            for block in blocks {
+                net.provide(files_key(&manifest.id().0, block)).await?;
+            }
+            net.seed(Arc::new(seed)).await?;
+        }
+        Err(e) => tracing::warn!("not seeding: {e}"),
+    }
+    Ok(())
+}
+
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let manifest = ModelManifest::load(&args.model)?;
     let (first, last) = super::parse_block_range(&args.blocks)?;
+    if let Some(model) = args.fetch {
+        let source =
+            super::fetch::FetchSource { peers: args.bootstrap.clone(), no_registry: false };
+        let span = (u16::try_from(first)?, u16::try_from(last)?);
+        super::fetch::fetch_blocks(model, span, &args.model, &source, &args.chain).await?;
+    }
+    let manifest = ModelManifest::load(&args.model)?;
     let (first, last) = (first as usize, last as usize);
     if last >= manifest.blocks.len() {
         bail!("the model has {} blocks; cannot serve {first}-{last}", manifest.blocks.len());
@@ -268,6 +311,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     for block in first..=last {
         net.provide(block_key(&model_id, block as u16)).await?;
     }
+    seed(&net, &manifest, &args).await?;
     let metrics = NodeMetrics::new(Some(net.metrics()));
     let server = Arc::new(BlockServer {
         model_id,

@@ -119,6 +119,10 @@ pub struct ModelManifest {
     pub pooling: Option<Pooling>,
     pub blocks: Vec<BlockSpec>,
     pub files: std::collections::BTreeMap<String, String>,
+    /// Every file cut into pieces with their hashes, under the model id: what nodes fetch
+    /// from each other. Imports from before pieces have none (and cannot be seeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<super::Pieces>,
     /// The folder the manifest was read from (not serialized).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -172,6 +176,12 @@ impl ModelManifest {
         {
             return Err(format!("chat template {template} has no hash"));
         }
+        if let Some(bad) = self.files.keys().find(|name| !is_plain_file_name(name)) {
+            return Err(format!("file name {bad:?} is not a plain file name"));
+        }
+        if let Some(pieces) = &self.pieces {
+            pieces.check(&self.files)?;
+        }
         let mut next_layer = 0;
         for (i, block) in self.blocks.iter().enumerate() {
             if block.index != i
@@ -210,6 +220,23 @@ impl ModelManifest {
         Ok(())
     }
 
+    /// Parses and checks a manifest received as `bytes` (from a peer) for the folder `dir`.
+    pub fn from_bytes(bytes: &[u8], dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join("manifest.json");
+        let invalid = |reason: String| ManifestError::Invalid { path: path.clone(), reason };
+        let mut manifest: ModelManifest =
+            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        manifest.dir = dir.to_path_buf();
+        manifest.check().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// The model id its file hashes and piece list derive, which a manifest from a peer must
+    /// carry (and the caller must have asked for).
+    pub fn derived_id(&self) -> String {
+        super::model_id(&self.files, self.pieces.as_ref())
+    }
+
     /// The model id as 32 bytes (checked when the manifest is loaded).
     pub fn id(&self) -> B256 {
         self.model_id.parse().expect("checked at load")
@@ -224,4 +251,13 @@ impl ModelManifest {
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+}
+
+/// A name that stays inside the model folder and keeps the model id's lines unambiguous:
+/// no path separators, no whitespace, not `.`/`..`, not the manifest itself.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !matches!(name, "." | ".." | "manifest.json")
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_whitespace() || c.is_control())
 }

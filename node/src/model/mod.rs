@@ -2,10 +2,12 @@
 //! (`protocol-spec/model-format.md`).
 
 mod manifest;
+pub mod pieces;
 mod verify;
 
 pub use manifest::{
     Architecture, BlockSpec, ManifestError, ModelConfig, ModelManifest, Pooling, TensorLocation,
     TensorSpec, TokenizerSpec,
 };
+pub use pieces::{FilePieces, Pieces};
 pub use verify::{VerifyError, file_sha3, model_id, verify_block_files, verify_model};

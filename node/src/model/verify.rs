@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use sha3::{Digest, Sha3_256};
 
-use super::{BlockSpec, ModelManifest};
+use super::{BlockSpec, FilePieces, ModelManifest, Pieces};
 
 /// A model file that does not match its manifest.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +13,8 @@ pub enum VerifyError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt: sha3-256 {actual}, manifest says {expected}")]
     HashMismatch { path: PathBuf, expected: String, actual: String },
+    #[error("{path} does not match the manifest's piece list (size or a piece hash)")]
+    PiecesMismatch { path: PathBuf },
     #[error("manifest model id {expected} does not match its files (derived {actual})")]
     ModelId { expected: String, actual: String },
 }
@@ -33,11 +35,15 @@ pub fn file_sha3(path: &std::path::Path) -> Result<String, VerifyError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The model id: sha3-256 over `"<file> <hash>\n"` for every file, sorted by name.
-pub fn model_id(files: &BTreeMap<String, String>) -> String {
+/// The model id: sha3-256 over `"<file> <hash>\n"` for every file, sorted by name, then the
+/// piece list's lines when there is one.
+pub fn model_id(files: &BTreeMap<String, String>, pieces: Option<&Pieces>) -> String {
     let mut hasher = Sha3_256::new();
     for (name, hash) in files {
         hasher.update(format!("{name} {hash}\n").as_bytes());
+    }
+    if let Some(pieces) = pieces {
+        hasher.update(pieces.id_lines().as_bytes());
     }
     format!("0x{}", hex::encode(hasher.finalize()))
 }
@@ -46,11 +52,18 @@ fn check_file(manifest: &ModelManifest, file: &str) -> Result<(), VerifyError> {
     let path = manifest.path(file);
     let actual = file_sha3(&path)?;
     let expected = manifest.files.get(file).cloned().unwrap_or_default();
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(VerifyError::HashMismatch { path, expected, actual })
+    if actual != expected {
+        return Err(VerifyError::HashMismatch { path, expected, actual });
     }
+    // A seeder serves these pieces: a list that disagrees with the file would get it banned.
+    if let Some(pieces) = &manifest.pieces {
+        let listed = FilePieces::of_file(&path, pieces.piece_bytes)
+            .map_err(|source| VerifyError::Io { path: path.clone(), source })?;
+        if pieces.files.get(file) != Some(&listed) {
+            return Err(VerifyError::PiecesMismatch { path });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the two files of one block: what a node serving only that block needs.
@@ -64,7 +77,7 @@ pub fn verify_model(manifest: &ModelManifest) -> Result<(), VerifyError> {
     for file in manifest.files.keys() {
         check_file(manifest, file)?;
     }
-    let actual = model_id(&manifest.files);
+    let actual = manifest.derived_id();
     if actual == manifest.model_id {
         Ok(())
     } else {

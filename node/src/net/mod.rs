@@ -1,8 +1,11 @@
 //! Networking: libp2p transport and discovery, and the inference wire protocol.
 
 pub mod codec;
+pub mod pieces;
 mod protocol;
 mod service;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
-pub use service::{Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key};
+pub use service::{
+    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key, files_key,
+};

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{CodecError, InferRequest, InferResponse};
+use super::pieces::{
+    PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
+};
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
@@ -53,6 +56,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     infer: request_response::Behaviour<InferCodec>,
+    pieces: request_response::Behaviour<PiecesCodec>,
 }
 
 /// Incoming connections still handshaking; more are refused.
@@ -67,6 +71,10 @@ pub const MAX_MEMORY_FRACTION: f64 = 0.9;
 /// Inbound request streams one connection may have open at once (libp2p's default, stated):
 /// more are reset before anything is read from them.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Piece requests a seeder reads from disk at once; more are answered `Busy`.
+pub const MAX_PIECE_READS: usize = 16;
+/// How long a piece or manifest request may take before it fails.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed network operation.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -128,6 +136,18 @@ enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Seed {
+        source: Arc<dyn PieceSource>,
+    },
+    AskPieces {
+        peer: PeerId,
+        request: PieceRequest,
+        reply: oneshot::Sender<Result<PieceResponse, NetError>>,
+    },
+    RespondPieces {
+        channel: request_response::ResponseChannel<PieceResponse>,
+        response: PieceResponse,
+    },
 }
 
 /// Smoothed ping round-trip times, per peer.
@@ -188,7 +208,10 @@ impl Network {
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
+            pending_pieces: HashMap::new(),
             providers: HashMap::new(),
+            seed: None,
+            piece_reads: Arc::new(tokio::sync::Semaphore::new(MAX_PIECE_READS)),
         };
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
@@ -236,6 +259,23 @@ impl Network {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
+    /// Answers other peers' manifest and piece requests from `source` from now on (until
+    /// then, and on a gateway or validator, they are refused `Unavailable`).
+    pub async fn seed(&self, source: Arc<dyn PieceSource>) -> Result<(), NetError> {
+        self.send(Command::Seed { source }).await
+    }
+
+    /// Asks `peer` for a manifest or a piece (`/infergrid/pieces/1`).
+    pub async fn ask_pieces(
+        &self,
+        peer: PeerId,
+        request: PieceRequest,
+    ) -> Result<PieceResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::AskPieces { peer, request, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
     /// Announces on the DHT that this node provides `key`.
     pub async fn provide(&self, key: Vec<u8>) -> Result<(), NetError> {
         self.send(Command::Provide { key }).await
@@ -274,6 +314,15 @@ impl Network {
 /// The DHT key of one block of one model.
 pub fn block_key(model_id: &[u8; 32], block: u16) -> Vec<u8> {
     let mut key = b"infergrid/block/".to_vec();
+    key.extend_from_slice(model_id);
+    key.extend_from_slice(&block.to_be_bytes());
+    key
+}
+
+/// The DHT key of the files of one block of one model: published by every peer that holds
+/// them and seeds them (`block_key` says it serves the block's inference).
+pub fn files_key(model_id: &[u8; 32], block: u16) -> Vec<u8> {
+    let mut key = b"infergrid/files/".to_vec();
     key.extend_from_slice(model_id);
     key.extend_from_slice(&block.to_be_bytes());
     key
@@ -324,6 +373,13 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                 ),
                 kad,
                 gossipsub,
+                pieces: request_response::Behaviour::with_codec(
+                    PiecesCodec,
+                    [(PIECES_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(PIECE_TIMEOUT)
+                        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
+                ),
                 infer: request_response::Behaviour::with_codec(
                     InferCodec,
                     std::iter::once((INFER_PROTOCOL, ProtocolSupport::Full)).chain(
@@ -350,6 +406,10 @@ struct EventLoop {
     connected: Arc<AtomicUsize>,
     metrics: Metrics,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse, NetError>>>,
+    pending_pieces: HashMap<OutboundRequestId, oneshot::Sender<Result<PieceResponse, NetError>>>,
+    /// What this node seeds, once it says so.
+    seed: Option<Arc<dyn PieceSource>>,
+    piece_reads: Arc<tokio::sync::Semaphore>,
     providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
 }
 
@@ -424,6 +484,14 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::Seed { source } => self.seed = Some(source),
+            Command::AskPieces { peer, request, reply } => {
+                let id = behaviour.pieces.send_request(&peer, Ok(request));
+                self.pending_pieces.insert(id, reply);
+            }
+            Command::RespondPieces { channel, response } => {
+                let _ = behaviour.pieces.send_response(channel, response);
+            }
             Command::Shutdown => {}
         }
     }
@@ -494,15 +562,10 @@ impl EventLoop {
                 request_response::Event::OutboundFailure { peer, request_id, error, .. },
             )) => {
                 if let Some(reply) = self.pending.remove(&request_id) {
-                    let error = match error {
-                        request_response::OutboundFailure::UnsupportedProtocols => {
-                            NetError::Unsupported { peer, protocol: INFER_PROTOCOL.to_string() }
-                        }
-                        other => NetError::Request { peer, reason: other.to_string() },
-                    };
-                    let _ = reply.send(Err(error));
+                    let _ = reply.send(Err(outbound_error(peer, error, &INFER_PROTOCOL)));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Pieces(event)) => self.on_pieces(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -552,6 +615,78 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+impl EventLoop {
+    fn on_pieces(
+        &mut self,
+        event: request_response::Event<
+            Result<PieceRequest, super::pieces::PiecesCodecError>,
+            PieceResponse,
+        >,
+    ) {
+        match event {
+            request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
+                let (seed, reads, respond) =
+                    (self.seed.clone(), self.piece_reads.clone(), self.respond.clone());
+                // Read off the event loop: a disk read must not hold up every other stream.
+                tokio::spawn(async move {
+                    let response = match (request, seed, reads.try_acquire_owned()) {
+                        (Err(e), _, _) => PieceResponse::refused(Refusal::Malformed, e.to_string()),
+                        (Ok(_), None, _) => {
+                            PieceResponse::refused(Refusal::Unavailable, "this peer seeds no model")
+                        }
+                        (Ok(_), _, Err(_)) => PieceResponse::refused(
+                            Refusal::Busy,
+                            format!("{MAX_PIECE_READS} piece reads already running"),
+                        ),
+                        (Ok(request), Some(seed), Ok(permit)) => {
+                            let answer = tokio::task::spawn_blocking(move || {
+                                let _permit = permit;
+                                seed.answer(request)
+                            });
+                            answer.await.unwrap_or_else(|_| {
+                                PieceResponse::refused(Refusal::Unavailable, "the read failed")
+                            })
+                        }
+                    };
+                    let _ = respond.send(Command::RespondPieces { channel, response }).await;
+                });
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            } => {
+                if let Some(reply) = self.pending_pieces.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(reply) = self.pending_pieces.remove(&request_id) {
+                    let _ = reply.send(Err(outbound_error(peer, error, &PIECES_PROTOCOL)));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A request that got no answer: a peer that does not speak `protocol` is told apart from
+/// one that failed.
+fn outbound_error(
+    peer: PeerId,
+    error: request_response::OutboundFailure,
+    protocol: &StreamProtocol,
+) -> NetError {
+    match error {
+        request_response::OutboundFailure::UnsupportedProtocols => {
+            NetError::Unsupported { peer, protocol: protocol.to_string() }
+        }
+        other => NetError::Request { peer, reason: other.to_string() },
     }
 }
 

@@ -1,0 +1,189 @@
+//! `infergrid model fetch` (and `node --fetch`): a model's blocks from the peers that seed
+//! them, with a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::B256;
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use infergrid::chain::{Registry, check_deployment, connect_reader};
+use infergrid::net::{NetConfig, Network};
+use infergrid::share::{self, FetchProgress, FetchReport};
+use libp2p::Multiaddr;
+
+use super::ChainTarget;
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The model id registered on-chain (`0x` and 64 hex digits): every byte fetched is
+    /// checked against it.
+    #[arg(long)]
+    model_id: B256,
+    /// Blocks to fetch, inclusive: `2` or `1-2` (with the model's tokenizer and template).
+    #[arg(long)]
+    blocks: String,
+    /// The model folder to fetch into (created; pieces already there are kept).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    source: FetchSource,
+    #[command(flatten)]
+    chain: ChainTarget,
+}
+
+/// Where a fetch finds the peers that seed a model.
+#[derive(Debug, Args)]
+pub struct FetchSource {
+    /// Peers to ask (and to reach the DHT through), `/…/p2p/<peer id>` (repeatable). The
+    /// registry's nodes on the blocks are asked too when the chain can be read.
+    #[arg(long = "fetch-from")]
+    pub peers: Vec<Multiaddr>,
+    /// Fetch only from --fetch-from peers and the DHT, without reading the registry.
+    #[arg(long)]
+    pub no_registry: bool,
+}
+
+pub async fn run(args: FetchArgs) -> anyhow::Result<()> {
+    let (first, last) = super::parse_block_range(&args.blocks)?;
+    let blocks = (u16::try_from(first)?, u16::try_from(last)?);
+    fetch_blocks(args.model_id, blocks, &args.out, &args.source, &args.chain).await?;
+    Ok(())
+}
+
+/// Fetches `blocks` of `model` into `out`, printing progress and what came from whom.
+pub async fn fetch_blocks(
+    model: B256,
+    blocks: (u16, u16),
+    out: &Path,
+    source: &FetchSource,
+    chain: &ChainTarget,
+) -> anyhow::Result<FetchReport> {
+    let (net, _inbound) = Network::spawn(NetConfig {
+        keypair: libp2p::identity::Keypair::generate_secp256k1(),
+        listen: Vec::new(),
+        bootstrap: source.peers.clone(),
+        request_timeout: Duration::from_secs(60),
+    })?;
+    let registry = if source.no_registry {
+        None
+    } else {
+        let deployment = chain.load()?;
+        let url = chain.rpc_url();
+        let provider = connect_reader(&url).await?;
+        check_deployment(&provider, &url, &deployment).await?;
+        Some(Registry::new(deployment.contracts.registry, provider))
+    };
+    let mut providers = share::providers::find(registry.as_ref(), &net, model, blocks)
+        .await
+        .context("reading the registry's nodes")?;
+    for addr in &source.peers {
+        if let Some(peer) = peer_of(addr)
+            && !providers.iter().any(|p| p.peer == peer)
+        {
+            providers.push(share::Provider { peer, blocks: None });
+        }
+    }
+    anyhow::ensure!(
+        !providers.is_empty(),
+        "no peer seeds blocks {}-{} of model {model}: none is registered on them, none \
+         published a provider record, and no --fetch-from peer was given",
+        blocks.0,
+        blocks.1
+    );
+    eprintln!(
+        "fetch: model {model}, blocks {}-{}, from {} peer(s) into {}",
+        blocks.0,
+        blocks.1,
+        providers.len(),
+        out.display()
+    );
+    let bar = Bar::new();
+    let started = Instant::now();
+    let report = share::fetch(&net, model, blocks, out, &providers, &bar).await;
+    bar.0.finish_and_clear();
+    let _ = net.shutdown().await;
+    let report = report?;
+    print_report(&report, started.elapsed());
+    Ok(report)
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+fn print_report(report: &FetchReport, took: Duration) {
+    let seconds = took.as_secs_f64();
+    println!(
+        "fetched {} of {} pieces ({:.1} MB) in {seconds:.1} s ({:.1} MB/s); {} already on disk \
+         and checked; {} bad piece(s) refused",
+        report.fetched,
+        report.pieces,
+        report.bytes_fetched as f64 / 1e6,
+        report.bytes_fetched as f64 / 1e6 / seconds.max(1e-9),
+        report.resumed,
+        report.refused,
+    );
+    for (peer, pieces) in &report.by_peer {
+        let share = 100.0 * *pieces as f64 / report.fetched.max(1) as f64;
+        println!("  from {peer}: {pieces} pieces ({share:.0}%)");
+    }
+    for peer in &report.banned {
+        println!("  banned {peer}: it sent a bad piece or manifest");
+    }
+}
+
+/// The progress bar: bytes, rate and time left. When stderr is not a terminal (a log), a
+/// line at every tenth of the way instead; notes are printed either way.
+struct Bar(ProgressBar, std::sync::atomic::AtomicU64);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template"),
+        );
+        Self(bar, std::sync::atomic::AtomicU64::new(0))
+    }
+}
+
+impl FetchProgress for Bar {
+    fn begin(&self, total: u64, held: u64) {
+        self.0.set_length(total);
+        self.0.set_position(held);
+        self.1.store(held * 10 / total.max(1), std::sync::atomic::Ordering::Relaxed);
+        if held > 0 {
+            self.note(&format!(
+                "{:.1} of {:.1} MB already on disk",
+                held as f64 / 1e6,
+                total as f64 / 1e6
+            ));
+        }
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.0.inc(bytes);
+        let (done, total) = (self.0.position(), self.0.length().unwrap_or(0).max(1));
+        let tenths = done * 10 / total;
+        let logged = self.1.fetch_max(tenths, std::sync::atomic::Ordering::Relaxed);
+        if self.0.is_hidden() && tenths > logged {
+            eprintln!(
+                "fetch: {}% ({:.1} of {:.1} MB)",
+                tenths * 10,
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    }
+
+    fn note(&self, line: &str) {
+        self.0.suspend(|| eprintln!("fetch: {line}"));
+    }
+}

@@ -1,0 +1,428 @@
+//! Fetching a model's blocks from the peers that seed them: the manifest first (checked
+//! against the model id), then every missing piece from several peers at once, rarest first,
+//! each checked before it is written. A peer that sends a bad piece is banned and the piece
+//! asked of another; a fetch that stops (crash, `kill -9`) resumes with only the pieces that
+//! do not check out on disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use libp2p::PeerId;
+
+use crate::model::pieces::piece_hash;
+use crate::model::{ModelManifest, VerifyError, file_sha3};
+use crate::net::Network;
+use crate::net::pieces::{PieceRequest, PieceResponse, Refusal};
+
+/// Piece requests in flight to one peer at most.
+pub const PER_PEER_IN_FLIGHT: usize = 4;
+/// Piece requests in flight in all.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// Failed requests (no answer, a refusal) after which a peer is asked nothing more.
+const STRIKES: u32 = 3;
+/// Where pieces of files not yet complete are kept, inside the output folder.
+pub const PARTIAL_DIR: &str = ".partial";
+
+/// A peer to fetch from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub peer: PeerId,
+    /// The blocks whose files it holds; `None`: not known, so asked for any file.
+    pub blocks: Option<BTreeSet<u16>>,
+}
+
+/// Told of the fetch's progress (a progress bar, a log).
+pub trait FetchProgress {
+    /// The bytes to hold in all, and those already on disk.
+    fn begin(&self, total: u64, held: u64);
+    /// One more piece of `bytes` fetched and checked.
+    fn advanced(&self, bytes: u64);
+    /// Something the operator should read (a peer banned, a file complete).
+    fn note(&self, line: &str);
+}
+
+/// What a fetch did.
+#[derive(Debug, Default)]
+pub struct FetchReport {
+    /// Pieces of the files asked for.
+    pub pieces: usize,
+    /// Pieces already on disk and checked (a resumed fetch).
+    pub resumed: usize,
+    /// Pieces fetched now.
+    pub fetched: usize,
+    pub bytes_fetched: u64,
+    /// Pieces fetched from each peer.
+    pub by_peer: BTreeMap<PeerId, usize>,
+    /// Bad pieces refused.
+    pub refused: usize,
+    /// Peers banned for a bad piece or a bad manifest.
+    pub banned: Vec<PeerId>,
+    /// The files now complete in the folder.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no peer sent a usable manifest for model {model}: {reasons}")]
+    NoManifest { model: B256, reasons: String },
+    #[error("the manifest of model {0} has no piece list, so its files cannot be fetched")]
+    NoPieces(B256),
+    #[error("the model has {blocks} blocks; cannot fetch blocks {first}-{last}")]
+    NoSuchBlocks { blocks: usize, first: u16, last: u16 },
+    #[error("no peer left to fetch piece {index} of {file} from: {why}")]
+    NoProvider { file: String, index: u64, why: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io { path: path.to_path_buf(), source }
+}
+
+/// Fetches the files of `blocks` of `model` (and the model's other files: tokenizer, chat
+/// template) into `out` from `providers`, then writes the manifest there; `out` then loads as
+/// a model folder serving those blocks.
+pub async fn fetch(
+    net: &Network,
+    model: B256,
+    blocks: (u16, u16),
+    out: &Path,
+    providers: &[Provider],
+    progress: &dyn FetchProgress,
+) -> Result<FetchReport, FetchError> {
+    std::fs::create_dir_all(out.join(PARTIAL_DIR)).map_err(io(out))?;
+    let mut report = FetchReport::default();
+    let mut banned: HashSet<PeerId> = HashSet::new();
+    let (manifest, manifest_bytes) =
+        fetch_manifest(net, model, out, providers, &mut banned, progress).await?;
+    let (first, last) = blocks;
+    if usize::from(last) >= manifest.blocks.len() || first > last {
+        return Err(FetchError::NoSuchBlocks { blocks: manifest.blocks.len(), first, last });
+    }
+    let wanted = wanted_files(&manifest, blocks);
+    let mut files = Vec::new();
+    for (name, block) in &wanted {
+        files.push(FileState::open(&manifest, name, *block)?);
+    }
+    report.pieces = files.iter().map(|f| f.pieces).sum();
+    report.resumed = report.pieces - files.iter().map(|f| f.missing.len()).sum::<usize>();
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    let missing_bytes: u64 = files.iter().map(|f| f.missing_bytes(&manifest)).sum();
+    progress.begin(total, total - missing_bytes);
+
+    let mut queue: Vec<(usize, u64)> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        queue.extend(file.missing.iter().map(|&index| (i, index)));
+    }
+    // Rarest first: pieces only a few peers hold are asked for while those peers are there.
+    let holders = |file: &FileState| providers.iter().filter(|p| p.holds(file.block)).count();
+    queue.sort_by_key(|&(i, index)| (holders(&files[i]), i, index));
+
+    let mut load: HashMap<PeerId, usize> = HashMap::new();
+    let mut strikes: HashMap<PeerId, u32> = HashMap::new();
+    let mut last_failure: HashMap<(usize, u64), String> = HashMap::new();
+    let mut in_flight = FuturesUnordered::new();
+    for (i, file) in files.iter_mut().enumerate() {
+        if file.missing.is_empty() {
+            finish_file(&manifest, file, progress).await?;
+            report.files.push(wanted[i].0.clone());
+        }
+    }
+    loop {
+        let mut next = 0;
+        while next < queue.len() && in_flight.len() < MAX_IN_FLIGHT {
+            let (i, index) = queue[next];
+            let usable: Vec<&Provider> = providers
+                .iter()
+                .filter(|p| p.holds(files[i].block) && !banned.contains(&p.peer))
+                .filter(|p| strikes.get(&p.peer).copied().unwrap_or(0) < STRIKES)
+                .collect();
+            if usable.is_empty() {
+                let why = last_failure.remove(&(i, index)).unwrap_or_else(|| {
+                    "no known peer serves its block (or all were banned or failed)".into()
+                });
+                return Err(FetchError::NoProvider { file: files[i].name.clone(), index, why });
+            }
+            let idle = usable
+                .into_iter()
+                .map(|p| (load.get(&p.peer).copied().unwrap_or(0), p.peer))
+                .filter(|(busy, _)| *busy < PER_PEER_IN_FLIGHT)
+                .min();
+            let Some((_, peer)) = idle else {
+                next += 1;
+                continue;
+            };
+            queue.remove(next);
+            *load.entry(peer).or_default() += 1;
+            let request = PieceRequest::Piece {
+                model: model.0,
+                file: files[i].name.clone(),
+                index: index as u32,
+            };
+            let net = net.clone();
+            in_flight.push(async move {
+                let answer = net.ask_pieces(peer, request).await;
+                if let Ok(PieceResponse::Refused { refusal: Refusal::Busy, .. }) = answer {
+                    // Back off while holding the peer's slot, so it is not asked again at once.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (i, index, peer, answer)
+            });
+        }
+        let Some((i, index, peer, answer)) = in_flight.next().await else {
+            break;
+        };
+        *load.entry(peer).or_default() -= 1;
+        let file = &mut files[i];
+        match answer {
+            Ok(PieceResponse::Piece(bytes)) if file.is_piece(&manifest, index, &bytes) => {
+                let range = manifest.pieces.as_ref().and_then(|p| p.range(&file.name, index));
+                let offset = range.map_or(0, |r| r.start);
+                file.handle.write_all_at(&bytes, offset).map_err(io(&file.partial))?;
+                file.missing.remove(&index);
+                report.fetched += 1;
+                report.bytes_fetched += bytes.len() as u64;
+                *report.by_peer.entry(peer).or_default() += 1;
+                progress.advanced(bytes.len() as u64);
+                if file.missing.is_empty() {
+                    finish_file(&manifest, file, progress).await?;
+                    report.files.push(file.name.clone());
+                }
+            }
+            Ok(PieceResponse::Piece(bytes)) => {
+                report.refused += 1;
+                if banned.insert(peer) {
+                    report.banned.push(peer);
+                    progress.note(&format!(
+                        "peer {peer} sent a bad piece {index} of {} (sha3 {}): banned",
+                        file.name,
+                        piece_hash(&bytes)
+                    ));
+                }
+                queue.insert(0, (i, index));
+            }
+            Ok(PieceResponse::Refused { refusal: Refusal::Busy, .. }) => queue.push((i, index)),
+            other => {
+                let why = match other {
+                    Ok(PieceResponse::Refused { refusal, message }) => {
+                        format!("{refusal:?}: {message}")
+                    }
+                    Ok(_) => "answered a piece request with a manifest".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                let count = strikes.entry(peer).or_default();
+                *count += 1;
+                if *count == STRIKES {
+                    progress.note(&format!("peer {peer} failed {STRIKES} requests, last: {why}"));
+                }
+                last_failure.insert((i, index), format!("{peer}: {why}"));
+                queue.insert(0, (i, index));
+            }
+        }
+    }
+    write_manifest(out, &manifest_bytes)?;
+    let _ = std::fs::remove_dir(out.join(PARTIAL_DIR));
+    Ok(report)
+}
+
+impl Provider {
+    /// Whether it is asked for the files of `block` (`None`: a file of the whole model).
+    fn holds(&self, block: Option<usize>) -> bool {
+        match (&self.blocks, block) {
+            (Some(blocks), Some(block)) => {
+                u16::try_from(block).is_ok_and(|block| blocks.contains(&block))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The manifest `out` already holds for `model` (a resumed fetch, or another span of the
+/// same model), else the first one a provider sends that hashes to `model`. A provider that
+/// sends another is banned.
+async fn fetch_manifest(
+    net: &Network,
+    model: B256,
+    out: &Path,
+    providers: &[Provider],
+    banned: &mut HashSet<PeerId>,
+    progress: &dyn FetchProgress,
+) -> Result<(ModelManifest, Vec<u8>), FetchError> {
+    let wanted = model.to_string();
+    let usable = |m: &ModelManifest| m.model_id == wanted && m.derived_id() == wanted;
+    if let Ok(held) = ModelManifest::load(out)
+        && usable(&held)
+    {
+        let bytes = std::fs::read(out.join("manifest.json")).map_err(io(out))?;
+        return with_pieces(held, bytes, model);
+    }
+    let mut reasons = Vec::new();
+    for provider in providers {
+        let peer = provider.peer;
+        match net.ask_pieces(peer, PieceRequest::Manifest { model: model.0 }).await {
+            Ok(PieceResponse::Manifest(bytes)) => match ModelManifest::from_bytes(&bytes, out) {
+                Ok(manifest) if usable(&manifest) => return with_pieces(manifest, bytes, model),
+                Ok(manifest) => {
+                    banned.insert(peer);
+                    let derived = manifest.derived_id();
+                    progress.note(&format!(
+                        "peer {peer} sent a manifest that hashes to {derived}, not {wanted}: banned"
+                    ));
+                    reasons.push(format!("{peer}: a manifest of another model ({derived})"));
+                }
+                Err(e) => {
+                    banned.insert(peer);
+                    progress.note(&format!("peer {peer} sent a malformed manifest: banned"));
+                    reasons.push(format!("{peer}: {e}"));
+                }
+            },
+            Ok(PieceResponse::Refused { refusal, message }) => {
+                reasons.push(format!("{peer}: {refusal:?}: {message}"))
+            }
+            Ok(PieceResponse::Piece(_)) => reasons.push(format!("{peer}: answered with a piece")),
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no provider found".into());
+    }
+    Err(FetchError::NoManifest { model, reasons: reasons.join("; ") })
+}
+
+fn with_pieces(
+    manifest: ModelManifest,
+    bytes: Vec<u8>,
+    model: B256,
+) -> Result<(ModelManifest, Vec<u8>), FetchError> {
+    match manifest.pieces {
+        Some(_) => Ok((manifest, bytes)),
+        None => Err(FetchError::NoPieces(model)),
+    }
+}
+
+/// The files of blocks `first..=last` (with their block) and every file not of a block.
+fn wanted_files(
+    manifest: &ModelManifest,
+    (first, last): (u16, u16),
+) -> Vec<(String, Option<usize>)> {
+    let block_of = |name: &str| {
+        manifest.blocks.iter().find(|b| b.graph == name || b.weights == name).map(|b| b.index)
+    };
+    manifest
+        .files
+        .keys()
+        .map(|name| (name.clone(), block_of(name)))
+        .filter(|(_, block)| block.is_none_or(|b| (first as usize..=last as usize).contains(&b)))
+        .collect()
+}
+
+/// One file being fetched: its partial copy and the pieces it still lacks.
+struct FileState {
+    name: String,
+    block: Option<usize>,
+    bytes: u64,
+    pieces: usize,
+    partial: PathBuf,
+    handle: std::fs::File,
+    missing: std::collections::BTreeSet<u64>,
+}
+
+impl FileState {
+    /// Opens the partial copy of `name` (or finds the file complete), checking each piece
+    /// already there: only those that do not check out are missing.
+    fn open(
+        manifest: &ModelManifest,
+        name: &str,
+        block: Option<usize>,
+    ) -> Result<Self, FetchError> {
+        let listed = &manifest.pieces.as_ref().expect("checked by with_pieces").files[name];
+        let complete = manifest.path(name);
+        let partial = manifest.dir.join(PARTIAL_DIR).join(name);
+        let done = std::fs::metadata(&complete).is_ok_and(|m| m.len() == listed.bytes)
+            && file_sha3(&complete)? == manifest.files[name];
+        let path = if done { &complete } else { &partial };
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path))?;
+        handle.set_len(listed.bytes).map_err(io(path))?;
+        let mut state = Self {
+            name: name.to_owned(),
+            block,
+            bytes: listed.bytes,
+            pieces: listed.hashes.len(),
+            partial,
+            handle,
+            missing: Default::default(),
+        };
+        if !done {
+            let pieces = manifest.pieces.as_ref().expect("checked");
+            for index in 0..listed.hashes.len() as u64 {
+                let range = pieces.range(name, index).expect("listed");
+                let mut bytes = vec![0u8; (range.end - range.start) as usize];
+                let read = state.handle.read_exact_at(&mut bytes, range.start);
+                if read.is_err() || !pieces.is_piece(name, index, &bytes) {
+                    state.missing.insert(index);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn is_piece(&self, manifest: &ModelManifest, index: u64, bytes: &[u8]) -> bool {
+        manifest.pieces.as_ref().is_some_and(|p| p.is_piece(&self.name, index, bytes))
+    }
+
+    fn missing_bytes(&self, manifest: &ModelManifest) -> u64 {
+        let pieces = manifest.pieces.as_ref().expect("checked");
+        let length = |&index: &u64| pieces.range(&self.name, index).map_or(0, |r| r.end - r.start);
+        self.missing.iter().map(length).sum()
+    }
+}
+
+/// Every piece of `file` is in: checks the whole file's hash and moves it into place.
+async fn finish_file(
+    manifest: &ModelManifest,
+    file: &FileState,
+    progress: &dyn FetchProgress,
+) -> Result<(), FetchError> {
+    let complete = manifest.path(&file.name);
+    if !file.partial.exists() {
+        return Ok(()); // complete before this fetch
+    }
+    file.handle.sync_all().map_err(io(&file.partial))?;
+    let partial = file.partial.clone();
+    let actual = tokio::task::spawn_blocking(move || file_sha3(&partial))
+        .await
+        .expect("hashing does not panic")?;
+    let expected = &manifest.files[&file.name];
+    if actual != *expected {
+        // Every piece checked out, so the manifest's pieces and file hash disagree.
+        return Err(VerifyError::HashMismatch {
+            path: file.partial.clone(),
+            expected: expected.clone(),
+            actual,
+        }
+        .into());
+    }
+    std::fs::rename(&file.partial, &complete).map_err(io(&complete))?;
+    progress.note(&format!("{}: complete, sha3-256 {actual}", file.name));
+    Ok(())
+}
+
+/// Writes the manifest last (via a rename), so a folder with a manifest has its files.
+fn write_manifest(out: &Path, bytes: &[u8]) -> Result<(), FetchError> {
+    let (tmp, path) = (out.join("manifest.json.tmp"), out.join("manifest.json"));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
