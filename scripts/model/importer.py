@@ -24,7 +24,7 @@ from .config import ModelConfig, load_config
 from .errors import CheckpointError, UnsupportedModelError, UsageError
 from .families import FAMILIES
 from .gguf_convert import convert
-from .manifest import FORMAT, MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECE_BYTES, file_pieces, file_sha3, model_id
+from .manifest import FORMAT, MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECE_BYTES, file_pieces, file_sha3, manifest_text
 from .onnxgraph import GraphBuilder
 
 CHAT_TEMPLATE = "chat_template.jinja"
@@ -118,7 +118,7 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
     pieces = {"piece_bytes": piece_bytes, "files": {p: file_pieces(out / p, piece_bytes) for p in files}}
     manifest = {
         "format": FORMAT,
-        "model_id": model_id(files, pieces),
+        "model_id": None,  # derived from the text written
         "name": name or hf.resolve().name,
         "architecture": cfg.architecture,
         "config": cfg.manifest_config(),
@@ -128,8 +128,10 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
         "files": files,
         "pieces": pieces,
     }
+    text = manifest_text(manifest)
+    manifest = json.loads(text)
     tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, out / "manifest.json")
     progress(f"import: wrote {out / 'manifest.json'} (model id {manifest['model_id']})")
     return manifest

@@ -1,9 +1,10 @@
 """Manifest hashing and model-id derivation (protocol-spec/model-format.md).
 
-The model id is what nodes register on-chain and validators check, so it is derived
-only from file contents: sha3-256 over the sorted lines "<file name> <sha3-256 hex>\\n",
-then, when the manifest lists pieces (what nodes fetch from each other), "pieces <piece
-bytes>\\n" and per file, sorted, "<file name> <bytes> <piece hash>…\\n"."""
+The model id is what nodes register on-chain and validators check. A manifest with pieces
+(what nodes fetch from each other) is identified by all of itself: the id is the sha3-256 of
+its bytes with the id written as ID_PLACEHOLDER, so a manifest fetched from a peer can be
+checked whole. Earlier manifests, without pieces, keep the id of their files only: sha3-256
+over the sorted lines "<file name> <sha3-256 hex>\\n"."""
 
 import hashlib
 import json
@@ -36,14 +37,30 @@ def file_pieces(path: Path, piece_bytes: int) -> dict:
     return {"bytes": path.stat().st_size, "hashes": hashes}
 
 
-def model_id(files: dict[str, str], pieces: dict | None = None) -> str:
+ID_PLACEHOLDER = "0x" + "0" * 64
+
+
+def files_model_id(files: dict[str, str]) -> str:
+    """The id of a manifest without pieces (earlier imports)."""
     lines = "".join(f"{name} {files[name]}\n" for name in sorted(files))
-    if pieces is not None:
-        lines += f"pieces {pieces['piece_bytes']}\n"
-        for name in sorted(pieces["files"]):
-            entry = pieces["files"][name]
-            lines += " ".join([name, str(entry["bytes"]), *entry["hashes"]]) + "\n"
     return "0x" + hashlib.sha3_256(lines.encode()).hexdigest()
+
+
+def manifest_text(manifest: dict) -> str:
+    """manifest.json's text for a manifest with pieces, its model_id derived from the text
+    written with ID_PLACEHOLDER in its place."""
+    text = json.dumps({**manifest, "model_id": ID_PLACEHOLDER}, indent=2) + "\n"
+    derived = "0x" + hashlib.sha3_256(text.encode()).hexdigest()
+    return text.replace(ID_PLACEHOLDER, derived, 1)
+
+
+def derived_model_id(text: str, manifest: dict) -> str:
+    """The id a manifest's own text (or, without pieces, its files) derives."""
+    if "pieces" not in manifest:
+        return files_model_id(manifest["files"])
+    if text.count(manifest["model_id"]) != 1:
+        raise ImportedModelError("the model id does not appear exactly once in the manifest")
+    return "0x" + hashlib.sha3_256(text.replace(manifest["model_id"], ID_PLACEHOLDER).encode()).hexdigest()
 
 
 def load_manifest(folder: Path) -> dict:

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, pre_tokenizers
 from . import fixture, gguf_convert, gguf_reference, importer, reference
 from .cli import ArgumentParser, run
 from .errors import CheckpointError, ModelToolError, UnsupportedModelError
-from .manifest import file_pieces, file_sha3, model_id
+from .manifest import derived_model_id, file_pieces, file_sha3
 from .onnxgraph import WEIGHT_ALIGNMENT
 from .runtime import ImportedModel
 
@@ -60,7 +60,8 @@ class Report:
 
 def check_files(folder: Path, report: Report) -> None:
     """Every external initializer aligned; model id recomputes from the files."""
-    manifest = json.loads((folder / "manifest.json").read_text())
+    text = (folder / "manifest.json").read_text()
+    manifest = json.loads(text)
     for block in manifest["blocks"]:
         model = onnx.load(str(folder / block["graph"]), load_external_data=False)
         for t in model.graph.initializer:
@@ -72,7 +73,7 @@ def check_files(folder: Path, report: Report) -> None:
     if pieces is not None:
         listed = {name: file_pieces(folder / name, pieces["piece_bytes"]) for name in manifest["files"]}
         report.check(listed == pieces["files"], f"{folder.name}: pieces")
-    report.check(files == manifest["files"] and model_id(files, pieces) == manifest["model_id"], f"{folder.name}: model id")
+    report.check(files == manifest["files"] and derived_model_id(text, manifest) == manifest["model_id"], f"{folder.name}: model id")
 
 
 def greedy_cached(model: ImportedModel, prompt: list[int], steps: int) -> tuple[np.ndarray, list[int]]:

@@ -32,8 +32,20 @@ pub fn make_checkpoint(dir: &Path, arch: &str, flags: &[&str]) -> anyhow::Result
 
 /// Imports `hf` split into `blocks` blocks with the `infergrid model import` pipeline's script.
 pub fn import(hf: &Path, out: &Path, blocks: usize) -> anyhow::Result<PathBuf> {
+    import_with(hf, out, blocks, &[])
+}
+
+/// [`import`] with more of the script's flags (`--piece-bytes N`).
+pub fn import_with(
+    hf: &Path,
+    out: &Path,
+    blocks: usize,
+    flags: &[&str],
+) -> anyhow::Result<PathBuf> {
     let blocks = blocks.to_string();
-    script("import-model", &["--hf", path(hf), "--out", path(out), "--blocks", &blocks])?;
+    let mut args = vec!["--hf", path(hf), "--out", path(out), "--blocks", &blocks];
+    args.extend_from_slice(flags);
+    script("import-model", &args)?;
     Ok(out.to_path_buf())
 }
 

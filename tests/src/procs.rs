@@ -147,6 +147,22 @@ impl TestNet {
     /// A devnet for a random 3-layer llama in 3 blocks, its files in `dir`.
     pub fn start(dir: &Path) -> Self {
         let (devnet, manifest, deployment, model) = llama_devnet(dir);
+        Self::started(dir, devnet, manifest, deployment, model)
+    }
+
+    /// A devnet registered for `model` (an import in 3 blocks), its files in `dir`.
+    pub fn for_model(dir: &Path, model: &Path) -> Self {
+        let (devnet, manifest, deployment) = devnet(dir, model.to_str().expect("utf-8 path"));
+        Self::started(dir, devnet, manifest, deployment, model.to_path_buf())
+    }
+
+    fn started(
+        dir: &Path,
+        devnet: Proc,
+        manifest: serde_json::Value,
+        deployment: PathBuf,
+        model: PathBuf,
+    ) -> Self {
         let rpc = manifest["rpc_url"].as_str().expect("rpc_url").to_owned();
         let text = |path: PathBuf| path.to_str().expect("utf-8 path").to_owned();
         Self {

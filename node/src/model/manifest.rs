@@ -126,6 +126,9 @@ pub struct ModelManifest {
     /// The folder the manifest was read from (not serialized).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The bytes it was read from: a manifest with pieces is identified by them.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
 }
 
 /// A model folder that cannot be used.
@@ -145,9 +148,9 @@ impl ModelManifest {
     /// Reads `DIR/manifest.json` and checks that it is internally consistent.
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path)
+        let bytes = std::fs::read(&path)
             .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
-        let raw: Value = serde_json::from_str(&text)
+        let raw: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
         if let Some(found) = raw.get("architecture").and_then(Value::as_str)
             && !["llama", "gpt2", "bert"].contains(&found)
@@ -157,6 +160,7 @@ impl ModelManifest {
         let mut manifest: ModelManifest = serde_json::from_value(raw)
             .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
         manifest.dir = dir.to_path_buf();
+        manifest.bytes = bytes;
         manifest.check().map_err(|reason| ManifestError::Invalid { path, reason })?;
         Ok(manifest)
     }
@@ -227,14 +231,19 @@ impl ModelManifest {
         let mut manifest: ModelManifest =
             serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         manifest.dir = dir.to_path_buf();
+        manifest.bytes = bytes.to_vec();
         manifest.check().map_err(invalid)?;
         Ok(manifest)
     }
 
-    /// The model id its file hashes and piece list derive, which a manifest from a peer must
-    /// carry (and the caller must have asked for).
-    pub fn derived_id(&self) -> String {
-        super::model_id(&self.files, self.pieces.as_ref())
+    /// The model id its contents derive (`model-format.md`, "Model id"), which a manifest
+    /// from a peer must carry (and the caller must have asked for): of its bytes when it
+    /// lists pieces, of its file hashes when it is an earlier import's.
+    pub fn derived_id(&self) -> Result<String, String> {
+        match self.pieces {
+            Some(_) => super::manifest_model_id(&self.bytes, &self.model_id),
+            None => Ok(super::files_model_id(&self.files)),
+        }
     }
 
     /// The model id as 32 bytes (checked when the manifest is loaded).

@@ -10,4 +10,7 @@ pub use manifest::{
     TensorSpec, TokenizerSpec,
 };
 pub use pieces::{FilePieces, Pieces};
-pub use verify::{VerifyError, file_sha3, model_id, verify_block_files, verify_model};
+pub use verify::{
+    MODEL_ID_PLACEHOLDER, VerifyError, file_sha3, files_model_id, manifest_model_id,
+    verify_block_files, verify_model,
+};

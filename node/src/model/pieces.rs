@@ -103,23 +103,6 @@ impl Pieces {
         self.range(file, index).is_some_and(|range| range.end - range.start == bytes.len() as u64)
             && expected.is_some_and(|hash| *hash == piece_hash(bytes))
     }
-
-    /// What the list adds to the model id's preimage: `"pieces <piece bytes>\n"`, then per
-    /// file, by name, `"<name> <bytes> <hash>…\n"`.
-    pub(super) fn id_lines(&self) -> String {
-        let mut lines = format!("pieces {}\n", self.piece_bytes);
-        for (name, file) in &self.files {
-            lines.push_str(name);
-            lines.push(' ');
-            lines.push_str(&file.bytes.to_string());
-            for hash in &file.hashes {
-                lines.push(' ');
-                lines.push_str(hash);
-            }
-            lines.push('\n');
-        }
-        lines
-    }
 }
 
 fn is_sha3_hex(text: &str) -> bool {

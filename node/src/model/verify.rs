@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use sha3::{Digest, Sha3_256};
 
-use super::{BlockSpec, FilePieces, ModelManifest, Pieces};
+use super::{BlockSpec, FilePieces, ModelManifest};
 
 /// A model file that does not match its manifest.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,7 @@ pub enum VerifyError {
     HashMismatch { path: PathBuf, expected: String, actual: String },
     #[error("{path} does not match the manifest's piece list (size or a piece hash)")]
     PiecesMismatch { path: PathBuf },
-    #[error("manifest model id {expected} does not match its files (derived {actual})")]
+    #[error("manifest model id {expected} does not match its contents (derived {actual})")]
     ModelId { expected: String, actual: String },
 }
 
@@ -35,17 +35,40 @@ pub fn file_sha3(path: &std::path::Path) -> Result<String, VerifyError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The model id: sha3-256 over `"<file> <hash>\n"` for every file, sorted by name, then the
-/// piece list's lines when there is one.
-pub fn model_id(files: &BTreeMap<String, String>, pieces: Option<&Pieces>) -> String {
+/// The model id of a manifest without pieces (earlier imports): sha3-256 over
+/// `"<file> <hash>\n"` for every file, sorted by name.
+pub fn files_model_id(files: &BTreeMap<String, String>) -> String {
     let mut hasher = Sha3_256::new();
     for (name, hash) in files {
         hasher.update(format!("{name} {hash}\n").as_bytes());
     }
-    if let Some(pieces) = pieces {
-        hasher.update(pieces.id_lines().as_bytes());
-    }
     format!("0x{}", hex::encode(hasher.finalize()))
+}
+
+/// What stands for the model id in the bytes a manifest's id is the hash of.
+pub const MODEL_ID_PLACEHOLDER: &str =
+    "0x0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The model id of a manifest with pieces: sha3-256 of its `manifest.json` bytes with its
+/// model id (which must appear in them exactly once) replaced by [`MODEL_ID_PLACEHOLDER`].
+/// Every field is covered (blocks, tensors, tokenizer, file and piece hashes), so a manifest
+/// fetched from a peer is exactly the one the id names.
+pub fn manifest_model_id(bytes: &[u8], model_id: &str) -> Result<String, String> {
+    let needle = model_id.as_bytes();
+    let at: Vec<usize> = bytes
+        .windows(needle.len().max(1))
+        .enumerate()
+        .filter(|(_, window)| *window == needle)
+        .map(|(at, _)| at)
+        .collect();
+    let [at] = at[..] else {
+        return Err(format!("the model id appears {} times in the manifest, not once", at.len()));
+    };
+    let mut hasher = Sha3_256::new();
+    hasher.update(&bytes[..at]);
+    hasher.update(MODEL_ID_PLACEHOLDER.as_bytes());
+    hasher.update(&bytes[at + needle.len()..]);
+    Ok(format!("0x{}", hex::encode(hasher.finalize())))
 }
 
 fn check_file(manifest: &ModelManifest, file: &str) -> Result<(), VerifyError> {
@@ -66,10 +89,24 @@ fn check_file(manifest: &ModelManifest, file: &str) -> Result<(), VerifyError> {
     Ok(())
 }
 
-/// Checks the two files of one block: what a node serving only that block needs.
+/// Checks the two files of one block: what a node serving only that block needs; and, for
+/// a manifest with pieces, that the manifest is the one its model id names (it is what the
+/// node seeds to others).
 pub fn verify_block_files(manifest: &ModelManifest, block: &BlockSpec) -> Result<(), VerifyError> {
+    if manifest.pieces.is_some() {
+        check_id(manifest)?;
+    }
     check_file(manifest, &block.graph)?;
     check_file(manifest, &block.weights)
+}
+
+fn check_id(manifest: &ModelManifest) -> Result<(), VerifyError> {
+    let actual = manifest.derived_id().unwrap_or_else(|why| why);
+    if actual == manifest.model_id {
+        Ok(())
+    } else {
+        Err(VerifyError::ModelId { expected: manifest.model_id.clone(), actual })
+    }
 }
 
 /// Checks every file hash and the model id; the first bad file is named in the error.
@@ -77,10 +114,25 @@ pub fn verify_model(manifest: &ModelManifest) -> Result<(), VerifyError> {
     for file in manifest.files.keys() {
         check_file(manifest, file)?;
     }
-    let actual = manifest.derived_id();
-    if actual == manifest.model_id {
-        Ok(())
-    } else {
-        Err(VerifyError::ModelId { expected: manifest.model_id.clone(), actual })
+    check_id(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_id_is_the_hash_of_its_bytes_with_the_id_blanked() {
+        let blank = format!("{{\"model_id\": \"{MODEL_ID_PLACEHOLDER}\", \"name\": \"m\"}}\n");
+        let id = format!("0x{}", hex::encode(Sha3_256::digest(blank.as_bytes())));
+        let written = blank.replace(MODEL_ID_PLACEHOLDER, &id);
+        assert_eq!(manifest_model_id(written.as_bytes(), &id), Ok(id.clone()));
+        // Any other byte changes it.
+        let renamed = written.replace("\"m\"", "\"n\"");
+        assert_ne!(manifest_model_id(renamed.as_bytes(), &id), Ok(id.clone()));
+        // The id must be there exactly once: not hidden in another field too.
+        let twice = written.replace("\"m\"", &format!("\"{id}\""));
+        assert!(manifest_model_id(twice.as_bytes(), &id).unwrap_err().contains("2 times"));
+        assert!(manifest_model_id(b"{}", &id).unwrap_err().contains("0 times"));
     }
 }

@@ -256,7 +256,8 @@ async fn fetch_manifest(
     progress: &dyn FetchProgress,
 ) -> Result<(ModelManifest, Vec<u8>), FetchError> {
     let wanted = model.to_string();
-    let usable = |m: &ModelManifest| m.model_id == wanted && m.derived_id() == wanted;
+    let usable =
+        |m: &ModelManifest| m.model_id == wanted && m.derived_id().is_ok_and(|id| id == wanted);
     if let Ok(held) = ModelManifest::load(out)
         && usable(&held)
     {
@@ -271,7 +272,7 @@ async fn fetch_manifest(
                 Ok(manifest) if usable(&manifest) => return with_pieces(manifest, bytes, model),
                 Ok(manifest) => {
                     banned.insert(peer);
-                    let derived = manifest.derived_id();
+                    let derived = manifest.derived_id().unwrap_or_else(|why| why);
                     progress.note(&format!(
                         "peer {peer} sent a manifest that hashes to {derived}, not {wanted}: banned"
                     ));
