@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
-use infergrid_e2e::http::{await_servable, complete};
+use infergrid_e2e::http::{await_servable, complete, health};
 use infergrid_e2e::models::{import_with, local_greedy, make_checkpoint};
-use infergrid_e2e::procs::{SWARM, Swarm, TestNet, binary, free_port};
+use infergrid_e2e::procs::{SWARM, TestNet, binary, devnet_with};
 use libp2p::{Multiaddr, PeerId};
 
 /// A random llama with ~2 MB blocks cut into 16 KiB pieces: a hundred or more per block.
@@ -66,32 +66,54 @@ fn assert_same_files(fetched: &Path, original: &Path, blocks: std::ops::RangeInc
     assert!(!fetched.join(".partial").exists(), "the partial folder is cleaned up");
 }
 
+/// The acceptance run: `infergrid devnet --nodes 4 --seeders 2`. Nodes 0 and 1 hold the
+/// files and serve blocks 0 and 1; nodes 2 and 3 start with empty folders, choose their
+/// blocks, fetch them from the seeders, register them and are routed.
 #[test]
-fn nodes_with_empty_disks_fetch_their_blocks_and_serve_the_same_completion() {
+fn empty_nodes_choose_their_blocks_fetch_them_and_serve_the_same_completion() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let model = model(dir.path());
-    let net = TestNet::for_model(dir.path(), &model);
-    let swarm = net.swarm();
-    // Operators 0 and 3 are registered on block 0 and hold the whole model.
-    let _seeders = [swarm.node(0, "0", &[]), swarm.node(3, "0", &[])];
-    let model_id = ModelManifest::load(&model).unwrap().model_id;
-    let empty = [dir.path().join("empty-1"), dir.path().join("empty-2")];
-    let mut fetchers = Vec::new();
-    for (block, folder) in [1usize, 2].into_iter().zip(&empty) {
-        let own = Swarm { model: folder.to_str().unwrap(), ..net.swarm() };
-        fetchers.push(own.node(block, &block.to_string(), &["--fetch", &model_id]));
-        assert_same_files(folder, &model, block..=block);
-        assert!(!folder.join(format!("block-{}.weights", 3 - block)).exists());
+    let extra = ["--nodes", "4", "--seeders", "2", "--api", "127.0.0.1:0"];
+    let (_devnet, ready, _) = devnet_with(dir.path(), model.to_str().unwrap(), &extra);
+    let log = std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    // Blocks 0 and 1 are served (node 3 is registered on block 0 too): block 2 has nobody.
+    assert!(log.contains("node 2 | auto: serving blocks 2-2"), "{log}");
+    assert!(log.contains("node 3 | auto: serving blocks "), "{log}");
+    for (node, folder) in [(2, "node-2-model"), (3, "node-3-model")] {
+        let fetched = dir.path().join("devnet").join(folder);
+        let block = ModelManifest::load(&fetched).map(|m| m.blocks.len()).unwrap();
+        assert!(block == 3, "node {node} holds the manifest");
+        let served: Vec<usize> =
+            (0..3).filter(|b| fetched.join(format!("block-{b}.weights")).exists()).collect();
+        assert_eq!(served.len(), 1, "node {node} fetched one block: {served:?}");
+        assert_same_files(&fetched, &model, served[0]..=served[0]);
+        let line = log.lines().find(|l| l.starts_with(&format!("node {node} | fetched "))).unwrap();
+        eprintln!("{line}");
+        for share in log.lines().filter(|l| l.starts_with(&format!("node {node} |   from "))) {
+            eprintln!("{share}");
+        }
     }
-    let api = format!("127.0.0.1:{}", free_port());
-    let _gateway = swarm.gateway(&api, &[]);
-    await_servable(&api, Duration::from_secs(30));
+    // Registered on-chain where it chose, as cast reads it.
+    let rpc = ready["rpc_url"].as_str().unwrap();
+    let registry = ready["contracts"]["registry"].as_str().unwrap();
+    let operator = ready["roles"]["operators"][2]["address"].as_str().unwrap();
+    let signature = "getNode(address)((bytes,bytes32,uint32,uint32,uint256,string[],uint256,uint256,uint64,uint64,uint64))";
+    let node = infergrid_e2e::cast_call(rpc, registry, signature, &[operator], None);
+    assert_eq!((node[2].as_str(), node[3].as_str()), ("2", "2"), "{node:?}");
+
+    let api =
+        ready["api_url"].as_str().unwrap().trim_start_matches("http://").trim_end_matches("/v1");
+    await_servable(api, Duration::from_secs(30));
     let name = ModelManifest::load(&model).unwrap().name;
-    let answer = complete(&api, &name, "hello", 16);
-    let (_, expected) = local_greedy(&model, "hello", 16).unwrap();
-    assert_eq!(answer["choices"][0]["text"], expected, "through the fetched blocks");
-    eprintln!("completion through nodes that fetched blocks 1 and 2: {expected:?}");
+    let answer = complete(api, &name, "hello", 16);
+    let (expected, _) = local_greedy(&model, "hello", 16).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(answer["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(ids, expected, "the swarm's greedy ids equal the model run whole in-process");
+    let route = health(api)["routing"]["route"].clone();
+    let node_2 = ready["roles"]["operators"][2]["peer_id"].as_str().unwrap();
+    assert!(route.to_string().contains(node_2), "routed through node 2: {route}");
+    eprintln!("route {route}, completion {:?}", answer["choices"][0]["text"]);
 }
 
 #[test]

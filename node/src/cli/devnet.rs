@@ -44,6 +44,11 @@ pub struct DevnetArgs {
     /// devnet registers max(4, N) operators.
     #[arg(long, default_value_t = 0, requires = "model")]
     nodes: usize,
+    /// With --nodes: only the first K nodes start with the model's files; the others start
+    /// with empty folders (under --out), choose their blocks (`--blocks auto`) and fetch
+    /// them from the swarm (`--fetch`). Default: every node holds the files.
+    #[arg(long, requires = "nodes")]
+    seeders: Option<usize>,
     /// Validators registered (at most 5).
     #[arg(long, default_value_t = Staffing::default().validators)]
     validators: usize,
@@ -251,6 +256,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                 speculate: args.speculate,
             },
             NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
+            Seeding { seeders: args.seeders.unwrap_or(args.nodes), work: &args.out },
         )
         .await?;
         if args.epoch_secs.is_some() && args.validators > 0 {
@@ -479,6 +485,14 @@ struct NodeTesting<'a> {
     delay_ms: u64,
 }
 
+/// Which of the devnet's nodes start with the model's files: the first `seeders`; the others
+/// get empty folders under `work` and fetch what they choose to serve.
+struct Seeding<'a> {
+    seeders: usize,
+    work: &'a std::path::Path,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn start_swarm(
     model: &std::path::Path,
     count: usize,
@@ -487,6 +501,7 @@ async fn start_swarm(
     payments: &std::path::Path,
     gateway: GatewaySettings,
     testing: NodeTesting<'_>,
+    seeding: Seeding<'_>,
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
     let operators = accounts_with(devnet::Role::Operator);
@@ -499,13 +514,24 @@ async fn start_swarm(
     let (model, deployment) = (model.display().to_string(), deployment.display().to_string());
     let mut nodes = Vec::new();
     for (index, operator) in operators.iter().take(count).enumerate() {
-        let block = index % manifest.blocks.len();
+        let seeds = index < seeding.seeders;
+        let (folder, blocks) = match seeds {
+            true => (model.clone(), (index % manifest.blocks.len()).to_string()),
+            false => {
+                let empty = seeding.work.join(format!("node-{index}-model"));
+                if empty.exists() {
+                    std::fs::remove_dir_all(&empty)?;
+                }
+                (empty.display().to_string(), "auto".to_owned())
+            }
+        };
+        let fetch = (!seeds).then(|| ["--fetch".to_owned(), manifest.model_id.clone()]);
         let args = [
             "node",
             "--model",
-            &model,
+            &folder,
             "--blocks",
-            &block.to_string(),
+            &blocks,
             "--key-env",
             "INFERGRID_NODE_KEY",
             "--rpc-url",
@@ -522,8 +548,12 @@ async fn start_swarm(
             testing.cheats.iter().filter(|(node, _)| *node == index).flat_map(|(_, f)| f).cloned();
         let delay = (testing.delay_ms > 0)
             .then(|| ["--testing-delay-ms".to_owned(), testing.delay_ms.to_string()]);
-        let args: Vec<String> =
-            args.into_iter().chain(cheat).chain(delay.into_iter().flatten()).collect();
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(cheat)
+            .chain(delay.into_iter().flatten())
+            .chain(fetch.into_iter().flatten())
+            .collect();
         nodes.push(
             spawn_ready(
                 format!("node {index}"),

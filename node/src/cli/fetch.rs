@@ -187,3 +187,69 @@ impl FetchProgress for Bar {
         self.0.suspend(|| eprintln!("fetch: {line}"));
     }
 }
+
+/// What the swarm looks like to a node choosing its blocks: the model's block count, and
+/// the throughput on each block from the other active nodes.
+pub struct Survey {
+    pub blocks: usize,
+    pub coverage: share::placement::Coverage,
+    /// Tokens/s of a typical node: what this one is taken to add.
+    pub typical: f64,
+}
+
+/// How long a survey listens for the nodes' load announcements (sent every 2 s).
+const ANNOUNCEMENTS_HEARD_FOR: Duration = Duration::from_millis(2500);
+
+/// Surveys the swarm serving `model` for operator `me`: the manifest from `dir` if it holds
+/// this model's, else from a peer; coverage from the registry, weighted by the throughput
+/// the nodes announce.
+pub async fn survey(
+    model: B256,
+    dir: &Path,
+    source: &FetchSource,
+    chain: &ChainTarget,
+    me: alloy::primitives::Address,
+) -> anyhow::Result<Survey> {
+    let (net, mut inbound) = Network::spawn(NetConfig {
+        keypair: libp2p::identity::Keypair::generate_secp256k1(),
+        listen: Vec::new(),
+        bootstrap: source.peers.clone(),
+        request_timeout: Duration::from_secs(60),
+    })?;
+    let (deployment, url) = (chain.load()?, chain.rpc_url());
+    let provider = connect_reader(&url).await?;
+    check_deployment(&provider, &url, &deployment).await?;
+    let registry = Registry::new(deployment.contracts.registry, provider);
+    let registered = share::providers::registered(&registry, &net, model).await?;
+    let mut providers: Vec<share::Provider> =
+        registered.into_iter().map(|(peer, _)| share::Provider { peer, blocks: None }).collect();
+    providers.extend(
+        source.peers.iter().filter_map(peer_of).map(|peer| share::Provider { peer, blocks: None }),
+    );
+    // Announcements arrive over gossip once the connections are up.
+    let mut throughput = std::collections::HashMap::new();
+    let wanted = model.to_string();
+    let listening = tokio::time::sleep(ANNOUNCEMENTS_HEARD_FOR);
+    tokio::pin!(listening);
+    loop {
+        tokio::select! {
+            _ = &mut listening => break,
+            Some(message) = inbound.recv() => {
+                if let infergrid::net::Inbound::Announcement { from, announcement } = message
+                    && announcement.model_id == wanted
+                    && announcement.compute_ms_per_token > 0.0
+                {
+                    throughput.insert(from, 1000.0 / announcement.compute_ms_per_token);
+                }
+            }
+        }
+    }
+    let mut banned = Default::default();
+    let manifest =
+        share::fetch_manifest(&net, model, dir, &providers, &mut banned, &Bar::new()).await;
+    let _ = net.shutdown().await;
+    let blocks = manifest?.0.blocks.len();
+    let (coverage, typical) =
+        share::placement::coverage(&registry, model, blocks, me, &throughput).await?;
+    Ok(Survey { blocks, coverage, typical })
+}

@@ -36,9 +36,18 @@ pub struct NodeArgs {
     /// The model folder; only the blocks served need to be present and intact.
     #[arg(long)]
     model: PathBuf,
-    /// Blocks served, inclusive: `2` or `1-2`.
+    /// Blocks served, inclusive: `2` or `1-2`; or `auto`: the span of --auto-span blocks
+    /// that raises the swarm's throughput most (its least-served blocks, by the throughput
+    /// the other nodes announce), registered as this node's service; re-chosen every
+    /// --rebalance-secs when moving would serve the least-served block 20% better.
     #[arg(long)]
     blocks: String,
+    /// With --blocks auto: how many blocks to serve.
+    #[arg(long, default_value_t = 1)]
+    auto_span: usize,
+    /// With --blocks auto: seconds between looks at the swarm's coverage (0: never move).
+    #[arg(long, default_value_t = 300)]
+    rebalance_secs: u64,
     /// Fetch the blocks' files of this model id into --model first, from the peers that
     /// seed them (the registry's nodes on those blocks, DHT provider records, --bootstrap
     /// peers), every piece checked against the id; pieces already there are kept.
@@ -228,10 +237,16 @@ async fn seed(net: &Network, manifest: &ModelManifest, args: &NodeArgs) -> anyho
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let (first, last) = super::parse_block_range(&args.blocks)?;
+    let key = args.key.secret()?;
+    let operator = Eip712Signer::from_bytes(&key)?;
+    let me = operator.address();
+    let source = super::fetch::FetchSource { peers: args.bootstrap.clone(), no_registry: false };
+    let auto = args.blocks == "auto";
+    let (first, last) = match auto {
+        true => auto_blocks(&args, &source, me).await?,
+        false => super::parse_block_range(&args.blocks)?,
+    };
     if let Some(model) = args.fetch {
-        let source =
-            super::fetch::FetchSource { peers: args.bootstrap.clone(), no_registry: false };
         let span = (u16::try_from(first)?, u16::try_from(last)?);
         super::fetch::fetch_blocks(model, span, &args.model, &source, &args.chain).await?;
     }
@@ -240,8 +255,6 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     if last >= manifest.blocks.len() {
         bail!("the model has {} blocks; cannot serve {first}-{last}", manifest.blocks.len());
     }
-    let key = args.key.secret()?;
-    let operator = Eip712Signer::from_bytes(&key)?;
     let (deployment, account) = args.chain.account(&key).await?;
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
     let identity = NodeIdentity::derive(&key);
@@ -258,8 +271,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             blocks: (first as u32, last as u32),
             listen: &args.listen,
         };
-        check_registration(&registry, operator.address(), &started, args.update_registration)
-            .await?;
+        let update = args.update_registration || auto;
+        check_registration(&registry, operator.address(), &started, update).await?;
         let every = Duration::from_secs(args.standing_check_secs.max(1));
         let watcher = registration::watch_standing(
             registry.clone(),
@@ -437,14 +450,89 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         "node ready: peer {peer}, blocks {first}-{last} of {}, listening on {:?}",
         manifest.model_id, args.listen
     );
-    tokio::signal::ctrl_c().await?;
+    let watching = auto && args.rebalance_secs > 0;
+    let moved = tokio::select! {
+        stop = tokio::signal::ctrl_c() => {
+            stop?;
+            None
+        }
+        moved = watch_coverage(&args, &source, me, manifest.id(), first),
+            if watching => moved,
+    };
     tracing::info!("stopping");
     net.shutdown().await?;
     let _ = stop_redeeming.send(true);
     let _ = redeemer.await;
     flusher.abort();
     collector.flush().await?;
+    if let Some(start) = moved {
+        // The same command again: it chooses its span anew, fetches and registers it.
+        tracing::info!("moving to blocks from {start}: restarting with the same arguments");
+        use std::os::unix::process::CommandExt;
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        return Err(std::process::Command::new(std::env::current_exe()?).args(args).exec().into());
+    }
     Ok(())
+}
+
+/// `--blocks auto`: the span this operator should serve now.
+async fn auto_blocks(
+    args: &NodeArgs,
+    source: &super::fetch::FetchSource,
+    me: alloy::primitives::Address,
+) -> anyhow::Result<(u32, u32)> {
+    let model = match args.fetch {
+        Some(model) => model,
+        None => ModelManifest::load(&args.model)
+            .map(|m| m.id())
+            .context("--blocks auto needs --fetch MODEL_ID or a model folder")?,
+    };
+    let survey = super::fetch::survey(model, &args.model, source, &args.chain, me).await?;
+    let span = args.auto_span.clamp(1, survey.blocks);
+    let start = survey.coverage.best_start(span, survey.typical);
+    let shown: Vec<String> = survey.coverage.0.iter().map(|t| format!("{t:.1}")).collect();
+    println!(
+        "auto: serving blocks {start}-{} (tokens/s on each block from the other nodes: [{}])",
+        start + span - 1,
+        shown.join(", ")
+    );
+    Ok((start as u32, (start + span - 1) as u32))
+}
+
+/// Looks at the swarm's coverage every --rebalance-secs; returns the new span's start once
+/// moving has been worth it on two looks in a row (so one node's move does not set others
+/// moving at once).
+async fn watch_coverage(
+    args: &NodeArgs,
+    source: &super::fetch::FetchSource,
+    me: alloy::primitives::Address,
+    model: alloy::primitives::B256,
+    first: usize,
+) -> Option<usize> {
+    let mut worth = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(args.rebalance_secs)).await;
+        let survey = match super::fetch::survey(model, &args.model, source, &args.chain, me).await {
+            Ok(survey) => survey,
+            Err(e) => {
+                tracing::warn!("looking at the swarm's coverage failed (retrying): {e:#}");
+                continue;
+            }
+        };
+        let span = args.auto_span.clamp(1, survey.blocks);
+        let best = survey.coverage.worth_moving(first, span, survey.typical);
+        if best.is_some() && best == worth {
+            return best;
+        }
+        if let Some(start) = best {
+            tracing::info!(
+                "blocks from {start} are less served than this node's (tokens/s per block: {:?}); \
+                 moving if still so at the next look",
+                survey.coverage.0
+            );
+        }
+        worth = best;
+    }
 }
 
 /// The node's payment collector: its registered price, its ledger, and the operator's

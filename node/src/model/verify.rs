@@ -101,7 +101,7 @@ pub fn verify_block_files(manifest: &ModelManifest, block: &BlockSpec) -> Result
 }
 
 fn check_id(manifest: &ModelManifest) -> Result<(), VerifyError> {
-    let actual = manifest.derived_id().unwrap_or_else(|why| why);
+    let actual = manifest.derived_id().unwrap_or_else(|why| format!("none: {why}"));
     if actual == manifest.model_id {
         Ok(())
     } else {

@@ -246,8 +246,8 @@ impl Provider {
 
 /// The manifest `out` already holds for `model` (a resumed fetch, or another span of the
 /// same model), else the first one a provider sends that hashes to `model`. A provider that
-/// sends another is banned.
-async fn fetch_manifest(
+/// sends another is banned. Nothing is written to `out`.
+pub async fn fetch_manifest(
     net: &Network,
     model: B256,
     out: &Path,

@@ -3,8 +3,9 @@
 //! fetches its blocks from those peers, checking every piece against the model id.
 
 pub mod fetch;
+pub mod placement;
 pub mod providers;
 mod seed;
 
-pub use fetch::{FetchError, FetchProgress, FetchReport, Provider, fetch};
+pub use fetch::{FetchError, FetchProgress, FetchReport, Provider, fetch, fetch_manifest};
 pub use seed::{NoPieces, Seed};

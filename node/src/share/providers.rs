@@ -11,6 +11,28 @@ use super::fetch::Provider;
 use crate::chain::{ChainError, Registry};
 use crate::net::{Network, files_key};
 
+/// Every node registered for `model` (whatever its blocks, active or not), dialled at its
+/// registered addresses, with the span it registered.
+pub async fn registered(
+    registry: &Registry,
+    net: &Network,
+    model: B256,
+) -> Result<Vec<(PeerId, std::ops::RangeInclusive<u32>)>, ChainError> {
+    let mut nodes = Vec::new();
+    for operator in registry.operators().await? {
+        let node = registry.node(operator).await?;
+        let Ok(peer) = PeerId::from_bytes(&node.peerId) else { continue };
+        if node.modelId != model || peer == net.local_peer() {
+            continue;
+        }
+        for addr in node.multiaddrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+            let _ = net.dial(peer, addr).await;
+        }
+        nodes.push((peer, node.firstBlock..=node.lastBlock));
+    }
+    Ok(nodes)
+}
+
 /// Providers of `blocks` of `model`. Every node registered for the model is dialled (at its
 /// registered addresses), whatever its blocks: each is a way into the DHT; those registered
 /// on the wanted blocks are providers of them. Then the DHT's provider records of each
@@ -24,16 +46,7 @@ pub async fn find(
 ) -> Result<Vec<Provider>, ChainError> {
     let mut found: HashMap<PeerId, BTreeSet<u16>> = HashMap::new();
     if let Some(registry) = registry {
-        for operator in registry.operators().await? {
-            let node = registry.node(operator).await?;
-            let Ok(peer) = PeerId::from_bytes(&node.peerId) else { continue };
-            if node.modelId != model || peer == net.local_peer() {
-                continue;
-            }
-            for addr in node.multiaddrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                let _ = net.dial(peer, addr).await;
-            }
-            let registered = node.firstBlock..=node.lastBlock;
+        for (peer, registered) in registered(registry, net, model).await? {
             let wanted = (first..=last).filter(|block| registered.contains(&u32::from(*block)));
             found.entry(peer).or_default().extend(wanted);
         }
