@@ -77,13 +77,17 @@ pub async fn coverage(
             if operator == me {
                 continue;
             }
-            if !weights.contains_key(&operator) {
-                let node = registry.node(operator).await?;
-                let peer = PeerId::from_bytes(&node.peerId).ok();
-                let announced = peer.and_then(|p| throughput.get(&p).copied());
-                weights.insert(operator, announced.filter(|t| *t > 0.0).unwrap_or(typical));
-            }
-            *served += weights[&operator];
+            let weight = match weights.get(&operator) {
+                Some(weight) => *weight,
+                None => {
+                    let node = registry.node(operator).await?;
+                    let peer = PeerId::from_bytes(&node.peerId).ok();
+                    let announced = peer.and_then(|p| throughput.get(&p).copied());
+                    let weight = announced.filter(|t| *t > 0.0).unwrap_or(typical);
+                    *weights.entry(operator).or_insert(weight)
+                }
+            };
+            *served += weight;
         }
     }
     Ok((Coverage(per_block), typical))
