@@ -12,7 +12,7 @@ use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
 use infergrid_e2e::http::{await_servable, complete, health};
 use infergrid_e2e::models::{import_with, local_greedy, make_checkpoint};
-use infergrid_e2e::procs::{SWARM, TestNet, binary, devnet_with};
+use infergrid_e2e::procs::{SWARM, Swarm, TestNet, binary, devnet_with};
 use libp2p::{Multiaddr, PeerId};
 
 /// A random llama with ~2 MB blocks cut into 16 KiB pieces: a hundred or more per block.
@@ -235,4 +235,59 @@ fn seeders_refuse_bad_requests_and_a_forged_manifest_is_refused() {
     assert!(log.contains(&format!("peer {forger} sent a manifest that hashes to")), "{log}");
     assert!(log.contains("no peer sent a usable manifest"), "{log}");
     assert!(!out.join("manifest.json").exists());
+
+    // A peer whose answer runs past the largest piece: cut off as it is read.
+    let oversized = [&[2u8][..], &vec![0u8; 5 << 20]].concat();
+    let speaking = infergrid_e2e::versions::speaking_only("/infergrid/pieces/1", Some(oversized));
+    let (giant, giant_addr, _giant) = runtime.block_on(speaking).unwrap();
+    let from = format!("{giant_addr}/p2p/{giant}");
+    let (ok, _, log) = fetch(&net, "0", &out, &["--no-registry", "--fetch-from", &from]);
+    assert!(!ok, "an oversized answer was taken: {log}");
+    assert!(log.contains("pieces message over"), "{log}");
+}
+
+/// `--blocks auto` keeps looking: a node that chose the block nobody served moves to the
+/// block whose server left, registers it and serves it.
+#[test]
+fn an_auto_node_moves_to_the_block_its_server_left() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let net = TestNet::for_model(dir.path(), &model);
+    let swarm = net.swarm();
+    let node_0 = swarm.node(0, "0", &[]);
+    let _node_1 = swarm.node(1, "1", &[]);
+    let model_id = ModelManifest::load(&model).unwrap().model_id;
+    let empty = dir.path().join("empty-3");
+    let auto = Swarm { model: empty.to_str().unwrap(), ..net.swarm() };
+    let flags = ["--fetch", &model_id, "--rebalance-secs", "2"];
+    let (_node_3, lines) = auto.node_logged(3, "auto", &flags);
+    let operator = net.manifest["roles"]["operators"][3]["address"].as_str().unwrap();
+    let span = || {
+        let signature = "getNode(address)((bytes,bytes32,uint32,uint32,uint256,string[],uint256,uint256,uint64,uint64,uint64))";
+        let registry = net.manifest["contracts"]["registry"].as_str().unwrap();
+        let node = infergrid_e2e::cast_call(&net.rpc, registry, signature, &[operator], None);
+        (node[2].clone(), node[3].clone())
+    };
+    assert_eq!(span(), ("2".into(), "2".into()), "it chose block 2, which nobody served");
+
+    // Block 2 gets its own server, and block 0's leaves.
+    let _node_2 = swarm.node(2, "2", &[]);
+    drop(node_0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    let moved = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("node ready") && line.contains("blocks 0-0") => {
+                break line;
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("node 3 did not move to block 0: {seen:#?}"),
+        }
+    };
+    eprintln!("{moved}");
+    assert!(seen.iter().any(|l| l.contains("auto: serving blocks 0-0")), "{seen:#?}");
+    assert_eq!(span(), ("0".into(), "0".into()), "registered where it moved");
+    assert_same_files(&empty, &model, 0..=0);
 }

@@ -27,6 +27,9 @@ pub enum BenchCommand {
     /// default): tokens/s with and without prompt-lookup drafts, their ratio, acceptance
     /// rate and mean drafts per verify step.
     Spec(super::bench_spec::SpecBench),
+    /// Weights through the swarm: a model's files fetched over libp2p from two seeders
+    /// (pieces checked) against a local copy of the same bytes, and each seeder's share.
+    Fetch(super::bench_fetch::FetchBench),
     /// Internal: one node configuration of `bench judge`, run as a child process.
     #[command(hide = true)]
     JudgeWorker(super::bench_judge::JudgeWorker),
@@ -103,6 +106,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Spec(args) => {
             tokio::task::block_in_place(|| super::bench_spec::run(args, &repo_root()?))
+        }
+        BenchCommand::Fetch(args) => {
+            tokio::task::block_in_place(|| super::bench_fetch::run(args, &repo_root()?))
         }
         BenchCommand::JudgeWorker(args) => {
             tokio::task::block_in_place(|| super::bench_judge::worker(args))
@@ -182,7 +188,7 @@ fn import_once(
     blocks: usize,
 ) -> anyhow::Result<PathBuf> {
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap_or_default();
-    if !manifest.is_empty() && !predates_batching(dir) {
+    if !manifest.is_empty() && !predates_batching(dir) && manifest.contains("\"pieces\"") {
         eprintln!("bench: using the import in {} (delete it to re-import)", dir.display());
     } else {
         eprintln!("bench: importing {blocks} block(s) into {}", dir.display());

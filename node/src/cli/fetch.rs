@@ -43,6 +43,9 @@ pub struct FetchSource {
     /// Fetch only from --fetch-from peers and the DHT, without reading the registry.
     #[arg(long)]
     pub no_registry: bool,
+    /// A peer not to ask: the fetching node itself, registered but not yet serving.
+    #[arg(skip)]
+    pub not: Option<libp2p::PeerId>,
 }
 
 pub async fn run(args: FetchArgs) -> anyhow::Result<()> {
@@ -78,6 +81,7 @@ pub async fn fetch_blocks(
     let mut providers = share::providers::find(registry.as_ref(), &net, model, blocks)
         .await
         .context("reading the registry's nodes")?;
+    providers.retain(|p| Some(p.peer) != source.not);
     for addr in &source.peers {
         if let Some(peer) = peer_of(addr)
             && !providers.iter().any(|p| p.peer == peer)
@@ -134,6 +138,19 @@ fn print_report(report: &FetchReport, took: Duration) {
     }
     for peer in &report.banned {
         println!("  banned {peer}: it sent a bad piece or manifest");
+    }
+}
+
+/// Notes to the log, for fetching a manifest alone.
+struct Logged;
+
+impl FetchProgress for Logged {
+    fn begin(&self, _: u64, _: u64) {}
+
+    fn advanced(&self, _: u64) {}
+
+    fn note(&self, line: &str) {
+        tracing::warn!("{line}");
     }
 }
 
@@ -197,8 +214,9 @@ pub struct Survey {
     pub typical: f64,
 }
 
-/// How long a survey listens for the nodes' load announcements (sent every 2 s).
-const ANNOUNCEMENTS_HEARD_FOR: Duration = Duration::from_millis(2500);
+/// How long a survey listens for the nodes' load announcements: two of their 2 s periods
+/// after the connections are up, so a node not heard is offline.
+const ANNOUNCEMENTS_HEARD_FOR: Duration = Duration::from_millis(4500);
 
 /// Surveys the swarm serving `model` for operator `me`: the manifest from `dir` if it holds
 /// this model's, else from a peer; coverage from the registry, weighted by the throughput
@@ -227,7 +245,7 @@ pub async fn survey(
         source.peers.iter().filter_map(peer_of).map(|peer| share::Provider { peer, blocks: None }),
     );
     // Announcements arrive over gossip once the connections are up.
-    let mut throughput = std::collections::HashMap::new();
+    let mut heard = std::collections::HashMap::new();
     let wanted = model.to_string();
     let listening = tokio::time::sleep(ANNOUNCEMENTS_HEARD_FOR);
     tokio::pin!(listening);
@@ -237,19 +255,18 @@ pub async fn survey(
             Some(message) = inbound.recv() => {
                 if let infergrid::net::Inbound::Announcement { from, announcement } = message
                     && announcement.model_id == wanted
-                    && announcement.compute_ms_per_token > 0.0
                 {
-                    throughput.insert(from, 1000.0 / announcement.compute_ms_per_token);
+                    let ms = announcement.compute_ms_per_token;
+                    heard.insert(from, if ms > 0.0 { 1000.0 / ms } else { 0.0 });
                 }
             }
         }
     }
     let mut banned = Default::default();
-    let manifest =
-        share::fetch_manifest(&net, model, dir, &providers, &mut banned, &Bar::new()).await;
+    let manifest = share::fetch_manifest(&net, model, dir, &providers, &mut banned, &Logged).await;
     let _ = net.shutdown().await;
     let blocks = manifest?.0.blocks.len();
     let (coverage, typical) =
-        share::placement::coverage(&registry, model, blocks, me, &throughput).await?;
+        share::placement::coverage(&registry, model, blocks, me, &heard).await?;
     Ok(Survey { blocks, coverage, typical })
 }

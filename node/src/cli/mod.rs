@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_batch;
+mod bench_fetch;
 mod bench_http;
 mod bench_judge;
 mod bench_load;

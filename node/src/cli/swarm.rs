@@ -240,7 +240,11 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let key = args.key.secret()?;
     let operator = Eip712Signer::from_bytes(&key)?;
     let me = operator.address();
-    let source = super::fetch::FetchSource { peers: args.bootstrap.clone(), no_registry: false };
+    let source = super::fetch::FetchSource {
+        peers: args.bootstrap.clone(),
+        no_registry: false,
+        not: Some(NodeIdentity::derive(&key).peer_id()),
+    };
     let auto = args.blocks == "auto";
     let (first, last) = match auto {
         true => auto_blocks(&args, &source, me).await?,

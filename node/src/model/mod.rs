@@ -12,5 +12,5 @@ pub use manifest::{
 pub use pieces::{FilePieces, Pieces};
 pub use verify::{
     MODEL_ID_PLACEHOLDER, VerifyError, file_sha3, files_model_id, manifest_model_id,
-    verify_block_files, verify_model,
+    verify_block_files, verify_held, verify_model,
 };

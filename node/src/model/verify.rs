@@ -109,6 +109,18 @@ fn check_id(manifest: &ModelManifest) -> Result<(), VerifyError> {
     }
 }
 
+/// Checks the model id and every file of the model that is in its folder (a node that
+/// fetched some blocks holds only theirs); returns the blocks whose two files are there.
+pub fn verify_held(manifest: &ModelManifest) -> Result<Vec<usize>, VerifyError> {
+    check_id(manifest)?;
+    let here = |file: &String| manifest.path(file).exists();
+    for file in manifest.files.keys().filter(|file| here(file)) {
+        check_file(manifest, file)?;
+    }
+    let held = manifest.blocks.iter().filter(|b| here(&b.graph) && here(&b.weights));
+    Ok(held.map(|b| b.index).collect())
+}
+
 /// Checks every file hash and the model id; the first bad file is named in the error.
 pub fn verify_model(manifest: &ModelManifest) -> Result<(), VerifyError> {
     for file in manifest.files.keys() {
@@ -134,5 +146,26 @@ mod tests {
         let twice = written.replace("\"m\"", &format!("\"{id}\""));
         assert!(manifest_model_id(twice.as_bytes(), &id).unwrap_err().contains("2 times"));
         assert!(manifest_model_id(b"{}", &id).unwrap_err().contains("0 times"));
+    }
+
+    /// The worked examples of `model-format.md`, "Model id".
+    #[test]
+    fn the_specs_worked_examples_hold() {
+        let id = "0x97023d5b8f21195a52ccbe6d98c6d0b0a6d9a4017350bc8c6653934ab62cc12a";
+        let text = format!(
+            "{{\n  \"format\": \"infergrid-model/1\",\n  \"model_id\": \"{id}\",\n  \"name\": \"m\"\n}}\n"
+        );
+        assert_eq!(text.len(), 135);
+        assert_eq!(manifest_model_id(text.as_bytes(), id).as_deref(), Ok(id));
+        let files = BTreeMap::from([
+            ("block-0.onnx".to_owned(), hex::encode(Sha3_256::digest(b"abc"))),
+            ("block-0.weights".to_owned(), hex::encode(Sha3_256::digest([0u8; 20_000]))),
+            ("chat_template.jinja".to_owned(), hex::encode(Sha3_256::digest(b""))),
+            ("tokenizer.json".to_owned(), hex::encode(Sha3_256::digest(b"{}"))),
+        ]);
+        assert_eq!(
+            files_model_id(&files),
+            "0x4004591f147835861031b720a50e2b38e29314f777b8bfd67fefdf14498a3839"
+        );
     }
 }

@@ -349,6 +349,8 @@ impl FileState {
         let done = std::fs::metadata(&complete).is_ok_and(|m| m.len() == listed.bytes)
             && file_sha3(&complete)? == manifest.files[name];
         let path = if done { &complete } else { &partial };
+        // A partial copy from an earlier run is checked piece by piece; a new one lacks all.
+        let earlier = path.exists();
         let handle = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -366,7 +368,9 @@ impl FileState {
             handle,
             missing: Default::default(),
         };
-        if !done {
+        if !done && !earlier {
+            state.missing.extend(0..listed.hashes.len() as u64);
+        } else if !done {
             let pieces = manifest.pieces.as_ref().expect("checked");
             for index in 0..listed.hashes.len() as u64 {
                 let range = pieces.range(name, index).expect("listed");

@@ -56,18 +56,21 @@ impl Coverage {
     }
 }
 
-/// The coverage of `blocks` blocks of `model` by the active nodes other than `me`, each
-/// weighted by the tokens/s it announced (`throughput`), or the median of those announced
-/// for one that did not (1 when none did). Returns it with that typical throughput, which a
-/// node that has not run yet takes as its own.
+/// The coverage of `blocks` blocks of `model` by the active nodes other than `me`, from the
+/// announcements heard (`heard`: tokens/s per peer, 0 for a node that has not measured one
+/// yet). A node heard counts with the tokens/s it announced, or the median of those
+/// announced (1 when none did); a node registered but not heard is taken to be offline and
+/// counts nothing, unless nobody was heard at all (then every active node counts the
+/// median). Returns it with that typical throughput, which a node that has not run yet takes
+/// as its own.
 pub async fn coverage(
     registry: &Registry,
     model: B256,
     blocks: usize,
     me: Address,
-    throughput: &HashMap<PeerId, f64>,
+    heard: &HashMap<PeerId, f64>,
 ) -> Result<(Coverage, f64), ChainError> {
-    let mut known: Vec<f64> = throughput.values().copied().filter(|t| *t > 0.0).collect();
+    let mut known: Vec<f64> = heard.values().copied().filter(|t| *t > 0.0).collect();
     known.sort_by(f64::total_cmp);
     let typical = known.get(known.len() / 2).copied().unwrap_or(1.0);
     let mut per_block = vec![0.0; blocks];
@@ -82,8 +85,12 @@ pub async fn coverage(
                 None => {
                     let node = registry.node(operator).await?;
                     let peer = PeerId::from_bytes(&node.peerId).ok();
-                    let announced = peer.and_then(|p| throughput.get(&p).copied());
-                    let weight = announced.filter(|t| *t > 0.0).unwrap_or(typical);
+                    let weight = match peer.and_then(|p| heard.get(&p).copied()) {
+                        Some(announced) if announced > 0.0 => announced,
+                        Some(_) => typical,
+                        None if heard.is_empty() => typical,
+                        None => 0.0,
+                    };
                     *weights.entry(operator).or_insert(weight)
                 }
             };

@@ -1,6 +1,6 @@
 //! Who seeds a model's blocks: the nodes registered on-chain for the model (a node holds the
 //! files of the span it registered), and the peers whose DHT provider records say they hold
-//! a block's files (`files_key`), found through those nodes.
+//! a block's files (`files_key`) or serve it (`block_key`), found through those nodes.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::fetch::Provider;
 use crate::chain::{ChainError, Registry};
-use crate::net::{Network, files_key};
+use crate::net::{Network, block_key, files_key};
 
 /// Every node registered for `model` (whatever its blocks, active or not), dialled at its
 /// registered addresses, with the span it registered.
@@ -55,9 +55,12 @@ pub async fn find(
     // them.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     for block in first..=last {
-        let Ok(peers) = net.find_providers(files_key(&model.0, block)).await else { continue };
-        for peer in peers.into_iter().filter(|p| *p != net.local_peer()) {
-            found.entry(peer).or_default().insert(block);
+        // Holders of the files, and servers of the block (who hold them too).
+        for key in [files_key(&model.0, block), block_key(&model.0, block)] {
+            let Ok(peers) = net.find_providers(key).await else { continue };
+            for peer in peers.into_iter().filter(|p| *p != net.local_peer()) {
+                found.entry(peer).or_default().insert(block);
+            }
         }
     }
     let mut providers: Vec<Provider> = found
