@@ -123,7 +123,7 @@ fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
 fn print_report(report: &FetchReport, took: Duration) {
     let seconds = took.as_secs_f64();
     println!(
-        "fetched {} of {} pieces ({:.1} MB) in {seconds:.1} s ({:.1} MB/s); {} already on disk \
+        "fetched {} of {} pieces ({:.1} MB) in {seconds:.2} s ({:.1} MB/s); {} already on disk \
          and checked; {} bad piece(s) refused",
         report.fetched,
         report.pieces,
