@@ -24,7 +24,8 @@ from .config import ModelConfig, load_config
 from .errors import CheckpointError, UnsupportedModelError, UsageError
 from .families import FAMILIES
 from .gguf_convert import convert
-from .manifest import FORMAT, MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECE_BYTES, file_pieces, file_sha3, manifest_text
+from .manifest import (FORMAT, MAX_MANIFEST_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, PIECE_BYTES, file_pieces,
+                       file_sha3, manifest_text)
 from .onnxgraph import GraphBuilder
 
 CHAT_TEMPLATE = "chat_template.jinja"
@@ -129,9 +130,13 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
         "pieces": pieces,
     }
     text = manifest_text(manifest)
+    if len(text.encode()) > MAX_MANIFEST_BYTES:
+        raise UsageError(f"the manifest would be {len(text.encode())} bytes, over the {MAX_MANIFEST_BYTES} peers "
+                         f"exchange: import with a larger --piece-bytes (now {piece_bytes})")
     manifest = json.loads(text)
     tmp = out / "manifest.json.tmp"
-    tmp.write_text(text)
+    # Bytes, not text mode: the id is the hash of exactly these bytes.
+    tmp.write_bytes(text.encode())
     os.replace(tmp, out / "manifest.json")
     progress(f"import: wrote {out / 'manifest.json'} (model id {manifest['model_id']})")
     return manifest

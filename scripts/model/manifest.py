@@ -38,6 +38,8 @@ def file_pieces(path: Path, piece_bytes: int) -> dict:
 
 
 ID_PLACEHOLDER = "0x" + "0" * 64
+# The largest manifest a peer sends or takes (protocol-spec/wire.md, Pieces).
+MAX_MANIFEST_BYTES = 4 << 20
 
 
 def files_model_id(files: dict[str, str]) -> str:

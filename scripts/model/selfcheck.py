@@ -60,7 +60,7 @@ class Report:
 
 def check_files(folder: Path, report: Report) -> None:
     """Every external initializer aligned; model id recomputes from the files."""
-    text = (folder / "manifest.json").read_text()
+    text = (folder / "manifest.json").read_bytes().decode()
     manifest = json.loads(text)
     for block in manifest["blocks"]:
         model = onnx.load(str(folder / block["graph"]), load_external_data=False)

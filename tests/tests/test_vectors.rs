@@ -6,13 +6,17 @@
 //! response from known anvil keys; an operator key's libp2p peer id and its registry
 //! ownership digest; a DHT block key; a paid request's bytes and request hash; a challenge
 //! Merkle tree (its root and proofs are also checked against OpenZeppelin's own library by
-//! `merkle_interop.rs`); and a metering worked example.
+//! `merkle_interop.rs`); a metering worked example; model ids (of a manifest's bytes, and of
+//! an earlier import's files); the pieces protocol's messages and DHT key; a validator's
+//! result commitment; and a load announcement's JSON.
 
 use alloy::primitives::{Address, B256, U256, address, b256};
 use infergrid::eip712::{Eip712Signer, keccak256};
 use infergrid::identity::{NodeIdentity, peer_id_ownership_digest, registry_domain};
-use infergrid::net::block_key;
+use infergrid::model::{MODEL_ID_PLACEHOLDER, files_model_id, manifest_model_id};
 use infergrid::net::codec::{InferRequest, Payload, StepKind};
+use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
+use infergrid::net::{Announcement, block_key, files_key};
 use infergrid::pay::{Voucher, channels_domain};
 use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
 use infergrid_e2e::models::repo_root;
@@ -30,6 +34,12 @@ const REGISTRY: Address = address!("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0")
 
 fn hex(bytes: impl AsRef<[u8]>) -> String {
     format!("0x{}", ::hex::encode(bytes.as_ref()))
+}
+
+/// sha3-256 (FIPS 202, not keccak-256): the hash of model files and manifests.
+fn sha3_256(bytes: &[u8]) -> [u8; 32] {
+    use sha3::Digest;
+    sha3::Sha3_256::digest(bytes).into()
 }
 
 fn domain_json(domain: &infergrid::eip712::Domain) -> Value {
@@ -114,6 +124,48 @@ fn vectors() -> Value {
         .collect();
     let total: u64 = metered.iter().map(|m| m["block_tokens"].as_u64().unwrap()).sum();
 
+    // The manifest of model-format.md's worked example: written with the placeholder, hashed,
+    // then written with the id.
+    let blank = format!(
+        "{{\n  \"format\": \"infergrid-model/1\",\n  \"model_id\": \"{MODEL_ID_PLACEHOLDER}\",\n  \"name\": \"m\"\n}}\n"
+    );
+    let manifest_id = hex(sha3_256(blank.as_bytes()));
+    let manifest_text = blank.replace(MODEL_ID_PLACEHOLDER, &manifest_id);
+    assert_eq!(manifest_model_id(manifest_text.as_bytes(), &manifest_id), Ok(manifest_id.clone()));
+    let legacy: std::collections::BTreeMap<String, String> = [
+        ("block-0.onnx", &b"abc"[..]),
+        ("block-0.weights", &[0u8; 20_000][..]),
+        ("chat_template.jinja", &b""[..]),
+        ("tokenizer.json", &b"{}"[..]),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_owned(), ::hex::encode(sha3_256(bytes))))
+    .collect();
+
+    let piece_request =
+        PieceRequest::Piece { model: model_id.0, file: "block-1.weights".into(), index: 41 };
+    let busy = PieceResponse::refused(Refusal::Busy, "16 pieces already being read or sent");
+
+    // A validator's hidden result: keccak256(abi.encode(node, epoch, passed, failed, salt,
+    // validator)), as Validation.resultCommitment computes it.
+    let (node, epoch, passed, failed) = (operator.address(), 42u64, 3u32, 1u32);
+    let salt = keccak256(b"a secret salt");
+    let validator = payer.address();
+    let commitment = {
+        use alloy::sol_types::SolValue;
+        keccak256(&(node, epoch, passed, failed, salt, validator).abi_encode_params())
+    };
+
+    let announcement = Announcement {
+        peer_id: identity.peer_id().to_string(),
+        model_id: model_id.to_string(),
+        first_block: 1,
+        last_block: 2,
+        active_sessions: 3,
+        free_cache_tokens: 4096,
+        compute_ms_per_token: 2.5,
+    };
+
     json!({
         "about": "Values every implementation of the InferGrid protocol must reproduce; see protocol-spec/*.md. Generated and checked by tests/tests/test_vectors.rs.",
         "keys": {
@@ -151,6 +203,33 @@ fn vectors() -> Value {
             "modelId": model_id.to_string(),
             "block": 2,
             "key": hex(block_key(&model_id.0, 2)),
+            "filesKey": hex(files_key(&model_id.0, 2)),
+        },
+        "modelId": {
+            "spec": "model-format.md, Model id",
+            "placeholder": MODEL_ID_PLACEHOLDER,
+            "manifestText": manifest_text,
+            "modelId": manifest_id,
+            "legacyFiles": legacy,
+            "legacyModelId": files_model_id(&legacy),
+        },
+        "pieces": {
+            "spec": "wire.md, Pieces",
+            "modelId": model_id.to_string(),
+            "manifestRequest": hex(PieceRequest::Manifest { model: model_id.0 }.encode()),
+            "pieceRequest": {"file": "block-1.weights", "index": 41, "bytes": hex(piece_request.encode())},
+            "busyRefusal": {"code": Refusal::Busy as u8, "message": "16 pieces already being read or sent", "bytes": hex(busy.encode())},
+            "pieceHash": {"piece": hex(b"abc"), "sha3": infergrid::model::pieces::piece_hash(b"abc")},
+        },
+        "resultCommitment": {
+            "spec": "contracts.md, Validation",
+            "node": node.to_string(), "epoch": epoch, "passed": passed, "failed": failed,
+            "salt": salt.to_string(), "validator": validator.to_string(),
+            "commitment": commitment.to_string(),
+        },
+        "announcement": {
+            "spec": "wire.md, Discovery",
+            "json": serde_json::to_string(&announcement).unwrap(),
         },
         "paidRequest": {
             "spec": "wire.md, Messages",
@@ -201,5 +280,22 @@ fn this_implementation_reproduces_every_test_vector() {
     let digest: B256 = voucher["digest"].as_str().unwrap().parse().unwrap();
     let recovered = infergrid::eip712::recover_signer(&digest, &signature).unwrap();
     assert_eq!(recovered.to_string(), committed["keys"]["payer"]["address"].as_str().unwrap());
+    // The result commitment as Foundry's own ABI encoder and keccak compute it.
+    let result = &committed["resultCommitment"];
+    let field = |name: &str| match &result[name] {
+        Value::String(text) => text.clone(),
+        number => number.to_string(),
+    };
+    let cast = |args: &[String]| {
+        let cast = infergrid::tools::locate(infergrid::tools::Tool::Cast).unwrap();
+        let out = std::process::Command::new(cast).args(args).output().unwrap();
+        assert!(out.status.success(), "cast {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let mut encode =
+        vec!["abi-encode".to_owned(), "f(address,uint64,uint32,uint32,bytes32,address)".into()];
+    encode.extend(["node", "epoch", "passed", "failed", "salt", "validator"].map(field));
+    let encoded = cast(&encode);
+    assert_eq!(cast(&["keccak".into(), encoded]), field("commitment"), "cast abi-encode | keccak");
     eprintln!("{} test-vector sections reproduced", sections.len());
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct FetchBench {
-    /// The model to fetch (default: a random llama of about 136 MB in 1 MiB pieces,
+    /// The model to fetch (default: a random llama of about 130 MB in 1 MiB pieces,
     /// generated under --work).
     #[arg(long)]
     model: Option<PathBuf>,

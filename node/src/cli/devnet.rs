@@ -47,8 +47,8 @@ pub struct DevnetArgs {
     /// With --nodes: only the first K nodes start with the model's files; the others start
     /// with empty folders (under --out), choose their blocks (`--blocks auto`) and fetch
     /// them from the swarm (`--fetch`). Default: every node holds the files.
-    #[arg(long, requires = "nodes")]
-    seeders: Option<usize>,
+    #[arg(long, requires = "nodes", value_parser = clap::value_parser!(u64).range(1..))]
+    seeders: Option<u64>,
     /// Validators registered (at most 5).
     #[arg(long, default_value_t = Staffing::default().validators)]
     validators: usize,
@@ -256,7 +256,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                 speculate: args.speculate,
             },
             NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
-            Seeding { seeders: args.seeders.unwrap_or(args.nodes), work: &args.out },
+            Seeding { seeders: args.seeders.map_or(args.nodes, |k| k as usize), work: &args.out },
         )
         .await?;
         if args.epoch_secs.is_some() && args.validators > 0 {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use infergrid::chain::{Registry, check_deployment, connect_reader};
-use infergrid::net::{NetConfig, Network};
+use infergrid::net::{NetConfig, Network, peer_of};
 use infergrid::share::{self, FetchProgress, FetchReport};
 use libp2p::Multiaddr;
 
@@ -63,12 +63,14 @@ pub async fn fetch_blocks(
     source: &FetchSource,
     chain: &ChainTarget,
 ) -> anyhow::Result<FetchReport> {
-    let (net, _inbound) = Network::spawn(NetConfig {
+    let (net, inbound) = Network::spawn(NetConfig {
         keypair: libp2p::identity::Keypair::generate_secp256k1(),
         listen: Vec::new(),
         bootstrap: source.peers.clone(),
         request_timeout: Duration::from_secs(60),
     })?;
+    // Nothing here reads what the network delivers (gossip): closed, it is dropped at once.
+    drop(inbound);
     let registry = if source.no_registry {
         None
     } else {
@@ -111,13 +113,6 @@ pub async fn fetch_blocks(
     let report = report?;
     print_report(&report, started.elapsed());
     Ok(report)
-}
-
-fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
-    addr.iter().find_map(|p| match p {
-        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
 }
 
 fn print_report(report: &FetchReport, took: Duration) {
@@ -262,10 +257,11 @@ pub async fn survey(
             }
         }
     }
+    drop(inbound);
     let mut banned = Default::default();
     let manifest = share::fetch_manifest(&net, model, dir, &providers, &mut banned, &Logged).await;
     let _ = net.shutdown().await;
-    let blocks = manifest?.0.blocks.len();
+    let blocks = manifest?.blocks.len();
     let (coverage, typical) =
         share::placement::coverage(&registry, model, blocks, me, &heard).await?;
     Ok(Survey { blocks, coverage, typical })

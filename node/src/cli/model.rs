@@ -23,6 +23,10 @@ pub enum ModelCommand {
     Verify {
         /// The model folder (holding manifest.json).
         dir: PathBuf,
+        /// A folder holding some blocks only (fetched): check the files there and say which
+        /// blocks they are, instead of failing on the others.
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -77,13 +81,19 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Import(args) => import(args),
         ModelCommand::Fetch(args) => super::fetch::run(args).await,
-        ModelCommand::Verify { dir } => {
+        ModelCommand::Verify { dir, partial } => {
             let manifest = ModelManifest::load(&dir)?;
-            let held = verify_held(&manifest)?;
-            let present = manifest.files.keys().filter(|f| manifest.path(f).exists()).count();
-            if present == manifest.files.len() {
-                println!("{}: {present} files OK, model id {}", dir.display(), manifest.model_id);
+            if !partial {
+                verify_model(&manifest)?;
+                println!(
+                    "{}: {} files OK, model id {}",
+                    dir.display(),
+                    manifest.files.len(),
+                    manifest.model_id
+                );
             } else {
+                let held = verify_held(&manifest)?;
+                let present = manifest.files.keys().filter(|f| manifest.path(f).exists()).count();
                 println!(
                     "{}: {present} of {} files here, all OK (blocks {held:?} of {}), model id {}",
                     dir.display(),

@@ -325,10 +325,11 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(60),
     })?;
+    // Seeding first: a provider record must not send fetchers to a node not yet answering.
+    seed(&net, &manifest, &args).await?;
     for block in first..=last {
         net.provide(block_key(&model_id, block as u16)).await?;
     }
-    seed(&net, &manifest, &args).await?;
     let metrics = NodeMetrics::new(Some(net.metrics()));
     let server = Arc::new(BlockServer {
         model_id,
@@ -485,12 +486,12 @@ async fn auto_blocks(
     source: &super::fetch::FetchSource,
     me: alloy::primitives::Address,
 ) -> anyhow::Result<(u32, u32)> {
-    let model = match args.fetch {
-        Some(model) => model,
-        None => ModelManifest::load(&args.model)
-            .map(|m| m.id())
-            .context("--blocks auto needs --fetch MODEL_ID or a model folder")?,
-    };
+    // It may choose blocks whose files are not here yet: it must be able to fetch them
+    // before it registers them.
+    let model = args.fetch.context(
+        "--blocks auto fetches the blocks it chooses: give --fetch MODEL_ID (pieces already \
+         in --model are kept)",
+    )?;
     let survey = super::fetch::survey(model, &args.model, source, &args.chain, me).await?;
     let span = args.auto_span.clamp(1, survey.blocks);
     let start = survey.coverage.best_start(span, survey.typical);
@@ -503,9 +504,9 @@ async fn auto_blocks(
     Ok((start as u32, (start + span - 1) as u32))
 }
 
-/// Looks at the swarm's coverage every --rebalance-secs; returns the new span's start once
-/// moving has been worth it on two looks in a row (so one node's move does not set others
-/// moving at once).
+/// Looks at the swarm's coverage every --rebalance-secs (±25%); returns the new span's start
+/// once moving has been worth it on two looks in a row: a node passing through a restart,
+/// unheard for a moment, does not move the others.
 async fn watch_coverage(
     args: &NodeArgs,
     source: &super::fetch::FetchSource,
@@ -515,7 +516,9 @@ async fn watch_coverage(
 ) -> Option<usize> {
     let mut worth = None;
     loop {
-        tokio::time::sleep(Duration::from_secs(args.rebalance_secs)).await;
+        // Jittered, so that nodes started together do not all look, and move, at once.
+        let jitter = rand::random_range(0.75..1.25);
+        tokio::time::sleep(Duration::from_secs(args.rebalance_secs).mul_f64(jitter)).await;
         let survey = match super::fetch::survey(model, &args.model, source, &args.chain, me).await {
             Ok(survey) => survey,
             Err(e) => {

@@ -150,19 +150,7 @@ impl ModelManifest {
         let path = dir.join("manifest.json");
         let bytes = std::fs::read(&path)
             .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
-        let raw: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
-        if let Some(found) = raw.get("architecture").and_then(Value::as_str)
-            && !["llama", "gpt2", "bert"].contains(&found)
-        {
-            return Err(ManifestError::UnsupportedArchitecture { path, found: found.to_owned() });
-        }
-        let mut manifest: ModelManifest = serde_json::from_value(raw)
-            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
-        manifest.dir = dir.to_path_buf();
-        manifest.bytes = bytes;
-        manifest.check().map_err(|reason| ManifestError::Invalid { path, reason })?;
-        Ok(manifest)
+        Self::from_bytes(&bytes, dir)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -224,10 +212,20 @@ impl ModelManifest {
         Ok(())
     }
 
-    /// Parses and checks a manifest received as `bytes` (from a peer) for the folder `dir`.
+    /// Parses and checks a manifest read as `bytes` (from `dir`, or from a peer for `dir`).
+    /// One parse for both, so a manifest a node loads is one its fetchers take: the struct
+    /// straight from the bytes (a duplicated key is refused), after the architecture is
+    /// checked for a clearer error.
     pub fn from_bytes(bytes: &[u8], dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join("manifest.json");
         let invalid = |reason: String| ManifestError::Invalid { path: path.clone(), reason };
+        let raw: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        if let Some(found) = raw.get("architecture").and_then(Value::as_str)
+            && !["llama", "gpt2", "bert"].contains(&found)
+        {
+            let found = found.to_owned();
+            return Err(ManifestError::UnsupportedArchitecture { path, found });
+        }
         let mut manifest: ModelManifest =
             serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         manifest.dir = dir.to_path_buf();
@@ -269,4 +267,20 @@ fn is_plain_file_name(name: &str) -> bool {
         && name.len() <= 255
         && !matches!(name, "." | ".." | "manifest.json")
         && !name.chars().any(|c| c == '/' || c == '\\' || c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_file_name;
+
+    #[test]
+    fn file_names_stay_in_the_model_folder() {
+        for good in ["block-0.onnx", "tokenizer.json", "chat_template.jinja", ".hidden"] {
+            assert!(is_plain_file_name(good), "{good}");
+        }
+        let long = "a".repeat(256);
+        for bad in ["", ".", "..", "manifest.json", "../x", "a/b", "a\\b", "a b", "a\nb", &long] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+    }
 }

@@ -7,5 +7,5 @@ mod service;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
 pub use service::{
-    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key, files_key,
+    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key, files_key, peer_of,
 };

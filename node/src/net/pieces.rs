@@ -143,7 +143,12 @@ impl PieceResponse {
                     rest.split_first().ok_or(PiecesCodecError("refusal without a code"))?;
                 let refusal =
                     Refusal::from_code(code).ok_or(PiecesCodecError("unknown refusal code"))?;
-                let message = String::from_utf8_lossy(message).chars().take(512).collect();
+                // A peer's words end up in logs and terminals: no control characters.
+                let message = String::from_utf8_lossy(message)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(512)
+                    .collect();
                 Ok(Self::Refused { refusal, message })
             }
             _ => Err(PiecesCodecError("unknown response kind")),

@@ -71,8 +71,12 @@ pub const MAX_MEMORY_FRACTION: f64 = 0.9;
 /// Inbound request streams one connection may have open at once (libp2p's default, stated):
 /// more are reset before anything is read from them.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
-/// Piece requests a seeder reads from disk at once; more are answered `Busy`.
+/// Pieces a seeder reads from disk or is still writing out, at once; more requests are
+/// answered `Busy`. With [`MAX_PIECE_BYTES`](crate::model::pieces::MAX_PIECE_BYTES) this
+/// bounds what pieces in flight hold in memory (64 MiB).
 pub const MAX_PIECE_READS: usize = 16;
+/// Piece requests one connection may have open at once: a fetcher asks 4 of a peer.
+const MAX_PIECE_STREAMS_PER_CONNECTION: usize = 8;
 /// How long a piece or manifest request may take before it fails.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -145,8 +149,12 @@ enum Command {
         reply: oneshot::Sender<Result<PieceResponse, NetError>>,
     },
     RespondPieces {
+        request_id: request_response::InboundRequestId,
         channel: request_response::ResponseChannel<PieceResponse>,
         response: PieceResponse,
+        /// Held until the answer is written out, so pieces read but not yet sent count
+        /// against [`MAX_PIECE_READS`]: a peer that never reads cannot pile them up.
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
 }
 
@@ -212,6 +220,7 @@ impl Network {
             providers: HashMap::new(),
             seed: None,
             piece_reads: Arc::new(tokio::sync::Semaphore::new(MAX_PIECE_READS)),
+            pieces_sending: HashMap::new(),
         };
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
@@ -378,7 +387,7 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                     [(PIECES_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(PIECE_TIMEOUT)
-                        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
+                        .with_max_concurrent_streams(MAX_PIECE_STREAMS_PER_CONNECTION),
                 ),
                 infer: request_response::Behaviour::with_codec(
                     InferCodec,
@@ -410,6 +419,8 @@ struct EventLoop {
     /// What this node seeds, once it says so.
     seed: Option<Arc<dyn PieceSource>>,
     piece_reads: Arc<tokio::sync::Semaphore>,
+    /// The read permits of answers being written out.
+    pieces_sending: HashMap<request_response::InboundRequestId, tokio::sync::OwnedSemaphorePermit>,
     providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
 }
 
@@ -489,8 +500,12 @@ impl EventLoop {
                 let id = behaviour.pieces.send_request(&peer, Ok(request));
                 self.pending_pieces.insert(id, reply);
             }
-            Command::RespondPieces { channel, response } => {
-                let _ = behaviour.pieces.send_response(channel, response);
+            Command::RespondPieces { request_id, channel, response, permit } => {
+                if behaviour.pieces.send_response(channel, response).is_ok()
+                    && let Some(permit) = permit
+                {
+                    self.pieces_sending.insert(request_id, permit);
+                }
             }
             Command::Shutdown => {}
         }
@@ -589,11 +604,11 @@ impl EventLoop {
                 let Some(from) = message.source else { return };
                 if message.topic == gossipsub::IdentTopic::new(EVIDENCE_TOPIC).hash() {
                     let evidence = message.data;
-                    let _ = self.inbound.send(Inbound::Evidence { from, evidence }).await;
+                    self.deliver_gossip(Inbound::Evidence { from, evidence });
                 } else if let Ok(announcement) =
                     serde_json::from_slice::<Announcement>(&message.data)
                 {
-                    let _ = self.inbound.send(Inbound::Announcement { from, announcement }).await;
+                    self.deliver_gossip(Inbound::Announcement { from, announcement });
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -619,6 +634,16 @@ impl EventLoop {
 }
 
 impl EventLoop {
+    /// Hands a gossip message to the node if it keeps up, else drops it: announcements come
+    /// again every few seconds and evidence while its vote runs, and a reader that is slow
+    /// (or, on a fetch's own network, absent) must not stall the swarm, whose timeouts and
+    /// answers would then never arrive.
+    fn deliver_gossip(&self, message: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inbound.try_send(message) {
+            tracing::debug!("gossip dropped: the node is not keeping up");
+        }
+    }
+
     fn on_pieces(
         &mut self,
         event: request_response::Event<
@@ -628,33 +653,41 @@ impl EventLoop {
     ) {
         match event {
             request_response::Event::Message {
-                message: request_response::Message::Request { request, channel, .. },
+                message: request_response::Message::Request { request_id, request, channel },
                 ..
             } => {
                 let (seed, reads, respond) =
                     (self.seed.clone(), self.piece_reads.clone(), self.respond.clone());
                 // Read off the event loop: a disk read must not hold up every other stream.
                 tokio::spawn(async move {
-                    let response = match (request, seed, reads.try_acquire_owned()) {
-                        (Err(e), _, _) => PieceResponse::refused(Refusal::Malformed, e.to_string()),
-                        (Ok(_), None, _) => {
-                            PieceResponse::refused(Refusal::Unavailable, "this peer seeds no model")
+                    let (response, permit) = match (request, seed, reads.try_acquire_owned()) {
+                        (Err(e), _, _) => {
+                            (PieceResponse::refused(Refusal::Malformed, e.to_string()), None)
                         }
-                        (Ok(_), _, Err(_)) => PieceResponse::refused(
-                            Refusal::Busy,
-                            format!("{MAX_PIECE_READS} piece reads already running"),
+                        (Ok(_), None, _) => (
+                            PieceResponse::refused(
+                                Refusal::Unavailable,
+                                "this peer seeds no model",
+                            ),
+                            None,
+                        ),
+                        (Ok(_), _, Err(_)) => (
+                            PieceResponse::refused(
+                                Refusal::Busy,
+                                format!("{MAX_PIECE_READS} pieces already being read or sent"),
+                            ),
+                            None,
                         ),
                         (Ok(request), Some(seed), Ok(permit)) => {
-                            let answer = tokio::task::spawn_blocking(move || {
-                                let _permit = permit;
-                                seed.answer(request)
-                            });
-                            answer.await.unwrap_or_else(|_| {
+                            let answer = tokio::task::spawn_blocking(move || seed.answer(request));
+                            let answer = answer.await.unwrap_or_else(|_| {
                                 PieceResponse::refused(Refusal::Unavailable, "the read failed")
-                            })
+                            });
+                            (answer, Some(permit))
                         }
                     };
-                    let _ = respond.send(Command::RespondPieces { channel, response }).await;
+                    let sending = Command::RespondPieces { request_id, channel, response, permit };
+                    let _ = respond.send(sending).await;
                 });
             }
             request_response::Event::Message {
@@ -670,7 +703,10 @@ impl EventLoop {
                     let _ = reply.send(Err(outbound_error(peer, error, &PIECES_PROTOCOL)));
                 }
             }
-            _ => {}
+            request_response::Event::ResponseSent { request_id, .. }
+            | request_response::Event::InboundFailure { request_id, .. } => {
+                self.pieces_sending.remove(&request_id);
+            }
         }
     }
 }
@@ -690,7 +726,8 @@ fn outbound_error(
     }
 }
 
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+/// The peer id a multiaddr ends with (`…/p2p/<peer id>`).
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
         _ => None,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use futures::StreamExt;
@@ -23,8 +23,15 @@ use crate::net::pieces::{PieceRequest, PieceResponse, Refusal};
 pub const PER_PEER_IN_FLIGHT: usize = 4;
 /// Piece requests in flight in all.
 pub const MAX_IN_FLIGHT: usize = 16;
-/// Failed requests (no answer, a refusal) after which a peer is asked nothing more.
+/// Failed requests in a row (no answer, a refusal) after which a peer is asked nothing more.
 const STRIKES: u32 = 3;
+/// Busy answers in a row that count as one failed request.
+const BUSY_LIMIT: u32 = 50;
+/// How long a Busy peer's slot is held before it is asked again.
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// A fetch during which no piece arrives for this long fails, rather than wait for ever on
+/// peers that stay busy or slow.
+const NO_PROGRESS: Duration = Duration::from_secs(180);
 /// Where pieces of files not yet complete are kept, inside the output folder.
 pub const PARTIAL_DIR: &str = ".partial";
 
@@ -62,8 +69,6 @@ pub struct FetchReport {
     pub refused: usize,
     /// Peers banned for a bad piece or a bad manifest.
     pub banned: Vec<PeerId>,
-    /// The files now complete in the folder.
-    pub files: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +105,7 @@ pub async fn fetch(
     std::fs::create_dir_all(out.join(PARTIAL_DIR)).map_err(io(out))?;
     let mut report = FetchReport::default();
     let mut banned: HashSet<PeerId> = HashSet::new();
-    let (manifest, manifest_bytes) =
-        fetch_manifest(net, model, out, providers, &mut banned, progress).await?;
+    let manifest = fetch_manifest(net, model, out, providers, &mut banned, progress).await?;
     let (first, last) = blocks;
     if usize::from(last) >= manifest.blocks.len() || first > last {
         return Err(FetchError::NoSuchBlocks { blocks: manifest.blocks.len(), first, last });
@@ -125,42 +129,31 @@ pub async fn fetch(
     let holders = |file: &FileState| providers.iter().filter(|p| p.holds(file.block)).count();
     queue.sort_by_key(|&(i, index)| (holders(&files[i]), i, index));
 
-    let mut load: HashMap<PeerId, usize> = HashMap::new();
-    let mut strikes: HashMap<PeerId, u32> = HashMap::new();
+    let mut peers = Peers { banned, ..Peers::default() };
     let mut last_failure: HashMap<(usize, u64), String> = HashMap::new();
+    let mut last_progress = Instant::now();
     let mut in_flight = FuturesUnordered::new();
-    for (i, file) in files.iter_mut().enumerate() {
-        if file.missing.is_empty() {
-            finish_file(&manifest, file, progress).await?;
-            report.files.push(wanted[i].0.clone());
-        }
+    for file in files.iter_mut().filter(|file| file.missing.is_empty()) {
+        finish_file(&manifest, file, progress)?;
     }
     loop {
         let mut next = 0;
-        while next < queue.len() && in_flight.len() < MAX_IN_FLIGHT {
+        while next < queue.len() && in_flight.len() < MAX_IN_FLIGHT && peers.any_free(providers) {
             let (i, index) = queue[next];
-            let usable: Vec<&Provider> = providers
-                .iter()
-                .filter(|p| p.holds(files[i].block) && !banned.contains(&p.peer))
-                .filter(|p| strikes.get(&p.peer).copied().unwrap_or(0) < STRIKES)
-                .collect();
-            if usable.is_empty() {
+            let block = files[i].block;
+            let mut usable = peers.usable(providers, i, block).peekable();
+            if usable.peek().is_none() {
                 let why = last_failure.remove(&(i, index)).unwrap_or_else(|| {
-                    "no known peer serves its block (or all were banned or failed)".into()
+                    "no known peer holds it (or all were banned or failed)".into()
                 });
                 return Err(FetchError::NoProvider { file: files[i].name.clone(), index, why });
             }
-            let idle = usable
-                .into_iter()
-                .map(|p| (load.get(&p.peer).copied().unwrap_or(0), p.peer))
-                .filter(|(busy, _)| *busy < PER_PEER_IN_FLIGHT)
-                .min();
-            let Some((_, peer)) = idle else {
+            let Some(peer) = peers.least_loaded(usable) else {
                 next += 1;
                 continue;
             };
             queue.remove(next);
-            *load.entry(peer).or_default() += 1;
+            *peers.load.entry(peer).or_default() += 1;
             let request = PieceRequest::Piece {
                 model: model.0,
                 file: files[i].name.clone(),
@@ -171,35 +164,41 @@ pub async fn fetch(
                 let answer = net.ask_pieces(peer, request).await;
                 if let Ok(PieceResponse::Refused { refusal: Refusal::Busy, .. }) = answer {
                     // Back off while holding the peer's slot, so it is not asked again at once.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(BUSY_BACKOFF).await;
                 }
                 (i, index, peer, answer)
             });
         }
+        if last_progress.elapsed() > NO_PROGRESS {
+            let (i, index) = queue.first().copied().unwrap_or_default();
+            let why = format!("no piece arrived for {} s", NO_PROGRESS.as_secs());
+            return Err(FetchError::NoProvider { file: files[i].name.clone(), index, why });
+        }
         let Some((i, index, peer, answer)) = in_flight.next().await else {
             break;
         };
-        *load.entry(peer).or_default() -= 1;
+        *peers.load.entry(peer).or_default() -= 1;
         let file = &mut files[i];
         match answer {
             Ok(PieceResponse::Piece(bytes)) if file.is_piece(&manifest, index, &bytes) => {
                 let range = manifest.pieces.as_ref().and_then(|p| p.range(&file.name, index));
                 let offset = range.map_or(0, |r| r.start);
-                file.handle.write_all_at(&bytes, offset).map_err(io(&file.partial))?;
+                let handle = file.handle.as_ref().expect("a file with missing pieces is open");
+                handle.write_all_at(&bytes, offset).map_err(io(&file.partial))?;
                 file.missing.remove(&index);
+                peers.succeeded(peer);
+                last_progress = Instant::now();
                 report.fetched += 1;
                 report.bytes_fetched += bytes.len() as u64;
                 *report.by_peer.entry(peer).or_default() += 1;
                 progress.advanced(bytes.len() as u64);
                 if file.missing.is_empty() {
-                    finish_file(&manifest, file, progress).await?;
-                    report.files.push(file.name.clone());
+                    finish_file(&manifest, file, progress)?;
                 }
             }
             Ok(PieceResponse::Piece(bytes)) => {
                 report.refused += 1;
-                if banned.insert(peer) {
-                    report.banned.push(peer);
+                if peers.banned.insert(peer) {
                     progress.note(&format!(
                         "peer {peer} sent a bad piece {index} of {} (sha3 {}): banned",
                         file.name,
@@ -208,7 +207,32 @@ pub async fn fetch(
                 }
                 queue.insert(0, (i, index));
             }
-            Ok(PieceResponse::Refused { refusal: Refusal::Busy, .. }) => queue.push((i, index)),
+            Ok(PieceResponse::Refused { refusal: Refusal::Busy, .. }) => {
+                if peers.busy(peer) {
+                    progress.note(&format!("peer {peer} stayed busy: asked nothing more"));
+                }
+                queue.push((i, index));
+            }
+            Ok(PieceResponse::Refused {
+                refusal: refusal @ (Refusal::UnknownFile | Refusal::OutOfRange),
+                message,
+            }) => {
+                // It lacks this file: others may still have it, and it the others.
+                peers.lacking.insert((peer, i));
+                last_failure.insert((i, index), format!("{peer}: {refusal:?}: {message}"));
+                queue.insert(0, (i, index));
+            }
+            Ok(PieceResponse::Refused {
+                refusal: refusal @ (Refusal::UnknownModel | Refusal::Unavailable),
+                message,
+            }) => {
+                // It seeds nothing of this model, or cannot read it: asked nothing more.
+                peers.strikes.insert(peer, STRIKES);
+                let why = format!("{peer}: {refusal:?}: {message}");
+                progress.note(&format!("peer {why}: asked nothing more"));
+                last_failure.insert((i, index), why);
+                queue.insert(0, (i, index));
+            }
             other => {
                 let why = match other {
                     Ok(PieceResponse::Refused { refusal, message }) => {
@@ -217,19 +241,90 @@ pub async fn fetch(
                     Ok(_) => "answered a piece request with a manifest".to_owned(),
                     Err(e) => e.to_string(),
                 };
-                let count = strikes.entry(peer).or_default();
-                *count += 1;
-                if *count == STRIKES {
-                    progress.note(&format!("peer {peer} failed {STRIKES} requests, last: {why}"));
+                if peers.failed(peer) {
+                    progress.note(&format!(
+                        "peer {peer} failed {STRIKES} requests in a row, last: {why}"
+                    ));
                 }
                 last_failure.insert((i, index), format!("{peer}: {why}"));
                 queue.insert(0, (i, index));
             }
         }
     }
-    write_manifest(out, &manifest_bytes)?;
+    report.banned = peers.banned.into_iter().collect();
+    write_manifest(out, &manifest.bytes)?;
     let _ = std::fs::remove_dir(out.join(PARTIAL_DIR));
     Ok(report)
+}
+
+/// What a fetch knows of its peers.
+#[derive(Default)]
+struct Peers {
+    /// Requests in flight to each.
+    load: HashMap<PeerId, usize>,
+    /// Failed requests in a row (a piece that arrives clears them).
+    strikes: HashMap<PeerId, u32>,
+    /// Busy answers in a row.
+    busy: HashMap<PeerId, u32>,
+    /// (peer, file) it said it does not hold.
+    lacking: HashSet<(PeerId, usize)>,
+    /// Sent a bad piece or manifest: asked nothing more.
+    banned: HashSet<PeerId>,
+}
+
+impl Peers {
+    fn asked(&self, peer: &PeerId) -> bool {
+        !self.banned.contains(peer) && self.strikes.get(peer).copied().unwrap_or(0) < STRIKES
+    }
+
+    /// The providers still asked for file `file` of `block`.
+    fn usable<'a>(
+        &'a self,
+        providers: &'a [Provider],
+        file: usize,
+        block: Option<usize>,
+    ) -> impl Iterator<Item = &'a Provider> + 'a {
+        providers.iter().filter(move |p| {
+            p.holds(block) && self.asked(&p.peer) && !self.lacking.contains(&(p.peer, file))
+        })
+    }
+
+    fn free(&self, peer: &PeerId) -> bool {
+        self.load.get(peer).copied().unwrap_or(0) < PER_PEER_IN_FLIGHT
+    }
+
+    /// Whether any peer still asked has a free slot (else no piece can be sent now).
+    fn any_free(&self, providers: &[Provider]) -> bool {
+        providers.iter().any(|p| self.asked(&p.peer) && self.free(&p.peer))
+    }
+
+    fn least_loaded<'a>(&self, usable: impl Iterator<Item = &'a Provider>) -> Option<PeerId> {
+        let with_load = usable.map(|p| (self.load.get(&p.peer).copied().unwrap_or(0), p.peer));
+        with_load.filter(|(load, _)| *load < PER_PEER_IN_FLIGHT).min().map(|(_, peer)| peer)
+    }
+
+    fn succeeded(&mut self, peer: PeerId) {
+        self.strikes.remove(&peer);
+        self.busy.remove(&peer);
+    }
+
+    /// Counts a failed request; true when it strikes the peer out.
+    fn failed(&mut self, peer: PeerId) -> bool {
+        let strikes = self.strikes.entry(peer).or_default();
+        *strikes += 1;
+        *strikes == STRIKES
+    }
+
+    /// Counts a Busy answer; [`BUSY_LIMIT`] in a row count as a failure.
+    fn busy(&mut self, peer: PeerId) -> bool {
+        let busy = self.busy.entry(peer).or_default();
+        *busy += 1;
+        if *busy < BUSY_LIMIT {
+            return false;
+        }
+        self.busy.remove(&peer);
+        self.failed(peer)
+    }
 }
 
 impl Provider {
@@ -254,22 +349,21 @@ pub async fn fetch_manifest(
     providers: &[Provider],
     banned: &mut HashSet<PeerId>,
     progress: &dyn FetchProgress,
-) -> Result<(ModelManifest, Vec<u8>), FetchError> {
+) -> Result<ModelManifest, FetchError> {
     let wanted = model.to_string();
     let usable =
         |m: &ModelManifest| m.model_id == wanted && m.derived_id().is_ok_and(|id| id == wanted);
     if let Ok(held) = ModelManifest::load(out)
         && usable(&held)
     {
-        let bytes = std::fs::read(out.join("manifest.json")).map_err(io(out))?;
-        return with_pieces(held, bytes, model);
+        return with_pieces(held, model);
     }
     let mut reasons = Vec::new();
     for provider in providers {
         let peer = provider.peer;
         match net.ask_pieces(peer, PieceRequest::Manifest { model: model.0 }).await {
             Ok(PieceResponse::Manifest(bytes)) => match ModelManifest::from_bytes(&bytes, out) {
-                Ok(manifest) if usable(&manifest) => return with_pieces(manifest, bytes, model),
+                Ok(manifest) if usable(&manifest) => return with_pieces(manifest, model),
                 Ok(manifest) => {
                     banned.insert(peer);
                     let derived = manifest.derived_id().unwrap_or_else(|why| why);
@@ -297,13 +391,9 @@ pub async fn fetch_manifest(
     Err(FetchError::NoManifest { model, reasons: reasons.join("; ") })
 }
 
-fn with_pieces(
-    manifest: ModelManifest,
-    bytes: Vec<u8>,
-    model: B256,
-) -> Result<(ModelManifest, Vec<u8>), FetchError> {
+fn with_pieces(manifest: ModelManifest, model: B256) -> Result<ModelManifest, FetchError> {
     match manifest.pieces {
-        Some(_) => Ok((manifest, bytes)),
+        Some(_) => Ok(manifest),
         None => Err(FetchError::NoPieces(model)),
     }
 }
@@ -331,7 +421,8 @@ struct FileState {
     bytes: u64,
     pieces: usize,
     partial: PathBuf,
-    handle: std::fs::File,
+    /// The partial copy being written; `None`: the file was complete before this fetch.
+    handle: Option<std::fs::File>,
     missing: std::collections::BTreeSet<u64>,
 }
 
@@ -348,39 +439,44 @@ impl FileState {
         let partial = manifest.dir.join(PARTIAL_DIR).join(name);
         let done = std::fs::metadata(&complete).is_ok_and(|m| m.len() == listed.bytes)
             && file_sha3(&complete)? == manifest.files[name];
-        let path = if done { &complete } else { &partial };
-        // A partial copy from an earlier run is checked piece by piece; a new one lacks all.
-        let earlier = path.exists();
-        let handle = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io(path))?;
-        handle.set_len(listed.bytes).map_err(io(path))?;
         let mut state = Self {
             name: name.to_owned(),
             block,
             bytes: listed.bytes,
             pieces: listed.hashes.len(),
-            partial,
-            handle,
+            partial: partial.clone(),
+            handle: None,
             missing: Default::default(),
         };
-        if !done && !earlier {
-            state.missing.extend(0..listed.hashes.len() as u64);
-        } else if !done {
-            let pieces = manifest.pieces.as_ref().expect("checked");
-            for index in 0..listed.hashes.len() as u64 {
+        if done {
+            // A partial copy left beside a complete file is stale.
+            let _ = std::fs::remove_file(&partial);
+            return Ok(state);
+        }
+        // A partial copy from an earlier run is checked piece by piece; a new one lacks all.
+        let earlier = partial.exists();
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(io(&partial))?;
+        handle.set_len(listed.bytes).map_err(io(&partial))?;
+        let pieces = manifest.pieces.as_ref().expect("checked");
+        for index in 0..listed.hashes.len() as u64 {
+            let mut have = false;
+            if earlier {
                 let range = pieces.range(name, index).expect("listed");
                 let mut bytes = vec![0u8; (range.end - range.start) as usize];
-                let read = state.handle.read_exact_at(&mut bytes, range.start);
-                if read.is_err() || !pieces.is_piece(name, index, &bytes) {
-                    state.missing.insert(index);
-                }
+                have = handle.read_exact_at(&mut bytes, range.start).is_ok()
+                    && pieces.is_piece(name, index, &bytes);
+            }
+            if !have {
+                state.missing.insert(index);
             }
         }
+        state.handle = Some(handle);
         Ok(state)
     }
 
@@ -398,16 +494,16 @@ impl FileState {
 /// Every piece of `file` is in, each checked against the manifest, whose pieces cover the
 /// file exactly and are under the model id: so is the file (a node checks its whole files
 /// again when it loads them). Moves it into place.
-async fn finish_file(
+fn finish_file(
     manifest: &ModelManifest,
     file: &FileState,
     progress: &dyn FetchProgress,
 ) -> Result<(), FetchError> {
-    let complete = manifest.path(&file.name);
-    if !file.partial.exists() {
+    let Some(handle) = &file.handle else {
         return Ok(()); // complete before this fetch
-    }
-    file.handle.sync_all().map_err(io(&file.partial))?;
+    };
+    handle.sync_all().map_err(io(&file.partial))?;
+    let complete = manifest.path(&file.name);
     std::fs::rename(&file.partial, &complete).map_err(io(&complete))?;
     progress.note(&format!("{}: complete, every piece checked", file.name));
     Ok(())
@@ -418,4 +514,52 @@ fn write_manifest(out: &Path, bytes: &[u8]) -> Result<(), FetchError> {
     let (tmp, path) = (out.join("manifest.json.tmp"), out.join("manifest.json"));
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(blocks: Option<&[u16]>) -> Provider {
+        Provider { peer: PeerId::random(), blocks: blocks.map(|b| b.iter().copied().collect()) }
+    }
+
+    #[test]
+    fn peers_are_asked_by_block_load_and_record() {
+        let providers = [provider(Some(&[0])), provider(Some(&[1])), provider(None)];
+        let (a, b, any) = (providers[0].peer, providers[1].peer, providers[2].peer);
+        let mut peers = Peers::default();
+        let asked = |peers: &Peers, file, block| -> Vec<PeerId> {
+            peers.usable(&providers, file, block).map(|p| p.peer).collect()
+        };
+        assert_eq!(asked(&peers, 0, Some(0)), [a, any], "a block's holders and the unknown");
+        assert_eq!(asked(&peers, 2, None), [a, b, any], "a file of no block: everyone");
+        // The least loaded; none past its in-flight bound.
+        peers.load.insert(a, PER_PEER_IN_FLIGHT);
+        assert_eq!(peers.least_loaded(peers.usable(&providers, 0, Some(0))), Some(any));
+        peers.load.insert(any, PER_PEER_IN_FLIGHT);
+        assert_eq!(peers.least_loaded(peers.usable(&providers, 0, Some(0))), None);
+        assert!(peers.any_free(&providers), "b is free");
+        peers.load.clear();
+        // A peer lacking a file is not asked for it, but for others.
+        peers.lacking.insert((any, 0));
+        assert_eq!(asked(&peers, 0, Some(0)), [a]);
+        assert_eq!(asked(&peers, 1, Some(0)), [a, any]);
+        // Strikes in a row strike out; a piece arriving clears them.
+        assert!(!peers.failed(a) && !peers.failed(a));
+        peers.succeeded(a);
+        assert!(!peers.failed(a) && !peers.failed(a) && peers.failed(a));
+        assert_eq!(asked(&peers, 1, Some(0)), [any]);
+        // Busy answers count as one failure per BUSY_LIMIT in a row.
+        for _ in 1..BUSY_LIMIT {
+            assert!(!peers.busy(b));
+        }
+        assert_eq!(peers.strikes.get(&b), None);
+        assert!(!peers.busy(b), "one strike, not out");
+        assert_eq!(peers.strikes.get(&b), Some(&1));
+        // A ban is for good.
+        peers.banned.insert(any);
+        assert!(asked(&peers, 1, Some(0)).is_empty());
+        assert!(peers.any_free(&providers), "b is still asked");
+    }
 }

@@ -20,7 +20,6 @@ pub struct Seed {
     model: [u8; 32],
     manifest: ModelManifest,
     pieces: Pieces,
-    manifest_bytes: Vec<u8>,
     /// The files present at their listed size. Whoever fetches checks every piece; a file
     /// that rotted on disk gets this seeder banned by its fetchers, not served as good.
     held: BTreeSet<String>,
@@ -33,12 +32,9 @@ pub struct Seed {
 
 impl Seed {
     /// Seeds `manifest`'s folder: its manifest file and the files it holds.
-    pub fn open(
-        manifest: &ModelManifest,
-    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn open(manifest: &ModelManifest) -> Result<Self, NoPieces> {
         let dir = manifest.dir.display().to_string();
         let pieces = manifest.pieces.clone().ok_or(NoPieces(dir))?;
-        let manifest_bytes = std::fs::read(manifest.path("manifest.json"))?;
         let held = pieces
             .files
             .iter()
@@ -51,7 +47,6 @@ impl Seed {
             model: manifest.id().0,
             manifest: manifest.clone(),
             pieces,
-            manifest_bytes,
             held,
             corrupt_every: None,
             delay: std::time::Duration::ZERO,
@@ -133,7 +128,8 @@ impl PieceSource for Seed {
             );
         }
         match request {
-            PieceRequest::Manifest { .. } => PieceResponse::Manifest(self.manifest_bytes.clone()),
+            // The bytes it was loaded and checked from, not the file now on disk.
+            PieceRequest::Manifest { .. } => PieceResponse::Manifest(self.manifest.bytes.clone()),
             PieceRequest::Piece { file, index, .. } => self.piece(&file, index),
         }
     }
