@@ -172,6 +172,31 @@ fn gguf_label(gguf: &Path) -> anyhow::Result<String> {
     stem.context("--gguf names no file")
 }
 
+/// A random llama made by `make-fixture --arch llama FLAGS` and imported in 3 blocks into
+/// `work/NAME-3blocks`, once (again when that import has no piece list).
+pub fn random_llama(
+    work: &Path,
+    root: &Path,
+    name: &str,
+    flags: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let (hf, model) = (work.join(format!("{name}-hf")), work.join(format!("{name}-3blocks")));
+    if infergrid::model::ModelManifest::load(&model).is_ok_and(|m| m.pieces.is_some()) {
+        return Ok(model);
+    }
+    eprintln!("bench: generating a random llama in {}", model.display());
+    let hf_arg = path(&hf);
+    let make = ["--arch", "llama", "--out", &hf_arg].into_iter().chain(flags.iter().copied());
+    script(root, "make-fixture", make.map(String::from))?;
+    let out = path(&model);
+    script(
+        root,
+        "import-model",
+        ["--hf", &hf_arg, "--out", &out, "--blocks", "3"].map(String::from),
+    )?;
+    Ok(model)
+}
+
 /// Whether the import in `dir` is a decoder from before batch-capable graphs (its blocks
 /// lack `past_lengths`): its nodes would run every session's steps one at a time.
 pub fn predates_batching(dir: &Path) -> bool {

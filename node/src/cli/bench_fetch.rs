@@ -41,7 +41,7 @@ pub fn run(args: FetchBench, root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let model = match args.model {
         Some(model) => model,
-        None => generated(&args.work, root)?,
+        None => super::bench::random_llama(&args.work, root, "llama", &MODEL_FLAGS)?,
     };
     let manifest = ModelManifest::load(&model)?;
     anyhow::ensure!(
@@ -109,27 +109,4 @@ pub fn run(args: FetchBench, root: &Path) -> anyhow::Result<()> {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// The default model, generated and imported once.
-fn generated(work: &Path, root: &Path) -> anyhow::Result<PathBuf> {
-    let (hf, model) = (work.join("llama-hf"), work.join("llama-3blocks"));
-    if ModelManifest::load(&model).is_ok_and(|m| m.pieces.is_some()) {
-        return Ok(model);
-    }
-    eprintln!("bench fetch: generating a random llama in {}", model.display());
-    let hf_arg = hf.display().to_string();
-    let flags = MODEL_FLAGS.iter().map(|f| f.to_string());
-    super::bench::script(
-        root,
-        "make-fixture",
-        ["--arch", "llama", "--out", &hf_arg].map(String::from).into_iter().chain(flags),
-    )?;
-    let out = model.display().to_string();
-    super::bench::script(
-        root,
-        "import-model",
-        ["--hf", &hf_arg, "--out", &out, "--blocks", "3"].map(String::from),
-    )?;
-    Ok(model)
 }

@@ -80,23 +80,8 @@ pub fn run(args: JudgeBench, root: &Path) -> anyhow::Result<()> {
 
 /// The random llama fixture (3 layers in 3 blocks), generated once.
 pub(super) fn fixture(work: &Path, root: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let (hf, model) = (work.join("judge-llama-hf"), work.join("judge-llama-3blocks"));
-    if !model.join("manifest.json").is_file() {
-        eprintln!("bench judge: generating the random fixture in {}", model.display());
-        let hf_arg = hf.display().to_string();
-        super::bench::script(
-            root,
-            "make-fixture",
-            ["--arch", "llama", "--out", &hf_arg, "--layers", "3", "--seed", "21"]
-                .map(String::from),
-        )?;
-        let out = model.display().to_string();
-        super::bench::script(
-            root,
-            "import-model",
-            ["--hf", &hf_arg, "--out", &out, "--blocks", "3"].map(String::from),
-        )?;
-    }
+    let flags = ["--layers", "3", "--seed", "21"];
+    let model = super::bench::random_llama(work, root, "judge-llama", &flags)?;
     Ok(("random llama (3 layers)".to_owned(), model))
 }
 

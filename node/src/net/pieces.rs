@@ -2,9 +2,10 @@
 //! one per stream (`wire.md`, "Pieces"). The bytes are checked by the asker against the
 //! model id, never trusted; this module only moves them.
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 
+use super::protocol::{invalid_data, invalid_input, read_limited, write_message};
 use crate::model::pieces::MAX_PIECE_BYTES;
 
 /// The versioned protocol id.
@@ -165,19 +166,17 @@ pub trait PieceSource: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct PiecesCodec;
 
-async fn read_limited<T: AsyncRead + Unpin + Send>(
+/// A whole message of at most `limit` bytes; a longer one is an I/O error.
+async fn read_capped<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: usize,
 ) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
-    if buf.len() > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("pieces message over {limit} bytes"),
-        ));
+    let bytes = read_limited(io, limit).await?;
+    if bytes.len() > limit {
+        let error = format!("pieces message over {limit} bytes");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
     }
-    Ok(buf)
+    Ok(bytes)
 }
 
 impl libp2p::request_response::Codec for PiecesCodec {
@@ -191,7 +190,7 @@ impl libp2p::request_response::Codec for PiecesCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Self::Request> {
-        Ok(PieceRequest::decode(&read_limited(io, MAX_REQUEST_BYTES).await?))
+        Ok(PieceRequest::decode(&read_capped(io, MAX_REQUEST_BYTES).await?))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -199,8 +198,7 @@ impl libp2p::request_response::Codec for PiecesCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Self::Response> {
-        PieceResponse::decode(&read_limited(io, MAX_RESPONSE_BYTES).await?)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        PieceResponse::decode(&read_capped(io, MAX_RESPONSE_BYTES).await?).map_err(invalid_data)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -209,10 +207,7 @@ impl libp2p::request_response::Codec for PiecesCodec {
         io: &mut T,
         request: Self::Request,
     ) -> std::io::Result<()> {
-        let request =
-            request.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        io.write_all(&request.encode()).await?;
-        io.close().await
+        write_message(io, &request.map_err(invalid_input)?.encode()).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -221,8 +216,7 @@ impl libp2p::request_response::Codec for PiecesCodec {
         io: &mut T,
         response: Self::Response,
     ) -> std::io::Result<()> {
-        io.write_all(&response.encode()).await?;
-        io.close().await
+        write_message(io, &response.encode()).await
     }
 }
 

@@ -19,10 +19,38 @@ pub const RETIRED_INFER_PROTOCOLS: [StreamProtocol; 1] =
 #[derive(Debug, Clone, Default)]
 pub struct InferCodec;
 
-async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+/// Reads a whole stream (one message), at most `limit` bytes and one more, so that an
+/// over-long message shows without being held whole.
+pub(super) async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    io.take(MAX_MESSAGE_BYTES as u64 + 1).read_to_end(&mut buf).await?;
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
     Ok(buf)
+}
+
+/// Writes one whole message and closes the stream's write side: the reader reads to EOF.
+pub(super) async fn write_message<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+/// A message that cannot be sent, as the I/O error the codec traits return.
+pub(super) fn invalid_input(
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
+}
+
+/// A message received that does not parse, likewise.
+pub(super) fn invalid_data(
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, error)
 }
 
 impl libp2p::request_response::Codec for InferCodec {
@@ -35,7 +63,7 @@ impl libp2p::request_response::Codec for InferCodec {
         protocol: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Self::Request> {
-        let bytes = read_limited(io).await?;
+        let bytes = read_limited(io, MAX_MESSAGE_BYTES).await?;
         if *protocol != INFER_PROTOCOL {
             return Ok(Err(CodecError::Retired {
                 retired: protocol.to_string(),
@@ -50,8 +78,7 @@ impl libp2p::request_response::Codec for InferCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Self::Response> {
-        InferResponse::decode(&read_limited(io).await?)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        InferResponse::decode(&read_limited(io, MAX_MESSAGE_BYTES).await?).map_err(invalid_data)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -60,10 +87,7 @@ impl libp2p::request_response::Codec for InferCodec {
         io: &mut T,
         request: Self::Request,
     ) -> std::io::Result<()> {
-        let request =
-            request.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        io.write_all(&request.encode()).await?;
-        io.close().await
+        write_message(io, &request.map_err(invalid_input)?.encode()).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -72,7 +96,6 @@ impl libp2p::request_response::Codec for InferCodec {
         io: &mut T,
         response: Self::Response,
     ) -> std::io::Result<()> {
-        io.write_all(&response.encode()).await?;
-        io.close().await
+        write_message(io, &response.encode()).await
     }
 }
