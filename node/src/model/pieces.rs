@@ -38,16 +38,23 @@ pub struct FilePieces {
 impl FilePieces {
     /// The pieces of the file at `path`, `piece_bytes` each.
     pub fn of_file(path: &Path, piece_bytes: u64) -> std::io::Result<Self> {
+        Ok(Self::with_file_hash(path, piece_bytes)?.0)
+    }
+
+    /// [`Self::of_file`], and the sha3-256 of the whole file from the same read: a node
+    /// checks both at start, and reading each file once halves that.
+    pub fn with_file_hash(path: &Path, piece_bytes: u64) -> std::io::Result<(Self, String)> {
         let mut file = std::fs::File::open(path)?;
         let bytes = file.metadata()?.len();
-        let mut hashes = Vec::new();
+        let (mut hashes, mut whole) = (Vec::new(), Sha3_256::new());
         let mut buf = vec![0u8; piece_bytes as usize];
         for index in 0..bytes.div_ceil(piece_bytes) {
             let length = piece_len(bytes, piece_bytes, index);
             file.read_exact(&mut buf[..length])?;
+            whole.update(&buf[..length]);
             hashes.push(piece_hash(&buf[..length]));
         }
-        Ok(Self { bytes, hashes })
+        Ok((Self { bytes, hashes }, hex::encode(whole.finalize())))
     }
 }
 
@@ -164,6 +171,8 @@ mod tests {
         assert_eq!(file.bytes, data.len() as u64);
         let split = data.split_at(MIN_PIECE_BYTES as usize);
         assert_eq!(file.hashes, [piece_hash(split.0), piece_hash(split.1)]);
+        let (again, whole) = FilePieces::with_file_hash(&path, MIN_PIECE_BYTES).unwrap();
+        assert_eq!((again, whole), (file.clone(), piece_hash(&data)), "one read, both hashes");
         let pieces = Pieces {
             piece_bytes: MIN_PIECE_BYTES,
             files: BTreeMap::from([("f".to_owned(), file)]),

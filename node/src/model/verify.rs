@@ -73,18 +73,25 @@ pub fn manifest_model_id(bytes: &[u8], model_id: &str) -> Result<String, String>
 
 fn check_file(manifest: &ModelManifest, file: &str) -> Result<(), VerifyError> {
     let path = manifest.path(file);
-    let actual = file_sha3(&path)?;
+    let io = |source| VerifyError::Io { path: path.clone(), source };
+    // A seeder serves the listed pieces: a list that disagrees with the file would get it
+    // banned, so they are checked too, from the same read as the whole file's hash.
+    let (actual, pieces) = match &manifest.pieces {
+        Some(pieces) => {
+            let (listed, whole) =
+                FilePieces::with_file_hash(&path, pieces.piece_bytes).map_err(io)?;
+            (whole, Some((pieces, listed)))
+        }
+        None => (file_sha3(&path)?, None),
+    };
     let expected = manifest.files.get(file).cloned().unwrap_or_default();
     if actual != expected {
         return Err(VerifyError::HashMismatch { path, expected, actual });
     }
-    // A seeder serves these pieces: a list that disagrees with the file would get it banned.
-    if let Some(pieces) = &manifest.pieces {
-        let listed = FilePieces::of_file(&path, pieces.piece_bytes)
-            .map_err(|source| VerifyError::Io { path: path.clone(), source })?;
-        if pieces.files.get(file) != Some(&listed) {
-            return Err(VerifyError::PiecesMismatch { path });
-        }
+    if let Some((pieces, listed)) = pieces
+        && pieces.files.get(file) != Some(&listed)
+    {
+        return Err(VerifyError::PiecesMismatch { path });
     }
     Ok(())
 }
