@@ -63,22 +63,12 @@ pub async fn fetch_blocks(
     source: &FetchSource,
     chain: &ChainTarget,
 ) -> anyhow::Result<FetchReport> {
-    let (net, inbound) = Network::spawn(NetConfig {
-        keypair: libp2p::identity::Keypair::generate_secp256k1(),
-        listen: Vec::new(),
-        bootstrap: source.peers.clone(),
-        request_timeout: Duration::from_secs(60),
-    })?;
+    let (net, inbound) = fetch_network(source)?;
     // Nothing here reads what the network delivers (gossip): closed, it is dropped at once.
     drop(inbound);
-    let registry = if source.no_registry {
-        None
-    } else {
-        let deployment = chain.load()?;
-        let url = chain.rpc_url();
-        let provider = connect_reader(&url).await?;
-        check_deployment(&provider, &url, &deployment).await?;
-        Some(Registry::new(deployment.contracts.registry, provider))
+    let registry = match source.no_registry {
+        true => None,
+        false => Some(registry_reader(chain).await?),
     };
     let mut providers = share::providers::find(registry.as_ref(), &net, model, blocks)
         .await
@@ -113,6 +103,26 @@ pub async fn fetch_blocks(
     let report = report?;
     print_report(&report, started.elapsed());
     Ok(report)
+}
+
+/// A fetch's own network: a fresh identity, listening nowhere, dialling `source`'s peers.
+fn fetch_network(
+    source: &FetchSource,
+) -> anyhow::Result<(Network, tokio::sync::mpsc::Receiver<infergrid::net::Inbound>)> {
+    Ok(Network::spawn(NetConfig {
+        keypair: libp2p::identity::Keypair::generate_secp256k1(),
+        listen: Vec::new(),
+        bootstrap: source.peers.clone(),
+        request_timeout: Duration::from_secs(60),
+    })?)
+}
+
+/// The registry of `chain`'s deployment, read-only, checked to be that deployment.
+async fn registry_reader(chain: &ChainTarget) -> anyhow::Result<Registry> {
+    let (deployment, url) = (chain.load()?, chain.rpc_url());
+    let provider = connect_reader(&url).await?;
+    check_deployment(&provider, &url, &deployment).await?;
+    Ok(Registry::new(deployment.contracts.registry, provider))
 }
 
 fn print_report(report: &FetchReport, took: Duration) {
@@ -223,16 +233,8 @@ pub async fn survey(
     chain: &ChainTarget,
     me: alloy::primitives::Address,
 ) -> anyhow::Result<Survey> {
-    let (net, mut inbound) = Network::spawn(NetConfig {
-        keypair: libp2p::identity::Keypair::generate_secp256k1(),
-        listen: Vec::new(),
-        bootstrap: source.peers.clone(),
-        request_timeout: Duration::from_secs(60),
-    })?;
-    let (deployment, url) = (chain.load()?, chain.rpc_url());
-    let provider = connect_reader(&url).await?;
-    check_deployment(&provider, &url, &deployment).await?;
-    let registry = Registry::new(deployment.contracts.registry, provider);
+    let (net, mut inbound) = fetch_network(source)?;
+    let registry = registry_reader(chain).await?;
     let registered = share::providers::registered(&registry, &net, model).await?;
     let mut providers: Vec<share::Provider> =
         registered.into_iter().map(|(peer, _)| share::Provider { peer, blocks: None }).collect();

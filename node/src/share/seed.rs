@@ -19,7 +19,6 @@ pub struct NoPieces(String);
 pub struct Seed {
     model: [u8; 32],
     manifest: ModelManifest,
-    pieces: Pieces,
     /// The files present at their listed size. Whoever fetches checks every piece; a file
     /// that rotted on disk gets this seeder banned by its fetchers, not served as good.
     held: BTreeSet<String>,
@@ -34,7 +33,7 @@ impl Seed {
     /// Seeds `manifest`'s folder: its manifest file and the files it holds.
     pub fn open(manifest: &ModelManifest) -> Result<Self, NoPieces> {
         let dir = manifest.dir.display().to_string();
-        let pieces = manifest.pieces.clone().ok_or(NoPieces(dir))?;
+        let pieces = manifest.pieces.as_ref().ok_or(NoPieces(dir))?;
         let held = pieces
             .files
             .iter()
@@ -46,7 +45,6 @@ impl Seed {
         Ok(Self {
             model: manifest.id().0,
             manifest: manifest.clone(),
-            pieces,
             held,
             corrupt_every: None,
             delay: std::time::Duration::ZERO,
@@ -67,6 +65,11 @@ impl Seed {
         self
     }
 
+    /// The manifest's piece list (there is one: checked at open).
+    fn pieces(&self) -> &Pieces {
+        self.manifest.pieces.as_ref().expect("checked at open")
+    }
+
     /// The files it can serve.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -82,15 +85,15 @@ impl Seed {
 
     fn piece(&self, file: &str, index: u32) -> PieceResponse {
         if !self.held.contains(file) {
-            let why = if self.pieces.files.contains_key(file) {
+            let why = if self.pieces().files.contains_key(file) {
                 format!("{file} is not held here")
             } else {
                 format!("{file} is not a file of this model")
             };
             return PieceResponse::refused(Refusal::UnknownFile, why);
         }
-        let Some(range) = self.pieces.range(file, u64::from(index)) else {
-            let count = self.pieces.files[file].hashes.len();
+        let Some(range) = self.pieces().range(file, u64::from(index)) else {
+            let count = self.pieces().files[file].hashes.len();
             return PieceResponse::refused(
                 Refusal::OutOfRange,
                 format!("{file} has {count} pieces, no piece {index}"),
