@@ -123,6 +123,7 @@ impl Node {
             cheat,
             metrics: infergrid::telemetry::NodeMetrics::new(None),
             answer_delay: Default::default(),
+            registered: Default::default(),
         });
         tokio::spawn(server.clone().run(inbound));
         let peer = net.local_peer();

@@ -62,7 +62,7 @@ async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
             for &(node, first, last) in route.iter() {
                 let request = session.request(set.model_id, step, first, last);
                 let request_hash = request.request_hash();
-                let InferResponse::Ok { output, signature } =
+                let InferResponse::Ok { output, signature, .. } =
                     client.request(node.peer, request).await?
                 else {
                     anyhow::bail!("node refused challenge step {step} of session {index}");
@@ -120,7 +120,8 @@ async fn nodes_answer_challenges_the_set_committed_to() -> anyhow::Result<()> {
     for step in 0..session.steps.len() {
         let request = session.request(set.model_id, step, 1, 2);
         let request_hash = request.request_hash();
-        let InferResponse::Ok { output, signature } = client.request(cheater.peer, request).await?
+        let InferResponse::Ok { output, signature, .. } =
+            client.request(cheater.peer, request).await?
         else {
             anyhow::bail!("the cheater refused step {step}");
         };

@@ -86,7 +86,7 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
         let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
         let request = step(&manifest, (0, 0), position, kind, Payload::Tokens(tokens.clone()));
         let response = client.request(first.peer, request.clone()).await?;
-        let InferResponse::Ok { output: hidden, signature } = response else {
+        let InferResponse::Ok { output: hidden, signature, .. } = response else {
             panic!("refused: {response:?}")
         };
         // The answer is signed by the node's operator key over (request, output, epoch).
@@ -409,7 +409,11 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
         while let Some(infergrid::net::Inbound::Request { request: Ok(request), reply, .. }) =
             inbound.recv().await
         {
-            let _ = reply.send(InferResponse::Ok { output: request.payload, signature: [1; 65] });
+            let _ = reply.send(InferResponse::Ok {
+                output: request.payload,
+                signature: [1; 65],
+                account: None,
+            });
         }
     });
     let (client, _rx) = network(None)?;
@@ -432,7 +436,7 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
     };
     assert_eq!(
         client.request(server_peer, request).await?,
-        InferResponse::Ok { output: payload, signature: [1; 65] }
+        InferResponse::Ok { output: payload, signature: [1; 65], account: None }
     );
     Ok(())
 }
@@ -461,7 +465,7 @@ fn serve_empty_answers(key: u8) -> anyhow::Result<(PeerId, libp2p::Multiaddr, Ei
                     epoch: 0,
                 };
                 let signature = attestation.sign(&domain, &signer);
-                let _ = reply.send(InferResponse::Ok { output, signature });
+                let _ = reply.send(InferResponse::Ok { output, signature, account: None });
             }
         }
     });

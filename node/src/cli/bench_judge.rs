@@ -246,9 +246,12 @@ pub fn worker(args: JudgeWorker) -> anyhow::Result<()> {
 }
 
 fn write_activation(out: &mut impl Write, activation: &Activation) -> std::io::Result<()> {
-    let bytes =
-        InferResponse::Ok { output: Payload::Tensor(activation.clone()), signature: [0; 65] }
-            .encode();
+    let bytes = InferResponse::Ok {
+        output: Payload::Tensor(activation.clone()),
+        signature: [0; 65],
+        account: None,
+    }
+    .encode();
     out.write_all(&(bytes.len() as u64).to_le_bytes())?;
     out.write_all(&bytes)
 }

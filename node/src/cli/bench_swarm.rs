@@ -121,8 +121,11 @@ async fn hop_latency(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
     tokio::spawn(async move {
         while let Some(message) = inbound.recv().await {
             if let Inbound::Request { request: Ok(request), reply, .. } = message {
-                let _ =
-                    reply.send(InferResponse::Ok { output: request.payload, signature: [0; 65] });
+                let _ = reply.send(InferResponse::Ok {
+                    output: request.payload,
+                    signature: [0; 65],
+                    account: None,
+                });
             }
         }
     });
@@ -231,6 +234,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             cheat: None,
             metrics: infergrid::telemetry::NodeMetrics::new(None),
             answer_delay: Default::default(),
+            registered: Default::default(),
         });
         tokio::spawn(server.run(inbound));
         client.dial(net.local_peer(), addr.context("addr")?).await?;

@@ -359,6 +359,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             }
             (None, false) => None,
         },
+        registered: std::sync::RwLock::new(registered.then_some((first as u16, last as u16))),
         answer_delay: {
             if args.testing_delay_ms > 0 {
                 tracing::warn!("TESTING: every answer held {} ms", args.testing_delay_ms);
@@ -367,6 +368,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
     });
     tokio::spawn(server.clone().run(inbound));
+    if registered {
+        let every = Duration::from_secs(args.standing_check_secs.max(1));
+        tokio::spawn(watch_terms(registry.clone(), every, collector.clone(), server.clone()));
+    }
     if let Some(address) = args.http {
         let view = NodeView {
             peer,
@@ -542,6 +547,52 @@ async fn watch_coverage(
     }
 }
 
+/// The node's registered terms: its price per token over its registered span; `None` for an
+/// operator not registered.
+async fn registered_terms(
+    registry: &Registry,
+    operator: alloy::primitives::Address,
+) -> anyhow::Result<Option<(Tariff, (u16, u16))>> {
+    let node = registry.node(operator).await?;
+    if node.registeredAt == 0 {
+        return Ok(None);
+    }
+    let span = (u16::try_from(node.firstBlock)?, u16::try_from(node.lastBlock)?);
+    let span_blocks =
+        span.1.checked_sub(span.0).context("registered span ends before it starts")? + 1;
+    Ok(Some((Tariff { price_per_token: node.pricePerToken, span_blocks }, span)))
+}
+
+/// Follows the node's registration on-chain: a new price or span applies to each channel
+/// from its payer's next voucher on (`payments.md`, "Price changes"), and only registered
+/// blocks are served to paying peers.
+async fn watch_terms(
+    registry: Registry,
+    every: Duration,
+    collector: Arc<Collector>,
+    server: Arc<BlockServer>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match registered_terms(&registry, collector.operator()).await {
+            // Deregistered meanwhile: the standing watcher says so; terms stay as they were.
+            Ok(None) => {}
+            Ok(Some((tariff, span))) => {
+                if collector.set_tariff(tariff) {
+                    tracing::info!(
+                        price_per_token = %tariff.price_per_token, first_block = span.0,
+                        last_block = span.1,
+                        "registered terms changed: each channel moves to them with its next voucher"
+                    );
+                }
+                *server.registered.write().expect("registered span") = Some(span);
+            }
+            Err(e) => tracing::warn!("reading its registration failed (retrying): {e}"),
+        }
+    }
+}
+
 /// The node's payment collector: its registered price, its ledger, and the operator's
 /// account for redemptions.
 async fn collector(
@@ -551,13 +602,9 @@ async fn collector(
     registry: &Registry,
 ) -> anyhow::Result<Collector> {
     let operator = account.address;
-    let registered = registry.node(operator).await?;
-    let tariff = Tariff {
-        price_per_token: registered.pricePerToken,
-        span_blocks: u16::try_from(
-            u64::from(registered.lastBlock) - u64::from(registered.firstBlock) + 1,
-        )?,
-    };
+    // Not registered: nothing is charged (only vouchers already in the ledger are redeemed).
+    let unregistered = Tariff { price_per_token: U256::ZERO, span_blocks: 1 };
+    let tariff = registered_terms(registry, operator).await?.map_or(unregistered, |(t, _)| t);
     let path = args
         .ledger
         .clone()
@@ -645,6 +692,11 @@ pub struct GatewayArgs {
     /// its input). The output is exactly plain decoding's; 0 turns it off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
+    /// TESTING ONLY — throw away the answers to the first N paid decode steps as if they
+    /// were lost on the way (the nodes metered them), to watch the gateway and the nodes
+    /// agree again on what is owed.
+    #[arg(long, default_value_t = 0)]
+    testing_drop_answers: u64,
     #[command(flatten)]
     limits: ApiLimitArgs,
 }
@@ -696,6 +748,9 @@ impl ApiLimitArgs {
     }
 }
 
+/// How often a gateway looks for nodes whose account to settle (an answer to them was lost).
+const SETTLE_EVERY: Duration = Duration::from_secs(2);
+
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
@@ -741,6 +796,21 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .verifying(signatures)
         .pricing(args.wei_per_ms)
         .observed(metrics.clone());
+    if args.testing_drop_answers > 0 {
+        tracing::warn!(
+            "TESTING: dropping the answers to {} decode steps",
+            args.testing_drop_answers
+        );
+        remote.drop_answers(args.testing_drop_answers);
+    }
+    // Accounts that may differ from a node's (an answer lost) are settled off the request path.
+    let settler = remote.open();
+    tokio::task::spawn_blocking(move || {
+        loop {
+            std::thread::sleep(SETTLE_EVERY);
+            settler.settle_accounts();
+        }
+    });
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
     let routing = infergrid::api::Routing {
         status: status.clone(),

@@ -2,16 +2,17 @@
 //! what a validator does for every challenge it sends — the same messages and the same
 //! payments, so that a node cannot tell a challenge from a user's request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 
 use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
 use crate::engine::EngineError;
-use crate::net::codec::{ErrorCode, InferRequest, InferResponse, Payload, StepKind};
+use crate::net::codec::{Account, ErrorCode, InferRequest, InferResponse, Payload, StepKind};
 use crate::net::{NetError, Network};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
@@ -47,6 +48,8 @@ pub struct Answer {
     pub request_hash: B256,
     /// The epoch the operator signed for, when this client checks signatures.
     pub epoch: Option<u64>,
+    /// The node's account of this client's channel after the step, from a paid node.
+    pub account: Option<Box<Account>>,
 }
 
 /// Sends steps to hops of one model over the swarm.
@@ -61,6 +64,8 @@ pub struct HopClient {
     pub(super) payer: Option<(Arc<Wallet>, TermsBook)>,
     pub(super) signatures: Option<SignatureCheck>,
     pub(super) metrics: Option<GatewayMetrics>,
+    /// Testing only: answers to decode steps still to be thrown away as if lost on the way.
+    drop_answers: AtomicU64,
 }
 
 impl HopClient {
@@ -78,7 +83,14 @@ impl HopClient {
             payer: None,
             signatures: None,
             metrics: None,
+            drop_answers: AtomicU64::new(0),
         }
+    }
+
+    /// TESTING ONLY: throws away the next `count` answers to paid decode steps as if they
+    /// were lost on the way (after the node metered them), to exercise reconciliation.
+    pub fn drop_answers(&self, count: u64) {
+        self.drop_answers.store(count, Ordering::Relaxed);
     }
 
     /// Pays every node from `wallet`, at the prices in `terms`.
@@ -145,7 +157,7 @@ impl HopClient {
             width: self.output_width(hop.last_block),
         });
         let sent = Instant::now();
-        let result = self.exchange(hop, terms, request, expected);
+        let (result, lost) = self.exchange(hop, terms, request, expected);
         if result.is_ok() {
             let took = sent.elapsed();
             tracing::debug!(
@@ -157,11 +169,16 @@ impl HopClient {
             }
         }
         // The step is in flight from its voucher until here: answered and checked, it is
-        // owed; otherwise the node refunds it and so does the wallet.
+        // owed; refused, the node refunds it; unanswered, the node may have metered it, and
+        // its account will tell.
         if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
+            let operator = terms.operator;
             match &result {
-                Ok(_) => self.runtime.block_on(wallet.record(terms.operator, units)),
-                Err(_) => self.runtime.block_on(wallet.release(terms.operator, units)),
+                Ok(answer) => {
+                    self.runtime.block_on(wallet.record(operator, units, answer.account.as_deref()))
+                }
+                Err(_) if lost => self.runtime.block_on(wallet.lose(operator, units)),
+                Err(_) => self.runtime.block_on(wallet.release(operator, units)),
             }
         }
         result
@@ -169,17 +186,19 @@ impl HopClient {
 
     /// Sends a step (paid by `terms` when set) and checks its answer; a `PaymentRequired`
     /// refusal of a paid step is answered with a voucher for everything in flight and the
-    /// step sent once more.
+    /// step sent once more. Also says whether the answer was lost: no answer came (a
+    /// timeout, a dropped stream), so the node may have run the step.
     fn exchange(
         &self,
         hop: &Hop,
         terms: Option<NodeTerms>,
         request: InferRequest,
         expected: Option<ExpectedShape>,
-    ) -> Result<Answer, HopError> {
+    ) -> (Result<Answer, HopError>, bool) {
         // Only a paid step can be refused for payment and retried; only it keeps a copy.
         let retry = terms.is_some().then(|| request.clone());
-        let request_hash = request.request_hash();
+        let (request_hash, units, kind) =
+            (request.request_hash(), step_units(&request), request.kind);
         let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
         if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
             (terms, retry, &response)
@@ -187,14 +206,40 @@ impl HopClient {
         {
             // The node may have restarted, keeps a smaller credit, or got this run's vouchers
             // out of order: pay for everything in flight now and retry once.
-            request.payment = Some(self.repay(terms)?);
+            match self.repay(terms, units, e.account.as_deref()) {
+                Ok(voucher) => request.payment = Some(voucher),
+                Err(e) => return (Err(e), false),
+            }
             if let Some(metrics) = &self.metrics {
                 metrics.voucher_signed();
             }
             response = self.runtime.block_on(self.net.request(hop.peer, request));
         }
+        if kind == StepKind::Decode
+            && terms.is_some()
+            && matches!(response, Ok(InferResponse::Ok { .. }))
+            && self
+                .drop_answers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            tracing::warn!(peer = %hop.peer, "TESTING: dropped the answer as if lost on the way");
+            return (Err(HopError::Peer("TESTING: answer dropped on the way".into())), true);
+        }
+        let lost = matches!(response, Err(ref e) if e.may_have_run());
+        (self.judge(hop, expected, request_hash, response), lost)
+    }
+
+    /// What a response means for the step: a checked answer, or why it failed.
+    fn judge(
+        &self,
+        hop: &Hop,
+        expected: Option<ExpectedShape>,
+        request_hash: B256,
+        response: Result<InferResponse, NetError>,
+    ) -> Result<Answer, HopError> {
         match response {
-            Ok(InferResponse::Ok { output, signature }) => {
+            Ok(InferResponse::Ok { output, signature, account }) => {
                 let epoch =
                     match self.check_answer(hop, expected, request_hash, &output, &signature) {
                         Ok(epoch) => epoch,
@@ -214,7 +259,7 @@ impl HopClient {
                         }
                     };
                 self.bans().succeed(&hop.peer);
-                Ok(Answer { output, signature, request_hash, epoch })
+                Ok(Answer { output, signature, request_hash, epoch, account })
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
                 Err(HopError::Fatal(Box::new(EngineError::BadInput {
@@ -303,9 +348,38 @@ impl HopClient {
             .map_err(|e| cannot_pay(&terms, e))
     }
 
-    fn repay(&self, terms: NodeTerms) -> Result<SignedVoucher, HopError> {
+    fn repay(
+        &self,
+        terms: NodeTerms,
+        units: u64,
+        account: Option<&Account>,
+    ) -> Result<SignedVoucher, HopError> {
         let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        self.runtime.block_on(wallet.repay(terms)).map_err(|e| cannot_pay(&terms, e))
+        self.runtime
+            .block_on(wallet.repay(terms, units, account))
+            .map_err(|e| cannot_pay(&terms, e))
+    }
+
+    /// Asks the node of `hop` for its account of this client's channel and pays what is
+    /// agreed, for nodes an answer to was lost (or whose account was taken and not paid
+    /// yet) and that have nothing in flight: a free Close step of an unused session carries
+    /// the voucher due, and its answer the node's account (`payments.md`, "Reconciliation").
+    pub fn settle_accounts(&self, hop_of: impl Fn(Address) -> Option<Hop>) {
+        let Some((wallet, _)) = &self.payer else { return };
+        for operator in self.runtime.block_on(wallet.unsettled()) {
+            let Some(hop) = hop_of(operator) else { continue };
+            let session = rand::random::<u64>();
+            match self.call(&hop, session, 0, StepKind::Close, Payload::Empty) {
+                Ok(_) => tracing::debug!(peer = %hop.peer, "asked for its account"),
+                Err(e) => tracing::debug!(peer = %hop.peer, "asking for its account failed: {e:?}"),
+            }
+        }
+    }
+
+    /// The operator of a routable peer, as last read from the registry.
+    pub fn operator_of(&self, peer: &libp2p::PeerId) -> Option<Address> {
+        let (_, book) = self.payer.as_ref()?;
+        book.lock().expect("terms").get(peer).map(|t| t.operator)
     }
 }
 

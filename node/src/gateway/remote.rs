@@ -196,6 +196,28 @@ impl RemoteModel {
         self
     }
 
+    /// TESTING ONLY: see [`HopClient::drop_answers`].
+    pub fn drop_answers(&self, count: u64) {
+        self.router.hops.drop_answers(count);
+    }
+
+    /// Asks the nodes whose account may differ from this gateway's count (an answer to them
+    /// was lost) for it, and pays what is agreed (see [`HopClient::settle_accounts`]).
+    /// Blocks on the network: call it from a blocking thread.
+    pub fn settle_accounts(&self) {
+        let candidates = self.router.candidates.lock().expect("candidates").clone();
+        self.router.hops.settle_accounts(|operator| {
+            candidates.iter().find_map(|c| {
+                (self.router.hops.operator_of(&c.peer) == Some(operator)).then_some(Hop {
+                    peer: c.peer,
+                    first_block: c.first_block,
+                    last_block: c.last_block,
+                })
+            })
+        });
+        self.report_payments();
+    }
+
     /// A model of its own for one request, sharing this one's router: its bans, directory,
     /// payments and report.
     pub fn open(&self) -> Self {

@@ -16,8 +16,13 @@ pub const MAX_RANK: usize = 4;
 /// Longest error message carried.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 
-const REQUEST_MAGIC: &[u8; 4] = b"IGQ2";
-const RESPONSE_MAGIC: &[u8; 4] = b"IGS1";
+const REQUEST_MAGIC: &[u8; 4] = b"IGQ3";
+const RESPONSE_MAGIC: &[u8; 4] = b"IGS2";
+/// The response magic of versions 1 and 2, which shared one response format: a refusal of a
+/// retired version is written in it, so that an old client can read it.
+const RETIRED_RESPONSE_MAGIC: &[u8; 4] = b"IGS1";
+/// Bytes of an encoded [`Account`].
+pub const ACCOUNT_BYTES: usize = 32 * 5 + 8 + 2;
 
 /// What a step does to the session's KV cache on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,12 +129,126 @@ impl ErrorCode {
     }
 }
 
+/// Why a `PaymentRequired` refusal was sent: its sub-code (`wire.md`, "PaymentRequired").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PaymentReason {
+    /// No voucher, and no channel from this peer yet.
+    NoChannel = 1,
+    /// The voucher's channel does not exist on this chain.
+    UnknownChannel = 2,
+    /// The channel pays another node.
+    OtherNode = 3,
+    /// A close was requested on the channel, or it is closed.
+    Closing = 4,
+    /// Another peer already pays through this channel.
+    OtherPeer = 5,
+    /// The voucher is below the latest accepted one (replayed or stale).
+    Stale = 6,
+    /// The voucher is not signed by the channel's payer for this chain and contract.
+    BadSignature = 7,
+    /// Usage not covered by vouchers would exceed the credit: sign a newer voucher.
+    CreditExceeded = 8,
+    /// The channel holds too little to be served on credit: every step needs a voucher.
+    NoCredit = 9,
+    /// Too many channel lookups on the chain from this peer: try again later.
+    TooManyLookups = 10,
+}
+
+impl PaymentReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        use PaymentReason::*;
+        [
+            NoChannel,
+            UnknownChannel,
+            OtherNode,
+            Closing,
+            OtherPeer,
+            Stale,
+            BadSignature,
+            CreditExceeded,
+            NoCredit,
+            TooManyLookups,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == v)
+    }
+}
+
+/// A paid node's account of one payment channel, as it stands after the step it comes with
+/// (`wire.md`, "Account"): what the node counts as owed, so that a payer can see, and agree
+/// again after, a disagreement (an answer lost on the way, a price change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub channel_id: U256,
+    /// Wei owed for block-tokens metered under earlier terms (a price or span since changed).
+    pub settled: U256,
+    /// Block-tokens metered under the current terms.
+    pub metered: u64,
+    /// The current terms: wei per token through the registered span of `span_blocks` blocks.
+    pub price_per_token: U256,
+    pub span_blocks: u16,
+    /// The latest voucher the node accepted on the channel (0: none).
+    pub voucher: U256,
+    /// How much usage (wei) the node serves beyond the voucher.
+    pub credit: U256,
+}
+
+impl Account {
+    /// What the node counts as owed: `settled + ⌊price · metered / span⌋`.
+    pub fn owed(&self) -> U256 {
+        self.settled
+            + self.price_per_token * U256::from(self.metered) / U256::from(self.span_blocks.max(1))
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.channel_id.to_be_bytes::<32>());
+        out.extend_from_slice(&self.settled.to_be_bytes::<32>());
+        out.extend_from_slice(&self.metered.to_le_bytes());
+        out.extend_from_slice(&self.price_per_token.to_be_bytes::<32>());
+        out.extend_from_slice(&self.span_blocks.to_le_bytes());
+        out.extend_from_slice(&self.voucher.to_be_bytes::<32>());
+        out.extend_from_slice(&self.credit.to_be_bytes::<32>());
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Option<Self>, CodecError> {
+        match r.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(Self {
+                channel_id: r.u256()?,
+                settled: r.u256()?,
+                metered: r.u64()?,
+                price_per_token: r.u256()?,
+                span_blocks: r.u16()?,
+                voucher: r.u256()?,
+                credit: r.u256()?,
+            })),
+            other => Err(CodecError::UnknownAccountFlag(other)),
+        }
+    }
+}
+
+fn encode_account(account: &Option<Account>, out: &mut Vec<u8>) {
+    match account {
+        None => out.push(0),
+        Some(account) => {
+            out.push(1);
+            account.encode(out);
+        }
+    }
+}
+
 /// A typed refusal, as sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    /// The sub-code of a `PaymentRequired` refusal; none for the other codes.
+    pub reason: Option<PaymentReason>,
+    /// The node's account of the channel, when a paid node refuses a paying peer (boxed:
+    /// refusals travel in `Result`s, and most have none).
+    pub account: Option<Box<Account>>,
 }
 
 /// What a refusal of a retired protocol version says after the version's id: its marker
@@ -154,15 +273,42 @@ impl WireError {
             }
             message.truncate(cut);
         }
-        Self { code, message }
+        Self { code, message, reason: None, account: None }
+    }
+
+    /// A `PaymentRequired` refusal, with its sub-code and the node's account of the channel.
+    pub fn payment(
+        reason: PaymentReason,
+        message: impl Into<String>,
+        account: Option<Account>,
+    ) -> Self {
+        let account = account.map(Box::new);
+        Self { reason: Some(reason), account, ..Self::new(ErrorCode::PaymentRequired, message) }
+    }
+
+    /// This refusal in the response format of retired versions 1 and 2 (magic `IGS1`, no
+    /// sub-code or account), which an old client decodes.
+    pub fn encode_retired(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + self.message.len());
+        out.extend_from_slice(RETIRED_RESPONSE_MAGIC);
+        out.push(1);
+        self.encode_text(&mut out);
+        out
+    }
+
+    fn encode_text(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.code as u16).to_le_bytes());
+        out.extend_from_slice(&(self.message.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.message.as_bytes());
     }
 }
 
 /// A node's answer: the output payload with its signature over (request, output), or a
-/// typed error.
+/// typed error; either way, from a paid node to a paying peer, the node's account of the
+/// channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InferResponse {
-    Ok { output: Payload, signature: [u8; 65] },
+    Ok { output: Payload, signature: [u8; 65], account: Option<Box<Account>> },
     Err(WireError),
 }
 
@@ -183,6 +329,10 @@ pub enum CodecError {
     UnknownStatus(u8),
     #[error("unknown error code {0}")]
     UnknownErrorCode(u16),
+    #[error("payment reason {reason} with error code {code}")]
+    UnknownReason { code: u16, reason: u8 },
+    #[error("unknown account flag {0}")]
+    UnknownAccountFlag(u8),
     #[error("tensor rank {0} outside 1..={MAX_RANK}")]
     Rank(u8),
     #[error("message of {0} bytes exceeds the limit")]
@@ -264,8 +414,8 @@ impl InferRequest {
         let payment = match r.u8()? {
             0 => None,
             1 => {
-                let channel_id = U256::from_be_slice(r.take(32)?);
-                let cumulative_amount = U256::from_be_slice(r.take(32)?);
+                let channel_id = r.u256()?;
+                let cumulative_amount = r.u256()?;
                 let signature = Bytes::copy_from_slice(r.take(65)?);
                 Some(SignedVoucher {
                     voucher: Voucher { channel_id, cumulative_amount },
@@ -285,16 +435,17 @@ impl InferResponse {
         let mut out = Vec::new();
         out.extend_from_slice(RESPONSE_MAGIC);
         match self {
-            InferResponse::Ok { output, signature } => {
+            InferResponse::Ok { output, signature, account } => {
                 out.push(0);
                 encode_payload(output, &mut out);
                 out.extend_from_slice(signature);
+                encode_account(&account.as_deref().copied(), &mut out);
             }
             InferResponse::Err(err) => {
                 out.push(1);
-                out.extend_from_slice(&(err.code as u16).to_le_bytes());
-                out.extend_from_slice(&(err.message.len() as u32).to_le_bytes());
-                out.extend_from_slice(err.message.as_bytes());
+                err.encode_text(&mut out);
+                out.push(err.reason.map_or(0, |r| r as u8));
+                encode_account(&err.account.as_deref().copied(), &mut out);
             }
         }
         out
@@ -309,7 +460,8 @@ impl InferResponse {
             0 => {
                 let output = decode_payload(&mut r)?;
                 let signature = r.take(65)?.try_into().expect("65 bytes");
-                InferResponse::Ok { output, signature }
+                let account = Account::decode(&mut r)?.map(Box::new);
+                InferResponse::Ok { output, signature, account }
             }
             1 => {
                 let raw = r.u16()?;
@@ -320,7 +472,18 @@ impl InferResponse {
                 }
                 let message =
                     std::str::from_utf8(r.take(len)?).map_err(|_| CodecError::Utf8)?.to_owned();
-                InferResponse::Err(WireError { code, message })
+                // A sub-code only with PaymentRequired, and always with it.
+                let raw_reason = r.u8()?;
+                let reason = match (code, raw_reason) {
+                    (ErrorCode::PaymentRequired, r) => Some(PaymentReason::from_u8(r)),
+                    (_, 0) => None,
+                    _ => Some(None),
+                };
+                let reason = reason
+                    .map(|r| r.ok_or(CodecError::UnknownReason { code: raw, reason: raw_reason }))
+                    .transpose()?;
+                let account = Account::decode(&mut r)?.map(Box::new);
+                InferResponse::Err(WireError { code, message, reason, account })
             }
             other => return Err(CodecError::UnknownStatus(other)),
         };
@@ -461,6 +624,10 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
+    /// A uint256, big-endian as the EVM's words (amounts and channel ids).
+    fn u256(&mut self) -> Result<U256, CodecError> {
+        Ok(U256::from_be_slice(self.take(32)?))
+    }
 
     fn finish(self) -> Result<(), CodecError> {
         match self.bytes.len() - self.at {
@@ -500,6 +667,19 @@ mod tests {
                     token_type_ids,
                 }),
         ]
+    }
+
+    fn account() -> impl Strategy<Value = Account> {
+        (any::<[u8; 32]>(), any::<u128>(), any::<u64>(), any::<u128>(), any::<u16>(), any::<u128>())
+            .prop_map(|(channel, settled, metered, price, span_blocks, voucher)| Account {
+                channel_id: U256::from_be_bytes(channel),
+                settled: U256::from(settled),
+                metered,
+                price_per_token: U256::from(price),
+                span_blocks,
+                voucher: U256::from(voucher),
+                credit: U256::from(price) * U256::from(256),
+            })
     }
 
     fn request() -> impl Strategy<Value = InferRequest> {
@@ -542,10 +722,16 @@ mod tests {
         }
 
         #[test]
-        fn responses_round_trip(output in payload(), sig in proptest::collection::vec(any::<u8>(), 65), code in 1u16..10, msg in ".{0,64}") {
-            let ok = InferResponse::Ok { output, signature: sig.try_into().unwrap() };
+        fn responses_round_trip(output in payload(), sig in proptest::collection::vec(any::<u8>(), 65), code in 1u16..10, reason in 1u8..=10, msg in ".{0,64}", account in proptest::option::of(account())) {
+            let ok = InferResponse::Ok { output, signature: sig.try_into().unwrap(), account: account.map(Box::new) };
             prop_assert_eq!(InferResponse::decode(&ok.encode()), Ok(ok));
-            let err = InferResponse::Err(WireError::new(ErrorCode::from_u16(code).unwrap(), msg));
+            let code = ErrorCode::from_u16(code).unwrap();
+            let err = if code == ErrorCode::PaymentRequired {
+                WireError::payment(PaymentReason::from_u8(reason).unwrap(), msg, account)
+            } else {
+                WireError { account: account.map(Box::new), ..WireError::new(code, msg) }
+            };
+            let err = InferResponse::Err(err);
             prop_assert_eq!(InferResponse::decode(&err.encode()), Ok(err));
         }
 
@@ -584,7 +770,7 @@ mod tests {
             payment: None,
             payload: Payload::Tokens(vec![1, 500]),
         };
-        let spec = "49475132 00 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f                     0000 0100 efcdab8967452301 00000000 00                     01 02000000 0100000000000000 f401000000000000";
+        let spec = "49475133 00 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f                     0000 0100 efcdab8967452301 00000000 00                     01 02000000 0100000000000000 f401000000000000";
         let spec = hex::decode(spec.replace(' ', "")).expect("hex");
         let bytes = request.encode();
         assert_eq!(bytes.len(), 75);
@@ -592,7 +778,7 @@ mod tests {
         assert_eq!(InferRequest::decode(&spec), Ok(request.clone()));
         assert_eq!(
             hash(&bytes),
-            "0xec3e47aa5a5ba46a000bbfd0812132835902bc207d167b829300948bd5e1a30a"
+            "0x7efd27428b3454696a807b8b69898baef4bdef5ccc9ff4d2ac79ff4601f152b3"
         );
 
         // The payment field with a voucher: flag 1, channel 1, 1000 wei, a 65-byte signature;
@@ -637,9 +823,65 @@ mod tests {
             hash(&payload_bytes(&Payload::Empty)),
             "0xbc36789e7a1e281436464229828f817d6612f7b477d66591ff96a9e064bcc98a"
         );
-        // A SessionLost refusal with message "lost".
-        let lost = InferResponse::Err(WireError::new(ErrorCode::SessionLost, "lost")).encode();
-        assert_eq!(hex::encode(&lost), "49475331010600040000006c6f7374");
+        // A SessionLost refusal with message "lost": no sub-code, no account.
+        let lost = InferResponse::Err(WireError::new(ErrorCode::SessionLost, "lost"));
+        assert_eq!(hex::encode(lost.encode()), "49475332010600040000006c6f73740000");
+        // The same refusal as a node writes it on a retired version (1 or 2).
+        let InferResponse::Err(refusal) = &lost else { unreachable!() };
+        assert_eq!(hex::encode(refusal.encode_retired()), "49475331010600040000006c6f7374");
+
+        // A CreditExceeded refusal with message "pay", and the account of channel 1: 100 wei
+        // settled, 7 block-tokens at 30 wei per token over 3 blocks, voucher 90, credit 7680.
+        let account = Account {
+            channel_id: U256::from(1),
+            settled: U256::from(100),
+            metered: 7,
+            price_per_token: U256::from(30),
+            span_blocks: 3,
+            voucher: U256::from(90),
+            credit: U256::from(7680),
+        };
+        assert_eq!(account.owed(), U256::from(170));
+        let refusal = InferResponse::Err(WireError::payment(
+            PaymentReason::CreditExceeded,
+            "pay",
+            Some(account),
+        ));
+        let word = |v: u64| format!("{v:064x}");
+        let spec = format!(
+            "49475332 01 0900 03000000 706179 08 01 {} {} 0700000000000000 {} 0300 {} {}",
+            word(1),
+            word(100),
+            word(30),
+            word(90),
+            word(7680)
+        );
+        let bytes = refusal.encode();
+        assert_eq!(bytes.len(), 4 + 1 + 2 + 4 + 3 + 1 + 1 + ACCOUNT_BYTES);
+        assert_eq!(hex::encode(&bytes), spec.replace(' ', ""));
+        assert_eq!(InferResponse::decode(&bytes), Ok(refusal));
+    }
+
+    #[test]
+    fn sub_codes_and_accounts_are_checked() {
+        let with = |code: u16, reason: u8, flag: u8| {
+            let mut bytes = b"IGS2\x01".to_vec();
+            bytes.extend_from_slice(&code.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&[reason, flag]);
+            InferResponse::decode(&bytes)
+        };
+        // PaymentRequired needs a known sub-code; every other code has none.
+        assert_eq!(with(9, 0, 0), Err(CodecError::UnknownReason { code: 9, reason: 0 }));
+        assert_eq!(with(9, 11, 0), Err(CodecError::UnknownReason { code: 9, reason: 11 }));
+        assert_eq!(with(6, 1, 0), Err(CodecError::UnknownReason { code: 6, reason: 1 }));
+        assert!(matches!(
+            with(9, 8, 0),
+            Ok(InferResponse::Err(WireError { reason: Some(PaymentReason::CreditExceeded), .. }))
+        ));
+        assert_eq!(with(6, 0, 2), Err(CodecError::UnknownAccountFlag(2)));
+        // An account flag with the account cut short.
+        assert_eq!(with(6, 0, 1), Err(CodecError::Truncated));
     }
 
     #[test]
@@ -664,6 +906,11 @@ mod tests {
             Err(CodecError::TooLarge(MAX_MESSAGE_BYTES + 1))
         );
         let mut trailing = InferResponse::Err(WireError::new(ErrorCode::Internal, "x")).encode();
+        trailing.push(0);
+        assert_eq!(InferResponse::decode(&trailing), Err(CodecError::Trailing(1)));
+        let mut trailing =
+            InferResponse::Ok { output: Payload::Empty, signature: [0; 65], account: None }
+                .encode();
         trailing.push(0);
         assert_eq!(InferResponse::decode(&trailing), Err(CodecError::Trailing(1)));
         // A payload of nested mask tags is refused at the second tag, not by recursion.

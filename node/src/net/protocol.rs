@@ -6,13 +6,13 @@ use libp2p::StreamProtocol;
 use super::codec::{CodecError, InferRequest, InferResponse, MAX_MESSAGE_BYTES};
 
 /// The versioned protocol id.
-pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/infer/2");
+pub const INFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/infer/3");
 
 /// Earlier versions, still accepted inbound only to refuse every request with a message that
-/// names the current one (their response format is this one's), instead of a bare
-/// protocol negotiation failure a peer cannot tell from an outage.
-pub const RETIRED_INFER_PROTOCOLS: [StreamProtocol; 1] =
-    [StreamProtocol::new("/infergrid/infer/1")];
+/// names the current one, written in their own response format (`IGS1`, which they shared),
+/// instead of a bare protocol negotiation failure a peer cannot tell from an outage.
+pub const RETIRED_INFER_PROTOCOLS: [StreamProtocol; 2] =
+    [StreamProtocol::new("/infergrid/infer/1"), StreamProtocol::new("/infergrid/infer/2")];
 
 /// Reads a whole stream (one message per stream) up to the size limit. A request that does
 /// not parse is still delivered, as an error, so the node can answer it with a typed refusal.
@@ -92,10 +92,21 @@ impl libp2p::request_response::Codec for InferCodec {
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         response: Self::Response,
     ) -> std::io::Result<()> {
-        write_message(io, &response.encode()).await
+        let bytes = match (&response, *protocol == INFER_PROTOCOL) {
+            (_, true) => response.encode(),
+            // Every request on a retired version is refused, in that version's format.
+            (InferResponse::Err(refusal), false) => refusal.encode_retired(),
+            (InferResponse::Ok { .. }, false) => {
+                return Err(invalid_input(CodecError::Retired {
+                    retired: protocol.to_string(),
+                    current: INFER_PROTOCOL.to_string(),
+                }));
+            }
+        };
+        write_message(io, &bytes).await
     }
 }

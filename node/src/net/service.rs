@@ -86,7 +86,13 @@ pub enum NetError {
     #[error("cannot start the network: {0}")]
     Start(String),
     #[error("request to {peer} failed: {reason}")]
-    Request { peer: PeerId, reason: String },
+    Request {
+        peer: PeerId,
+        reason: String,
+        /// Whether the request may have reached the peer (and been run): everything but a
+        /// failure to dial it.
+        maybe_delivered: bool,
+    },
     /// The peer does not speak this protocol version: not a failure of the peer.
     #[error("{peer} does not speak {protocol} (another protocol version)")]
     Unsupported { peer: PeerId, protocol: String },
@@ -722,7 +728,19 @@ fn outbound_error(
         request_response::OutboundFailure::UnsupportedProtocols => {
             NetError::Unsupported { peer, protocol: protocol.to_string() }
         }
-        other => NetError::Request { peer, reason: other.to_string() },
+        other => NetError::Request {
+            peer,
+            maybe_delivered: !matches!(other, request_response::OutboundFailure::DialFailure),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl NetError {
+    /// Whether a request that failed this way may still have been run by the peer: its
+    /// answer was lost (a timeout, a connection closed), not its delivery refused.
+    pub fn may_have_run(&self) -> bool {
+        matches!(self, NetError::Request { maybe_delivered: true, .. })
     }
 }
 

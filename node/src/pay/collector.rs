@@ -14,6 +14,7 @@ use super::store::StoreError;
 use super::{SignedVoucher, VoucherError};
 use crate::chain::{ChainError, Channels};
 use crate::eip712::Domain;
+use crate::net::codec::{Account, PaymentReason};
 
 /// Why a node will not serve a step against a payment.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +69,22 @@ pub enum PaymentError {
 }
 
 impl PaymentError {
-    /// Whether the payer can fix it (as opposed to a failure of this node).
-    pub fn is_payer_fault(&self) -> bool {
-        !matches!(self, PaymentError::Chain(_) | PaymentError::Ledger(_))
+    /// The `PaymentRequired` sub-code of a refusal the payer can fix; `None` for a failure
+    /// of this node (it cannot read the chain or write its ledger).
+    pub fn reason(&self) -> Option<PaymentReason> {
+        Some(match self {
+            PaymentError::NoChannel { .. } => PaymentReason::NoChannel,
+            PaymentError::UnknownChannel(_) => PaymentReason::UnknownChannel,
+            PaymentError::NotOurChannel { .. } => PaymentReason::OtherNode,
+            PaymentError::Closing(_) => PaymentReason::Closing,
+            PaymentError::OtherPeer(_) => PaymentReason::OtherPeer,
+            PaymentError::Stale { .. } => PaymentReason::Stale,
+            PaymentError::BadSignature { .. } => PaymentReason::BadSignature,
+            PaymentError::CreditExceeded { .. } => PaymentReason::CreditExceeded,
+            PaymentError::NoCredit { .. } => PaymentReason::NoCredit,
+            PaymentError::TooManyLookups { .. } => PaymentReason::TooManyLookups,
+            PaymentError::Chain(_) | PaymentError::Ledger(_) => return None,
+        })
     }
 }
 
@@ -92,6 +106,21 @@ impl Channel {
     /// What the node can actually collect: the voucher, capped at the deposit.
     fn collectable(&self) -> U256 {
         self.record.vouched().min(self.deposit)
+    }
+
+    /// The terms the channel's metering is priced at (set when the channel is loaded).
+    fn terms(&self) -> Tariff {
+        self.record.terms.expect("a loaded channel has terms")
+    }
+
+    /// Prices what was metered so far at the channel's terms into `settled`, and meters on
+    /// at `terms`: a new price applies from here on, never to what was served before.
+    fn move_to(&mut self, terms: Tariff) {
+        if self.terms() != terms {
+            self.record.settled = self.record.owed(terms);
+            self.record.metered = 0;
+            self.record.terms = Some(terms);
+        }
     }
 }
 
@@ -136,7 +165,8 @@ pub const DEFAULT_CONFIRMATIONS: u64 = 12;
 /// Checks vouchers, meters usage and keeps the ledger.
 pub struct Collector {
     operator: Address,
-    tariff: Tariff,
+    /// The node's registered terms, re-read from the chain while it runs.
+    tariff: std::sync::RwLock<Tariff>,
     domain: Domain,
     credit: U256,
     /// Channels holding less get no credit: every step must be covered by a voucher.
@@ -169,7 +199,7 @@ impl Collector {
         let (min_deposit, confirmations) = (credit, DEFAULT_CONFIRMATIONS);
         Self {
             operator,
-            tariff,
+            tariff: std::sync::RwLock::new(tariff),
             domain,
             credit,
             min_deposit,
@@ -196,6 +226,41 @@ impl Collector {
 
     pub fn operator(&self) -> Address {
         self.operator
+    }
+
+    /// The node's registered terms now.
+    pub fn tariff(&self) -> Tariff {
+        *self.tariff.read().expect("tariff")
+    }
+
+    /// The node's registered terms changed on-chain: each channel moves to them with the
+    /// next voucher its payer sends (`payments.md`, "Price changes"). Returns whether they
+    /// changed.
+    pub fn set_tariff(&self, tariff: Tariff) -> bool {
+        let mut current = self.tariff.write().expect("tariff");
+        let changed = *current != tariff;
+        *current = tariff;
+        changed
+    }
+
+    /// `peer`'s account of the channel it pays through (the one `payment` names, else the
+    /// last it paid from), as sent back with each answer; `None` for a channel another peer
+    /// pays through, or none.
+    pub async fn account(&self, peer: PeerId, payment: Option<&SignedVoucher>) -> Option<Account> {
+        let book = self.book.lock().await;
+        let id =
+            payment.map(|p| p.voucher.channel_id).or_else(|| book.peers.get(&peer).copied())?;
+        let channel = book.channels.get(&id).filter(|c| c.peer == Some(peer))?;
+        let terms = channel.terms();
+        Some(Account {
+            channel_id: id,
+            settled: channel.record.settled,
+            metered: channel.record.metered,
+            price_per_token: terms.price_per_token,
+            span_blocks: terms.span_blocks,
+            voucher: channel.record.vouched(),
+            credit: self.credit,
+        })
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -236,7 +301,7 @@ impl Collector {
             return Err(PaymentError::Closing(id));
         }
         let metered = channel.record.metered + units;
-        let owed = self.tariff.amount(metered);
+        let owed = channel.record.settled + channel.terms().amount(metered);
         let unpaid = owed.saturating_sub(channel.collectable());
         // Credit is only worth giving where a voucher could still collect it: on a channel
         // holding the minimum and all the usage.
@@ -382,6 +447,8 @@ impl Collector {
                     reason,
                 }
             })?;
+            // A voucher signed after a change of terms moves the channel to them.
+            channel.move_to(self.tariff());
             channel.record.voucher = Some(voucher.clone());
             self.ledger.put(id, &channel.record)?;
             channel.flushed = channel.record.metered;
@@ -405,12 +472,15 @@ impl Collector {
                 operator: self.operator,
             });
         }
-        let record = self.ledger.get(id)?.unwrap_or(ChannelRecord {
+        let mut record = self.ledger.get(id)?.unwrap_or(ChannelRecord {
             payer: state.payer,
             voucher: None,
             metered: 0,
             redeemed: U256::from(state.paid),
+            settled: U256::ZERO,
+            terms: None,
         });
+        record.terms.get_or_insert(self.tariff());
         // Finalizing requires a close request first, so this covers closed channels too.
         if state.closesAt != 0 {
             return Err(PaymentError::Closing(id));
@@ -450,7 +520,7 @@ impl Collector {
             channel,
             payer: record.payer,
             metered: record.metered,
-            owed: self.tariff.amount(record.metered),
+            owed: record.owed(self.tariff()),
             vouched: record.vouched(),
             redeemed: record.redeemed,
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::meter::Tariff;
 use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
 
@@ -18,16 +19,29 @@ const CHANNELS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("channe
 /// inside the confirmation window still re-checks it.
 const PENDING: TableDefinition<&[u8; 32], u64> = TableDefinition::new("pending_redemptions");
 
+/// Bytes of a record's payer, metering and redeemed amount.
+const LEGACY_BARE: usize = 20 + 8 + 32;
+/// Bytes of its settled amount and terms.
+const TERMS_BYTES: usize = 32 + 32 + 2;
+/// Bytes of its voucher.
+const VOUCHER_BYTES: usize = 32 + 65;
+const TERMS_AND_VOUCHER: usize = TERMS_BYTES + VOUCHER_BYTES;
+
 /// What a node knows about one channel paying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelRecord {
     pub payer: Address,
     /// The highest valid voucher received.
     pub voucher: Option<SignedVoucher>,
-    /// Block-tokens served on the channel (as of the last write).
+    /// Block-tokens served on the channel under `terms` (as of the last write).
     pub metered: u64,
     /// What the channel has paid this node on-chain (as of the last redemption or read).
     pub redeemed: U256,
+    /// Wei owed for block-tokens served under earlier terms (`payments.md`, "Price changes").
+    pub settled: U256,
+    /// The terms `metered` is priced at; `None` in a ledger written before terms were kept
+    /// (the node's terms at start apply).
+    pub terms: Option<Tariff>,
 }
 
 impl ChannelRecord {
@@ -36,12 +50,24 @@ impl ChannelRecord {
         self.voucher.as_ref().map_or(U256::ZERO, |v| v.voucher.cumulative_amount)
     }
 
-    // Layout: payer 20 ‖ metered u64 LE ‖ redeemed 32 ‖ [amount 32 ‖ signature 65].
+    /// What the channel owes for everything metered: `settled` plus `metered` at `terms`.
+    pub fn owed(&self, terms: Tariff) -> U256 {
+        self.settled + self.terms.unwrap_or(terms).amount(self.metered)
+    }
+
+    // Layout: payer 20 ‖ metered u64 LE ‖ redeemed 32 ‖ settled 32 ‖ price 32 ‖ span u16 LE
+    // ‖ [amount 32 ‖ signature 65]. Ledgers written before terms were kept lack the settled,
+    // price and span fields (60 or 157 bytes).
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(157);
+        let mut out = Vec::with_capacity(LEGACY_BARE + TERMS_BYTES + VOUCHER_BYTES);
         out.extend_from_slice(self.payer.as_slice());
         out.extend_from_slice(&self.metered.to_le_bytes());
         out.extend_from_slice(&self.redeemed.to_be_bytes::<32>());
+        if let Some(terms) = &self.terms {
+            out.extend_from_slice(&self.settled.to_be_bytes::<32>());
+            out.extend_from_slice(&terms.price_per_token.to_be_bytes::<32>());
+            out.extend_from_slice(&terms.span_blocks.to_le_bytes());
+        }
         if let Some(v) = &self.voucher {
             out.extend_from_slice(&v.voucher.cumulative_amount.to_be_bytes::<32>());
             out.extend_from_slice(&v.signature);
@@ -51,18 +77,32 @@ impl ChannelRecord {
 
     fn decode(channel_id: U256, bytes: &[u8]) -> Result<Self, StoreError> {
         let corrupt = || StoreError::Corrupt(format!("channel {channel_id}"));
-        if bytes.len() != 60 && bytes.len() != 60 + 32 + 65 {
-            return Err(corrupt());
-        }
-        let voucher = (bytes.len() > 60).then(|| SignedVoucher {
-            voucher: Voucher { channel_id, cumulative_amount: U256::from_be_slice(&bytes[60..92]) },
-            signature: Bytes::copy_from_slice(&bytes[92..]),
+        let with_terms = match bytes.len().checked_sub(LEGACY_BARE) {
+            Some(0 | VOUCHER_BYTES) => false,
+            Some(TERMS_BYTES) | Some(TERMS_AND_VOUCHER) => true,
+            _ => return Err(corrupt()),
+        };
+        let (settled, terms, rest) = if with_terms {
+            let fields = &bytes[LEGACY_BARE..LEGACY_BARE + TERMS_BYTES];
+            let terms = Tariff {
+                price_per_token: U256::from_be_slice(&fields[32..64]),
+                span_blocks: u16::from_le_bytes([fields[64], fields[65]]),
+            };
+            (U256::from_be_slice(&fields[..32]), Some(terms), &bytes[LEGACY_BARE + TERMS_BYTES..])
+        } else {
+            (U256::ZERO, None, &bytes[LEGACY_BARE..])
+        };
+        let voucher = (!rest.is_empty()).then(|| SignedVoucher {
+            voucher: Voucher { channel_id, cumulative_amount: U256::from_be_slice(&rest[..32]) },
+            signature: Bytes::copy_from_slice(&rest[32..]),
         });
         Ok(Self {
             payer: Address::from_slice(&bytes[..20]),
             metered: u64::from_le_bytes(bytes[20..28].try_into().map_err(|_| corrupt())?),
             redeemed: U256::from_be_slice(&bytes[28..60]),
             voucher,
+            settled,
+            terms,
         })
     }
 }
@@ -202,13 +242,27 @@ mod tests {
             }),
             metered: 1234,
             redeemed: U256::from(40),
+            settled: U256::from(17),
+            terms: Some(Tariff { price_per_token: U256::from(6), span_blocks: 2 }),
         };
         let bare = ChannelRecord { voucher: None, ..record.clone() };
+        let legacy = ChannelRecord {
+            settled: U256::ZERO,
+            terms: None,
+            voucher: record.voucher.clone().map(|mut v| {
+                v.voucher.channel_id = U256::from(6);
+                v
+            }),
+            ..record.clone()
+        };
+        let legacy_bare = ChannelRecord { voucher: None, ..legacy.clone() };
         let deployment = B256::repeat_byte(1);
         {
             let ledger = Ledger::open(&path, deployment).unwrap();
             ledger.put(U256::from(3), &record).unwrap();
             ledger.put(U256::from(4), &bare).unwrap();
+            ledger.put(U256::from(6), &legacy).unwrap();
+            ledger.put(U256::from(7), &legacy_bare).unwrap();
         }
         assert!(matches!(
             Ledger::open(&path, B256::repeat_byte(2)),
@@ -217,7 +271,23 @@ mod tests {
         let ledger = Ledger::open(&path, deployment).unwrap();
         assert_eq!(ledger.get(U256::from(3)).unwrap(), Some(record.clone()));
         assert_eq!(ledger.get(U256::from(5)).unwrap(), None);
-        assert_eq!(ledger.all().unwrap(), vec![(U256::from(3), record), (U256::from(4), bare)]);
+        // Records of a ledger written before terms were kept (no settled, price or span).
+        assert_eq!(ChannelRecord::decode(U256::from(6), &legacy.encode()[..]).unwrap(), legacy);
+        assert_eq!(legacy.encode().len(), 157);
+        assert_eq!(legacy_bare.encode().len(), 60);
+        assert_eq!(
+            record.owed(Tariff { price_per_token: U256::from(1), span_blocks: 1 }),
+            U256::from(17 + 3702)
+        );
+        assert_eq!(
+            ledger.all().unwrap(),
+            vec![
+                (U256::from(3), record),
+                (U256::from(4), bare),
+                (U256::from(6), legacy),
+                (U256::from(7), legacy_bare)
+            ]
+        );
     }
 
     #[test]

@@ -15,8 +15,10 @@ use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
 use crate::chain::{ChainError, Channels, Token};
 use crate::eip712::{Domain, Eip712Signer};
+use crate::net::codec::Account;
 
-/// node operator (20 bytes) → channel id 32 ‖ signed amount 32 ‖ metered u64 LE.
+/// node operator (20 bytes) → channel id 32 ‖ signed amount 32 ‖ metered u64 LE ‖ settled 32
+/// ‖ price 32 ‖ span u16 LE (wallets written before terms were kept end after `metered`).
 const TABS: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("tabs");
 
 /// Who a node is on-chain and what it charges.
@@ -69,15 +71,74 @@ pub enum WalletError {
 struct Open {
     channel: U256,
     deposit: U256,
-    /// The node's price, as of the latest step.
+    /// The terms `metered` is priced at: the node's registered terms when the latest voucher
+    /// was signed (a new price applies from the next voucher on, as on the node).
     tariff: Tariff,
+    /// Wei owed for block-tokens metered under earlier terms.
+    settled: U256,
     metered: u64,
     /// Block-tokens of steps sent and not yet answered, over all concurrent sessions: the node
     /// has metered them already, so they count against its credit.
     in_flight: u64,
+    /// Block-tokens of steps whose answer never came (a timeout, a dropped stream): the node
+    /// may have metered them or not. Its account settles it (see [`Wallet::record`]).
+    uncertain: u64,
+    /// Whether the count and the node's may differ, or what was agreed is not signed yet: the
+    /// gateway asks the node for its account and pays it (see [`Wallet::unsettled`]).
+    settle_due: bool,
     signed: U256,
     /// Whether the node has had a voucher from this run (it binds the channel to this peer).
     introduced: bool,
+    /// How much more than this run's count the node last claimed without grounds (logged
+    /// once per claim, not at every answer).
+    disputed: U256,
+}
+
+impl Open {
+    /// What the answered steps, and `more` block-tokens after them, cost.
+    fn owed(&self, more: u64) -> U256 {
+        self.settled + self.tariff.amount(self.metered + more)
+    }
+
+    /// What the answered steps and `more` block-tokens after them cost once moved to `terms`.
+    fn owed_at(&self, terms: Tariff, more: u64) -> U256 {
+        if terms == self.tariff { self.owed(more) } else { self.owed(0) + terms.amount(more) }
+    }
+
+    /// Moves to the node's registered `terms`: what was metered is priced at the old ones.
+    fn move_to(&mut self, terms: Tariff) {
+        if self.tariff != terms {
+            self.settled = self.owed(0);
+            self.metered = 0;
+            self.tariff = terms;
+        }
+    }
+
+    /// Takes the node's `account` as this run's count when the two may differ only by steps
+    /// whose answers were lost: it may claim at most those at the dearer of the two terms.
+    /// Called with nothing in flight, so the account covers exactly the steps sent. Returns
+    /// whether it was taken.
+    fn agree(&mut self, account: &Account) -> bool {
+        let node_terms =
+            Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks };
+        let same = self.settled == account.settled
+            && self.metered == account.metered
+            && self.tariff == node_terms;
+        if same {
+            self.uncertain = 0;
+            return true;
+        }
+        let dearer = node_terms.amount(self.uncertain).max(self.tariff.amount(self.uncertain));
+        if account.owed() > self.owed(0) + dearer {
+            return false;
+        }
+        self.settled = account.settled;
+        self.metered = account.metered;
+        self.tariff = node_terms;
+        self.uncertain = 0;
+        self.settle_due = true;
+        true
+    }
 }
 
 #[derive(Default)]
@@ -155,11 +216,16 @@ impl Wallet {
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let ahead = force || node.tariff.amount(units) >= threshold;
         self.pay(node, units, |tab| {
+            // New registered terms are signed for at once: the node moves to them with the
+            // next voucher it accepts.
+            let moving = tab.tariff != node.tariff;
             let ahead_units = if ahead { units } else { 0 };
-            let owed = node.tariff.amount(tab.metered + tab.in_flight + ahead_units);
+            let owed = tab.owed_at(node.tariff, tab.in_flight + ahead_units);
             let unpaid = owed.saturating_sub(tab.signed);
-            let due =
-                force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
+            let due = force
+                || moving
+                || !tab.introduced
+                || (!unpaid.is_zero() && (settle || unpaid >= threshold));
             due.then_some(owed)
         })
         .await
@@ -167,9 +233,19 @@ impl Wallet {
 
     /// The node refused a step already in flight for lack of payment (it restarted, keeps a
     /// smaller credit, or saw this run's vouchers out of order): a voucher for everything
-    /// answered and in flight, this step included.
-    pub async fn repay(&self, node: NodeTerms) -> Result<SignedVoucher, WalletError> {
-        let owed = |tab: &Open| Some(node.tariff.amount(tab.metered + tab.in_flight));
+    /// answered and in flight, this step included. With nothing else in flight, the node's
+    /// `account` (which leaves the refused step out) is taken first where it may differ only
+    /// by lost answers.
+    pub async fn repay(
+        &self,
+        node: NodeTerms,
+        units: u64,
+        account: Option<&Account>,
+    ) -> Result<SignedVoucher, WalletError> {
+        if let Some(account) = account {
+            self.reconcile(node.operator, account, units).await;
+        }
+        let owed = |tab: &Open| Some(tab.owed_at(node.tariff, tab.in_flight));
         Ok(self.pay(node, 0, owed).await?.expect("a repayment always signs"))
     }
 
@@ -195,8 +271,10 @@ impl Wallet {
         let (owed, channel, mut deposit, signed) = {
             let mut tabs = self.tabs.lock().await;
             let tab = tabs.open.get_mut(&operator).expect("opened above");
-            tab.tariff = node.tariff;
             let owed = amount(tab);
+            if owed.is_some() {
+                tab.move_to(node.tariff);
+            }
             tab.in_flight += reserve;
             (owed, tab.channel, tab.deposit, tab.signed)
         };
@@ -213,14 +291,19 @@ impl Wallet {
             deposit += self.config.deposit;
             self.tabs.lock().await.open.get_mut(&operator).expect("opened above").deposit = deposit;
         }
-        let metered = self.tabs.lock().await.open.get(&operator).map_or(0, |t| t.metered);
-        if let Err(e) = self.save(operator, channel, amount, metered) {
+        let count = self.tabs.lock().await.open.get(&operator).map(|t| Count {
+            metered: t.metered,
+            settled: t.settled,
+            tariff: Some(t.tariff),
+        });
+        if let Err(e) = self.save(operator, channel, amount, count.unwrap_or_default()) {
             self.release(operator, reserve).await;
             return Err(e.into());
         }
         if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
             tab.signed = amount;
             tab.introduced = true;
+            tab.settle_due &= tab.uncertain > 0 || tab.owed(0) > amount;
         }
         tracing::info!(%operator, %channel, wei = %amount, "voucher signed");
         let voucher = Voucher { channel_id: channel, cumulative_amount: amount };
@@ -253,20 +336,83 @@ impl Wallet {
     }
 
     /// Counts `units` block-tokens that `operator`'s node served: a step sent with
-    /// [`Wallet::voucher`] was answered.
-    pub async fn record(&self, operator: Address, units: u64) {
+    /// [`Wallet::voucher`] was answered, with the node's `account` of the channel after it.
+    /// When nothing else is in flight and the two counts may differ (an answer was lost, the
+    /// terms moved), the node's account is taken if it claims at most the lost steps more
+    /// (`payments.md`, "Reconciliation"); a claim beyond that is logged and not paid.
+    pub async fn record(&self, operator: Address, units: u64, account: Option<&Account>) {
         if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
             tab.in_flight = tab.in_flight.saturating_sub(units);
             tab.metered += units;
         }
+        if let Some(account) = account {
+            self.reconcile(operator, account, 0).await;
+        }
     }
 
-    /// A step sent with [`Wallet::voucher`] got no usable answer: it is no longer in flight
-    /// (the node refunds a step it did not answer).
+    /// Takes `account` as the count of `operator`'s node if the only steps in flight are
+    /// `excluded` block-tokens the account leaves out, and it may differ only by lost answers.
+    async fn reconcile(&self, operator: Address, account: &Account, excluded: u64) {
+        let mut tabs = self.tabs.lock().await;
+        let Some(tab) = tabs.open.get_mut(&operator) else { return };
+        if tab.in_flight != excluded || account.channel_id != tab.channel {
+            return;
+        }
+        let (ours, theirs) = (tab.owed(0), account.owed());
+        if ours == theirs && tab.uncertain == 0 {
+            return;
+        }
+        if tab.agree(account) {
+            if ours != theirs {
+                tracing::info!(
+                    %operator, channel = %tab.channel, ours = %ours, theirs = %theirs,
+                    "took the node's account of the channel (answers lost on the way, or its \
+                     terms moved)"
+                );
+            }
+        } else {
+            if tab.disputed != theirs - ours {
+                tracing::warn!(
+                    %operator, channel = %tab.channel, ours = %ours, theirs = %theirs,
+                    uncertain = tab.uncertain,
+                    "the node counts more than the steps this gateway sent (or answers it \
+                     refused): not taken"
+                );
+                tab.disputed = theirs - ours;
+            }
+            tab.uncertain = 0;
+        }
+    }
+
+    /// A step sent with [`Wallet::voucher`] was refused, or its answer failed the checks: it
+    /// is no longer in flight (the node refunds a step it refused; an answer refused here is
+    /// not paid).
     pub async fn release(&self, operator: Address, units: u64) {
         if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
             tab.in_flight = tab.in_flight.saturating_sub(units);
         }
+    }
+
+    /// A step sent with [`Wallet::voucher`] got no answer at all (a timeout, a dropped
+    /// stream): the node may have computed and metered it. Counted as uncertain until the
+    /// node's account settles it.
+    pub async fn lose(&self, operator: Address, units: u64) {
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+            tab.in_flight = tab.in_flight.saturating_sub(units);
+            tab.uncertain += units;
+            tab.settle_due = true;
+        }
+    }
+
+    /// Nodes whose account should be asked for and paid now: an answer to them was lost, or
+    /// their account was taken and is not signed for yet; and nothing is in flight to them.
+    pub async fn unsettled(&self) -> Vec<Address> {
+        let tabs = self.tabs.lock().await;
+        tabs.open
+            .iter()
+            .filter(|(_, t)| t.settle_due && t.in_flight == 0)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     /// The latest voucher signed on each channel (channel id → cumulative amount), read from
@@ -308,7 +454,7 @@ impl Wallet {
                 channel: t.channel,
                 deposit: t.deposit,
                 metered: t.metered,
-                owed: t.tariff.amount(t.metered),
+                owed: t.owed(0),
                 signed: t.signed,
             })
             .collect();
@@ -321,20 +467,24 @@ impl Wallet {
     async fn resume_or_open(&self, node: NodeTerms) -> Result<Open, WalletError> {
         let operator = node.operator;
         let tariff = node.tariff;
-        let fresh = |channel, deposit, signed, metered| Open {
+        let fresh = |channel, deposit, signed, count: Count| Open {
             channel,
             deposit,
-            tariff,
-            metered,
+            tariff: count.tariff.unwrap_or(tariff),
+            settled: count.settled,
+            metered: count.metered,
             in_flight: 0,
+            uncertain: 0,
+            settle_due: false,
             signed,
             introduced: false,
+            disputed: U256::ZERO,
         };
-        if let Some((channel, signed, metered)) = self.load(operator)? {
+        if let Some((channel, signed, count)) = self.load(operator)? {
             let state = self.channels.channel(channel).await?;
             if state.payer == self.payer.address() && state.node == operator && state.closesAt == 0
             {
-                return Ok(fresh(channel, U256::from(state.deposit), signed, metered));
+                return Ok(fresh(channel, U256::from(state.deposit), signed, count));
             }
         }
         let deposit = self.config.deposit;
@@ -351,9 +501,9 @@ impl Wallet {
                 return Err(e.into());
             }
         };
-        self.save(operator, channel, U256::ZERO, 0)?;
+        self.save(operator, channel, U256::ZERO, Count::default())?;
         tracing::info!(%operator, %channel, deposit_wei = %deposit, "channel opened");
-        Ok(fresh(channel, deposit, U256::ZERO, 0))
+        Ok(fresh(channel, deposit, U256::ZERO, Count::default()))
     }
 
     /// Counts `amount` against the budget, or refuses it.
@@ -386,20 +536,25 @@ impl Wallet {
         operator: Address,
         channel: U256,
         signed: U256,
-        metered: u64,
+        count: Count,
     ) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(72);
+        let mut value = Vec::with_capacity(TAB_BYTES);
         value.extend_from_slice(&channel.to_be_bytes::<32>());
         value.extend_from_slice(&signed.to_be_bytes::<32>());
-        value.extend_from_slice(&metered.to_le_bytes());
+        value.extend_from_slice(&count.metered.to_le_bytes());
+        if let Some(tariff) = count.tariff {
+            value.extend_from_slice(&count.settled.to_be_bytes::<32>());
+            value.extend_from_slice(&tariff.price_per_token.to_be_bytes::<32>());
+            value.extend_from_slice(&tariff.span_blocks.to_le_bytes());
+        }
         let txn = self.db.begin_write()?;
         txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
         txn.commit()?;
         Ok(())
     }
 
-    /// The stored (channel, signed amount, metered block-tokens) of `operator`'s node.
-    fn load(&self, operator: Address) -> Result<Option<(U256, U256, u64)>, StoreError> {
+    /// The stored (channel, signed amount, count) of `operator`'s node.
+    fn load(&self, operator: Address) -> Result<Option<(U256, U256, Count)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TABS)?;
         let Some(value) = table.get(&operator.0.0)? else { return Ok(None) };
@@ -409,14 +564,31 @@ impl Wallet {
     }
 }
 
-/// A stored tab: (channel id, signed amount, metered block-tokens), or `None` if malformed.
-fn decode_tab(bytes: &[u8]) -> Option<(U256, U256, u64)> {
-    if bytes.len() != 72 {
+/// Bytes of a stored tab with its terms; one written before terms were kept has 72.
+const TAB_BYTES: usize = 72 + 32 + 32 + 2;
+
+/// What a tab counts: block-tokens at its terms, and wei owed under earlier ones.
+#[derive(Debug, Clone, Copy, Default)]
+struct Count {
+    metered: u64,
+    settled: U256,
+    /// `None` in a wallet written before terms were kept: the node's current terms apply.
+    tariff: Option<Tariff>,
+}
+
+/// A stored tab: (channel id, signed amount, count), or `None` if malformed.
+fn decode_tab(bytes: &[u8]) -> Option<(U256, U256, Count)> {
+    if bytes.len() != 72 && bytes.len() != TAB_BYTES {
         return None;
     }
-    Some((
-        U256::from_be_slice(&bytes[..32]),
-        U256::from_be_slice(&bytes[32..64]),
-        u64::from_le_bytes(bytes[64..72].try_into().ok()?),
-    ))
+    let mut count =
+        Count { metered: u64::from_le_bytes(bytes[64..72].try_into().ok()?), ..Count::default() };
+    if bytes.len() == TAB_BYTES {
+        count.settled = U256::from_be_slice(&bytes[72..104]);
+        count.tariff = Some(Tariff {
+            price_per_token: U256::from_be_slice(&bytes[104..136]),
+            span_blocks: u16::from_le_bytes([bytes[136], bytes[137]]),
+        });
+    }
+    Some((U256::from_be_slice(&bytes[..32]), U256::from_be_slice(&bytes[32..64]), count))
 }

@@ -106,6 +106,9 @@ pub struct BlockServer {
     pub answer_delay: std::time::Duration,
     /// Steps and vouchers, for `/metrics`.
     pub metrics: NodeMetrics,
+    /// The span registered on-chain, when paid: a paid node serves only blocks it
+    /// registered (and priced), re-read while it runs.
+    pub registered: std::sync::RwLock<Option<(u16, u16)>>,
 }
 
 /// A moving average of decode-step compute times, announced to gateways for routing.
@@ -200,6 +203,18 @@ impl BlockServer {
                 ),
             );
         }
+        if let Some((first, last)) = *self.registered.read().expect("registered span")
+            && !free
+            && (request.first_block < first || request.last_block > last)
+        {
+            return refuse(
+                ErrorCode::BlocksNotServed,
+                format!(
+                    "blocks {}-{} requested, this node is registered (and paid) for {first}-{last}",
+                    request.first_block, request.last_block
+                ),
+            );
+        }
         // Refused before payment and compute: a busy node or a peer over its quota costs
         // nobody anything.
         let _slot = match self.load.step_slot() {
@@ -222,10 +237,17 @@ impl BlockServer {
                         }
                         Some(charge)
                     }
-                    Err(e) if e.is_payer_fault() => {
-                        return refuse(ErrorCode::PaymentRequired, e.to_string());
+                    Err(e) => {
+                        let Some(reason) = e.reason() else {
+                            return refuse(ErrorCode::Internal, e.to_string());
+                        };
+                        let account = collector.account(peer, request.payment.as_ref()).await;
+                        return InferResponse::Err(WireError::payment(
+                            reason,
+                            e.to_string(),
+                            account,
+                        ));
                     }
-                    Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
                 }
             }
             _ => None,
@@ -275,7 +297,13 @@ impl BlockServer {
                     _ => {}
                 }
                 let signature = self.attester.attest(request_hash, &output);
-                InferResponse::Ok { output, signature }
+                // The payer's account as it stands after this step, so that it sees (and can
+                // settle) any difference from its own count.
+                let account = match (&self.collector, charge) {
+                    (Some(collector), Some(_)) => collector.account(peer, None).await.map(Box::new),
+                    _ => None,
+                };
+                InferResponse::Ok { output, signature, account }
             }
             Ok(Err(e)) => InferResponse::Err(e),
             Err(e) => refuse(ErrorCode::Internal, format!("inference task failed: {e}")),

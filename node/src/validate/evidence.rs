@@ -89,9 +89,12 @@ impl FaultEvidence {
         for step in &self.steps {
             out.extend_from_slice(&step.epoch.to_le_bytes());
             let request = InferRequest { payment: None, ..step.request.clone() }.encode();
-            let response =
-                InferResponse::Ok { output: step.output.clone(), signature: step.signature }
-                    .encode();
+            let response = InferResponse::Ok {
+                output: step.output.clone(),
+                signature: step.signature,
+                account: None,
+            }
+            .encode();
             for part in [request, response] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(&part);
@@ -127,7 +130,7 @@ impl FaultEvidence {
                 .map_err(|e| EvidenceError::Malformed(format!("a request: {e}")))?;
             let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
             let (output, signature) = match InferResponse::decode(take(len)?) {
-                Ok(InferResponse::Ok { output, signature }) => (output, signature),
+                Ok(InferResponse::Ok { output, signature, .. }) => (output, signature),
                 Ok(InferResponse::Err(_)) => return Err(malformed("a step holds a refusal")),
                 Err(e) => return Err(EvidenceError::Malformed(format!("a response: {e}"))),
             };
