@@ -128,3 +128,38 @@ pub async fn speaking_only(
     });
     Ok((peer, addr, task))
 }
+
+/// Whether a peer whose identify `protocolVersion` is `swarm` is still connected to `peer` at
+/// `addr` `after` the identify exchange: a node lets peers of other swarms go.
+pub async fn stays_connected_as(
+    swarm: &str,
+    peer: PeerId,
+    addr: Multiaddr,
+    after: Duration,
+) -> anyhow::Result<bool> {
+    let mut client = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key| {
+            libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                swarm.to_owned(),
+                key.public(),
+            ))
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    client.dial(addr.with(libp2p::multiaddr::Protocol::P2p(peer)))?;
+    let deadline = tokio::time::Instant::now() + after;
+    loop {
+        tokio::select! {
+            event = client.select_next_some() => {
+                if let SwarmEvent::ConnectionClosed { peer_id, .. } = event
+                    && peer_id == peer
+                {
+                    return Ok(false);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(client.is_connected(&peer)),
+        }
+    }
+}

@@ -225,36 +225,34 @@ async fn a_node_dying_mid_generation_fails_over_to_a_replica_with_identical_outp
     Ok(())
 }
 
-/// A client of the retired version 1 gets an answer it can decode — `Malformed`, naming the
-/// version the node speaks — instead of a bare negotiation failure.
+/// Clients of the retired versions 1 and 2 get an answer they can decode — `Malformed` in
+/// their own response format (`IGS1`), naming the version the node speaks — instead of a bare
+/// negotiation failure.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_of_a_retired_version_is_told_which_version_to_speak() -> anyhow::Result<()> {
     let LlamaFixture { dir: _model_dir, manifest, runtime, .. } =
         llama_fixture(&["--layers", "2", "--seed", "4"], 1)?;
     // Nobody is admitted: the version is refused before admission is looked at.
     let node = serve(&manifest, &runtime, 0..=0, &[], 1)?;
-    // A version-1 request: magic `IGQ1`, no payment field.
-    let v1 = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2]));
-    let mut bytes = v1.encode();
-    bytes[..4].copy_from_slice(b"IGQ1");
-    let answer = infergrid_e2e::versions::ask_over(
-        "/infergrid/infer/1",
-        node.peer,
-        node.addr.clone(),
-        bytes,
-    )
-    .await?
-    .expect("the node accepts the retired version's streams");
-    let InferResponse::Err(refusal) = InferResponse::decode(&answer)? else {
-        panic!("a retired version's request was served");
-    };
-    assert_eq!(refusal.code, ErrorCode::Malformed);
-    assert!(
-        refusal.message.contains("/infergrid/infer/1 is retired")
-            && refusal.message.contains("speaks /infergrid/infer/2"),
-        "{}",
-        refusal.message
-    );
+    for (version, magic) in [("/infergrid/infer/1", b"IGQ1"), ("/infergrid/infer/2", b"IGQ2")] {
+        let old = step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2]));
+        let mut bytes = old.encode();
+        bytes[..4].copy_from_slice(magic);
+        let answer =
+            infergrid_e2e::versions::ask_over(version, node.peer, node.addr.clone(), bytes)
+                .await?
+                .expect("the node accepts the retired version's streams");
+        // What an old client reads: `IGS1`, status 1, code u16, length u32, the message.
+        assert_eq!(&answer[..7], b"IGS1\x01\x01\x00", "{version}: {answer:?}");
+        let len = u32::from_le_bytes(answer[7..11].try_into()?) as usize;
+        assert_eq!(answer.len(), 11 + len, "{version}: nothing after the message");
+        let message = std::str::from_utf8(&answer[11..])?;
+        assert!(
+            message.contains(&format!("{version} is retired"))
+                && message.contains("speaks /infergrid/infer/3"),
+            "{message}"
+        );
+    }
     // A version this build never knew is refused at negotiation.
     let unknown = infergrid_e2e::versions::ask_over(
         "/infergrid/infer/9",
@@ -264,6 +262,22 @@ async fn a_client_of_a_retired_version_is_told_which_version_to_speak() -> anyho
     )
     .await?;
     assert!(unknown.is_err_and(|e| e.contains("protocol")), "an unknown version was accepted");
+    Ok(())
+}
+
+/// Identify names the swarm (`/infergrid/id/1`): a peer of another network is let go (and
+/// kept out of the DHT), not banned; a peer of this swarm stays connected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_of_another_swarm_is_let_go() -> anyhow::Result<()> {
+    use infergrid_e2e::versions::stays_connected_as;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, .. } =
+        llama_fixture(&["--layers", "2", "--seed", "4"], 1)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[], 1)?;
+    let after = Duration::from_secs(3);
+    let ours = stays_connected_as(infergrid::net::SWARM_ID, node.peer, node.addr.clone(), after);
+    assert!(ours.await?, "a peer of this swarm was disconnected");
+    let theirs = stays_connected_as("/ipfs/0.1.0", node.peer, node.addr.clone(), after);
+    assert!(!theirs.await?, "a peer of another swarm stayed connected");
     Ok(())
 }
 
@@ -282,14 +296,15 @@ async fn a_peer_speaking_another_version_is_routed_around_not_banned() -> anyhow
     let (client, _inbound) = network(None)?;
     let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 1)?;
     client.dial(node.peer, node.addr.clone()).await?;
+    // A newer node refuses our version in our own response format.
     let retired = InferResponse::Err(WireError::new(
         ErrorCode::Malformed,
-        "malformed request: /infergrid/infer/2 is retired: this node speaks /infergrid/infer/3 \
+        "malformed request: /infergrid/infer/3 is retired: this node speaks /infergrid/infer/4 \
          (protocol-spec/wire.md, \"Versions\"); upgrade",
     ));
     let peers = [
-        (speaking_only("/infergrid/infer/3", None).await?, "does not speak /infergrid/infer/2"),
-        (speaking_only("/infergrid/infer/2", Some(retired.encode())).await?, "is retired"),
+        (speaking_only("/infergrid/infer/4", None).await?, "does not speak /infergrid/infer/3"),
+        (speaking_only("/infergrid/infer/3", Some(retired.encode())).await?, "is retired"),
     ];
     for ((other, other_addr, task), reason) in peers {
         client.dial(other, other_addr).await?;

@@ -6,7 +6,8 @@
 //! response from known anvil keys; an operator key's libp2p peer id and its registry
 //! ownership digest; a DHT block key; a paid request's bytes and request hash; a challenge
 //! Merkle tree (its root and proofs are also checked against OpenZeppelin's own library by
-//! `merkle_interop.rs`); a metering worked example; model ids (of a manifest's bytes, and of
+//! `merkle_interop.rs`); a metering worked example, the credit rule on two steps and a node's
+//! account of a channel in a `PaymentRequired` refusal; model ids (of a manifest's bytes, and of
 //! an earlier import's files); the pieces protocol's messages and DHT key; a validator's
 //! result commitment; and a load announcement's JSON.
 
@@ -14,9 +15,12 @@ use alloy::primitives::{Address, B256, U256, address, b256};
 use infergrid::eip712::{Eip712Signer, keccak256};
 use infergrid::identity::{NodeIdentity, peer_id_ownership_digest, registry_domain};
 use infergrid::model::{MODEL_ID_PLACEHOLDER, files_model_id, manifest_model_id};
-use infergrid::net::codec::{InferRequest, Payload, StepKind};
+use infergrid::net::codec::{
+    Account, InferRequest, InferResponse, Payload, PaymentReason, StepKind, WireError,
+};
 use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
 use infergrid::net::{Announcement, block_key, files_key};
+use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Voucher, channels_domain};
 use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
 use infergrid_e2e::models::repo_root;
@@ -94,10 +98,7 @@ fn vectors() -> Value {
 
     // A node registered for blocks 1-2 (n = 2) at 3·10^12 wei a token, asked for a prompt of
     // 5, two decode steps, a verify step of 1 + 3 drafts on block 2 alone, and a close.
-    let tariff = infergrid::pay::meter::Tariff {
-        price_per_token: U256::from(3_000_000_000_000u64),
-        span_blocks: 2,
-    };
+    let tariff = Tariff { price_per_token: U256::from(3_000_000_000_000u64), span_blocks: 2 };
     let steps = [
         (StepKind::Prefill, 1u16, 2u16, 5usize),
         (StepKind::Decode, 1, 2, 1),
@@ -255,6 +256,56 @@ fn vectors() -> Value {
             "totalBlockTokens": total,
             "amountOwed": tariff.amount(total).to_string(),
         },
+        "credit": credit_example(tariff),
+        "account": account_example(),
+    })
+}
+
+/// The credit rule (`payments.md`, "Credit") on a channel after the metering example's
+/// steps: a step of 4 block-tokens is served on credit, one of 40 is refused.
+fn credit_example(tariff: Tariff) -> Value {
+    let (credit_tokens, metered) = (256u64, 1_000u64);
+    let credit = tariff.price_per_token * U256::from(credit_tokens);
+    let (deposit, voucher) = (U256::from(10u64).pow(U256::from(18)), tariff.amount(990));
+    let judge = |units: u64| {
+        let owed = tariff.amount(metered + units);
+        let unpaid = owed.saturating_sub(voucher.min(deposit));
+        json!({
+            "units": units, "owed": owed.to_string(), "unpaid": unpaid.to_string(),
+            "served": unpaid <= credit && owed <= deposit,
+        })
+    };
+    json!({
+        "spec": "payments.md, Credit",
+        "pricePerToken": tariff.price_per_token.to_string(), "spanBlocks": tariff.span_blocks,
+        "creditTokens": credit_tokens, "credit": credit.to_string(), "minDeposit": credit.to_string(),
+        "deposit": deposit.to_string(), "latestVoucher": voucher.to_string(), "metered": metered,
+        "steps": [judge(4), judge(40_000)],
+    })
+}
+
+/// A node's account of a channel (`wire.md`, "Account"), in a `PaymentRequired` refusal.
+fn account_example() -> Value {
+    let account = Account {
+        channel_id: U256::from(7),
+        settled: U256::from(1_000_000u64),
+        metered: 321,
+        price_per_token: U256::from(3_000u64),
+        span_blocks: 2,
+        voucher: U256::from(1_400_000u64),
+        credit: U256::from(768_000u64),
+    };
+    let refusal = InferResponse::Err(WireError::payment(
+        PaymentReason::CreditExceeded,
+        "payment required: sign a newer voucher",
+        Some(account),
+    ));
+    json!({
+        "spec": "wire.md, Account",
+        "channelId": "7", "settled": "1000000", "metered": 321, "pricePerToken": "3000",
+        "spanBlocks": 2, "voucher": "1400000", "credit": "768000",
+        "owed": account.owed().to_string(),
+        "paymentRequired": {"reason": PaymentReason::CreditExceeded as u8, "message": "payment required: sign a newer voucher", "bytes": hex(refusal.encode())},
     })
 }
 

@@ -7,5 +7,6 @@ mod service;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
 pub use service::{
-    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, block_key, files_key, peer_of,
+    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, SWARM_ID, block_key, files_key,
+    peer_of,
 };

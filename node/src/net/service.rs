@@ -100,6 +100,10 @@ pub enum NetError {
     Stopped,
 }
 
+/// Identify's `protocolVersion`: the swarm a peer belongs to. Peers announcing another are
+/// disconnected and kept out of the DHT.
+pub const SWARM_ID: &str = "/infergrid/id/1";
+
 /// Something the network delivers to the node.
 #[derive(Debug)]
 pub enum Inbound {
@@ -380,7 +384,7 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                     MAX_MEMORY_FRACTION,
                 ),
                 identify: identify::Behaviour::new(identify::Config::new(
-                    "/infergrid/id/1".into(),
+                    SWARM_ID.into(),
                     key.public(),
                 )),
                 ping: ping::Behaviour::new(
@@ -599,6 +603,17 @@ impl EventLoop {
                 info,
                 ..
             })) => {
+                // A peer of another network (another libp2p application, or a swarm this
+                // version cannot work with) is not added to the DHT, and is let go; no ban,
+                // as it did nothing wrong (`wire.md`, "Versions").
+                if info.protocol_version != SWARM_ID {
+                    tracing::debug!(
+                        peer = %peer_id, theirs = info.protocol_version,
+                        "not of this swarm ({SWARM_ID}): disconnecting"
+                    );
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }

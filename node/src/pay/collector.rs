@@ -628,3 +628,33 @@ fn log_reorg(id: U256, booked: U256, paid: U256) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_moves_to_new_terms_pricing_what_was_served_at_the_old() {
+        let old = Tariff { price_per_token: U256::from(10), span_blocks: 3 };
+        let new = Tariff { price_per_token: U256::from(7), span_blocks: 1 };
+        let mut channel = Channel {
+            record: ChannelRecord {
+                payer: Address::ZERO,
+                voucher: None,
+                metered: 5,
+                redeemed: U256::ZERO,
+                settled: U256::from(2),
+                terms: Some(old),
+            },
+            flushed: 0,
+            deposit: U256::from(1000),
+            closing: false,
+            peer: None,
+        };
+        assert_eq!(channel.record.owed(new), U256::from(2 + 16)); // ⌊10·5/3⌋ at its own terms
+        channel.move_to(new);
+        assert_eq!((channel.record.settled, channel.record.metered), (U256::from(18), 0));
+        channel.record.metered = 3;
+        assert_eq!(channel.record.owed(new), U256::from(18 + 21));
+    }
+}

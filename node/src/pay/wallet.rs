@@ -592,3 +592,81 @@ fn decode_tab(bytes: &[u8]) -> Option<(U256, U256, Count)> {
     }
     Some((U256::from_be_slice(&bytes[..32]), U256::from_be_slice(&bytes[32..64]), count))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tab(tariff: Tariff, metered: u64) -> Open {
+        Open {
+            channel: U256::from(1),
+            deposit: U256::from(1_000_000),
+            tariff,
+            settled: U256::ZERO,
+            metered,
+            in_flight: 0,
+            uncertain: 0,
+            settle_due: false,
+            signed: U256::ZERO,
+            introduced: true,
+            disputed: U256::ZERO,
+        }
+    }
+
+    fn account(tab: &Open, settled: u64, metered: u64, tariff: Tariff) -> Account {
+        Account {
+            channel_id: tab.channel,
+            settled: U256::from(settled),
+            metered,
+            price_per_token: tariff.price_per_token,
+            span_blocks: tariff.span_blocks,
+            voucher: tab.signed,
+            credit: U256::from(1000),
+        }
+    }
+
+    const TEN_OVER_THREE: Tariff =
+        Tariff { price_per_token: U256::from_limbs([10, 0, 0, 0]), span_blocks: 3 };
+
+    #[test]
+    fn a_new_price_applies_from_the_move_on_never_to_what_was_served() {
+        let mut open = tab(TEN_OVER_THREE, 4);
+        assert_eq!(open.owed(0), U256::from(13)); // ⌊10·4/3⌋
+        let dearer = Tariff { price_per_token: U256::from(30), span_blocks: 3 };
+        assert_eq!(open.owed_at(dearer, 2), U256::from(13 + 20));
+        open.move_to(dearer);
+        assert_eq!((open.settled, open.metered, open.owed(2)), (U256::from(13), 0, U256::from(33)));
+        open.move_to(dearer);
+        assert_eq!(open.settled, U256::from(13), "moving to the same terms changes nothing");
+    }
+
+    #[test]
+    fn the_nodes_account_is_taken_only_within_the_lost_steps() {
+        // 6 block-tokens answered, 3 lost: the node may claim 6 to 9.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        open.uncertain = 3;
+        let claim = account(&open, 0, 9, TEN_OVER_THREE);
+        assert!(open.agree(&claim));
+        assert_eq!((open.metered, open.uncertain, open.owed(0)), (9, 0, U256::from(30)));
+        assert!(open.settle_due, "what was taken is still to be signed");
+
+        // One block-token more than the lost steps: not taken, and not asked about again.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        open.uncertain = 3;
+        assert!(!open.agree(&account(&open, 0, 10, TEN_OVER_THREE)));
+        assert_eq!((open.metered, open.owed(0)), (6, U256::from(20)));
+
+        // Nothing lost: a node counting more (answers this gateway refused) is not paid.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        assert!(!open.agree(&account(&open, 0, 7, TEN_OVER_THREE)));
+        // A node that moved to new terms with a voucher the gateway did not see as such: its
+        // settled figure and terms are taken when within the lost steps at the dearer terms.
+        let dearer = Tariff { price_per_token: U256::from(30), span_blocks: 3 };
+        let mut open = tab(TEN_OVER_THREE, 6);
+        open.uncertain = 1;
+        let moved = account(&open, 20, 1, dearer); // 20 wei at the old terms, 1 at the new
+        assert!(open.agree(&moved));
+        assert_eq!((open.settled, open.metered, open.tariff), (U256::from(20), 1, dearer));
+        assert_eq!(open.owed(0), moved.owed());
+    }
+}
