@@ -1,8 +1,10 @@
-//! An answer lost on the way (`payments.md`, "Reconciliation"): a node runs and meters a
-//! decode step whose answer the gateway never gets (`--testing-drop-answers`). The gateway
-//! fails the step over to the block's other node and finishes the completion; then, from the
-//! node's account of the channel, the two agree again to the wei on what is owed, and what
-//! the node redeems on-chain is exactly that.
+//! An answer lost on the way and a price changed mid-run (`payments.md`, "Reconciliation",
+//! "Price changes"): a node runs and meters a decode step whose answer the gateway never gets
+//! (`--testing-drop-answers`). The gateway fails the step over to the block's other node and
+//! finishes the completion; then, from the node's account of the channel, the two agree again
+//! to the wei on what is owed. An operator then raises its price on-chain: its node and the
+//! gateway move to it at the same voucher, and agree again. What each node redeems on-chain
+//! is exactly what both counted.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use infergrid::devnet::Role;
 use infergrid_e2e::http::{await_servable, complete, get, health};
 use infergrid_e2e::models::local_greedy;
-use infergrid_e2e::procs::{Proc, SWARM, TestNet, binary, free_port};
+use infergrid_e2e::procs::{Proc, SWARM, TestNet, binary, expect_line, free_port};
 
 /// Node `i` serves block `i mod 3`; node 3 is block 0's second server.
 const NODES: usize = 4;
@@ -41,19 +43,62 @@ fn gateway_tab(api: &str, operator: &str) -> Option<(String, u128, u128)> {
     Some((tab["channel"].as_str()?.to_owned(), wei("owed"), wei("signed")))
 }
 
+/// Positions a completion fed every node (`payments.md`, "Metering"): the prompt and every
+/// generated token but the last, which is fed too when the model ended the text.
+fn positions(completion: &serde_json::Value) -> u64 {
+    let usage = &completion["usage"];
+    let (prompt, generated) =
+        (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let ended = completion["choices"][0]["finish_reason"] == "stop";
+    prompt + generated - u64::from(!ended)
+}
+
+/// Waits until every node paid through a channel and the gateway count the same `owed`, and
+/// the gateway's latest voucher is exactly that; each node's (index, channel, owed).
+fn agreement(api: &str, http: &[String]) -> Vec<(usize, String, u128)> {
+    let operators: Vec<String> =
+        (0..NODES).map(|i| infergrid_e2e::dev(Role::Operator, i).address.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<_> =
+            (0..NODES).map(|i| (node_channel(&http[i]), gateway_tab(api, &operators[i]))).collect();
+        let settled = views.iter().all(|view| match view {
+            (Some((channel, owed, vouched, _)), Some((tab_channel, tab_owed, signed))) => {
+                channel == tab_channel && owed == tab_owed && owed == vouched && signed == vouched
+            }
+            (None, None) => true,
+            _ => false,
+        });
+        if settled {
+            return views
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, (node, _))| node.map(|(channel, owed, ..)| (i, channel, owed)))
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node and gateway never agreed: {views:#?}; the gateway's payments: {}",
+            health(api)["routing"]["payments"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
-fn a_lost_answer_ends_with_node_and_gateway_agreeing_to_the_wei() {
+fn a_lost_answer_and_a_price_change_end_with_node_and_gateway_agreeing_to_the_wei() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let net = TestNet::start(dir.path());
     let swarm = net.swarm();
     let http: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let _nodes: Vec<Proc> = (0..NODES)
+    let (_nodes, node_logs): (Vec<Proc>, Vec<_>) = (0..NODES)
         .map(|i| {
-            let extra = ["--http", &http[i], "--redeem-check-secs", "1"];
-            swarm.node(i, &(i % 3).to_string(), &extra)
+            let extra =
+                ["--http", &http[i], "--redeem-check-secs", "1", "--standing-check-secs", "1"];
+            swarm.node_logged(i, &(i % 3).to_string(), &extra)
         })
-        .collect();
+        .unzip();
     let api = format!("127.0.0.1:{}", free_port());
     let (_gateway, log) = swarm.gateway_logged(0, &api, &["--testing-drop-answers", "1"], &[]);
     await_servable(&api, Duration::from_secs(60));
@@ -71,34 +116,7 @@ fn a_lost_answer_ends_with_node_and_gateway_agreeing_to_the_wei() {
 
     // Every node paid through a channel ends with the gateway's count equal to its own, and
     // a voucher for exactly that: the node whose answer was lost included.
-    let operators: Vec<String> =
-        (0..NODES).map(|i| infergrid_e2e::dev(Role::Operator, i).address.to_string()).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let agreed: Vec<(usize, String, u128)> = loop {
-        let views: Vec<_> = (0..NODES)
-            .map(|i| (node_channel(&http[i]), gateway_tab(&api, &operators[i])))
-            .collect();
-        let settled = views.iter().all(|view| match view {
-            (Some((channel, owed, vouched, _)), Some((tab_channel, tab_owed, signed))) => {
-                channel == tab_channel && owed == tab_owed && owed == vouched && signed == vouched
-            }
-            (None, None) => true,
-            _ => false,
-        });
-        if settled {
-            break views
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, (node, _))| node.map(|(channel, owed, ..)| (i, channel, owed)))
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node and gateway never agreed: {views:#?}; the gateway's payments: {}",
-            health(&api)["routing"]["payments"]
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let agreed = agreement(&api, &http);
     let lines: Vec<String> = log.try_iter().collect();
     assert!(lines.iter().any(|l| l.contains("TESTING: dropped the answer")), "{lines:#?}");
     assert!(
@@ -107,6 +125,50 @@ fn a_lost_answer_ends_with_node_and_gateway_agreeing_to_the_wei() {
     );
     // The four nodes: three on the route, and the one the lost step failed over from or to.
     assert_eq!(agreed.len(), NODES, "{agreed:?}");
+
+    // Operator 1 (block 1, on every route) raises its price; its node and the gateway learn it
+    // (the node within a second, the gateway within its 5 s refresh), and the next completion
+    // pays the old price for what was served before and the new one after.
+    let before = agreed[1].2;
+    let price = "5000000000000wei";
+    let key = infergrid_e2e::dev(Role::Operator, 1).private_key.to_string();
+    let updated = Command::new(binary())
+        .args(["operator", "update", "--price", price, "--key-env", "OPERATOR_KEY"])
+        .args(["--rpc-url", &net.rpc, "--deployment", &net.deployment])
+        .env("OPERATOR_KEY", key)
+        .output()
+        .unwrap();
+    assert!(updated.status.success(), "{}", String::from_utf8_lossy(&updated.stderr));
+    let changed = expect_line(&node_logs[1], "registered terms changed", Duration::from_secs(10));
+    assert!(changed.is_ok(), "node 1 never saw its new price: {changed:?}");
+    std::thread::sleep(Duration::from_secs(6));
+    // No voucher is due before this completion's Close (its steps are worth less than the
+    // signing threshold): all of it is served at the old price, and the node moves with the
+    // Close's voucher. The next completion is served at the new price.
+    let owed_by_node_1 = |agreed: &[(usize, String, u128)]| agreed[1].2;
+    let old_price = 2_000_000_000_000u128; // devnet operator 1's registered price
+    let new_price = 5_000_000_000_000u128;
+    let second = complete(&api, &net.model_name(), "and then the price went up", 12);
+    let after_second = agreement(&api, &http);
+    let third = complete(&api, &net.model_name(), "served at the new price", 12);
+    let after_third = agreement(&api, &http);
+    let lines: Vec<String> = log.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("the node moved to its new terms")),
+        "the gateway followed the node to its new price: {lines:#?}"
+    );
+    // Node 1 serves one block, so a position is one block-token at the whole price.
+    assert_eq!(owed_by_node_1(&after_second) - before, old_price * positions(&second) as u128);
+    assert_eq!(
+        owed_by_node_1(&after_third) - owed_by_node_1(&after_second),
+        new_price * positions(&third) as u128
+    );
+    eprintln!(
+        "node 1: owed {before} wei, {} after a completion at the old price, {} after one at the new",
+        owed_by_node_1(&after_second),
+        owed_by_node_1(&after_third)
+    );
+    let agreed = after_third;
 
     // The payer closes its channels; each node redeems its latest voucher, and the chain pays
     // exactly what both sides agreed.

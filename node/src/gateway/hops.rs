@@ -175,7 +175,7 @@ impl HopClient {
             let operator = terms.operator;
             match &result {
                 Ok(answer) => {
-                    self.runtime.block_on(wallet.record(operator, units, answer.account.as_deref()))
+                    self.runtime.block_on(wallet.record(terms, units, answer.account.as_deref()))
                 }
                 Err(_) if lost => self.runtime.block_on(wallet.lose(operator, units)),
                 Err(_) => self.runtime.block_on(wallet.release(operator, units)),

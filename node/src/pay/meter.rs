@@ -24,6 +24,19 @@ impl Tariff {
     pub fn amount(&self, block_tokens: u64) -> U256 {
         self.price_per_token * U256::from(block_tokens) / U256::from(self.span_blocks.max(1))
     }
+
+    /// The block-tokens whose amount is exactly `wei`, if any: the count a move to new terms
+    /// settled (`payments.md`, "Price changes"). The smallest such count.
+    pub fn units_worth(&self, wei: U256) -> Option<u64> {
+        if self.price_per_token.is_zero() {
+            return wei.is_zero().then_some(0);
+        }
+        // ⌊p·u/n⌋ = w holds for u in [⌈w·n/p⌉, ⌈(w+1)·n/p⌉); the first is the candidate.
+        let span = U256::from(self.span_blocks.max(1));
+        let units = (wei * span).div_ceil(self.price_per_token);
+        let units = u64::try_from(units).ok()?;
+        (self.amount(units) == wei).then_some(units)
+    }
 }
 
 /// Block-tokens of one request: the positions it carries times the blocks it runs. Close
@@ -92,5 +105,18 @@ mod tests {
         assert_eq!(tariff.amount(3_000), U256::from(10_000));
         let whole = Tariff { price_per_token: U256::from(7), span_blocks: 1 };
         assert_eq!(whole.amount(5), U256::from(35));
+    }
+
+    #[test]
+    fn an_amount_gives_back_the_units_it_is_worth() {
+        let tariff = Tariff { price_per_token: U256::from(10), span_blocks: 3 };
+        for units in [0u64, 1, 2, 3, 4, 1_000, 3_001] {
+            assert_eq!(tariff.units_worth(tariff.amount(units)), Some(units), "{units}");
+        }
+        // 4 wei is no whole number of block-tokens at 3⅓ wei each.
+        assert_eq!(tariff.units_worth(U256::from(4)), None);
+        let free = Tariff { price_per_token: U256::ZERO, span_blocks: 1 };
+        assert_eq!(free.units_worth(U256::ZERO), Some(0));
+        assert_eq!(free.units_worth(U256::from(1)), None);
     }
 }

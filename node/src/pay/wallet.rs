@@ -71,8 +71,8 @@ pub enum WalletError {
 struct Open {
     channel: U256,
     deposit: U256,
-    /// The terms `metered` is priced at: the node's registered terms when the latest voucher
-    /// was signed (a new price applies from the next voucher on, as on the node).
+    /// The terms `metered` is priced at: the node's terms for this channel, which move to new
+    /// registered ones when the node's account says it moved (`payments.md`, "Price changes").
     tariff: Tariff,
     /// Wei owed for block-tokens metered under earlier terms.
     settled: U256,
@@ -100,18 +100,27 @@ impl Open {
         self.settled + self.tariff.amount(self.metered + more)
     }
 
-    /// What the answered steps and `more` block-tokens after them cost once moved to `terms`.
-    fn owed_at(&self, terms: Tariff, more: u64) -> U256 {
-        if terms == self.tariff { self.owed(more) } else { self.owed(0) + terms.amount(more) }
-    }
-
-    /// Moves to the node's registered `terms`: what was metered is priced at the old ones.
-    fn move_to(&mut self, terms: Tariff) {
-        if self.tariff != terms {
-            self.settled = self.owed(0);
-            self.metered = 0;
-            self.tariff = terms;
+    /// Follows the node to its new `registered` terms when its `account` shows it moved there:
+    /// the wei it settled at the old terms must be exactly the old price of block-tokens this
+    /// run counted (answered, in flight or lost), which then leave `metered`. Returns whether
+    /// it moved.
+    fn follow_move(&mut self, account: &Account, registered: Tariff) -> bool {
+        let node_terms =
+            Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks };
+        if node_terms == self.tariff || node_terms != registered || account.settled < self.settled {
+            return false;
         }
+        let counted = self.metered + self.in_flight + self.uncertain;
+        let Some(moved) = self.tariff.units_worth(account.settled - self.settled) else {
+            return false;
+        };
+        if moved > counted {
+            return false;
+        }
+        self.settled = account.settled;
+        self.metered = self.metered.saturating_sub(moved);
+        self.tariff = node_terms;
+        true
     }
 
     /// Takes the node's `account` as this run's count when the two may differ only by steps
@@ -216,16 +225,11 @@ impl Wallet {
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let ahead = force || node.tariff.amount(units) >= threshold;
         self.pay(node, units, |tab| {
-            // New registered terms are signed for at once: the node moves to them with the
-            // next voucher it accepts.
-            let moving = tab.tariff != node.tariff;
             let ahead_units = if ahead { units } else { 0 };
-            let owed = tab.owed_at(node.tariff, tab.in_flight + ahead_units);
+            let owed = tab.owed(tab.in_flight + ahead_units);
             let unpaid = owed.saturating_sub(tab.signed);
-            let due = force
-                || moving
-                || !tab.introduced
-                || (!unpaid.is_zero() && (settle || unpaid >= threshold));
+            let due =
+                force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
             due.then_some(owed)
         })
         .await
@@ -243,9 +247,9 @@ impl Wallet {
         account: Option<&Account>,
     ) -> Result<SignedVoucher, WalletError> {
         if let Some(account) = account {
-            self.reconcile(node.operator, account, units).await;
+            self.reconcile(node, account, units).await;
         }
-        let owed = |tab: &Open| Some(tab.owed_at(node.tariff, tab.in_flight));
+        let owed = |tab: &Open| Some(tab.owed(tab.in_flight));
         Ok(self.pay(node, 0, owed).await?.expect("a repayment always signs"))
     }
 
@@ -272,9 +276,6 @@ impl Wallet {
             let mut tabs = self.tabs.lock().await;
             let tab = tabs.open.get_mut(&operator).expect("opened above");
             let owed = amount(tab);
-            if owed.is_some() {
-                tab.move_to(node.tariff);
-            }
             tab.in_flight += reserve;
             (owed, tab.channel, tab.deposit, tab.signed)
         };
@@ -340,22 +341,33 @@ impl Wallet {
     /// When nothing else is in flight and the two counts may differ (an answer was lost, the
     /// terms moved), the node's account is taken if it claims at most the lost steps more
     /// (`payments.md`, "Reconciliation"); a claim beyond that is logged and not paid.
-    pub async fn record(&self, operator: Address, units: u64, account: Option<&Account>) {
-        if let Some(tab) = self.tabs.lock().await.open.get_mut(&operator) {
+    pub async fn record(&self, node: NodeTerms, units: u64, account: Option<&Account>) {
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&node.operator) {
             tab.in_flight = tab.in_flight.saturating_sub(units);
             tab.metered += units;
         }
         if let Some(account) = account {
-            self.reconcile(operator, account, 0).await;
+            self.reconcile(node, account, 0).await;
         }
     }
 
-    /// Takes `account` as the count of `operator`'s node if the only steps in flight are
-    /// `excluded` block-tokens the account leaves out, and it may differ only by lost answers.
-    async fn reconcile(&self, operator: Address, account: &Account, excluded: u64) {
+    /// Follows `node` to new registered terms its `account` shows it moved to; then takes the
+    /// account as its count if the only steps in flight are `excluded` block-tokens the
+    /// account leaves out, and it may differ only by lost answers.
+    async fn reconcile(&self, node: NodeTerms, account: &Account, excluded: u64) {
+        let operator = node.operator;
         let mut tabs = self.tabs.lock().await;
         let Some(tab) = tabs.open.get_mut(&operator) else { return };
-        if tab.in_flight != excluded || account.channel_id != tab.channel {
+        if account.channel_id != tab.channel {
+            return;
+        }
+        if tab.follow_move(account, node.tariff) {
+            tracing::info!(
+                %operator, channel = %tab.channel, price_per_token = %account.price_per_token,
+                span_blocks = account.span_blocks, "the node moved to its new terms: so does this run"
+            );
+        }
+        if tab.in_flight != excluded {
             return;
         }
         let (ours, theirs) = (tab.owed(0), account.owed());
@@ -629,15 +641,25 @@ mod tests {
         Tariff { price_per_token: U256::from_limbs([10, 0, 0, 0]), span_blocks: 3 };
 
     #[test]
-    fn a_new_price_applies_from_the_move_on_never_to_what_was_served() {
-        let mut open = tab(TEN_OVER_THREE, 4);
-        assert_eq!(open.owed(0), U256::from(13)); // ⌊10·4/3⌋
+    fn a_run_follows_the_node_to_new_terms_only_as_it_moved() {
         let dearer = Tariff { price_per_token: U256::from(30), span_blocks: 3 };
-        assert_eq!(open.owed_at(dearer, 2), U256::from(13 + 20));
-        open.move_to(dearer);
-        assert_eq!((open.settled, open.metered, open.owed(2)), (U256::from(13), 0, U256::from(33)));
-        open.move_to(dearer);
-        assert_eq!(open.settled, U256::from(13), "moving to the same terms changes nothing");
+        // 4 block-tokens answered at the old terms, then the node moved with a voucher and
+        // metered 2 at the new ones (counted here too, still at the old terms).
+        let mut open = tab(TEN_OVER_THREE, 6);
+        let moved = account(&open, 13, 2, dearer); // ⌊10·4/3⌋ = 13 settled
+        // Terms the registry does not show (yet) are not followed.
+        assert!(!open.follow_move(&moved, TEN_OVER_THREE));
+        assert!(open.follow_move(&moved, dearer));
+        assert_eq!((open.settled, open.metered, open.tariff), (U256::from(13), 2, dearer));
+        assert_eq!(open.owed(0), moved.owed());
+        assert!(!open.follow_move(&moved, dearer), "already there");
+
+        // A node settling more than this run ever sent it is not followed.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        assert!(!open.follow_move(&account(&open, 23, 0, dearer), dearer)); // 7 block-tokens
+        // Nor one settling an amount no count of block-tokens is worth.
+        assert!(!open.follow_move(&account(&open, 4, 0, dearer), dearer));
+        assert_eq!((open.settled, open.metered), (U256::ZERO, 6));
     }
 
     #[test]
