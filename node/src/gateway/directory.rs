@@ -64,9 +64,12 @@ impl Directory {
         self.terms.clone()
     }
 
-    /// Records a node's announcement.
+    /// Records a node's announcement, if it is registered for the model (as of the last
+    /// refresh): anyone can publish on the topic, and made-up peer ids must not grow the map.
     pub fn announce(&self, from: PeerId, announcement: Announcement) {
-        self.announcements.lock().expect("announcements").insert(from, announcement);
+        if self.terms.lock().expect("terms").contains_key(&from) {
+            self.announcements.lock().expect("announcements").insert(from, announcement);
+        }
     }
 
     /// Re-reads the registry every `every` from now on, in a task of its own, so that nodes
@@ -137,6 +140,11 @@ impl Directory {
         }
         let count = fresh.len();
         *self.candidates.lock().expect("candidates") = fresh;
+        // Announcements of nodes no longer registered are dropped with them.
+        self.announcements
+            .lock()
+            .expect("announcements")
+            .retain(|peer, _| terms.contains_key(peer));
         *self.terms.lock().expect("terms") = terms;
         Ok(count)
     }
