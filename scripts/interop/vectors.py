@@ -67,6 +67,7 @@ def check_identity(v: dict, all_vectors: dict, f: Fields) -> None:
     domain = _domain(v["registryDomain"], eip712.REGISTRY_NAME)
     f.same("registryDomain.separator", v["registryDomain"]["separator"], _hex(domain.separator()))
     operator = eip712.address_of(secp256k1.public_key(operator_secret))
+    f.same("operator", v["operator"], operator)
     f.same("ownershipDigest", v["ownershipDigest"], _hex(domain.digest(eip712.ownership_struct_hash(operator))))
 
 
@@ -90,13 +91,15 @@ def check_response(v: dict, all_vectors: dict, f: Fields) -> None:
     digest = domain.digest(struct_hash)
     f.same("digest", v["digest"], _hex(digest))
     f.same("signature", v["signature"], _hex(eip712.sign(_key_secret(all_vectors, "operator"), digest)))
-    f.same("signer", all_vectors["keys"]["operator"]["address"], eip712.recover_address(digest, _bytes(v["signature"])))
+    f.same("signer", v["signer"], eip712.recover_address(digest, _bytes(v["signature"])))
+    f.same("signer is keys.operator", all_vectors["keys"]["operator"]["address"], v["signer"])
 
 
 def check_paid_request(v: dict, all_vectors: dict, f: Fields) -> None:
     payment = v["payment"]
-    # The vector names no domain of its own: it pays with the voucher vector's.
-    domain = _domain(all_vectors["voucher"]["domain"], eip712.CHANNELS_NAME)
+    # The voucher's domain (the voucher vector's own).
+    domain = _domain(v["domain"], eip712.CHANNELS_NAME)
+    f.same("domain.separator", v["domain"]["separator"], _hex(domain.separator()))
     voucher = payments.sign_voucher(
         _key_secret(all_vectors, "payer"), domain, int(payment["channelId"]), int(payment["cumulativeAmount"])
     )

@@ -168,13 +168,13 @@ fn vectors() -> Value {
     };
 
     json!({
-        "about": "Values every implementation of the InferGrid protocol must reproduce; see protocol-spec/*.md. Generated and checked by tests/tests/test_vectors.rs.",
+        "about": "Values every implementation of the InferGrid protocol must reproduce, except where protocol-spec/README.md (Conformance) marks a value informative; each vector's \"spec\" names the document and section that define it, and \"note\" fields explain. Generated and checked by tests/tests/test_vectors.rs. Written as: hashes, keys, signatures and byte strings as 0x and lowercase hex; uint256 amounts and channel ids as decimal strings; addresses EIP-55 checksummed; a step kind as the lowercase name of its StepKind (prefill = 0, decode = 1, replay = 2, close = 3; wire.md, Messages), encoded on the wire as that u8; a session as 0x and the 16 hex digits of the u64 (most significant first as written), encoded on the wire as u64 little-endian.",
         "keys": {
             "payer": {"secret": PAYER_SECRET.to_string(), "address": payer.address().to_string()},
             "operator": {"secret": OPERATOR_SECRET.to_string(), "address": operator.address().to_string()},
         },
         "voucher": {
-            "spec": "payments.md, Vouchers",
+            "spec": "payments.md, EIP-712",
             "domain": domain_json(&channels),
             "channelId": voucher.channel_id.to_string(),
             "cumulativeAmount": voucher.cumulative_amount.to_string(),
@@ -189,18 +189,21 @@ fn vectors() -> Value {
             "outputHash": response.output_hash.to_string(),
             "epoch": response.epoch,
             "digest": response.digest(&validation).to_string(),
+            "signer": operator.address().to_string(),
             "signature": hex(response.sign(&validation, &operator)),
         },
         "identity": {
             "spec": "wire.md, Identity and the registry binding",
+            "note": "The derivation of the peer key from the operator secret is this implementation's choice (informative: an operator MAY register any secp256k1 peer key); the peer id's encoding of a key and the ownership digest are normative.",
             "operatorSecret": OPERATOR_SECRET.to_string(),
+            "operator": operator.address().to_string(),
             "peerId": identity.peer_id().to_string(),
             "peerIdBytes": hex(identity.peer_id().to_bytes()),
             "registryDomain": domain_json(&registry_domain(CHAIN_ID, REGISTRY)),
             "ownershipDigest": peer_id_ownership_digest(CHAIN_ID, REGISTRY, operator.address()).to_string(),
         },
         "dht": {
-            "spec": "wire.md, DHT",
+            "spec": "wire.md, Discovery",
             "modelId": model_id.to_string(),
             "block": 2,
             "key": hex(block_key(&model_id.0, 2)),
@@ -219,21 +222,23 @@ fn vectors() -> Value {
             "modelId": model_id.to_string(),
             "manifestRequest": hex(PieceRequest::Manifest { model: model_id.0 }.encode()),
             "pieceRequest": {"file": "block-1.weights", "index": 41, "bytes": hex(piece_request.encode())},
-            "busyRefusal": {"code": Refusal::Busy as u8, "message": "16 pieces already being read or sent", "bytes": hex(busy.encode())},
+            "busyRefusal": {"code": Refusal::Busy as u8, "message": "16 pieces already being read or sent", "note": "the message this implementation sends; messages are informational", "bytes": hex(busy.encode())},
             "pieceHash": {"piece": hex(b"abc"), "sha3": infergrid::model::pieces::piece_hash(b"abc")},
         },
         "resultCommitment": {
-            "spec": "contracts.md, Validation",
+            "spec": "validation.md, Results: commit, reveal, finalize",
             "node": node.to_string(), "epoch": epoch, "passed": passed, "failed": failed,
             "salt": salt.to_string(), "validator": validator.to_string(),
             "commitment": commitment.to_string(),
         },
         "announcement": {
             "spec": "wire.md, Discovery",
+            "note": "this implementation's serialization (compact, fields in wire.md's order); the bytes are informative: a receiver parses any JSON text of these fields to the same values",
             "json": serde_json::to_string(&announcement).unwrap(),
         },
         "paidRequest": {
             "spec": "wire.md, Messages",
+            "domain": domain_json(&channels),
             "modelId": model_id.to_string(),
             "firstBlock": 1, "lastBlock": 2, "session": "0x0102030405060708", "position": 5,
             "kind": "decode", "tokens": [17, 4242],
@@ -277,6 +282,7 @@ fn credit_example(tariff: Tariff) -> Value {
     };
     json!({
         "spec": "payments.md, Credit",
+        "note": "each step is judged alone from the channel state above (metered, latestVoucher, deposit), not after the other",
         "pricePerToken": tariff.price_per_token.to_string(), "spanBlocks": tariff.span_blocks,
         "creditTokens": credit_tokens, "credit": credit.to_string(), "minDeposit": credit.to_string(),
         "deposit": deposit.to_string(), "latestVoucher": voucher.to_string(), "metered": metered,
@@ -301,7 +307,7 @@ fn account_example() -> Value {
         Some(account),
     ));
     json!({
-        "spec": "wire.md, Account",
+        "spec": "wire.md, Messages (Account)",
         "channelId": "7", "settled": "1000000", "metered": 321, "pricePerToken": "3000",
         "spanBlocks": 2, "voucher": "1400000", "credit": "768000",
         "owed": account.owed().to_string(),
