@@ -310,7 +310,7 @@ fn account_example() -> Value {
         "spec": "wire.md, Messages (Account)",
         "channelId": "7", "settled": "1000000", "metered": 321, "pricePerToken": "3000",
         "spanBlocks": 2, "voucher": "1400000", "credit": "768000",
-        "owed": account.owed().to_string(),
+        "owed": account.owed().expect("no overflow").to_string(),
         "paymentRequired": {"reason": PaymentReason::CreditExceeded as u8, "message": "payment required: sign a newer voucher", "bytes": hex(refusal.encode())},
     })
 }

@@ -558,8 +558,8 @@ async fn registered_terms(
         return Ok(None);
     }
     let span = (u16::try_from(node.firstBlock)?, u16::try_from(node.lastBlock)?);
-    let span_blocks =
-        span.1.checked_sub(span.0).context("registered span ends before it starts")? + 1;
+    let blocks = span.1.checked_sub(span.0).context("registered span ends before it starts")?;
+    let span_blocks = blocks.checked_add(1).context("registered span of over 65,535 blocks")?;
     Ok(Some((Tariff { price_per_token: node.pricePerToken, span_blocks }, span)))
 }
 
@@ -803,12 +803,15 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         );
         remote.drop_answers(args.testing_drop_answers);
     }
-    // Accounts that may differ from a node's (an answer lost) are settled off the request path.
-    let settler = remote.open();
-    tokio::task::spawn_blocking(move || {
+    // Accounts that may differ from a node's (an answer lost) are settled off the request path,
+    // by a task (not a thread of its own), so that shutting down does not wait for it.
+    let settler = Arc::new(remote.open());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SETTLE_EVERY);
         loop {
-            std::thread::sleep(SETTLE_EVERY);
-            settler.settle_accounts();
+            tick.tick().await;
+            let settler = settler.clone();
+            let _ = tokio::task::spawn_blocking(move || settler.settle_accounts()).await;
         }
     });
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());

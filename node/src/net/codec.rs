@@ -195,10 +195,11 @@ pub struct Account {
 }
 
 impl Account {
-    /// What the node counts as owed: `settled + ⌊price · metered / span⌋`.
-    pub fn owed(&self) -> U256 {
-        self.settled
-            + self.price_per_token * U256::from(self.metered) / U256::from(self.span_blocks.max(1))
+    /// What the node counts as owed: `settled + ⌊price · metered / span⌋`; `None` past
+    /// 2²⁵⁶ (a node's figures are not trusted to be sane).
+    pub fn owed(&self) -> Option<U256> {
+        let metered = self.price_per_token.checked_mul(U256::from(self.metered))?;
+        self.settled.checked_add(metered / U256::from(self.span_blocks.max(1)))
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -841,7 +842,7 @@ mod tests {
             voucher: U256::from(90),
             credit: U256::from(7680),
         };
-        assert_eq!(account.owed(), U256::from(170));
+        assert_eq!(account.owed(), Some(U256::from(170)));
         let refusal = InferResponse::Err(WireError::payment(
             PaymentReason::CreditExceeded,
             "pay",

@@ -89,9 +89,10 @@ pub enum NetError {
     Request {
         peer: PeerId,
         reason: String,
-        /// Whether the request may have reached the peer (and been run): everything but a
-        /// failure to dial it.
-        maybe_delivered: bool,
+        /// Whether the peer may have run the request and its answer was lost on the way (a
+        /// timeout, a connection or stream closed), as opposed to never sent (a failed dial)
+        /// or answered with bytes that do not decode (the peer's fault).
+        answer_lost: bool,
     },
     /// The peer does not speak this protocol version: not a failure of the peer.
     #[error("{peer} does not speak {protocol} (another protocol version)")]
@@ -745,7 +746,14 @@ fn outbound_error(
         }
         other => NetError::Request {
             peer,
-            maybe_delivered: !matches!(other, request_response::OutboundFailure::DialFailure),
+            answer_lost: match &other {
+                request_response::OutboundFailure::Timeout
+                | request_response::OutboundFailure::ConnectionClosed => true,
+                request_response::OutboundFailure::Io(e) => {
+                    e.kind() != std::io::ErrorKind::InvalidData
+                }
+                _ => false,
+            },
             reason: other.to_string(),
         },
     }
@@ -753,9 +761,10 @@ fn outbound_error(
 
 impl NetError {
     /// Whether a request that failed this way may still have been run by the peer: its
-    /// answer was lost (a timeout, a connection closed), not its delivery refused.
+    /// answer was lost (a timeout, a connection closed), not its delivery refused or its
+    /// answer garbled.
     pub fn may_have_run(&self) -> bool {
-        matches!(self, NetError::Request { maybe_delivered: true, .. })
+        matches!(self, NetError::Request { answer_lost: true, .. })
     }
 }
 

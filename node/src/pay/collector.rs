@@ -129,6 +129,8 @@ impl Channel {
 pub struct Charge {
     pub channel: U256,
     pub units: u64,
+    /// The terms they were metered at.
+    pub terms: Tariff,
 }
 
 /// One channel's standing, for reports.
@@ -243,13 +245,11 @@ impl Collector {
         changed
     }
 
-    /// `peer`'s account of the channel it pays through (the one `payment` names, else the
-    /// last it paid from), as sent back with each answer; `None` for a channel another peer
-    /// pays through, or none.
-    pub async fn account(&self, peer: PeerId, payment: Option<&SignedVoucher>) -> Option<Account> {
+    /// `peer`'s account of `channel` (else of the last channel it paid from), as sent back
+    /// with each answer; `None` for a channel another peer pays through, or none.
+    pub async fn account(&self, peer: PeerId, channel: Option<U256>) -> Option<Account> {
         let book = self.book.lock().await;
-        let id =
-            payment.map(|p| p.voucher.channel_id).or_else(|| book.peers.get(&peer).copied())?;
+        let id = channel.or_else(|| book.peers.get(&peer).copied())?;
         let channel = book.channels.get(&id).filter(|c| c.peer == Some(peer))?;
         let terms = channel.terms();
         Some(Account {
@@ -313,13 +313,19 @@ impl Collector {
             return Err(PaymentError::CreditExceeded { channel: id, unpaid, credit: self.credit });
         }
         channel.record.metered = metered;
-        Ok(Charge { channel: id, units })
+        Ok(Charge { channel: id, units, terms: channel.terms() })
     }
 
-    /// Takes back the units of a step that failed.
+    /// Takes back the units of a step that failed: from the metering, or, when the channel
+    /// moved to new terms meanwhile (they were priced into `settled`), their price from there.
     pub async fn refund(&self, charge: Charge) {
         if let Some(channel) = self.book.lock().await.channels.get_mut(&charge.channel) {
-            channel.record.metered = channel.record.metered.saturating_sub(charge.units);
+            let record = &mut channel.record;
+            if record.terms == Some(charge.terms) {
+                record.metered = record.metered.saturating_sub(charge.units);
+            } else {
+                record.settled = record.settled.saturating_sub(charge.terms.amount(charge.units));
+            }
         }
     }
 

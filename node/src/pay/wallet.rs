@@ -92,6 +92,28 @@ struct Open {
     /// How much more than this run's count the node last claimed without grounds (logged
     /// once per claim, not at every answer).
     disputed: U256,
+    /// Block-tokens the node has certainly metered at the current terms: the most its
+    /// accounts at these terms have shown. A move to new terms must leave at least these at
+    /// the old price.
+    old_floor: u64,
+    /// Accounts asked for in vain since the last agreement (see [`Wallet::unsettled`]).
+    probes: u32,
+}
+
+/// Fruitless asks for a node's account before the gateway stops asking (a node that lost
+/// metering in a crash counts less for good).
+const MAX_PROBES: u32 = 5;
+
+/// How an account compares with this run's count.
+#[derive(Debug, PartialEq, Eq)]
+enum Agreement {
+    /// Already equal, or taken: the counts are the same now.
+    Agreed,
+    /// The node counts less: perhaps an account taken before a step that was answered first;
+    /// not taken, asked again later.
+    Behind,
+    /// The node counts more than the steps sent (or answers this run refused): not taken.
+    Disputed,
 }
 
 impl Open {
@@ -100,13 +122,23 @@ impl Open {
         self.settled + self.tariff.amount(self.metered + more)
     }
 
-    /// Follows the node to its new `registered` terms when its `account` shows it moved there:
-    /// the wei it settled at the old terms must be exactly the old price of block-tokens this
-    /// run counted (answered, in flight or lost), which then leave `metered`. Returns whether
-    /// it moved.
+    /// The terms an account is priced at.
+    fn terms_of(account: &Account) -> Tariff {
+        Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks }
+    }
+
+    /// Whether `account` is at this run's terms, since the same move.
+    fn same_terms(&self, account: &Account) -> bool {
+        Self::terms_of(account) == self.tariff && account.settled == self.settled
+    }
+
+    /// Follows the node to its new `registered` terms when its `account` shows it moved there
+    /// (`payments.md`, "Price changes"). The wei it settled at the old terms must be exactly the
+    /// old price of `k` block-tokens, with `k` no fewer than its accounts at the old terms had
+    /// shown metered, and no more than this run counted (answered, in flight or lost); those
+    /// `k` then leave `metered`. Returns whether it moved.
     fn follow_move(&mut self, account: &Account, registered: Tariff) -> bool {
-        let node_terms =
-            Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks };
+        let node_terms = Self::terms_of(account);
         if node_terms == self.tariff || node_terms != registered || account.settled < self.settled {
             return false;
         }
@@ -114,39 +146,31 @@ impl Open {
         let Some(moved) = self.tariff.units_worth(account.settled - self.settled) else {
             return false;
         };
-        if moved > counted {
+        if moved < self.old_floor || moved > counted {
             return false;
         }
         self.settled = account.settled;
         self.metered = self.metered.saturating_sub(moved);
         self.tariff = node_terms;
+        self.old_floor = 0;
         true
     }
 
-    /// Takes the node's `account` as this run's count when the two may differ only by steps
-    /// whose answers were lost: it may claim at most those at the dearer of the two terms.
-    /// Called with nothing in flight, so the account covers exactly the steps sent. Returns
-    /// whether it was taken.
-    fn agree(&mut self, account: &Account) -> bool {
-        let node_terms =
-            Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks };
-        let same = self.settled == account.settled
-            && self.metered == account.metered
-            && self.tariff == node_terms;
-        if same {
-            self.uncertain = 0;
-            return true;
+    /// Compares the node's `account`, at this run's terms, with this run's count when the
+    /// account covers exactly the steps sent (none other in flight). It is taken when it
+    /// claims more by at most the steps whose answers were lost; the node ran those.
+    fn agree(&mut self, account: &Account) -> Agreement {
+        let bound = self.owed(0) + self.tariff.amount(self.uncertain);
+        if !self.same_terms(account) || account.owed().is_none_or(|theirs| theirs > bound) {
+            return Agreement::Disputed;
         }
-        let dearer = node_terms.amount(self.uncertain).max(self.tariff.amount(self.uncertain));
-        if account.owed() > self.owed(0) + dearer {
-            return false;
+        if account.metered < self.metered {
+            return Agreement::Behind;
         }
-        self.settled = account.settled;
         self.metered = account.metered;
-        self.tariff = node_terms;
         self.uncertain = 0;
-        self.settle_due = true;
-        true
+        self.probes = 0;
+        Agreement::Agreed
     }
 }
 
@@ -246,8 +270,10 @@ impl Wallet {
         units: u64,
         account: Option<&Account>,
     ) -> Result<SignedVoucher, WalletError> {
-        if let Some(account) = account {
-            self.reconcile(node, account, units).await;
+        if let Some(account) = account
+            && let Some(tab) = self.tabs.lock().await.open.get_mut(&node.operator)
+        {
+            reconcile(tab, node, account, units);
         }
         let owed = |tab: &Open| Some(tab.owed(tab.in_flight));
         Ok(self.pay(node, 0, owed).await?.expect("a repayment always signs"))
@@ -342,57 +368,17 @@ impl Wallet {
     /// terms moved), the node's account is taken if it claims at most the lost steps more
     /// (`payments.md`, "Reconciliation"); a claim beyond that is logged and not paid.
     pub async fn record(&self, node: NodeTerms, units: u64, account: Option<&Account>) {
-        if let Some(tab) = self.tabs.lock().await.open.get_mut(&node.operator) {
-            tab.in_flight = tab.in_flight.saturating_sub(units);
-            tab.metered += units;
-        }
-        if let Some(account) = account {
-            self.reconcile(node, account, 0).await;
-        }
-    }
-
-    /// Follows `node` to new registered terms its `account` shows it moved to; then takes the
-    /// account as its count if the only steps in flight are `excluded` block-tokens the
-    /// account leaves out, and it may differ only by lost answers.
-    async fn reconcile(&self, node: NodeTerms, account: &Account, excluded: u64) {
-        let operator = node.operator;
         let mut tabs = self.tabs.lock().await;
-        let Some(tab) = tabs.open.get_mut(&operator) else { return };
-        if account.channel_id != tab.channel {
-            return;
-        }
-        if tab.follow_move(account, node.tariff) {
-            tracing::info!(
-                %operator, channel = %tab.channel, price_per_token = %account.price_per_token,
-                span_blocks = account.span_blocks, "the node moved to its new terms: so does this run"
-            );
-        }
-        if tab.in_flight != excluded {
-            return;
-        }
-        let (ours, theirs) = (tab.owed(0), account.owed());
-        if ours == theirs && tab.uncertain == 0 {
-            return;
-        }
-        if tab.agree(account) {
-            if ours != theirs {
-                tracing::info!(
-                    %operator, channel = %tab.channel, ours = %ours, theirs = %theirs,
-                    "took the node's account of the channel (answers lost on the way, or its \
-                     terms moved)"
-                );
+        let Some(tab) = tabs.open.get_mut(&node.operator) else { return };
+        tab.in_flight = tab.in_flight.saturating_sub(units);
+        tab.metered += units;
+        match account {
+            Some(account) => reconcile(tab, node, account, 0),
+            // The node does not charge this run (it serves it free): nothing to settle.
+            None => {
+                tab.uncertain = 0;
+                tab.settle_due = false;
             }
-        } else {
-            if tab.disputed != theirs - ours {
-                tracing::warn!(
-                    %operator, channel = %tab.channel, ours = %ours, theirs = %theirs,
-                    uncertain = tab.uncertain,
-                    "the node counts more than the steps this gateway sent (or answers it \
-                     refused): not taken"
-                );
-                tab.disputed = theirs - ours;
-            }
-            tab.uncertain = 0;
         }
     }
 
@@ -418,13 +404,26 @@ impl Wallet {
 
     /// Nodes whose account should be asked for and paid now: an answer to them was lost, or
     /// their account was taken and is not signed for yet; and nothing is in flight to them.
+    /// After [`MAX_PROBES`] asks without agreeing, a node is no longer asked: the lost steps
+    /// stay unpaid (its credit bounds what it can lose).
     pub async fn unsettled(&self) -> Vec<Address> {
-        let tabs = self.tabs.lock().await;
-        tabs.open
-            .iter()
-            .filter(|(_, t)| t.settle_due && t.in_flight == 0)
-            .map(|(a, _)| *a)
-            .collect()
+        let mut tabs = self.tabs.lock().await;
+        let mut due = Vec::new();
+        let waiting = tabs.open.iter_mut().filter(|(_, t)| t.settle_due && t.in_flight == 0);
+        for (operator, tab) in waiting {
+            if tab.probes >= MAX_PROBES {
+                tracing::warn!(
+                    %operator, channel = %tab.channel, uncertain = tab.uncertain,
+                    "no agreement with the node's account after {MAX_PROBES} asks: the lost \
+                     steps stay unpaid"
+                );
+                (tab.uncertain, tab.settle_due, tab.probes) = (0, false, 0);
+                continue;
+            }
+            tab.probes += 1;
+            due.push(*operator);
+        }
+        due
     }
 
     /// The latest voucher signed on each channel (channel id → cumulative amount), read from
@@ -491,6 +490,8 @@ impl Wallet {
             signed,
             introduced: false,
             disputed: U256::ZERO,
+            old_floor: 0,
+            probes: 0,
         };
         if let Some((channel, signed, count)) = self.load(operator)? {
             let state = self.channels.channel(channel).await?;
@@ -576,6 +577,62 @@ impl Wallet {
     }
 }
 
+/// Follows `node` to new registered terms its `account` shows it moved to, and notes what the
+/// account proves metered at the current terms; then, if the only steps in flight are
+/// `excluded` block-tokens the account leaves out, compares it with the tab's count
+/// (`payments.md`, "Reconciliation"). Called under the wallet's lock, with the tab already
+/// updated for the step the account came with, so that nothing comes between.
+fn reconcile(tab: &mut Open, node: NodeTerms, account: &Account, excluded: u64) {
+    let operator = node.operator;
+    if account.channel_id != tab.channel {
+        return;
+    }
+    if tab.follow_move(account, node.tariff) {
+        tracing::info!(
+            %operator, channel = %tab.channel, price_per_token = %account.price_per_token,
+            span_blocks = account.span_blocks, "the node moved to its new terms: so does this run"
+        );
+    }
+    if tab.same_terms(account) {
+        tab.old_floor = tab.old_floor.max(account.metered);
+    }
+    if tab.in_flight != excluded {
+        return;
+    }
+    let ours = tab.owed(0);
+    if account.owed() == Some(ours) && tab.uncertain == 0 {
+        tab.settle_due &= ours > tab.signed;
+        return;
+    }
+    match tab.agree(account) {
+        Agreement::Agreed => {
+            let theirs = tab.owed(0);
+            if theirs != ours {
+                tracing::info!(
+                    %operator, channel = %tab.channel, ours = %ours, theirs = %theirs,
+                    "took the node's account of the channel (answers lost on the way)"
+                );
+            }
+        }
+        Agreement::Behind => {}
+        Agreement::Disputed => {
+            let claim = account.owed().unwrap_or(U256::MAX).saturating_sub(ours);
+            if tab.disputed != claim {
+                tracing::warn!(
+                    %operator, channel = %tab.channel, ours = %ours, claim = ?account,
+                    uncertain = tab.uncertain,
+                    "the node counts more than the steps this gateway sent (or answers it \
+                     refused), or at other terms: not taken"
+                );
+                tab.disputed = claim;
+            }
+            tab.uncertain = 0;
+        }
+    }
+    // Asked and agreed (or given up on): settled once what is owed is signed.
+    tab.settle_due = tab.uncertain > 0 || tab.owed(0) > tab.signed;
+}
+
 /// Bytes of a stored tab with its terms; one written before terms were kept has 72.
 const TAB_BYTES: usize = 72 + 32 + 32 + 2;
 
@@ -622,6 +679,8 @@ mod tests {
             signed: U256::ZERO,
             introduced: true,
             disputed: U256::ZERO,
+            old_floor: 0,
+            probes: 0,
         }
     }
 
@@ -639,27 +698,37 @@ mod tests {
 
     const TEN_OVER_THREE: Tariff =
         Tariff { price_per_token: U256::from_limbs([10, 0, 0, 0]), span_blocks: 3 };
+    const THIRTY_OVER_THREE: Tariff =
+        Tariff { price_per_token: U256::from_limbs([30, 0, 0, 0]), span_blocks: 3 };
+    const NODE: NodeTerms = NodeTerms { operator: Address::ZERO, tariff: TEN_OVER_THREE };
 
     #[test]
     fn a_run_follows_the_node_to_new_terms_only_as_it_moved() {
-        let dearer = Tariff { price_per_token: U256::from(30), span_blocks: 3 };
         // 4 block-tokens answered at the old terms, then the node moved with a voucher and
         // metered 2 at the new ones (counted here too, still at the old terms).
         let mut open = tab(TEN_OVER_THREE, 6);
-        let moved = account(&open, 13, 2, dearer); // ⌊10·4/3⌋ = 13 settled
+        let moved = account(&open, 13, 2, THIRTY_OVER_THREE); // ⌊10·4/3⌋ = 13 settled
         // Terms the registry does not show (yet) are not followed.
         assert!(!open.follow_move(&moved, TEN_OVER_THREE));
-        assert!(open.follow_move(&moved, dearer));
-        assert_eq!((open.settled, open.metered, open.tariff), (U256::from(13), 2, dearer));
-        assert_eq!(open.owed(0), moved.owed());
-        assert!(!open.follow_move(&moved, dearer), "already there");
+        assert!(open.follow_move(&moved, THIRTY_OVER_THREE));
+        assert_eq!(
+            (open.settled, open.metered, open.tariff),
+            (U256::from(13), 2, THIRTY_OVER_THREE)
+        );
+        assert_eq!(Some(open.owed(0)), moved.owed());
+        assert!(!open.follow_move(&moved, THIRTY_OVER_THREE), "already there");
 
         // A node settling more than this run ever sent it is not followed.
         let mut open = tab(TEN_OVER_THREE, 6);
-        assert!(!open.follow_move(&account(&open, 23, 0, dearer), dearer)); // 7 block-tokens
+        assert!(!open.follow_move(&account(&open, 23, 0, THIRTY_OVER_THREE), THIRTY_OVER_THREE));
         // Nor one settling an amount no count of block-tokens is worth.
-        assert!(!open.follow_move(&account(&open, 4, 0, dearer), dearer));
+        assert!(!open.follow_move(&account(&open, 4, 0, THIRTY_OVER_THREE), THIRTY_OVER_THREE));
+        // Nor one leaving at the old price fewer block-tokens than its own accounts at the old
+        // terms showed metered: it would re-price past usage at the new one.
+        open.old_floor = 4;
+        assert!(!open.follow_move(&account(&open, 6, 4, THIRTY_OVER_THREE), THIRTY_OVER_THREE));
         assert_eq!((open.settled, open.metered), (U256::ZERO, 6));
+        assert!(open.follow_move(&account(&open, 13, 2, THIRTY_OVER_THREE), THIRTY_OVER_THREE));
     }
 
     #[test]
@@ -667,28 +736,53 @@ mod tests {
         // 6 block-tokens answered, 3 lost: the node may claim 6 to 9.
         let mut open = tab(TEN_OVER_THREE, 6);
         open.uncertain = 3;
-        let claim = account(&open, 0, 9, TEN_OVER_THREE);
-        assert!(open.agree(&claim));
+        assert_eq!(open.agree(&account(&open, 0, 9, TEN_OVER_THREE)), Agreement::Agreed);
         assert_eq!((open.metered, open.uncertain, open.owed(0)), (9, 0, U256::from(30)));
-        assert!(open.settle_due, "what was taken is still to be signed");
 
-        // One block-token more than the lost steps: not taken, and not asked about again.
+        // One block-token more than the lost steps: not taken.
         let mut open = tab(TEN_OVER_THREE, 6);
         open.uncertain = 3;
-        assert!(!open.agree(&account(&open, 0, 10, TEN_OVER_THREE)));
+        let greedy = account(&open, 0, 10, TEN_OVER_THREE);
+        assert_eq!(open.agree(&greedy), Agreement::Disputed);
         assert_eq!((open.metered, open.owed(0)), (6, U256::from(20)));
-
-        // Nothing lost: a node counting more (answers this gateway refused) is not paid.
+        // Nothing lost: a node counting more (answers this run refused) is not paid.
         let mut open = tab(TEN_OVER_THREE, 6);
-        assert!(!open.agree(&account(&open, 0, 7, TEN_OVER_THREE)));
-        // A node that moved to new terms with a voucher the gateway did not see as such: its
-        // settled figure and terms are taken when within the lost steps at the dearer terms.
-        let dearer = Tariff { price_per_token: U256::from(30), span_blocks: 3 };
+        assert_eq!(open.agree(&account(&open, 0, 7, TEN_OVER_THREE)), Agreement::Disputed);
+        // Terms of its own making are never taken, even for a smaller amount.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        open.uncertain = 3;
+        let dear = Tariff { price_per_token: U256::from(10).pow(U256::from(30)), span_blocks: 1 };
+        assert_eq!(open.agree(&account(&open, 19, 0, dear)), Agreement::Disputed);
+        assert_eq!(open.tariff, TEN_OVER_THREE);
+        // Nor figures past 2^256.
+        let mut huge = account(&open, 0, 7, TEN_OVER_THREE);
+        huge.settled = U256::MAX;
+        assert_eq!(open.agree(&huge), Agreement::Disputed);
+        // A node counting less (an account taken before a step answered first) is not taken
+        // either: it is asked again.
         let mut open = tab(TEN_OVER_THREE, 6);
         open.uncertain = 1;
-        let moved = account(&open, 20, 1, dearer); // 20 wei at the old terms, 1 at the new
-        assert!(open.agree(&moved));
-        assert_eq!((open.settled, open.metered, open.tariff), (U256::from(20), 1, dearer));
-        assert_eq!(open.owed(0), moved.owed());
+        assert_eq!(open.agree(&account(&open, 0, 5, TEN_OVER_THREE)), Agreement::Behind);
+        assert_eq!((open.metered, open.uncertain), (6, 1));
+    }
+
+    #[test]
+    fn a_lost_answer_is_settled_once_the_agreed_count_is_signed() {
+        let mut open = tab(TEN_OVER_THREE, 6);
+        (open.uncertain, open.settle_due, open.signed) = (3, true, U256::from(20));
+        let nine = account(&open, 0, 9, TEN_OVER_THREE);
+        reconcile(&mut open, NODE, &nine, 0);
+        assert_eq!((open.metered, open.uncertain), (9, 0));
+        assert!(open.settle_due, "30 wei agreed, 20 signed");
+        open.signed = U256::from(30);
+        let nine = account(&open, 0, 9, TEN_OVER_THREE);
+        reconcile(&mut open, NODE, &nine, 0);
+        assert!(!open.settle_due);
+        // With another step in flight the account may not cover it: only compared later.
+        let mut open = tab(TEN_OVER_THREE, 6);
+        (open.uncertain, open.in_flight) = (3, 1);
+        let nine = account(&open, 0, 9, TEN_OVER_THREE);
+        reconcile(&mut open, NODE, &nine, 0);
+        assert_eq!((open.metered, open.uncertain, open.old_floor), (6, 3, 9));
     }
 }

@@ -241,7 +241,8 @@ impl BlockServer {
                         let Some(reason) = e.reason() else {
                             return refuse(ErrorCode::Internal, e.to_string());
                         };
-                        let account = collector.account(peer, request.payment.as_ref()).await;
+                        let named = request.payment.as_ref().map(|p| p.voucher.channel_id);
+                        let account = collector.account(peer, named).await;
                         return InferResponse::Err(WireError::payment(
                             reason,
                             e.to_string(),
@@ -300,7 +301,9 @@ impl BlockServer {
                 // The payer's account as it stands after this step, so that it sees (and can
                 // settle) any difference from its own count.
                 let account = match (&self.collector, charge) {
-                    (Some(collector), Some(_)) => collector.account(peer, None).await.map(Box::new),
+                    (Some(collector), Some(charge)) => {
+                        collector.account(peer, Some(charge.channel)).await.map(Box::new)
+                    }
                     _ => None,
                 };
                 InferResponse::Ok { output, signature, account }
