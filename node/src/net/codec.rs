@@ -24,18 +24,18 @@ const RETIRED_RESPONSE_MAGIC: &[u8; 4] = b"IGS1";
 /// Bytes of an encoded [`Account`].
 pub const ACCOUNT_BYTES: usize = 32 * 5 + 8 + 2;
 
-/// What a step does to the session's KV cache on the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum StepKind {
-    /// The first tokens of a session (position 0).
-    Prefill = 0,
-    /// One more token.
-    Decode = 1,
-    /// Rebuilding a cache on a replacement node from the inputs the gateway kept.
-    Replay = 2,
-    /// Drop the session's cache.
-    Close = 3,
+wire_enum! {
+    /// What a step does to the session's KV cache on the node.
+    pub enum StepKind: u8 {
+        /// The first tokens of a session (position 0).
+        Prefill = 0,
+        /// One more token.
+        Decode = 1,
+        /// Rebuilding a cache on a replacement node from the inputs the gateway kept.
+        Replay = 2,
+        /// Drop the session's cache.
+        Close = 3,
+    }
 }
 
 impl StepKind {
@@ -80,19 +80,19 @@ pub struct InferRequest {
     pub payload: Payload,
 }
 
-/// Why a node refused or failed a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ErrorCode {
-    Malformed = 1,
-    NotAdmitted = 2,
-    UnknownModel = 3,
-    BlocksNotServed = 4,
-    BadInput = 5,
-    SessionLost = 6,
-    Overloaded = 7,
-    Internal = 8,
-    PaymentRequired = 9,
+wire_enum! {
+    /// Why a node refused or failed a request.
+    pub enum ErrorCode: u16 {
+        Malformed = 1,
+        NotAdmitted = 2,
+        UnknownModel = 3,
+        BlocksNotServed = 4,
+        BadInput = 5,
+        SessionLost = 6,
+        Overloaded = 7,
+        Internal = 8,
+        PaymentRequired = 9,
+    }
 }
 
 impl ErrorCode {
@@ -110,68 +110,31 @@ impl ErrorCode {
             ErrorCode::PaymentRequired => "payment_required",
         }
     }
-
-    fn from_u16(v: u16) -> Option<Self> {
-        use ErrorCode::*;
-        [
-            Malformed,
-            NotAdmitted,
-            UnknownModel,
-            BlocksNotServed,
-            BadInput,
-            SessionLost,
-            Overloaded,
-            Internal,
-            PaymentRequired,
-        ]
-        .into_iter()
-        .find(|c| *c as u16 == v)
-    }
 }
 
-/// Why a `PaymentRequired` refusal was sent: its sub-code (`wire.md`, "PaymentRequired").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum PaymentReason {
-    /// No voucher, and no channel from this peer yet.
-    NoChannel = 1,
-    /// The voucher's channel does not exist on this chain.
-    UnknownChannel = 2,
-    /// The channel pays another node.
-    OtherNode = 3,
-    /// A close was requested on the channel, or it is closed.
-    Closing = 4,
-    /// Another peer already pays through this channel.
-    OtherPeer = 5,
-    /// The voucher is below the latest accepted one (replayed or stale).
-    Stale = 6,
-    /// The voucher is not signed by the channel's payer for this chain and contract.
-    BadSignature = 7,
-    /// Usage not covered by vouchers would exceed the credit: sign a newer voucher.
-    CreditExceeded = 8,
-    /// The channel holds too little to be served on credit: every step needs a voucher.
-    NoCredit = 9,
-    /// Too many channel lookups on the chain from this peer: try again later.
-    TooManyLookups = 10,
-}
-
-impl PaymentReason {
-    fn from_u8(v: u8) -> Option<Self> {
-        use PaymentReason::*;
-        [
-            NoChannel,
-            UnknownChannel,
-            OtherNode,
-            Closing,
-            OtherPeer,
-            Stale,
-            BadSignature,
-            CreditExceeded,
-            NoCredit,
-            TooManyLookups,
-        ]
-        .into_iter()
-        .find(|r| *r as u8 == v)
+wire_enum! {
+    /// Why a `PaymentRequired` refusal was sent: its sub-code (`wire.md`, "PaymentRequired").
+    pub enum PaymentReason: u8 {
+        /// No voucher, and no channel from this peer yet.
+        NoChannel = 1,
+        /// The voucher's channel does not exist on this chain.
+        UnknownChannel = 2,
+        /// The channel pays another node.
+        OtherNode = 3,
+        /// A close was requested on the channel, or it is closed.
+        Closing = 4,
+        /// Another peer already pays through this channel.
+        OtherPeer = 5,
+        /// The voucher is below the latest accepted one (replayed or stale).
+        Stale = 6,
+        /// The voucher is not signed by the channel's payer for this chain and contract.
+        BadSignature = 7,
+        /// Usage not covered by vouchers would exceed the credit: sign a newer voucher.
+        CreditExceeded = 8,
+        /// The channel holds too little to be served on credit: every step needs a voucher.
+        NoCredit = 9,
+        /// Too many channel lookups on the chain from this peer: try again later.
+        TooManyLookups = 10,
     }
 }
 
@@ -349,18 +312,6 @@ pub enum CodecError {
     Retired { retired: String, current: String },
 }
 
-impl StepKind {
-    fn from_u8(v: u8) -> Result<Self, CodecError> {
-        Ok(match v {
-            0 => StepKind::Prefill,
-            1 => StepKind::Decode,
-            2 => StepKind::Replay,
-            3 => StepKind::Close,
-            other => return Err(CodecError::UnknownKind(other)),
-        })
-    }
-}
-
 impl InferRequest {
     pub fn encode(&self) -> Vec<u8> {
         self.encode_with(self.payment.as_ref())
@@ -406,7 +357,8 @@ impl InferRequest {
         if r.take(4)? != REQUEST_MAGIC {
             return Err(CodecError::BadMagic);
         }
-        let kind = StepKind::from_u8(r.u8()?)?;
+        let raw_kind = r.u8()?;
+        let kind = StepKind::from_wire(raw_kind).ok_or(CodecError::UnknownKind(raw_kind))?;
         let model_id = r.take(32)?.try_into().expect("32 bytes");
         let first_block = r.u16()?;
         let last_block = r.u16()?;
@@ -466,7 +418,7 @@ impl InferResponse {
             }
             1 => {
                 let raw = r.u16()?;
-                let code = ErrorCode::from_u16(raw).ok_or(CodecError::UnknownErrorCode(raw))?;
+                let code = ErrorCode::from_wire(raw).ok_or(CodecError::UnknownErrorCode(raw))?;
                 let len = r.u32()? as usize;
                 if len > MAX_ERROR_MESSAGE {
                     return Err(CodecError::TooLarge(len));
@@ -476,7 +428,7 @@ impl InferResponse {
                 // A sub-code only with PaymentRequired, and always with it.
                 let raw_reason = r.u8()?;
                 let reason = match (code, raw_reason) {
-                    (ErrorCode::PaymentRequired, r) => Some(PaymentReason::from_u8(r)),
+                    (ErrorCode::PaymentRequired, r) => Some(PaymentReason::from_wire(r)),
                     (_, 0) => None,
                     _ => Some(None),
                 };
@@ -702,7 +654,7 @@ mod tests {
                         last_block,
                         session,
                         position,
-                        kind: StepKind::from_u8(kind).expect("0..4"),
+                        kind: StepKind::from_wire(kind).expect("0..4"),
                         payment: paid.map(|(channel, amount, r)| SignedVoucher {
                             voucher: Voucher {
                                 channel_id: U256::from_be_bytes(channel),
@@ -726,9 +678,9 @@ mod tests {
         fn responses_round_trip(output in payload(), sig in proptest::collection::vec(any::<u8>(), 65), code in 1u16..10, reason in 1u8..=10, msg in ".{0,64}", account in proptest::option::of(account())) {
             let ok = InferResponse::Ok { output, signature: sig.try_into().unwrap(), account: account.map(Box::new) };
             prop_assert_eq!(InferResponse::decode(&ok.encode()), Ok(ok));
-            let code = ErrorCode::from_u16(code).unwrap();
+            let code = ErrorCode::from_wire(code).unwrap();
             let err = if code == ErrorCode::PaymentRequired {
-                WireError::payment(PaymentReason::from_u8(reason).unwrap(), msg, account)
+                WireError::payment(PaymentReason::from_wire(reason).unwrap(), msg, account)
             } else {
                 WireError { account: account.map(Box::new), ..WireError::new(code, msg) }
             };

@@ -31,35 +31,21 @@ pub enum PieceRequest {
     Piece { model: [u8; 32], file: String, index: u32 },
 }
 
-/// Why a seeder did not send what was asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Refusal {
-    /// It does not seed this model.
-    UnknownModel = 1,
-    /// The file is not in the manifest, or not held by this seeder.
-    UnknownFile = 2,
-    /// The file has no piece with this index.
-    OutOfRange = 3,
-    /// Too many requests at once: ask again later, or elsewhere.
-    Busy = 4,
-    /// The request did not parse.
-    Malformed = 5,
-    /// It could not read the piece (or seeds nothing).
-    Unavailable = 6,
-}
-
-impl Refusal {
-    fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            1 => Self::UnknownModel,
-            2 => Self::UnknownFile,
-            3 => Self::OutOfRange,
-            4 => Self::Busy,
-            5 => Self::Malformed,
-            6 => Self::Unavailable,
-            _ => return None,
-        })
+wire_enum! {
+    /// Why a seeder did not send what was asked.
+    pub enum Refusal: u8 {
+        /// It does not seed this model.
+        UnknownModel = 1,
+        /// The file is not in the manifest, or not held by this seeder.
+        UnknownFile = 2,
+        /// The file has no piece with this index.
+        OutOfRange = 3,
+        /// Too many requests at once: ask again later, or elsewhere.
+        Busy = 4,
+        /// The request did not parse.
+        Malformed = 5,
+        /// It could not read the piece (or seeds nothing).
+        Unavailable = 6,
     }
 }
 
@@ -143,7 +129,7 @@ impl PieceResponse {
                 let (&code, message) =
                     rest.split_first().ok_or(PiecesCodecError("refusal without a code"))?;
                 let refusal =
-                    Refusal::from_code(code).ok_or(PiecesCodecError("unknown refusal code"))?;
+                    Refusal::from_wire(code).ok_or(PiecesCodecError("unknown refusal code"))?;
                 // A peer's words end up in logs and terminals: no control characters.
                 let message = String::from_utf8_lossy(message)
                     .chars()
