@@ -259,7 +259,8 @@ impl Collector {
             price_per_token: terms.price_per_token,
             span_blocks: terms.span_blocks,
             voucher: channel.record.vouched(),
-            credit: self.credit,
+            // A channel holding less than the minimum is served on vouchers alone.
+            credit: if channel.deposit < self.min_deposit { U256::ZERO } else { self.credit },
         })
     }
 
