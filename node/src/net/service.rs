@@ -26,7 +26,7 @@ use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
 /// that are connected only through nodes still reach each other.
-const EVIDENCE_TOPIC: &str = "infergrid/evidence/1";
+const EVIDENCE_TOPIC: &str = "infergrid/evidence/2";
 /// Largest gossip message: fault evidence carries a session's hidden states.
 pub const MAX_GOSSIP_BYTES: usize = 16 << 20;
 

@@ -18,7 +18,7 @@ use crate::gateway::input_rows;
 use crate::net::codec::{InferRequest, InferResponse, Payload, StepKind, payload_bytes};
 use crate::validate::ResponseAttestation;
 
-const MAGIC: &[u8; 4] = b"IGE1";
+const MAGIC: &[u8; 4] = b"IGE2";
 /// Most steps one piece of evidence carries (a session's steps on one span).
 pub const MAX_EVIDENCE_STEPS: usize = 4096;
 
@@ -79,7 +79,7 @@ impl FaultEvidence {
         self.steps.last().expect("evidence has steps")
     }
 
-    /// `IGE1 | node (20) | steps (u32 LE) | per step: epoch (u64 LE), request length (u32 LE),
+    /// `IGE2 | node (20) | steps (u32 LE) | per step: epoch (u64 LE), request length (u32 LE),
     /// request (wire encoding, no payment), response length (u32 LE), response (wire
     /// encoding of the signed output)`.
     pub fn encode(&self) -> Vec<u8> {
