@@ -7,6 +7,7 @@ use alloy::primitives::{B256, Bytes, U256};
 
 use crate::eip712::keccak256;
 use crate::engine::Activation;
+use crate::pay::meter::Tariff;
 use crate::pay::{SignedVoucher, Voucher};
 
 /// Largest encoded request or response accepted.
@@ -158,6 +159,11 @@ pub struct Account {
 }
 
 impl Account {
+    /// The terms `metered` is priced at.
+    pub fn terms(&self) -> Tariff {
+        Tariff { price_per_token: self.price_per_token, span_blocks: self.span_blocks }
+    }
+
     /// What the node counts as owed: `settled + ⌊price · metered / span⌋`; `None` past
     /// 2²⁵⁶ (a node's figures are not trusted to be sane).
     pub fn owed(&self) -> Option<U256> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::meter::Tariff;
+use super::meter::{SETTLED_TERMS_BYTES, Tariff, decode_settled_terms, encode_settled_terms};
 use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
 
@@ -21,11 +21,9 @@ const PENDING: TableDefinition<&[u8; 32], u64> = TableDefinition::new("pending_r
 
 /// Bytes of a record's payer, metering and redeemed amount.
 const LEGACY_BARE: usize = 20 + 8 + 32;
-/// Bytes of its settled amount and terms.
-const TERMS_BYTES: usize = 32 + 32 + 2;
 /// Bytes of its voucher.
 const VOUCHER_BYTES: usize = 32 + 65;
-const TERMS_AND_VOUCHER: usize = TERMS_BYTES + VOUCHER_BYTES;
+const TERMS_AND_VOUCHER: usize = SETTLED_TERMS_BYTES + VOUCHER_BYTES;
 
 /// What a node knows about one channel paying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +57,12 @@ impl ChannelRecord {
     // ‖ [amount 32 ‖ signature 65]. Ledgers written before terms were kept lack the settled,
     // price and span fields (60 or 157 bytes).
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(LEGACY_BARE + TERMS_BYTES + VOUCHER_BYTES);
+        let mut out = Vec::with_capacity(LEGACY_BARE + SETTLED_TERMS_BYTES + VOUCHER_BYTES);
         out.extend_from_slice(self.payer.as_slice());
         out.extend_from_slice(&self.metered.to_le_bytes());
         out.extend_from_slice(&self.redeemed.to_be_bytes::<32>());
-        if let Some(terms) = &self.terms {
-            out.extend_from_slice(&self.settled.to_be_bytes::<32>());
-            out.extend_from_slice(&terms.price_per_token.to_be_bytes::<32>());
-            out.extend_from_slice(&terms.span_blocks.to_le_bytes());
+        if let Some(terms) = self.terms {
+            encode_settled_terms(self.settled, terms, &mut out);
         }
         if let Some(v) = &self.voucher {
             out.extend_from_slice(&v.voucher.cumulative_amount.to_be_bytes::<32>());
@@ -79,16 +75,13 @@ impl ChannelRecord {
         let corrupt = || StoreError::Corrupt(format!("channel {channel_id}"));
         let with_terms = match bytes.len().checked_sub(LEGACY_BARE) {
             Some(0 | VOUCHER_BYTES) => false,
-            Some(TERMS_BYTES) | Some(TERMS_AND_VOUCHER) => true,
+            Some(SETTLED_TERMS_BYTES) | Some(TERMS_AND_VOUCHER) => true,
             _ => return Err(corrupt()),
         };
         let (settled, terms, rest) = if with_terms {
-            let fields = &bytes[LEGACY_BARE..LEGACY_BARE + TERMS_BYTES];
-            let terms = Tariff {
-                price_per_token: U256::from_be_slice(&fields[32..64]),
-                span_blocks: u16::from_le_bytes([fields[64], fields[65]]),
-            };
-            (U256::from_be_slice(&fields[..32]), Some(terms), &bytes[LEGACY_BARE + TERMS_BYTES..])
+            let (fields, rest) = bytes[LEGACY_BARE..].split_at(SETTLED_TERMS_BYTES);
+            let (settled, terms) = decode_settled_terms(fields).ok_or_else(corrupt)?;
+            (settled, Some(terms), rest)
         } else {
             (U256::ZERO, None, &bytes[LEGACY_BARE..])
         };

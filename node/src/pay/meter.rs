@@ -39,6 +39,29 @@ impl Tariff {
     }
 }
 
+/// Bytes of a stored (settled amount, terms): settled 32 BE ‖ price 32 BE ‖ span u16 LE, the
+/// layout the node's ledger and the gateway's wallet both keep.
+pub const SETTLED_TERMS_BYTES: usize = 32 + 32 + 2;
+
+/// Appends wei settled under earlier terms and the current `terms`, as stored.
+pub fn encode_settled_terms(settled: U256, terms: Tariff, out: &mut Vec<u8>) {
+    out.extend_from_slice(&settled.to_be_bytes::<32>());
+    out.extend_from_slice(&terms.price_per_token.to_be_bytes::<32>());
+    out.extend_from_slice(&terms.span_blocks.to_le_bytes());
+}
+
+/// Reads what [`encode_settled_terms`] wrote; `None` unless exactly that many bytes.
+pub fn decode_settled_terms(bytes: &[u8]) -> Option<(U256, Tariff)> {
+    if bytes.len() != SETTLED_TERMS_BYTES {
+        return None;
+    }
+    let terms = Tariff {
+        price_per_token: U256::from_be_slice(&bytes[32..64]),
+        span_blocks: u16::from_le_bytes([bytes[64], bytes[65]]),
+    };
+    Some((U256::from_be_slice(&bytes[..32]), terms))
+}
+
 /// Block-tokens of one request: the positions it carries times the blocks it runs. Close
 /// steps are free; prefill, decode and replay steps all run the blocks and are metered.
 pub fn step_units(request: &InferRequest) -> u64 {

@@ -10,7 +10,7 @@ use alloy::primitives::{Address, B256, U256};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Mutex;
 
-use super::meter::Tariff;
+use super::meter::{SETTLED_TERMS_BYTES, Tariff, decode_settled_terms, encode_settled_terms};
 use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
 use crate::chain::{ChainError, Channels, Token};
@@ -122,14 +122,9 @@ impl Open {
         self.settled + self.tariff.amount(self.metered + more)
     }
 
-    /// The terms an account is priced at.
-    fn terms_of(account: &Account) -> Tariff {
-        Tariff { price_per_token: account.price_per_token, span_blocks: account.span_blocks }
-    }
-
     /// Whether `account` is at this run's terms, since the same move.
     fn same_terms(&self, account: &Account) -> bool {
-        Self::terms_of(account) == self.tariff && account.settled == self.settled
+        account.terms() == self.tariff && account.settled == self.settled
     }
 
     /// Follows the node to its new `registered` terms when its `account` shows it moved there
@@ -138,7 +133,7 @@ impl Open {
     /// shown metered, and no more than this run counted (answered, in flight or lost); those
     /// `k` then leave `metered`. Returns whether it moved.
     fn follow_move(&mut self, account: &Account, registered: Tariff) -> bool {
-        let node_terms = Self::terms_of(account);
+        let node_terms = account.terms();
         if node_terms == self.tariff || node_terms != registered || account.settled < self.settled {
             return false;
         }
@@ -556,9 +551,7 @@ impl Wallet {
         value.extend_from_slice(&signed.to_be_bytes::<32>());
         value.extend_from_slice(&count.metered.to_le_bytes());
         if let Some(tariff) = count.tariff {
-            value.extend_from_slice(&count.settled.to_be_bytes::<32>());
-            value.extend_from_slice(&tariff.price_per_token.to_be_bytes::<32>());
-            value.extend_from_slice(&tariff.span_blocks.to_le_bytes());
+            encode_settled_terms(count.settled, tariff, &mut value);
         }
         let txn = self.db.begin_write()?;
         txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
@@ -634,7 +627,7 @@ fn reconcile(tab: &mut Open, node: NodeTerms, account: &Account, excluded: u64) 
 }
 
 /// Bytes of a stored tab with its terms; one written before terms were kept has 72.
-const TAB_BYTES: usize = 72 + 32 + 32 + 2;
+const TAB_BYTES: usize = 72 + SETTLED_TERMS_BYTES;
 
 /// What a tab counts: block-tokens at its terms, and wei owed under earlier ones.
 #[derive(Debug, Clone, Copy, Default)]
@@ -653,11 +646,8 @@ fn decode_tab(bytes: &[u8]) -> Option<(U256, U256, Count)> {
     let mut count =
         Count { metered: u64::from_le_bytes(bytes[64..72].try_into().ok()?), ..Count::default() };
     if bytes.len() == TAB_BYTES {
-        count.settled = U256::from_be_slice(&bytes[72..104]);
-        count.tariff = Some(Tariff {
-            price_per_token: U256::from_be_slice(&bytes[104..136]),
-            span_blocks: u16::from_le_bytes([bytes[136], bytes[137]]),
-        });
+        let (settled, tariff) = decode_settled_terms(&bytes[72..])?;
+        (count.settled, count.tariff) = (settled, Some(tariff));
     }
     Some((U256::from_be_slice(&bytes[..32]), U256::from_be_slice(&bytes[32..64]), count))
 }
