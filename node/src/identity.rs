@@ -53,7 +53,7 @@ impl NodeIdentity {
                 Err(_) => secret = keccak256(secret.as_slice()),
             }
         };
-        // libp2p applies the same scalar check k256 just passed.
+        // libp2p applies the same scalar check libsecp256k1 just passed.
         let key = secp256k1::SecretKey::try_from_bytes(secret.0).expect("a valid scalar");
         Self { keypair: secp256k1::Keypair::from(key).into(), signer }
     }

@@ -1,4 +1,4 @@
-//! EIP-712 typed-data hashing and secp256k1 signatures, done with `sha3` and `k256`
+//! EIP-712 typed-data hashing and secp256k1 signatures, done with `sha3` and libsecp256k1
 //! directly so that the bytes a node checks are exactly the bytes the contracts hash
 //! (`protocol-spec/payments.md`, `protocol-spec/validation.md`).
 
