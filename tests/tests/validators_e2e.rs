@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use infergrid::devnet::Role;
 use infergrid_e2e::dev;
+use infergrid_e2e::http::get;
 use infergrid_e2e::models::{import, local_greedy, make_checkpoint, teacher_forced_greedy};
 use infergrid_e2e::procs::{
     Proc, SWARM, Streamed, binary, devnet_with, free_port, post, stream_completion,
@@ -139,16 +140,30 @@ fn start(extra: &[&str]) -> (Proc, Devnet, serde_json::Value, tempfile::TempDir)
     (devnet, chain, manifest, dir)
 }
 
-/// Runs a devnet with node `CHEAT` cheating as `cheat` (`perturb:0.05`, `lazy`) and checks the
-/// whole loop; returns after the honest nodes are scored.
-fn convicts(cheat: &str) {
+/// How users reach the cheater before it is jailed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Users {
+    /// Through a cross-checking gateway (`--cross-check`): every stream is the model's greedy
+    /// output, wrong answers and all.
+    CrossChecked,
+    /// Through a plain gateway, which moves them off the cheater once it is jailed.
+    Plain,
+}
+
+/// Runs a devnet with node `CHEAT` cheating as `cheat` (`perturb:0.05`, `lazy`), users
+/// streaming through its gateway all along, and checks the whole loop; returns after the
+/// honest nodes are scored.
+fn convicts(cheat: &str, users: Users) {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let cheat_spec = format!("{CHEAT}:{cheat}");
     // 1 wei per microsecond: the price gap between the cheater and operator 4 outweighs
     // seconds of latency.
-    let (_devnet, chain, manifest, dir) =
-        start(&["--testing-cheat", &cheat_spec, "--wei-per-ms", "1000"]);
+    let mut args = vec!["--testing-cheat", &cheat_spec, "--wei-per-ms", "1000"];
+    if users == Users::CrossChecked {
+        args.push("--cross-check");
+    }
+    let (_devnet, chain, manifest, dir) = start(&args);
     let model = dir.path().join("model");
     let operators: Vec<String> =
         (0..6).map(|i| dev(Role::Operator, i).address.to_string()).collect();
@@ -156,9 +171,8 @@ fn convicts(cheat: &str) {
     assert_eq!(chain.reputation(cheater), 5_000, "neutral before any epoch is scored");
     let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
     let api = manifest["api_url"].as_str().unwrap();
-    // Users stream through the gateway all along; a node perturbing a few answers is one a
-    // user can be routed through until it is caught.
-    let users = cheat.starts_with("perturb").then(|| UserStreams::start(api, &name));
+    // Users stream through the gateway all along: the cheapest route runs through the cheater.
+    let streams = UserStreams::start(api, &name);
 
     // Epoch 0 has no committed challenge set (roots are committed before an epoch begins):
     // the first challenged epoch is the one after the devnet came up. Conviction is due
@@ -169,15 +183,28 @@ fn convicts(cheat: &str) {
         std::thread::sleep(Duration::from_secs(2));
     }
     let convicted_after = started.elapsed().as_secs_f64();
-    if let Some(users) = users {
-        // The gateway sees the jail at its next directory refresh (every 5 s) and moves the
-        // streams running through the cheater off it.
-        let log = || std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !log().lines().any(moved_off) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
+    let log = || std::fs::read_to_string(dir.path().join("devnet.log")).unwrap();
+    match users {
+        Users::CrossChecked => {
+            check_cross_checked_streams(&log(), &model, &streams.stop());
+            let authority = api.trim_start_matches("http://").trim_end_matches("/v1");
+            let (status, health) = get(authority, "/healthz");
+            assert_eq!(status, 200, "{health}");
+            let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+            let checks = &health["routing"]["cross_check"];
+            eprintln!("the gateway's cross-checks: {checks}");
+            assert_eq!(checks["enabled"], true, "{checks}");
+            assert!(checks["caught_total"].as_u64() >= Some(1), "{checks}");
         }
-        check_streams_moved_off_the_cheater(&log(), &model, &users.stop());
+        Users::Plain => {
+            // The gateway sees the jail at its next directory refresh (every 5 s) and moves the
+            // streams running through the cheater off it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !log().lines().any(moved_off) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            check_streams_moved_off_the_cheater(&log(), &model, &streams.stop(), cheat == "lazy");
+        }
     }
     let record = chain.record(cheater);
     eprintln!("{cheat} node convicted {convicted_after:.0} s after start: {record:?}");
@@ -340,14 +367,47 @@ impl UserStreams {
     }
 }
 
+/// The streams of a cross-checking gateway: every one completed and is identical to the
+/// model's greedy output run in one process, though the cheater perturbed answers to some of
+/// them (its log names the sessions).
+fn check_cross_checked_streams(log: &str, model: &Path, streams: &[Streamed]) {
+    let (expected, _) = local_greedy(model, USER_PROMPT, USER_TOKENS).unwrap();
+    let node = format!("node {CHEAT} | ");
+    let perturbed_in = |id: &str| {
+        let marker = format!("TESTING: perturbed the answer to session {} ", &id[5..]);
+        log.lines().filter(|l| l.starts_with(&node) && l.contains(&marker)).count()
+    };
+    let mut through_wrong_answers = 0;
+    for stream in streams {
+        assert!(stream.error.is_none(), "a user stream broke: {stream:?}");
+        assert_eq!(
+            stream.token_ids, expected,
+            "{} differs from the local greedy output",
+            stream.id
+        );
+        let perturbed = perturbed_in(&stream.id);
+        if perturbed > 0 {
+            eprintln!("user stream {}: identical despite {perturbed} perturbed answers", stream.id);
+            through_wrong_answers += 1;
+        }
+    }
+    eprintln!(
+        "{} user streams, all identical to the local greedy output; {through_wrong_answers} of \
+         them were given perturbed answers",
+        streams.len()
+    );
+    assert!(through_wrong_answers >= 1, "the cheater perturbed no user's answer");
+}
+
 /// The user streams that ran through the cheater when it was jailed: the gateway moved each
 /// off it mid-stream (its log names the session and position) and each completed. Every token
 /// decided before the cheater's first wrong answer in the session is the model's greedy output
 /// run in one process; every token decided after the move is the honest model's greedy choice
 /// given the stream so far (teacher-forced); so a stream the cheater answered right throughout
-/// is identical to the local greedy output. Tokens decided between a perturbed answer and the
-/// move came from a node later convicted for it: they are reported, not asserted.
-fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Streamed]) {
+/// is identical to the local greedy output. Tokens decided between a wrong answer and the
+/// move came from a node later convicted for it: they are reported, not asserted. A lazy
+/// cheater answers every step wrong; a perturbing one logs the answers it perturbed.
+fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Streamed], lazy: bool) {
     for stream in streams {
         assert!(stream.error.is_none(), "a user stream broke: {stream:?}");
         assert!(stream.finish_reason.is_some(), "a user stream never finished: {stream:?}");
@@ -380,11 +440,15 @@ fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Strea
             .filter_map(|l| l.split_once(marker.as_str()))
             .filter_map(|(_, rest)| rest.split(' ').next()?.parse().ok())
             .collect();
-        let first_wrong = perturbed.iter().min().copied().unwrap_or(usize::MAX);
+        let first_wrong = match lazy {
+            true => 0,
+            false => perturbed.iter().min().copied().unwrap_or(usize::MAX),
+        };
         let honest = teacher_forced_greedy(model, USER_PROMPT, &stream.token_ids).unwrap();
         // A token a wrong answer flipped may lead to an end-of-sequence; otherwise every
         // stream runs its whole length.
-        if perturbed.is_empty() || stream.finish_reason.as_deref() != Some("stop") {
+        let right_throughout = first_wrong == usize::MAX;
+        if right_throughout || stream.finish_reason.as_deref() != Some("stop") {
             assert_eq!(stream.token_ids.len(), USER_TOKENS, "{id} came short: {stream:?}");
         }
         for (i, &token) in stream.token_ids.iter().enumerate() {
@@ -403,10 +467,10 @@ fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Strea
         let identical = stream.token_ids == expected;
         eprintln!(
             "user stream {id}: moved off the jailed node at position {moved_at}; {} of its \
-             answers perturbed; identical to the local greedy output: {identical}",
-            perturbed.len()
+             answers wrong; identical to the local greedy output: {identical}",
+            if lazy { "all".to_owned() } else { perturbed.len().to_string() }
         );
-        if perturbed.is_empty() {
+        if right_throughout {
             assert!(identical, "{id} differs from the local greedy output");
         }
         mid_stream += usize::from(moved_at > 0);
@@ -423,14 +487,14 @@ fn check_streams_moved_off_the_cheater(log: &str, model: &Path, streams: &[Strea
 #[test]
 fn validators_convict_a_node_perturbing_five_percent_of_answers() {
     once_more_if_anvil_stalls(|| {
-        convicts("perturb:0.05");
+        convicts("perturb:0.05", Users::CrossChecked);
     });
 }
 
 #[test]
 fn validators_convict_a_lazy_node() {
     once_more_if_anvil_stalls(|| {
-        convicts("lazy");
+        convicts("lazy", Users::Plain);
     });
 }
 

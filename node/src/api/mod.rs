@@ -227,6 +227,11 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
                 "stall_ms": f.stall.as_secs_f64() * 1e3,
             })).collect::<Vec<_>>(),
             "failovers_total": report.failovers_total,
+            "cross_check": {
+                "enabled": report.cross_check,
+                "disputes_total": report.disputes_total,
+                "caught_total": report.caught_total,
+            },
             "speculation": {
                 "max_drafts": r.drafts,
                 "drafted_tokens": r.metrics.drafted_tokens(),

@@ -88,6 +88,10 @@ pub struct DevnetArgs {
     /// (0: plain decoding).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
+    /// With --nodes: the gateway's `--cross-check`, every hop also run on a witness node and
+    /// an answer used only once the two agree.
+    #[arg(long)]
+    cross_check: bool,
     /// TESTING ONLY — with --nodes: every node holds each answer this many milliseconds
     /// (`node --testing-delay-ms`), a wide-area hop emulated on loopback.
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -254,6 +258,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                 api: args.api,
                 wei_per_ms: args.wei_per_ms,
                 speculate: args.speculate,
+                cross_check: args.cross_check,
             },
             NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
             Seeding { seeders: args.seeders.map_or(args.nodes, |k| k as usize), work: &args.out },
@@ -476,6 +481,7 @@ struct GatewaySettings {
     api: std::net::SocketAddr,
     wei_per_ms: f64,
     speculate: u32,
+    cross_check: bool,
 }
 
 /// What the devnet's nodes do for tests: node `i` cheats with the flags given for it, and
@@ -590,7 +596,10 @@ async fn start_swarm(
         "--speculate",
         &gateway.speculate.to_string(),
     ]
-    .map(String::from);
+    .map(String::from)
+    .into_iter()
+    .chain(gateway.cross_check.then(|| "--cross-check".to_owned()))
+    .collect::<Vec<_>>();
     let gateway = spawn_ready(
         "gateway".to_owned(),
         &args,

@@ -692,6 +692,14 @@ pub struct GatewayArgs {
     /// its input). The output is exactly plain decoding's; 0 turns it off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
+    /// Cross-check every hop: each step also runs on a witness, a node of another operator
+    /// serving the same blocks, and an answer is used only once the two agree within the
+    /// validators' tolerance; a disputed step is asked of both again, and the node that
+    /// answered unlike the agreed answer is banned. Users get the honest model's output even
+    /// from a node validators have not caught yet, for twice the compute and payment on every
+    /// hop that has a witness (a hop no other operator serves runs unchecked).
+    #[arg(long)]
+    cross_check: bool,
     /// TESTING ONLY — throw away the answers to the first N paid decode steps as if they
     /// were lost on the way (the nodes metered them), to watch the gateway and the nodes
     /// agree again on what is owed.
@@ -796,6 +804,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .verifying(signatures)
         .pricing(args.wei_per_ms)
         .observed(metrics.clone());
+    let remote = if args.cross_check { remote.cross_checking() } else { remote };
     if args.testing_drop_answers > 0 {
         tracing::warn!(
             "TESTING: dropping the answers to {} decode steps",

@@ -1,3 +1,5 @@
+mod cross_check;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +75,8 @@ pub const KEPT_FAILOVERS: usize = 100;
 #[derive(Debug, Default)]
 struct SessionState {
     hops: Vec<Hop>,
+    /// Each hop's witness (`--cross-check`), running every step it runs.
+    witnesses: Vec<Option<Hop>>,
     /// Inputs at boundary `b` (the input of block `b`), in order: (position, payload).
     history: HashMap<u16, Vec<(u32, Payload)>>,
 }
@@ -89,6 +93,12 @@ pub struct RouteReport {
     pub failovers_total: u64,
     /// What the gateway owes each node it paid, as of the last finished request.
     pub payments: Vec<Tab>,
+    /// Whether hops are cross-checked against witnesses (`--cross-check`).
+    pub cross_check: bool,
+    /// Cross-checked steps whose two answers disagreed, each asked again.
+    pub disputes_total: u64,
+    /// Nodes caught answering unlike two agreeing answers, and banned.
+    pub caught_total: u64,
 }
 
 /// What every session of a gateway shares: the paid, checked hop client with its bans, the
@@ -100,6 +110,8 @@ struct Router {
     cost: CostModel,
     report: Arc<Mutex<RouteReport>>,
     metrics: Option<GatewayMetrics>,
+    /// Whether every hop also runs on a witness (see `cross_check`).
+    cross_check: bool,
 }
 
 /// A [`TextModel`] whose blocks run on the swarm. [`RemoteModel::open`] gives each request
@@ -162,6 +174,7 @@ impl RemoteModel {
             cost: CostModel::default(),
             report: Arc::default(),
             metrics: None,
+            cross_check: false,
         };
         Self { router: Arc::new(router), sessions: HashMap::new() }
     }
@@ -187,6 +200,14 @@ impl RemoteModel {
     /// Weighs a hop's price against its latency at `wei_per_ms` (see [`CostModel::wei_per_ms`]).
     pub fn pricing(mut self, wei_per_ms: f64) -> Self {
         self.configure().cost.wei_per_ms = wei_per_ms;
+        self
+    }
+
+    /// Runs every hop also on a witness of another operator serving the same blocks, and uses
+    /// an answer only once the two agree (see `cross_check`).
+    pub fn cross_checking(mut self) -> Self {
+        self.configure().cross_check = true;
+        self.router.report.lock().expect("report").cross_check = true;
         self
     }
 
@@ -351,23 +372,33 @@ impl RemoteModel {
         before: u32,
     ) -> Result<(), (Hop, StepFailure)> {
         for hop in hops {
-            let inputs: Vec<(u32, Payload)> = state
-                .history
-                .get(&hop.first_block)
-                .map(|h| h.iter().filter(|(p, _)| *p < before).cloned().collect())
-                .unwrap_or_default();
-            let mut outputs = Vec::with_capacity(inputs.len());
-            for (position, input) in inputs {
-                let output = self
-                    .call(hop, session, position, StepKind::Replay, input)
-                    .map_err(|e| (*hop, e))?;
-                outputs.push((position, output));
-            }
+            let outputs = self.replay_hop(state, hop, session, before).map_err(|e| (*hop, e))?;
             if hop.last_block + 1 < self.router.config.num_blocks {
                 state.history.insert(hop.last_block + 1, outputs);
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds the cache of one hop from the session's inputs at its first boundary
+    /// (positions before `before`); its outputs, by position.
+    fn replay_hop(
+        &self,
+        state: &SessionState,
+        hop: &Hop,
+        session: u64,
+        before: u32,
+    ) -> Result<Vec<(u32, Payload)>, StepFailure> {
+        let inputs: Vec<(u32, Payload)> = state
+            .history
+            .get(&hop.first_block)
+            .map(|h| h.iter().filter(|(p, _)| *p < before).cloned().collect())
+            .unwrap_or_default();
+        let mut outputs = Vec::with_capacity(inputs.len());
+        for (position, input) in inputs {
+            outputs.push((position, self.call(hop, session, position, StepKind::Replay, input)?));
+        }
+        Ok(outputs)
     }
 
     /// Runs one step of `session` through its route, failing over as needed; a new session's
@@ -386,7 +417,9 @@ impl RemoteModel {
             _ => {
                 let hops = self.plan_from(0, planned)?;
                 tracing::info!(route = %describe(&hops), "routed");
-                SessionState { hops, ..Default::default() }
+                let mut state = SessionState { hops, ..Default::default() };
+                self.add_witnesses(&mut state, 0, session, 0, planned);
+                state
             }
         };
         let result = self.step_through(&mut state, session, position, tokens);
@@ -411,16 +444,8 @@ impl RemoteModel {
             let kept = state.history.entry(hop.first_block).or_default();
             kept.retain(|(p, _)| *p < position);
             kept.push((position, payload.clone()));
-            // A node jailed, unstaked or fallen below the minimum reputation mid-session is
-            // left at once: its answers are no longer trusted or paid for.
-            let answer = if self.routable(&hop.peer) {
-                self.call(&hop, session, position, kind, payload.clone())
-            } else {
-                Err(StepFailure::Peer(
-                    "left the directory (jailed, unstaked or below the minimum reputation)".into(),
-                ))
-            };
-            match answer {
+            let needed = (position as usize) + tokens.len();
+            match self.ask(state, index, session, position, kind, &payload, needed) {
                 Ok(output) => {
                     payload = output;
                     index += 1;
@@ -438,9 +463,11 @@ impl RemoteModel {
                         hop.last_block
                     );
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
-                    for old in &state.hops[index + 1..] {
+                    let witnesses = state.witnesses.iter().skip(index).flatten();
+                    for old in state.hops[index + 1..].iter().chain(witnesses) {
                         let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
                     }
+                    state.witnesses.truncate(index);
                     // Plan the failed hop and everything after it again, and rebuild the
                     // replacement's caches; a replacement failing during replay is banned too.
                     loop {
@@ -467,7 +494,10 @@ impl RemoteModel {
                         state.hops.truncate(index);
                         state.hops.extend(replacement.iter().copied());
                         match self.replay(state, &replacement, session, position) {
-                            Ok(()) => break,
+                            Ok(()) => {
+                                self.add_witnesses(state, index, session, position, needed);
+                                break;
+                            }
                             Err((_, StepFailure::Fatal(e))) => {
                                 self.report_failover(stalled.take(), Vec::new());
                                 return Err(*e);
@@ -596,7 +626,7 @@ impl TextModel for RemoteModel {
 
     fn close(&mut self, session: u64) {
         if let Some(state) = self.sessions.remove(&session) {
-            for hop in &state.hops {
+            for hop in state.hops.iter().chain(state.witnesses.iter().flatten()) {
                 let _ = self.call(hop, session, 0, StepKind::Close, Payload::Empty);
             }
         }

@@ -83,7 +83,9 @@ pub const DEFAULT_WEI_PER_MS: f64 = 1e11;
 pub const NEUTRAL_REPUTATION_BPS: u32 = 5_000;
 
 impl CostModel {
-    fn edge(&self, c: &Candidate, blocks_used: u16, needed_tokens: usize) -> f64 {
+    /// The cost of running `blocks_used` of candidate `c`'s blocks for a session that needs
+    /// `needed_tokens` of cache: the planner's edge weight.
+    pub fn edge(&self, c: &Candidate, blocks_used: u16, needed_tokens: usize) -> f64 {
         let span = (c.last_block - c.first_block + 1) as f64;
         let compute = match c.compute_ms {
             Some(ms) => ms * blocks_used as f64 / span,
