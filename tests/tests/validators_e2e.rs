@@ -188,8 +188,9 @@ fn convicts(cheat: &str, users: Users) {
         Users::CrossChecked => {
             check_cross_checked_streams(&log(), &model, &streams.stop());
             let authority = api.trim_start_matches("http://").trim_end_matches("/v1");
-            let (status, health) = get(authority, "/healthz");
-            assert_eq!(status, 200, "{health}");
+            // The routing report, whatever the status (503 while a dispute has left the
+            // cheater's block without a usable node for a moment).
+            let (_, health) = get(authority, "/healthz");
             let health: serde_json::Value = serde_json::from_str(&health).unwrap();
             let checks = &health["routing"]["cross_check"];
             eprintln!("the gateway's cross-checks: {checks}");

@@ -692,12 +692,13 @@ pub struct GatewayArgs {
     /// its input). The output is exactly plain decoding's; 0 turns it off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
-    /// Cross-check every hop: each step also runs on a witness, a node of another operator
-    /// serving the same blocks, and an answer is used only once the two agree within the
-    /// validators' tolerance; a disputed step is asked of both again, and the node that
-    /// answered unlike the agreed answer is banned. Users get the honest model's output even
-    /// from a node validators have not caught yet, for twice the compute and payment on every
-    /// hop that has a witness (a hop no other operator serves runs unchecked).
+    /// Cross-check generation: each step of every hop also runs on a witness, a node of
+    /// another operator serving the same blocks, and an answer is used only once two nodes
+    /// agree within the validators' tolerance; a disputed step is asked of both again, then
+    /// of a third node, and a node caught answering unlike two agreeing ones is left out for
+    /// the rest of the run. Users get the honest model's output even from a node validators
+    /// have not caught yet, for twice the compute and payment on every hop that has a
+    /// witness (a hop no other operator serves, and embeddings, run unchecked).
     #[arg(long)]
     cross_check: bool,
     /// TESTING ONLY — throw away the answers to the first N paid decode steps as if they

@@ -38,6 +38,13 @@ impl std::fmt::Debug for Eip712Signer {
     }
 }
 
+impl Drop for Eip712Signer {
+    /// Overwrites the secret, so that it does not linger in freed memory.
+    fn drop(&mut self) {
+        self.key.non_secure_erase();
+    }
+}
+
 impl Eip712Signer {
     /// A signer from a 32-byte private key.
     pub fn from_bytes(secret: &B256) -> Result<Self, SignatureError> {

@@ -23,6 +23,9 @@ enum StepFailure {
     Peer(String),
     /// Fail over: the peer speaks another protocol version (left out, not banned).
     Incompatible(String),
+    /// Fail over: the peer answered unlike two nodes that agree (`--cross-check`); no
+    /// honest node does, so it is left out for the rest of the run.
+    Lied(String),
     /// The request itself is wrong: failing over would not help.
     Fatal(Box<EngineError>),
 }
@@ -95,7 +98,7 @@ pub struct RouteReport {
     pub payments: Vec<Tab>,
     /// Whether hops are cross-checked against witnesses (`--cross-check`).
     pub cross_check: bool,
-    /// Cross-checked steps whose two answers disagreed, each asked again.
+    /// Rounds of cross-checked steps whose two answers disagreed (each asked again).
     pub disputes_total: u64,
     /// Nodes caught answering unlike two agreeing answers, and banned.
     pub caught_total: u64,
@@ -273,6 +276,10 @@ impl RemoteModel {
                 bans.fail(peer);
                 reason
             }
+            StepFailure::Lied(reason) => {
+                bans.forbid(peer);
+                reason
+            }
             StepFailure::Fatal(e) => e.to_string(),
         }
     }
@@ -380,6 +387,15 @@ impl RemoteModel {
         Ok(())
     }
 
+    /// Ends `session` on `hop` without waiting: the hop may be the one that just failed, and the
+    /// user's step should not wait out its timeout.
+    fn close_detached(&self, hop: &Hop, session: u64) {
+        let (router, hop) = (self.router.clone(), *hop);
+        std::thread::spawn(move || {
+            let _ = router.hops.call(&hop, session, 0, StepKind::Close, Payload::Empty);
+        });
+    }
+
     /// Rebuilds the cache of one hop from the session's inputs at its first boundary
     /// (positions before `before`); its outputs, by position.
     fn replay_hop(
@@ -414,11 +430,18 @@ impl RemoteModel {
     ) -> Result<Activation, EngineError> {
         let mut state = match self.sessions.remove(&session) {
             Some(state) if position > 0 => state,
-            _ => {
+            restarted => {
+                // A session started again at position 0 leaves its old route.
+                for old in
+                    restarted.iter().flat_map(|s| s.hops.iter().chain(s.witnesses.iter().flatten()))
+                {
+                    self.close_detached(old, session);
+                }
                 let hops = self.plan_from(0, planned)?;
                 tracing::info!(route = %describe(&hops), "routed");
                 let mut state = SessionState { hops, ..Default::default() };
-                self.add_witnesses(&mut state, 0, session, 0, planned);
+                // Nothing to replay at position 0, so no witness can disagree yet.
+                let _ = self.add_witnesses(&mut state, 0, session, 0, planned);
                 state
             }
         };
@@ -444,8 +467,9 @@ impl RemoteModel {
             let kept = state.history.entry(hop.first_block).or_default();
             kept.retain(|(p, _)| *p < position);
             kept.push((position, payload.clone()));
-            let needed = (position as usize) + tokens.len();
-            match self.ask(state, index, session, position, kind, &payload, needed) {
+            let needed_tokens = (position as usize) + tokens.len();
+            let step = cross_check::Step { position, kind, payload: &payload, needed_tokens };
+            match self.ask(state, index, session, step) {
                 Ok(output) => {
                     payload = output;
                     index += 1;
@@ -454,7 +478,11 @@ impl RemoteModel {
                     self.report_failover(stalled.take(), Vec::new());
                     return Err(*e);
                 }
-                Err(failure @ (StepFailure::Peer(_) | StepFailure::Incompatible(_))) => {
+                Err(
+                    failure @ (StepFailure::Peer(_)
+                    | StepFailure::Incompatible(_)
+                    | StepFailure::Lied(_)),
+                ) => {
                     let reason = self.set_aside(hop.peer, failure);
                     tracing::warn!(
                         "session {session} position {position}: {} (blocks {}-{}) failed, failing over: {reason}",
@@ -463,11 +491,6 @@ impl RemoteModel {
                         hop.last_block
                     );
                     stalled.get_or_insert((Instant::now(), hop.peer, reason.clone()));
-                    let witnesses = state.witnesses.iter().skip(index).flatten();
-                    for old in state.hops[index + 1..].iter().chain(witnesses) {
-                        let _ = self.call(old, session, 0, StepKind::Close, Payload::Empty);
-                    }
-                    state.witnesses.truncate(index);
                     // Plan the failed hop and everything after it again, and rebuild the
                     // replacement's caches; a replacement failing during replay is banned too.
                     loop {
@@ -491,13 +514,21 @@ impl RemoteModel {
                                 ),
                             });
                         };
+                        // The failed hop, the hops after it and their witnesses (or a replacement
+                        // that failed its replay, on a later round) leave the session.
+                        let witnesses = state.witnesses.iter().skip(index).flatten();
+                        for old in state.hops[index..].iter().chain(witnesses) {
+                            self.close_detached(old, session);
+                        }
                         state.hops.truncate(index);
+                        state.witnesses.truncate(index);
                         state.hops.extend(replacement.iter().copied());
-                        match self.replay(state, &replacement, session, position) {
-                            Ok(()) => {
-                                self.add_witnesses(state, index, session, position, needed);
-                                break;
-                            }
+                        let rebuilt =
+                            self.replay(state, &replacement, session, position).and_then(|()| {
+                                self.add_witnesses(state, index, session, position, needed)
+                            });
+                        match rebuilt {
+                            Ok(()) => break,
                             Err((_, StepFailure::Fatal(e))) => {
                                 self.report_failover(stalled.take(), Vec::new());
                                 return Err(*e);

@@ -19,16 +19,18 @@ use crate::net::codec::{Payload, StepKind};
 use crate::route::Hop;
 use crate::validate::{Judge, Verdict};
 
-/// How many times a disputed step is asked of both nodes before neither is trusted.
+/// How many times in a row a step is disputed by the same two nodes before a referee is asked.
 const ROUNDS: usize = 3;
+/// Most rounds one step may take, party changes (a failed or replaced witness) included.
+const MAX_ROUNDS: usize = 2 * ROUNDS;
 
-/// Whether two answers to the same step agree: tensors within the judge's tolerance, anything
-/// else exactly.
+/// Whether two answers to the same step agree: tensors within the judge's tolerance of each
+/// other (either taken as the expected one), anything else exactly.
 fn agree(a: &Payload, b: &Payload) -> bool {
+    let pass =
+        |expected, actual| matches!(Judge::default().judge(expected, actual), Verdict::Pass { .. });
     match (a, b) {
-        (Payload::Tensor(a), Payload::Tensor(b)) => {
-            matches!(Judge::default().judge(a, b), Verdict::Pass { .. })
-        }
+        (Payload::Tensor(a), Payload::Tensor(b)) => pass(a, b) || pass(b, a),
         _ => a == b,
     }
 }
@@ -39,80 +41,158 @@ fn liars(rounds: &[(Payload, Payload)], truth: &Payload) -> (bool, bool) {
     (rounds.iter().any(|(a, _)| lied(a)), rounds.iter().any(|(_, b)| lied(b)))
 }
 
+/// A witness's or referee's failure, for banning: one that calls the request itself wrong
+/// (which the hop's node did not) is the peer's fault.
+fn peer_fault(failure: StepFailure) -> StepFailure {
+    match failure {
+        StepFailure::Fatal(e) => StepFailure::Peer(e.to_string()),
+        other => other,
+    }
+}
+
+/// One step of one session as a hop runs it: its position, kind and input.
+#[derive(Clone, Copy)]
+pub(super) struct Step<'a> {
+    pub position: u32,
+    pub kind: StepKind,
+    pub payload: &'a Payload,
+    /// Cache tokens the session needs, for choosing nodes.
+    pub needed_tokens: usize,
+}
+
 impl RemoteModel {
     /// Gives hops `from..` of the session's route a witness each where one exists, rebuilding
-    /// its cache by replaying the session's inputs before `position`.
+    /// its cache from the session's inputs before `before`. The witness's replayed answers
+    /// must agree with those kept for the next boundary — just replayed by a replacement
+    /// after a failover, and not yet checked — or the hop's node is not trusted: `Err`.
     pub(super) fn add_witnesses(
         &self,
         state: &mut SessionState,
         from: usize,
         session: u64,
-        position: u32,
+        before: u32,
         needed_tokens: usize,
-    ) {
+    ) -> Result<(), (Hop, StepFailure)> {
         state.witnesses.resize(state.hops.len(), None);
-        if !self.router.cross_check {
-            return;
-        }
         for index in from..state.hops.len() {
-            let Some(witness) = self.witness_for(state, index, needed_tokens) else {
-                tracing::debug!(
-                    "session {session}: no witness serves blocks {}-{}; that hop runs unchecked",
-                    state.hops[index].first_block,
-                    state.hops[index].last_block
-                );
-                continue;
-            };
-            match self.replay_hop(state, &witness, session, position) {
-                Ok(_) => state.witnesses[index] = Some(witness),
+            self.recruit(state, index, session, (before, false), needed_tokens, false)
+                .map_err(|failure| (state.hops[index], failure))?;
+        }
+        Ok(())
+    }
+
+    /// A witness for hop `index`, its cache rebuilt from the inputs before the step at
+    /// `position` (and through it, with `through`: it was answered already). Its replayed
+    /// answers before `position` are compared with those kept for the next boundary: when
+    /// those were `agreed` already, a witness that differs is caught; when they were not, the
+    /// hop's node is the one in doubt (`Err`), and the witness is let go.
+    fn recruit(
+        &self,
+        state: &mut SessionState,
+        index: usize,
+        session: u64,
+        (position, through): (u32, bool),
+        needed_tokens: usize,
+        agreed: bool,
+    ) -> Result<(), StepFailure> {
+        if !self.router.cross_check {
+            return Ok(());
+        }
+        let hop = state.hops[index];
+        let Some(witness) = self.witness_for(state, index, needed_tokens) else {
+            tracing::debug!(
+                "session {session}: no other operator's node serves blocks {}-{}; that hop \
+                 runs unchecked",
+                hop.first_block,
+                hop.last_block
+            );
+            return Ok(());
+        };
+        let replayed =
+            match self.replay_hop(state, &witness, session, position + u32::from(through)) {
+                Ok(replayed) => replayed,
                 Err(failure) => {
-                    self.set_aside(witness.peer, failure);
+                    self.set_aside(witness.peer, peer_fault(failure));
+                    self.close_detached(&witness, session);
+                    return Ok(());
+                }
+            };
+        let kept = state.history.get(&(hop.last_block + 1));
+        let differs = replayed.iter().filter(|(p, _)| *p < position).find(|(p, output)| {
+            let kept = kept.and_then(|k| k.iter().find(|(q, _)| q == p));
+            kept.is_some_and(|(_, kept)| !agree(kept, output))
+        });
+        match differs {
+            None => {
+                state.witnesses[index] = Some(witness);
+                Ok(())
+            }
+            Some((at, _)) => {
+                let disagreed = format!(
+                    "{} and witness {} replayed session {session} position {at} differently",
+                    hop.peer, witness.peer
+                );
+                tracing::warn!("{disagreed}");
+                self.close_detached(&witness, session);
+                if agreed {
+                    self.router.report.lock().expect("report").caught_total += 1;
+                    self.set_aside(witness.peer, StepFailure::Lied(disagreed));
+                    Ok(())
+                } else {
+                    self.set_aside(witness.peer, StepFailure::Peer(disagreed.clone()));
+                    Err(StepFailure::Peer(disagreed))
                 }
             }
         }
     }
 
-    /// The cheapest usable node of another operator that serves hop `index`'s blocks and is
-    /// not already on the session's route or a witness in it.
+    /// The cheapest usable node serving hop `index`'s blocks that is not already on the
+    /// session's route or a witness in it, and whose operator is neither the hop node's nor
+    /// its witness's: two nodes of one operator check nothing.
     fn witness_for(&self, state: &SessionState, index: usize, needed_tokens: usize) -> Option<Hop> {
         let hop = state.hops[index];
         let candidates = self.router.candidates.lock().expect("candidates").clone();
         let excluded = self.router.hops.bans().excluded();
         let taken: HashSet<PeerId> =
             state.hops.iter().chain(state.witnesses.iter().flatten()).map(|h| h.peer).collect();
-        let operator = self.router.hops.operator_of(&hop.peer);
+        let parties = std::iter::once(hop.peer)
+            .chain(state.witnesses.get(index).copied().flatten().map(|w| w.peer));
+        let operators: Vec<_> = parties.filter_map(|p| self.router.hops.operator_of(&p)).collect();
         let blocks = hop.last_block - hop.first_block + 1;
         let cost = |c: &crate::route::Candidate| self.router.cost.edge(c, blocks, needed_tokens);
         candidates
             .iter()
             .filter(|c| c.first_block <= hop.first_block && hop.last_block <= c.last_block)
             .filter(|c| !excluded.contains(&c.peer) && !taken.contains(&c.peer))
-            .filter(|c| operator.is_none() || self.router.hops.operator_of(&c.peer) != operator)
+            .filter(|c| {
+                self.router.hops.operator_of(&c.peer).is_none_or(|o| !operators.contains(&o))
+            })
             .min_by(|a, b| cost(a).total_cmp(&cost(b)))
             .map(|c| Hop { peer: c.peer, ..hop })
     }
 
     /// One step to hop `index` of the route, cross-checked against its witness when it has
-    /// one. A primary that fails or is caught lying hands the hop to its witness, which has
-    /// run every step too; a witness that fails or lies is dropped. A dispute the two do not
-    /// settle in [`ROUNDS`] goes to a third node, the referee.
-    #[allow(clippy::too_many_arguments)]
+    /// one: only an answer two nodes agree on is returned. A disputed step is asked of both
+    /// again; one the same two keep disputing for [`ROUNDS`] goes to a referee. A witness
+    /// that fails is replaced; a hop node that fails hands the hop to its witness, which has
+    /// run every step too; either way the step is asked again of the new pair.
     pub(super) fn ask(
         &self,
         state: &mut SessionState,
         index: usize,
         session: u64,
-        position: u32,
-        kind: StepKind,
-        payload: &Payload,
-        needed_tokens: usize,
+        step: Step<'_>,
     ) -> Result<Payload, StepFailure> {
-        let primary = state.hops[index];
-        let Some(witness) = state.witnesses.get(index).copied().flatten() else {
-            return self.call_routable(&primary, session, position, kind, payload);
-        };
+        let Step { position, kind, payload, needed_tokens } = step;
         let mut disputed: Vec<(Payload, Payload)> = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..MAX_ROUNDS {
+            let primary = state.hops[index];
+            let Some(witness) = state.witnesses.get(index).copied().flatten() else {
+                return self.call_routable(&primary, session, position, kind, payload);
+            };
+            if disputed.len() == ROUNDS {
+                return self.referee(state, index, session, (primary, witness), step, &disputed);
+            }
             let (answer, witnessed) = std::thread::scope(|scope| {
                 let witnessed =
                     scope.spawn(|| self.call_routable(&witness, session, position, kind, payload));
@@ -123,11 +203,10 @@ impl RemoteModel {
                 (answer, witnessed)
             });
             match (answer, witnessed) {
-                (Err(StepFailure::Fatal(e)), _) | (_, Err(StepFailure::Fatal(e))) => {
-                    return Err(StepFailure::Fatal(e));
-                }
+                (Err(StepFailure::Fatal(e)), _) => return Err(StepFailure::Fatal(e)),
                 (Ok(a), Ok(b)) if agree(&a, &b) => {
-                    return self.settle(state, index, session, position, &disputed, a, None);
+                    let parties = (primary, witness);
+                    return self.settle(state, index, session, parties, step, &disputed, a, None);
                 }
                 (Ok(a), Ok(b)) => {
                     tracing::warn!(
@@ -141,120 +220,127 @@ impl RemoteModel {
                     self.router.report.lock().expect("report").disputes_total += 1;
                     disputed.push((a, b));
                 }
-                (Ok(a), Err(failure)) => {
-                    let reason = self.set_aside(witness.peer, failure);
-                    self.drop_witness(state, index, session, reason);
-                    return Ok(a);
+                (Ok(_), Err(failure)) => {
+                    // Another witness, and the step asked again: a lone answer is not used.
+                    let reason = self.set_aside(witness.peer, peer_fault(failure));
+                    self.let_go_witness(state, index, session, &reason);
+                    self.recruit(state, index, session, (position, false), needed_tokens, true)?;
+                    disputed.clear();
                 }
-                (Err(failure), Ok(b)) => {
+                (Err(failure), Ok(_)) => {
                     let reason = self.set_aside(primary.peer, failure);
-                    self.hand_to_witness(state, index, session, reason);
-                    return Ok(b);
+                    self.hand_to_witness(state, index, session, &reason);
+                    self.recruit(state, index, session, (position, false), needed_tokens, true)?;
+                    disputed.clear();
                 }
                 (Err(failure), Err(witness_failure)) => {
-                    let reason = self.set_aside(witness.peer, witness_failure);
-                    self.drop_witness(state, index, session, reason);
+                    let reason = self.set_aside(witness.peer, peer_fault(witness_failure));
+                    self.let_go_witness(state, index, session, &reason);
                     return Err(failure);
                 }
             }
         }
-        self.referee(state, index, session, (position, kind, payload), &disputed, needed_tokens)
+        Err(StepFailure::Peer(format!(
+            "position {position} found no two nodes agreeing in {MAX_ROUNDS} rounds"
+        )))
     }
 
-    /// A dispute the primary and the witness of hop `index` kept: a third node serving the
-    /// blocks rebuilds the session's cache and answers the step; whoever it agrees with is
-    /// right, and it becomes the hop's witness. Without one that agrees with either, neither
-    /// answer is used and both are left out.
+    /// A dispute the hop node and its witness kept: a third node serving the blocks (of a
+    /// third operator) rebuilds the session's cache and answers the step. If it agrees with
+    /// either side, that side is right and the referee stays as a witness. Otherwise neither
+    /// answer is used: the witness is let go, and the hop node fails over.
     fn referee(
         &self,
         state: &mut SessionState,
         index: usize,
         session: u64,
-        (position, kind, payload): (u32, StepKind, &Payload),
+        parties: (Hop, Hop),
+        step: Step<'_>,
         disputed: &[(Payload, Payload)],
-        needed_tokens: usize,
     ) -> Result<Payload, StepFailure> {
-        let (primary, witness) = (state.hops[index].peer, state.witnesses[index].map(|w| w.peer));
+        let Step { position, kind, payload, needed_tokens } = step;
         let unsettled = format!(
-            "{primary} and its witness {witness:?} disagreed {ROUNDS} times on position {position}"
+            "{} and its witness {} disagreed {ROUNDS} times on position {position}",
+            parties.0.peer, parties.1.peer
         );
         if let Some(referee) = self.witness_for(state, index, needed_tokens) {
             let answer = self
                 .replay_hop(state, &referee, session, position)
                 .and_then(|_| self.call_routable(&referee, session, position, kind, payload));
-            let sides = disputed.last().expect("a dispute has rounds");
+            let sides = disputed.last().expect("a referee is asked after disputed rounds");
             match answer {
-                Err(StepFailure::Fatal(e)) => return Err(StepFailure::Fatal(e)),
                 Ok(truth) if agree(&sides.0, &truth) || agree(&sides.1, &truth) => {
                     tracing::info!(
                         "session {session} position {position}: {} refereed the dispute",
                         referee.peer
                     );
-                    return self.settle(
-                        state,
-                        index,
-                        session,
-                        position,
-                        disputed,
-                        truth,
-                        Some(referee),
-                    );
+                    let referee = Some(referee);
+                    return self
+                        .settle(state, index, session, parties, step, disputed, truth, referee);
                 }
-                Ok(_) => {
-                    self.set_aside(referee.peer, StepFailure::Peer(unsettled.clone()));
-                    let _ = self.call(&referee, session, 0, StepKind::Close, Payload::Empty);
-                }
+                // A third answer unlike both: nobody can tell who is right, so nobody is banned
+                // for it; the referee is not kept.
+                Ok(_) => self.close_detached(&referee, session),
                 Err(failure) => {
-                    self.set_aside(referee.peer, failure);
-                    let _ = self.call(&referee, session, 0, StepKind::Close, Payload::Empty);
+                    self.set_aside(referee.peer, peer_fault(failure));
+                    self.close_detached(&referee, session);
                 }
             }
         }
-        self.drop_witness(state, index, session, unsettled.clone());
+        self.set_aside(parties.1.peer, StepFailure::Peer(unsettled.clone()));
+        self.let_go_witness(state, index, session, &unsettled);
         Err(StepFailure::Peer(unsettled))
     }
 
-    /// The end of a step of hop `index` on `truth`, an answer two nodes agree on: whoever
-    /// answered the disputed rounds unlike it is caught and banned, and a `referee` that
-    /// settled the dispute becomes the hop's witness if it has none left.
+    /// The end of a step of hop `index` on `truth`, an answer two nodes agree on: whoever of
+    /// the two `parties` answered a disputed round unlike it is caught, left out for the rest
+    /// of the run, and leaves the session. A `referee` that settled the dispute takes a place
+    /// left empty (the hop's, or its witness's); a place still empty gets a new witness.
     #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
         state: &mut SessionState,
         index: usize,
         session: u64,
-        position: u32,
+        (primary, witness): (Hop, Hop),
+        step: Step<'_>,
         disputed: &[(Payload, Payload)],
         truth: Payload,
-        referee: Option<Hop>,
+        mut referee: Option<Hop>,
     ) -> Result<Payload, StepFailure> {
+        let position = step.position;
         let (primary_lied, witness_lied) = liars(disputed, &truth);
         let caught = u64::from(primary_lied) + u64::from(witness_lied);
         self.router.report.lock().expect("report").caught_total += caught;
-        let lie = || format!("answered position {position} unlike two agreeing answers");
-        let settled = match (primary_lied, witness_lied) {
-            (true, true) => {
-                self.drop_witness(state, index, session, lie());
-                Err(StepFailure::Peer(lie()))
-            }
-            (true, false) => {
-                self.hand_to_witness(state, index, session, lie());
-                Ok(truth)
-            }
-            (false, true) => {
-                self.drop_witness(state, index, session, lie());
-                Ok(truth)
-            }
-            (false, false) => Ok(truth),
-        };
-        if let Some(referee) = referee {
-            if settled.is_ok() && state.witnesses[index].is_none() {
-                state.witnesses[index] = Some(referee);
+        let lie = format!("answered position {position} unlike two agreeing answers");
+        if witness_lied {
+            self.set_aside(witness.peer, StepFailure::Lied(lie.clone()));
+            self.let_go_witness(state, index, session, &lie);
+        }
+        if primary_lied {
+            let reason = self.set_aside(primary.peer, StepFailure::Lied(lie.clone()));
+            if state.witnesses[index].is_some() {
+                self.hand_to_witness(state, index, session, &reason);
+            } else if let Some(referee) = referee.take() {
+                // The referee ran this step too: its cache is as far along.
+                state.hops[index] = referee;
+                self.close_detached(&primary, session);
             } else {
-                let _ = self.call(&referee, session, 0, StepKind::Close, Payload::Empty);
+                // Both lied: nobody on this hop is trusted; the hop fails over.
+                return Err(StepFailure::Lied(lie));
             }
         }
-        settled
+        if let Some(referee) = referee {
+            match state.witnesses[index] {
+                None => state.witnesses[index] = Some(referee),
+                Some(_) => self.close_detached(&referee, session),
+            }
+        }
+        if state.witnesses[index].is_none() {
+            // Rebuilt through this step: its answer to it is the agreed one, not re-checked.
+            self.recruit(state, index, session, (position, true), step.needed_tokens, true)?;
+        }
+        Ok(truth)
     }
 
     /// A step to `hop`, unless it has left the directory.
@@ -276,27 +362,21 @@ impl RemoteModel {
         self.call(hop, session, position, kind, payload.clone())
     }
 
-    /// Bans hop `index`'s witness and ends its session there.
-    fn drop_witness(&self, state: &mut SessionState, index: usize, session: u64, reason: String) {
+    /// Ends hop `index`'s witness's part in the session (the caller has set it aside).
+    fn let_go_witness(&self, state: &mut SessionState, index: usize, session: u64, reason: &str) {
         let Some(witness) = state.witnesses[index].take() else { return };
         tracing::warn!(
-            "session {session}: dropped witness {} (blocks {}-{}): {reason}",
+            "session {session}: let witness {} (blocks {}-{}) go: {reason}",
             witness.peer,
             witness.first_block,
             witness.last_block
         );
-        self.set_aside(witness.peer, StepFailure::Peer(reason));
-        let _ = self.call(&witness, session, 0, StepKind::Close, Payload::Empty);
+        self.close_detached(&witness, session);
     }
 
-    /// Bans hop `index`'s node and makes its witness, whose cache is as far along, the hop.
-    fn hand_to_witness(
-        &self,
-        state: &mut SessionState,
-        index: usize,
-        session: u64,
-        reason: String,
-    ) {
+    /// Makes hop `index`'s witness, whose cache is as far along, the hop, and ends the
+    /// replaced node's part in the session (the caller has set it aside).
+    fn hand_to_witness(&self, state: &mut SessionState, index: usize, session: u64, reason: &str) {
         let Some(witness) = state.witnesses[index].take() else { return };
         let primary = std::mem::replace(&mut state.hops[index], witness);
         tracing::warn!(
@@ -306,8 +386,7 @@ impl RemoteModel {
             primary.last_block,
             witness.peer
         );
-        self.set_aside(primary.peer, StepFailure::Peer(reason));
-        let _ = self.call(&primary, session, 0, StepKind::Close, Payload::Empty);
+        self.close_detached(&primary, session);
         if let Some(metrics) = &self.router.metrics {
             metrics.failover(true);
         }
