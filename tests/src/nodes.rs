@@ -30,6 +30,7 @@ pub fn network(
         listen,
         bootstrap: Vec::new(),
         request_timeout: Duration::from_secs(30),
+        nat: Default::default(),
     })?)
 }
 

@@ -39,6 +39,7 @@ async fn dialled(
         listen: vec![],
         bootstrap: vec![],
         request_timeout: std::time::Duration::from_secs(30),
+        nat: Default::default(),
     };
     let (client, inbound) = Network::spawn(config)?;
     client.dial(node.peer, node.addr.clone()).await?;

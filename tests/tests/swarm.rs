@@ -149,6 +149,7 @@ fn candidate(served: &Served, blocks: (u16, u16), rtt_ms: f64) -> infergrid::rou
         free_cache_tokens: None,
         reputation_bps: None,
         price_wei_per_token: None,
+        relayed: false,
     }
 }
 
@@ -371,6 +372,7 @@ async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Resu
             listen: vec![],
             bootstrap: vec![],
             request_timeout: Duration::from_secs(30),
+            nat: Default::default(),
         })
     };
     let (staked_client, _a) = connect(staked_identity.keypair())?;
@@ -419,6 +421,7 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
         listen: vec![format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse()?],
         bootstrap: vec![],
         request_timeout: Duration::from_secs(30),
+        nat: Default::default(),
     })?;
     tokio::spawn(async move {
         while let Some(infergrid::net::Inbound::Request { request: Ok(request), reply, .. }) =

@@ -227,6 +227,10 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
                 "stall_ms": f.stall.as_secs_f64() * 1e3,
             })).collect::<Vec<_>>(),
             "failovers_total": report.failovers_total,
+            // Per connected peer: "direct", or "relayed" while reached only through a relay.
+            "paths": r.status.peer_paths().into_iter().map(|(peer, path)| {
+                (peer.to_string(), serde_json::json!(path))
+            }).collect::<serde_json::Map<_, _>>(),
             "cross_check": {
                 "enabled": report.cross_check,
                 "disputes_total": report.disputes_total,

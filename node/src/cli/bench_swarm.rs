@@ -65,6 +65,7 @@ fn spawn_net(
         listen,
         bootstrap: vec![],
         request_timeout: Duration::from_secs(30),
+        nat: Default::default(),
     })?;
     Ok((net, inbound, addr))
 }
@@ -248,6 +249,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             free_cache_tokens: None,
             reputation_bps: None,
             price_wei_per_token: None,
+            relayed: false,
         });
     }
     let config =

@@ -114,6 +114,7 @@ fn fetch_network(
         listen: Vec::new(),
         bootstrap: source.peers.clone(),
         request_timeout: Duration::from_secs(60),
+        nat: Default::default(),
     })?)
 }
 

@@ -21,6 +21,7 @@ mod ledger;
 mod model;
 mod operator;
 mod registration;
+mod relay;
 mod swarm;
 mod target;
 mod validator;
@@ -77,6 +78,8 @@ enum Command {
     Node(swarm::NodeArgs),
     /// Route requests through the swarm and serve an OpenAI-compatible API (dApps).
     Gateway(swarm::GatewayArgs),
+    /// Relay traffic to registered nodes behind NAT (circuit relay v2), for anyone to reach them.
+    Relay(relay::RelayArgs),
     /// A payer's payment channels: list them, close them, take unused deposits back (dApps).
     Channels(channels::ChannelsArgs),
     /// Print a node's payment ledger: vouchers held, usage metered, amounts redeemed.
@@ -96,6 +99,7 @@ impl Cli {
                 | Command::Dashboard(_)
                 | Command::Node(_)
                 | Command::Gateway(_)
+                | Command::Relay(_)
                 | Command::Validator(_)
                 | Command::Bench(_)
         )
@@ -119,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Gateway(args) => swarm::gateway(args).await,
+        Command::Relay(args) => relay::run(args).await,
         Command::Ledger(args) => ledger::run(args),
         Command::Channels(args) => channels::run(args).await,
     }

@@ -18,7 +18,8 @@ use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig, SignatureChe
 use infergrid::generate::ChatFormat;
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
-use infergrid::net::{Announcement, Inbound, NetConfig, Network, block_key, files_key};
+use infergrid::net::nat::{self, Reachability, RegisteredPeers, RelayLimits, RelayService};
+use infergrid::net::{Announcement, Inbound, NatConfig, NetConfig, Network, block_key, files_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Collector, Ledger, RedeemPolicy, Wallet, WalletConfig, channels_domain};
 use infergrid::serve::http::{self, NodeView};
@@ -69,6 +70,21 @@ pub struct NodeArgs {
     /// Peers to dial at start, `/…/p2p/<peer id>` (repeatable).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// A relay for when gateways cannot dial this node (behind a home router's NAT),
+    /// `/…/p2p/<relay peer id>` (repeatable; `infergrid relay`, or a node run with
+    /// --relay-service). When AutoNAT finds the node unreachable at its own addresses, it
+    /// reserves a slot on up to two relays and registers its addresses through them on-chain
+    /// in place of --listen's, again whenever they change; reachable again, it registers
+    /// --listen's. Gateways then upgrade to a direct connection by hole punching where the
+    /// routers allow it.
+    #[arg(long)]
+    relay: Vec<Multiaddr>,
+    /// With --relay: reserve on the relays at once rather than waiting for AutoNAT.
+    #[arg(long, requires = "relay")]
+    behind_nat: bool,
+    /// Relay for registered nodes behind NAT (for a node others can dial).
+    #[arg(long)]
+    relay_service: bool,
     /// A peer served without payment (a private deployment's own gateway), repeatable.
     /// Everyone else pays through a payment channel to this operator.
     #[arg(long)]
@@ -236,6 +252,61 @@ async fn seed(net: &Network, manifest: &ModelManifest, args: &NodeArgs) -> anyho
     Ok(())
 }
 
+/// The relay service a node offers with --relay-service: to the registered nodes, read from the
+/// registry now and then.
+fn relay_service(args: &NodeArgs, registry: &Registry) -> Option<RelayService> {
+    if !args.relay_service {
+        return None;
+    }
+    let registered = RegisteredPeers::default();
+    let every = Duration::from_secs(args.standing_check_secs.max(1));
+    tokio::spawn(super::relay::keep_registered(registry.clone(), registered.clone(), every));
+    Some(RelayService { registered, limits: RelayLimits::default() })
+}
+
+/// Keeps the node's registered multiaddrs where gateways can reach it now: `listening` (its
+/// own) while AutoNAT finds it reachable, its addresses through relays while it is not.
+async fn keep_addresses_registered(
+    registry: Registry,
+    operator: alloy::primitives::Address,
+    listening: Vec<String>,
+    mut reachability: tokio::sync::watch::Receiver<Reachability>,
+) {
+    loop {
+        let now = reachability.borrow_and_update().clone();
+        let wanted: Vec<String> = match now.status {
+            nat::Status::Private => now.relayed.iter().map(|a| a.to_string()).collect(),
+            nat::Status::Public => listening.clone(),
+            nat::Status::Unknown => Vec::new(),
+        };
+        if !wanted.is_empty() {
+            match registry.node(operator).await {
+                Ok(record) if record.multiaddrs != wanted => {
+                    let blocks = (record.firstBlock, record.lastBlock);
+                    let update = registry.update_service(
+                        record.modelId,
+                        blocks,
+                        record.pricePerToken,
+                        wanted.clone(),
+                    );
+                    match update.await {
+                        Ok(receipt) => tracing::info!(
+                            "registered multiaddrs {wanted:?} (tx {})",
+                            receipt.transaction_hash
+                        ),
+                        Err(e) => tracing::warn!("cannot register multiaddrs {wanted:?}: {e}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot read the registration: {e}"),
+            }
+        }
+        if reachability.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let key = args.key.secret()?;
     let operator = Eip712Signer::from_bytes(&key)?;
@@ -277,6 +348,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         };
         let update = args.update_registration || auto;
         check_registration(&registry, operator.address(), &started, update).await?;
+        if !args.relay.is_empty() {
+            // From here the node's reachability decides its registered multiaddrs.
+            tracing::info!("multiaddrs registered as reachability allows (--relay)");
+        }
         let every = Duration::from_secs(args.standing_check_secs.max(1));
         let watcher = registration::watch_standing(
             registry.clone(),
@@ -324,7 +399,21 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         listen: args.listen.clone(),
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(60),
+        nat: NatConfig {
+            relays: args.relay.clone(),
+            force_private: args.behind_nat,
+            relay_service: relay_service(&args, &registry),
+        },
     })?;
+    if registered && !args.relay.is_empty() {
+        let keeper = keep_addresses_registered(
+            registry.clone(),
+            operator.address(),
+            registration::registrable(&args.listen, peer).unwrap_or_default(),
+            net.reachability(),
+        );
+        tokio::spawn(keeper);
+    }
     // Seeding first: a provider record must not send fetchers to a node not yet answering.
     seed(&net, &manifest, &args).await?;
     for block in first..=last {
@@ -772,6 +861,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listen: args.p2p_listen.clone(),
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
+        nat: Default::default(),
     })?;
     let validation = account.contracts(&deployment).validation;
     let directory =

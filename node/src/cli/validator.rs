@@ -227,6 +227,7 @@ async fn run_validator(
         listen: args.p2p_listen.clone(),
         bootstrap: args.bootstrap.clone(),
         request_timeout: Duration::from_secs(30),
+        nat: Default::default(),
     })?;
     let metrics = ValidatorMetrics::new(Some(net.metrics()));
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());

@@ -5,6 +5,7 @@ use alloy::primitives::{Address, B256};
 use libp2p::{Multiaddr, PeerId};
 
 use crate::chain::{ChainError, Registry, ValidationClient};
+use crate::net::nat::Path;
 use crate::net::{Announcement, Network};
 use crate::pay::NodeTerms;
 use crate::pay::meter::Tariff;
@@ -136,6 +137,7 @@ impl Directory {
                 price_wei_per_token: Some(
                     u128::try_from(node.pricePerToken).map_or(f64::MAX, |wei| wei as f64),
                 ),
+                relayed: net.paths().get(&peer) == Some(Path::Relayed),
             });
         }
         let count = fresh.len();

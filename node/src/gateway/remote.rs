@@ -570,6 +570,8 @@ pub trait RoutingStatus: Send + Sync {
     fn banned_peers(&self) -> usize;
     /// libp2p peers with an open connection now.
     fn connected_peers(&self) -> usize;
+    /// How each connected peer is reached: directly or only through a relay.
+    fn peer_paths(&self) -> Vec<(PeerId, crate::net::nat::Path)>;
 }
 
 impl RoutingStatus for RemoteModel {
@@ -584,6 +586,9 @@ impl RoutingStatus for RemoteModel {
     }
     fn connected_peers(&self) -> usize {
         self.router.hops.connected_peers()
+    }
+    fn peer_paths(&self) -> Vec<(PeerId, crate::net::nat::Path)> {
+        self.router.hops.paths()
     }
 }
 

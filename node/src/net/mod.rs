@@ -26,12 +26,13 @@ macro_rules! wire_enum {
 }
 
 pub mod codec;
+pub mod nat;
 pub mod pieces;
 mod protocol;
 mod service;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
 pub use service::{
-    Announcement, Inbound, NetConfig, NetError, Network, PeerRtts, SWARM_ID, block_key, files_key,
-    peer_of,
+    Announcement, Inbound, NatConfig, NetConfig, NetError, Network, PeerRtts, SWARM_ID, block_key,
+    files_key, peer_of,
 };

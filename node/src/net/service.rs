@@ -9,15 +9,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
-    kad, memory_connection_limits, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
+    identify, identity, kad, memory_connection_limits, noise, ping, relay, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{CodecError, InferRequest, InferResponse};
+use super::nat::{self, Paths, Reachability, Reservations};
 use super::pieces::{
     PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
 };
@@ -57,6 +59,14 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     infer: request_response::Behaviour<InferCodec>,
     pieces: request_response::Behaviour<PiecesCodec>,
+    /// Reservations on relays and connections through them, for a peer behind NAT.
+    relay_client: relay::client::Behaviour,
+    /// The relay service, for registered nodes only (`NatConfig::relay_service`).
+    relay: Toggle<relay::Behaviour>,
+    /// Hole punching: a relayed connection upgraded to a direct one.
+    dcutr: dcutr::Behaviour,
+    /// Whether others can dial this peer; and dialing others back, for them.
+    autonat: autonat::v1::Behaviour,
 }
 
 /// Incoming connections still handshaking; more are refused.
@@ -193,6 +203,8 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     local_peer: PeerId,
     rtts: Arc<PeerRtts>,
+    paths: Arc<Paths>,
+    reachability: tokio::sync::watch::Receiver<Reachability>,
     connected: Arc<AtomicUsize>,
     metrics: Arc<Registry>,
 }
@@ -205,6 +217,21 @@ pub struct NetConfig {
     /// Peers to dial at start, each `/…/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
     pub request_timeout: Duration,
+    /// Relays and the relay service (`wire.md`, "Addresses and relays").
+    pub nat: NatConfig,
+}
+
+/// How a peer deals with NAT: the relays it may be reached through, and the relay service it
+/// offers.
+#[derive(Debug, Clone, Default)]
+pub struct NatConfig {
+    /// Relays (`/…/p2p/<relay>`) to reserve a slot on when AutoNAT finds this peer not
+    /// reachable at its own addresses.
+    pub relays: Vec<Multiaddr>,
+    /// Reserve on `relays` at once, without waiting for AutoNAT.
+    pub force_private: bool,
+    /// Run the relay service.
+    pub relay_service: Option<nat::RelayService>,
 }
 
 impl Network {
@@ -217,13 +244,19 @@ impl Network {
         let (commands, command_rx) = mpsc::channel(256);
         let (inbound_tx, inbound) = mpsc::channel(256);
         let rtts = Arc::new(PeerRtts::default());
+        let paths = Arc::new(Paths::default());
         let connected = Arc::new(AtomicUsize::new(0));
+        let reservations =
+            Reservations::new(config.nat.relays.clone(), config.nat.force_private, local_peer);
+        let reachability = reservations.state.subscribe();
         let mut event_loop = EventLoop {
             swarm,
             commands: command_rx,
             respond: commands.clone(),
             inbound: inbound_tx,
             rtts: rtts.clone(),
+            paths: paths.clone(),
+            reservations,
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
@@ -236,7 +269,9 @@ impl Network {
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
         let metrics = Arc::new(registry);
-        Ok((Network { commands, local_peer, rtts, connected, metrics }, inbound))
+        let network =
+            Network { commands, local_peer, rtts, paths, reachability, connected, metrics };
+        Ok((network, inbound))
     }
 
     pub fn local_peer(&self) -> PeerId {
@@ -246,6 +281,17 @@ impl Network {
     /// RTTs measured by ping.
     pub fn rtts(&self) -> &PeerRtts {
         &self.rtts
+    }
+
+    /// How each connected peer is reached: directly or only through a relay.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Whether others can dial this peer, and its addresses through relays; changes as
+    /// AutoNAT probes and reservations come and go.
+    pub fn reachability(&self) -> tokio::sync::watch::Receiver<Reachability> {
+        self.reachability.clone()
     }
 
     /// libp2p's own metrics (`libp2p_*`: bytes in and out by protocol stack, connections,
@@ -354,8 +400,10 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| e.to_string())?
         .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| e.to_string())?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
+        .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(
                 peer,
@@ -409,6 +457,15 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                         .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
                 ),
+                relay_client,
+                relay: config
+                    .nat
+                    .relay_service
+                    .as_ref()
+                    .map(|service| relay::Behaviour::new(peer, nat::relay_config(service)))
+                    .into(),
+                dcutr: dcutr::Behaviour::new(peer),
+                autonat: autonat::v1::Behaviour::new(peer, nat::autonat_config()),
             })
         })
         .map_err(|e| e.to_string())?
@@ -423,9 +480,12 @@ struct EventLoop {
     respond: mpsc::Sender<Command>,
     inbound: mpsc::Sender<Inbound>,
     rtts: Arc<PeerRtts>,
+    paths: Arc<Paths>,
+    reservations: Reservations,
     connected: Arc<AtomicUsize>,
     metrics: Metrics,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<InferResponse, NetError>>>,
+    /// Requests in flight: the peer asked, and where its answer goes.
+    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<InferResponse, NetError>>)>,
     pending_pieces: HashMap<OutboundRequestId, oneshot::Sender<Result<PieceResponse, NetError>>>,
     /// What this node seeds, once it says so.
     seed: Option<Arc<dyn PieceSource>>,
@@ -447,12 +507,39 @@ impl EventLoop {
                 .subscribe(&gossipsub::IdentTopic::new(topic))
                 .map_err(|e| e.to_string())?;
         }
-        for addr in &config.bootstrap {
+        for addr in config.bootstrap.iter().chain(&config.nat.relays) {
             if let Some(peer) = peer_of(addr) {
                 self.dial(peer, addr.clone());
+                self.swarm.behaviour_mut().autonat.add_server(peer, Some(addr.clone()));
             }
         }
+        self.reserve();
         Ok(())
+    }
+
+    /// Asks relays for the reservations still wanted (none while this peer is reachable).
+    fn reserve(&mut self) {
+        while self.reservations.wanted() {
+            let Some(circuit) = self.reservations.next_target() else { return };
+            tracing::info!(relay = %circuit, "not reachable directly: reserving a slot on the relay");
+            if let Err(e) = self.swarm.listen_on(circuit.clone()) {
+                tracing::warn!(relay = %circuit, "cannot reserve on the relay: {e}");
+                self.reservations.on_lost(&[], true);
+                return;
+            }
+        }
+    }
+
+    /// Lets relayed connections to `peer` go once a direct one exists and nothing is in flight
+    /// on them: requests pick a connection in turn, and should all take the direct path.
+    fn drop_superseded(&mut self, peer: PeerId) {
+        if self.pending.values().any(|(p, _)| *p == peer) {
+            return;
+        }
+        for connection in self.paths.superseded(&peer) {
+            tracing::debug!(%peer, "direct connection up: closing the relayed one");
+            self.swarm.close_connection(connection);
+        }
     }
 
     fn dial(&mut self, peer: PeerId, addr: Multiaddr) {
@@ -462,8 +549,11 @@ impl EventLoop {
     }
 
     async fn run(mut self) {
+        // Reservations lost or refused are asked again, on the next relay, at this pace.
+        let mut retry = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
+                _ = retry.tick() => self.reserve(),
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown) | None => return,
@@ -479,7 +569,7 @@ impl EventLoop {
             Command::Dial { peer, addr } => self.dial(peer, addr),
             Command::Request { peer, request, reply } => {
                 let id = behaviour.infer.send_request(&peer, Ok(request));
-                self.pending.insert(id, reply);
+                self.pending.insert(id, (peer, reply));
             }
             Command::Respond { channel, response } => {
                 let _ = behaviour.infer.send_response(channel, response);
@@ -551,14 +641,77 @@ impl EventLoop {
     async fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.record(&event);
         match event {
-            // Peers, not connections: the first connection to a peer adds it, its last removes it.
-            SwarmEvent::ConnectionEstablished { num_established, .. }
-                if num_established.get() == 1 =>
-            {
-                self.connected.fetch_add(1, Ordering::Relaxed);
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                // Peers, not connections: the first connection to a peer adds it, its last
+                // removes it.
+                if num_established.get() == 1 {
+                    self.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                let relayed = endpoint.is_relayed();
+                self.paths.opened(peer_id, connection_id, relayed);
+                if relayed {
+                    tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected through a relay");
+                } else {
+                    self.drop_superseded(peer_id);
+                }
+                self.reserve();
             }
-            SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
-                self.connected.fetch_sub(1, Ordering::Relaxed);
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                if num_established == 0 {
+                    self.connected.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.paths.closed(peer_id, connection_id);
+            }
+            SwarmEvent::NewListenAddr { address, .. } if nat::is_relayed(&address) => {
+                tracing::info!(%address, "reachable through the relay");
+                self.reservations.on_listening(&address);
+            }
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                if addresses.iter().any(nat::is_relayed) || reason.is_err() {
+                    tracing::warn!(?addresses, ?reason, "a listener closed");
+                }
+                let failed_to_start = addresses.is_empty();
+                self.reservations.on_lost(&addresses, failed_to_start);
+                self.reserve();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let status = match new {
+                    autonat::v1::NatStatus::Public(address) => {
+                        tracing::info!(%address, "AutoNAT: reachable at this address");
+                        nat::Status::Public
+                    }
+                    autonat::v1::NatStatus::Private => {
+                        tracing::info!("AutoNAT: not reachable at this peer's own addresses");
+                        nat::Status::Private
+                    }
+                    autonat::v1::NatStatus::Unknown => nat::Status::Unknown,
+                };
+                self.reservations.on_status(status);
+                self.reserve();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: connected directly"),
+                Err(e) => tracing::info!(
+                    peer = %remote_peer_id,
+                    "hole punching failed, staying on the relay: {e}"
+                ),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. },
+            )) => {
+                tracing::debug!(relay = %relay_peer_id, renewal, "relay reservation accepted");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Infer(request_response::Event::Message {
                 peer,
@@ -578,18 +731,20 @@ impl EventLoop {
                         let _ = self.inbound.send(Inbound::Request { peer, request, reply }).await;
                     }
                     request_response::Message::Response { request_id, response } => {
-                        if let Some(reply) = self.pending.remove(&request_id) {
+                        if let Some((_, reply)) = self.pending.remove(&request_id) {
                             let _ = reply.send(Ok(response));
                         }
+                        self.drop_superseded(peer);
                     }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Infer(
                 request_response::Event::OutboundFailure { peer, request_id, error, .. },
             )) => {
-                if let Some(reply) = self.pending.remove(&request_id) {
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
                     let _ = reply.send(Err(outbound_error(peer, error, &INFER_PROTOCOL)));
                 }
+                self.drop_superseded(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Pieces(event)) => self.on_pieces(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {

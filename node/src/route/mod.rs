@@ -28,6 +28,8 @@ pub struct Candidate {
     pub reputation_bps: Option<u32>,
     /// Registered price in wei for one token through its whole span, if known.
     pub price_wei_per_token: Option<f64>,
+    /// Reached only through a relay (`wire.md`, "Addresses and relays").
+    pub relayed: bool,
 }
 
 /// One hop of a route.
@@ -55,6 +57,10 @@ pub struct CostModel {
     /// a neutral (unscored) one, none at 10000. Enough to prefer a proven peer among
     /// comparable ones, not to send traffic across the world for it.
     pub distrust_penalty_ms: f64,
+    /// Added for a peer reached only through a relay, beyond its measured RTT (which already
+    /// includes the relay's detour): a relay's capacity is shared and its circuits are
+    /// limited, so a direct peer of similar latency is preferred.
+    pub relay_penalty_ms: f64,
     /// What one millisecond less per token is worth, in wei: a hop's price counts as
     /// `price / wei_per_ms` milliseconds, so the route is the cheapest, latency breaking ties
     /// among comparable prices.
@@ -70,6 +76,7 @@ impl Default for CostModel {
             session_penalty_ms: 0.5,
             full_cache_penalty_ms: 1_000.0,
             distrust_penalty_ms: 20.0,
+            relay_penalty_ms: 5.0,
             wei_per_ms: DEFAULT_WEI_PER_MS,
         }
     }
@@ -100,6 +107,7 @@ impl CostModel {
             + self.session_penalty_ms * c.active_sessions as f64
             + if full { self.full_cache_penalty_ms } else { 0.0 }
             + self.distrust_penalty_ms * (1.0 - reputation / 10_000.0)
+            + if c.relayed { self.relay_penalty_ms } else { 0.0 }
             + price / self.wei_per_ms.max(f64::MIN_POSITIVE)
     }
 }
@@ -249,6 +257,19 @@ mod tests {
         libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap().public().to_peer_id()
     }
 
+    #[test]
+    fn a_direct_peer_wins_over_an_equal_relayed_one() {
+        let relayed = Candidate { relayed: true, ..cand(1, 0, 0, 10.0, 5.0) };
+        let direct = cand(2, 0, 0, 10.0, 5.0);
+        let cost = CostModel::default();
+        let route = plan(&[relayed.clone(), direct], 0, 1, &HashSet::new(), &cost, 1).unwrap();
+        assert_eq!(route[0].peer, peer(2));
+        // Relayed and much faster still wins: the penalty is a preference, not a ban.
+        let slow = cand(2, 0, 0, 40.0, 5.0);
+        let route = plan(&[relayed, slow], 0, 1, &HashSet::new(), &cost, 1).unwrap();
+        assert_eq!(route[0].peer, peer(1));
+    }
+
     fn cand(n: u8, first: u16, last: u16, rtt: f64, compute: f64) -> Candidate {
         Candidate {
             peer: peer(n),
@@ -260,6 +281,7 @@ mod tests {
             free_cache_tokens: None,
             reputation_bps: None,
             price_wei_per_token: None,
+            relayed: false,
         }
     }
 
