@@ -47,7 +47,30 @@ pub fn start_following(
     env: &[(&str, String)],
     ready: &str,
 ) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
-    let mut cmd = Command::new(binary());
+    start_following_in(None, args, env, ready)
+}
+
+/// `infergrid`, run inside network namespace `netns` if one is given (`ip netns exec`, which
+/// execs it: the process is the binary itself).
+pub fn infergrid_in(netns: Option<&str>) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns]).arg(binary());
+            cmd
+        }
+        None => Command::new(binary()),
+    }
+}
+
+/// [`start_following`], inside network namespace `netns` if one is given.
+pub fn start_following_in(
+    netns: Option<&str>,
+    args: &[&str],
+    env: &[(&str, String)],
+    ready: &str,
+) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = infergrid_in(netns);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
@@ -119,7 +142,7 @@ pub static SWARM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Starts `infergrid devnet` for `model` and waits for its ready file; returns it and the
 /// manifest it wrote.
 pub fn devnet(dir: &Path, model: &str) -> (Proc, serde_json::Value, PathBuf) {
-    devnet_started(dir, model, &[], Stdio::inherit())
+    devnet_started(None, dir, model, &[], Stdio::inherit())
 }
 
 /// A random 3-layer llama (seed 21, 4096 positions) imported in 3 blocks into `dir/model`,
@@ -189,11 +212,22 @@ impl TestNet {
 /// [`devnet`] with `extra` arguments (its nodes, validators, epochs); what its processes log
 /// goes to `dir/devnet.log`.
 pub fn devnet_with(dir: &Path, model: &str, extra: &[&str]) -> (Proc, serde_json::Value, PathBuf) {
+    devnet_in(None, dir, model, extra)
+}
+
+/// [`devnet_with`], inside network namespace `netns` if one is given.
+pub fn devnet_in(
+    netns: Option<&str>,
+    dir: &Path,
+    model: &str,
+    extra: &[&str],
+) -> (Proc, serde_json::Value, PathBuf) {
     let log = std::fs::File::create(dir.join("devnet.log")).unwrap();
-    devnet_started(dir, model, extra, Stdio::from(log))
+    devnet_started(netns, dir, model, extra, Stdio::from(log))
 }
 
 fn devnet_started(
+    netns: Option<&str>,
     dir: &Path,
     model: &str,
     extra: &[&str],
@@ -204,7 +238,7 @@ fn devnet_started(
     // Anvil on any free port, unless the caller chose one (to put a proxy in front of it).
     let port = if extra.contains(&"--port") { None } else { Some(["--port", "0"]) };
     let mut devnet = Proc(
-        Command::new(binary())
+        infergrid_in(netns)
             .arg("devnet")
             .args(port.iter().flatten())
             .args([

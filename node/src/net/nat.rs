@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId, autonat, relay};
@@ -207,14 +208,12 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// The reservations of a peer behind NAT: which relays it uses, and what it tells the node.
 pub(super) struct Reservations {
     relays: Vec<Multiaddr>,
-    /// Relays tried in turn: the next reservation goes to `relays[next % len]`.
+    /// Relays tried in turn: the next reservation goes to the next relay not in use.
     next: usize,
     /// Reserve without waiting for AutoNAT (`--reachability private`).
     pub(super) forced: bool,
-    /// Relayed listen addresses held (without the trailing `/p2p/SELF`).
-    held: Vec<Multiaddr>,
-    /// Reservations asked for and not yet answered.
-    pending: usize,
+    /// Each relayed listener: the relay it reserves on, and its address once it holds one.
+    listeners: HashMap<ListenerId, (Multiaddr, Option<Multiaddr>)>,
     local: PeerId,
     pub(super) state: watch::Sender<Reachability>,
 }
@@ -223,28 +222,30 @@ impl Reservations {
     pub(super) fn new(relays: Vec<Multiaddr>, forced: bool, local: PeerId) -> Self {
         let status = if forced { Status::Private } else { Status::Unknown };
         let (state, _) = watch::channel(Reachability { status, relayed: Vec::new() });
-        Self { relays, next: 0, forced, held: Vec::new(), pending: 0, local, state }
+        Self { relays, next: 0, forced, listeners: HashMap::new(), local, state }
     }
 
-    /// Whether more reservations are wanted now.
-    pub(super) fn wanted(&self) -> bool {
+    /// The next relay to reserve a slot on, while more reservations are wanted (this peer is
+    /// not reachable, and holds or awaits fewer than [`RESERVATIONS`]); its circuit address.
+    pub(super) fn next_target(&mut self) -> Option<(Multiaddr, Multiaddr)> {
         let private = self.state.borrow().status == Status::Private;
-        private && !self.relays.is_empty() && self.held.len() + self.pending < RESERVATIONS
-    }
-
-    /// The next relay circuit to listen on.
-    pub(super) fn next_target(&mut self) -> Option<Multiaddr> {
-        let tries = self.relays.len();
-        for _ in 0..tries {
-            let relay = &self.relays[self.next % self.relays.len()];
+        if !private || self.listeners.len() >= RESERVATIONS {
+            return None;
+        }
+        for _ in 0..self.relays.len() {
+            let relay = self.relays[self.next % self.relays.len()].clone();
             self.next += 1;
-            let taken = self.held.iter().any(|h| h.to_string().starts_with(&relay.to_string()));
-            if !taken && let Some(circuit) = circuit_via(relay) {
-                self.pending += 1;
-                return Some(circuit);
+            let in_use = self.listeners.values().any(|(r, _)| *r == relay);
+            if !in_use && let Some(circuit) = circuit_via(&relay) {
+                return Some((relay, circuit));
             }
         }
         None
+    }
+
+    /// A reservation asked of `relay` through `listener`.
+    pub(super) fn asked(&mut self, listener: ListenerId, relay: Multiaddr) {
+        self.listeners.insert(listener, (relay, None));
     }
 
     /// AutoNAT's verdict; a forced private status stays.
@@ -254,31 +255,34 @@ impl Reservations {
         }
     }
 
-    /// A listen address was added: a relayed one is a reservation held.
-    pub(super) fn on_listening(&mut self, addr: &Multiaddr) {
-        if !is_relayed(addr) || self.held.contains(addr) {
-            return;
+    /// `listener` listens on `addr`: for a relayed listener, a reservation held.
+    pub(super) fn on_listening(&mut self, listener: ListenerId, addr: &Multiaddr) {
+        if let Some((_, held)) = self.listeners.get_mut(&listener) {
+            *held = Some(addr.clone());
+            self.publish();
         }
-        self.pending = self.pending.saturating_sub(1);
-        self.held.push(addr.clone());
-        self.publish();
     }
 
-    /// A relayed listener closed or failed to start: the reservation is gone.
-    pub(super) fn on_lost(&mut self, addrs: &[Multiaddr], failed_to_start: bool) {
-        if failed_to_start {
-            self.pending = self.pending.saturating_sub(1);
-        }
-        let before = self.held.len();
-        self.held.retain(|h| !addrs.contains(h));
-        if self.held.len() != before {
+    /// `listener` closed (or never started): its reservation, if it held one, is gone.
+    pub(super) fn on_closed(&mut self, listener: ListenerId) {
+        if let Some((_, held)) = self.listeners.remove(&listener)
+            && held.is_some()
+        {
             self.publish();
         }
     }
 
     fn publish(&self) {
         let local = self.local;
-        let relayed = self.held.iter().map(|a| a.clone().with(Protocol::P2p(local))).collect();
+        let relayed = self
+            .listeners
+            .values()
+            .filter_map(|(_, held)| held.clone())
+            .map(|addr| match addr.iter().last() {
+                Some(Protocol::P2p(_)) => addr,
+                _ => addr.with(Protocol::P2p(local)),
+            })
+            .collect();
         self.state.send_modify(|r| r.relayed = relayed);
     }
 }
@@ -313,27 +317,40 @@ mod tests {
         let (a, b, c) = (relay(4001), relay(4002), relay(4003));
         let mut reservations =
             Reservations::new(vec![a.clone(), b.clone(), c.clone()], false, local);
-        assert!(!reservations.wanted(), "no reservation before AutoNAT says private");
+        assert_eq!(reservations.next_target(), None, "nothing before AutoNAT says private");
         reservations.on_status(Status::Public);
-        assert!(!reservations.wanted());
+        assert_eq!(reservations.next_target(), None);
         reservations.on_status(Status::Private);
-        let first = reservations.next_target().unwrap();
-        let second = reservations.next_target().unwrap();
-        assert_eq!(
-            (first.clone(), second.clone()),
-            (circuit_via(&a).unwrap(), circuit_via(&b).unwrap())
-        );
-        assert!(!reservations.wanted(), "two asked for");
+        let (ids, first_target) =
+            ([ListenerId::next(), ListenerId::next()], reservations.next_target());
+        assert_eq!(first_target, Some((a.clone(), circuit_via(&a).unwrap())));
+        reservations.asked(ids[0], a.clone());
+        assert_eq!(reservations.next_target(), Some((b.clone(), circuit_via(&b).unwrap())));
+        reservations.asked(ids[1], b.clone());
+        assert_eq!(reservations.next_target(), None, "two asked for, none held yet");
 
         let watch = reservations.state.subscribe();
-        reservations.on_listening(&first);
-        assert_eq!(watch.borrow().relayed, vec![first.clone().with(Protocol::P2p(local))]);
-        // The first relay goes away: its address is withdrawn and a third relay is wanted.
-        reservations.on_listening(&second);
-        reservations.on_lost(std::slice::from_ref(&first), false);
-        assert_eq!(watch.borrow().relayed, vec![second.clone().with(Protocol::P2p(local))]);
-        assert!(reservations.wanted());
-        assert_eq!(reservations.next_target().unwrap(), circuit_via(&c).unwrap());
+        // Held: the address the relay client reports ends with this peer's id already.
+        let held = circuit_via(&a).unwrap().with(Protocol::P2p(local));
+        reservations.on_listening(ids[0], &held);
+        assert_eq!(watch.borrow().relayed, vec![held.clone()]);
+        let bare = circuit_via(&b).unwrap();
+        reservations.on_listening(ids[1], &bare);
+        assert_eq!(watch.borrow().relayed.len(), 2);
+        assert!(watch.borrow().relayed.contains(&bare.clone().with(Protocol::P2p(local))));
+        // The first relay goes away: its address is withdrawn and the third relay is next.
+        reservations.on_closed(ids[0]);
+        assert_eq!(watch.borrow().relayed, vec![bare.with(Protocol::P2p(local))]);
+        assert_eq!(reservations.next_target(), Some((c.clone(), circuit_via(&c).unwrap())));
+    }
+
+    #[test]
+    fn one_relay_gets_one_reservation() {
+        let a = relay(4001);
+        let mut reservations = Reservations::new(vec![a.clone()], true, PeerId::random());
+        assert!(reservations.next_target().is_some());
+        reservations.asked(ListenerId::next(), a);
+        assert_eq!(reservations.next_target(), None, "no second reservation on the same relay");
     }
 
     #[test]
@@ -341,7 +358,7 @@ mod tests {
         let mut reservations = Reservations::new(vec![relay(4001)], true, PeerId::random());
         reservations.on_status(Status::Public);
         assert_eq!(reservations.state.borrow().status, Status::Private);
-        assert!(reservations.wanted());
+        assert!(reservations.next_target().is_some());
     }
 
     #[test]

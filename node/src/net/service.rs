@@ -519,13 +519,14 @@ impl EventLoop {
 
     /// Asks relays for the reservations still wanted (none while this peer is reachable).
     fn reserve(&mut self) {
-        while self.reservations.wanted() {
-            let Some(circuit) = self.reservations.next_target() else { return };
-            tracing::info!(relay = %circuit, "not reachable directly: reserving a slot on the relay");
-            if let Err(e) = self.swarm.listen_on(circuit.clone()) {
-                tracing::warn!(relay = %circuit, "cannot reserve on the relay: {e}");
-                self.reservations.on_lost(&[], true);
-                return;
+        while let Some((relay, circuit)) = self.reservations.next_target() {
+            tracing::info!(%relay, "not reachable directly: reserving a slot on the relay");
+            match self.swarm.listen_on(circuit) {
+                Ok(listener) => self.reservations.asked(listener, relay),
+                Err(e) => {
+                    tracing::warn!(%relay, "cannot reserve on the relay: {e}");
+                    return;
+                }
             }
         }
     }
@@ -668,17 +669,15 @@ impl EventLoop {
                 }
                 self.paths.closed(peer_id, connection_id);
             }
-            SwarmEvent::NewListenAddr { address, .. } if nat::is_relayed(&address) => {
+            SwarmEvent::NewListenAddr { listener_id, address } if nat::is_relayed(&address) => {
                 tracing::info!(%address, "reachable through the relay");
-                self.reservations.on_listening(&address);
+                self.reservations.on_listening(listener_id, &address);
             }
-            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
                 if addresses.iter().any(nat::is_relayed) || reason.is_err() {
                     tracing::warn!(?addresses, ?reason, "a listener closed");
                 }
-                let failed_to_start = addresses.is_empty();
-                self.reservations.on_lost(&addresses, failed_to_start);
-                self.reserve();
+                self.reservations.on_closed(listener_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged {
                 new,

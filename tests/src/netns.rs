@@ -1,0 +1,131 @@
+//! Hosts in Linux network namespaces, for NAT tests (root only): a public network on a bridge,
+//! and home networks each behind a router that masquerades (iptables MASQUERADE) and drops
+//! connections it did not see go out, as home routers do. Every namespace is deleted when the
+//! lab is dropped, also when the test fails.
+
+use std::process::Command;
+
+/// The public network: `10.77.0.0/24`, on a bridge in the public namespace, which holds
+/// `10.77.0.1`; router `n`'s outside address is `10.77.0.(10 + n)`.
+const PUBLIC_NET: &str = "10.77.0";
+
+/// How a home router maps ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// Keeps a connection's source port where it can (Linux's default): the same port for
+    /// every destination, so a hole punched toward one peer is open to it.
+    PortPreserving,
+    /// A random source port per connection (`--random-fully`): no peer can predict it, and
+    /// hole punching fails.
+    RandomPorts,
+}
+
+/// A host: its namespace and address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub netns: String,
+    pub ip: String,
+}
+
+/// The namespaces of one test, named with a prefix of its own.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| {
+        panic!("{}: {e} (the NAT tests need iproute2 and iptables, and root)", args[0])
+    });
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {} (the NAT tests run as root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// An empty lab; `tag` (a letter or two) keeps labs of concurrent tests apart.
+    pub fn new(tag: &str) -> Self {
+        let prefix = format!("ig{tag}{}", std::process::id() % 10_000);
+        Self { prefix, namespaces: Vec::new() }
+    }
+
+    /// `ip netns exec NETNS ARGS…`, checked.
+    fn exec(&self, netns: &str, args: &[&str]) {
+        run(&[&["ip", "netns", "exec", netns], args].concat());
+    }
+
+    fn namespace(&mut self, name: &str) -> String {
+        let netns = format!("{}{name}", self.prefix);
+        run(&["ip", "netns", "add", &netns]);
+        self.namespaces.push(netns.clone());
+        self.exec(&netns, &["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// The public network's namespace, at `10.77.0.1`.
+    pub fn public(&mut self) -> Host {
+        let netns = self.namespace("pub");
+        self.exec(&netns, &["ip", "link", "add", "br0", "type", "bridge"]);
+        self.exec(&netns, &["ip", "addr", "add", &format!("{PUBLIC_NET}.1/24"), "dev", "br0"]);
+        self.exec(&netns, &["ip", "link", "set", "br0", "up"]);
+        Host { netns, ip: format!("{PUBLIC_NET}.1") }
+    }
+
+    /// Home network `n` (1–99) behind its own router on the public network: the host at
+    /// `192.168.n.2`. It reaches the public network; nothing there reaches it unasked.
+    pub fn home(&mut self, public: &Host, n: u8, mapping: Mapping) -> Host {
+        let (router, home) = (self.namespace(&format!("r{n}")), self.namespace(&format!("h{n}")));
+        let p = &self.prefix;
+        let (wan, bridged) = (format!("{p}r{n}w"), format!("{p}r{n}b"));
+        let (lan, inside) = (format!("{p}r{n}l"), format!("{p}h{n}e"));
+        run(&["ip", "link", "add", &wan, "type", "veth", "peer", "name", &bridged]);
+        run(&["ip", "link", "set", &wan, "netns", &router]);
+        run(&["ip", "link", "set", &bridged, "netns", &public.netns]);
+        self.exec(&public.netns, &["ip", "link", "set", &bridged, "master", "br0", "up"]);
+        let outside = format!("{PUBLIC_NET}.{}/24", 10 + u16::from(n));
+        self.exec(&router, &["ip", "addr", "add", &outside, "dev", &wan]);
+        self.exec(&router, &["ip", "link", "set", &wan, "up"]);
+        run(&["ip", "link", "add", &lan, "type", "veth", "peer", "name", &inside]);
+        run(&["ip", "link", "set", &lan, "netns", &router]);
+        run(&["ip", "link", "set", &inside, "netns", &home]);
+        let (gateway, ip) = (format!("192.168.{n}.1"), format!("192.168.{n}.2"));
+        self.exec(&router, &["ip", "addr", "add", &format!("{gateway}/24"), "dev", &lan]);
+        self.exec(&router, &["ip", "link", "set", &lan, "up"]);
+        self.exec(&home, &["ip", "addr", "add", &format!("{ip}/24"), "dev", &inside]);
+        self.exec(&home, &["ip", "link", "set", &inside, "up"]);
+        self.exec(&home, &["ip", "route", "add", "default", "via", &gateway]);
+        self.exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut masquerade = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan];
+        masquerade.extend(["-j", "MASQUERADE"]);
+        if mapping == Mapping::RandomPorts {
+            masquerade.push("--random-fully");
+        }
+        self.exec(&router, &masquerade);
+        // In from the outside: only what belongs to a connection seen going out.
+        let back = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+        let forward = ["iptables", "-A", "FORWARD", "-i", &wan, "-o", &lan];
+        self.exec(&router, &[&forward[..], &back[..]].concat());
+        self.exec(&router, &[&forward[..], &["-j", "DROP"][..]].concat());
+        // Unasked connections to the router itself are dropped, not refused, as home routers
+        // do: a reset would end a hole punch whose first packet beats the other side's.
+        let unasked = ["-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"];
+        self.exec(&router, &[&["iptables", "-A", "INPUT", "-i", &wan][..], &unasked[..]].concat());
+        Host { netns: home, ip }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for netns in self.namespaces.iter().rev() {
+            // Processes left inside (a test that failed before stopping them) go first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        }
+    }
+}

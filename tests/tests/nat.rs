@@ -1,0 +1,187 @@
+//! Home machines behind NAT serve the swarm, across real NATs: Linux network namespaces with a
+//! masquerading router per home network (root only). A public network holds the chain, a
+//! relay and one node; two nodes sit in home networks, each behind its own router, and the
+//! gateway behind a third. The home nodes learn with AutoNAT that nobody can dial them,
+//! reserve a slot on the relay and register their relayed addresses on-chain by themselves;
+//! the gateway reaches them through the relay, then directly where the routers let a hole be
+//! punched. Completions equal the model run whole in one process.
+
+use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use infergrid::devnet::Role;
+use infergrid_e2e::dev;
+use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
+use infergrid_e2e::netns::{Host, Lab, Mapping};
+use infergrid_e2e::procs::{Proc, SWARM, devnet_in, expect_line, start_following_in};
+
+const PROMPT: &str = "the quick brown fox";
+
+/// What one run across the NATs saw.
+struct Run {
+    /// The gateway's path to each home node at the end: `direct` or `relayed`.
+    paths: Vec<String>,
+    /// Gateway log lines about hole punching.
+    punching: Vec<String>,
+}
+
+/// `curl` inside `host`'s namespace: the HTTP status and body.
+fn curl(host: &Host, args: &[&str]) -> (u16, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.netns, "curl", "-s", "-m", "120", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The peer id in a `node ready: peer <id>, …` line.
+fn peer_in(ready: &str) -> String {
+    ready.split("peer ").nth(1).and_then(|s| s.split(',').next()).expect("peer id").to_owned()
+}
+
+/// Waits for a line containing `text`, or fails with the lines seen.
+fn wait_for(lines: &Receiver<String>, text: &str, within: Duration, what: &str) -> String {
+    expect_line(lines, text, within)
+        .unwrap_or_else(|seen| panic!("{what}: no line with {text:?} in {within:?}: {seen:#?}"))
+}
+
+/// Runs the NAT topology with home routers mapping ports as `mapping`, streams a greedy
+/// completion of `tokens` tokens through the gateway and checks it against the local run.
+fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize) -> Run {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--layers", "3", "--seed", "21", "--max-pos", max_pos];
+    let hf = make_checkpoint(dir.path(), "llama", &flags).unwrap();
+    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
+    let model_arg = model.to_str().unwrap().to_owned();
+
+    // Dropped last: every process below is stopped before its namespace goes.
+    let mut lab = Lab::new(if mapping == Mapping::PortPreserving { "p" } else { "r" });
+    let public = lab.public();
+    let homes: Vec<Host> = (1..=2).map(|n| lab.home(&public, n, mapping)).collect();
+    let gateway_home = lab.home(&public, 3, mapping);
+
+    let host = ["--host", public.ip.as_str()];
+    let (_devnet, manifest, deployment) =
+        devnet_in(Some(&public.netns), dir.path(), &model_arg, &host);
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let deployment = deployment.to_str().unwrap().to_owned();
+    let chain = ["--rpc-url", rpc.as_str(), "--deployment", deployment.as_str()];
+
+    let relay_key = ("RELAY_KEY", format!("0x{}", "42".repeat(32)));
+    let relay_listen = format!("/ip4/{}/tcp/4001", public.ip);
+    let mut args = vec!["relay", "--listen", &relay_listen, "--key-env", "RELAY_KEY"];
+    args.extend(chain);
+    let (_relay, ready, _) =
+        start_following_in(Some(&public.netns), &args, &[relay_key], "relay ready");
+    let relay = ready.split("--relay ").nth(1).expect("the relay's address").trim().to_owned();
+    eprintln!("relay: {relay}");
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut home_peers = Vec::new();
+    // Node 0 on the public network; nodes 1 and 2 at home, each finding out it is behind NAT.
+    for (index, host) in std::iter::once(&public).chain(&homes).enumerate() {
+        let listen = format!("/ip4/{}/tcp/{}", host.ip, 31000 + index);
+        let ledger = dir.path().join(format!("node-{index}.redb"));
+        let blocks = index.to_string();
+        let mut args = vec!["node", "--model", &model_arg, "--blocks", &blocks];
+        args.extend(["--key-env", "NODE_KEY", "--listen", &listen, "--update-registration"]);
+        args.extend(["--ledger", ledger.to_str().unwrap(), "--bootstrap", &relay]);
+        args.extend(chain);
+        if index > 0 {
+            args.extend(["--relay", &relay]);
+        }
+        let key = ("NODE_KEY", dev(Role::Operator, index).private_key.to_string());
+        let (node, ready, lines) =
+            start_following_in(Some(&host.netns), &args, &[key], "node ready");
+        procs.push(node);
+        if index > 0 {
+            let registered =
+                wait_for(&lines, "registered multiaddrs", Duration::from_secs(90), "node");
+            eprintln!("node {index} (home {index}): {registered}");
+            assert!(registered.contains("/p2p-circuit/p2p/"), "{registered}");
+            home_peers.push(peer_in(&ready));
+        }
+    }
+
+    let api = format!("{}:8080", gateway_home.ip);
+    let wallet = dir.path().join("gateway-wallet.redb");
+    let p2p = format!("/ip4/{}/tcp/4003", gateway_home.ip);
+    let mut args = vec!["gateway", "--model", &model_arg, "--key-env", "PAYER_KEY", "--listen"];
+    args.extend([api.as_str(), "--p2p-listen", &p2p, "--bootstrap", &relay]);
+    args.extend(["--wallet", wallet.to_str().unwrap()]);
+    args.extend(chain);
+    let payer = ("PAYER_KEY", dev(Role::Payer, 0).private_key.to_string());
+    let (_gateway, _, gateway_log) =
+        start_following_in(Some(&gateway_home.netns), &args, &[payer], "gateway ready");
+
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+    let (expected, _) = local_greedy(&model, PROMPT, tokens).unwrap();
+    let body = serde_json::json!({
+        "model": name, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0
+    })
+    .to_string();
+    let url = format!("http://{api}/v1/completions");
+    let complete = || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let json = ["-H", "Content-Type: application/json", "-d", &body, &url];
+            let (status, answer) = curl(&gateway_home, &json);
+            if status == 200 {
+                let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                return serde_json::from_value::<Vec<u32>>(
+                    answer["choices"][0]["token_ids"].clone(),
+                )
+                .unwrap();
+            }
+            // 503 while the gateway still reaches for a block's node.
+            assert!(Instant::now() < deadline, "no completion: {status} {answer}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    let started = Instant::now();
+    let first = complete();
+    eprintln!("first completion ({tokens} tokens) in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(first, expected, "the completion across NATs differs from the local run");
+
+    // Let DCUtR run (it starts with the first relayed connection), then complete again.
+    let punching: Vec<String> = match mapping {
+        Mapping::PortPreserving => {
+            let line = wait_for(&gateway_log, "hole punched", Duration::from_secs(30), "gateway");
+            vec![line]
+        }
+        Mapping::RandomPorts => {
+            std::thread::sleep(Duration::from_secs(5));
+            gateway_log.try_iter().filter(|l| l.contains("hole punch")).collect()
+        }
+    };
+    let second = complete();
+    assert_eq!(second, expected, "the second completion differs from the local run");
+
+    let (_, health) = curl(&gateway_home, &[&format!("http://{api}/healthz")]);
+    let health: serde_json::Value = serde_json::from_str(&health).expect("healthz JSON");
+    let paths = home_peers
+        .iter()
+        .map(|peer| health["routing"]["paths"][peer].as_str().unwrap_or("none").to_owned())
+        .collect();
+    drop(procs);
+    Run { paths, punching }
+}
+
+#[test]
+fn home_nodes_behind_nat_serve_through_a_relay_and_go_direct() {
+    let run = across_nats(Mapping::PortPreserving, "256", 24);
+    eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
+    assert_eq!(run.paths, ["direct", "direct"], "the gateway's paths to the home nodes");
+}
+
+#[test]
+fn without_hole_punching_a_long_stream_runs_over_the_relay() {
+    let run = across_nats(Mapping::RandomPorts, "1024", 600);
+    eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
+    assert_eq!(run.paths, ["relayed", "relayed"], "the gateway's paths to the home nodes");
+}
