@@ -185,3 +185,85 @@ fn without_hole_punching_a_long_stream_runs_over_the_relay() {
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["relayed", "relayed"], "the gateway's paths to the home nodes");
 }
+
+/// A relay serves registered nodes only: a registered node's reservation is accepted and it
+/// is reachable through the relay; a stranger's is refused, so nobody can be reached through
+/// the relay but the swarm's nodes, and it is no proxy to a third party.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_reserves_for_registered_nodes_only() {
+    use infergrid::identity::NodeIdentity;
+    use infergrid::net::{NatConfig, NetConfig, Network};
+
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hf = make_checkpoint(dir.path(), "llama", &["--layers", "3", "--seed", "21"]).unwrap();
+    let model = import(&hf, &dir.path().join("model"), 3).unwrap();
+    let (_devnet, manifest, deployment) = devnet_in(None, dir.path(), model.to_str().unwrap(), &[]);
+    let (rpc, deployment) = (manifest["rpc_url"].as_str().unwrap(), deployment.to_str().unwrap());
+    let port = infergrid_e2e::procs::free_port().to_string();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let args = ["relay", "--listen", &listen, "--key-env", "RELAY_KEY", "--rpc-url", rpc];
+    let args = [&args[..], &["--deployment", deployment]].concat();
+    let relay_key = ("RELAY_KEY", format!("0x{}", "42".repeat(32)));
+    let (_relay, ready, _) = start_following_in(None, &args, &[relay_key], "relay ready");
+    let relay: libp2p::Multiaddr = ready.split("--relay ").nth(1).unwrap().trim().parse().unwrap();
+
+    // Reserving at once, as a node behind NAT that knows it.
+    let behind_nat = |keypair: libp2p::identity::Keypair| {
+        Network::spawn(NetConfig {
+            keypair,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            nat: NatConfig {
+                relays: vec![relay.clone()],
+                force_private: true,
+                ..Default::default()
+            },
+        })
+        .unwrap()
+        .0
+    };
+    let operator = dev(Role::Operator, 0).private_key;
+    let registered = behind_nat(NodeIdentity::derive(&operator).keypair());
+    let stranger =
+        behind_nat(NodeIdentity::derive(&alloy::primitives::B256::repeat_byte(7)).keypair());
+
+    let mut reachability = registered.reachability();
+    let reserved = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if !reachability.borrow_and_update().relayed.is_empty() {
+                return reachability.borrow().relayed.clone();
+            }
+            reachability.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the registered node's reservation was not accepted");
+    eprintln!("registered node reachable at {reserved:?}");
+
+    // The stranger asked on the same relay, at the same time, and again every 5 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(stranger.reachability().borrow().relayed.is_empty(), "a stranger got a reservation");
+
+    // Through the relay, a peer reaches the registered node, not the stranger.
+    let (client, _) = infergrid_e2e::nodes::network(None).unwrap();
+    let via_relay = |peer: libp2p::PeerId| {
+        relay
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2pCircuit)
+            .with(libp2p::multiaddr::Protocol::P2p(peer))
+    };
+    client.dial(registered.local_peer(), via_relay(registered.local_peer())).await.unwrap();
+    client.dial(stranger.local_peer(), via_relay(stranger.local_peer())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while client.paths().get(&registered.local_peer()).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        client.paths().get(&registered.local_peer()),
+        Some(infergrid::net::nat::Path::Relayed),
+        "the registered node is reached through the relay"
+    );
+    assert_eq!(client.paths().get(&stranger.local_peer()), None, "the stranger is not");
+}
