@@ -14,16 +14,28 @@ use infergrid::devnet::Role;
 use infergrid_e2e::dev;
 use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
 use infergrid_e2e::netns::{Host, Lab, Mapping};
-use infergrid_e2e::procs::{Proc, SWARM, devnet_in, expect_line, start_following_in};
+use infergrid_e2e::procs::{Proc, SWARM, devnet_in, expect_line, infergrid_in, start_following_in};
 
 const PROMPT: &str = "the quick brown fox";
 
 /// What one run across the NATs saw.
 struct Run {
-    /// The gateway's path to each home node at the end: `direct` or `relayed`.
+    /// The gateway's path to each home node after the first completion: `direct` or
+    /// `relayed`.
     paths: Vec<String>,
     /// Gateway log lines about hole punching.
     punching: Vec<String>,
+    /// Gateway log lines of failovers during the second completion.
+    failovers: Vec<String>,
+}
+
+/// What happens during the second completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Second {
+    /// Nothing: it runs on the paths the first one left.
+    Undisturbed,
+    /// The relay dies mid-stream; a public backup node serves the home nodes' blocks.
+    RelayDies,
 }
 
 /// `curl` inside `host`'s namespace: the HTTP status and body.
@@ -51,7 +63,7 @@ fn wait_for(lines: &Receiver<String>, text: &str, within: Duration, what: &str) 
 
 /// Runs the NAT topology with home routers mapping ports as `mapping`, streams a greedy
 /// completion of `tokens` tokens through the gateway and checks it against the local run.
-fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize) -> Run {
+fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize, second: Second) -> Run {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--layers", "3", "--seed", "21", "--max-pos", max_pos];
@@ -76,30 +88,46 @@ fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize) -> Run {
     let relay_listen = format!("/ip4/{}/tcp/4001", public.ip);
     let mut args = vec!["relay", "--listen", &relay_listen, "--key-env", "RELAY_KEY"];
     args.extend(chain);
-    let (_relay, ready, _) =
+    let (relay_proc, ready, _) =
         start_following_in(Some(&public.netns), &args, &[relay_key], "relay ready");
     let relay = ready.split("--relay ").nth(1).expect("the relay's address").trim().to_owned();
     eprintln!("relay: {relay}");
 
     let mut procs: Vec<Proc> = Vec::new();
     let mut home_peers = Vec::new();
-    // Node 0 on the public network; nodes 1 and 2 at home, each finding out it is behind NAT.
-    for (index, host) in std::iter::once(&public).chain(&homes).enumerate() {
+    // Node 0 on the public network; nodes 1 and 2 at home, each finding out it is behind NAT;
+    // with a relay to lose, node 3 on the public network serves blocks 1-2 too, dearer (and
+    // price decides the routes).
+    let backups = usize::from(second == Second::RelayDies);
+    let hosts = std::iter::once(&public).chain(&homes).chain(std::iter::repeat_n(&public, backups));
+    for (index, host) in hosts.enumerate() {
         let listen = format!("/ip4/{}/tcp/{}", host.ip, 31000 + index);
         let ledger = dir.path().join(format!("node-{index}.redb"));
-        let blocks = index.to_string();
+        let blocks = if index == 3 { "1-2".to_owned() } else { index.to_string() };
         let mut args = vec!["node", "--model", &model_arg, "--blocks", &blocks];
         args.extend(["--key-env", "NODE_KEY", "--listen", &listen, "--update-registration"]);
         args.extend(["--ledger", ledger.to_str().unwrap(), "--bootstrap", &relay]);
         args.extend(chain);
-        if index > 0 {
+        let home = (1..=2).contains(&index);
+        if home {
             args.extend(["--relay", &relay]);
         }
         let key = ("NODE_KEY", dev(Role::Operator, index).private_key.to_string());
+        if index == 3 {
+            // Dearer than both home nodes together, so that routes run through them.
+            let status = infergrid_in(Some(&host.netns))
+                .args(["operator", "update", "--key-env", "NODE_KEY", "--price"])
+                .arg("20000000000000wei")
+                .args(chain)
+                .env(key.0, &key.1)
+                .status()
+                .unwrap();
+            assert!(status.success(), "operator update --price");
+        }
         let (node, ready, lines) =
             start_following_in(Some(&host.netns), &args, &[key], "node ready");
         procs.push(node);
-        if index > 0 {
+        if home {
             let registered =
                 wait_for(&lines, "registered multiaddrs", Duration::from_secs(90), "node");
             eprintln!("node {index} (home {index}): {registered}");
@@ -113,7 +141,7 @@ fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize) -> Run {
     let p2p = format!("/ip4/{}/tcp/4003", gateway_home.ip);
     let mut args = vec!["gateway", "--model", &model_arg, "--key-env", "PAYER_KEY", "--listen"];
     args.extend([api.as_str(), "--p2p-listen", &p2p, "--bootstrap", &relay]);
-    args.extend(["--wallet", wallet.to_str().unwrap()]);
+    args.extend(["--wallet", wallet.to_str().unwrap(), "--wei-per-ms", "1000"]);
     args.extend(chain);
     let payer = ("PAYER_KEY", dev(Role::Payer, 0).private_key.to_string());
     let (_gateway, _, gateway_log) =
@@ -159,31 +187,50 @@ fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize) -> Run {
             gateway_log.try_iter().filter(|l| l.contains("hole punch")).collect()
         }
     };
-    let second = complete();
-    assert_eq!(second, expected, "the second completion differs from the local run");
-
     let (_, health) = curl(&gateway_home, &[&format!("http://{api}/healthz")]);
     let health: serde_json::Value = serde_json::from_str(&health).expect("healthz JSON");
     let paths = home_peers
         .iter()
         .map(|peer| health["routing"]["paths"][peer].as_str().unwrap_or("none").to_owned())
         .collect();
+
+    let _ = gateway_log.try_iter().count();
+    let killer = (second == Second::RelayDies).then(|| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(relay_proc);
+            eprintln!("the relay is gone");
+        })
+    });
+    let started = Instant::now();
+    let again = complete();
+    eprintln!("second completion in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(again, expected, "the second completion differs from the local run");
+    if let Some(killer) = killer {
+        killer.join().unwrap();
+    }
+    let failovers = gateway_log.try_iter().filter(|l| l.contains("failed over")).collect();
     drop(procs);
-    Run { paths, punching }
+    Run { paths, punching, failovers }
 }
 
 #[test]
 fn home_nodes_behind_nat_serve_through_a_relay_and_go_direct() {
-    let run = across_nats(Mapping::PortPreserving, "256", 24);
+    let run = across_nats(Mapping::PortPreserving, "256", 24, Second::Undisturbed);
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["direct", "direct"], "the gateway's paths to the home nodes");
 }
 
+/// Behind port-randomizing routers no hole can be punched: a 600-token stream runs over the
+/// relay, within its limits; and when the relay dies mid-stream, the stream fails over to a
+/// public node and completes all the same.
 #[test]
 fn without_hole_punching_a_long_stream_runs_over_the_relay() {
-    let run = across_nats(Mapping::RandomPorts, "1024", 600);
+    let run = across_nats(Mapping::RandomPorts, "1024", 600, Second::RelayDies);
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["relayed", "relayed"], "the gateway's paths to the home nodes");
+    eprintln!("failovers when the relay died: {:#?}", run.failovers);
+    assert!(!run.failovers.is_empty(), "the relay died mid-stream and nothing failed over");
 }
 
 /// A relay serves registered nodes only: a registered node's reservation is accepted and it
