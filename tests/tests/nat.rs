@@ -1,6 +1,7 @@
 //! Home machines behind NAT serve the swarm, across real NATs: Linux network namespaces with a
-//! masquerading router per home network (root only). A public network holds the chain, a
-//! relay and one node; two nodes sit in home networks, each behind its own router, and the
+//! masquerading router per home network (root only). A public network holds the chain and a
+//! node, which relays for the others (`--relay-service`) or leaves that to a dedicated
+//! `infergrid relay`; two nodes sit in home networks, each behind its own router, and the
 //! gateway behind a third. The home nodes learn with AutoNAT that nobody can dial them,
 //! reserve a slot on the relay and register their relayed addresses on-chain by themselves;
 //! the gateway reaches them through the relay, then directly where the routers let a hole be
@@ -61,6 +62,28 @@ fn wait_for(lines: &Receiver<String>, text: &str, within: Duration, what: &str) 
         .unwrap_or_else(|seen| panic!("{what}: no line with {text:?} in {within:?}: {seen:#?}"))
 }
 
+/// `infergrid node` as devnet operator `index` on `host`, serving `blocks`, with `extra`
+/// arguments: the process, its ready line and what it prints after.
+fn start_node(
+    host: &Host,
+    index: usize,
+    blocks: &str,
+    extra: &[&str],
+    chain: [&str; 4],
+    model: &str,
+    dir: &std::path::Path,
+) -> (Proc, String, Receiver<String>) {
+    let listen = format!("/ip4/{}/tcp/{}", host.ip, 31000 + index);
+    let ledger = dir.join(format!("node-{index}.redb"));
+    let mut args = vec!["node", "--model", model, "--blocks", blocks, "--key-env", "NODE_KEY"];
+    args.extend(["--listen", &listen, "--update-registration"]);
+    args.extend(["--ledger", ledger.to_str().unwrap()]);
+    args.extend(chain);
+    args.extend_from_slice(extra);
+    let key = ("NODE_KEY", dev(Role::Operator, index).private_key.to_string());
+    start_following_in(Some(&host.netns), &args, &[key], "node ready")
+}
+
 /// Runs the NAT topology with home routers mapping ports as `mapping`, streams a greedy
 /// completion of `tokens` tokens through the gateway and checks it against the local run.
 fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize, second: Second) -> Run {
@@ -84,56 +107,56 @@ fn across_nats(mapping: Mapping, max_pos: &str, tokens: usize, second: Second) -
     let deployment = deployment.to_str().unwrap().to_owned();
     let chain = ["--rpc-url", rpc.as_str(), "--deployment", deployment.as_str()];
 
-    let relay_key = ("RELAY_KEY", format!("0x{}", "42".repeat(32)));
-    let relay_listen = format!("/ip4/{}/tcp/4001", public.ip);
-    let mut args = vec!["relay", "--listen", &relay_listen, "--key-env", "RELAY_KEY"];
-    args.extend(chain);
-    let (relay_proc, ready, _) =
-        start_following_in(Some(&public.netns), &args, &[relay_key], "relay ready");
-    let relay = ready.split("--relay ").nth(1).expect("the relay's address").trim().to_owned();
+    let mut procs: Vec<Proc> = Vec::new();
+    // The relay: a dedicated `infergrid relay` when it is to die mid-stream, else public node 0
+    // run with --relay-service (any public node can relay).
+    let (relay_proc, relay) = match second {
+        Second::RelayDies => {
+            let relay_key = ("RELAY_KEY", format!("0x{}", "42".repeat(32)));
+            let relay_listen = format!("/ip4/{}/tcp/4001", public.ip);
+            let mut args = vec!["relay", "--listen", &relay_listen, "--key-env", "RELAY_KEY"];
+            args.extend(chain);
+            let (relay, ready, _) =
+                start_following_in(Some(&public.netns), &args, &[relay_key], "relay ready");
+            (Some(relay), ready.split("--relay ").nth(1).expect("address").trim().to_owned())
+        }
+        Second::Undisturbed => {
+            let (node, ready, _) =
+                start_node(&public, 0, "0", &["--relay-service"], chain, &model_arg, dir.path());
+            procs.push(node);
+            (None, format!("/ip4/{}/tcp/31000/p2p/{}", public.ip, peer_in(&ready)))
+        }
+    };
     eprintln!("relay: {relay}");
 
-    let mut procs: Vec<Proc> = Vec::new();
     let mut home_peers = Vec::new();
-    // Node 0 on the public network; nodes 1 and 2 at home, each finding out it is behind NAT;
-    // with a relay to lose, node 3 on the public network serves blocks 1-2 too, dearer (and
-    // price decides the routes).
-    let backups = usize::from(second == Second::RelayDies);
-    let hosts = std::iter::once(&public).chain(&homes).chain(std::iter::repeat_n(&public, backups));
-    for (index, host) in hosts.enumerate() {
-        let listen = format!("/ip4/{}/tcp/{}", host.ip, 31000 + index);
-        let ledger = dir.path().join(format!("node-{index}.redb"));
-        let blocks = if index == 3 { "1-2".to_owned() } else { index.to_string() };
-        let mut args = vec!["node", "--model", &model_arg, "--blocks", &blocks];
-        args.extend(["--key-env", "NODE_KEY", "--listen", &listen, "--update-registration"]);
-        args.extend(["--ledger", ledger.to_str().unwrap(), "--bootstrap", &relay]);
-        args.extend(chain);
-        let home = (1..=2).contains(&index);
-        if home {
-            args.extend(["--relay", &relay]);
-        }
-        let key = ("NODE_KEY", dev(Role::Operator, index).private_key.to_string());
-        if index == 3 {
-            // Dearer than both home nodes together, so that routes run through them.
-            let status = infergrid_in(Some(&host.netns))
-                .args(["operator", "update", "--key-env", "NODE_KEY", "--price"])
-                .arg("20000000000000wei")
-                .args(chain)
-                .env(key.0, &key.1)
-                .status()
-                .unwrap();
-            assert!(status.success(), "operator update --price");
-        }
+    // Nodes 1 and 2 at home, each finding out it is behind NAT, and node 0 on the public
+    // network (unless it is the relay); with a relay to lose, node 3 on the public network
+    // serves blocks 1-2 too, dearer (and price decides the routes).
+    let relayed = ["--bootstrap", relay.as_str(), "--relay", relay.as_str()];
+    for (index, host) in homes.iter().enumerate().map(|(i, h)| (i + 1, h)) {
         let (node, ready, lines) =
-            start_following_in(Some(&host.netns), &args, &[key], "node ready");
+            start_node(host, index, &index.to_string(), &relayed, chain, &model_arg, dir.path());
         procs.push(node);
-        if home {
-            let registered =
-                wait_for(&lines, "registered multiaddrs", Duration::from_secs(90), "node");
-            eprintln!("node {index} (home {index}): {registered}");
-            assert!(registered.contains("/p2p-circuit/p2p/"), "{registered}");
-            home_peers.push(peer_in(&ready));
-        }
+        let registered = wait_for(&lines, "registered multiaddrs", Duration::from_secs(90), "node");
+        eprintln!("node {index} (home {index}): {registered}");
+        assert!(registered.contains("/p2p-circuit/p2p/"), "{registered}");
+        home_peers.push(peer_in(&ready));
+    }
+    if second == Second::RelayDies {
+        let bootstrap = ["--bootstrap", relay.as_str()];
+        procs.push(start_node(&public, 0, "0", &bootstrap, chain, &model_arg, dir.path()).0);
+        // Dearer than both home nodes together, so that routes run through them.
+        let key = dev(Role::Operator, 3).private_key.to_string();
+        let status = infergrid_in(Some(&public.netns))
+            .args(["operator", "update", "--key-env", "NODE_KEY", "--price"])
+            .arg("20000000000000wei")
+            .args(chain)
+            .env("NODE_KEY", key)
+            .status()
+            .unwrap();
+        assert!(status.success(), "operator update --price");
+        procs.push(start_node(&public, 3, "1-2", &bootstrap, chain, &model_arg, dir.path()).0);
     }
 
     let api = format!("{}:8080", gateway_home.ip);
