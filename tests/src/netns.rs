@@ -48,6 +48,13 @@ impl Lab {
     /// An empty lab; `tag` (a letter or two) keeps labs of concurrent tests apart.
     pub fn new(tag: &str) -> Self {
         let prefix = format!("ig{tag}{}", std::process::id() % 10_000);
+        // Left by a run killed before it could clean up, under a recycled process id.
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+            for stale in listed.split_whitespace().filter(|n| n.starts_with(&prefix)) {
+                let _ = Command::new("ip").args(["netns", "del", stale]).status();
+            }
+        }
         Self { prefix, namespaces: Vec::new() }
     }
 
@@ -80,16 +87,19 @@ impl Lab {
         let p = &self.prefix;
         let (wan, bridged) = (format!("{p}r{n}w"), format!("{p}r{n}b"));
         let (lan, inside) = (format!("{p}r{n}l"), format!("{p}h{n}e"));
-        run(&["ip", "link", "add", &wan, "type", "veth", "peer", "name", &bridged]);
-        run(&["ip", "link", "set", &wan, "netns", &router]);
-        run(&["ip", "link", "set", &bridged, "netns", &public.netns]);
+        // Each pair is made inside its namespaces, so that nothing outlives them.
+        let pair = |a: &str, a_in: &str, b: &str, b_in: &str| {
+            run(&[
+                "ip", "link", "add", a, "netns", a_in, "type", "veth", "peer", "name", b, "netns",
+                b_in,
+            ]);
+        };
+        pair(&wan, &router, &bridged, &public.netns);
         self.exec(&public.netns, &["ip", "link", "set", &bridged, "master", "br0", "up"]);
         let outside = format!("{PUBLIC_NET}.{}/24", 10 + u16::from(n));
         self.exec(&router, &["ip", "addr", "add", &outside, "dev", &wan]);
         self.exec(&router, &["ip", "link", "set", &wan, "up"]);
-        run(&["ip", "link", "add", &lan, "type", "veth", "peer", "name", &inside]);
-        run(&["ip", "link", "set", &lan, "netns", &router]);
-        run(&["ip", "link", "set", &inside, "netns", &home]);
+        pair(&lan, &router, &inside, &home);
         let (gateway, ip) = (format!("192.168.{n}.1"), format!("192.168.{n}.2"));
         self.exec(&router, &["ip", "addr", "add", &format!("{gateway}/24"), "dev", &lan]);
         self.exec(&router, &["ip", "link", "set", &lan, "up"]);

@@ -24,6 +24,11 @@ pub struct RelayArgs {
     /// gateways can dial.
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
     listen: Vec<Multiaddr>,
+    /// The public address nodes and gateways dial (repeatable), e.g. `/ip4/203.0.113.7/tcp/4001`:
+    /// the relay serves once it knows one, from here or else from AutoNAT (a peer dialing it
+    /// back), and prints it for --relay. Default: --listen's, unless unspecified (0.0.0.0).
+    #[arg(long)]
+    external_address: Vec<Multiaddr>,
     /// Environment variable holding the relay's 32-byte secret (hex), from which its peer id
     /// derives: nodes name the relay by it, so it must stay the same across restarts.
     #[arg(long, value_name = "VAR")]
@@ -74,11 +79,19 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(30),
         nat: NatConfig {
             relay_service: Some(RelayService { registered, limits: args.limits() }),
+            external: external(&args),
             ..NatConfig::default()
         },
     })?;
     let peer = net.local_peer();
-    let addrs = listening(&net).await?;
+    let mut addrs = external(&args);
+    if addrs.is_empty() {
+        tracing::warn!(
+            "relay: no --external-address and --listen is unspecified: it serves once AutoNAT \
+             confirms an address, and the addresses below are where it listens"
+        );
+        addrs = listening(&net).await?;
+    }
     println!(
         "relay ready: peer {peer}, reserve with --relay {}",
         addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>().join(" --relay ")
@@ -86,6 +99,24 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     net.shutdown().await?;
     Ok(())
+}
+
+/// The public addresses: --external-address, else the --listen addresses that name one (a
+/// specified address and port).
+fn external(args: &RelayArgs) -> Vec<Multiaddr> {
+    if !args.external_address.is_empty() {
+        return args.external_address.clone();
+    }
+    use libp2p::multiaddr::Protocol;
+    let specified = |a: &&Multiaddr| {
+        a.iter().all(|p| match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified(),
+            Protocol::Ip6(ip) => !ip.is_unspecified(),
+            Protocol::Tcp(port) | Protocol::Udp(port) => port != 0,
+            _ => true,
+        })
+    };
+    args.listen.iter().filter(specified).cloned().collect()
 }
 
 /// The addresses the swarm listens on, once it does.

@@ -199,8 +199,12 @@ async fn check_registration(
         bail!("node: {}", refusals.join("\nnode: "));
     }
     if !refusals.is_empty() {
-        let multiaddrs = registration::registrable(started.listen, started.peer)
-            .map_err(|e| anyhow::anyhow!("node: --update-registration: {e}"))?;
+        // With --relay the node's reachability decides its multiaddrs, later.
+        let multiaddrs = match started.addresses_later {
+            true => record.multiaddrs.clone(),
+            false => registration::registrable(started.listen, started.peer)
+                .map_err(|e| anyhow::anyhow!("node: --update-registration: {e}"))?,
+        };
         let receipt = registry
             .update_service(
                 started.model_id,
@@ -264,20 +268,27 @@ fn relay_service(args: &NodeArgs, registry: &Registry) -> Option<RelayService> {
     Some(RelayService { registered, limits: RelayLimits::default() })
 }
 
-/// Keeps the node's registered multiaddrs where gateways can reach it now: `listening` (its
-/// own) while AutoNAT finds it reachable, its addresses through relays while it is not.
+/// Keeps the node's registered multiaddrs where gateways can reach it now: the address
+/// others dialed it back at while AutoNAT finds it reachable, its addresses through relays
+/// while it is not.
 async fn keep_addresses_registered(
     registry: Registry,
     operator: alloy::primitives::Address,
-    listening: Vec<String>,
+    peer: PeerId,
     mut reachability: tokio::sync::watch::Receiver<Reachability>,
 ) {
     loop {
         let now = reachability.borrow_and_update().clone();
-        let wanted: Vec<String> = match now.status {
-            nat::Status::Private => now.relayed.iter().map(|a| a.to_string()).collect(),
-            nat::Status::Public => listening.clone(),
-            nat::Status::Unknown => Vec::new(),
+        let wanted: Vec<String> = match (now.status, now.public) {
+            (nat::Status::Private, _) => now.relayed.iter().map(|a| a.to_string()).collect(),
+            (nat::Status::Public, Some(public)) => {
+                let public = match public.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(_)) => public,
+                    _ => public.with(libp2p::multiaddr::Protocol::P2p(peer)),
+                };
+                vec![public.to_string()]
+            }
+            _ => Vec::new(),
         };
         if !wanted.is_empty() {
             match registry.node(operator).await {
@@ -345,13 +356,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             model_id: manifest.id(),
             blocks: (first as u32, last as u32),
             listen: &args.listen,
+            addresses_later: !args.relay.is_empty(),
         };
         let update = args.update_registration || auto;
         check_registration(&registry, operator.address(), &started, update).await?;
-        if !args.relay.is_empty() {
-            // From here the node's reachability decides its registered multiaddrs.
-            tracing::info!("multiaddrs registered as reachability allows (--relay)");
-        }
         let every = Duration::from_secs(args.standing_check_secs.max(1));
         let watcher = registration::watch_standing(
             registry.clone(),
@@ -403,13 +411,14 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             relays: args.relay.clone(),
             force_private: args.behind_nat,
             relay_service: relay_service(&args, &registry),
+            external: Vec::new(),
         },
     })?;
     if registered && !args.relay.is_empty() {
         let keeper = keep_addresses_registered(
             registry.clone(),
             operator.address(),
-            registration::registrable(&args.listen, peer).unwrap_or_default(),
+            peer,
             net.reachability(),
         );
         tokio::spawn(keeper);

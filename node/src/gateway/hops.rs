@@ -105,12 +105,12 @@ impl HopClient {
         self
     }
 
-    /// libp2p peers with an open connection now.
     /// How each connected peer is reached: directly or through a relay.
     pub fn paths(&self) -> Vec<(libp2p::PeerId, crate::net::nat::Path)> {
         self.net.paths().all()
     }
 
+    /// libp2p peers with an open connection now.
     pub fn connected_peers(&self) -> usize {
         self.net.connected_peers()
     }

@@ -87,7 +87,7 @@ impl relay::RateLimiter for RegisteredOnly {
 pub(super) fn relay_config(service: &RelayService) -> relay::Config {
     let limits = &service.limits;
     let per_minute = NonZeroU32::new(limits.circuits_per_minute.max(1)).expect("at least 1");
-    let mut config = relay::Config {
+    let config = relay::Config {
         max_reservations: limits.reservations,
         max_reservations_per_peer: 4,
         reservation_duration: Duration::from_secs(3600),
@@ -98,8 +98,10 @@ pub(super) fn relay_config(service: &RelayService) -> relay::Config {
         max_circuit_bytes: limits.circuit_bytes,
         circuit_src_rate_limiters: Vec::new(),
     };
-    config = config.circuit_src_per_peer(per_minute, Duration::from_secs(60));
+    // Per source address too: peer ids cost nothing, addresses do.
     config
+        .circuit_src_per_peer(per_minute, Duration::from_secs(60))
+        .circuit_src_per_ip(per_minute, Duration::from_secs(60))
 }
 
 /// AutoNAT as a client (asking connected peers to dial it back) and a server (dialing others
@@ -108,10 +110,12 @@ pub(super) fn relay_config(service: &RelayService) -> relay::Config {
 pub(super) fn autonat_config() -> autonat::v1::Config {
     autonat::v1::Config {
         boot_delay: Duration::from_secs(2),
-        retry_interval: Duration::from_secs(10),
+        retry_interval: Duration::from_secs(5),
         refresh_interval: Duration::from_secs(60),
         throttle_server_period: Duration::from_secs(1),
-        confidence_max: 1,
+        // From no verdict, the first answer decides; a verdict held flips only after 4
+        // contrary answers, so one odd dial-back does not move the node's registration.
+        confidence_max: 3,
         only_global_ips: false,
         timeout: Duration::from_secs(10),
         ..Default::default()
@@ -135,6 +139,8 @@ pub enum Status {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reachability {
     pub status: Status,
+    /// While public: the address AutoNAT saw others dial it at.
+    pub public: Option<Multiaddr>,
     /// `/…/p2p/RELAY/p2p-circuit/p2p/SELF`, one per reservation held.
     pub relayed: Vec<Multiaddr>,
 }
@@ -221,7 +227,14 @@ pub(super) struct Reservations {
 impl Reservations {
     pub(super) fn new(relays: Vec<Multiaddr>, forced: bool, local: PeerId) -> Self {
         let status = if forced { Status::Private } else { Status::Unknown };
-        let (state, _) = watch::channel(Reachability { status, relayed: Vec::new() });
+        let (state, _) = watch::channel(Reachability { status, ..Reachability::default() });
+        // One reservation per relay: the same relay under two addresses would have its two
+        // reservations displace each other.
+        let mut seen = HashSet::new();
+        let relays = relays
+            .into_iter()
+            .filter(|r| super::peer_of(r).is_some_and(|p| seen.insert(p)))
+            .collect();
         Self { relays, next: 0, forced, listeners: HashMap::new(), local, state }
     }
 
@@ -235,7 +248,8 @@ impl Reservations {
         for _ in 0..self.relays.len() {
             let relay = self.relays[self.next % self.relays.len()].clone();
             self.next += 1;
-            let in_use = self.listeners.values().any(|(r, _)| *r == relay);
+            let in_use =
+                self.listeners.values().any(|(r, _)| super::peer_of(r) == super::peer_of(&relay));
             if !in_use && let Some(circuit) = circuit_via(&relay) {
                 return Some((relay, circuit));
             }
@@ -248,17 +262,24 @@ impl Reservations {
         self.listeners.insert(listener, (relay, None));
     }
 
-    /// AutoNAT's verdict; a forced private status stays.
-    pub(super) fn on_status(&mut self, status: Status) {
+    /// AutoNAT's verdict, with the address others dialed when public; a forced private
+    /// status stays.
+    pub(super) fn on_status(&mut self, status: Status, public: Option<Multiaddr>) {
         if !self.forced {
-            self.state.send_modify(|r| r.status = status);
+            self.state.send_modify(|r| {
+                r.status = status;
+                r.public = public;
+            });
         }
     }
 
-    /// `listener` listens on `addr`: for a relayed listener, a reservation held.
-    pub(super) fn on_listening(&mut self, listener: ListenerId, addr: &Multiaddr) {
-        if let Some((_, held)) = self.listeners.get_mut(&listener) {
-            *held = Some(addr.clone());
+    /// `listener` listens: for a relayed listener, a reservation held. Its address is the one
+    /// it was asked at (`--relay`'s, which gateways can dial), whatever the relay reports.
+    pub(super) fn on_listening(&mut self, listener: ListenerId) {
+        if let Some((relay, held)) = self.listeners.get_mut(&listener)
+            && held.is_none()
+        {
+            *held = circuit_via(relay);
             self.publish();
         }
     }
@@ -274,15 +295,14 @@ impl Reservations {
 
     fn publish(&self) {
         let local = self.local;
-        let relayed = self
+        let mut relayed: Vec<Multiaddr> = self
             .listeners
             .values()
             .filter_map(|(_, held)| held.clone())
-            .map(|addr| match addr.iter().last() {
-                Some(Protocol::P2p(_)) => addr,
-                _ => addr.with(Protocol::P2p(local)),
-            })
+            .map(|addr| addr.with(Protocol::P2p(local)))
             .collect();
+        // A stable order: the node registers this list, and the same set must compare equal.
+        relayed.sort_by_key(|a| a.to_string());
         self.state.send_modify(|r| r.relayed = relayed);
     }
 }
@@ -318,30 +338,39 @@ mod tests {
         let mut reservations =
             Reservations::new(vec![a.clone(), b.clone(), c.clone()], false, local);
         assert_eq!(reservations.next_target(), None, "nothing before AutoNAT says private");
-        reservations.on_status(Status::Public);
+        reservations.on_status(Status::Public, Some("/ip4/10.77.0.11/tcp/4001".parse().unwrap()));
         assert_eq!(reservations.next_target(), None);
-        reservations.on_status(Status::Private);
-        let (ids, first_target) =
-            ([ListenerId::next(), ListenerId::next()], reservations.next_target());
-        assert_eq!(first_target, Some((a.clone(), circuit_via(&a).unwrap())));
+        reservations.on_status(Status::Private, None);
+        let ids = [ListenerId::next(), ListenerId::next()];
+        assert_eq!(reservations.next_target(), Some((a.clone(), circuit_via(&a).unwrap())));
         reservations.asked(ids[0], a.clone());
         assert_eq!(reservations.next_target(), Some((b.clone(), circuit_via(&b).unwrap())));
         reservations.asked(ids[1], b.clone());
         assert_eq!(reservations.next_target(), None, "two asked for, none held yet");
 
         let watch = reservations.state.subscribe();
-        // Held: the address the relay client reports ends with this peer's id already.
-        let held = circuit_via(&a).unwrap().with(Protocol::P2p(local));
-        reservations.on_listening(ids[0], &held);
-        assert_eq!(watch.borrow().relayed, vec![held.clone()]);
-        let bare = circuit_via(&b).unwrap();
-        reservations.on_listening(ids[1], &bare);
-        assert_eq!(watch.borrow().relayed.len(), 2);
-        assert!(watch.borrow().relayed.contains(&bare.clone().with(Protocol::P2p(local))));
+        let through = |relay: &Multiaddr| circuit_via(relay).unwrap().with(Protocol::P2p(local));
+        reservations.on_listening(ids[0]);
+        assert_eq!(watch.borrow().relayed, vec![through(&a)]);
+        reservations.on_listening(ids[1]);
+        let mut both = vec![through(&a), through(&b)];
+        both.sort_by_key(|a| a.to_string());
+        assert_eq!(watch.borrow().relayed, both, "sorted, so the same set compares equal");
         // The first relay goes away: its address is withdrawn and the third relay is next.
         reservations.on_closed(ids[0]);
-        assert_eq!(watch.borrow().relayed, vec![bare.with(Protocol::P2p(local))]);
+        assert_eq!(watch.borrow().relayed, vec![through(&b)]);
         assert_eq!(reservations.next_target(), Some((c.clone(), circuit_via(&c).unwrap())));
+    }
+
+    #[test]
+    fn a_relay_named_twice_gets_one_reservation() {
+        let a = relay(4001);
+        let peer = super::super::peer_of(&a).unwrap();
+        let same: Multiaddr = format!("/ip4/10.77.0.9/tcp/4001/p2p/{peer}").parse().unwrap();
+        let mut reservations = Reservations::new(vec![a.clone(), same], true, PeerId::random());
+        assert!(reservations.next_target().is_some());
+        reservations.asked(ListenerId::next(), a);
+        assert_eq!(reservations.next_target(), None, "the same relay under another address");
     }
 
     #[test]
@@ -356,7 +385,7 @@ mod tests {
     #[test]
     fn a_forced_private_peer_ignores_autonat() {
         let mut reservations = Reservations::new(vec![relay(4001)], true, PeerId::random());
-        reservations.on_status(Status::Public);
+        reservations.on_status(Status::Public, None);
         assert_eq!(reservations.state.borrow().status, Status::Private);
         assert!(reservations.next_target().is_some());
     }

@@ -232,6 +232,9 @@ pub struct NatConfig {
     pub force_private: bool,
     /// Run the relay service.
     pub relay_service: Option<nat::RelayService>,
+    /// Addresses others reach this peer at, known without AutoNAT (a relay's public address):
+    /// a relay serves only once it has one.
+    pub external: Vec<Multiaddr>,
 }
 
 impl Network {
@@ -260,6 +263,7 @@ impl Network {
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
+            answering: HashMap::new(),
             pending_pieces: HashMap::new(),
             providers: HashMap::new(),
             seed: None,
@@ -486,6 +490,8 @@ struct EventLoop {
     metrics: Metrics,
     /// Requests in flight: the peer asked, and where its answer goes.
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<InferResponse, NetError>>)>,
+    /// Inference requests of each peer being answered.
+    answering: HashMap<PeerId, usize>,
     pending_pieces: HashMap<OutboundRequestId, oneshot::Sender<Result<PieceResponse, NetError>>>,
     /// What this node seeds, once it says so.
     seed: Option<Arc<dyn PieceSource>>,
@@ -513,6 +519,9 @@ impl EventLoop {
                 self.swarm.behaviour_mut().autonat.add_server(peer, Some(addr.clone()));
             }
         }
+        for address in &config.nat.external {
+            self.swarm.add_external_address(address.clone());
+        }
         self.reserve();
         Ok(())
     }
@@ -531,10 +540,12 @@ impl EventLoop {
         }
     }
 
-    /// Lets relayed connections to `peer` go once a direct one exists and nothing is in flight
-    /// on them: requests pick a connection in turn, and should all take the direct path.
+    /// Lets relayed connections to `peer` go once a direct one exists and no inference request
+    /// is in flight either way: requests pick a connection in turn, and should all take the
+    /// direct path.
     fn drop_superseded(&mut self, peer: PeerId) {
-        if self.pending.values().any(|(p, _)| *p == peer) {
+        let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
+        if answering || self.pending.values().any(|(p, _)| *p == peer) {
             return;
         }
         for connection in self.paths.superseded(&peer) {
@@ -671,7 +682,7 @@ impl EventLoop {
             }
             SwarmEvent::NewListenAddr { listener_id, address } if nat::is_relayed(&address) => {
                 tracing::info!(%address, "reachable through the relay");
-                self.reservations.on_listening(listener_id, &address);
+                self.reservations.on_listening(listener_id);
             }
             SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
                 if addresses.iter().any(nat::is_relayed) || reason.is_err() {
@@ -683,18 +694,18 @@ impl EventLoop {
                 new,
                 ..
             })) => {
-                let status = match new {
+                let (status, public) = match new {
                     autonat::v1::NatStatus::Public(address) => {
                         tracing::info!(%address, "AutoNAT: reachable at this address");
-                        nat::Status::Public
+                        (nat::Status::Public, Some(address))
                     }
                     autonat::v1::NatStatus::Private => {
                         tracing::info!("AutoNAT: not reachable at this peer's own addresses");
-                        nat::Status::Private
+                        (nat::Status::Private, None)
                     }
-                    autonat::v1::NatStatus::Unknown => nat::Status::Unknown,
+                    autonat::v1::NatStatus::Unknown => (nat::Status::Unknown, None),
                 };
-                self.reservations.on_status(status);
+                self.reservations.on_status(status, public);
                 self.reserve();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
@@ -719,6 +730,7 @@ impl EventLoop {
             })) => {
                 match message {
                     request_response::Message::Request { request, channel, .. } => {
+                        *self.answering.entry(peer).or_default() += 1;
                         let (reply, answer) = oneshot::channel();
                         let respond = self.respond.clone();
                         // The node answers asynchronously; the answer comes back as a command.
@@ -742,6 +754,18 @@ impl EventLoop {
             )) => {
                 if let Some((_, reply)) = self.pending.remove(&request_id) {
                     let _ = reply.send(Err(outbound_error(peer, error, &INFER_PROTOCOL)));
+                }
+                self.drop_superseded(peer);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Infer(
+                request_response::Event::ResponseSent { peer, .. }
+                | request_response::Event::InboundFailure { peer, .. },
+            )) => {
+                if let Some(count) = self.answering.get_mut(&peer) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.answering.remove(&peer);
+                    }
                 }
                 self.drop_superseded(peer);
             }
