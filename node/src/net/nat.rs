@@ -104,10 +104,12 @@ pub(super) fn relay_config(service: &RelayService) -> relay::Config {
         .circuit_src_per_ip(per_minute, Duration::from_secs(60))
 }
 
-/// AutoNAT as a client (asking connected peers to dial it back) and a server (dialing others
-/// back). Private addresses count: a swarm on one LAN, or tests in network namespaces, use
-/// them, and a dial-back to an address nobody routes simply fails.
-pub(super) fn autonat_config() -> autonat::v1::Config {
+/// AutoNAT as a server (dialing others back) and, when `probe`, as a client asking connected
+/// peers to dial it back: only a peer that would act on the verdict (one with relays to
+/// reserve on, or a relay without a known address) probes, since every dial-back costs the
+/// server a connection. Private addresses count: a swarm on one LAN, or tests in network
+/// namespaces, use them, and a dial-back to an address nobody routes simply fails.
+pub(super) fn autonat_config(probe: bool) -> autonat::v1::Config {
     autonat::v1::Config {
         boot_delay: Duration::from_secs(2),
         retry_interval: Duration::from_secs(5),
@@ -117,6 +119,7 @@ pub(super) fn autonat_config() -> autonat::v1::Config {
         // contrary answers, so one odd dial-back does not move the node's registration.
         confidence_max: 3,
         only_global_ips: false,
+        use_connected: probe,
         timeout: Duration::from_secs(10),
         ..Default::default()
     }

@@ -221,6 +221,14 @@ pub struct NetConfig {
     pub nat: NatConfig,
 }
 
+impl NatConfig {
+    /// Whether this peer asks others whether it is reachable (AutoNAT as a client): only if
+    /// it acts on the answer.
+    fn probes(&self) -> bool {
+        !self.relays.is_empty() || (self.relay_service.is_some() && self.external.is_empty())
+    }
+}
+
 /// How a peer deals with NAT: the relays it may be reached through, and the relay service it
 /// offers.
 #[derive(Debug, Clone, Default)]
@@ -469,7 +477,10 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                     .map(|service| relay::Behaviour::new(peer, nat::relay_config(service)))
                     .into(),
                 dcutr: dcutr::Behaviour::new(peer),
-                autonat: autonat::v1::Behaviour::new(peer, nat::autonat_config()),
+                autonat: autonat::v1::Behaviour::new(
+                    peer,
+                    nat::autonat_config(config.nat.probes()),
+                ),
             })
         })
         .map_err(|e| e.to_string())?
@@ -516,7 +527,9 @@ impl EventLoop {
         for addr in config.bootstrap.iter().chain(&config.nat.relays) {
             if let Some(peer) = peer_of(addr) {
                 self.dial(peer, addr.clone());
-                self.swarm.behaviour_mut().autonat.add_server(peer, Some(addr.clone()));
+                if config.nat.probes() {
+                    self.swarm.behaviour_mut().autonat.add_server(peer, Some(addr.clone()));
+                }
             }
         }
         for address in &config.nat.external {
