@@ -515,10 +515,20 @@ impl RemoteModel {
                             });
                         };
                         // The failed hop, the hops after it and their witnesses (or a replacement
-                        // that failed its replay, on a later round) leave the session.
+                        // that failed its replay, on a later round) leave the session. A peer left
+                        // out is closed without waiting (it may not answer); any other before the
+                        // new route is planned, since it may be part of it and a late close would
+                        // end the session its replay rebuilds.
+                        let excluded = self.router.hops.bans().excluded();
                         let witnesses = state.witnesses.iter().skip(index).flatten();
                         for old in state.hops[index..].iter().chain(witnesses) {
-                            self.close_detached(old, session);
+                            match excluded.contains(&old.peer) {
+                                true => self.close_detached(old, session),
+                                false => {
+                                    let _ =
+                                        self.call(old, session, 0, StepKind::Close, Payload::Empty);
+                                }
+                            }
                         }
                         state.hops.truncate(index);
                         state.witnesses.truncate(index);
