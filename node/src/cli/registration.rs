@@ -253,17 +253,17 @@ mod tests {
             .collect()
     }
 
+    /// A node started with model `0xMM…` (the byte repeated) and `blocks`, listening on `listen`.
+    fn started(peer: PeerId, model: u8, blocks: (u32, u32), listen: &[Multiaddr]) -> Started<'_> {
+        let model_id = B256::repeat_byte(model);
+        Started { peer, model_id, blocks, listen, addresses_later: false }
+    }
+
     #[test]
     fn a_node_started_as_registered_passes() {
         let peer = PeerId::random();
         let listen: Vec<Multiaddr> = vec!["/ip4/0.0.0.0/tcp/4001".parse().unwrap()];
-        let started = Started {
-            peer,
-            model_id: B256::repeat_byte(1),
-            blocks: (1, 2),
-            listen: &listen,
-            addresses_later: false,
-        };
+        let started = started(peer, 1, (1, 2), &listen);
         let registered = node(&[&format!("/ip4/1.2.3.4/tcp/4001/p2p/{peer}")]);
         assert_eq!(check(&registered, &started), vec![]);
     }
@@ -272,13 +272,7 @@ mod tests {
     fn mismatches_are_refused_with_the_fix() {
         let peer = PeerId::random();
         let listen: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/tcp/4002".parse().unwrap()];
-        let started = Started {
-            peer,
-            model_id: B256::repeat_byte(2),
-            blocks: (1, 1),
-            listen: &listen,
-            addresses_later: false,
-        };
+        let started = started(peer, 2, (1, 1), &listen);
         let registered = node(&[&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")]);
         let found = check(&registered, &started);
         let refused = refusals(&found);

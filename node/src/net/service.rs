@@ -557,11 +557,17 @@ impl EventLoop {
     /// is in flight either way: requests pick a connection in turn, and should all take the
     /// direct path.
     fn drop_superseded(&mut self, peer: PeerId) {
+        // Called on every answer: the common case, no relayed connection to let go, ends here
+        // before the scan of the requests in flight.
+        let superseded = self.paths.superseded(&peer);
+        if superseded.is_empty() {
+            return;
+        }
         let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
         if answering || self.pending.values().any(|(p, _)| *p == peer) {
             return;
         }
-        for connection in self.paths.superseded(&peer) {
+        for connection in superseded {
             tracing::debug!(%peer, "direct connection up: closing the relayed one");
             self.swarm.close_connection(connection);
         }
