@@ -18,6 +18,7 @@ pub mod generate;
 pub mod identity;
 pub mod model;
 pub mod net;
+pub mod netlab;
 pub mod pay;
 pub mod route;
 pub mod serve;

@@ -3,7 +3,6 @@
 
 pub mod http;
 pub mod models;
-pub mod netns;
 pub mod nodes;
 pub mod procs;
 pub mod proxy;

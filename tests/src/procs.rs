@@ -3,31 +3,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use infergrid::devnet::Role;
 
-/// Stops the process when the test ends, whatever happens: Ctrl-C first, so a devnet
-/// takes its anvil down with it, then SIGKILL.
-pub struct Proc(pub Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use infergrid::netlab::Proc;
+pub use infergrid::netlab::process::expect_line;
+use infergrid::netlab::process::{Log, follow, in_namespace};
 
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -50,17 +33,9 @@ pub fn start_following(
     start_following_in(None, args, env, ready)
 }
 
-/// `infergrid`, run inside network namespace `netns` if one is given (`ip netns exec`, which
-/// execs it: the process is the binary itself).
+/// `infergrid`, run inside network namespace `netns` if one is given.
 pub fn infergrid_in(netns: Option<&str>) -> Command {
-    match netns {
-        Some(netns) => {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", netns]).arg(binary());
-            cmd
-        }
-        None => Command::new(binary()),
-    }
+    in_namespace(&binary(), netns)
 }
 
 /// [`start_following`], inside network namespace `netns` if one is given.
@@ -71,53 +46,11 @@ pub fn start_following_in(
     ready: &str,
 ) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = infergrid_in(netns);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn infergrid");
-    let (sender, following) = std::sync::mpsc::channel();
-    // Lines nobody waits for are dropped; the pipes are drained either way.
-    let log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let to_log = sender.clone();
-    std::thread::spawn(move || {
-        for line in log.map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = to_log.send(line);
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with(ready) => break line,
-            Some(Ok(_)) => continue,
-            _ => panic!("infergrid {args:?} exited before {ready:?}"),
-        }
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    (Proc(child), line, following)
-}
-
-/// Waits up to `within` for a line containing `text`; the line, or every line seen.
-pub fn expect_line(
-    lines: &std::sync::mpsc::Receiver<String>,
-    text: &str,
-    within: Duration,
-) -> Result<String, Vec<String>> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(text) => return Ok(line),
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    Err(seen)
+    follow(cmd, ready, Log::Echo).unwrap_or_else(|e| panic!("infergrid {args:?}: {e}"))
 }
 
 pub fn free_port() -> u16 {
@@ -233,41 +166,8 @@ fn devnet_started(
     extra: &[&str],
     stderr: Stdio,
 ) -> (Proc, serde_json::Value, PathBuf) {
-    let ready_file = dir.join("ready.json");
-    let out = dir.join("devnet");
-    // Anvil on any free port, unless the caller chose one (to put a proxy in front of it).
-    let port = if extra.contains(&"--port") { None } else { Some(["--port", "0"]) };
-    let mut devnet = Proc(
-        infergrid_in(netns)
-            .arg("devnet")
-            .args(port.iter().flatten())
-            .args([
-                "--model",
-                model,
-                "--out",
-                out.to_str().unwrap(),
-                "--ready-file",
-                ready_file.to_str().unwrap(),
-            ])
-            .args(extra)
-            // The devnet records itself as the user's current one: here, in the test's folder.
-            .env("XDG_CONFIG_HOME", dir)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap(),
-    );
-    let start_at = Instant::now();
-    while !ready_file.is_file() {
-        assert!(start_at.elapsed() < Duration::from_secs(180), "devnet not ready");
-        if devnet.0.try_wait().unwrap().is_some() {
-            let log = std::fs::read_to_string(dir.join("devnet.log")).unwrap_or_default();
-            panic!("devnet exited: {log}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let manifest = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
-    (devnet, manifest, out.join("deployment.json"))
+    infergrid::netlab::process::devnet(infergrid_in(netns), dir, model, extra, stderr)
+        .unwrap_or_else(|e| panic!("devnet: {e}"))
 }
 
 /// A test's devnet, as `infergrid node` and `infergrid gateway` processes are pointed at it;

@@ -43,9 +43,14 @@ pub struct SwarmBench {
     /// Tokens each user streams, with --concurrency.
     #[arg(long, default_value_t = 64)]
     stream_tokens: usize,
-    /// Where --concurrency keeps its devnet's files.
+    /// Where --concurrency and --nat keep their devnets' files.
     #[arg(long, default_value = "target/bench-load")]
     work: std::path::PathBuf,
+    /// Instead: the swarm across home routers, in network namespaces (root only): decode
+    /// tokens/s and per-hop latency with every node public, with home nodes reached through
+    /// hole-punched direct connections, and through the relay (--decode tokens timed).
+    #[arg(long, conflicts_with = "concurrency")]
+    nat: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -71,6 +76,11 @@ fn spawn_net(
 }
 
 pub async fn run(args: SwarmBench) -> anyhow::Result<()> {
+    if args.nat {
+        let (model, decode, work) = (args.model.clone(), args.decode, args.work.join("nat"));
+        return tokio::task::spawn_blocking(move || super::bench_nat::run(&model, decode, &work))
+            .await?;
+    }
     if !args.concurrency.is_empty() {
         let blocks = ModelManifest::load(&args.model)?.blocks.len();
         std::fs::create_dir_all(&args.work)?;

@@ -7,6 +7,7 @@ mod bench_fetch;
 mod bench_http;
 mod bench_judge;
 mod bench_load;
+mod bench_nat;
 mod bench_spec;
 mod bench_swarm;
 mod bench_validators;

@@ -131,10 +131,14 @@ async fn listening(net: &Network) -> anyhow::Result<Vec<Multiaddr>> {
     anyhow::bail!("relay: the swarm never started listening")
 }
 
-/// The peer ids of every registered node.
+/// The peer ids of every active node: registered, staked at least the minimum and not
+/// jailed (a jailed node serves nobody, so it needs no relay either).
 pub async fn registered_peers(registry: &Registry) -> anyhow::Result<HashSet<PeerId>> {
     let mut peers = HashSet::new();
     for operator in registry.operators().await? {
+        if !registry.is_active(operator).await? {
+            continue;
+        }
         let node = registry.node(operator).await?;
         if let Ok(peer) = PeerId::from_bytes(&node.peerId) {
             peers.insert(peer);

@@ -203,6 +203,11 @@ impl Paths {
     }
 }
 
+/// The first wait before asking a relay that refused (or could not be reached) again.
+pub const RESERVE_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between asking a relay that keeps refusing.
+pub const RESERVE_RETRY_MOST: Duration = Duration::from_secs(300);
+
 /// A relay's address as a reservation target: `…/p2p/RELAY/p2p-circuit`.
 pub fn circuit_via(relay: &Multiaddr) -> Option<Multiaddr> {
     super::peer_of(relay)?;
@@ -223,6 +228,10 @@ pub(super) struct Reservations {
     pub(super) forced: bool,
     /// Each relayed listener: the relay it reserves on, and its address once it holds one.
     listeners: HashMap<ListenerId, (Multiaddr, Option<Multiaddr>)>,
+    /// Relays that refused a reservation or could not be reached, by peer id: failures in a
+    /// row, and when to ask again (backing off, so a relay that refuses is not asked every
+    /// few seconds forever).
+    failed: HashMap<PeerId, (u32, Instant)>,
     local: PeerId,
     pub(super) state: watch::Sender<Reachability>,
 }
@@ -238,12 +247,21 @@ impl Reservations {
             .into_iter()
             .filter(|r| super::peer_of(r).is_some_and(|p| seen.insert(p)))
             .collect();
-        Self { relays, next: 0, forced, listeners: HashMap::new(), local, state }
+        Self {
+            relays,
+            next: 0,
+            forced,
+            listeners: HashMap::new(),
+            failed: HashMap::new(),
+            local,
+            state,
+        }
     }
 
     /// The next relay to reserve a slot on, while more reservations are wanted (this peer is
-    /// not reachable, and holds or awaits fewer than [`RESERVATIONS`]); its circuit address.
-    pub(super) fn next_target(&mut self) -> Option<(Multiaddr, Multiaddr)> {
+    /// not reachable, and holds or awaits fewer than [`RESERVATIONS`]) and one is not backing
+    /// off at `now`; its circuit address.
+    pub(super) fn next_target(&mut self, now: Instant) -> Option<(Multiaddr, Multiaddr)> {
         let private = self.state.borrow().status == Status::Private;
         if !private || self.listeners.len() >= RESERVATIONS {
             return None;
@@ -251,9 +269,14 @@ impl Reservations {
         for _ in 0..self.relays.len() {
             let relay = self.relays[self.next % self.relays.len()].clone();
             self.next += 1;
-            let in_use =
-                self.listeners.values().any(|(r, _)| super::peer_of(r) == super::peer_of(&relay));
-            if !in_use && let Some(circuit) = circuit_via(&relay) {
+            let peer = super::peer_of(&relay);
+            let in_use = self.listeners.values().any(|(r, _)| super::peer_of(r) == peer);
+            let waiting =
+                peer.and_then(|p| self.failed.get(&p)).is_some_and(|(_, again)| *again > now);
+            if !in_use
+                && !waiting
+                && let Some(circuit) = circuit_via(&relay)
+            {
                 return Some((relay, circuit));
             }
         }
@@ -283,16 +306,30 @@ impl Reservations {
             && held.is_none()
         {
             *held = circuit_via(relay);
+            if let Some(peer) = super::peer_of(relay) {
+                self.failed.remove(&peer);
+            }
             self.publish();
         }
     }
 
-    /// `listener` closed (or never started): its reservation, if it held one, is gone.
-    pub(super) fn on_closed(&mut self, listener: ListenerId) {
-        if let Some((_, held)) = self.listeners.remove(&listener)
-            && held.is_some()
-        {
-            self.publish();
+    /// `listener` closed (or never started) at `now`: a reservation it held is gone and is
+    /// asked for again at once; one it never got (refused, or the relay unreachable) is asked
+    /// for again after a wait that doubles with each failure in a row, up to
+    /// [`RESERVE_RETRY_MOST`].
+    pub(super) fn on_closed(&mut self, listener: ListenerId, now: Instant) {
+        match self.listeners.remove(&listener) {
+            Some((_, Some(_))) => self.publish(),
+            Some((relay, None)) => {
+                if let Some(peer) = super::peer_of(&relay) {
+                    let (failures, _) = self.failed.get(&peer).copied().unwrap_or((0, now));
+                    let wait = RESERVE_RETRY_FIRST
+                        .saturating_mul(1 << failures.min(16))
+                        .min(RESERVE_RETRY_MOST);
+                    self.failed.insert(peer, (failures + 1, now + wait));
+                }
+            }
+            None => {}
         }
     }
 
@@ -336,20 +373,21 @@ mod tests {
 
     #[test]
     fn a_private_peer_reserves_on_two_relays_and_publishes_its_relayed_addresses() {
+        let now = Instant::now();
         let local = PeerId::random();
         let (a, b, c) = (relay(4001), relay(4002), relay(4003));
         let mut reservations =
             Reservations::new(vec![a.clone(), b.clone(), c.clone()], false, local);
-        assert_eq!(reservations.next_target(), None, "nothing before AutoNAT says private");
+        assert_eq!(reservations.next_target(now), None, "nothing before AutoNAT says private");
         reservations.on_status(Status::Public, Some("/ip4/10.77.0.11/tcp/4001".parse().unwrap()));
-        assert_eq!(reservations.next_target(), None);
+        assert_eq!(reservations.next_target(now), None);
         reservations.on_status(Status::Private, None);
         let ids = [ListenerId::next(), ListenerId::next()];
-        assert_eq!(reservations.next_target(), Some((a.clone(), circuit_via(&a).unwrap())));
+        assert_eq!(reservations.next_target(now), Some((a.clone(), circuit_via(&a).unwrap())));
         reservations.asked(ids[0], a.clone());
-        assert_eq!(reservations.next_target(), Some((b.clone(), circuit_via(&b).unwrap())));
+        assert_eq!(reservations.next_target(now), Some((b.clone(), circuit_via(&b).unwrap())));
         reservations.asked(ids[1], b.clone());
-        assert_eq!(reservations.next_target(), None, "two asked for, none held yet");
+        assert_eq!(reservations.next_target(now), None, "two asked for, none held yet");
 
         let watch = reservations.state.subscribe();
         let through = |relay: &Multiaddr| circuit_via(relay).unwrap().with(Protocol::P2p(local));
@@ -360,37 +398,73 @@ mod tests {
         both.sort_by_key(|a| a.to_string());
         assert_eq!(watch.borrow().relayed, both, "sorted, so the same set compares equal");
         // The first relay goes away: its address is withdrawn and the third relay is next.
-        reservations.on_closed(ids[0]);
+        reservations.on_closed(ids[0], now);
         assert_eq!(watch.borrow().relayed, vec![through(&b)]);
-        assert_eq!(reservations.next_target(), Some((c.clone(), circuit_via(&c).unwrap())));
+        assert_eq!(reservations.next_target(now), Some((c.clone(), circuit_via(&c).unwrap())));
     }
 
     #[test]
     fn a_relay_named_twice_gets_one_reservation() {
+        let now = Instant::now();
         let a = relay(4001);
         let peer = super::super::peer_of(&a).unwrap();
         let same: Multiaddr = format!("/ip4/10.77.0.9/tcp/4001/p2p/{peer}").parse().unwrap();
         let mut reservations = Reservations::new(vec![a.clone(), same], true, PeerId::random());
-        assert!(reservations.next_target().is_some());
+        assert!(reservations.next_target(now).is_some());
         reservations.asked(ListenerId::next(), a);
-        assert_eq!(reservations.next_target(), None, "the same relay under another address");
+        assert_eq!(reservations.next_target(now), None, "the same relay under another address");
     }
 
     #[test]
     fn one_relay_gets_one_reservation() {
+        let now = Instant::now();
         let a = relay(4001);
         let mut reservations = Reservations::new(vec![a.clone()], true, PeerId::random());
-        assert!(reservations.next_target().is_some());
+        assert!(reservations.next_target(now).is_some());
         reservations.asked(ListenerId::next(), a);
-        assert_eq!(reservations.next_target(), None, "no second reservation on the same relay");
+        assert_eq!(reservations.next_target(now), None, "no second reservation on the same relay");
     }
 
     #[test]
     fn a_forced_private_peer_ignores_autonat() {
+        let now = Instant::now();
         let mut reservations = Reservations::new(vec![relay(4001)], true, PeerId::random());
         reservations.on_status(Status::Public, None);
         assert_eq!(reservations.state.borrow().status, Status::Private);
-        assert!(reservations.next_target().is_some());
+        assert!(reservations.next_target(now).is_some());
+    }
+
+    #[test]
+    fn a_relay_that_refuses_is_asked_again_later_and_later() {
+        let a = relay(4001);
+        let mut reservations = Reservations::new(vec![a.clone()], true, PeerId::random());
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            assert!(reservations.next_target(now).is_some(), "asked once the wait is over");
+            let listener = ListenerId::next();
+            reservations.asked(listener, a.clone());
+            reservations.on_closed(listener, now); // refused
+            let mut wait = Duration::ZERO;
+            while reservations.next_target(now + wait).is_none() {
+                wait += Duration::from_secs(1);
+            }
+            waits.push(wait.as_secs());
+            now += wait;
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300]);
+
+        // Held once: the failures are forgotten, and a lost reservation is asked again at once.
+        let listener = ListenerId::next();
+        reservations.asked(listener, a.clone());
+        reservations.on_listening(listener);
+        reservations.on_closed(listener, now);
+        assert!(reservations.next_target(now).is_some());
+        let listener = ListenerId::next();
+        reservations.asked(listener, a);
+        reservations.on_closed(listener, now);
+        assert!(reservations.next_target(now + Duration::from_secs(4)).is_none());
+        assert!(reservations.next_target(now + Duration::from_secs(5)).is_some(), "5 s again");
     }
 
     #[test]

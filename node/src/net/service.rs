@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::metrics::{Metrics, Recorder, Registry};
@@ -541,7 +541,7 @@ impl EventLoop {
 
     /// Asks relays for the reservations still wanted (none while this peer is reachable).
     fn reserve(&mut self) {
-        while let Some((relay, circuit)) = self.reservations.next_target() {
+        while let Some((relay, circuit)) = self.reservations.next_target(Instant::now()) {
             tracing::info!(%relay, "not reachable directly: reserving a slot on the relay");
             match self.swarm.listen_on(circuit) {
                 Ok(listener) => self.reservations.asked(listener, relay),
@@ -707,7 +707,7 @@ impl EventLoop {
                 if addresses.iter().any(nat::is_relayed) || reason.is_err() {
                     tracing::warn!(?addresses, ?reason, "a listener closed");
                 }
-                self.reservations.on_closed(listener_id);
+                self.reservations.on_closed(listener_id, Instant::now());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged {
                 new,

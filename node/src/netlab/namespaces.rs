@@ -1,9 +1,11 @@
-//! Hosts in Linux network namespaces, for NAT tests (root only): a public network on a bridge,
-//! and home networks each behind a router that masquerades (iptables MASQUERADE) and drops
-//! connections it did not see go out, as home routers do. Every namespace is deleted when the
-//! lab is dropped, also when the test fails.
+//! Hosts in Linux network namespaces: a public network on a bridge, and home networks each
+//! behind a router that masquerades (iptables MASQUERADE) and drops connections it did not
+//! see go out, as home routers do. Every namespace is deleted when the lab is dropped, also
+//! when whatever used it failed.
 
 use std::process::Command;
+
+use super::LabError;
 
 /// The public network: `10.77.0.0/24`, on a bridge in the public namespace, which holds
 /// `10.77.0.1`; router `n`'s outside address is `10.77.0.(10 + n)`.
@@ -27,25 +29,28 @@ pub struct Host {
     pub ip: String,
 }
 
-/// The namespaces of one test, named with a prefix of its own.
+/// The namespaces of one lab, named with a prefix of its own.
 pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| {
-        panic!("{}: {e} (the NAT tests need iproute2 and iptables, and root)", args[0])
-    });
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {} (the NAT tests run as root)",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `args`, checked.
+pub(super) fn run(args: &[&str]) -> Result<(), LabError> {
+    let command = args.join(" ");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(LabError::Command { command, stderr });
+    }
+    Ok(())
 }
 
 impl Lab {
-    /// An empty lab; `tag` (a letter or two) keeps labs of concurrent tests apart.
+    /// An empty lab; `tag` (a letter or two) keeps labs that run at once apart.
     pub fn new(tag: &str) -> Self {
         let prefix = format!("ig{tag}{}", std::process::id() % 10_000);
         // Left by a run killed before it could clean up, under a recycled process id.
@@ -59,31 +64,32 @@ impl Lab {
     }
 
     /// `ip netns exec NETNS ARGS…`, checked.
-    fn exec(&self, netns: &str, args: &[&str]) {
-        run(&[&["ip", "netns", "exec", netns], args].concat());
+    fn exec(&self, netns: &str, args: &[&str]) -> Result<(), LabError> {
+        run(&[&["ip", "netns", "exec", netns], args].concat())
     }
 
-    fn namespace(&mut self, name: &str) -> String {
+    fn namespace(&mut self, name: &str) -> Result<String, LabError> {
         let netns = format!("{}{name}", self.prefix);
-        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "netns", "add", &netns])?;
         self.namespaces.push(netns.clone());
-        self.exec(&netns, &["ip", "link", "set", "lo", "up"]);
-        netns
+        self.exec(&netns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(netns)
     }
 
     /// The public network's namespace, at `10.77.0.1`.
-    pub fn public(&mut self) -> Host {
-        let netns = self.namespace("pub");
-        self.exec(&netns, &["ip", "link", "add", "br0", "type", "bridge"]);
-        self.exec(&netns, &["ip", "addr", "add", &format!("{PUBLIC_NET}.1/24"), "dev", "br0"]);
-        self.exec(&netns, &["ip", "link", "set", "br0", "up"]);
-        Host { netns, ip: format!("{PUBLIC_NET}.1") }
+    pub fn public(&mut self) -> Result<Host, LabError> {
+        let netns = self.namespace("pub")?;
+        self.exec(&netns, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        self.exec(&netns, &["ip", "addr", "add", &format!("{PUBLIC_NET}.1/24"), "dev", "br0"])?;
+        self.exec(&netns, &["ip", "link", "set", "br0", "up"])?;
+        Ok(Host { netns, ip: format!("{PUBLIC_NET}.1") })
     }
 
     /// Home network `n` (1–99) behind its own router on the public network: the host at
     /// `192.168.n.2`. It reaches the public network; nothing there reaches it unasked.
-    pub fn home(&mut self, public: &Host, n: u8, mapping: Mapping) -> Host {
-        let (router, home) = (self.namespace(&format!("r{n}")), self.namespace(&format!("h{n}")));
+    pub fn home(&mut self, public: &Host, n: u8, mapping: Mapping) -> Result<Host, LabError> {
+        let router = self.namespace(&format!("r{n}"))?;
+        let home = self.namespace(&format!("h{n}"))?;
         let p = &self.prefix;
         let (wan, bridged) = (format!("{p}r{n}w"), format!("{p}r{n}b"));
         let (lan, inside) = (format!("{p}r{n}l"), format!("{p}h{n}e"));
@@ -92,47 +98,51 @@ impl Lab {
             run(&[
                 "ip", "link", "add", a, "netns", a_in, "type", "veth", "peer", "name", b, "netns",
                 b_in,
-            ]);
+            ])
         };
-        pair(&wan, &router, &bridged, &public.netns);
-        self.exec(&public.netns, &["ip", "link", "set", &bridged, "master", "br0", "up"]);
+        pair(&wan, &router, &bridged, &public.netns)?;
+        self.exec(&public.netns, &["ip", "link", "set", &bridged, "master", "br0", "up"])?;
         let outside = format!("{PUBLIC_NET}.{}/24", 10 + u16::from(n));
-        self.exec(&router, &["ip", "addr", "add", &outside, "dev", &wan]);
-        self.exec(&router, &["ip", "link", "set", &wan, "up"]);
-        pair(&lan, &router, &inside, &home);
+        self.exec(&router, &["ip", "addr", "add", &outside, "dev", &wan])?;
+        self.exec(&router, &["ip", "link", "set", &wan, "up"])?;
+        pair(&lan, &router, &inside, &home)?;
         let (gateway, ip) = (format!("192.168.{n}.1"), format!("192.168.{n}.2"));
-        self.exec(&router, &["ip", "addr", "add", &format!("{gateway}/24"), "dev", &lan]);
-        self.exec(&router, &["ip", "link", "set", &lan, "up"]);
-        self.exec(&home, &["ip", "addr", "add", &format!("{ip}/24"), "dev", &inside]);
-        self.exec(&home, &["ip", "link", "set", &inside, "up"]);
-        self.exec(&home, &["ip", "route", "add", "default", "via", &gateway]);
-        self.exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        self.exec(&router, &["ip", "addr", "add", &format!("{gateway}/24"), "dev", &lan])?;
+        self.exec(&router, &["ip", "link", "set", &lan, "up"])?;
+        self.exec(&home, &["ip", "addr", "add", &format!("{ip}/24"), "dev", &inside])?;
+        self.exec(&home, &["ip", "link", "set", &inside, "up"])?;
+        self.exec(&home, &["ip", "route", "add", "default", "via", &gateway])?;
+        self.exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         let mut masquerade = vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", &wan];
         masquerade.extend(["-j", "MASQUERADE"]);
         if mapping == Mapping::RandomPorts {
             masquerade.push("--random-fully");
         }
-        self.exec(&router, &masquerade);
+        self.exec(&router, &masquerade)?;
         // In from the outside: only what belongs to a connection seen going out.
         let back = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
         let forward = ["iptables", "-A", "FORWARD", "-i", &wan, "-o", &lan];
-        self.exec(&router, &[&forward[..], &back[..]].concat());
-        self.exec(&router, &[&forward[..], &["-j", "DROP"][..]].concat());
+        self.exec(&router, &[&forward[..], &back[..]].concat())?;
+        self.exec(&router, &[&forward[..], &["-j", "DROP"][..]].concat())?;
         // Unasked connections to the router itself are dropped, not refused, as home routers
         // do: a reset would end a hole punch whose first packet beats the other side's.
         let unasked = ["-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"];
-        self.exec(&router, &[&["iptables", "-A", "INPUT", "-i", &wan][..], &unasked[..]].concat());
-        Host { netns: home, ip }
+        let input = ["iptables", "-A", "INPUT", "-i", &wan];
+        self.exec(&router, &[&input[..], &unasked[..]].concat())?;
+        Ok(Host { netns: home, ip })
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         for netns in self.namespaces.iter().rev() {
-            // Processes left inside (a test that failed before stopping them) go first.
+            // Processes left inside (a run that failed before stopping them) go first.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: kill(2) has no memory effects; the pid is one `ip` listed.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", netns]).status();

@@ -1,0 +1,161 @@
+//! `bench swarm --nat`: what crossing home routers costs. The same swarm runs three times in
+//! network namespaces (`infergrid::netlab`, root only): every node public (the baseline),
+//! home nodes behind routers that let holes be punched (the gateway goes direct), and behind
+//! routers that randomize ports (every step to a home node crosses the relay). Per layout:
+//! decode tokens/s through the HTTP API and each hop's mean latency, from the gateway's
+//! `/metrics`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use infergrid::model::ModelManifest;
+use infergrid::netlab::process::Log;
+use infergrid::netlab::{Layout, Mapping, RelayKind, Topology};
+
+const PROMPT: &str = "once upon a time";
+
+/// What one layout measured.
+struct Measured {
+    label: &'static str,
+    tokens_per_s: f64,
+    /// Mean latency of one step through each hop, by its blocks (`first-last`), in ms.
+    hop_ms: BTreeMap<String, f64>,
+    /// The gateway's path to each home node while it was timed.
+    paths: Vec<String>,
+    /// The greedy completion's token ids: the same in every layout.
+    tokens: Vec<u64>,
+}
+
+/// Runs the three layouts for `model` (3 blocks), timing `decode` tokens, files under `work`.
+pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) reads the caller's id and cannot fail.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "bench swarm --nat builds network namespaces and routers: run it as root"
+    );
+    let manifest = ModelManifest::load(model)?;
+    anyhow::ensure!(manifest.blocks.len() == 3, "bench swarm --nat wants a 3-block model");
+    let binary = std::env::current_exe()?;
+    let model = std::fs::canonicalize(model)?;
+    let layouts = [
+        ("direct", None),
+        ("hole-punched", Some(Mapping::PortPreserving)),
+        ("relayed", Some(Mapping::RandomPorts)),
+    ];
+    let mut results = Vec::new();
+    for (label, homes) in layouts {
+        let dir = work.join(label);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("bench swarm --nat: {label}: starting the chain, a relay, 3 nodes and a gateway");
+        let layout = Layout { homes, relay: RelayKind::Dedicated, backup: false };
+        let topology = Topology::start(&binary, &model, &dir, layout, Log::Quiet)
+            .with_context(|| format!("starting the {label} layout"))?;
+        let measured = measure(&topology, label, &manifest.name, decode)
+            .with_context(|| format!("timing the {label} layout"))?;
+        drop(topology);
+        results.push(measured);
+    }
+    report(&results, decode)
+}
+
+/// Decode speed as the difference between a 1-token and a (1 + decode)-token completion,
+/// the better of two rounds; hop latency over both rounds.
+fn measure(
+    topology: &Topology,
+    label: &'static str,
+    name: &str,
+    decode: usize,
+) -> anyhow::Result<Measured> {
+    let body = |tokens: usize| serde_json::json!({"model": name, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0});
+    // Warm-up, and for home nodes the first relayed connections, from which DCUtR starts.
+    topology.complete(&body(8), Duration::from_secs(120))?;
+    let paths = if label == "hole-punched" {
+        topology.paths_once_direct(Duration::from_secs(30))?
+    } else {
+        topology.paths()?
+    };
+    eprintln!("bench swarm --nat: {label}: gateway → home nodes {paths:?}; timing");
+    let before = hop_totals(&topology.get("/metrics")?);
+    let (mut best, mut tokens) = (0f64, Vec::new());
+    for _ in 0..2 {
+        let timed = |n: usize| -> anyhow::Result<(Duration, serde_json::Value)> {
+            let started = Instant::now();
+            let answer = topology.complete(&body(n), Duration::ZERO)?;
+            Ok((started.elapsed(), answer))
+        };
+        let (one, _) = timed(1)?;
+        let (many, answer) = timed(1 + decode)?;
+        best = best.max(decode as f64 / many.saturating_sub(one).as_secs_f64());
+        let ids = answer["choices"][0]["token_ids"].as_array().cloned().unwrap_or_default();
+        tokens = ids.iter().filter_map(|id| id.as_u64()).collect();
+    }
+    let after = hop_totals(&topology.get("/metrics")?);
+    let hop_ms = after
+        .iter()
+        .filter_map(|(blocks, (sum, count))| {
+            let (sum0, count0) = before.get(blocks).copied().unwrap_or_default();
+            (count > &count0).then(|| (blocks.clone(), (sum - sum0) / (count - count0) * 1e3))
+        })
+        .collect();
+    Ok(Measured { label, tokens_per_s: best, hop_ms, paths, tokens })
+}
+
+/// The gateway's `hop_latency` histogram: (sum in seconds, count) by the hop's blocks.
+fn hop_totals(metrics: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut totals: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with("infergrid_gateway_hop_latency")) {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let Some(blocks) = name.split("blocks=\"").nth(1).and_then(|s| s.split('"').next()) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let entry = totals.entry(blocks.to_owned()).or_default();
+        if name.contains("_sum{") {
+            entry.0 = value;
+        } else if name.contains("_count{") {
+            entry.1 = value;
+        }
+    }
+    totals
+}
+
+fn report(results: &[Measured], decode: usize) -> anyhow::Result<()> {
+    let baseline = results.first().context("no layout ran")?;
+    println!("swarm benchmark across NATs ({decode} decode tokens, greedy, HTTP API)");
+    for m in results {
+        let hops: Vec<String> =
+            m.hop_ms.iter().map(|(blocks, ms)| format!("blocks {blocks} {ms:.2} ms")).collect();
+        println!(
+            "  {:<13} {:>7.1} tok/s ({:.2}x direct) | per hop: {} | gateway → home nodes {:?}",
+            m.label,
+            m.tokens_per_s,
+            m.tokens_per_s / baseline.tokens_per_s,
+            hops.join(", "),
+            m.paths
+        );
+    }
+    let same = results.iter().all(|m| m.tokens == baseline.tokens);
+    println!("  completions identical across layouts: {}", if same { "yes" } else { "NO" });
+    anyhow::ensure!(same, "the layouts' greedy completions differ");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hop_totals;
+
+    #[test]
+    fn hop_totals_reads_sum_and_count_by_blocks() {
+        let metrics = "# HELP infergrid_gateway_hop_latency_seconds One step\n\
+            infergrid_gateway_hop_latency_seconds_sum{blocks=\"1-1\"} 0.5\n\
+            infergrid_gateway_hop_latency_seconds_count{blocks=\"1-1\"} 100\n\
+            infergrid_gateway_hop_latency_seconds_bucket{le=\"0.001\",blocks=\"1-1\"} 3\n\
+            infergrid_gateway_inter_token_seconds_sum 9\n";
+        let totals = hop_totals(metrics);
+        assert_eq!(totals.len(), 1);
+        assert_eq!(totals["1-1"], (0.5, 100.0));
+    }
+}
