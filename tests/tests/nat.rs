@@ -191,7 +191,7 @@ async fn registered_only(relay: libp2p::Multiaddr) {
     .expect("the registered node's reservation was not accepted");
     eprintln!("registered node reachable at {reserved:?}");
 
-    // The stranger asked on the same relay, at the same time, and again every 5 s.
+    // The stranger asked on the same relay at the same time, and again 5 s later.
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert!(stranger.reachability().borrow().relayed.is_empty(), "a stranger got a reservation");
 

@@ -20,7 +20,7 @@ const PROMPT: &str = "once upon a time";
 struct Measured {
     label: &'static str,
     tokens_per_s: f64,
-    /// Mean latency of one step through each hop, by its blocks (`first-last`), in ms.
+    /// Mean latency of a step through each hop, by its blocks (`first-last`), in ms.
     hop_ms: BTreeMap<String, f64>,
     /// The gateway's path to each home node while it was timed.
     paths: Vec<String>,
@@ -39,6 +39,7 @@ pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(manifest.blocks.len() == 3, "bench swarm --nat wants a 3-block model");
     let binary = std::env::current_exe()?;
     let model = std::fs::canonicalize(model)?;
+    let work = std::path::absolute(work)?;
     let layouts = [
         ("direct", None),
         ("hole-punched", Some(Mapping::PortPreserving)),
@@ -61,8 +62,10 @@ pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
     report(&results, decode)
 }
 
-/// Decode speed as the difference between a 1-token and a (1 + decode)-token completion,
-/// the better of two rounds; hop latency over both rounds.
+/// Decode speed as the difference between a 1-token and a (1 + decode)-token completion
+/// (tokens counted from `usage`: a completion may stop early), the better of two rounds;
+/// hop latency over the steps of the longer completions (their prefill and close among
+/// them, so mostly decode steps).
 fn measure(
     topology: &Topology,
     label: &'static str,
@@ -73,32 +76,45 @@ fn measure(
     // Warm-up, and for home nodes the first relayed connections, from which DCUtR starts.
     topology.complete(&body(8), Duration::from_secs(120))?;
     let paths = if label == "hole-punched" {
-        topology.paths_once_direct(Duration::from_secs(30))?
+        let paths = topology.paths_once_direct(Duration::from_secs(30))?;
+        anyhow::ensure!(
+            paths.iter().all(|p| p == "direct"),
+            "no hole was punched to the home nodes within 30 s (paths {paths:?})"
+        );
+        paths
     } else {
         topology.paths()?
     };
     eprintln!("bench swarm --nat: {label}: gateway → home nodes {paths:?}; timing");
-    let before = hop_totals(&topology.get("/metrics")?);
+    let timed = |n: usize| -> anyhow::Result<(Duration, usize, serde_json::Value)> {
+        let started = Instant::now();
+        let answer = topology.complete(&body(n), Duration::ZERO)?;
+        let tokens = answer["usage"]["completion_tokens"].as_u64().context("usage")? as usize;
+        Ok((started.elapsed(), tokens, answer))
+    };
     let (mut best, mut tokens) = (0f64, Vec::new());
+    let mut hops: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for _ in 0..2 {
-        let timed = |n: usize| -> anyhow::Result<(Duration, serde_json::Value)> {
-            let started = Instant::now();
-            let answer = topology.complete(&body(n), Duration::ZERO)?;
-            Ok((started.elapsed(), answer))
-        };
-        let (one, _) = timed(1)?;
-        let (many, answer) = timed(1 + decode)?;
-        best = best.max(decode as f64 / many.saturating_sub(one).as_secs_f64());
+        let (one, one_tokens, _) = timed(1)?;
+        let before = hop_totals(&topology.get("/metrics")?);
+        let (many, many_tokens, answer) = timed(1 + decode)?;
+        let after = hop_totals(&topology.get("/metrics")?);
+        anyhow::ensure!(many_tokens > one_tokens, "the longer completion stopped at once");
+        let decoded = (many_tokens - one_tokens) as f64;
+        best = best.max(decoded / many.saturating_sub(one).as_secs_f64());
+        for (blocks, (sum, count)) in after {
+            let (sum0, count0) = before.get(&blocks).copied().unwrap_or_default();
+            let hop = hops.entry(blocks).or_default();
+            hop.0 += sum - sum0;
+            hop.1 += count - count0;
+        }
         let ids = answer["choices"][0]["token_ids"].as_array().cloned().unwrap_or_default();
         tokens = ids.iter().filter_map(|id| id.as_u64()).collect();
     }
-    let after = hop_totals(&topology.get("/metrics")?);
-    let hop_ms = after
-        .iter()
-        .filter_map(|(blocks, (sum, count))| {
-            let (sum0, count0) = before.get(blocks).copied().unwrap_or_default();
-            (count > &count0).then(|| (blocks.clone(), (sum - sum0) / (count - count0) * 1e3))
-        })
+    let hop_ms = hops
+        .into_iter()
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(blocks, (sum, count))| (blocks, sum / count * 1e3))
         .collect();
     Ok(Measured { label, tokens_per_s: best, hop_ms, paths, tokens })
 }

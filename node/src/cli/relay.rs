@@ -1,6 +1,6 @@
 //! `infergrid relay`: a dedicated circuit relay (v2) through which nodes behind NAT are
 //! reached, and the registry reading that keeps any relay — this one, or a public node run
-//! with `--relay-service` — to registered nodes only (`protocol-spec/wire.md`, "Addresses
+//! with `--relay-service` — to active registered nodes only (`protocol-spec/wire.md`, "Addresses
 //! and relays").
 
 use std::collections::HashSet;
@@ -67,9 +67,9 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let provider = connect_reader(&args.chain.rpc_url()).await?;
     let registry = Registry::new(deployment.contracts.registry, provider);
     let registered = RegisteredPeers::default();
-    registered.set(registered_peers(&registry).await.context("relay: reading the registry")?);
+    registered.set(active_peers(&registry).await.context("relay: reading the registry")?);
     let every = Duration::from_secs(args.registry_check_secs.max(1));
-    tokio::spawn(keep_registered(registry, registered.clone(), every));
+    tokio::spawn(keep_active(registry, registered.clone(), every));
 
     let identity = NodeIdentity::derive(&secret);
     let (net, _inbound) = Network::spawn(NetConfig {
@@ -133,7 +133,7 @@ async fn listening(net: &Network) -> anyhow::Result<Vec<Multiaddr>> {
 
 /// The peer ids of every active node: registered, staked at least the minimum and not
 /// jailed (a jailed node serves nobody, so it needs no relay either).
-pub async fn registered_peers(registry: &Registry) -> anyhow::Result<HashSet<PeerId>> {
+pub async fn active_peers(registry: &Registry) -> anyhow::Result<HashSet<PeerId>> {
     let mut peers = HashSet::new();
     for operator in registry.operators().await? {
         if !registry.is_active(operator).await? {
@@ -147,12 +147,12 @@ pub async fn registered_peers(registry: &Registry) -> anyhow::Result<HashSet<Pee
     Ok(peers)
 }
 
-/// Re-reads the registered nodes every `every`; a failed read keeps the last set.
-pub async fn keep_registered(registry: Registry, registered: RegisteredPeers, every: Duration) {
+/// Re-reads the active nodes every `every`; a failed read keeps the last set.
+pub async fn keep_active(registry: Registry, registered: RegisteredPeers, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        match registered_peers(&registry).await {
+        match active_peers(&registry).await {
             Ok(peers) => registered.set(peers),
             Err(e) => tracing::warn!("relay: cannot read the registry, keeping the last list: {e}"),
         }

@@ -82,7 +82,7 @@ pub struct NodeArgs {
     /// With --relay: reserve on the relays at once rather than waiting for AutoNAT.
     #[arg(long, requires = "relay")]
     behind_nat: bool,
-    /// Relay for registered nodes behind NAT (for a node others can dial).
+    /// Relay for active registered nodes behind NAT (for a node others can dial).
     #[arg(long)]
     relay_service: bool,
     /// A peer served without payment (a private deployment's own gateway), repeatable.
@@ -256,7 +256,7 @@ async fn seed(net: &Network, manifest: &ModelManifest, args: &NodeArgs) -> anyho
     Ok(())
 }
 
-/// The relay service a node offers with --relay-service: to the registered nodes, read from the
+/// The relay service a node offers with --relay-service: to the active registered nodes, read from the
 /// registry now and then.
 fn relay_service(args: &NodeArgs, registry: &Registry) -> Option<RelayService> {
     if !args.relay_service {
@@ -264,7 +264,7 @@ fn relay_service(args: &NodeArgs, registry: &Registry) -> Option<RelayService> {
     }
     let registered = RegisteredPeers::default();
     let every = Duration::from_secs(args.standing_check_secs.max(1));
-    tokio::spawn(super::relay::keep_registered(registry.clone(), registered.clone(), every));
+    tokio::spawn(super::relay::keep_active(registry.clone(), registered.clone(), every));
     Some(RelayService { registered, limits: RelayLimits::default() })
 }
 

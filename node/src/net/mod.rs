@@ -26,6 +26,7 @@ macro_rules! wire_enum {
 }
 
 pub mod codec;
+mod hold;
 pub mod nat;
 pub mod pieces;
 mod protocol;

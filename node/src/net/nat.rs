@@ -158,14 +158,22 @@ pub enum Path {
 
 /// The connections to each peer and whether each runs through a relay.
 #[derive(Debug, Default)]
-pub struct Paths(Mutex<HashMap<PeerId, HashMap<ConnectionId, bool>>>);
+pub struct Paths(Mutex<HashMap<PeerId, HashMap<ConnectionId, Link>>>);
+
+/// One connection, as [`Paths`] keeps it.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    relayed: bool,
+    /// This peer dialed it: only the dialer lets a relayed connection go.
+    dialed: bool,
+}
 
 impl Paths {
     /// Direct when any connection to `peer` is, relayed when all are, `None` when none is open.
     pub fn get(&self, peer: &PeerId) -> Option<Path> {
         let paths = self.0.lock().expect("paths");
         let connections = paths.get(peer).filter(|c| !c.is_empty())?;
-        Some(if connections.values().all(|relayed| *relayed) {
+        Some(if connections.values().all(|link| link.relayed) {
             Path::Relayed
         } else {
             Path::Direct
@@ -178,8 +186,15 @@ impl Paths {
         peers.into_iter().filter_map(|p| Some((p, self.get(&p)?))).collect()
     }
 
-    pub(super) fn opened(&self, peer: PeerId, connection: ConnectionId, relayed: bool) {
-        self.0.lock().expect("paths").entry(peer).or_default().insert(connection, relayed);
+    pub(super) fn opened(
+        &self,
+        peer: PeerId,
+        connection: ConnectionId,
+        relayed: bool,
+        dialed: bool,
+    ) {
+        let link = Link { relayed, dialed };
+        self.0.lock().expect("paths").entry(peer).or_default().insert(connection, link);
     }
 
     pub(super) fn closed(&self, peer: PeerId, connection: ConnectionId) {
@@ -192,14 +207,15 @@ impl Paths {
         }
     }
 
-    /// The relayed connections to `peer`, once a direct one exists: they can be let go.
+    /// The relayed connections to `peer` that this peer dialed, once a direct one exists:
+    /// they can be let go.
     pub(super) fn superseded(&self, peer: &PeerId) -> Vec<ConnectionId> {
         let paths = self.0.lock().expect("paths");
         let Some(connections) = paths.get(peer) else { return Vec::new() };
-        if connections.values().all(|relayed| *relayed) {
+        if connections.values().all(|link| link.relayed) {
             return Vec::new();
         }
-        connections.iter().filter(|(_, relayed)| **relayed).map(|(id, _)| *id).collect()
+        connections.iter().filter(|(_, l)| l.relayed && l.dialed).map(|(id, _)| *id).collect()
     }
 }
 
@@ -473,12 +489,17 @@ mod tests {
         let peer = PeerId::random();
         let (relayed, direct) = (ConnectionId::new_unchecked(1), ConnectionId::new_unchecked(2));
         assert_eq!(paths.get(&peer), None);
-        paths.opened(peer, relayed, true);
+        paths.opened(peer, relayed, true, true);
         assert_eq!(paths.get(&peer), Some(Path::Relayed));
         assert!(paths.superseded(&peer).is_empty());
-        paths.opened(peer, direct, false);
+        paths.opened(peer, direct, false, false);
         assert_eq!(paths.get(&peer), Some(Path::Direct));
         assert_eq!(paths.superseded(&peer), vec![relayed]);
+        // A relayed connection the other side dialed is the other side's to let go.
+        let inbound = ConnectionId::new_unchecked(3);
+        paths.opened(peer, inbound, true, false);
+        assert_eq!(paths.superseded(&peer), vec![relayed]);
+        paths.closed(peer, inbound);
         paths.closed(peer, relayed);
         paths.closed(peer, direct);
         assert_eq!(paths.get(&peer), None);

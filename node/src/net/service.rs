@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{CodecError, InferRequest, InferResponse};
+use super::hold::{Holds, MOST_HELD};
 use super::nat::{self, Paths, Reachability, Reservations};
 use super::pieces::{
     PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
@@ -61,7 +62,7 @@ struct Behaviour {
     pieces: request_response::Behaviour<PiecesCodec>,
     /// Reservations on relays and connections through them, for a peer behind NAT.
     relay_client: relay::client::Behaviour,
-    /// The relay service, for registered nodes only (`NatConfig::relay_service`).
+    /// The relay service, for active registered nodes only (`NatConfig::relay_service`).
     relay: Toggle<relay::Behaviour>,
     /// Hole punching: a relayed connection upgraded to a direct one.
     dcutr: dcutr::Behaviour,
@@ -272,6 +273,7 @@ impl Network {
             metrics,
             pending: HashMap::new(),
             answering: HashMap::new(),
+            held: Holds::default(),
             pending_pieces: HashMap::new(),
             providers: HashMap::new(),
             seed: None,
@@ -503,6 +505,9 @@ struct EventLoop {
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<InferResponse, NetError>>)>,
     /// Inference requests of each peer being answered.
     answering: HashMap<PeerId, usize>,
+    /// New requests to a peer whose relayed connections are being let go for a direct one,
+    /// held until those close (see `drop_superseded`).
+    held: Holds<HeldRequest>,
     pending_pieces: HashMap<OutboundRequestId, oneshot::Sender<Result<PieceResponse, NetError>>>,
     /// What this node seeds, once it says so.
     seed: Option<Arc<dyn PieceSource>>,
@@ -511,6 +516,9 @@ struct EventLoop {
     pieces_sending: HashMap<request_response::InboundRequestId, tokio::sync::OwnedSemaphorePermit>,
     providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
 }
+
+/// An inference request not sent yet, and where its answer goes.
+type HeldRequest = (InferRequest, oneshot::Sender<Result<InferResponse, NetError>>);
 
 impl EventLoop {
     fn start(&mut self, config: &NetConfig) -> Result<(), String> {
@@ -553,14 +561,17 @@ impl EventLoop {
         }
     }
 
-    /// Lets relayed connections to `peer` go once a direct one exists and no inference request
-    /// is in flight either way: requests pick a connection in turn, and should all take the
-    /// direct path.
+    /// Lets the relayed connections to `peer` that this peer dialed go once a direct one
+    /// exists and no inference request is in flight either way (requests pick a connection
+    /// in turn, and should all take the direct path); new requests wait meanwhile (`hold`).
+    /// Only the dialing side closes, so that a request on its way in is never cut off by the
+    /// side that cannot see it coming.
     fn drop_superseded(&mut self, peer: PeerId) {
         // Called on every answer: the common case, no relayed connection to let go, ends here
         // before the scan of the requests in flight.
         let superseded = self.paths.superseded(&peer);
         if superseded.is_empty() {
+            self.release_held(peer);
             return;
         }
         let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
@@ -570,6 +581,54 @@ impl EventLoop {
         for connection in superseded {
             tracing::debug!(%peer, "direct connection up: closing the relayed one");
             self.swarm.close_connection(connection);
+        }
+        self.held.closing(&peer);
+    }
+
+    /// Sends an inference request, or holds it while `peer`'s relayed connections drain.
+    fn send_request(
+        &mut self,
+        peer: PeerId,
+        request: InferRequest,
+        reply: oneshot::Sender<Result<InferResponse, NetError>>,
+    ) {
+        // Requests held too long go first, in order.
+        self.release_overdue();
+        let item = (request, reply);
+        let item = if self.paths.superseded(&peer).is_empty() {
+            Some(item)
+        } else {
+            self.held.hold(peer, item, Instant::now())
+        };
+        match item {
+            Some((request, reply)) => {
+                let id = self.swarm.behaviour_mut().infer.send_request(&peer, Ok(request));
+                self.pending.insert(id, (peer, reply));
+            }
+            None if self.held.waiting(&peer) => self.drop_superseded(peer),
+            None => {}
+        }
+    }
+
+    /// Sends the requests held for `peer`.
+    fn release_held(&mut self, peer: PeerId) {
+        for (request, reply) in self.held.release(&peer) {
+            let id = self.swarm.behaviour_mut().infer.send_request(&peer, Ok(request));
+            self.pending.insert(id, (peer, reply));
+        }
+    }
+
+    /// Sends the requests held too long, on whatever connections their peers have.
+    fn release_overdue(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        for (peer, held) in self.held.overdue(Instant::now()) {
+            tracing::debug!(%peer, "relayed connection still busy: sending on any connection");
+            for (request, reply) in held {
+                let id = self.swarm.behaviour_mut().infer.send_request(&peer, Ok(request));
+                self.pending.insert(id, (peer, reply));
+            }
         }
     }
 
@@ -582,9 +641,12 @@ impl EventLoop {
     async fn run(mut self) {
         // Reservations lost or refused are asked again, on the next relay, at this pace.
         let mut retry = tokio::time::interval(Duration::from_secs(5));
+        let mut overdue = tokio::time::interval(MOST_HELD / 4);
+        overdue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = retry.tick() => self.reserve(),
+                _ = overdue.tick(), if !self.held.is_empty() => self.release_overdue(),
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown) | None => return,
@@ -598,10 +660,7 @@ impl EventLoop {
         let behaviour = self.swarm.behaviour_mut();
         match command {
             Command::Dial { peer, addr } => self.dial(peer, addr),
-            Command::Request { peer, request, reply } => {
-                let id = behaviour.infer.send_request(&peer, Ok(request));
-                self.pending.insert(id, (peer, reply));
-            }
+            Command::Request { peer, request, reply } => self.send_request(peer, request, reply),
             Command::Respond { channel, response } => {
                 let _ = behaviour.infer.send_response(channel, response);
             }
@@ -685,10 +744,11 @@ impl EventLoop {
                     self.connected.fetch_add(1, Ordering::Relaxed);
                 }
                 let relayed = endpoint.is_relayed();
-                self.paths.opened(peer_id, connection_id, relayed);
+                self.paths.opened(peer_id, connection_id, relayed, endpoint.is_dialer());
                 if relayed {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected through a relay");
                 } else {
+                    self.held.direct_again(&peer_id);
                     self.drop_superseded(peer_id);
                 }
                 self.reserve();
@@ -696,8 +756,13 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
                 if num_established == 0 {
                     self.connected.fetch_sub(1, Ordering::Relaxed);
+                    self.held.direct_again(&peer_id);
                 }
                 self.paths.closed(peer_id, connection_id);
+                // The last relayed connection gone (or the direct one: none to drain for).
+                if self.paths.superseded(&peer_id).is_empty() {
+                    self.release_held(peer_id);
+                }
             }
             SwarmEvent::NewListenAddr { listener_id, address } if nat::is_relayed(&address) => {
                 tracing::info!(%address, "reachable through the relay");
@@ -708,6 +773,7 @@ impl EventLoop {
                     tracing::warn!(?addresses, ?reason, "a listener closed");
                 }
                 self.reservations.on_closed(listener_id, Instant::now());
+                self.reserve();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged {
                 new,

@@ -19,9 +19,9 @@ pub use topology::{Layout, RelayKind, Topology};
 /// What can go wrong building or running a lab.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("{command}: {source} (the network lab needs root, iproute2, iptables and curl)")]
+    #[error("cannot run {command}: {source}")]
     Spawn { command: String, source: std::io::Error },
-    #[error("{command} failed: {stderr} (the network lab runs as root)")]
+    #[error("{command} failed: {stderr}")]
     Command { command: String, stderr: String },
     #[error("{what} exited before it was ready: {detail}")]
     Exited { what: String, detail: String },

@@ -43,7 +43,10 @@ pub(super) fn run(args: &[&str]) -> Result<(), LabError> {
         .output()
         .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let stderr = format!(
+            "{} (the network lab runs as root, with iproute2 and iptables)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         return Err(LabError::Command { command, stderr });
     }
     Ok(())
@@ -52,11 +55,17 @@ pub(super) fn run(args: &[&str]) -> Result<(), LabError> {
 impl Lab {
     /// An empty lab; `tag` (a letter or two) keeps labs that run at once apart.
     pub fn new(tag: &str) -> Self {
-        let prefix = format!("ig{tag}{}", std::process::id() % 10_000);
-        // Left by a run killed before it could clean up, under a recycled process id.
+        // Interface names are made of it too, and Linux allows 15 bytes: `ig`, the tag, a pid
+        // of up to 7 digits, then at most 4 more.
+        let prefix = format!("ig{tag}{}", std::process::id());
+        // Left by a run killed before it could clean up, under what is now this process's id
+        // (names go on with a letter: `pub`, `r1`, `h1`; `ig` + tag + 12 is another's).
+        let ours = |name: &&str| {
+            name.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(char::is_alphabetic))
+        };
         if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
             let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-            for stale in listed.split_whitespace().filter(|n| n.starts_with(&prefix)) {
+            for stale in listed.split_whitespace().filter(ours) {
                 let _ = Command::new("ip").args(["netns", "del", stale]).status();
             }
         }

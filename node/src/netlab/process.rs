@@ -54,9 +54,13 @@ pub enum Log {
     Quiet,
 }
 
-/// Starts `cmd` and waits for a stdout line starting with `ready`: the process, that line,
-/// and every line it prints after (stdout and its log together). Lines nobody reads are
-/// dropped; the pipes are drained either way.
+/// Longest a process may take to print its ready line (a node loads its model and reads
+/// the chain first).
+const READY_WITHIN: Duration = Duration::from_secs(300);
+
+/// Starts `cmd` and waits (up to 5 minutes) for a stdout line starting with `ready`: the
+/// process, that line, and every line it prints after (stdout and its log together). Lines
+/// nobody reads are dropped; the pipes are drained either way.
 pub fn follow(
     mut cmd: Command,
     ready: &str,
@@ -69,7 +73,7 @@ pub fn follow(
     let (sender, following) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().expect("piped stderr");
     let to_log = sender.clone();
-    std::thread::spawn(move || {
+    let log_drained = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if log == Log::Echo {
                 eprintln!("{line}");
@@ -77,22 +81,42 @@ pub fn follow(
             let _ = to_log.send(line);
         }
     });
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let stdout = child.stdout.take().expect("piped stdout");
     let proc = Proc(child);
+    let (out_sender, out_lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + READY_WITHIN;
     let line = loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with(ready) => break line,
-            Some(Ok(_)) => continue,
-            _ => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match out_lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(ready) => break line,
+            Ok(_) => continue,
+            Err(waited) => {
+                let exited = matches!(waited, std::sync::mpsc::RecvTimeoutError::Disconnected);
+                if exited {
+                    // Its log to the end, for the error.
+                    let _ = log_drained.join();
+                }
                 let seen: Vec<String> = following.try_iter().collect();
-                let detail = seen.iter().rev().take(20).rev().cloned().collect::<Vec<_>>();
-                return Err(LabError::Exited { what: command, detail: detail.join("\n") });
+                let detail = seen[seen.len().saturating_sub(20)..].join("\n");
+                return Err(if exited {
+                    LabError::Exited { what: command, detail }
+                } else {
+                    LabError::Timeout { what: command, seconds: READY_WITHIN.as_secs(), detail }
+                });
             }
         }
     };
+    // What it prints after the ready line joins its log.
     std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = sender.send(line);
+        for line in out_lines {
+            if sender.send(line).is_err() {
+                return;
+            }
         }
     });
     Ok((proc, line, following))
@@ -140,7 +164,11 @@ pub fn devnet(
     extra: &[&str],
     stderr: Stdio,
 ) -> Result<(Proc, serde_json::Value, PathBuf), LabError> {
+    // Absolute: the devnet records itself under `dir` (XDG_CONFIG_HOME), which must be.
+    let dir = &std::path::absolute(dir)?;
     let ready_file = dir.join("ready.json");
+    // A ready file left by an earlier run would be read as this one's.
+    let _ = std::fs::remove_file(&ready_file);
     let out = dir.join("devnet");
     // Anvil on any free port, unless the caller chose one (to put a proxy in front of it).
     let port = if extra.contains(&"--port") { None } else { Some(["--port", "0"]) };
