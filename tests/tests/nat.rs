@@ -131,9 +131,11 @@ fn without_hole_punching_a_long_stream_runs_over_the_relay() {
     assert!(!run.failovers.is_empty(), "the relay died mid-stream and nothing failed over");
 }
 
-/// A relay serves registered nodes only: a registered node's reservation is accepted and it
-/// is reachable through the relay; a stranger's is refused, so nobody can be reached through
-/// the relay but the swarm's nodes, and it is no proxy to a third party.
+/// A relay serves active registered nodes only: a registered node's reservation is accepted
+/// and it is reachable through the relay; a stranger's is refused, and so is that of a
+/// registered node whose stake is below the minimum (as a jailed one's is); so nobody can be
+/// reached through the relay but the swarm's serving nodes, and it is no proxy to a third
+/// party.
 #[test]
 fn a_relay_reserves_for_registered_nodes_only() {
     let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,6 +144,15 @@ fn a_relay_reserves_for_registered_nodes_only() {
     let model = import(&hf, &dir.path().join("model"), 3).unwrap();
     let (_devnet, manifest, deployment) = devnet_in(None, dir.path(), model.to_str().unwrap(), &[]);
     let (rpc, deployment) = (manifest["rpc_url"].as_str().unwrap(), deployment.to_str().unwrap());
+    // Operator 1 unbonds all its stake: still registered, no longer active.
+    let chain = ["--rpc-url", rpc, "--deployment", deployment];
+    let status = infergrid_e2e::procs::infergrid_in(None)
+        .args(["operator", "unbond", "10000", "--yes", "--key-env", "NODE_KEY"])
+        .args(chain)
+        .env("NODE_KEY", dev(Role::Operator, 1).private_key.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "operator unbond");
     let port = infergrid_e2e::procs::free_port().to_string();
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let args = ["relay", "--listen", &listen, "--key-env", "RELAY_KEY", "--rpc-url", rpc];
@@ -152,7 +163,8 @@ fn a_relay_reserves_for_registered_nodes_only() {
     tokio::runtime::Runtime::new().unwrap().block_on(registered_only(relay));
 }
 
-/// Through `relay`: a registered node reserves and is reached, a stranger does neither.
+/// Through `relay`: a registered node reserves and is reached; a stranger and an inactive
+/// node (operator 1's) do neither.
 async fn registered_only(relay: libp2p::Multiaddr) {
     use infergrid::identity::NodeIdentity;
     use infergrid::net::{NatConfig, NetConfig, Network};
@@ -177,6 +189,7 @@ async fn registered_only(relay: libp2p::Multiaddr) {
     let registered = behind_nat(NodeIdentity::derive(&operator).keypair());
     let stranger =
         behind_nat(NodeIdentity::derive(&alloy::primitives::B256::repeat_byte(7)).keypair());
+    let inactive = behind_nat(NodeIdentity::derive(&dev(Role::Operator, 1).private_key).keypair());
 
     let mut reachability = registered.reachability();
     let reserved = tokio::time::timeout(Duration::from_secs(30), async {
@@ -191,9 +204,11 @@ async fn registered_only(relay: libp2p::Multiaddr) {
     .expect("the registered node's reservation was not accepted");
     eprintln!("registered node reachable at {reserved:?}");
 
-    // The stranger asked on the same relay at the same time, and again 5 s later.
+    // The others asked on the same relay at the same time, and again 5 s later.
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert!(stranger.reachability().borrow().relayed.is_empty(), "a stranger got a reservation");
+    let unstaked = inactive.reachability().borrow().relayed.clone();
+    assert!(unstaked.is_empty(), "an inactive node got a reservation: {unstaked:?}");
 
     // Through the relay, a peer reaches the registered node, not the stranger.
     let (client, _) = infergrid_e2e::nodes::network(None).unwrap();
@@ -205,6 +220,7 @@ async fn registered_only(relay: libp2p::Multiaddr) {
     };
     client.dial(registered.local_peer(), via_relay(registered.local_peer())).await.unwrap();
     client.dial(stranger.local_peer(), via_relay(stranger.local_peer())).await.unwrap();
+    client.dial(inactive.local_peer(), via_relay(inactive.local_peer())).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while client.paths().get(&registered.local_peer()).is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -215,4 +231,45 @@ async fn registered_only(relay: libp2p::Multiaddr) {
         "the registered node is reached through the relay"
     );
     assert_eq!(client.paths().get(&stranger.local_peer()), None, "the stranger is not");
+    assert_eq!(client.paths().get(&inactive.local_peer()), None, "the inactive node is not");
+}
+
+/// A run that fails midway leaves no namespace behind (nor the links inside them): the lab
+/// deletes them as the panic unwinds, and processes left inside go first.
+#[test]
+fn a_failed_run_leaves_no_namespace_behind() {
+    use infergrid::netlab::Lab;
+    let listed = || {
+        let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ours = format!("igf{}", std::process::id());
+        text.split_whitespace().filter(|n| n.starts_with(&ours)).count()
+    };
+    let left_inside = std::sync::Mutex::new(None);
+    let failed = std::panic::catch_unwind(|| {
+        let mut lab = Lab::new("f");
+        let public = lab.public().unwrap();
+        let home = lab.home(&public, 1, Mapping::PortPreserving).unwrap();
+        assert_eq!(listed(), 3, "the public network, a router and a home");
+        // A process left running inside, as a failed test leaves its node.
+        let sleeper = std::process::Command::new("ip")
+            .args(["netns", "exec", &home.netns, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        *left_inside.lock().unwrap() = Some(sleeper);
+        std::thread::sleep(Duration::from_millis(200));
+        panic!("the run fails here");
+    });
+    assert!(failed.is_err());
+    assert_eq!(listed(), 0, "namespaces left behind");
+    let mut sleeper = left_inside.into_inner().unwrap().expect("started");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match sleeper.try_wait().unwrap() {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("the process left inside still runs"),
+        }
+    };
+    assert!(!status.success(), "killed, not finished: {status:?}");
 }

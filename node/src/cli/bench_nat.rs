@@ -1,9 +1,10 @@
-//! `bench swarm --nat`: what crossing home routers costs. The same swarm runs three times in
-//! network namespaces (`infergrid::netlab`, root only): every node public (the baseline),
-//! home nodes behind routers that let holes be punched (the gateway goes direct), and behind
-//! routers that randomize ports (every step to a home node crosses the relay). Per layout:
-//! decode tokens/s through the HTTP API and each hop's mean latency, from the gateway's
-//! `/metrics`.
+//! `bench swarm --nat`: what crossing home routers costs. The same swarm runs in three
+//! layouts at once, each in network namespaces of its own (`infergrid::netlab`, root only):
+//! every node public (the baseline), home nodes behind routers that let holes be punched (the
+//! gateway goes direct), and behind routers that randomize ports (every step to a home node
+//! crosses the relay). Timing rounds alternate between the layouts, so that this machine's
+//! drift hits them alike. Per layout: decode tokens/s through the HTTP API and each hop's
+//! mean latency, from the gateway's `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,13 +16,17 @@ use infergrid::netlab::process::Log;
 use infergrid::netlab::{Layout, Mapping, RelayKind, Topology};
 
 const PROMPT: &str = "once upon a time";
+/// Timing rounds per layout, alternating.
+const ROUNDS: usize = 3;
 
-/// What one layout measured.
+/// One layout, running, and what it measured so far.
 struct Measured {
     label: &'static str,
+    topology: Topology,
+    /// The best round's decode speed.
     tokens_per_s: f64,
-    /// Mean latency of a step through each hop, by its blocks (`first-last`), in ms.
-    hop_ms: BTreeMap<String, f64>,
+    /// Each hop's total step time (s) and steps, by its blocks (`first-last`).
+    hops: BTreeMap<String, (f64, f64)>,
     /// The gateway's path to each home node while it was timed.
     paths: Vec<String>,
     /// The greedy completion's token ids: the same in every layout.
@@ -45,7 +50,7 @@ pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
         ("hole-punched", Some(Mapping::PortPreserving)),
         ("relayed", Some(Mapping::RandomPorts)),
     ];
-    let mut results = Vec::new();
+    let mut runs = Vec::new();
     for (label, homes) in layouts {
         let dir = work.join(label);
         let _ = std::fs::remove_dir_all(&dir);
@@ -54,69 +59,67 @@ pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
         let layout = Layout { homes, relay: RelayKind::Dedicated, backup: false };
         let topology = Topology::start(&binary, &model, &dir, layout, Log::Quiet)
             .with_context(|| format!("starting the {label} layout"))?;
-        let measured = measure(&topology, label, &manifest.name, decode)
-            .with_context(|| format!("timing the {label} layout"))?;
-        drop(topology);
-        results.push(measured);
+        let paths = warm_up(&topology, label, &manifest.name)
+            .with_context(|| format!("warming up the {label} layout"))?;
+        let (hops, tokens) = (BTreeMap::new(), Vec::new());
+        runs.push(Measured { label, topology, tokens_per_s: 0.0, hops, paths, tokens });
     }
-    report(&results, decode)
+    for round in 1..=ROUNDS {
+        eprintln!("bench swarm --nat: timing round {round} of {ROUNDS}");
+        for run in &mut runs {
+            time_round(run, &manifest.name, decode)
+                .with_context(|| format!("timing the {} layout", run.label))?;
+        }
+    }
+    report(&runs, decode)
 }
 
-/// Decode speed as the difference between a 1-token and a (1 + decode)-token completion
-/// (tokens counted from `usage`: a completion may stop early), the better of two rounds;
-/// hop latency over the steps of the longer completions (their prefill and close among
-/// them, so mostly decode steps).
-fn measure(
-    topology: &Topology,
-    label: &'static str,
-    name: &str,
-    decode: usize,
-) -> anyhow::Result<Measured> {
-    let body = |tokens: usize| serde_json::json!({"model": name, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0});
-    // Warm-up, and for home nodes the first relayed connections, from which DCUtR starts.
-    topology.complete(&body(8), Duration::from_secs(120))?;
-    let paths = if label == "hole-punched" {
-        let paths = topology.paths_once_direct(Duration::from_secs(30))?;
-        anyhow::ensure!(
-            paths.iter().all(|p| p == "direct"),
-            "no hole was punched to the home nodes within 30 s (paths {paths:?})"
-        );
-        paths
-    } else {
-        topology.paths()?
-    };
-    eprintln!("bench swarm --nat: {label}: gateway → home nodes {paths:?}; timing");
+fn body(name: &str, tokens: usize) -> serde_json::Value {
+    serde_json::json!({"model": name, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0})
+}
+
+/// A first completion (for home nodes it opens the relayed connections, from which DCUtR
+/// starts), then the gateway's paths to the home nodes: direct where holes can be punched.
+fn warm_up(topology: &Topology, label: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    topology.complete(&body(name, 8), Duration::from_secs(120))?;
+    if label != "hole-punched" {
+        return Ok(topology.paths()?);
+    }
+    let paths = topology.paths_once_direct(Duration::from_secs(30))?;
+    anyhow::ensure!(
+        paths.iter().all(|p| p == "direct"),
+        "no hole was punched to the home nodes within 30 s (paths {paths:?})"
+    );
+    Ok(paths)
+}
+
+/// One round: decode speed as the difference between a 1-token and a (1 + decode)-token
+/// completion (tokens counted from `usage`: a completion may stop early); hop latency over
+/// the steps of the longer completion (its prefill and close among them, so mostly decode).
+fn time_round(run: &mut Measured, name: &str, decode: usize) -> anyhow::Result<()> {
+    let topology = &run.topology;
     let timed = |n: usize| -> anyhow::Result<(Duration, usize, serde_json::Value)> {
         let started = Instant::now();
-        let answer = topology.complete(&body(n), Duration::ZERO)?;
+        let answer = topology.complete(&body(name, n), Duration::ZERO)?;
         let tokens = answer["usage"]["completion_tokens"].as_u64().context("usage")? as usize;
         Ok((started.elapsed(), tokens, answer))
     };
-    let (mut best, mut tokens) = (0f64, Vec::new());
-    let mut hops: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for _ in 0..2 {
-        let (one, one_tokens, _) = timed(1)?;
-        let before = hop_totals(&topology.get("/metrics")?);
-        let (many, many_tokens, answer) = timed(1 + decode)?;
-        let after = hop_totals(&topology.get("/metrics")?);
-        anyhow::ensure!(many_tokens > one_tokens, "the longer completion stopped at once");
-        let decoded = (many_tokens - one_tokens) as f64;
-        best = best.max(decoded / many.saturating_sub(one).as_secs_f64());
-        for (blocks, (sum, count)) in after {
-            let (sum0, count0) = before.get(&blocks).copied().unwrap_or_default();
-            let hop = hops.entry(blocks).or_default();
-            hop.0 += sum - sum0;
-            hop.1 += count - count0;
-        }
-        let ids = answer["choices"][0]["token_ids"].as_array().cloned().unwrap_or_default();
-        tokens = ids.iter().filter_map(|id| id.as_u64()).collect();
+    let (one, one_tokens, _) = timed(1)?;
+    let before = hop_totals(&topology.get("/metrics")?);
+    let (many, many_tokens, answer) = timed(1 + decode)?;
+    let after = hop_totals(&topology.get("/metrics")?);
+    anyhow::ensure!(many_tokens > one_tokens, "the longer completion stopped at once");
+    let decoded = (many_tokens - one_tokens) as f64;
+    run.tokens_per_s = run.tokens_per_s.max(decoded / many.saturating_sub(one).as_secs_f64());
+    for (blocks, (sum, count)) in after {
+        let (sum0, count0) = before.get(&blocks).copied().unwrap_or_default();
+        let hop = run.hops.entry(blocks).or_default();
+        hop.0 += sum - sum0;
+        hop.1 += count - count0;
     }
-    let hop_ms = hops
-        .into_iter()
-        .filter(|(_, (_, count))| *count > 0.0)
-        .map(|(blocks, (sum, count))| (blocks, sum / count * 1e3))
-        .collect();
-    Ok(Measured { label, tokens_per_s: best, hop_ms, paths, tokens })
+    let ids = answer["choices"][0]["token_ids"].as_array().cloned().unwrap_or_default();
+    run.tokens = ids.iter().filter_map(|id| id.as_u64()).collect();
+    Ok(())
 }
 
 /// The gateway's `hop_latency` histogram: (sum in seconds, count) by the hop's blocks.
@@ -138,12 +141,20 @@ fn hop_totals(metrics: &str) -> BTreeMap<String, (f64, f64)> {
     totals
 }
 
-fn report(results: &[Measured], decode: usize) -> anyhow::Result<()> {
-    let baseline = results.first().context("no layout ran")?;
-    println!("swarm benchmark across NATs ({decode} decode tokens, greedy, HTTP API)");
-    for m in results {
-        let hops: Vec<String> =
-            m.hop_ms.iter().map(|(blocks, ms)| format!("blocks {blocks} {ms:.2} ms")).collect();
+fn report(runs: &[Measured], decode: usize) -> anyhow::Result<()> {
+    let baseline = runs.first().context("no layout ran")?;
+    println!(
+        "swarm benchmark across NATs ({decode} decode tokens, greedy, HTTP API, best of {ROUNDS} alternating rounds)"
+    );
+    for m in runs {
+        let hops: Vec<String> = m
+            .hops
+            .iter()
+            .filter(|(_, (_, steps))| *steps > 0.0)
+            .map(|(blocks, (seconds, steps))| {
+                format!("blocks {blocks} {:.2} ms", seconds / steps * 1e3)
+            })
+            .collect();
         println!(
             "  {:<13} {:>7.1} tok/s ({:.2}x direct) | per hop: {} | gateway → home nodes {:?}",
             m.label,
@@ -153,7 +164,7 @@ fn report(results: &[Measured], decode: usize) -> anyhow::Result<()> {
             m.paths
         );
     }
-    let same = results.iter().all(|m| m.tokens == baseline.tokens);
+    let same = runs.iter().all(|m| m.tokens == baseline.tokens);
     println!("  completions identical across layouts: {}", if same { "yes" } else { "NO" });
     anyhow::ensure!(same, "the layouts' greedy completions differ");
     Ok(())
