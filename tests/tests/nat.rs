@@ -27,6 +27,8 @@ struct Run {
     punching: Vec<String>,
     /// Gateway log lines of failovers during the second completion.
     failovers: Vec<String>,
+    /// The gateway's relayed connections open once the paths were read.
+    relayed_connections: u64,
 }
 
 /// What happens during the second completion.
@@ -88,6 +90,16 @@ fn across_nats(layout: Layout, max_pos: &str, tokens: usize, second: Second) -> 
         _ => topology.paths(),
     }
     .unwrap();
+    // Where holes were punched, the relayed connections are let go once they drain.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut relayed_connections = topology.relayed_connections().unwrap();
+    while layout.homes == Some(Mapping::PortPreserving)
+        && relayed_connections > 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        relayed_connections = topology.relayed_connections().unwrap();
+    }
 
     let _ = topology.gateway_log.try_iter().count();
     let killer = match second {
@@ -102,7 +114,7 @@ fn across_nats(layout: Layout, max_pos: &str, tokens: usize, second: Second) -> 
         killer.join().unwrap();
     }
     let failovers = topology.gateway_log.try_iter().filter(|l| l.contains("failed over")).collect();
-    Run { paths, punching, failovers }
+    Run { paths, punching, failovers, relayed_connections }
 }
 
 #[test]
@@ -115,6 +127,7 @@ fn home_nodes_behind_nat_serve_through_a_relay_and_go_direct() {
     let run = across_nats(layout, "256", 24, Second::Undisturbed);
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["direct", "direct"], "the gateway's paths to the home nodes");
+    assert_eq!(run.relayed_connections, 0, "relayed connections left open beside direct ones");
 }
 
 /// Behind port-randomizing routers no hole can be punched: 600-token streams run over a
@@ -127,6 +140,7 @@ fn without_hole_punching_a_long_stream_runs_over_the_relay() {
     let run = across_nats(layout, "1024", 600, Second::RelayDies);
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["relayed", "relayed"], "the gateway's paths to the home nodes");
+    assert!(run.relayed_connections >= 2, "{} relayed connections", run.relayed_connections);
     eprintln!("failovers when the relay died: {:#?}", run.failovers);
     assert!(!run.failovers.is_empty(), "the relay died mid-stream and nothing failed over");
 }

@@ -231,6 +231,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             "paths": r.status.peer_paths().into_iter().map(|(peer, path)| {
                 (peer.to_string(), serde_json::json!(path))
             }).collect::<serde_json::Map<_, _>>(),
+            "relayed_connections": r.status.relayed_connections(),
             "cross_check": {
                 "enabled": report.cross_check,
                 "disputes_total": report.disputes_total,

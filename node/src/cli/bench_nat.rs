@@ -82,6 +82,11 @@ fn body(name: &str, tokens: usize) -> serde_json::Value {
 /// starts), then the gateway's paths to the home nodes: direct where holes can be punched.
 fn warm_up(topology: &Topology, label: &str, name: &str) -> anyhow::Result<Vec<String>> {
     topology.complete(&body(name, 8), Duration::from_secs(120))?;
+    if label == "relayed" {
+        let paths = topology.paths()?;
+        anyhow::ensure!(paths.iter().all(|p| p == "relayed"), "home nodes reached {paths:?}");
+        return Ok(paths);
+    }
     if label != "hole-punched" {
         return Ok(topology.paths()?);
     }
@@ -109,6 +114,7 @@ fn time_round(run: &mut Measured, name: &str, decode: usize) -> anyhow::Result<(
     let (many, many_tokens, answer) = timed(1 + decode)?;
     let after = hop_totals(&topology.get("/metrics")?);
     anyhow::ensure!(many_tokens > one_tokens, "the longer completion stopped at once");
+    anyhow::ensure!(many > one, "the longer completion took no longer than one token");
     let decoded = (many_tokens - one_tokens) as f64;
     run.tokens_per_s = run.tokens_per_s.max(decoded / many.saturating_sub(one).as_secs_f64());
     for (blocks, (sum, count)) in after {
@@ -118,7 +124,12 @@ fn time_round(run: &mut Measured, name: &str, decode: usize) -> anyhow::Result<(
         hop.1 += count - count0;
     }
     let ids = answer["choices"][0]["token_ids"].as_array().cloned().unwrap_or_default();
-    run.tokens = ids.iter().filter_map(|id| id.as_u64()).collect();
+    let tokens: Vec<u64> = ids.iter().filter_map(|id| id.as_u64()).collect();
+    anyhow::ensure!(
+        run.tokens.is_empty() || run.tokens == tokens,
+        "the greedy completion changed between rounds"
+    );
+    run.tokens = tokens;
     Ok(())
 }
 

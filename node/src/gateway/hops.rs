@@ -110,6 +110,11 @@ impl HopClient {
         self.net.paths().all()
     }
 
+    /// Relayed connections open now, all peers together.
+    pub fn relayed_connections(&self) -> usize {
+        self.net.paths().relayed_connections()
+    }
+
     /// libp2p peers with an open connection now.
     pub fn connected_peers(&self) -> usize {
         self.net.connected_peers()

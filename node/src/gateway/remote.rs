@@ -582,6 +582,8 @@ pub trait RoutingStatus: Send + Sync {
     fn connected_peers(&self) -> usize;
     /// How each connected peer is reached: directly or only through a relay.
     fn peer_paths(&self) -> Vec<(PeerId, crate::net::nat::Path)>;
+    /// Relayed connections open now (0 once every hole-punched peer's relay is let go).
+    fn relayed_connections(&self) -> usize;
 }
 
 impl RoutingStatus for RemoteModel {
@@ -599,6 +601,9 @@ impl RoutingStatus for RemoteModel {
     }
     fn peer_paths(&self) -> Vec<(PeerId, crate::net::nat::Path)> {
         self.router.hops.paths()
+    }
+    fn relayed_connections(&self) -> usize {
+        self.router.hops.relayed_connections()
     }
 }
 

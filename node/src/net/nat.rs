@@ -207,8 +207,23 @@ impl Paths {
         }
     }
 
+    /// Whether `peer` has a direct connection and relayed ones too: requests should wait for
+    /// the relayed ones to go (`hold`).
+    pub(super) fn draining(&self, peer: &PeerId) -> bool {
+        let paths = self.0.lock().expect("paths");
+        paths.get(peer).is_some_and(|c| {
+            c.values().any(|link| link.relayed) && c.values().any(|link| !link.relayed)
+        })
+    }
+
+    /// Relayed connections open, all peers together.
+    pub fn relayed_connections(&self) -> usize {
+        let paths = self.0.lock().expect("paths");
+        paths.values().flat_map(|c| c.values()).filter(|link| link.relayed).count()
+    }
+
     /// The relayed connections to `peer` that this peer dialed, once a direct one exists:
-    /// they can be let go.
+    /// they can be let go (the other side lets go of those it dialed).
     pub(super) fn superseded(&self, peer: &PeerId) -> Vec<ConnectionId> {
         let paths = self.0.lock().expect("paths");
         let Some(connections) = paths.get(peer) else { return Vec::new() };
@@ -223,6 +238,8 @@ impl Paths {
 pub const RESERVE_RETRY_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between asking a relay that keeps refusing.
 pub const RESERVE_RETRY_MOST: Duration = Duration::from_secs(300);
+/// How long a reservation must have been held for its loss not to count as a failure.
+pub const RESERVE_STEADY: Duration = Duration::from_secs(60);
 
 /// A relay's address as a reservation target: `…/p2p/RELAY/p2p-circuit`.
 pub fn circuit_via(relay: &Multiaddr) -> Option<Multiaddr> {
@@ -248,6 +265,8 @@ pub(super) struct Reservations {
     /// row, and when to ask again (backing off, so a relay that refuses is not asked every
     /// few seconds forever).
     failed: HashMap<PeerId, (u32, Instant)>,
+    /// When each held reservation was granted.
+    granted: HashMap<ListenerId, Instant>,
     local: PeerId,
     pub(super) state: watch::Sender<Reachability>,
 }
@@ -269,6 +288,7 @@ impl Reservations {
             forced,
             listeners: HashMap::new(),
             failed: HashMap::new(),
+            granted: HashMap::new(),
             local,
             state,
         }
@@ -315,38 +335,39 @@ impl Reservations {
         }
     }
 
-    /// `listener` listens: for a relayed listener, a reservation held. Its address is the one
-    /// it was asked at (`--relay`'s, which gateways can dial), whatever the relay reports.
-    pub(super) fn on_listening(&mut self, listener: ListenerId) {
+    /// `listener` listens at `now`: for a relayed listener, a reservation held. Its address
+    /// is the one it was asked at (`--relay`'s, which gateways can dial), whatever the relay
+    /// reports.
+    pub(super) fn on_listening(&mut self, listener: ListenerId, now: Instant) {
         if let Some((relay, held)) = self.listeners.get_mut(&listener)
             && held.is_none()
         {
             *held = circuit_via(relay);
-            if let Some(peer) = super::peer_of(relay) {
-                self.failed.remove(&peer);
-            }
+            self.granted.insert(listener, now);
             self.publish();
         }
     }
 
-    /// `listener` closed (or never started) at `now`: a reservation it held is gone and is
-    /// asked for again at once; one it never got (refused, or the relay unreachable) is asked
-    /// for again after a wait that doubles with each failure in a row, up to
-    /// [`RESERVE_RETRY_MOST`].
+    /// `listener` closed (or never started) at `now`. A reservation held a while
+    /// ([`RESERVE_STEADY`]) is asked for again at once. One never granted (refused, or the
+    /// relay unreachable), or lost soon after it was, is asked for again after a wait that
+    /// doubles with each such failure in a row, up to [`RESERVE_RETRY_MOST`]: a relay that
+    /// refuses, or grants and drops, is not asked at network speed.
     pub(super) fn on_closed(&mut self, listener: ListenerId, now: Instant) {
-        match self.listeners.remove(&listener) {
-            Some((_, Some(_))) => self.publish(),
-            Some((relay, None)) => {
-                if let Some(peer) = super::peer_of(&relay) {
-                    let (failures, _) = self.failed.get(&peer).copied().unwrap_or((0, now));
-                    let wait = RESERVE_RETRY_FIRST
-                        .saturating_mul(1 << failures.min(16))
-                        .min(RESERVE_RETRY_MOST);
-                    self.failed.insert(peer, (failures + 1, now + wait));
-                }
-            }
-            None => {}
+        let Some((relay, held)) = self.listeners.remove(&listener) else { return };
+        let granted = self.granted.remove(&listener);
+        if held.is_some() {
+            self.publish();
         }
+        let Some(peer) = super::peer_of(&relay) else { return };
+        if granted.is_some_and(|at| now.saturating_duration_since(at) >= RESERVE_STEADY) {
+            self.failed.remove(&peer);
+            return;
+        }
+        let (failures, _) = self.failed.get(&peer).copied().unwrap_or((0, now));
+        let wait =
+            RESERVE_RETRY_FIRST.saturating_mul(1 << failures.min(16)).min(RESERVE_RETRY_MOST);
+        self.failed.insert(peer, (failures + 1, now + wait));
     }
 
     fn publish(&self) {
@@ -407,9 +428,9 @@ mod tests {
 
         let watch = reservations.state.subscribe();
         let through = |relay: &Multiaddr| circuit_via(relay).unwrap().with(Protocol::P2p(local));
-        reservations.on_listening(ids[0]);
+        reservations.on_listening(ids[0], now);
         assert_eq!(watch.borrow().relayed, vec![through(&a)]);
-        reservations.on_listening(ids[1]);
+        reservations.on_listening(ids[1], now);
         let mut both = vec![through(&a), through(&b)];
         both.sort_by_key(|a| a.to_string());
         assert_eq!(watch.borrow().relayed, both, "sorted, so the same set compares equal");
@@ -470,10 +491,18 @@ mod tests {
         }
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300]);
 
-        // Held once: the failures are forgotten, and a lost reservation is asked again at once.
+        // Granted and soon lost: one more failure (300 s, the most).
         let listener = ListenerId::next();
         reservations.asked(listener, a.clone());
-        reservations.on_listening(listener);
+        reservations.on_listening(listener, now);
+        reservations.on_closed(listener, now + Duration::from_secs(1));
+        assert!(reservations.next_target(now + Duration::from_secs(290)).is_none());
+        now += Duration::from_secs(301);
+        // Held a while: the failures are forgotten, and the lost one is asked again at once.
+        let listener = ListenerId::next();
+        reservations.asked(listener, a.clone());
+        reservations.on_listening(listener, now);
+        now += RESERVE_STEADY;
         reservations.on_closed(listener, now);
         assert!(reservations.next_target(now).is_some());
         let listener = ListenerId::next();
@@ -495,11 +524,19 @@ mod tests {
         paths.opened(peer, direct, false, false);
         assert_eq!(paths.get(&peer), Some(Path::Direct));
         assert_eq!(paths.superseded(&peer), vec![relayed]);
-        // A relayed connection the other side dialed is the other side's to let go.
+        assert!(paths.draining(&peer));
+        // A relayed connection the other side dialed is the other side's to let go; until it
+        // does, requests wait all the same.
         let inbound = ConnectionId::new_unchecked(3);
         paths.opened(peer, inbound, true, false);
         assert_eq!(paths.superseded(&peer), vec![relayed]);
+        assert_eq!(paths.relayed_connections(), 2);
+        paths.closed(peer, relayed);
+        assert!(paths.superseded(&peer).is_empty());
+        assert!(paths.draining(&peer), "the inbound relayed connection is still open");
         paths.closed(peer, inbound);
+        assert!(!paths.draining(&peer));
+        paths.opened(peer, relayed, true, true);
         paths.closed(peer, relayed);
         paths.closed(peer, direct);
         assert_eq!(paths.get(&peer), None);

@@ -563,26 +563,29 @@ impl EventLoop {
 
     /// Lets the relayed connections to `peer` that this peer dialed go once a direct one
     /// exists and no inference request is in flight either way (requests pick a connection
-    /// in turn, and should all take the direct path); new requests wait meanwhile (`hold`).
-    /// Only the dialing side closes, so that a request on its way in is never cut off by the
-    /// side that cannot see it coming.
+    /// in turn, and should all take the direct path); new requests wait meanwhile (`hold`),
+    /// until every relayed connection is gone. Only the dialing side closes one, so that a
+    /// request on its way in is never cut off by the side that cannot see it coming.
     fn drop_superseded(&mut self, peer: PeerId) {
-        // Called on every answer: the common case, no relayed connection to let go, ends here
-        // before the scan of the requests in flight.
-        let superseded = self.paths.superseded(&peer);
-        if superseded.is_empty() {
+        // Called on every answer: the common case, no relayed connection beside a direct
+        // one, ends here before the scan of the requests in flight.
+        if !self.paths.draining(&peer) {
             self.release_held(peer);
             return;
         }
-        let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
-        if answering || self.pending.values().any(|(p, _)| *p == peer) {
+        if self.held.is_closing(&peer) {
             return;
         }
-        for connection in superseded {
-            tracing::debug!(%peer, "direct connection up: closing the relayed one");
-            self.swarm.close_connection(connection);
+        let superseded = self.paths.superseded(&peer);
+        let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
+        if superseded.is_empty() || answering || self.pending.values().any(|(p, _)| *p == peer) {
+            return;
         }
-        self.held.closing(&peer);
+        for connection in &superseded {
+            tracing::debug!(%peer, "direct connection up: closing the relayed one");
+            self.swarm.close_connection(*connection);
+        }
+        self.held.closing(peer, superseded, Instant::now());
     }
 
     /// Sends an inference request, or holds it while `peer`'s relayed connections drain.
@@ -595,18 +598,17 @@ impl EventLoop {
         // Requests held too long go first, in order.
         self.release_overdue();
         let item = (request, reply);
-        let item = if self.paths.superseded(&peer).is_empty() {
-            Some(item)
-        } else {
+        let item = if self.paths.draining(&peer) {
             self.held.hold(peer, item, Instant::now())
+        } else {
+            Some(item)
         };
         match item {
             Some((request, reply)) => {
                 let id = self.swarm.behaviour_mut().infer.send_request(&peer, Ok(request));
                 self.pending.insert(id, (peer, reply));
             }
-            None if self.held.waiting(&peer) => self.drop_superseded(peer),
-            None => {}
+            None => self.drop_superseded(peer),
         }
     }
 
@@ -759,14 +761,17 @@ impl EventLoop {
                     self.held.direct_again(&peer_id);
                 }
                 self.paths.closed(peer_id, connection_id);
-                // The last relayed connection gone (or the direct one: none to drain for).
-                if self.paths.superseded(&peer_id).is_empty() {
-                    self.release_held(peer_id);
+                self.held.closed(&peer_id, connection_id);
+                // Held requests go once the relayed connections being closed are gone, and
+                // on the direct path if one is left; if new relayed ones opened meanwhile,
+                // those are let go in turn.
+                if !self.held.is_closing(&peer_id) {
+                    self.drop_superseded(peer_id);
                 }
             }
             SwarmEvent::NewListenAddr { listener_id, address } if nat::is_relayed(&address) => {
                 tracing::info!(%address, "reachable through the relay");
-                self.reservations.on_listening(listener_id);
+                self.reservations.on_listening(listener_id, Instant::now());
             }
             SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
                 if addresses.iter().any(nat::is_relayed) || reason.is_err() {

@@ -290,13 +290,28 @@ impl Topology {
         }
     }
 
+    /// The gateway's `/healthz`.
+    pub fn health(&self) -> Result<serde_json::Value, LabError> {
+        serde_json::from_str(&self.get("/healthz")?)
+            .map_err(|e| LabError::Unexpected { what: "/healthz".into(), detail: e.to_string() })
+    }
+
     /// The gateway's path to each home node (`routing.paths` of `/healthz`): `direct`,
     /// `relayed`, or `none` while it holds no connection to it.
     pub fn paths(&self) -> Result<Vec<String>, LabError> {
-        let health: serde_json::Value = serde_json::from_str(&self.get("/healthz")?)
-            .map_err(|e| LabError::Unexpected { what: "/healthz".into(), detail: e.to_string() })?;
+        let health = self.health()?;
         let path = |peer: &String| health["routing"]["paths"][peer].as_str().map(str::to_owned);
         Ok(self.home_peers.iter().map(|p| path(p).unwrap_or_else(|| "none".into())).collect())
+    }
+
+    /// The gateway's relayed connections open (`routing.relayed_connections`).
+    pub fn relayed_connections(&self) -> Result<u64, LabError> {
+        self.health()?["routing"]["relayed_connections"].as_u64().ok_or_else(|| {
+            LabError::Unexpected {
+                what: "/healthz".into(),
+                detail: "no relayed_connections".into(),
+            }
+        })
     }
 
     /// [`Topology::paths`], once every one is direct or `within` has passed.
