@@ -29,6 +29,9 @@ struct Run {
     failovers: Vec<String>,
     /// The gateway's relayed connections open once the paths were read.
     relayed_connections: u64,
+    /// Node 1's own view (its `/status`): its path to the gateway, and its AutoNAT verdict.
+    node_to_gateway: String,
+    node_reachability: String,
 }
 
 /// What happens during the second completion.
@@ -101,6 +104,19 @@ fn across_nats(layout: Layout, max_pos: &str, tokens: usize, second: Second) -> 
         relayed_connections = topology.relayed_connections().unwrap();
     }
 
+    // The home node's view, on its own status endpoint: private, reached through the relay,
+    // and its path to the gateway.
+    let gateway_peer = topology.health().unwrap()["routing"]["peer"].as_str().unwrap().to_owned();
+    let status = topology.node_status(1).unwrap();
+    let relayed: Vec<String> =
+        serde_json::from_value(status["reachability"]["relayed"].clone()).unwrap();
+    assert!(
+        !relayed.is_empty() && relayed.iter().all(|a| a.contains("/p2p-circuit/p2p/")),
+        "node 1's relayed addresses: {relayed:?}"
+    );
+    let node_to_gateway = status["paths"][&gateway_peer].as_str().unwrap_or("none").to_owned();
+    let node_reachability = status["reachability"]["status"].as_str().unwrap().to_owned();
+
     let _ = topology.gateway_log.try_iter().count();
     let killer = match second {
         Second::RelayDies => Some(topology.kill_relay_after(Duration::from_secs(2)).unwrap()),
@@ -114,7 +130,7 @@ fn across_nats(layout: Layout, max_pos: &str, tokens: usize, second: Second) -> 
         killer.join().unwrap();
     }
     let failovers = topology.gateway_log.try_iter().filter(|l| l.contains("failed over")).collect();
-    Run { paths, punching, failovers, relayed_connections }
+    Run { paths, punching, failovers, relayed_connections, node_to_gateway, node_reachability }
 }
 
 #[test]
@@ -128,6 +144,8 @@ fn home_nodes_behind_nat_serve_through_a_relay_and_go_direct() {
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["direct", "direct"], "the gateway's paths to the home nodes");
     assert_eq!(run.relayed_connections, 0, "relayed connections left open beside direct ones");
+    assert_eq!(run.node_reachability, "private", "node 1's AutoNAT verdict");
+    assert_eq!(run.node_to_gateway, "direct", "node 1's path to the gateway, on its /status");
 }
 
 /// Behind port-randomizing routers no hole can be punched: 600-token streams run over a
@@ -141,6 +159,8 @@ fn without_hole_punching_a_long_stream_runs_over_the_relay() {
     eprintln!("gateway → home nodes: {:?}; {:?}", run.paths, run.punching);
     assert_eq!(run.paths, ["relayed", "relayed"], "the gateway's paths to the home nodes");
     assert!(run.relayed_connections >= 2, "{} relayed connections", run.relayed_connections);
+    assert_eq!(run.node_reachability, "private", "node 1's AutoNAT verdict");
+    assert_eq!(run.node_to_gateway, "relayed", "node 1's path to the gateway, on its /status");
     eprintln!("failovers when the relay died: {:#?}", run.failovers);
     assert!(!run.failovers.is_empty(), "the relay died mid-stream and nothing failed over");
 }

@@ -232,6 +232,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
                 (peer.to_string(), serde_json::json!(path))
             }).collect::<serde_json::Map<_, _>>(),
             "relayed_connections": r.status.relayed_connections(),
+            "peer": r.status.local_peer().to_string(),
             "cross_check": {
                 "enabled": report.cross_check,
                 "disputes_total": report.disputes_total,

@@ -110,6 +110,11 @@ impl HopClient {
         self.net.paths().all()
     }
 
+    /// This gateway's libp2p peer id.
+    pub fn local_peer(&self) -> libp2p::PeerId {
+        self.net.local_peer()
+    }
+
     /// Relayed connections open now, all peers together.
     pub fn relayed_connections(&self) -> usize {
         self.net.paths().relayed_connections()

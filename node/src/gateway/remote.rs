@@ -584,6 +584,8 @@ pub trait RoutingStatus: Send + Sync {
     fn peer_paths(&self) -> Vec<(PeerId, crate::net::nat::Path)>;
     /// Relayed connections open now (0 once every hole-punched peer's relay is let go).
     fn relayed_connections(&self) -> usize;
+    /// The gateway's own libp2p peer id, as nodes see it.
+    fn local_peer(&self) -> PeerId;
 }
 
 impl RoutingStatus for RemoteModel {
@@ -604,6 +606,9 @@ impl RoutingStatus for RemoteModel {
     }
     fn relayed_connections(&self) -> usize {
         self.router.hops.relayed_connections()
+    }
+    fn local_peer(&self) -> PeerId {
+        self.router.hops.local_peer()
     }
 }
 

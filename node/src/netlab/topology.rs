@@ -19,6 +19,8 @@ use crate::devnet::{Role, accounts_with};
 const NODE_PORT: u16 = 31000;
 /// Where the gateway's API listens, on its host.
 const API_PORT: u16 = 8080;
+/// Where each node's HTTP endpoint (`--http`) listens, on its host: `STATUS_PORT + index`.
+const STATUS_PORT: u16 = 9100;
 
 /// Which relay the home nodes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct Topology {
     pub relay_address: String,
     /// What each home node registered, as it logged it (with home networks).
     pub registered: Vec<String>,
+    /// Where nodes 1 and 2 run.
+    homes: Vec<Host>,
 }
 
 /// The peer id in a `node ready: peer <id>, …` line.
@@ -91,10 +95,11 @@ impl Run<'_> {
         extra: &[&str],
     ) -> Result<(Proc, String, Receiver<String>), LabError> {
         let listen = format!("/ip4/{}/tcp/{}", host.ip, usize::from(NODE_PORT) + index);
+        let http = format!("{}:{}", host.ip, usize::from(STATUS_PORT) + index);
         let ledger = self.dir.join(format!("node-{index}.redb"));
         let mut cmd = in_namespace(self.binary, Some(&host.netns));
         cmd.args(["node", "--model", self.model, "--blocks", blocks, "--key-env", "NODE_KEY"])
-            .args(["--listen", &listen, "--update-registration", "--ledger"])
+            .args(["--listen", &listen, "--http", &http, "--update-registration", "--ledger"])
             .arg(ledger)
             .args(&self.chain)
             .args(extra)
@@ -239,19 +244,27 @@ impl Topology {
             home_peers,
             relay_address,
             registered,
+            homes,
+        })
+    }
+
+    /// Node `index`'s (1 or 2) `/status`, read on its host.
+    pub fn node_status(&self, index: usize) -> Result<serde_json::Value, LabError> {
+        let host = self.homes.get(index.wrapping_sub(1)).ok_or_else(|| LabError::Unexpected {
+            what: format!("node {index}"),
+            detail: "only nodes 1 and 2 run at home".into(),
+        })?;
+        let url = format!("http://{}:{}/status", host.ip, usize::from(STATUS_PORT) + index);
+        let (status, body) = curl_in(host, &[&url])?;
+        serde_json::from_str(&body).map_err(|e| LabError::Unexpected {
+            what: format!("node {index}'s /status: HTTP {status}"),
+            detail: e.to_string(),
         })
     }
 
     /// `curl` on the gateway's host: the HTTP status and body (status 0: no answer).
     pub fn curl(&self, args: &[&str]) -> Result<(u16, String), LabError> {
-        let out = in_namespace(Path::new("curl"), Some(&self.gateway_host.netns))
-            .args(["-s", "-m", "300", "-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .map_err(|source| LabError::Spawn { command: "curl".into(), source })?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        Ok((status.trim().parse().unwrap_or(0), body.to_owned()))
+        curl_in(&self.gateway_host, args)
     }
 
     /// `GET path` of the gateway's API.
@@ -334,4 +347,16 @@ impl Topology {
             let _ = relay.0.kill();
         }))
     }
+}
+
+/// `curl` on `host`: the HTTP status and body (status 0: no answer).
+fn curl_in(host: &Host, args: &[&str]) -> Result<(u16, String), LabError> {
+    let out = in_namespace(Path::new("curl"), Some(&host.netns))
+        .args(["-s", "-m", "300", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .map_err(|source| LabError::Spawn { command: "curl".into(), source })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((status.trim().parse().unwrap_or(0), body.to_owned()))
 }

@@ -1,6 +1,7 @@
 //! A node's own HTTP endpoint (`infergrid node --http ADDR`): `/metrics` for Prometheus,
 //! `/healthz`, and `/status` with its sessions, KV cache and live ledger — what an operator
-//! otherwise could only read from the ledger file once the node stopped.
+//! otherwise could only read from the ledger file once the node stopped — and how it is
+//! reached: AutoNAT's verdict, its relayed addresses, each peer's path.
 
 use std::sync::{Arc, Mutex};
 
@@ -95,6 +96,8 @@ async fn status(State(view): State<Arc<NodeView>>) -> Response {
     let (sessions, kv) = view.cache();
     let total = totals(&standings);
     let server = &view.server;
+    let reachability = view.net.reachability().borrow().clone();
+    let paths = view.net.paths();
     // Amounts in wei as decimal strings: exact, unlike JSON numbers.
     axum::Json(json!({
         "peer": view.peer.to_string(),
@@ -105,6 +108,17 @@ async fn status(State(view): State<Arc<NodeView>>) -> Response {
         "sessions": sessions,
         "kv_cache": kv.iter().map(|(block, used, free)| json!({"block": block, "used_tokens": used, "free_tokens": free})).collect::<Vec<_>>(),
         "decode_ms_per_token": server.decode_ms.get(),
+        // AutoNAT's verdict (public, private, unknown), the address others dialed it at while
+        // public, and its addresses through relays while private.
+        "reachability": {
+            "status": reachability.status,
+            "public": reachability.public.map(|a| a.to_string()),
+            "relayed": reachability.relayed.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        },
+        // Per connected peer: "direct", or "relayed" while reached only through a relay.
+        "paths": paths.all().into_iter().map(|(peer, path)| (peer.to_string(), json!(path)))
+            .collect::<serde_json::Map<_, _>>(),
+        "relayed_connections": paths.relayed_connections(),
         "channels": standings.iter().map(|s| json!({
             "channel": s.channel.to_string(), "payer": s.payer.to_string(),
             "metered_block_tokens": s.metered, "owed": s.owed.to_string(),
