@@ -6,12 +6,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use infergrid::engine::Pipeline;
 use infergrid::generate::{Prompt, SamplingParams, generate};
+use infergrid::netlab::Proc;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
@@ -26,9 +27,6 @@ pub struct HttpVsInProcess {
     pub devnet_http: f64,
 }
 
-/// A devnet child, interrupted (as Ctrl-C would, so it stops its nodes) when dropped.
-pub(super) struct Devnet(Child);
-
 /// Starts `infergrid devnet` serving `model` from `nodes` node processes (with `extra`
 /// arguments), waits until it is ready, and returns it with its API's `host:port`.
 pub(super) fn start_devnet(
@@ -36,11 +34,12 @@ pub(super) fn start_devnet(
     nodes: usize,
     extra: &[String],
     work: &Path,
-) -> anyhow::Result<(Devnet, String)> {
+) -> anyhow::Result<(Proc, String)> {
     let ready = work.join("devnet-ready.json");
     let _ = std::fs::remove_file(&ready);
     eprintln!("bench: starting a devnet with {nodes} node processes {}", extra.join(" "));
-    let mut devnet = Devnet(
+    // Interrupted when dropped, as Ctrl-C would: the devnet stops its nodes.
+    let mut devnet = Proc(
         Command::new(std::env::current_exe()?)
             .args(["devnet", "--port", "0", "--api", "127.0.0.1:0", "--nodes", &nodes.to_string()])
             .arg("--model")
@@ -72,21 +71,6 @@ pub(super) fn start_devnet(
         .and_then(|rest| rest.strip_suffix("/v1"))
         .context("unexpected api_url")?;
     Ok((devnet, address.to_owned()))
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-    }
 }
 
 pub fn compare(

@@ -59,7 +59,7 @@ pub fn run(model: &Path, decode: usize, work: &Path) -> anyhow::Result<()> {
         let layout = Layout { homes, relay: RelayKind::Dedicated, backup: false };
         let topology = Topology::start(&binary, &model, &dir, layout, Log::Quiet)
             .with_context(|| format!("starting the {label} layout"))?;
-        let paths = warm_up(&topology, label, &manifest.name)
+        let paths = warm_up(&topology, homes, &manifest.name)
             .with_context(|| format!("warming up the {label} layout"))?;
         let (hops, tokens) = (BTreeMap::new(), Vec::new());
         runs.push(Measured { label, topology, tokens_per_s: 0.0, hops, paths, tokens });
@@ -80,22 +80,24 @@ fn body(name: &str, tokens: usize) -> serde_json::Value {
 
 /// A first completion (for home nodes it opens the relayed connections, from which DCUtR
 /// starts), then the gateway's paths to the home nodes: direct where holes can be punched.
-fn warm_up(topology: &Topology, label: &str, name: &str) -> anyhow::Result<Vec<String>> {
+fn warm_up(topology: &Topology, homes: Option<Mapping>, name: &str) -> anyhow::Result<Vec<String>> {
     topology.complete(&body(name, 8), Duration::from_secs(120))?;
-    if label == "relayed" {
-        let paths = topology.paths()?;
-        anyhow::ensure!(paths.iter().all(|p| p == "relayed"), "home nodes reached {paths:?}");
-        return Ok(paths);
+    match homes {
+        None => Ok(topology.paths()?),
+        Some(Mapping::RandomPorts) => {
+            let paths = topology.paths()?;
+            anyhow::ensure!(paths.iter().all(|p| p == "relayed"), "home nodes reached {paths:?}");
+            Ok(paths)
+        }
+        Some(Mapping::PortPreserving) => {
+            let paths = topology.paths_once_direct(Duration::from_secs(30))?;
+            anyhow::ensure!(
+                paths.iter().all(|p| p == "direct"),
+                "no hole was punched to the home nodes within 30 s (paths {paths:?})"
+            );
+            Ok(paths)
+        }
     }
-    if label != "hole-punched" {
-        return Ok(topology.paths()?);
-    }
-    let paths = topology.paths_once_direct(Duration::from_secs(30))?;
-    anyhow::ensure!(
-        paths.iter().all(|p| p == "direct"),
-        "no hole was punched to the home nodes within 30 s (paths {paths:?})"
-    );
-    Ok(paths)
 }
 
 /// One round: decode speed as the difference between a 1-token and a (1 + decode)-token

@@ -83,42 +83,40 @@ pub fn follow(
     });
     let stdout = child.stdout.take().expect("piped stdout");
     let proc = Proc(child);
-    let (out_sender, out_lines) = std::sync::mpsc::channel();
+    // The ready line comes through `ready_line`; what stdout says after it joins the log.
+    let (ready_sender, ready_line) = std::sync::mpsc::channel();
+    let ready_prefix = ready.to_owned();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = out_sender.send(line);
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let Some(line) = lines.by_ref().find(|line| line.starts_with(&ready_prefix)) else {
+            return;
+        };
+        if ready_sender.send(line).is_err() {
+            return;
         }
-    });
-    let deadline = Instant::now() + READY_WITHIN;
-    let line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match out_lines.recv_timeout(left) {
-            Ok(line) if line.starts_with(ready) => break line,
-            Ok(_) => continue,
-            Err(waited) => {
-                let exited = matches!(waited, std::sync::mpsc::RecvTimeoutError::Disconnected);
-                if exited {
-                    // Its log to the end, for the error.
-                    let _ = log_drained.join();
-                }
-                let seen: Vec<String> = following.try_iter().collect();
-                let detail = seen[seen.len().saturating_sub(20)..].join("\n");
-                return Err(if exited {
-                    LabError::Exited { what: command, detail }
-                } else {
-                    LabError::Timeout { what: command, seconds: READY_WITHIN.as_secs(), detail }
-                });
-            }
-        }
-    };
-    // What it prints after the ready line joins its log.
-    std::thread::spawn(move || {
-        for line in out_lines {
+        for line in lines {
             if sender.send(line).is_err() {
                 return;
             }
         }
     });
+    let line = match ready_line.recv_timeout(READY_WITHIN) {
+        Ok(line) => line,
+        Err(waited) => {
+            let exited = matches!(waited, std::sync::mpsc::RecvTimeoutError::Disconnected);
+            if exited {
+                // Its log to the end, for the error.
+                let _ = log_drained.join();
+            }
+            let seen: Vec<String> = following.try_iter().collect();
+            let detail = seen[seen.len().saturating_sub(20)..].join("\n");
+            return Err(if exited {
+                LabError::Exited { what: command, detail }
+            } else {
+                LabError::Timeout { what: command, seconds: READY_WITHIN.as_secs(), detail }
+            });
+        }
+    };
     Ok((proc, line, following))
 }
 
