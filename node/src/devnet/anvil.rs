@@ -75,12 +75,13 @@ impl AnvilProcess {
             let _ = child.wait().await;
             return Err(AnvilError::Exited(reason.trim().to_owned()));
         };
-        // Keep draining both pipes so anvil never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        tokio::spawn(async move {
-            let mut err_lines = BufReader::new(stderr).lines();
-            while let Ok(Some(_)) = err_lines.next_line().await {}
-        });
+        // Keep draining both pipes, as bytes, so anvil never blocks on a full pipe: a line
+        // reader would stop at the first byte that is not UTF-8, and anvil would then hang on
+        // its next log line (every RPC call logs one).
+        let mut stdout = lines.into_inner();
+        tokio::spawn(async move { tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await });
+        let mut stderr = stderr;
+        tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
         Ok(Self { child, url: format!("http://{addr}") })
     }
 

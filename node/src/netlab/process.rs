@@ -4,6 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,26 @@ pub enum Log {
     Quiet,
 }
 
+/// Set once anything in this process panicked: echoed logs stop there.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Makes the first panic end every echo, so that a failed test's panic message comes last in
+/// its output, not buried under the logs its processes print while they are stopped (CI shows
+/// the end of a failure's output). Other tests of the same binary lose their echo from then
+/// on too; their line channels are unaffected.
+fn silence_echoes_after_a_panic() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANICKED.swap(true, Ordering::Relaxed) {
+                eprintln!("(logs of the processes started here are not shown after this panic)");
+            }
+            previous(info);
+        }));
+    });
+}
+
 /// Longest a process may take to print its ready line (a node loads its model and reads
 /// the chain first).
 const READY_WITHIN: Duration = Duration::from_secs(300);
@@ -73,9 +95,12 @@ pub fn follow(
     let (sender, following) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().expect("piped stderr");
     let to_log = sender.clone();
+    if log == Log::Echo {
+        silence_echoes_after_a_panic();
+    }
     let log_drained = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if log == Log::Echo {
+            if log == Log::Echo && !PANICKED.load(Ordering::Relaxed) {
                 eprintln!("{line}");
             }
             let _ = to_log.send(line);
