@@ -84,12 +84,15 @@ impl Sampler {
         let top = most_likely(&logprobs, self.params.top_logprobs);
         let adjusted = self.adjusted(logits);
         let logits = adjusted.as_deref().unwrap_or(logits);
-        let order = match &adjusted {
-            Some(adjusted) => highest_first(&log_softmax(adjusted, 1.0)),
-            None => highest_first(&logprobs),
+        let adjusted_logprobs = adjusted.as_deref().map(|adjusted| log_softmax(adjusted, 1.0));
+        let ranked = adjusted_logprobs.as_deref().unwrap_or(&logprobs);
+        // Greedy needs only the best token; sampling, the candidates top_k keeps, in order.
+        let id = if self.params.temperature <= 0.0 {
+            highest(ranked, 1)[0]
+        } else {
+            let keep = if self.params.top_k == 0 { ranked.len() } else { self.params.top_k };
+            self.sample(logits, &highest(ranked, keep))
         };
-        let id =
-            if self.params.temperature <= 0.0 { order[0] } else { self.sample(logits, &order) };
         *self.counts.entry(id as u32).or_default() += 1;
         TokenChoice { id: id as u32, logprob: logprobs[id] as f32, top }
     }
@@ -146,17 +149,25 @@ impl Sampler {
 
 /// The `count` most likely tokens with their log-probabilities.
 fn most_likely(logprobs: &[f64], count: usize) -> Vec<(u32, f32)> {
-    highest_first(logprobs)
-        .into_iter()
-        .take(count)
-        .map(|i| (i as u32, logprobs[i] as f32))
-        .collect()
+    highest(logprobs, count).into_iter().map(|i| (i as u32, logprobs[i] as f32)).collect()
 }
 
-/// Token indices by decreasing log-probability; ties resolve to the lower id, like argmax.
-fn highest_first(logprobs: &[f64]) -> Vec<usize> {
+/// The indices of the `count` highest log-probabilities, highest first; ties resolve to the
+/// lower id, like argmax. It selects them before sorting them, since this runs for every
+/// token over the whole vocabulary (tens of thousands of entries) and usually wants a few.
+fn highest(logprobs: &[f64], count: usize) -> Vec<usize> {
+    let by_rank = |a: &usize, b: &usize| logprobs[*b].total_cmp(&logprobs[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..logprobs.len()).collect();
-    order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
+    let count = count.min(order.len());
+    if count == 0 {
+        return Vec::new();
+    }
+    if count < order.len() {
+        order.select_nth_unstable_by(count - 1, by_rank);
+        order.truncate(count);
+    }
+    // `by_rank` is a total order (ids break ties), so an unstable sort gives one answer.
+    order.sort_unstable_by(by_rank);
     order
 }
 
@@ -188,6 +199,17 @@ mod tests {
         assert_eq!(c.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
         let total: f64 = [1.0f64, 3.0, 2.0].iter().map(|l| l - 3.0).map(f64::exp).sum();
         assert!((c.logprob as f64 + total.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_highest_are_those_a_full_sort_ranks_first_ties_to_the_lower_id() {
+        let logprobs: Vec<f64> =
+            (0..1000u64).map(|i| ((i * 7919) % 97) as f64 - 50.0).chain([f64::NAN, 46.0]).collect();
+        let mut sorted: Vec<usize> = (0..logprobs.len()).collect();
+        sorted.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
+        for count in [0, 1, 2, 5, 20, 999, 1002, 5000] {
+            assert_eq!(highest(&logprobs, count), sorted[..count.min(sorted.len())], "{count}");
+        }
     }
 
     #[test]
