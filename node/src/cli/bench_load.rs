@@ -74,12 +74,54 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e3
 }
 
-/// Runs every level against a devnet of `nodes` node processes serving `model`.
+/// One level's streams in one round.
+struct LevelRun {
+    tokens_per_second: f64,
+    first_tokens: Vec<Duration>,
+    gaps: Vec<Duration>,
+    errors: usize,
+}
+
+/// `users` streams at once, each of `max_tokens` tokens.
+fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> LevelRun {
+    let started = Instant::now();
+    let timings: Vec<StreamTiming> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..users)
+            .map(|user| {
+                scope.spawn(move || {
+                    stream_once(address, name, &format!("user {user} asks"), max_tokens)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(error) = timings.iter().find_map(|t| t.error.as_ref()) {
+        eprintln!("bench: {users} users: first error: {error}");
+    }
+    LevelRun {
+        tokens_per_second: timings.iter().map(|t| t.tokens).sum::<usize>() as f64 / wall,
+        first_tokens: timings.iter().filter_map(|t| t.first_token).collect(),
+        gaps: timings.iter().flat_map(|t| t.gaps.iter().copied()).collect(),
+        errors: timings.iter().filter(|t| t.error.is_some()).count(),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs every level `rounds` times against a devnet of `nodes` node processes serving
+/// `model`, the levels alternating within each round (so that the machine's slow spells fall
+/// on all of them alike); reports each level's median tokens/s over the rounds, its ratio to
+/// the first level's median, and latencies over all its streams.
 pub fn run(
     model: &Path,
     nodes: usize,
     levels: &[usize],
     max_tokens: usize,
+    rounds: usize,
     work: &Path,
 ) -> anyhow::Result<()> {
     let name = infergrid::model::ModelManifest::load(model)?.name;
@@ -88,42 +130,39 @@ pub fn run(
         "{} predates batch-capable graphs (its nodes could not batch): import it again",
         model.display()
     );
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
     let (_devnet, address) = super::bench_http::start_devnet(model, nodes, &[], work)?;
     // One warm-up stream: channels opened, caches and connections warm.
     let warm = stream_once(&address, &name, "warm up", 8);
     if let Some(e) = warm.error {
         anyhow::bail!("warm-up stream failed: {e}");
     }
+    let mut runs: Vec<Vec<LevelRun>> = levels.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        eprintln!("bench: round {round} of {rounds}");
+        for (level, &users) in levels.iter().enumerate() {
+            runs[level].push(run_level(&address, &name, users, max_tokens));
+        }
+    }
     println!(
         "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "errors"
     );
     let mut one_user = None;
-    for &users in levels {
-        let started = Instant::now();
-        let timings: Vec<StreamTiming> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..users)
-                .map(|user| {
-                    let (address, name) = (&address, &name);
-                    scope.spawn(move || {
-                        stream_once(address, name, &format!("user {user} asks"), max_tokens)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
-        let wall = started.elapsed().as_secs_f64();
-        let tokens: usize = timings.iter().map(|t| t.tokens).sum();
-        let errors = timings.iter().filter(|t| t.error.is_some()).count();
-        if let Some(error) = timings.iter().find_map(|t| t.error.as_ref()) {
-            eprintln!("bench: {users} users: first error: {error}");
-        }
-        let mut first: Vec<Duration> = timings.iter().filter_map(|t| t.first_token).collect();
-        let mut gaps: Vec<Duration> = timings.iter().flat_map(|t| t.gaps.iter().copied()).collect();
+    for (&users, level) in levels.iter().zip(runs) {
+        let rate = median(level.iter().map(|r| r.tokens_per_second).collect());
+        let ratio = rate / *one_user.get_or_insert(rate);
+        let errors: usize = level.iter().map(|r| r.errors).sum();
+        let (mut first, mut gaps): (Vec<Duration>, Vec<Duration>) = level
+            .into_iter()
+            .map(|r| (r.first_tokens, r.gaps))
+            .fold((Vec::new(), Vec::new()), |(mut f, mut g), (rf, rg)| {
+                f.extend(rf);
+                g.extend(rg);
+                (f, g)
+            });
         first.sort();
         gaps.sort();
-        let rate = tokens as f64 / wall;
-        let ratio = rate / *one_user.get_or_insert(rate);
         println!(
             "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {errors:>7}",
             percentile(&first, 0.5),
@@ -133,7 +172,8 @@ pub fn run(
         );
     }
     println!(
-        "(tokens/s: all users' streamed tokens over the level's wall time; × one: against the first level; times in ms)"
+        "(tokens/s: all users' streamed tokens over the level's wall time, the median of {rounds} rounds \
+         in which the levels alternate; × one: against the first level; latencies over every round; times in ms)"
     );
     Ok(())
 }

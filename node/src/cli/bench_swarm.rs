@@ -43,6 +43,10 @@ pub struct SwarmBench {
     /// Tokens each user streams, with --concurrency.
     #[arg(long, default_value_t = 64)]
     stream_tokens: usize,
+    /// Times every --concurrency level is run, the levels alternating; each level reports its
+    /// median tokens/s.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Where --concurrency and --nat keep their devnets' files.
     #[arg(long, default_value = "target/bench-load")]
     work: std::path::PathBuf,
@@ -87,7 +91,7 @@ pub async fn run(args: SwarmBench) -> anyhow::Result<()> {
         let (model, levels, work) =
             (args.model.clone(), args.concurrency.clone(), args.work.clone());
         return tokio::task::spawn_blocking(move || {
-            super::bench_load::run(&model, blocks, &levels, args.stream_tokens, &work)
+            super::bench_load::run(&model, blocks, &levels, args.stream_tokens, args.rounds, &work)
         })
         .await?;
     }
