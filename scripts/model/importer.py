@@ -1,7 +1,7 @@
 """import-model: Hugging Face checkpoint → InferGrid layer blocks (ONNX + aligned weights).
 
 Usage: import-model (--hf DIR | --gguf FILE [--dtype float32|float16]) --out DIR
-                    (--blocks N | --layers 0-3,4-7,...) [--name NAME]
+                    (--blocks N | --layers 0-3,4-7,...) [--name NAME] [--quantize int8|int4]
 
 A GGUF file is first converted (gguf_convert.py) into a temporary Hugging Face-style
 folder beside --out (same filesystem, so no /tmp size limit), imported, then removed.
@@ -65,10 +65,13 @@ def chat_template_of(ckpt: Checkpoint) -> str | None:
     return template
 
 
-def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path) -> dict:
+QUANTIZE_BITS = {"int8": 8, "int4": 4}
+
+
+def build_block(ckpt: Checkpoint, cfg: ModelConfig, block: Block, out: Path, quantize_bits: int | None = None) -> dict:
     """Write block-K.onnx + block-K.weights and return the block's manifest entry."""
     graph, weights = f"block-{block.index}.onnx", f"block-{block.index}.weights"
-    g = GraphBuilder(out / weights)
+    g = GraphBuilder(out / weights, quantize_bits)
     family = FAMILIES[cfg.architecture](ckpt, cfg)
     if cfg.is_decoder:
         build_decoder_block(g, cfg, block, family)
@@ -90,7 +93,7 @@ def _clear_previous(out: Path) -> None:
 
 
 def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, name: str | None,
-                 piece_bytes: int = PIECE_BYTES) -> dict:
+                 piece_bytes: int = PIECE_BYTES, quantize: str | None = None) -> dict:
     ckpt = Checkpoint(hf)
     cfg = load_config(ckpt)
     plan = plan_ranges(cfg.num_layers, layers) if layers else plan_even(cfg.num_layers, blocks)
@@ -105,11 +108,12 @@ def import_model(hf: Path, out: Path, blocks: int | None, layers: str | None, na
     if template is not None:
         (out / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
     progress(f"import: {cfg.architecture} {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-             f"vocab {cfg.vocab_size}, {cfg.source_dtype} → {len(plan)} block(s)")
+             f"vocab {cfg.vocab_size}, {cfg.source_dtype} → {len(plan)} block(s)"
+             + (f", layer matrices quantized to {quantize}" if quantize else ""))
     entries = []
     for block in plan:
         started = time.monotonic()
-        entry = build_block(ckpt, cfg, block, out)
+        entry = build_block(ckpt, cfg, block, out, QUANTIZE_BITS[quantize] if quantize else None)
         progress(f"import: block {block.index + 1}/{len(plan)} layers {block.first_layer}-{block.last_layer}: "
                  f"{len(entry['tensors'])} tensors, {entry['weight_bytes'] / 1e6:.1f} MB "
                  f"({time.monotonic() - started:.1f} s)")
@@ -158,6 +162,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--piece-bytes", type=int, default=PIECE_BYTES,
                         help="bytes per piece nodes fetch and verify one at a time: a power of two "
                              f"from {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES} (default {PIECE_BYTES})")
+    parser.add_argument("--quantize", choices=tuple(QUANTIZE_BITS),
+                        help="store the layers' matrices as int8 or int4 blocks of 32 with a float scale each "
+                             "(ONNX Runtime's MatMulNBits), e.g. for a draft model; embeddings, norms and the "
+                             "head stay float32")
     args = parser.parse_args(argv)
     pb = args.piece_bytes
     if pb < MIN_PIECE_BYTES or pb > MAX_PIECE_BYTES or pb & (pb - 1):
@@ -165,12 +173,12 @@ def main(argv: Sequence[str]) -> int:
     if args.hf is not None:
         if args.dtype is not None:
             raise UsageError("--dtype applies to --gguf only (a checkpoint keeps its own dtype)")
-        import_model(args.hf, args.out, args.blocks, args.layers, args.name, pb)
+        import_model(args.hf, args.out, args.blocks, args.layers, args.name, pb, args.quantize)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out.name}-gguf-", dir=args.out.parent) as tmp:
         convert(args.gguf, Path(tmp), args.dtype or "float32")
-        import_model(Path(tmp), args.out, args.blocks, args.layers, args.name or args.gguf.stem, pb)
+        import_model(Path(tmp), args.out, args.blocks, args.layers, args.name or args.gguf.stem, pb, args.quantize)
     return 0
 
 

@@ -1,9 +1,13 @@
 """A small ONNX graph builder that streams weights into an aligned external-data file.
 
-Every float weight goes to `<block>.weights` at an offset aligned to WEIGHT_ALIGNMENT so
+Every weight goes to `<block>.weights` at an offset aligned to WEIGHT_ALIGNMENT so
 the Rust engine (and ORT) can memory-map it; only 0-d and integer constants stay inline.
 Weights are written as they are added, so a block never holds more than one tensor's
-bytes in the protobuf and large models stay far from protobuf's 2 GiB limit."""
+bytes in the protobuf and large models stay far from protobuf's 2 GiB limit.
+
+A builder made with `quantize_bits` (8 or 4) stores the matrices of `linear` layers as
+ONNX Runtime's `MatMulNBits` (com.microsoft): symmetric blocks of QUANT_BLOCK input rows,
+one float32 scale each, packed into uint8 (`model-format.md`, "Quantized blocks")."""
 
 from pathlib import Path
 
@@ -16,12 +20,19 @@ IR_VERSION = 8  # the IR version that goes with opset 17; onnxruntime 1.31 loads
 WEIGHT_ALIGNMENT = 4096
 
 _ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+# Weights in the external-data file: float32, or the uint8 of packed quantized matrices.
+_WEIGHT_TYPES = {np.dtype(np.float32): ("float32", TensorProto.FLOAT), np.dtype(np.uint8): ("uint8", TensorProto.UINT8)}
+QUANT_BLOCK = 32  # input rows sharing one scale in a quantized matrix
+MS_DOMAIN = "com.microsoft"
 
 
 class GraphBuilder:
     """Collects nodes, inputs, outputs and initializers for one block graph."""
 
-    def __init__(self, weights_path: Path):
+    def __init__(self, weights_path: Path, quantize_bits: int | None = None):
+        if quantize_bits not in (None, 4, 8):
+            raise ValueError(f"quantize_bits {quantize_bits}: 4 or 8")
+        self.quantize_bits = quantize_bits
         self.weights_path = weights_path
         self._weights = open(weights_path, "wb")
         self._offset = 0
@@ -44,17 +55,22 @@ class GraphBuilder:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """Append a float32 weight to the external-data file at an aligned offset."""
-        data = np.ascontiguousarray(array, dtype=np.float32)
+        return self.stored(name, np.ascontiguousarray(array, dtype=np.float32))
+
+    def stored(self, name: str, data: np.ndarray) -> str:
+        """Append `data` (float32 or uint8, as it is) to the external-data file at an aligned offset."""
+        dtype, onnx_type = _WEIGHT_TYPES[data.dtype]
+        data = np.ascontiguousarray(data)
         pad = -self._offset % WEIGHT_ALIGNMENT
         if pad:
             self._weights.write(b"\0" * pad)
             self._offset += pad
-        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(data.shape))
+        tensor = TensorProto(name=name, data_type=onnx_type, dims=list(data.shape))
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.weights_path.name), ("offset", str(self._offset)),
                            ("length", str(data.nbytes))):
             tensor.external_data.add(key=key, value=value)
-        self.external.append({"name": name, "dtype": "float32", "shape": list(data.shape),
+        self.external.append({"name": name, "dtype": dtype, "shape": list(data.shape),
                               "offset": self._offset, "length": data.nbytes})
         self._weights.write(data.tobytes())
         self._offset += data.nbytes
@@ -100,7 +116,10 @@ class GraphBuilder:
         """Write the .onnx file and close the weights file."""
         self._weights.close()
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(node.domain == MS_DOMAIN for node in self.nodes):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+        model = helper.make_model(graph, opset_imports=opsets,
                                   producer_name="infergrid-import-model", ir_version=IR_VERSION)
         graph_path.write_bytes(model.SerializeToString())
         onnx.checker.check_model(str(graph_path))  # by path, so the external data resolves
@@ -111,9 +130,33 @@ class GraphBuilder:
 NEG_FILL = float(np.finfo(np.float32).min)  # masked scores; finite so an all-masked row cannot NaN
 
 
+def quantized(weight_in_out: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """W [in, out] as MatMulNBits wants it: packed uint8 [out, blocks, QUANT_BLOCK·bits/8] and
+    float32 scales [out·blocks], symmetric (no zero points), from ONNX Runtime's own packer."""
+    from onnxruntime.capi import _pybind_state as ort_native
+
+    w = np.ascontiguousarray(weight_in_out, dtype=np.float32)
+    k, n = w.shape
+    blocks = -(-k // QUANT_BLOCK)
+    packed = np.zeros((n, blocks, QUANT_BLOCK * bits // 8), dtype=np.uint8)
+    scales = np.zeros(n * blocks, dtype=np.float32)
+    zero_points = np.zeros(n * -(-blocks * bits // 8), dtype=np.uint8)  # unused: symmetric
+    pack = ort_native.quantize_matmul_8bits if bits == 8 else ort_native.quantize_matmul_4bits
+    pack(packed, w, scales, zero_points, QUANT_BLOCK, n, k, True)
+    return packed, scales
+
+
 def linear(g: GraphBuilder, x: str, name: str, weight_in_out: np.ndarray, bias: np.ndarray | None = None) -> str:
-    """x @ W (+ b) with W stored [in, out], the layout MatMul wants without a Transpose."""
-    y = g.op("MatMul", [x, g.weight(f"{name}.weight", weight_in_out)], hint=name)
+    """x @ W (+ b) with W stored [in, out], the layout MatMul wants without a Transpose; a
+    quantizing builder stores W packed and multiplies with MatMulNBits."""
+    if g.quantize_bits is None:
+        y = g.op("MatMul", [x, g.weight(f"{name}.weight", weight_in_out)], hint=name)
+    else:
+        k, n = weight_in_out.shape
+        packed, scales = quantized(weight_in_out, g.quantize_bits)
+        inputs = [x, g.stored(f"{name}.weight.q{g.quantize_bits}", packed), g.stored(f"{name}.weight.scales", scales)]
+        y = g.op("MatMulNBits", inputs, hint=name, domain=MS_DOMAIN, K=k, N=n, bits=g.quantize_bits,
+                 block_size=QUANT_BLOCK)
     if bias is not None:
         y = g.op("Add", [y, g.weight(f"{name}.bias", bias)], hint=f"{name}.out")
     return y

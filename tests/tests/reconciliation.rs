@@ -141,7 +141,9 @@ fn a_lost_answer_and_a_price_change_end_with_node_and_gateway_agreeing_to_the_we
     assert!(updated.status.success(), "{}", String::from_utf8_lossy(&updated.stderr));
     let changed = expect_line(&node_logs[1], "registered terms changed", Duration::from_secs(10));
     assert!(changed.is_ok(), "node 1 never saw its new price: {changed:?}");
-    std::thread::sleep(Duration::from_secs(6));
+    // The gateway follows a node's move only to terms it read from the registry itself.
+    let known = expect_line(&log, "a node's registered terms changed", Duration::from_secs(30));
+    assert!(known.is_ok(), "the gateway never read node 1's new price: {known:?}");
     // No voucher is due before this completion's Close (its steps are worth less than the
     // signing threshold): all of it is served at the old price, and the node moves with the
     // Close's voucher. The next completion is served at the new price.

@@ -59,6 +59,29 @@ pub struct ImportArgs {
     /// power of two from 16384 to 4194304.
     #[arg(long, default_value_t = infergrid::model::pieces::DEFAULT_PIECE_BYTES)]
     piece_bytes: u64,
+    /// Store the layers' matrices quantized (blocks of 32 weights with a float scale each,
+    /// ONNX Runtime's MatMulNBits): a smaller, faster copy, e.g. a draft model. Embeddings,
+    /// norms and the head stay float32.
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Quantize {
+    /// 8 bits a weight.
+    Int8,
+    /// 4 bits a weight.
+    Int4,
+}
+
+impl Quantize {
+    /// The importer's spelling.
+    const fn importer_name(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,6 +155,9 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         cmd.arg("--name").arg(name);
     }
     cmd.arg("--piece-bytes").arg(args.piece_bytes.to_string());
+    if let Some(quantize) = args.quantize {
+        cmd.arg("--quantize").arg(quantize.importer_name());
+    }
     // Progress lines pass through as they come; the importer's own error line becomes ours.
     let mut child = cmd
         .stderr(Stdio::piped())

@@ -147,7 +147,17 @@ impl Directory {
             .lock()
             .expect("announcements")
             .retain(|peer, _| terms.contains_key(peer));
-        *self.terms.lock().expect("terms") = terms;
+        let mut known = self.terms.lock().expect("terms");
+        for (peer, now) in &terms {
+            if known.get(peer).is_some_and(|before| before.tariff != now.tariff) {
+                tracing::info!(
+                    %peer, operator = %now.operator, price_per_token = %now.tariff.price_per_token,
+                    span_blocks = now.tariff.span_blocks,
+                    "a node's registered terms changed: its channel follows when its node moves"
+                );
+            }
+        }
+        *known = terms;
         Ok(count)
     }
 }

@@ -192,8 +192,14 @@ impl ModelManifest {
             }
             for t in &block.tensors {
                 let elements: usize = t.shape.iter().product();
-                if t.dtype != "float32"
-                    || t.length != elements * 4
+                // float32 weights, or the packed bytes of a quantized matrix.
+                let element_bytes = match t.dtype.as_str() {
+                    "float32" => 4,
+                    "uint8" => 1,
+                    _ => 0,
+                };
+                if element_bytes == 0
+                    || t.length != elements * element_bytes
                     || t.offset as u64 + t.length as u64 > block.weight_bytes
                 {
                     return Err(format!(
