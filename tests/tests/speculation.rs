@@ -1,16 +1,20 @@
 //! Speculative decoding gives exactly what plain decoding gives, in fewer steps: on the
 //! random fixture and on SmolLM2, greedy and seeded sampling with prompt-lookup drafts
-//! produce the very tokens of plain decoding; and a session rolled back past rejected drafts
-//! answers as if they had never run (its next logits equal a fresh session's).
+//! produce the very tokens of plain decoding, and so do drafts from a quantized draft model;
+//! and a session rolled back past rejected drafts answers as if they had never run (its next
+//! logits equal a fresh session's).
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
 
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
 use infergrid::generate::{
-    Generation, Prompt, PromptLookup, Request, SamplingParams, Speculation, generate_speculating,
+    DraftError, Generation, ModelDrafter, Prompt, PromptLookup, Request, SamplingParams,
+    Speculation, check_draft, generate_speculating,
 };
-use infergrid_e2e::models::{import, make_checkpoint, smollm2_imported};
+use infergrid::model::ModelManifest;
+use infergrid_e2e::models::{import, import_with, make_checkpoint, smollm2_imported};
 
 /// Prompts whose continuations quote them, so that prompt lookup has something to propose,
 /// and one that does not.
@@ -83,6 +87,46 @@ fn greedy_speculation_gives_the_plain_tokens_on_the_fixture_and_smollm2() {
         eprintln!("{name}, greedy: {accepted} of {drafted} drafted tokens accepted");
         assert!(drafted > 0, "{name}: prompt lookup never proposed anything");
     }
+}
+
+/// The fixture imported whole with `--quantize int8` drafts for the fixture served in 3
+/// blocks: greedy output is plain decoding's, token for token, and most drafts are accepted
+/// (the draft is the same model, quantized). A model with another vocabulary cannot draft.
+#[test]
+fn a_quantized_draft_model_drafts_and_the_output_stays_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = fixture(dir.path());
+    let hf = dir.path().join("llama-hf");
+    let draft_dir =
+        import_with(&hf, &dir.path().join("draft"), 1, &["--quantize", "int8"]).unwrap();
+    let manifest = |dir: &Path| ModelManifest::load(dir).unwrap();
+    check_draft(&manifest(&draft_dir), &manifest(&served)).expect("same tokenizer and vocabulary");
+
+    let (pipeline, tokenizer) = load(&served);
+    let draft = Arc::new(load(&draft_dir).0);
+    let greedy = SamplingParams::default();
+    let (mut drafted, mut accepted) = (0, 0);
+    for (session, prompt) in PROMPTS.iter().enumerate() {
+        let plain = run(&pipeline, &tokenizer, prompt, &greedy, None);
+        let drafter = ModelDrafter::new(draft.clone(), session as u64);
+        let mut speculation = Speculation::new(Box::new(drafter), 4);
+        let sped = run(&pipeline, &tokenizer, prompt, &greedy, Some(&mut speculation));
+        let ids = |g: &Generation| g.tokens.iter().map(|t| t.choice.id).collect::<Vec<_>>();
+        assert_eq!(ids(&sped), ids(&plain), "{prompt:?}");
+        drafted += sped.drafted;
+        accepted += sped.accepted;
+    }
+    eprintln!("int8 draft model, greedy: {accepted} of {drafted} drafted tokens accepted");
+    assert!(drafted > 0 && accepted * 10 >= drafted * 8, "{accepted} of {drafted} accepted");
+
+    let other = make_checkpoint(&dir.path().join("other"), "llama", &["--vocab", SMALL_VOCAB])
+        .and_then(|hf| import(&hf, &dir.path().join("other-model"), 1))
+        .unwrap();
+    let refused = check_draft(&manifest(&other), &manifest(&served));
+    assert!(
+        matches!(refused, Err(DraftError::Tokenizer | DraftError::Vocabulary { .. })),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -27,8 +27,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::gateway::RoutingStatus;
 use crate::generate::{
-    ChatFormat, Generation, GenerationError, Prompt, PromptLookup, Request, Speculation, TextModel,
-    generate_speculating,
+    ChatFormat, Drafter, Generation, GenerationError, ModelDrafter, Prompt, PromptLookup, Request,
+    Speculation, TextModel, generate_speculating,
 };
 use crate::telemetry::{GatewayMetrics, GatewayNow, NodeTab};
 pub use edge::ApiLimits;
@@ -50,9 +50,12 @@ pub type Embedder = Arc<
 pub struct Routing {
     pub status: Arc<dyn RoutingStatus>,
     pub metrics: GatewayMetrics,
-    /// Prompt-lookup drafts a decode step verifies at most, one round trip through the
-    /// route for all of them (`generate::speculate`); 0 decodes a token a step.
+    /// Drafts a decode step verifies at most, one round trip through the route for all of
+    /// them (`generate::speculate`); 0 decodes a token a step.
     pub drafts: usize,
+    /// Where drafts come from: this draft model, run here (`generate::ModelDrafter`), or
+    /// else prompt lookup.
+    pub draft_model: Option<Arc<crate::engine::Pipeline>>,
 }
 
 /// Shared state of the API.
@@ -423,9 +426,13 @@ where
                     "generating"
                 );
                 let (started, mut last_token) = (Instant::now(), None::<Instant>);
-                let drafts = state.routing.as_ref().map_or(0, |r| r.drafts);
-                let mut speculation = (drafts > 0)
-                    .then(|| Speculation::new(Box::new(PromptLookup::default()), drafts));
+                let mut speculation = state.routing.as_ref().filter(|r| r.drafts > 0).map(|r| {
+                    let drafter: Box<dyn Drafter> = match &r.draft_model {
+                        Some(model) => Box::new(ModelDrafter::new(model.clone(), session)),
+                        None => Box::new(PromptLookup::default()),
+                    };
+                    Speculation::new(drafter, r.drafts)
+                });
                 let request = Request {
                     session,
                     prompt: Prompt::Ids(&prompt.ids),

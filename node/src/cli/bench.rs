@@ -167,6 +167,27 @@ pub fn gguf_or_fixture(
     }
 }
 
+/// The model of [`gguf_or_fixture`] imported whole (one block) with its layers' matrices
+/// quantized, once: a draft model for it.
+pub fn quantized_draft(
+    work: &Path,
+    root: &Path,
+    gguf: Option<&Path>,
+    quantize: super::model::Quantize,
+) -> anyhow::Result<PathBuf> {
+    let bits = quantize.importer_name();
+    let (label, source) = match gguf {
+        Some(gguf) => (gguf_label(gguf)?, ["--gguf".to_owned(), path(gguf)]),
+        None => {
+            super::bench_judge::fixture(work, root)?;
+            ("judge-llama".to_owned(), ["--hf".to_owned(), path(&work.join("judge-llama-hf"))])
+        }
+    };
+    let source: Vec<String> =
+        source.into_iter().chain(["--quantize".to_owned(), bits.to_owned()]).collect();
+    import_once(root, &source, &work.join(format!("{label}-{bits}-draft")), 1)
+}
+
 fn gguf_label(gguf: &Path) -> anyhow::Result<String> {
     let stem = gguf.file_stem().map(|s| s.to_string_lossy().into_owned());
     stem.context("--gguf names no file")

@@ -42,6 +42,10 @@ pub struct SpecBench {
     /// Tokens per completion.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// Draft with a quantized copy of the model (imported whole, once) that the gateway runs,
+    /// instead of prompt lookup.
+    #[arg(long, value_enum)]
+    draft: Option<super::model::Quantize>,
 }
 
 /// One configuration's run over every prompt.
@@ -60,10 +64,21 @@ pub fn run(args: SpecBench, root: &Path) -> anyhow::Result<()> {
     let (label, model) = super::bench::gguf_or_fixture(&args.work, root, args.gguf.as_deref())?;
     let manifest = ModelManifest::load(&model)?;
     let blocks = manifest.blocks.len();
+    let draft = args
+        .draft
+        .map(|quantize| {
+            super::bench::quantized_draft(&args.work, root, args.gguf.as_deref(), quantize)
+        })
+        .transpose()?;
+    let drafts = match args.draft {
+        Some(quantize) => format!("drafts from the {} draft model", quantize.importer_name()),
+        None => "prompt-lookup drafts".to_owned(),
+    };
     let mut rows = Vec::new();
     for &delay in &args.hop_delays_ms {
-        let plain = completions(&args, &model, &manifest.name, blocks, delay, 0)?;
-        let sped = completions(&args, &model, &manifest.name, blocks, delay, args.speculate)?;
+        let plain = completions(&args, &model, &manifest.name, blocks, delay, None)?;
+        let speculating = Some((args.speculate, draft.as_deref()));
+        let sped = completions(&args, &model, &manifest.name, blocks, delay, speculating)?;
         ensure!(
             plain.outputs == sped.outputs,
             "at {delay} ms per hop, speculation changed the output"
@@ -72,7 +87,7 @@ pub fn run(args: SpecBench, root: &Path) -> anyhow::Result<()> {
     }
     println!(
         "bench spec: {label}, {blocks} node processes and a gateway on this machine, greedy, \
-         {} completions of {} tokens, prompt-lookup drafts (up to {})",
+         {} completions of {} tokens, {drafts} (up to {})",
         PROMPTS.len(),
         args.max_tokens,
         args.speculate
@@ -94,19 +109,23 @@ pub fn run(args: SpecBench, root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every prompt through a fresh devnet whose nodes hold answers `delay` ms and whose gateway
-/// verifies up to `speculate` drafts a step, after one warm-up completion (it opens the
-/// payment channels).
+/// Every prompt through a fresh devnet whose nodes hold answers `delay` ms and whose gateway,
+/// when `speculating`, verifies up to that many drafts a step (from the draft model given, or
+/// prompt lookup), after one warm-up completion (it opens the payment channels).
 fn completions(
     args: &SpecBench,
     model: &Path,
     name: &str,
     nodes: usize,
     delay: u64,
-    speculate: u32,
+    speculating: Option<(u32, Option<&Path>)>,
 ) -> anyhow::Result<Run> {
-    let extra = ["--testing-delay-ms", &delay.to_string(), "--speculate", &speculate.to_string()]
-        .map(String::from);
+    let speculate = speculating.map_or(0, |(k, _)| k);
+    let mut extra = vec!["--testing-delay-ms".to_owned(), delay.to_string()];
+    extra.extend(["--speculate".to_owned(), speculate.to_string()]);
+    if let Some((_, Some(draft))) = speculating {
+        extra.extend(["--draft-model".to_owned(), draft.display().to_string()]);
+    }
     let (devnet, address) = start_devnet(model, nodes, &extra, &args.work)?;
     let body = |prompt: &str| json!({"model": name, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0});
     post(&address, "/v1/completions", &body("warm up"))?;

@@ -88,6 +88,10 @@ pub struct DevnetArgs {
     /// (0: plain decoding).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
+    /// With --nodes and --speculate: the gateway's `--draft-model`, a small copy of the model
+    /// (same tokenizer) drafting in the gateway's process instead of prompt lookup.
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
     /// With --nodes: the gateway's `--cross-check`, every hop also run on a witness node and
     /// an answer used only once the two agree.
     #[arg(long)]
@@ -258,6 +262,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                 api: args.api,
                 wei_per_ms: args.wei_per_ms,
                 speculate: args.speculate,
+                draft_model: args.draft_model.clone(),
                 cross_check: args.cross_check,
             },
             NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
@@ -481,6 +486,7 @@ struct GatewaySettings {
     api: std::net::SocketAddr,
     wei_per_ms: f64,
     speculate: u32,
+    draft_model: Option<PathBuf>,
     cross_check: bool,
 }
 
@@ -599,6 +605,12 @@ async fn start_swarm(
     .map(String::from)
     .into_iter()
     .chain(gateway.cross_check.then(|| "--cross-check".to_owned()))
+    .chain(
+        gateway
+            .draft_model
+            .iter()
+            .flat_map(|dir| ["--draft-model".to_owned(), dir.display().to_string()]),
+    )
     .collect::<Vec<_>>();
     let gateway = spawn_ready(
         "gateway".to_owned(),

@@ -76,7 +76,7 @@ pub enum Quantize {
 
 impl Quantize {
     /// The importer's spelling.
-    const fn importer_name(self) -> &'static str {
+    pub(super) const fn importer_name(self) -> &'static str {
         match self {
             Self::Int8 => "int8",
             Self::Int4 => "int4",

@@ -13,9 +13,9 @@ use infergrid::chain::{
     Account, Deployment, Registry, SkippedVoucher, deployment_fingerprint, latest_block_time,
 };
 use infergrid::eip712::Eip712Signer;
-use infergrid::engine::{BlockRunner, CacheLimits, Device, Runtime};
+use infergrid::engine::{BlockRunner, CacheLimits, Device, Pipeline, Runtime};
 use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig, SignatureCheck};
-use infergrid::generate::ChatFormat;
+use infergrid::generate::{ChatFormat, check_draft};
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
 use infergrid::net::nat::{self, Reachability, RegisteredPeers, RelayLimits, RelayService};
@@ -787,9 +787,16 @@ pub struct GatewayArgs {
     /// Speculative decoding: verify up to N drafted tokens in each decode step, one round
     /// trip through the route for all of them. Drafts come from prompt lookup (the
     /// continuation of an earlier occurrence of the last tokens: right when the output quotes
-    /// its input). The output is exactly plain decoding's; 0 turns it off.
+    /// its input), or from --draft-model. The output is exactly plain decoding's; 0 turns it
+    /// off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     speculate: u32,
+    /// With --speculate: drafts come from this model instead, run greedily in this process
+    /// (CPU): a small copy of the served model with its tokenizer, e.g. `model import
+    /// --quantize int8`. The output stays exactly the served model's; a draft that fails
+    /// leaves that step without drafts.
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
     /// Cross-check generation: each step of every hop also runs on a witness, a node of
     /// another operator serving the same blocks, and an answer is used only once two nodes
     /// agree within the validators' tolerance; a disputed step is asked of both again, then
@@ -858,6 +865,21 @@ impl ApiLimitArgs {
 /// How often a gateway looks for nodes whose account to settle (an answer to them was lost).
 const SETTLE_EVERY: Duration = Duration::from_secs(2);
 
+/// The draft model in `dir`, checked to draft for `served` (same tokenizer and vocabulary),
+/// loaded on this machine's CPU.
+fn load_draft(dir: &std::path::Path, served: &ModelManifest) -> anyhow::Result<Arc<Pipeline>> {
+    let draft = ModelManifest::load(dir)?;
+    check_draft(&draft, served).with_context(|| format!("--draft-model {}", dir.display()))?;
+    let runtime = Runtime::new(Device::Cpu, None)?;
+    let pipeline = Pipeline::load(dir, &runtime, CacheLimits::default())?;
+    tracing::info!(
+        model = draft.name,
+        weight_mb = pipeline.weight_bytes() as f64 / 1e6,
+        "drafting with a draft model run here"
+    );
+    Ok(Arc::new(pipeline))
+}
+
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
@@ -924,10 +946,16 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         }
     });
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
+    let draft_model = match &args.draft_model {
+        Some(_) if args.speculate == 0 => bail!("--draft-model drafts for --speculate K: set K"),
+        Some(dir) => Some(load_draft(dir, &manifest)?),
+        None => None,
+    };
     let routing = infergrid::api::Routing {
         status: status.clone(),
         metrics,
         drafts: args.speculate as usize,
+        draft_model,
     };
     let dashboard = infergrid::dashboard::DashboardSource {
         rpc_url: args.chain.rpc_url(),

@@ -1,0 +1,107 @@
+//! A draft model as a [`Drafter`]: a small copy of the served model (e.g. `model import
+//! --quantize int8`) run in this process, greedy, guessing the next tokens for one
+//! generation. Its guesses are only proposals: the verify step keeps what the served model
+//! itself would have produced (`speculate`), so a poor or failing draft costs time, never
+//! correctness.
+
+use std::sync::Arc;
+
+use super::sampler::argmax;
+use super::speculate::Drafter;
+use crate::engine::{EngineError, Pipeline};
+use crate::model::ModelManifest;
+
+/// Why a model cannot draft for another.
+#[derive(Debug, thiserror::Error)]
+pub enum DraftError {
+    #[error(
+        "the draft model's tokenizer differs from the served model's: drafts would be other tokens"
+    )]
+    Tokenizer,
+    #[error("the draft model is an encoder: it cannot guess next tokens")]
+    NotDecoder,
+    #[error("the draft model has {draft} tokens in its vocabulary, the served model {served}")]
+    Vocabulary { draft: usize, served: usize },
+}
+
+/// Whether `draft` can propose tokens for `served`: a decoder with the same tokenizer file
+/// (by hash) and vocabulary.
+pub fn check_draft(draft: &ModelManifest, served: &ModelManifest) -> Result<(), DraftError> {
+    if !draft.architecture.is_decoder() {
+        return Err(DraftError::NotDecoder);
+    }
+    let tokenizer = |m: &ModelManifest| m.files.get(&m.tokenizer.file).cloned();
+    if tokenizer(draft).is_none() || tokenizer(draft) != tokenizer(served) {
+        return Err(DraftError::Tokenizer);
+    }
+    let (draft, served) = (draft.config.vocab_size, served.config.vocab_size);
+    if draft != served {
+        return Err(DraftError::Vocabulary { draft, served });
+    }
+    Ok(())
+}
+
+/// One generation's drafter over a shared draft model: its own KV-cache session, which
+/// follows the generation's context (a step at an earlier position rolls it back, so
+/// rejected guesses cost nothing to undo).
+pub struct ModelDrafter {
+    model: Arc<Pipeline>,
+    session: u64,
+    /// The tokens whose keys and values the draft session holds, in order.
+    cached: Vec<u32>,
+}
+
+impl ModelDrafter {
+    /// A drafter for the generation `session` (its KV-cache key in the draft model).
+    pub fn new(model: Arc<Pipeline>, session: u64) -> Self {
+        Self { model, session, cached: Vec::new() }
+    }
+
+    /// Feeds `tokens` at `position` and returns the most likely next token.
+    fn next(&mut self, position: usize, tokens: &[u32]) -> Result<u32, EngineError> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let logits = self.model.step(self.session, position, &ids)?;
+        self.cached.truncate(position);
+        self.cached.extend_from_slice(tokens);
+        Ok(argmax(logits.last_row()))
+    }
+
+    fn guess(&mut self, context: &[u32], max: usize) -> Result<Vec<u32>, EngineError> {
+        // What the session already holds of this context; at least the last token is fed
+        // again, for the logits after it.
+        let kept = self.cached.iter().zip(context).take_while(|(a, b)| a == b).count();
+        let from = kept.min(context.len() - 1);
+        let mut guesses = vec![self.next(from, &context[from..])?];
+        while guesses.len() < max {
+            let (position, last) = (context.len() + guesses.len() - 1, guesses[guesses.len() - 1]);
+            guesses.push(self.next(position, &[last])?);
+        }
+        Ok(guesses)
+    }
+}
+
+impl Drafter for ModelDrafter {
+    fn draft(&mut self, context: &[u32], max: usize) -> Vec<u32> {
+        let room = self.model.manifest().config.max_positions.saturating_sub(context.len());
+        let max = max.min(room);
+        if max == 0 || context.is_empty() {
+            return Vec::new();
+        }
+        match self.guess(context, max) {
+            Ok(guesses) => guesses,
+            Err(e) => {
+                // No guess this step (the step decodes plainly); the session starts over.
+                tracing::debug!("the draft model failed, decoding without drafts: {e}");
+                self.model.close(self.session);
+                self.cached.clear();
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl Drop for ModelDrafter {
+    fn drop(&mut self) {
+        self.model.close(self.session);
+    }
+}
