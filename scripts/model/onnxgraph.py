@@ -155,8 +155,11 @@ def linear(g: GraphBuilder, x: str, name: str, weight_in_out: np.ndarray, bias: 
         k, n = weight_in_out.shape
         packed, scales = quantized(weight_in_out, g.quantize_bits)
         inputs = [x, g.stored(f"{name}.weight.q{g.quantize_bits}", packed), g.stored(f"{name}.weight.scales", scales)]
+        # accuracy_level 4: ORT quantizes the activations to int8 too and multiplies in
+        # integers; without it the CPU kernel dequantizes 8-bit weights every call, about 20×
+        # slower than the float MatMul it replaces (2× faster with it, measured on 576×1536).
         y = g.op("MatMulNBits", inputs, hint=name, domain=MS_DOMAIN, K=k, N=n, bits=g.quantize_bits,
-                 block_size=QUANT_BLOCK)
+                 block_size=QUANT_BLOCK, accuracy_level=4)
     if bias is not None:
         y = g.op("Add", [y, g.weight(f"{name}.bias", bias)], hint=f"{name}.out")
     return y

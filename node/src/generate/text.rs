@@ -210,6 +210,8 @@ pub fn generate_speculating(
             // chunk only), and only as many as could all be emitted: the step after them
             // stays in the context.
             let room = max_tokens - output.tokens.len() - 1;
+            // A step's cost includes its drafting: a draft model's guesses take time too.
+            let started = std::time::Instant::now();
             let draft = match speculation.as_deref_mut() {
                 Some(speculation) if room > 0 && input.len() == 1 => {
                     speculation.draft(&output.context, room)
@@ -218,7 +220,6 @@ pub fn generate_speculating(
             };
             let step: Vec<i64> =
                 input.iter().copied().chain(draft.iter().map(|&t| t as i64)).collect();
-            let started = std::time::Instant::now();
             let logits = model.logits(session, position, &step)?;
             let took = started.elapsed();
             let Some(first) = logits.rows().checked_sub(draft.len() + 1) else {
