@@ -870,7 +870,8 @@ const SETTLE_EVERY: Duration = Duration::from_secs(2);
 fn load_draft(dir: &std::path::Path, served: &ModelManifest) -> anyhow::Result<Arc<Pipeline>> {
     let draft = ModelManifest::load(dir)?;
     check_draft(&draft, served).with_context(|| format!("--draft-model {}", dir.display()))?;
-    let runtime = Runtime::new(Device::Cpu, None)?;
+    // Idle pool threads sleep: the gateway shares its cores (with nodes, on a devnet).
+    let runtime = Runtime::new_shared_host(Device::Cpu, None)?;
     let pipeline = Pipeline::load(dir, &runtime, CacheLimits::default())?;
     tracing::info!(
         model = draft.name,

@@ -91,12 +91,27 @@ impl Drafter for ModelDrafter {
             Ok(guesses) => guesses,
             Err(e) => {
                 // No guess this step (the step decodes plainly); the session starts over.
-                tracing::debug!("the draft model failed, decoding without drafts: {e}");
-                self.model.close(self.session);
-                self.cached.clear();
+                self.restart(&e);
                 Vec::new()
             }
         }
+    }
+
+    fn prepare(&mut self, prompt: &[u32]) {
+        if prompt.len() < self.model.manifest().config.max_positions
+            && let Err(e) = self.next(0, prompt)
+        {
+            self.restart(&e);
+        }
+    }
+}
+
+impl ModelDrafter {
+    /// Forgets the session after an engine error (e.g. its cache was evicted).
+    fn restart(&mut self, error: &EngineError) {
+        tracing::debug!("the draft model failed, decoding without drafts: {error}");
+        self.model.close(self.session);
+        self.cached.clear();
     }
 }
 

@@ -38,6 +38,10 @@ pub trait Drafter: Send {
     /// At most `max` tokens that may follow `context` (the prompt and the output so far);
     /// none when it has no guess.
     fn draft(&mut self, context: &[u32], max: usize) -> Vec<u32>;
+
+    /// Reads the prompt before decoding starts, so that the first draft does not pay for it
+    /// (and the first decode step's measured cost is a decode step's).
+    fn prepare(&mut self, _prompt: &[u32]) {}
 }
 
 /// Prompt lookup decoding (Saxena 2023): the continuation of the latest earlier occurrence
@@ -114,6 +118,11 @@ impl Speculation {
             verify_cost: None,
             decode_steps: 0,
         }
+    }
+
+    /// Lets the drafter read the prompt (not counted in any step's cost).
+    pub(super) fn prepare(&mut self, prompt: &[u32]) {
+        self.drafter.prepare(prompt);
     }
 
     /// Drafts for `context` for the next decode step, at most `room`: none while verify

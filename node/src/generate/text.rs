@@ -194,6 +194,9 @@ pub fn generate_speculating(
     let mut input: Vec<i64> = prompt_ids.iter().map(|&i| i as i64).collect();
     let mut position = 0;
     let (mut drafted, mut accepted_total, mut verify_steps) = (0, 0, 0);
+    if let Some(speculation) = speculation.as_deref_mut() {
+        speculation.prepare(&prompt_ids);
+    }
     let result = (|| {
         if let Some(top) = score_prompt {
             // A prompt token's log-probability needs the logits of the position before it,
