@@ -110,7 +110,11 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> Leve
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 0 { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
 }
 
 /// Runs every level `rounds` times against a devnet of `nodes` node processes serving
