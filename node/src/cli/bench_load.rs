@@ -158,16 +158,12 @@ pub fn run(
         let rate = median(level.iter().map(|r| r.tokens_per_second).collect());
         let ratio = rate / *one_user.get_or_insert(rate);
         let errors: usize = level.iter().map(|r| r.errors).sum();
-        let (mut first, mut gaps): (Vec<Duration>, Vec<Duration>) = level
-            .into_iter()
-            .map(|r| (r.first_tokens, r.gaps))
-            .fold((Vec::new(), Vec::new()), |(mut f, mut g), (rf, rg)| {
-                f.extend(rf);
-                g.extend(rg);
-                (f, g)
-            });
-        first.sort();
-        gaps.sort();
+        let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
+            let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();
+            all.sort();
+            all
+        };
+        let (first, gaps) = (sorted(|r| &r.first_tokens), sorted(|r| &r.gaps));
         println!(
             "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {errors:>7}",
             percentile(&first, 0.5),

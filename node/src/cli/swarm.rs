@@ -884,6 +884,12 @@ fn load_draft(dir: &std::path::Path, served: &ModelManifest) -> anyhow::Result<A
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
+    // Checked before any chain or network work, so that a wrong flag fails at once.
+    let draft_model = match &args.draft_model {
+        Some(_) if args.speculate == 0 => bail!("--draft-model drafts for --speculate K: set K"),
+        Some(dir) => Some(load_draft(dir, &manifest)?),
+        None => None,
+    };
     let key = args.key.secret()?;
     let (deployment, account) = args.chain.account(&key).await?;
     let registry = Registry::new(deployment.contracts.registry, account.provider.clone());
@@ -947,11 +953,6 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         }
     });
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
-    let draft_model = match &args.draft_model {
-        Some(_) if args.speculate == 0 => bail!("--draft-model drafts for --speculate K: set K"),
-        Some(dir) => Some(load_draft(dir, &manifest)?),
-        None => None,
-    };
     let routing = infergrid::api::Routing {
         status: status.clone(),
         metrics,

@@ -78,6 +78,13 @@ impl ModelDrafter {
         }
         Ok(guesses)
     }
+
+    /// Forgets the session after an engine error (e.g. its cache was evicted).
+    fn restart(&mut self, error: &EngineError) {
+        tracing::debug!("the draft model failed, decoding without drafts: {error}");
+        self.model.close(self.session);
+        self.cached.clear();
+    }
 }
 
 impl Drafter for ModelDrafter {
@@ -103,15 +110,6 @@ impl Drafter for ModelDrafter {
         {
             self.restart(&e);
         }
-    }
-}
-
-impl ModelDrafter {
-    /// Forgets the session after an engine error (e.g. its cache was evicted).
-    fn restart(&mut self, error: &EngineError) {
-        tracing::debug!("the draft model failed, decoding without drafts: {error}");
-        self.model.close(self.session);
-        self.cached.clear();
     }
 }
 
