@@ -25,7 +25,7 @@ use futures::{Stream, StreamExt};
 use tokenizers::Tokenizer;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::gateway::RoutingStatus;
+use crate::gateway::{DraftNodes, RoutingStatus};
 use crate::generate::{
     ChatFormat, Drafter, Generation, GenerationError, ModelDrafter, Prompt, PromptLookup, Request,
     Speculation, TextModel, generate_speculating,
@@ -53,9 +53,39 @@ pub struct Routing {
     /// Drafts a decode step verifies at most, one round trip through the route for all of
     /// them (`generate::speculate`); 0 decodes a token a step.
     pub drafts: usize,
-    /// Where drafts come from: this draft model, run here (`generate::ModelDrafter`), or
-    /// else prompt lookup.
-    pub draft_model: Option<Arc<crate::engine::Pipeline>>,
+    /// Where drafts come from.
+    pub drafts_from: DraftSource,
+}
+
+/// Where a speculating gateway's drafts come from.
+#[derive(Clone)]
+pub enum DraftSource {
+    /// Prompt lookup (`generate::PromptLookup`): free, in this process.
+    PromptLookup,
+    /// A draft model run in this process (`generate::ModelDrafter`).
+    Model(Arc<crate::engine::Pipeline>),
+    /// Draft nodes of the swarm, paid per token (`gateway::RemoteDrafter`).
+    Nodes(Arc<DraftNodes>),
+}
+
+impl DraftSource {
+    /// The drafter of the generation `session`.
+    pub fn drafter(&self, session: u64) -> Box<dyn Drafter> {
+        match self {
+            DraftSource::PromptLookup => Box::new(PromptLookup::default()),
+            DraftSource::Model(model) => Box::new(ModelDrafter::new(model.clone(), session)),
+            DraftSource::Nodes(nodes) => Box::new(nodes.drafter(session)),
+        }
+    }
+
+    /// Its name in `/healthz`.
+    fn name(&self) -> &'static str {
+        match self {
+            DraftSource::PromptLookup => "prompt_lookup",
+            DraftSource::Model(_) => "draft_model",
+            DraftSource::Nodes(_) => "draft_nodes",
+        }
+    }
 }
 
 /// Shared state of the API.
@@ -243,6 +273,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
             },
             "speculation": {
                 "max_drafts": r.drafts,
+                "drafts_from": r.drafts_from.name(),
                 "drafted_tokens": r.metrics.drafted_tokens(),
                 "accepted_tokens": r.metrics.accepted_tokens(),
             },
@@ -426,13 +457,11 @@ where
                     "generating"
                 );
                 let (started, mut last_token) = (Instant::now(), None::<Instant>);
-                let mut speculation = state.routing.as_ref().filter(|r| r.drafts > 0).map(|r| {
-                    let drafter: Box<dyn Drafter> = match &r.draft_model {
-                        Some(model) => Box::new(ModelDrafter::new(model.clone(), session)),
-                        None => Box::new(PromptLookup::default()),
-                    };
-                    Speculation::new(drafter, r.drafts)
-                });
+                let mut speculation = state
+                    .routing
+                    .as_ref()
+                    .filter(|r| r.drafts > 0)
+                    .map(|r| Speculation::new(r.drafts_from.drafter(session), r.drafts));
                 let request = Request {
                     session,
                     prompt: Prompt::Ids(&prompt.ids),

@@ -3,6 +3,8 @@
 //! one node process per block and a gateway serves the model twice, plain and with
 //! `--speculate K`; the same greedy completions run through both, and the tokens/s of each,
 //! their ratio, the drafts' acceptance rate and the mean drafts per verify step are printed.
+//! Drafts come from prompt lookup, or a quantized draft model run by the gateway or (with
+//! `--draft-node`) by a draft node, a hop like the others.
 //! Both runs give the same tokens (checked), so the ratio is the speedup alone.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +48,10 @@ pub struct SpecBench {
     /// instead of prompt lookup.
     #[arg(long, value_enum)]
     draft: Option<super::model::Quantize>,
+    /// With --draft: the draft model runs on a draft node (one more node process, holding its
+    /// answers as long as the others, paid per token) instead of in the gateway.
+    #[arg(long, requires = "draft")]
+    draft_node: bool,
 }
 
 /// One configuration's run over every prompt.
@@ -70,9 +76,14 @@ pub fn run(args: SpecBench, root: &Path) -> anyhow::Result<()> {
             super::bench::quantized_draft(&args.work, root, args.gguf.as_deref(), quantize)
         })
         .transpose()?;
-    let drafts = match args.draft {
-        Some(quantize) => format!("drafts from the {} draft model", quantize.importer_name()),
-        None => "prompt-lookup drafts".to_owned(),
+    let drafts = match (args.draft, args.draft_node) {
+        (Some(quantize), true) => {
+            format!("drafts from a node serving the {} draft model", quantize.importer_name())
+        }
+        (Some(quantize), false) => {
+            format!("drafts from the {} draft model in the gateway", quantize.importer_name())
+        }
+        (None, _) => "prompt-lookup drafts".to_owned(),
     };
     let mut rows = Vec::new();
     for &delay in &args.hop_delays_ms {
@@ -125,6 +136,7 @@ fn completions(
     extra.extend(["--speculate".to_owned(), speculate.to_string()]);
     if let Some((_, Some(draft))) = speculating {
         extra.extend(["--draft-model".to_owned(), draft.display().to_string()]);
+        extra.extend(args.draft_node.then(|| "--draft-node".to_owned()));
     }
     let (devnet, address) = start_devnet(model, nodes, &extra, &args.work)?;
     let body = |prompt: &str| json!({"model": name, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0});

@@ -92,6 +92,11 @@ pub struct DevnetArgs {
     /// (same tokenizer) drafting in the gateway's process instead of prompt lookup.
     #[arg(long)]
     draft_model: Option<PathBuf>,
+    /// With --draft-model: serve the draft model on a draft node — one more node process, the
+    /// next devnet operator, registered for the draft model at its own price — which the
+    /// gateway asks for drafts (`gateway --draft-nodes`) instead of running the model itself.
+    #[arg(long, requires = "draft_model")]
+    draft_node: bool,
     /// With --nodes: the gateway's `--cross-check`, every hop also run on a witness node and
     /// an answer used only once the two agree.
     #[arg(long)]
@@ -228,7 +233,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
         None => None,
     };
     let staffing = Staffing {
-        operators: args.nodes.max(Staffing::default().operators),
+        operators: (args.nodes + usize::from(args.draft_node)).max(Staffing::default().operators),
         validators: args.validators,
         epoch_secs: args.epoch_secs,
     };
@@ -263,6 +268,7 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
                 wei_per_ms: args.wei_per_ms,
                 speculate: args.speculate,
                 draft_model: args.draft_model.clone(),
+                draft_node: args.draft_node,
                 cross_check: args.cross_check,
             },
             NodeTesting { cheats: &args.testing_cheat, delay_ms: args.testing_delay_ms },
@@ -487,6 +493,8 @@ struct GatewaySettings {
     wei_per_ms: f64,
     speculate: u32,
     draft_model: Option<PathBuf>,
+    /// The draft model runs on a node of its own, not in the gateway.
+    draft_node: bool,
     cross_check: bool,
 }
 
@@ -517,27 +525,35 @@ async fn start_swarm(
 ) -> anyhow::Result<Swarm> {
     let manifest = infergrid::model::ModelManifest::load(model)?;
     let operators = accounts_with(devnet::Role::Operator);
+    let draft_node = gateway.draft_model.as_ref().filter(|_| gateway.draft_node);
+    let processes = count + draft_node.iter().count();
     anyhow::ensure!(
-        count <= operators.len(),
-        "--nodes {count}: the devnet has {} operators",
+        processes <= operators.len(),
+        "{processes} node processes: the devnet has {} operators",
         operators.len()
     );
     let payer = &accounts_with(devnet::Role::Payer)[0];
     let (model, deployment) = (model.display().to_string(), deployment.display().to_string());
     let mut nodes = Vec::new();
-    for (index, operator) in operators.iter().take(count).enumerate() {
+    for (index, operator) in operators.iter().take(processes).enumerate() {
         let seeds = index < seeding.seeders;
-        let (folder, blocks) = match seeds {
-            true => (model.clone(), (index % manifest.blocks.len()).to_string()),
-            false => {
+        // The draft node (after the others) registers itself for the draft model, whole.
+        let (folder, blocks, extra) = match draft_node {
+            Some(draft) if index == count => (
+                draft.display().to_string(),
+                "0".to_owned(),
+                vec!["--update-registration".to_owned()],
+            ),
+            _ if seeds => (model.clone(), (index % manifest.blocks.len()).to_string(), vec![]),
+            _ => {
                 let empty = seeding.work.join(format!("node-{index}-model"));
                 if empty.exists() {
                     std::fs::remove_dir_all(&empty)?;
                 }
-                (empty.display().to_string(), "auto".to_owned())
+                let fetch = vec!["--fetch".to_owned(), manifest.model_id.clone()];
+                (empty.display().to_string(), "auto".to_owned(), fetch)
             }
         };
-        let fetch = (!seeds).then(|| ["--fetch".to_owned(), manifest.model_id.clone()]);
         let args = [
             "node",
             "--model",
@@ -560,12 +576,8 @@ async fn start_swarm(
             testing.cheats.iter().filter(|(node, _)| *node == index).flat_map(|(_, f)| f).cloned();
         let delay = (testing.delay_ms > 0)
             .then(|| ["--testing-delay-ms".to_owned(), testing.delay_ms.to_string()]);
-        let args: Vec<String> = args
-            .into_iter()
-            .chain(cheat)
-            .chain(delay.into_iter().flatten())
-            .chain(fetch.into_iter().flatten())
-            .collect();
+        let args: Vec<String> =
+            args.into_iter().chain(cheat).chain(delay.into_iter().flatten()).chain(extra).collect();
         nodes.push(
             spawn_ready(
                 format!("node {index}"),
@@ -611,6 +623,7 @@ async fn start_swarm(
             .iter()
             .flat_map(|dir| ["--draft-model".to_owned(), dir.display().to_string()]),
     )
+    .chain(draft_node.map(|_| "--draft-nodes".to_owned()))
     .collect::<Vec<_>>();
     let gateway = spawn_ready(
         "gateway".to_owned(),

@@ -8,13 +8,13 @@ use alloy::primitives::{B256, U256};
 use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use clap::Args;
-use infergrid::api::{ApiLimits, ApiState, router};
+use infergrid::api::{ApiLimits, ApiState, DraftSource, router};
 use infergrid::chain::{
     Account, Deployment, Registry, SkippedVoucher, deployment_fingerprint, latest_block_time,
 };
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Pipeline, Runtime};
-use infergrid::gateway::{Directory, RemoteModel, RemoteModelConfig, SignatureCheck};
+use infergrid::gateway::{Directory, DraftNodes, RemoteModel, RemoteModelConfig, SignatureCheck};
 use infergrid::generate::{ChatFormat, check_draft};
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
@@ -797,6 +797,13 @@ pub struct GatewayArgs {
     /// leaves that step without drafts.
     #[arg(long)]
     draft_model: Option<PathBuf>,
+    /// With --draft-model: ask the swarm's draft nodes for drafts instead — nodes registered
+    /// on-chain for that model and serving it whole, each paid per token at its registered
+    /// price — rather than running it here (only the folder's manifest and tokenizer are
+    /// read). A draft node that fails leaves its generation without drafts until another
+    /// answers.
+    #[arg(long, requires = "draft_model")]
+    draft_nodes: bool,
     /// Cross-check generation: each step of every hop also runs on a witness, a node of
     /// another operator serving the same blocks, and an answer is used only once two nodes
     /// agree within the validators' tolerance; a disputed step is asked of both again, then
@@ -865,11 +872,15 @@ impl ApiLimitArgs {
 /// How often a gateway looks for nodes whose account to settle (an answer to them was lost).
 const SETTLE_EVERY: Duration = Duration::from_secs(2);
 
-/// The draft model in `dir`, checked to draft for `served` (same tokenizer and vocabulary),
-/// loaded on this machine's CPU.
-fn load_draft(dir: &std::path::Path, served: &ModelManifest) -> anyhow::Result<Arc<Pipeline>> {
+/// The draft model in `dir`, checked to draft for `served` (same tokenizer and vocabulary).
+fn draft_manifest(dir: &std::path::Path, served: &ModelManifest) -> anyhow::Result<ModelManifest> {
     let draft = ModelManifest::load(dir)?;
     check_draft(&draft, served).with_context(|| format!("--draft-model {}", dir.display()))?;
+    Ok(draft)
+}
+
+/// The draft model in `dir`, loaded on this machine's CPU.
+fn load_draft(dir: &std::path::Path, draft: &ModelManifest) -> anyhow::Result<Arc<Pipeline>> {
     // Idle pool threads sleep: the gateway shares its cores (with nodes, on a devnet).
     let runtime = Runtime::new_shared_host(Device::Cpu, None)?;
     let pipeline = Pipeline::load(dir, &runtime, CacheLimits::default())?;
@@ -885,10 +896,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let manifest = ModelManifest::load(&args.model)?;
     let tokenizer = super::infer::load_tokenizer(&args.model, &manifest.tokenizer.file)?;
     // Checked before any chain or network work, so that a wrong flag fails at once.
-    let draft_model = match &args.draft_model {
+    let draft = match &args.draft_model {
         Some(_) if args.speculate == 0 => bail!("--draft-model drafts for --speculate K: set K"),
-        Some(dir) => Some(load_draft(dir, &manifest)?),
+        Some(dir) => Some((dir, draft_manifest(dir, &manifest)?)),
         None => None,
+    };
+    let draft_model = match &draft {
+        Some((dir, draft)) if !args.draft_nodes => Some(load_draft(dir, draft)?),
+        _ => None,
     };
     let key = args.key.secret()?;
     let (deployment, account) = args.chain.account(&key).await?;
@@ -902,23 +917,40 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         nat: Default::default(),
     })?;
     let validation = account.contracts(&deployment).validation;
-    let directory =
-        Directory::new(registry, validation.clone(), manifest.id(), manifest.blocks.len() as u16)
-            .with_min_reputation(args.min_reputation);
+    let directory_of = |model: &ModelManifest| {
+        Directory::new(registry.clone(), validation.clone(), model.id(), model.blocks.len() as u16)
+            .with_min_reputation(args.min_reputation)
+    };
+    let directory = directory_of(&manifest);
     let found = directory.refresh(&net).await?;
     tracing::info!("peer {}, {found} staked nodes serve {}", net.local_peer(), manifest.model_id);
+    let draft_directory = match &draft {
+        Some((_, draft)) if args.draft_nodes => {
+            let directory = directory_of(draft);
+            let found = directory.refresh(&net).await?;
+            tracing::info!("{found} staked draft nodes serve {}", draft.model_id);
+            Some((directory, draft))
+        }
+        _ => None,
+    };
 
     // Announcements are drained by one task and the registry re-read by another, so a slow
     // RPC never leaves the swarm waiting to hand over inbound messages.
-    let announcements = directory.clone();
+    let directories: Vec<Directory> = std::iter::once(&directory)
+        .chain(draft_directory.as_ref().map(|(d, _)| d))
+        .cloned()
+        .collect();
+    for (directory, role) in directories.iter().zip(["gateway", "gateway's draft directory"]) {
+        directory.keep_fresh(net.clone(), Duration::from_secs(5), role);
+    }
     tokio::spawn(async move {
         while let Some(message) = inbound.recv().await {
             if let Inbound::Announcement { from, announcement } = message {
-                announcements.announce(from, announcement);
+                // Each directory keeps only its own model's nodes.
+                directories.iter().for_each(|d| d.announce(from, announcement.clone()));
             }
         }
     });
-    directory.keep_fresh(net.clone(), Duration::from_secs(5), "gateway");
 
     let config = RemoteModelConfig::for_model(&manifest, 4);
     let signatures = SignatureCheck {
@@ -926,6 +958,18 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         clock: validation.epoch_clock().await?,
         time: chain_time(&account.provider, "gateway").await?,
         operators: directory.terms(),
+    };
+    let drafts_from = match (draft_model, draft_directory) {
+        (Some(model), _) => DraftSource::Model(model),
+        (None, Some((directory, draft))) => {
+            let signatures = SignatureCheck { operators: directory.terms(), ..signatures.clone() };
+            let nodes = DraftNodes::new(net.clone(), draft, directory.candidates())
+                .paying(wallet.clone(), directory.terms())
+                .verifying(signatures)
+                .pricing(args.wei_per_ms);
+            DraftSource::Nodes(Arc::new(nodes))
+        }
+        (None, None) => DraftSource::PromptLookup,
     };
     let metrics = GatewayMetrics::new(Some(net.metrics()));
     let remote = RemoteModel::new(net.clone(), config, directory.candidates())
@@ -944,12 +988,20 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     // Accounts that may differ from a node's (an answer lost) are settled off the request path,
     // by a task (not a thread of its own), so that shutting down does not wait for it.
     let settler = Arc::new(remote.open());
+    let draft_settler = match &drafts_from {
+        DraftSource::Nodes(nodes) => Some(nodes.clone()),
+        _ => None,
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SETTLE_EVERY);
         loop {
             tick.tick().await;
-            let settler = settler.clone();
-            let _ = tokio::task::spawn_blocking(move || settler.settle_accounts()).await;
+            let (settler, draft_settler) = (settler.clone(), draft_settler.clone());
+            let settle = move || {
+                settler.settle_accounts();
+                draft_settler.iter().for_each(|nodes| nodes.settle_accounts());
+            };
+            let _ = tokio::task::spawn_blocking(settle).await;
         }
     });
     let status: Arc<dyn infergrid::gateway::RoutingStatus> = Arc::new(remote.open());
@@ -957,7 +1009,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         status: status.clone(),
         metrics,
         drafts: args.speculate as usize,
-        draft_model,
+        drafts_from,
     };
     let dashboard = infergrid::dashboard::DashboardSource {
         rpc_url: args.chain.rpc_url(),

@@ -96,6 +96,11 @@ impl BlockRunner {
         &self.spec
     }
 
+    /// Whether this is the model's first block (its input is token ids).
+    pub fn is_first(&self) -> bool {
+        self.is_first
+    }
+
     /// Whether this is the model's last block (its output is the logits or the encoder's
     /// token embeddings, not hidden states for another block).
     pub fn is_last(&self) -> bool {

@@ -10,14 +10,15 @@ use alloy::primitives::{Address, B256};
 
 use super::TermsBook;
 use super::remote::RemoteModelConfig;
-use super::verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
+use super::verify::{BadAnswer, ExpectedShape, SignatureCheck};
 use crate::engine::EngineError;
 use crate::net::codec::{Account, ErrorCode, InferRequest, InferResponse, Payload, StepKind};
 use crate::net::{NetError, Network};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
-use crate::route::{Bans, Hop};
+use crate::route::{Bans, Candidate, Hop};
 use crate::telemetry::GatewayMetrics;
+use libp2p::PeerId;
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
 /// [`HopClient::call`]): the directory dials every node it lists, and a reachable one answers
@@ -167,10 +168,8 @@ impl HopClient {
                 metrics.voucher_signed();
             }
         }
-        let expected = (kind != StepKind::Close).then(|| ExpectedShape {
-            rows: input_rows(&request.payload),
-            width: self.output_width(hop.last_block),
-        });
+        let expected = (kind != StepKind::Close)
+            .then(|| ExpectedShape::of(&request.payload, self.output_width(hop.last_block)));
         let sent = Instant::now();
         let (result, lost) = self.exchange(hop, terms, request, expected);
         if result.is_ok() {
@@ -388,6 +387,30 @@ impl HopClient {
                 Ok(_) => tracing::debug!(peer = %hop.peer, "asked for its account"),
                 Err(e) => tracing::debug!(peer = %hop.peer, "asking for its account failed: {e:?}"),
             }
+        }
+    }
+
+    /// [`HopClient::settle_accounts`] for the nodes among `candidates`.
+    pub fn settle_accounts_among(&self, candidates: &[Candidate]) {
+        self.settle_accounts(|operator| {
+            candidates.iter().find_map(|c| {
+                (self.operator_of(&c.peer) == Some(operator)).then_some(Hop {
+                    peer: c.peer,
+                    first_block: c.first_block,
+                    last_block: c.last_block,
+                })
+            })
+        });
+    }
+
+    /// Leaves a peer whose step failed out of what is planned next: backed off after a
+    /// failure, set aside without a ban when it speaks another protocol version. (An invalid
+    /// answer was dealt with when it was judged; a fatal error is not the peer's doing.)
+    pub fn set_aside(&self, peer: PeerId, error: &HopError) {
+        match error {
+            HopError::Peer(_) => self.bans().fail(peer),
+            HopError::Incompatible(_) => self.bans().incompatible(peer),
+            HopError::Invalid(_) | HopError::Fatal(_) => {}
         }
     }
 

@@ -3,11 +3,13 @@
 //! and every node on the route paid per token from the gateway's wallet.
 
 mod directory;
+mod draft;
 mod hops;
 mod remote;
 mod verify;
 
 pub use directory::{Directory, TermsBook};
+pub use draft::{DraftNodes, RemoteDrafter};
 pub use hops::{Answer, HopClient, HopError};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport, RoutingStatus};
 pub use verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};

@@ -230,15 +230,7 @@ impl RemoteModel {
     /// Blocks on the network: call it from a blocking thread.
     pub fn settle_accounts(&self) {
         let candidates = self.router.candidates.lock().expect("candidates").clone();
-        self.router.hops.settle_accounts(|operator| {
-            candidates.iter().find_map(|c| {
-                (self.router.hops.operator_of(&c.peer) == Some(operator)).then_some(Hop {
-                    peer: c.peer,
-                    first_block: c.first_block,
-                    last_block: c.last_block,
-                })
-            })
-        });
+        self.router.hops.settle_accounts_among(&candidates);
         self.report_payments();
     }
 

@@ -21,6 +21,12 @@ pub enum BadAnswer {
     Shape { found: Vec<usize>, rows: usize, width: usize },
     #[error("the answer holds a NaN or infinite value")]
     NotFinite,
+    #[error("the answer to a draft step is not token ids")]
+    NotTokens,
+    #[error("{found} guesses, {count} asked for")]
+    Guesses { found: usize, count: usize },
+    #[error("guess {id} is not a token of the {vocab}-token vocabulary")]
+    NotAToken { id: i64, vocab: usize },
     #[error("no registered operator is known for the peer")]
     UnknownOperator,
     #[error("the answer is not signed by the peer's operator {operator} for epoch {epoch} (±1)")]
@@ -31,32 +37,56 @@ impl BadAnswer {
     /// Whether the answer itself is malformed (wrong shape, not a tensor, non-finite), which
     /// no honest node sends, rather than a signature that did not check.
     pub fn is_malformed(&self) -> bool {
-        matches!(self, BadAnswer::NotTensor | BadAnswer::Shape { .. } | BadAnswer::NotFinite)
+        !matches!(self, BadAnswer::UnknownOperator | BadAnswer::Signature { .. })
     }
 }
 
-/// What a step's output must look like: `[1, rows, width]` float32.
+/// What a step's output must look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpectedShape {
-    pub rows: usize,
-    pub width: usize,
+pub enum ExpectedShape {
+    /// `[1, rows, width]` float32: hidden states or logits.
+    Tensor { rows: usize, width: usize },
+    /// A draft step's guesses: exactly `count` token ids below `vocab`.
+    Guesses { count: usize, vocab: usize },
 }
 
 impl ExpectedShape {
-    /// Checks `output` against the shape, and that every value is finite.
+    /// What the answer to a step with `payload` must be, from a span whose output is
+    /// `width` wide (the vocabulary for a decoder's last block).
+    pub fn of(payload: &Payload, width: usize) -> Self {
+        match payload {
+            Payload::Draft { guesses, .. } => {
+                ExpectedShape::Guesses { count: usize::from(*guesses), vocab: width }
+            }
+            payload => ExpectedShape::Tensor { rows: input_rows(payload), width },
+        }
+    }
+
+    /// Checks `output` against the shape, and that every value is finite (a tensor) or a
+    /// token of the vocabulary (guesses).
     pub fn check(&self, output: &Payload) -> Result<(), BadAnswer> {
-        let Payload::Tensor(tensor) = output else { return Err(BadAnswer::NotTensor) };
-        if tensor.shape() != [1, self.rows, self.width] {
-            return Err(BadAnswer::Shape {
-                found: tensor.shape().to_vec(),
-                rows: self.rows,
-                width: self.width,
-            });
+        match (*self, output) {
+            (ExpectedShape::Tensor { rows, width }, Payload::Tensor(tensor)) => {
+                if tensor.shape() != [1, rows, width] {
+                    return Err(BadAnswer::Shape { found: tensor.shape().to_vec(), rows, width });
+                }
+                if !tensor.data().iter().all(|v| v.is_finite()) {
+                    return Err(BadAnswer::NotFinite);
+                }
+                Ok(())
+            }
+            (ExpectedShape::Tensor { .. }, _) => Err(BadAnswer::NotTensor),
+            (ExpectedShape::Guesses { count, vocab }, Payload::Tokens(ids)) => {
+                if ids.len() != count {
+                    return Err(BadAnswer::Guesses { found: ids.len(), count });
+                }
+                match ids.iter().find(|&&id| usize::try_from(id).map_or(true, |id| id >= vocab)) {
+                    Some(&id) => Err(BadAnswer::NotAToken { id, vocab }),
+                    None => Ok(()),
+                }
+            }
+            (ExpectedShape::Guesses { .. }, _) => Err(BadAnswer::NotTokens),
         }
-        if !tensor.data().iter().all(|v| v.is_finite()) {
-            return Err(BadAnswer::NotFinite);
-        }
-        Ok(())
     }
 }
 
@@ -64,7 +94,7 @@ impl ExpectedShape {
 pub fn input_rows(payload: &Payload) -> usize {
     match payload {
         Payload::Empty => 0,
-        Payload::Tokens(ids) => ids.len(),
+        Payload::Tokens(ids) | Payload::Draft { tokens: ids, .. } => ids.len(),
         Payload::Tensor(tensor) => tensor.shape().get(1).copied().unwrap_or(0),
         Payload::Masked { input, .. } => input_rows(input),
     }
@@ -135,7 +165,7 @@ mod tests {
 
     #[test]
     fn shapes_and_values_are_checked() {
-        let logits = ExpectedShape { rows: 1, width: 8 };
+        let logits = ExpectedShape::of(&Payload::Tokens(vec![3]), 8);
         assert_eq!(logits.check(&tensor(vec![1, 1, 8], 0.5)), Ok(()));
         // The answer that used to panic the sampler: no logits at all.
         assert!(matches!(logits.check(&tensor(vec![1, 1, 0], 0.0)), Err(BadAnswer::Shape { .. })));
@@ -146,6 +176,21 @@ mod tests {
         assert_eq!(logits.check(&Payload::Tokens(vec![1])), Err(BadAnswer::NotTensor));
         assert_eq!(input_rows(&Payload::Tokens(vec![1, 2, 3])), 3);
         assert_eq!(input_rows(&tensor(vec![1, 5, 4], 0.0)), 5);
+    }
+
+    #[test]
+    fn guesses_are_checked_in_number_and_against_the_vocabulary() {
+        let draft = ExpectedShape::of(&Payload::Draft { tokens: vec![1, 2], guesses: 3 }, 8);
+        assert_eq!(draft, ExpectedShape::Guesses { count: 3, vocab: 8 });
+        assert_eq!(draft.check(&Payload::Tokens(vec![0, 7, 3])), Ok(()));
+        let wrong = |ids: Vec<i64>| draft.check(&Payload::Tokens(ids)).unwrap_err();
+        assert_eq!(wrong(vec![1, 2]), BadAnswer::Guesses { found: 2, count: 3 });
+        assert_eq!(wrong(vec![1, 2, 3, 4]), BadAnswer::Guesses { found: 4, count: 3 });
+        assert_eq!(wrong(vec![1, 8, 3]), BadAnswer::NotAToken { id: 8, vocab: 8 });
+        assert_eq!(wrong(vec![-1, 2, 3]), BadAnswer::NotAToken { id: -1, vocab: 8 });
+        assert_eq!(draft.check(&tensor(vec![1, 3, 8], 0.0)), Err(BadAnswer::NotTokens));
+        // Any of these is nothing an honest node sends.
+        assert!(wrong(vec![9, 9, 9]).is_malformed());
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub fn check_draft(draft: &ModelManifest, served: &ModelManifest) -> Result<(), 
     Ok(())
 }
 
+/// Where a draft session holding `cached` resumes for `context` (not empty): after what it
+/// already holds of it, but always feeding at least the last token again, for the guess
+/// after it.
+pub fn resume_at(cached: &[u32], context: &[u32]) -> usize {
+    let kept = cached.iter().zip(context).take_while(|(a, b)| a == b).count();
+    kept.min(context.len() - 1)
+}
+
 /// One generation's drafter over a shared draft model: its own KV-cache session, which
 /// follows the generation's context (a step at an earlier position rolls it back, so
 /// rejected guesses cost nothing to undo).
@@ -67,10 +75,7 @@ impl ModelDrafter {
     }
 
     fn guess(&mut self, context: &[u32], max: usize) -> Result<Vec<u32>, EngineError> {
-        // What the session already holds of this context; at least the last token is fed
-        // again, for the logits after it.
-        let kept = self.cached.iter().zip(context).take_while(|(a, b)| a == b).count();
-        let from = kept.min(context.len() - 1);
+        let from = resume_at(&self.cached, context);
         let mut guesses = vec![self.next(from, &context[from..])?];
         while guesses.len() < max {
             let (position, last) = (context.len() + guesses.len() - 1, guesses[guesses.len() - 1]);

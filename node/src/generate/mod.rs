@@ -9,7 +9,7 @@ mod speculate;
 mod text;
 
 pub use chat::{ChatFormat, ChatMessage, ChatTemplateError};
-pub use draft::{DraftError, ModelDrafter, check_draft};
+pub use draft::{DraftError, ModelDrafter, check_draft, resume_at};
 pub use embed::{TokenEncoder, cosine, embed_texts, pool_texts};
 pub use sampler::{Sampler, SamplingParams, TokenChoice, argmax};
 pub use speculate::{Drafter, PromptLookup, Speculation, verify};

@@ -36,6 +36,10 @@ wire_enum! {
         Replay = 2,
         /// Drop the session's cache.
         Close = 3,
+        /// Guesses from a draft model served whole: the tokens run as a step would run them,
+        /// then the model's most likely next tokens, each fed back for the next (`wire.md`,
+        /// "Draft steps").
+        Draft = 4,
     }
 }
 
@@ -47,6 +51,7 @@ impl StepKind {
             StepKind::Decode => "decode",
             StepKind::Replay => "replay",
             StepKind::Close => "close",
+            StepKind::Draft => "draft",
         }
     }
 }
@@ -64,7 +69,17 @@ pub enum Payload {
         attention_mask: Vec<i64>,
         token_type_ids: Vec<i64>,
     },
+    /// A draft step's input: token ids run at the step's position, and how many tokens to
+    /// guess after them (1..=[`MAX_DRAFT_GUESSES`]).
+    Draft {
+        tokens: Vec<i64>,
+        guesses: u16,
+    },
 }
+
+/// The most tokens one draft step may ask for: a draft step runs them one after another, so
+/// it must stay short (a verify step checks no more than this either).
+pub const MAX_DRAFT_GUESSES: u16 = 16;
 
 /// One step of one session through a span of consecutive blocks served by one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -466,6 +481,7 @@ fn payload_len(payload: &Payload) -> usize {
         Payload::Masked { input, attention_mask, token_type_ids } => {
             9 + payload_len(input) + 8 * (attention_mask.len() + token_type_ids.len())
         }
+        Payload::Draft { tokens, .. } => 7 + 8 * tokens.len(),
     }
 }
 
@@ -473,14 +489,19 @@ const TAG_EMPTY: u8 = 0;
 const TAG_TOKENS: u8 = 1;
 const TAG_F32: u8 = 2;
 const TAG_MASKED: u8 = 3;
+const TAG_DRAFT: u8 = 4;
+
+fn encode_ints(ints: &[i64], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(ints.len() as u32).to_le_bytes());
+    ints.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+}
 
 fn encode_payload(payload: &Payload, out: &mut Vec<u8>) {
     match payload {
         Payload::Empty => out.push(TAG_EMPTY),
         Payload::Tokens(ids) => {
             out.push(TAG_TOKENS);
-            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-            ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()));
+            encode_ints(ids, out);
         }
         Payload::Tensor(a) => {
             out.push(TAG_F32);
@@ -491,10 +512,13 @@ fn encode_payload(payload: &Payload, out: &mut Vec<u8>) {
         Payload::Masked { input, attention_mask, token_type_ids } => {
             out.push(TAG_MASKED);
             encode_payload(input, out);
-            for ints in [attention_mask, token_type_ids] {
-                out.extend_from_slice(&(ints.len() as u32).to_le_bytes());
-                ints.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-            }
+            encode_ints(attention_mask, out);
+            encode_ints(token_type_ids, out);
+        }
+        Payload::Draft { tokens, guesses } => {
+            out.push(TAG_DRAFT);
+            out.extend_from_slice(&guesses.to_le_bytes());
+            encode_ints(tokens, out);
         }
     }
 }
@@ -515,6 +539,10 @@ fn decode_payload_nested(r: &mut Reader<'_>, inside_mask: bool) -> Result<Payloa
     Ok(match r.u8()? {
         TAG_EMPTY => Payload::Empty,
         TAG_TOKENS => Payload::Tokens(decode_ints(r)?),
+        TAG_DRAFT => {
+            let guesses = r.u16()?;
+            Payload::Draft { tokens: decode_ints(r)?, guesses }
+        }
         TAG_MASKED if inside_mask => return Err(CodecError::UnknownTag(TAG_MASKED)),
         TAG_MASKED => {
             // One level only: the inner payload is ids or a tensor, never another mask.
@@ -625,6 +653,8 @@ mod tests {
                     attention_mask,
                     token_type_ids,
                 }),
+            (proptest::collection::vec(any::<i64>(), 0..16), any::<u16>())
+                .prop_map(|(tokens, guesses)| Payload::Draft { tokens, guesses }),
         ]
     }
 
@@ -648,7 +678,7 @@ mod tests {
             any::<u16>(),
             any::<u64>(),
             any::<u32>(),
-            0u8..4,
+            0u8..5,
             proptest::option::of((any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>())),
             payload(),
         )
@@ -660,7 +690,7 @@ mod tests {
                         last_block,
                         session,
                         position,
-                        kind: StepKind::from_wire(kind).expect("0..4"),
+                        kind: StepKind::from_wire(kind).expect("0..5"),
                         payment: paid.map(|(channel, amount, r)| SignedVoucher {
                             voucher: Voucher {
                                 channel_id: U256::from_be_bytes(channel),

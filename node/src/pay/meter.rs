@@ -72,14 +72,18 @@ pub fn step_units(request: &InferRequest) -> u64 {
     positions(&request.payload) as u64 * blocks
 }
 
-/// Token positions in a payload: ids, the sequence axis of hidden states `[1, S, D]`, or the
-/// attention mask's length for an encoder step (padding included: it is computed).
+/// Token positions in a payload: ids, the sequence axis of hidden states `[1, S, D]`, the
+/// attention mask's length for an encoder step (padding included: it is computed), or for a
+/// draft step the ids and every guess fed back (all but the last guess: `n + g - 1`).
 pub fn positions(payload: &Payload) -> usize {
     match payload {
         Payload::Empty => 0,
         Payload::Tokens(ids) => ids.len(),
         Payload::Tensor(a) => a.shape().get(1).copied().unwrap_or(0),
         Payload::Masked { attention_mask, .. } => attention_mask.len(),
+        Payload::Draft { tokens, guesses } => {
+            tokens.len() + usize::from(*guesses).saturating_sub(1)
+        }
     }
 }
 
@@ -115,6 +119,9 @@ mod tests {
             token_type_ids: vec![],
         };
         assert_eq!(step_units(&request(StepKind::Prefill, (0, 0), masked)), 4);
+        // Two ids run, then three guesses, two of them fed back: 4 positions.
+        let draft = Payload::Draft { tokens: vec![7, 8], guesses: 3 };
+        assert_eq!(step_units(&request(StepKind::Draft, (0, 0), draft)), 4);
     }
 
     #[test]

@@ -21,11 +21,14 @@ use tracing::Instrument;
 
 use crate::eip712::{Domain, Eip712Signer, keccak256};
 use crate::engine::{BlockInput, BlockRunner, EncoderMask, EngineError, run_chain};
+use crate::generate::argmax;
 use crate::net::Inbound;
 use crate::net::codec::{
-    CodecError, ErrorCode, InferRequest, InferResponse, Payload, StepKind, WireError, payload_bytes,
+    CodecError, ErrorCode, InferRequest, InferResponse, MAX_DRAFT_GUESSES, Payload, StepKind,
+    WireError, payload_bytes,
 };
-use crate::pay::{Collector, meter::step_units};
+use crate::pay::Collector;
+use crate::pay::meter::{positions, step_units};
 use crate::telemetry::{NodeMetrics, StepOutcome};
 use crate::validate::{ChainClock, EpochClock, ResponseAttestation};
 
@@ -215,6 +218,9 @@ impl BlockServer {
                 ),
             );
         }
+        if let Err(refusal) = self.check_draft_step(&request) {
+            return InferResponse::Err(refusal);
+        }
         // Refused before payment and compute: a busy node or a peer over its quota costs
         // nobody anything.
         let _slot = match self.load.step_slot() {
@@ -327,6 +333,30 @@ impl BlockServer {
         (request.kind != StepKind::Close && one_position && batched && !lazy).then_some(span)
     }
 
+    /// A draft step (and only it) carries a draft payload, asks for 1..=[`MAX_DRAFT_GUESSES`]
+    /// guesses after at least one token, and spans a whole model: token ids in, logits out.
+    fn check_draft_step(&self, request: &InferRequest) -> Result<(), WireError> {
+        let bad = |why: &str| Err(WireError::new(ErrorCode::BadInput, why));
+        match (&request.payload, request.kind) {
+            (Payload::Draft { tokens, guesses }, StepKind::Draft) => {
+                let first = &self.blocks[usize::from(request.first_block - self.first_block)];
+                let last = &self.blocks[usize::from(request.last_block - self.first_block)];
+                if !(first.is_first() && last.is_last()) {
+                    return bad("a draft step runs the whole model: its first to its last block");
+                }
+                if tokens.is_empty() || !(1..=MAX_DRAFT_GUESSES).contains(guesses) {
+                    return bad(&format!(
+                        "a draft step feeds at least one token and asks for 1 to {MAX_DRAFT_GUESSES} guesses"
+                    ));
+                }
+                Ok(())
+            }
+            (Payload::Draft { .. }, _) => bad("a draft payload is only for a draft step"),
+            (_, StepKind::Draft) => bad("a draft step carries a draft payload"),
+            _ => Ok(()),
+        }
+    }
+
     /// Books the step against the peer's quota (a Close releases the session), and frees
     /// the caches of every session left idle past the TTL.
     fn book(&self, peer: PeerId, session: u64, request: &InferRequest) -> Result<(), Refusal> {
@@ -337,8 +367,9 @@ impl BlockServer {
             });
         }
         let steps = match &request.payload {
-            Payload::Tokens(ids) => ids.len(),
-            Payload::Tensor(t) => t.shape().get(1).copied().unwrap_or(0),
+            payload @ (Payload::Tokens(_) | Payload::Tensor(_) | Payload::Draft { .. }) => {
+                positions(payload)
+            }
             // Encoder requests hold no cache; Close and malformed steps hold nothing.
             Payload::Masked { .. } | Payload::Empty => 0,
         };
@@ -361,6 +392,13 @@ impl BlockServer {
                 b.close(session);
             });
             return Ok(Payload::Empty);
+        }
+        if let Payload::Draft { tokens, guesses } = request.payload {
+            let span: Vec<&BlockRunner> = blocks.collect();
+            let position = request.position as usize;
+            return guess(&span, session, position, tokens, guesses)
+                .map(Payload::Tokens)
+                .map_err(engine_refusal);
         }
         let output = match request.payload {
             Payload::Masked { input, attention_mask, token_type_ids } => {
@@ -389,11 +427,36 @@ impl BlockServer {
     }
 }
 
+/// A draft step through a whole model: `tokens` run at `position`, then the most likely
+/// next token, fed back for the one after, `count` times. The session's cache ends holding
+/// the tokens and every guess but the last, as a step of all of them would leave it.
+fn guess(
+    span: &[&BlockRunner],
+    session: u64,
+    mut position: usize,
+    tokens: Vec<i64>,
+    count: u16,
+) -> Result<Vec<i64>, EngineError> {
+    let mut guesses = Vec::with_capacity(usize::from(count));
+    let mut input = tokens;
+    while guesses.len() < usize::from(count) {
+        let fed = input.len();
+        let logits = run_chain(span.iter().copied(), BlockInput::Tokens(input), |block, input| {
+            block.forward(session, position, input)
+        })?;
+        let next = i64::from(argmax(logits.last_row()));
+        guesses.push(next);
+        position += fed;
+        input = vec![next];
+    }
+    Ok(guesses)
+}
+
 fn block_input(payload: Payload) -> Result<BlockInput, WireError> {
     match payload {
         Payload::Tokens(ids) => Ok(BlockInput::Tokens(ids)),
         Payload::Tensor(a) => Ok(BlockInput::Hidden(a)),
-        Payload::Empty | Payload::Masked { .. } => {
+        Payload::Empty | Payload::Masked { .. } | Payload::Draft { .. } => {
             Err(WireError::new(ErrorCode::BadInput, "a step needs tokens or hidden states"))
         }
     }
@@ -413,7 +476,7 @@ fn is_one_position(payload: &Payload) -> bool {
     match payload {
         Payload::Tokens(ids) => ids.len() == 1,
         Payload::Tensor(t) => t.shape().get(1) == Some(&1),
-        Payload::Masked { .. } | Payload::Empty => false,
+        Payload::Masked { .. } | Payload::Empty | Payload::Draft { .. } => false,
     }
 }
 
