@@ -9,9 +9,12 @@ from . import eip712, wire
 
 
 def positions(payload: wire.Payload) -> int:
-    """The positions a step carries: token ids, a `[1, S, D]` tensor's S, a mask's length."""
+    """The positions a step carries: token ids, a `[1, S, D]` tensor's S, a mask's length;
+    for a draft step its ids and every guess fed back (all but the last)."""
     if isinstance(payload, wire.Tokens):
         return len(payload.ids)
+    if isinstance(payload, wire.Draft):
+        return len(payload.ids) + max(payload.guesses - 1, 0)
     if isinstance(payload, wire.Tensor):
         return payload.dims[1] if len(payload.dims) > 1 else 0
     if isinstance(payload, wire.Masked):

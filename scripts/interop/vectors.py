@@ -118,6 +118,25 @@ def check_paid_request(v: dict, all_vectors: dict, f: Fields) -> None:
     f.same("requestHash", v["requestHash"], _hex(request.request_hash()))
 
 
+def check_draft_step(v: dict, all_vectors: dict, f: Fields) -> None:
+    payload = wire.Draft(tuple(v["tokens"]), v["guesses"])
+    request = wire.InferRequest(
+        kind=wire.StepKind[v["kind"].capitalize()],
+        model_id=_bytes(v["modelId"]),
+        first_block=v["firstBlock"],
+        last_block=v["lastBlock"],
+        session=int(v["session"], 16),
+        position=v["position"],
+        payload=payload,
+    )
+    f.same("bytes", v["bytes"], _hex(request.encode()))
+    f.same("requestHash", v["requestHash"], _hex(request.request_hash()))
+    units = payments.block_tokens(request.kind, payments.positions(payload), v["firstBlock"], v["lastBlock"])
+    f.same("blockTokens", v["blockTokens"], units)
+    answer = wire.encode_payload(wire.Tokens(tuple(v["answer"]["tokens"])))
+    f.same("answer.outputHash", v["answer"]["outputHash"], _hex(wire.keccak256(answer)))
+
+
 def check_metering(v: dict, all_vectors: dict, f: Fields) -> None:
     total = 0
     for i, step in enumerate(v["steps"]):
@@ -222,6 +241,7 @@ CHECKS = {
     "response": check_response,
     "paidRequest": check_paid_request,
     "metering": check_metering,
+    "draftStep": check_draft_step,
     "dht": check_dht,
     "announcement": check_announcement,
     "challengeTree": check_challenge_tree,

@@ -29,6 +29,7 @@ class StepKind(IntEnum):
     Decode = 1
     Replay = 2
     Close = 3
+    Draft = 4
 
 
 class ErrorCode(IntEnum):
@@ -102,7 +103,16 @@ class Masked:
     token_type_ids: tuple[int, ...] = ()
 
 
-Payload = Empty | Tokens | Tensor | Masked
+@dataclass(frozen=True)
+class Draft:
+    """A draft step's input: ids run at the step's position, then `guesses` tokens guessed."""
+
+    TAG = 4
+    ids: tuple[int, ...]
+    guesses: int
+
+
+Payload = Empty | Tokens | Tensor | Masked | Draft
 
 
 def _u256(value: int) -> bytes:
@@ -128,6 +138,8 @@ def encode_payload(payload: Payload) -> bytes:
         if len(payload.data) != 4 * count:
             raise ValueError(f"dims {payload.dims} need {4 * count} bytes, not {len(payload.data)}")
         return tag + bytes([len(payload.dims)]) + struct.pack(f"<{len(payload.dims)}I", *payload.dims) + payload.data
+    if isinstance(payload, Draft):
+        return tag + struct.pack("<H", payload.guesses) + _i64s(payload.ids)
     return tag + encode_payload(payload.inner) + _i64s(payload.attention_mask) + _i64s(payload.token_type_ids)
 
 
@@ -166,7 +178,7 @@ class _Reader:
 
 def _decode_payload(reader: _Reader, nested: bool = False) -> Payload:
     tag = reader.u8()
-    if tag > Masked.TAG:
+    if tag > Draft.TAG:
         raise CodecError("UnknownTag", str(tag))
     if tag == Empty.TAG:
         if nested:
@@ -183,6 +195,12 @@ def _decode_payload(reader: _Reader, nested: bool = False) -> Payload:
         for dim in dims:
             count *= dim
         return Tensor(dims, reader.take(4 * count))
+    if tag == Draft.TAG:
+        guesses = reader.unpack("<H")[0]
+        draft = Draft(reader.i64s(), guesses)
+        if nested:
+            raise CodecError("UnknownTag", "3")
+        return draft
     if nested:
         raise CodecError("UnknownTag", "3")
     inner = _decode_payload(reader, nested=True)

@@ -10,7 +10,7 @@ use infergrid::devnet::Role;
 use infergrid::engine::{CacheLimits, Device, Pipeline, Runtime};
 use infergrid::identity::NodeIdentity;
 use infergrid_e2e::dev;
-use infergrid_e2e::models::{import, local_greedy, make_checkpoint};
+use infergrid_e2e::models::{import, import_with, local_greedy, make_checkpoint};
 use infergrid_e2e::procs::{Proc, SWARM, Swarm, binary, devnet, free_port, post};
 
 #[test]
@@ -157,29 +157,11 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
         clean["usage"]["completion_tokens"], 600,
         "the fixture hit EOS early; pick another prompt"
     );
-    let mut stream_body = long.clone();
-    stream_body["stream"] = serde_json::json!(true);
-    let client = "import sys,json,urllib.request\nr=urllib.request.urlopen(urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),headers={'Content-Type':'application/json'}),timeout=120)\ntext='';n=0\nfor raw in r:\n line=raw.decode().strip()\n if not line.startswith('data: '): continue\n data=line[6:]\n if data=='[DONE]': break\n obj=json.loads(data)\n if 'error' in obj: print('ERROR',json.dumps(obj),flush=True); sys.exit(1)\n text+=obj['choices'][0]['text']; n+=1\n if n==10: print('KILL',flush=True); sys.stdin.readline()\nprint('TEXT',json.dumps(text),flush=True)";
-    let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
-    let mut reader = Command::new(&python)
-        .args(["-c", client, &format!("{api}/completions"), &stream_body.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "KILL");
+    let stream = PausedStream::start(&format!("{api}/completions"), &long, 10);
     let (victim, index) = first_hop(&listen);
     nodes[index].0.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
-    use std::io::Write;
-    writeln!(reader.stdin.as_mut().unwrap()).unwrap();
-    let last = lines.next().unwrap().unwrap();
-    let text: String = serde_json::from_str(
-        last.strip_prefix("TEXT ").unwrap_or_else(|| panic!("stream failed: {last}")),
-    )
-    .unwrap();
-    assert!(reader.wait().unwrap().success());
+    let text = stream.finish();
     assert_eq!(text, clean["choices"][0]["text"].as_str().unwrap(), "failover changed the output");
     let health = get(&format!("http://{listen}/healthz"));
     let failovers = health["routing"]["failovers"].as_array().unwrap();
@@ -198,6 +180,45 @@ fn gateway_over_four_node_processes_matches_single_process_inference() {
         killed_at.elapsed().as_secs_f64() * 1e3
     );
     drop(nodes);
+}
+
+/// A streamed completion (a Python client) that stops reading after `tokens` chunks until
+/// told to go on: what happens meanwhile (a node killed) happens mid-stream.
+struct PausedStream {
+    reader: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl PausedStream {
+    /// Starts streaming `body` to `url`; returns once `tokens` chunks have arrived.
+    fn start(url: &str, body: &serde_json::Value, tokens: usize) -> Self {
+        let mut body = body.clone();
+        body["stream"] = serde_json::json!(true);
+        let client = "import sys,json,urllib.request\nr=urllib.request.urlopen(urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),headers={'Content-Type':'application/json'}),timeout=120)\ntext='';n=0\nfor raw in r:\n line=raw.decode().strip()\n if not line.startswith('data: '): continue\n data=line[6:]\n if data=='[DONE]': break\n obj=json.loads(data)\n if 'error' in obj: print('ERROR',json.dumps(obj),flush=True); sys.exit(1)\n text+=obj['choices'][0]['text']; n+=1\n if n==int(sys.argv[3]): print('PAUSED',flush=True); sys.stdin.readline()\nprint('TEXT',json.dumps(text),flush=True)";
+        let python = infergrid::tools::locate(infergrid::tools::Tool::Python).unwrap();
+        let mut reader = Command::new(&python)
+            .args(["-c", client, url, &body.to_string(), &tokens.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "PAUSED");
+        Self { reader, lines }
+    }
+
+    /// Reads the rest of the stream; returns its whole text.
+    fn finish(mut self) -> String {
+        use std::io::Write;
+        writeln!(self.reader.stdin.as_mut().unwrap()).unwrap();
+        let last = self.lines.next().unwrap().unwrap();
+        let text = serde_json::from_str(
+            last.strip_prefix("TEXT ").unwrap_or_else(|| panic!("stream failed: {last}")),
+        )
+        .unwrap();
+        assert!(self.reader.wait().unwrap().success());
+        text
+    }
 }
 
 /// The peer serving the first hop of the gateway's current route (once a step has finished),
@@ -273,6 +294,81 @@ fn a_speculating_gateway_gives_the_plain_output_through_a_failover() {
         "/healthz and /metrics agree"
     );
     assert_eq!(speculation["accepted_tokens"].as_f64(), Some(accepted));
+}
+
+/// A draft node — devnet operator 3, re-registered for the fixture's int8 import and serving
+/// it whole — drafts for a gateway started with `--draft-nodes`: the greedy output is the
+/// model's run in one process, most drafts are accepted, and the draft node is paid through a
+/// channel of its own, settled when each generation ends. Killed mid-stream, it leaves the
+/// stream to decode plainly, to the same output.
+#[test]
+fn a_draft_node_drafts_is_paid_and_its_loss_leaves_the_stream_exact() {
+    let _one_swarm = SWARM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_devnet, manifest, deployment, model) = infergrid_e2e::procs::llama_devnet(dir.path());
+    let hf = dir.path().join("llama-hf");
+    let draft = import_with(&hf, &dir.path().join("draft"), 1, &["--quantize", "int8"]).unwrap();
+    let (m, d) = (model.to_str().unwrap(), draft.to_str().unwrap());
+    let rpc = manifest["rpc_url"].as_str().unwrap().to_owned();
+    let swarm =
+        Swarm { model: m, rpc: &rpc, deployment: deployment.to_str().unwrap(), dir: dir.path() };
+    let _nodes: Vec<Proc> = (0..3).map(|i| swarm.node(i, &i.to_string(), &[])).collect();
+    let mut draft_node = Swarm { model: d, ..swarm }.node(3, "0", &["--update-registration"]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = ["--speculate", "4", "--draft-model", d, "--draft-nodes"];
+    let (_gateway, log) = swarm.gateway_logged(0, &listen, &flags, &[]);
+    let api = format!("http://{listen}/v1");
+    let name = infergrid::model::ModelManifest::load(&model).unwrap().name;
+
+    let (mut drafted, mut accepted) = (0, 0);
+    for prompt in ["once upon a time", "the cat sat on the mat", "a b c"] {
+        let body = serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 40, "temperature": 0});
+        let (status, answer) = post(&format!("{api}/completions"), &body);
+        assert_eq!(status, 200, "{answer}");
+        let ids: Vec<u32> =
+            serde_json::from_value(answer["choices"][0]["token_ids"].clone()).unwrap();
+        assert_eq!(ids, local_greedy(&model, prompt, 40).unwrap().0, "{prompt:?}");
+        let speculation = &answer["usage"]["speculation"];
+        drafted += speculation["drafted_tokens"].as_u64().unwrap();
+        accepted += speculation["accepted_tokens"].as_u64().unwrap();
+    }
+    eprintln!("draft node: {accepted} of {drafted} drafted tokens accepted");
+    assert!(drafted > 0 && accepted * 10 >= drafted * 8, "{accepted} of {drafted} accepted");
+    let health = get(&format!("http://{listen}/healthz"));
+    assert_eq!(health["routing"]["speculation"]["drafts_from"], "draft_nodes", "{health}");
+    // The payments report is refreshed every 2 s: the draft sessions' Close steps, which
+    // carry their final vouchers, may come after the last refresh.
+    let draft_operator = dev(Role::Operator, 3).address.to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let tab = loop {
+        let health = get(&format!("http://{listen}/healthz"));
+        let payments = health["routing"]["payments"].as_array().unwrap().clone();
+        let tab = payments.into_iter().find(|t| t["operator"] == draft_operator.as_str());
+        let tab = tab.unwrap_or_else(|| panic!("the draft node was not paid: {health}"));
+        if tab["owed"] == tab["signed"] || Instant::now() > deadline {
+            break tab;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(tab["metered_block_tokens"].as_u64().unwrap() > 0, "{tab}");
+    assert_eq!(tab["owed"], tab["signed"], "every draft session is settled: {tab}");
+
+    // The draft node dies mid-stream: the stream goes on without drafts, exactly.
+    let prompt = "in the beginning";
+    let long =
+        serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 400, "temperature": 0});
+    let stream = PausedStream::start(&format!("{api}/completions"), &long, 10);
+    draft_node.0.kill().unwrap(); // SIGKILL
+    let text = stream.finish();
+    let plain = local_greedy(&model, prompt, 400).unwrap().1;
+    assert_eq!(text, plain, "losing the draft node changed the output");
+    // Proof that the draft node died while the stream still needed it.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let noticed = std::iter::from_fn(|| {
+        log.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+    })
+    .any(|line| line.contains("the draft node failed"));
+    assert!(noticed, "the draft node was killed after the stream had finished");
 }
 
 /// What [`streams_survive_a_kill`] saw.

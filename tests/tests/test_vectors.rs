@@ -17,6 +17,7 @@ use infergrid::identity::{NodeIdentity, peer_id_ownership_digest, registry_domai
 use infergrid::model::{MODEL_ID_PLACEHOLDER, files_model_id, manifest_model_id};
 use infergrid::net::codec::{
     Account, InferRequest, InferResponse, Payload, PaymentReason, StepKind, WireError,
+    payload_bytes,
 };
 use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
 use infergrid::net::{Announcement, block_key, files_key};
@@ -84,6 +85,19 @@ fn vectors() -> Value {
         payment: Some(signed.clone()),
         payload: Payload::Tokens(vec![17, 4242]),
     };
+
+    // A draft step to a node serving a one-block draft model: two ids at position 9, four
+    // guesses asked; and an answer of four guesses.
+    let draft = InferRequest {
+        first_block: 0,
+        last_block: 0,
+        position: 9,
+        kind: StepKind::Draft,
+        payment: None,
+        payload: Payload::Draft { tokens: vec![17, 4242], guesses: 4 },
+        ..request.clone()
+    };
+    let guesses = Payload::Tokens(vec![5, 6, 7, 8]);
 
     let challenges: Vec<(B256, B256)> = (0..5)
         .map(|i| {
@@ -168,7 +182,7 @@ fn vectors() -> Value {
     };
 
     json!({
-        "about": "Values every implementation of the InferGrid protocol must reproduce, except where protocol-spec/README.md (Conformance) marks a value informative; each vector's \"spec\" names the document and section that define it, and \"note\" fields explain. Generated and checked by tests/tests/test_vectors.rs. Written as: hashes, keys, signatures and byte strings as 0x and lowercase hex; uint256 amounts and channel ids as decimal strings; addresses EIP-55 checksummed; a step kind as the lowercase name of its StepKind (prefill = 0, decode = 1, replay = 2, close = 3; wire.md, Messages), encoded on the wire as that u8; a session as 0x and the 16 hex digits of the u64 (most significant first as written), encoded on the wire as u64 little-endian.",
+        "about": "Values every implementation of the InferGrid protocol must reproduce, except where protocol-spec/README.md (Conformance) marks a value informative; each vector's \"spec\" names the document and section that define it, and \"note\" fields explain. Generated and checked by tests/tests/test_vectors.rs. Written as: hashes, keys, signatures and byte strings as 0x and lowercase hex; uint256 amounts and channel ids as decimal strings; addresses EIP-55 checksummed; a step kind as the lowercase name of its StepKind (prefill = 0, decode = 1, replay = 2, close = 3, draft = 4; wire.md, Messages), encoded on the wire as that u8; a session as 0x and the 16 hex digits of the u64 (most significant first as written), encoded on the wire as u64 little-endian.",
         "keys": {
             "payer": {"secret": PAYER_SECRET.to_string(), "address": payer.address().to_string()},
             "operator": {"secret": OPERATOR_SECRET.to_string(), "address": operator.address().to_string()},
@@ -245,6 +259,16 @@ fn vectors() -> Value {
             "payment": {"channelId": "7", "cumulativeAmount": "123456789", "signature": hex(&signed.signature)},
             "bytes": hex(request.encode()),
             "requestHash": request.request_hash().to_string(),
+        },
+        "draftStep": {
+            "spec": "wire.md, Draft steps",
+            "modelId": model_id.to_string(),
+            "firstBlock": 0, "lastBlock": 0, "session": "0x0102030405060708", "position": 9,
+            "kind": "draft", "tokens": [17, 4242], "guesses": 4,
+            "bytes": hex(draft.encode()),
+            "requestHash": draft.request_hash().to_string(),
+            "blockTokens": infergrid::pay::meter::step_units(&draft),
+            "answer": {"tokens": [5, 6, 7, 8], "outputHash": keccak256(&payload_bytes(&guesses)).to_string()},
         },
         "challengeTree": {
             "spec": "validation.md, Challenge sets",
