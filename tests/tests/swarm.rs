@@ -138,6 +138,92 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
     Ok(())
 }
 
+/// A node serving a whole model answers Draft steps with the in-process model's greedy
+/// continuation, signed; a later draft step at an earlier position rolls the session back (as
+/// a verify step's rejected drafts are); and every malformed draft step is refused with
+/// BadInput before any compute: no guesses, too many, no tokens, a draft payload in another
+/// kind of step, a draft step without one, and a span that is not the whole model.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_model_node_drafts_the_greedy_continuation_and_refuses_bad_draft_steps()
+-> anyhow::Result<()> {
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "8"], 3)?;
+    let (client, _client_inbound) = network(None)?;
+    let whole = serve(&manifest, &runtime, 0..=2, &[client.local_peer()], 1)?;
+    let part = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 2)?;
+    client.dial(whole.peer, whole.addr.clone()).await?;
+    client.dial(part.peer, part.addr.clone()).await?;
+
+    // What the model in one process continues greedily after `context`, `count` tokens.
+    let greedy = |context: &[i64], count: usize| -> anyhow::Result<Vec<i64>> {
+        let session = 7;
+        let (mut input, mut position, mut out) = (context.to_vec(), 0, Vec::new());
+        while out.len() < count {
+            let logits = local.step(session, position, &input)?;
+            position += input.len();
+            let next = i64::from(infergrid::generate::argmax(logits.last_row()));
+            out.push(next);
+            input = vec![next];
+        }
+        local.close(session);
+        Ok(out)
+    };
+    let draft = |position: u32, tokens: Vec<i64>, guesses: u16| {
+        step(&manifest, (0, 2), position, StepKind::Draft, Payload::Draft { tokens, guesses })
+    };
+    let prompt = vec![1i64, 5, 9, 13, 2];
+    let request = draft(0, prompt.clone(), 4);
+    let response = client.request(whole.peer, request.clone()).await?;
+    let InferResponse::Ok { output: answer, signature, .. } = response else {
+        panic!("{response:?}")
+    };
+    let guesses = greedy(&prompt, 4)?;
+    assert_eq!(answer, Payload::Tokens(guesses.clone()), "the node's guesses are not greedy");
+    let attestation = ResponseAttestation {
+        request_hash: request.request_hash(),
+        output_hash: infergrid::eip712::keccak256(&payload_bytes(&answer)),
+        epoch: NODE_EPOCHS.epoch_at(0),
+    };
+    let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
+    assert_eq!(attestation.signer(&domain, &signature)?, whole.operator.address());
+
+    // Two guesses kept, then another token instead of the third: the session (holding the
+    // prompt and three guesses) is rolled back to the prompt and two guesses.
+    let mut context = [&prompt[..], &guesses[..2]].concat();
+    let other = (guesses[2] + 1) % manifest.config.vocab_size as i64;
+    let response = client.request(whole.peer, draft(context.len() as u32, vec![other], 3)).await?;
+    context.push(other);
+    assert_eq!(output(response), Payload::Tokens(greedy(&context, 3)?), "after a rollback");
+
+    let refusal = |r: InferResponse| match r {
+        InferResponse::Err(e) => (e.code, e.message),
+        InferResponse::Ok { .. } => panic!("expected a refusal"),
+    };
+    let decode_with_draft = step(
+        &manifest,
+        (0, 2),
+        0,
+        StepKind::Decode,
+        Payload::Draft { tokens: vec![1], guesses: 2 },
+    );
+    let draft_with_tokens = step(&manifest, (0, 2), 0, StepKind::Draft, Payload::Tokens(vec![1]));
+    let part_draft =
+        step(&manifest, (0, 0), 0, StepKind::Draft, Payload::Draft { tokens: vec![1], guesses: 2 });
+    for (peer, bad) in [
+        (whole.peer, draft(0, vec![1], 0)),
+        (whole.peer, draft(0, vec![1], 17)),
+        (whole.peer, draft(0, vec![1], u16::MAX)),
+        (whole.peer, draft(0, vec![], 2)),
+        (whole.peer, decode_with_draft),
+        (whole.peer, draft_with_tokens),
+        (part.peer, part_draft),
+    ] {
+        let (code, message) = refusal(client.request(peer, bad.clone()).await?);
+        assert_eq!(code, ErrorCode::BadInput, "{bad:?}: {message}");
+    }
+    Ok(())
+}
+
 fn candidate(served: &Served, blocks: (u16, u16), rtt_ms: f64) -> infergrid::route::Candidate {
     infergrid::route::Candidate {
         peer: served.peer,
