@@ -28,7 +28,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     println!("dashboard ready on http://{}/dashboard", listener.local_addr()?);
     axum::serve(listener, router(source))
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            let _ = super::stop_signal().await;
         })
         .await?;
     Ok(())

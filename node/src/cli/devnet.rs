@@ -349,8 +349,8 @@ async fn start(args: DevnetArgs) -> anyhow::Result<()> {
     let mut swarm = swarm;
     loop {
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("waiting for Ctrl-C")?;
+            signal = super::stop_signal() => {
+                signal.context("waiting for Ctrl-C or SIGTERM")?;
                 if let Some(swarm) = swarm {
                     eprintln!("devnet: stopping the validators, gateway and nodes");
                     swarm.stop().await;

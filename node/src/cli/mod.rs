@@ -142,3 +142,14 @@ fn parse_block_range(text: &str) -> anyhow::Result<(u32, u32)> {
     anyhow::ensure!(first <= last, "block range {text} ends before it starts");
     Ok((first, last))
 }
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT), or SIGTERM, which service
+/// managers (systemd, Docker, Kubernetes) send. Long-running commands stop gracefully on
+/// either: a node flushes its payment ledger, a devnet stops the processes it started.
+pub async fn stop_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+        _ = terminate.recv() => Ok(()),
+    }
+}

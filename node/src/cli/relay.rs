@@ -96,7 +96,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         "relay ready: peer {peer}, reserve with --relay {}",
         addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>().join(" --relay ")
     );
-    tokio::signal::ctrl_c().await?;
+    super::stop_signal().await?;
     net.shutdown().await?;
     Ok(())
 }

@@ -560,7 +560,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     );
     let watching = auto && args.rebalance_secs > 0;
     let moved = tokio::select! {
-        stop = tokio::signal::ctrl_c() => {
+        stop = super::stop_signal() => {
             stop?;
             None
         }
@@ -1063,7 +1063,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let app = router(state, &limits).merge(infergrid::dashboard::router(dashboard));
     limits
         .serve(listener, app, async {
-            let _ = tokio::signal::ctrl_c().await;
+            let _ = super::stop_signal().await;
         })
         .await?;
     Ok(())

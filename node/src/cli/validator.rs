@@ -351,7 +351,7 @@ async fn run_validator(
     });
     tokio::select! {
         () = challenges.run() => Ok(()),
-        _ = tokio::signal::ctrl_c() => {
+        _ = super::stop_signal() => {
             tracing::warn!("interrupted; tallies not yet committed stay in {}", path.display());
             Ok(())
         }
