@@ -193,7 +193,8 @@ async fn a_whole_model_node_drafts_the_greedy_continuation_and_refuses_bad_draft
     let other = (guesses[2] + 1) % manifest.config.vocab_size as i64;
     let response = client.request(whole.peer, draft(context.len() as u32, vec![other], 3)).await?;
     context.push(other);
-    assert_eq!(output(response), Payload::Tokens(greedy(&context, 3)?), "after a rollback");
+    let second = greedy(&context, 3)?;
+    assert_eq!(output(response), Payload::Tokens(second.clone()), "after a rollback");
 
     let refusal = |r: InferResponse| match r {
         InferResponse::Err(e) => (e.code, e.message),
@@ -209,18 +210,29 @@ async fn a_whole_model_node_drafts_the_greedy_continuation_and_refuses_bad_draft
     let draft_with_tokens = step(&manifest, (0, 2), 0, StepKind::Draft, Payload::Tokens(vec![1]));
     let part_draft =
         step(&manifest, (0, 0), 0, StepKind::Draft, Payload::Draft { tokens: vec![1], guesses: 2 });
+    // Up to the context's last position, but its guesses would go past it.
+    let limit = manifest.config.max_positions;
+    let too_long = draft(0, vec![1; limit - 1], 3);
     for (peer, bad) in [
         (whole.peer, draft(0, vec![1], 0)),
         (whole.peer, draft(0, vec![1], 17)),
         (whole.peer, draft(0, vec![1], u16::MAX)),
         (whole.peer, draft(0, vec![], 2)),
+        (whole.peer, too_long),
         (whole.peer, decode_with_draft),
         (whole.peer, draft_with_tokens),
         (part.peer, part_draft),
     ] {
         let (code, message) = refusal(client.request(peer, bad.clone()).await?);
-        assert_eq!(code, ErrorCode::BadInput, "{bad:?}: {message}");
+        assert_eq!(code, ErrorCode::BadInput, "{:?}: {message}", bad.payload);
+        assert!(message.contains("draft"), "not refused by the draft checks: {message}");
     }
+    // None of them ran: each was at position 0 of the same session, which would have
+    // restarted it. It still holds the context and two guesses, and goes on from there.
+    let held = context.len() as u32 + 2;
+    let response = client.request(whole.peer, draft(held, vec![second[2]], 2)).await?;
+    let continued = [&context[..], &second[..]].concat();
+    assert_eq!(output(response), Payload::Tokens(greedy(&continued, 2)?), "after the refusals");
     Ok(())
 }
 

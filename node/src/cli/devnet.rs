@@ -539,11 +539,11 @@ async fn start_swarm(
         let seeds = index < seeding.seeders;
         // The draft node (after the others) registers itself for the draft model, whole.
         let (folder, blocks, extra) = match draft_node {
-            Some(draft) if index == count => (
-                draft.display().to_string(),
-                "0".to_owned(),
-                vec!["--update-registration".to_owned()],
-            ),
+            Some(draft) if index == count => {
+                let last = infergrid::model::ModelManifest::load(draft)?.blocks.len() - 1;
+                let update = vec!["--update-registration".to_owned()];
+                (draft.display().to_string(), format!("0-{last}"), update)
+            }
             _ if seeds => (model.clone(), (index % manifest.blocks.len()).to_string(), vec![]),
             _ => {
                 let empty = seeding.work.join(format!("node-{index}-model"));

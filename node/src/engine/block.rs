@@ -107,6 +107,11 @@ impl BlockRunner {
         self.is_last
     }
 
+    /// The longest sequence the model takes (manifest `config.max_positions`).
+    pub fn max_positions(&self) -> usize {
+        self.config.max_positions
+    }
+
     /// Whether steps of several sessions can run in one call ([`BlockRunner::forward_batch`]).
     pub fn is_batched(&self) -> bool {
         self.batched

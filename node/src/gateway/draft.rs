@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::hops::{HopClient, HopError};
 use super::remote::RemoteModelConfig;
-use super::{SignatureCheck, TermsBook};
+use super::{BadAnswer, SignatureCheck, TermsBook};
 use crate::generate::{Drafter, resume_at};
 use crate::model::ModelManifest;
 use crate::net::Network;
@@ -66,7 +66,7 @@ impl DraftNodes {
 
     /// The drafter of the generation `session` (its session id on the draft node too).
     pub fn drafter(self: &Arc<Self>, session: u64) -> RemoteDrafter {
-        RemoteDrafter { nodes: self.clone(), session, node: None }
+        RemoteDrafter { nodes: self.clone(), session, node: None, prompt_step: None }
     }
 
     /// Pays what is agreed to draft nodes whose account may differ from this gateway's (an
@@ -88,7 +88,61 @@ impl DraftNodes {
             _ => None,
         }
     }
+
+    /// Asks `hop`, whose `session` holds `cached`, for `count` guesses after `context`;
+    /// returns what the session holds afterwards (the context and every guess but the last)
+    /// and the guesses.
+    fn ask(
+        &self,
+        hop: &Hop,
+        session: u64,
+        mut cached: Vec<u32>,
+        context: &[u32],
+        count: u16,
+    ) -> Result<(Vec<u32>, Vec<u32>), HopError> {
+        let from = resume_at(&cached, context);
+        let tokens = context[from..].iter().map(|&t| i64::from(t)).collect();
+        let payload = Payload::Draft { tokens, guesses: count };
+        let answer = self.hops.call(hop, session, from as u32, StepKind::Draft, payload)?;
+        // Checked by the client: `count` ids of the vocabulary.
+        let Payload::Tokens(ids) = answer.output else {
+            return Err(HopError::Invalid(BadAnswer::NotTokens));
+        };
+        let guesses: Vec<u32> = ids.into_iter().map(|id| id as u32).collect();
+        cached.truncate(from);
+        cached.extend_from_slice(&context[from..]);
+        cached.extend_from_slice(&guesses[..guesses.len() - 1]);
+        Ok((cached, guesses))
+    }
+
+    /// A draft step to `hop` failed: the node is backed off like any failed peer (set aside
+    /// when it speaks another version; an invalid answer was dealt with when judged), and its
+    /// session there, if it still has one, is closed without waiting.
+    fn failed(self: &Arc<Self>, hop: Hop, session: u64, error: &HopError) {
+        tracing::warn!(peer = %hop.peer, "the draft node failed, decoding without drafts: {error:?}");
+        match error {
+            HopError::Incompatible(_) => self.hops.bans().incompatible(hop.peer),
+            HopError::Invalid(_) => {}
+            _ => self.hops.bans().fail(hop.peer),
+        }
+        self.close_detached(hop, session);
+    }
+
+    /// Closes `session` on `hop` in the background: the Close frees its cache there and
+    /// carries the voucher that settles it (`payments.md`), and the generation need not wait.
+    fn close_detached(self: &Arc<Self>, hop: Hop, session: u64) {
+        let nodes = self.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = nodes.hops.call(&hop, session, 0, StepKind::Close, Payload::Empty) {
+                tracing::debug!(peer = %hop.peer, "closing the draft session failed: {e:?}");
+            }
+        });
+    }
 }
+
+/// What a draft node's session holds: the node, and the tokens whose keys and values it
+/// holds, in order.
+type DraftSession = (Hop, Vec<u32>);
 
 /// One generation's guesses from a draft node: its own session there, which follows the
 /// generation's context (a step at an earlier position rolls it back, so rejected guesses
@@ -96,74 +150,95 @@ impl DraftNodes {
 pub struct RemoteDrafter {
     nodes: Arc<DraftNodes>,
     session: u64,
-    /// The draft node asked, and the tokens whose keys and values its session holds.
-    node: Option<(Hop, Vec<u32>)>,
+    node: Option<DraftSession>,
+    /// The prompt's draft step, sent while the route runs the prompt ([`Drafter::prepare`]).
+    prompt_step: Option<std::thread::JoinHandle<Option<DraftSession>>>,
 }
 
 impl RemoteDrafter {
-    /// Asks `hop`, whose session holds `cached`, for `count` guesses after `context`; says
-    /// from which position of the context it fed.
-    fn ask(
-        &self,
-        hop: &Hop,
-        cached: &[u32],
-        context: &[u32],
-        count: u16,
-    ) -> Result<(usize, Vec<u32>), HopError> {
-        let from = resume_at(cached, context);
-        let tokens = context[from..].iter().map(|&t| i64::from(t)).collect();
-        let payload = Payload::Draft { tokens, guesses: count };
-        let answer = self.nodes.hops.call(hop, self.session, from as u32, StepKind::Draft, payload);
-        match answer?.output {
-            // Checked: `count` ids of the vocabulary.
-            Payload::Tokens(ids) => Ok((from, ids.into_iter().map(|id| id as u32).collect())),
-            _ => unreachable!("a draft step's answer is checked to be token ids"),
+    /// The draft session, once the prompt's draft step (if any) has answered.
+    fn settled(&mut self) -> Option<DraftSession> {
+        match self.prompt_step.take() {
+            Some(step) => step.join().ok().flatten(),
+            None => self.node.take(),
         }
     }
 }
 
 impl Drafter for RemoteDrafter {
     fn draft(&mut self, context: &[u32], max: usize) -> Vec<u32> {
+        let session = self.settled();
         let room = self.nodes.context_length.saturating_sub(context.len());
         let count = max.min(room).min(usize::from(MAX_DRAFT_GUESSES));
         if count == 0 || context.is_empty() {
+            self.node = session;
             return Vec::new();
         }
-        let (hop, mut cached) = match self.node.take() {
-            Some(node) => node,
+        let (hop, cached) = match session {
+            Some(session) => session,
             None => match self.nodes.pick(context.len() + count) {
                 Some(hop) => (hop, Vec::new()),
                 None => return Vec::new(),
             },
         };
-        match self.ask(&hop, &cached, context, count as u16) {
-            Ok((from, guesses)) => {
-                // The session now holds the context and every guess but the last.
-                cached.truncate(from);
-                cached.extend_from_slice(&context[from..]);
-                cached.extend_from_slice(&guesses[..guesses.len() - 1]);
+        match self.nodes.ask(&hop, self.session, cached, context, count as u16) {
+            Ok((cached, guesses)) => {
                 self.node = Some((hop, cached));
                 guesses
             }
+            Err(HopError::SessionLost(reason)) => {
+                // Evicted under load: the session starts again at the next step, no back-off.
+                tracing::debug!(peer = %hop.peer, "the draft session was lost: {reason}");
+                self.node = Some((hop, Vec::new()));
+                Vec::new()
+            }
             Err(e) => {
                 // This step decodes without drafts; the next asks another draft node, if any.
-                tracing::warn!(peer = %hop.peer, "the draft node failed, decoding without drafts: {e:?}");
-                self.nodes.hops.set_aside(hop.peer, &e);
+                self.nodes.failed(hop, self.session, &e);
                 Vec::new()
             }
         }
     }
+
+    /// Sends the prompt to a draft node (one guess, not used) in the background, so that the
+    /// first decode step's draft costs a decode step's time.
+    fn prepare(&mut self, prompt: &[u32]) {
+        if prompt.is_empty() || prompt.len() >= self.nodes.context_length {
+            return;
+        }
+        let Some(hop) = self.nodes.pick(prompt.len() + usize::from(MAX_DRAFT_GUESSES)) else {
+            return;
+        };
+        let (nodes, session, prompt) = (self.nodes.clone(), self.session, prompt.to_vec());
+        self.prompt_step = Some(std::thread::spawn(move || {
+            match nodes.ask(&hop, session, Vec::new(), &prompt, 1) {
+                Ok((cached, _)) => Some((hop, cached)),
+                Err(e) => {
+                    nodes.failed(hop, session, &e);
+                    None
+                }
+            }
+        }));
+    }
 }
 
 impl Drop for RemoteDrafter {
-    /// Frees the session on the draft node, and settles what it is owed: a decoder session
-    /// is paid up on its Close step (`payments.md`).
+    /// Closes the session on the draft node, in the background (see
+    /// [`DraftNodes::close_detached`]).
     fn drop(&mut self) {
-        if let Some((hop, _)) = self.node.take()
-            && let Err(e) =
-                self.nodes.hops.call(&hop, self.session, 0, StepKind::Close, Payload::Empty)
-        {
-            tracing::debug!(peer = %hop.peer, "closing the draft session failed: {e:?}");
+        let (nodes, session, node, prompt_step) =
+            (self.nodes.clone(), self.session, self.node.take(), self.prompt_step.take());
+        match (node, prompt_step) {
+            (Some((hop, _)), _) => nodes.close_detached(hop, session),
+            // The prompt's step may still be under way: closed once it has answered.
+            (None, Some(step)) => {
+                std::thread::spawn(move || {
+                    if let Ok(Some((hop, _))) = step.join() {
+                        nodes.close_detached(hop, session);
+                    }
+                });
+            }
+            (None, None) => {}
         }
     }
 }

@@ -18,7 +18,6 @@ use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Candidate, Hop};
 use crate::telemetry::GatewayMetrics;
-use libp2p::PeerId;
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
 /// [`HopClient::call`]): the directory dials every node it lists, and a reachable one answers
@@ -28,8 +27,11 @@ const FIRST_CONTACT: Duration = Duration::from_secs(3);
 /// Why a hop failed.
 #[derive(Debug)]
 pub enum HopError {
-    /// The peer is unusable (network failure, lost session, overload): fail over.
+    /// The peer is unusable (network failure, overload): fail over.
     Peer(String),
+    /// The peer no longer holds the session (evicted, restarted): fail over, or start the
+    /// session again.
+    SessionLost(String),
     /// The peer speaks another protocol version: fail over, and leave it out of routes
     /// without banning it (it did nothing wrong, and may upgrade).
     Incompatible(String),
@@ -284,6 +286,9 @@ impl HopClient {
             Ok(InferResponse::Err(e)) if e.is_retired_version() => {
                 Err(HopError::Incompatible(e.to_string()))
             }
+            Ok(InferResponse::Err(e)) if e.code == ErrorCode::SessionLost => {
+                Err(HopError::SessionLost(e.to_string()))
+            }
             Ok(InferResponse::Err(e)) => Err(HopError::Peer(e.to_string())),
             Err(e @ NetError::Unsupported { .. }) => Err(HopError::Incompatible(e.to_string())),
             Err(e) => Err(HopError::Peer(e.to_string())),
@@ -401,17 +406,6 @@ impl HopClient {
                 })
             })
         });
-    }
-
-    /// Leaves a peer whose step failed out of what is planned next: backed off after a
-    /// failure, set aside without a ban when it speaks another protocol version. (An invalid
-    /// answer was dealt with when it was judged; a fatal error is not the peer's doing.)
-    pub fn set_aside(&self, peer: PeerId, error: &HopError) {
-        match error {
-            HopError::Peer(_) => self.bans().fail(peer),
-            HopError::Incompatible(_) => self.bans().incompatible(peer),
-            HopError::Invalid(_) | HopError::Fatal(_) => {}
-        }
     }
 
     /// The operator of a routable peer, as last read from the registry.

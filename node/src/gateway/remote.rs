@@ -33,7 +33,7 @@ enum StepFailure {
 impl From<HopError> for StepFailure {
     fn from(e: HopError) -> Self {
         match e {
-            HopError::Peer(reason) => StepFailure::Peer(reason),
+            HopError::Peer(reason) | HopError::SessionLost(reason) => StepFailure::Peer(reason),
             HopError::Incompatible(reason) => StepFailure::Incompatible(reason),
             HopError::Invalid(bad) => StepFailure::Peer(format!("invalid answer: {bad}")),
             HopError::Fatal(e) => StepFailure::Fatal(e),

@@ -34,10 +34,18 @@ pub enum BadAnswer {
 }
 
 impl BadAnswer {
-    /// Whether the answer itself is malformed (wrong shape, not a tensor, non-finite), which
-    /// no honest node sends, rather than a signature that did not check.
+    /// Whether the answer itself is malformed (wrong shape, not a tensor, non-finite, wrong
+    /// guesses), which no honest node sends, rather than a signature that did not check.
     pub fn is_malformed(&self) -> bool {
-        !matches!(self, BadAnswer::UnknownOperator | BadAnswer::Signature { .. })
+        match self {
+            BadAnswer::NotTensor
+            | BadAnswer::Shape { .. }
+            | BadAnswer::NotFinite
+            | BadAnswer::NotTokens
+            | BadAnswer::Guesses { .. }
+            | BadAnswer::NotAToken { .. } => true,
+            BadAnswer::UnknownOperator | BadAnswer::Signature { .. } => false,
+        }
     }
 }
 

@@ -123,3 +123,21 @@ impl Drop for ModelDrafter {
         self.model.close(self.session);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::resume_at;
+
+    #[test]
+    fn a_draft_session_resumes_after_what_it_holds_of_the_context() {
+        // Holds the context and two guesses, of which the first was accepted.
+        assert_eq!(resume_at(&[1, 2, 3, 7, 8], &[1, 2, 3, 7, 9]), 4);
+        // Holds exactly the context: the last token is sent again, for the guess after it.
+        assert_eq!(resume_at(&[1, 2, 3], &[1, 2, 3]), 2);
+        // Holds more than the context (guesses the verify step did not keep at all).
+        assert_eq!(resume_at(&[1, 2, 3, 4, 5], &[1, 2, 3]), 2);
+        // Holds nothing, or something else from the start: everything is sent.
+        assert_eq!(resume_at(&[], &[1, 2]), 0);
+        assert_eq!(resume_at(&[5, 2], &[1, 2]), 0);
+    }
+}

@@ -334,7 +334,9 @@ impl BlockServer {
     }
 
     /// A draft step (and only it) carries a draft payload, asks for 1..=[`MAX_DRAFT_GUESSES`]
-    /// guesses after at least one token, and spans a whole model: token ids in, logits out.
+    /// guesses after at least one token, spans a whole model (token ids in, logits out), and
+    /// stays within the context: checked before payment, so that a step failing halfway
+    /// through its guesses (and refunded) cannot be provoked.
     fn check_draft_step(&self, request: &InferRequest) -> Result<(), WireError> {
         let bad = |why: &str| Err(WireError::new(ErrorCode::BadInput, why));
         match (&request.payload, request.kind) {
@@ -347,6 +349,13 @@ impl BlockServer {
                 if tokens.is_empty() || !(1..=MAX_DRAFT_GUESSES).contains(guesses) {
                     return bad(&format!(
                         "a draft step feeds at least one token and asks for 1 to {MAX_DRAFT_GUESSES} guesses"
+                    ));
+                }
+                let needed = request.position as usize + positions(&request.payload);
+                if needed > first.max_positions() {
+                    return bad(&format!(
+                        "a draft step to {needed} positions exceeds the context length {}",
+                        first.max_positions()
                     ));
                 }
                 Ok(())

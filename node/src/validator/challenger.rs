@@ -123,7 +123,11 @@ impl Challenger<'_> {
                             Some(format!("{} answered without a valid signature", hop.peer));
                         break 'steps;
                     }
-                    Err(HopError::Peer(reason) | HopError::Incompatible(reason)) => {
+                    Err(
+                        HopError::Peer(reason)
+                        | HopError::SessionLost(reason)
+                        | HopError::Incompatible(reason),
+                    ) => {
                         outcome.stopped = Some(format!("{}: {reason}", hop.peer));
                         break 'steps;
                     }
