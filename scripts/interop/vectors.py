@@ -104,22 +104,11 @@ def check_paid_request(v: dict, all_vectors: dict, f: Fields) -> None:
         _key_secret(all_vectors, "payer"), domain, int(payment["channelId"]), int(payment["cumulativeAmount"])
     )
     f.same("payment.signature", payment["signature"], _hex(voucher.signature))
-    request = wire.InferRequest(
-        kind=wire.StepKind[v["kind"].capitalize()],
-        model_id=_bytes(v["modelId"]),
-        first_block=v["firstBlock"],
-        last_block=v["lastBlock"],
-        session=int(v["session"], 16),
-        position=v["position"],
-        payload=wire.Tokens(tuple(v["tokens"])),
-        payment=voucher,
-    )
-    f.same("bytes", v["bytes"], _hex(request.encode()))
-    f.same("requestHash", v["requestHash"], _hex(request.request_hash()))
+    _check_request(v, wire.Tokens(tuple(v["tokens"])), voucher, f)
 
 
-def check_draft_step(v: dict, all_vectors: dict, f: Fields) -> None:
-    payload = wire.Draft(tuple(v["tokens"]), v["guesses"])
+def _check_request(v: dict, payload: wire.Payload, voucher, f: Fields) -> wire.InferRequest:
+    """The request a vector's fields describe, its bytes and hash checked."""
     request = wire.InferRequest(
         kind=wire.StepKind[v["kind"].capitalize()],
         model_id=_bytes(v["modelId"]),
@@ -128,9 +117,16 @@ def check_draft_step(v: dict, all_vectors: dict, f: Fields) -> None:
         session=int(v["session"], 16),
         position=v["position"],
         payload=payload,
+        payment=voucher,
     )
     f.same("bytes", v["bytes"], _hex(request.encode()))
     f.same("requestHash", v["requestHash"], _hex(request.request_hash()))
+    return request
+
+
+def check_draft_step(v: dict, all_vectors: dict, f: Fields) -> None:
+    payload = wire.Draft(tuple(v["tokens"]), v["guesses"])
+    request = _check_request(v, payload, None, f)
     units = payments.block_tokens(request.kind, payments.positions(payload), v["firstBlock"], v["lastBlock"])
     f.same("blockTokens", v["blockTokens"], units)
     answer = wire.encode_payload(wire.Tokens(tuple(v["answer"]["tokens"])))

@@ -141,8 +141,9 @@ async fn two_nodes_over_libp2p_match_the_in_process_pipeline() -> anyhow::Result
 /// A node serving a whole model answers Draft steps with the in-process model's greedy
 /// continuation, signed; a later draft step at an earlier position rolls the session back (as
 /// a verify step's rejected drafts are); and every malformed draft step is refused with
-/// BadInput before any compute: no guesses, too many, no tokens, a draft payload in another
-/// kind of step, a draft step without one, and a span that is not the whole model.
+/// BadInput before any compute (the session is untouched): no guesses, too many, no tokens,
+/// guesses past the context, a draft payload in another kind of step, a draft step without
+/// one, and a span that is not the whole model.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_whole_model_node_drafts_the_greedy_continuation_and_refuses_bad_draft_steps()
 -> anyhow::Result<()> {
