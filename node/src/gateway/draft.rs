@@ -5,7 +5,10 @@
 //! (`generate::speculate`), so a draft node that fails, lies or vanishes costs time, never
 //! correctness; its generation decodes plainly until another draft node answers.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
 
 use super::hops::{HopClient, HopError};
 use super::remote::RemoteModelConfig;
@@ -25,6 +28,41 @@ pub struct DraftNodes {
     num_blocks: u16,
     context_length: usize,
     cost: CostModel,
+    /// How each draft node's guesses fared in the verify steps.
+    tallies: Mutex<HashMap<PeerId, Tally>>,
+}
+
+/// Drafts a node must have had verified before its acceptance is judged.
+const JUDGED_AFTER: u64 = 64;
+
+/// Below this share of its drafts accepted, a draft node is left out for the rest of the run.
+/// A draft model sharing the served model's tokenizer guesses far better (SmolLM2's int8 copy:
+/// 93–98%); guesses that cost the draft node nothing (always the same token, another model's)
+/// almost never pass, and each was paid for.
+const MIN_ACCEPTANCE: f64 = 0.1;
+
+/// Past this many drafts a tally is halved, so that a node is judged on its recent guesses.
+const TALLY_WINDOW: u64 = 4096;
+
+/// Drafts of one node verified, and accepted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    drafted: u64,
+    accepted: u64,
+}
+
+impl Tally {
+    /// Counts a verify step's verdict; says whether the node's guesses are now too poor to pay
+    /// for.
+    fn add(&mut self, drafted: usize, accepted: usize) -> bool {
+        self.drafted += drafted as u64;
+        self.accepted += accepted as u64;
+        if self.drafted > TALLY_WINDOW {
+            *self = Tally { drafted: self.drafted / 2, accepted: self.accepted / 2 };
+        }
+        self.drafted >= JUDGED_AFTER
+            && (self.accepted as f64) < MIN_ACCEPTANCE * self.drafted as f64
+    }
 }
 
 impl DraftNodes {
@@ -43,6 +81,7 @@ impl DraftNodes {
             num_blocks: config.num_blocks,
             context_length: config.context_length,
             cost: CostModel::default(),
+            tallies: Mutex::default(),
         }
     }
 
@@ -113,6 +152,19 @@ impl DraftNodes {
         cached.extend_from_slice(&context[from..]);
         cached.extend_from_slice(&guesses[..guesses.len() - 1]);
         Ok((cached, guesses))
+    }
+
+    /// Counts what the verify step kept of `peer`'s latest guesses; a node whose guesses are
+    /// almost never right is left out for the rest of the run.
+    fn judged(&self, peer: PeerId, drafted: usize, accepted: usize) {
+        let mut tallies = self.tallies.lock().expect("tallies");
+        let tally = tallies.entry(peer).or_default();
+        if tally.add(drafted, accepted) {
+            let Tally { drafted, accepted } = *tally;
+            tracing::warn!(%peer, drafted, accepted, "draft node left out: its guesses are almost never right");
+            self.hops.bans().forbid(peer);
+            tallies.remove(&peer);
+        }
     }
 
     /// A draft step to `hop` failed: the node is backed off like any failed peer (set aside
@@ -200,6 +252,12 @@ impl Drafter for RemoteDrafter {
         }
     }
 
+    fn judged(&mut self, drafted: usize, accepted: usize) {
+        if let Some((hop, _)) = &self.node {
+            self.nodes.judged(hop.peer, drafted, accepted);
+        }
+    }
+
     /// Sends the prompt to a draft node (one guess, not used) in the background, so that the
     /// first decode step's draft costs a decode step's time.
     fn prepare(&mut self, prompt: &[u32]) {
@@ -240,5 +298,33 @@ impl Drop for RemoteDrafter {
             }
             (None, None) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draft_node_is_judged_on_enough_recent_guesses() {
+        // Not judged before 64 drafts, however bad.
+        let mut tally = Tally::default();
+        assert!(!tally.add(63, 0));
+        // Then below 10% accepted is too poor.
+        assert!(tally.add(1, 0));
+        let mut tally = Tally::default();
+        assert!(!tally.add(64, 7), "11% passes");
+        assert!(tally.add(16, 0), "7 of 80 does not");
+        // A good node stays good; past the window the counts are halved, keeping the ratio.
+        let mut tally = Tally::default();
+        for _ in 0..2000 {
+            assert!(!tally.add(4, 3));
+        }
+        let share = tally.accepted as f64 / tally.drafted as f64;
+        assert!(tally.drafted <= TALLY_WINDOW && (share - 0.75).abs() < 0.01, "{tally:?}");
+        // So a node that turns bad is caught on its recent guesses (judged on its whole
+        // history, it would take thousands more steps).
+        let turned = (0..).take_while(|_| !tally.add(4, 0)).count();
+        assert!(turned < 2500, "caught after {turned} bad steps");
     }
 }

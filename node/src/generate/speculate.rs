@@ -42,6 +42,9 @@ pub trait Drafter: Send {
     /// Reads the prompt before decoding starts, so that the first draft does not pay for it
     /// (and the first decode step's measured cost is a decode step's).
     fn prepare(&mut self, _prompt: &[u32]) {}
+
+    /// What the verify step kept of the latest draft: its first `accepted` of `drafted`.
+    fn judged(&mut self, _drafted: usize, _accepted: usize) {}
 }
 
 /// Prompt lookup decoding (Saxena 2023): the continuation of the latest earlier occurrence
@@ -147,6 +150,7 @@ impl Speculation {
         if drafted == 0 {
             return;
         }
+        self.drafter.judged(drafted, accepted);
         self.next_draft = if accepted == drafted {
             (self.next_draft + 2).min(self.max_draft)
         } else {
@@ -186,6 +190,29 @@ mod tests {
         // A plain step leaves the draft length alone.
         speculation.verified(0, 0, ms(10));
         assert_eq!(speculation.next_draft, 4);
+    }
+
+    /// Records the verdicts it is told of.
+    struct Judged(std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>);
+
+    impl Drafter for Judged {
+        fn draft(&mut self, _context: &[u32], max: usize) -> Vec<u32> {
+            vec![0; max]
+        }
+        fn judged(&mut self, drafted: usize, accepted: usize) {
+            self.0.lock().unwrap().push((drafted, accepted));
+        }
+    }
+
+    #[test]
+    fn the_drafter_hears_what_each_verify_step_kept_of_its_draft() {
+        let verdicts: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>> = Default::default();
+        let mut speculation = Speculation::new(Box::new(Judged(verdicts.clone())), 4);
+        let ms = std::time::Duration::from_millis;
+        speculation.verified(4, 1, ms(10));
+        speculation.verified(0, 0, ms(10));
+        speculation.verified(3, 3, ms(10));
+        assert_eq!(*verdicts.lock().unwrap(), [(4, 1), (3, 3)], "plain steps judge nothing");
     }
 
     /// A context prompt lookup always drafts for.
