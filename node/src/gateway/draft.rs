@@ -180,15 +180,18 @@ impl DraftNodes {
         self.close_detached(hop, session);
     }
 
-    /// Closes `session` on `hop` in the background: the Close frees its cache there and
-    /// carries the voucher that settles it (`payments.md`), and the generation need not wait.
+    /// Closes `session` on `hop`: the Close frees its cache there and carries the voucher
+    /// that settles it (`payments.md`). Blocks on the network.
+    fn close(&self, hop: Hop, session: u64) {
+        if let Err(e) = self.hops.call(&hop, session, 0, StepKind::Close, Payload::Empty) {
+            tracing::debug!(peer = %hop.peer, "closing the draft session failed: {e:?}");
+        }
+    }
+
+    /// [`DraftNodes::close`] in the background, so that the generation need not wait.
     fn close_detached(self: &Arc<Self>, hop: Hop, session: u64) {
         let nodes = self.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = nodes.hops.call(&hop, session, 0, StepKind::Close, Payload::Empty) {
-                tracing::debug!(peer = %hop.peer, "closing the draft session failed: {e:?}");
-            }
-        });
+        std::thread::spawn(move || nodes.close(hop, session));
     }
 }
 
@@ -292,7 +295,7 @@ impl Drop for RemoteDrafter {
             (None, Some(step)) => {
                 std::thread::spawn(move || {
                     if let Ok(Some((hop, _))) = step.join() {
-                        nodes.close_detached(hop, session);
+                        nodes.close(hop, session);
                     }
                 });
             }
