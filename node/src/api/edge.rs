@@ -165,6 +165,9 @@ impl ApiLimits {
                 refusals.note(from, "connections in all");
                 continue;
             };
+            // Streamed tokens are small writes: Nagle's algorithm would hold each one back
+            // until the client acknowledged the last (up to its delayed-ACK timer).
+            let _ = stream.set_nodelay(true);
             // Keepalive probes find clients that vanished without closing.
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
                 &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),

@@ -104,6 +104,11 @@ pub(super) fn relay_config(service: &RelayService) -> relay::Config {
         .circuit_src_per_ip(per_minute, Duration::from_secs(60))
 }
 
+/// How long one connection attempt may take (the transport's timeout, set in `build_swarm`).
+/// An AutoNAT dial-back to a peer behind a NAT that drops unasked packets, as home routers
+/// do, fails only when it runs out.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// AutoNAT as a server (dialing others back) and, when `probe`, as a client asking connected
 /// peers to dial it back: only a peer that would act on the verdict (one with relays to
 /// reserve on, or a relay without a known address) probes, since every dial-back costs the
@@ -120,7 +125,12 @@ pub(super) fn autonat_config(probe: bool) -> autonat::v1::Config {
         confidence_max: 3,
         only_global_ips: false,
         use_connected: probe,
-        timeout: Duration::from_secs(10),
+        // A probe's request must outlive the server's dial-back by a margin, on both ends: a
+        // NAT that drops the dial-back fails it only at DIAL_TIMEOUT, and its answer
+        // (DialError, the one answer that says "private") is lost with a stream timed out
+        // first. With equal timeouts a peer behind NAT may never get a verdict, so never
+        // reserves on a relay nor registers an address, and says nothing.
+        timeout: DIAL_TIMEOUT * 3,
         ..Default::default()
     }
 }
@@ -319,6 +329,12 @@ impl Reservations {
         None
     }
 
+    /// Whether this peer waits on AutoNAT before it may reserve: it has relays, is not forced
+    /// private, and no probe has answered yet.
+    pub(super) fn awaiting_verdict(&self) -> bool {
+        !self.forced && !self.relays.is_empty() && self.state.borrow().status == Status::Unknown
+    }
+
     /// A reservation asked of `relay` through `listener`.
     pub(super) fn asked(&mut self, listener: ListenerId, relay: Multiaddr) {
         self.listeners.insert(listener, (relay, None));
@@ -393,6 +409,12 @@ mod tests {
     fn relay(port: u16) -> Multiaddr {
         let peer = PeerId::random();
         format!("/ip4/10.77.0.1/tcp/{port}/p2p/{peer}").parse().unwrap()
+    }
+
+    #[test]
+    fn a_probe_outlives_the_dial_back_it_asks_for() {
+        // Else a dial-back dropped by a NAT is answered after the request timed out.
+        assert!(autonat_config(true).timeout >= DIAL_TIMEOUT * 2);
     }
 
     #[test]

@@ -27,6 +27,10 @@ use super::pieces::{
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
+/// How long a peer with relays waits on AutoNAT before it says, at INFO, that it still has no
+/// verdict (and again each time as long).
+const VERDICT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
 /// that are connected only through nodes still reach each other.
 const EVIDENCE_TOPIC: &str = "infergrid/evidence/2";
@@ -269,6 +273,8 @@ impl Network {
             rtts: rtts.clone(),
             paths: paths.clone(),
             reservations,
+            unanswered: (0, None),
+            awaiting_told: Instant::now(),
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
@@ -487,6 +493,7 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
         })
         .map_err(|e| e.to_string())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .with_connection_timeout(nat::DIAL_TIMEOUT)
         .build();
     Ok(swarm)
 }
@@ -499,6 +506,10 @@ struct EventLoop {
     rtts: Arc<PeerRtts>,
     paths: Arc<Paths>,
     reservations: Reservations,
+    /// AutoNAT probes unanswered since the last verdict, and the last one's error.
+    unanswered: (u32, Option<String>),
+    /// When a peer waiting on AutoNAT last said so.
+    awaiting_told: Instant,
     connected: Arc<AtomicUsize>,
     metrics: Metrics,
     /// Requests in flight: the peer asked, and where its answer goes.
@@ -559,6 +570,22 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Says, every [`VERDICT_PATIENCE`], that a peer with relays has no AutoNAT verdict yet, so
+    /// reserves nothing and registers no relayed address, and why its probes went unanswered.
+    fn tell_awaiting(&mut self) {
+        if !self.reservations.awaiting_verdict() || self.awaiting_told.elapsed() < VERDICT_PATIENCE
+        {
+            return;
+        }
+        self.awaiting_told = Instant::now();
+        let (unanswered, last) = (self.unanswered.0, self.unanswered.1.as_deref().unwrap_or("-"));
+        tracing::info!(
+            unanswered,
+            last,
+            "AutoNAT: no verdict yet, so no relay reservation (probes unanswered)"
+        );
     }
 
     /// Lets the relayed connections to `peer` that this peer dialed go once a direct one
@@ -647,7 +674,10 @@ impl EventLoop {
         overdue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = retry.tick() => self.reserve(),
+                _ = retry.tick() => {
+                    self.reserve();
+                    self.tell_awaiting();
+                }
                 _ = overdue.tick(), if !self.held.is_empty() => self.release_overdue(),
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 command = self.commands.recv() => match command {
@@ -795,8 +825,15 @@ impl EventLoop {
                     }
                     autonat::v1::NatStatus::Unknown => (nat::Status::Unknown, None),
                 };
+                self.unanswered = (0, None);
                 self.reservations.on_status(status, public);
                 self.reserve();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::OutboundProbe(
+                autonat::v1::OutboundProbeEvent::Error { peer, error, .. },
+            ))) => {
+                tracing::debug!(?peer, ?error, "AutoNAT: probe unanswered");
+                self.unanswered = (self.unanswered.0 + 1, Some(format!("{error:?}")));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
