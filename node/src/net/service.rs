@@ -27,10 +27,6 @@ use super::pieces::{
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
-/// How long a peer with relays waits on AutoNAT before it says, at INFO, that it still has no
-/// verdict (and again each time as long).
-const VERDICT_PATIENCE: Duration = Duration::from_secs(30);
-
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
 /// that are connected only through nodes still reach each other.
 const EVIDENCE_TOPIC: &str = "infergrid/evidence/2";
@@ -273,7 +269,7 @@ impl Network {
             rtts: rtts.clone(),
             paths: paths.clone(),
             reservations,
-            unanswered: (0, None),
+            unanswered: UnansweredProbes::default(),
             awaiting_told: Instant::now(),
             connected: connected.clone(),
             metrics,
@@ -498,6 +494,18 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
     Ok(swarm)
 }
 
+/// How long a peer with relays waits on AutoNAT before it says, at INFO, that it still has no
+/// verdict (and again each time as long).
+const VERDICT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// AutoNAT probes of this peer that got no answer since its last verdict, and the last one's
+/// error: what a peer stuck without a verdict tells its operator.
+#[derive(Debug, Default)]
+struct UnansweredProbes {
+    count: u32,
+    last: Option<String>,
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -506,8 +514,7 @@ struct EventLoop {
     rtts: Arc<PeerRtts>,
     paths: Arc<Paths>,
     reservations: Reservations,
-    /// AutoNAT probes unanswered since the last verdict, and the last one's error.
-    unanswered: (u32, Option<String>),
+    unanswered: UnansweredProbes,
     /// When a peer waiting on AutoNAT last said so.
     awaiting_told: Instant,
     connected: Arc<AtomicUsize>,
@@ -580,10 +587,9 @@ impl EventLoop {
             return;
         }
         self.awaiting_told = Instant::now();
-        let (unanswered, last) = (self.unanswered.0, self.unanswered.1.as_deref().unwrap_or("-"));
         tracing::info!(
-            unanswered,
-            last,
+            unanswered = self.unanswered.count,
+            last = self.unanswered.last.as_deref().unwrap_or("-"),
             "AutoNAT: no verdict yet, so no relay reservation (probes unanswered)"
         );
     }
@@ -825,7 +831,7 @@ impl EventLoop {
                     }
                     autonat::v1::NatStatus::Unknown => (nat::Status::Unknown, None),
                 };
-                self.unanswered = (0, None);
+                self.unanswered = UnansweredProbes::default();
                 self.reservations.on_status(status, public);
                 self.reserve();
             }
@@ -833,7 +839,8 @@ impl EventLoop {
                 autonat::v1::OutboundProbeEvent::Error { peer, error, .. },
             ))) => {
                 tracing::debug!(?peer, ?error, "AutoNAT: probe unanswered");
-                self.unanswered = (self.unanswered.0 + 1, Some(format!("{error:?}")));
+                self.unanswered.count += 1;
+                self.unanswered.last = Some(format!("{error:?}"));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
