@@ -299,7 +299,8 @@ fn a_speculating_gateway_gives_the_plain_output_through_a_failover() {
 /// A draft node — devnet operator 3, re-registered for the fixture's int8 import and serving
 /// it whole — drafts for a gateway started with `--draft-nodes`: the greedy output is the
 /// model's run in one process, most drafts are accepted, and the draft node is paid through a
-/// channel of its own, settled when each generation ends. Killed mid-stream, it leaves the
+/// channel of its own, settled when each generation ends. Hung mid-stream (stopped, its
+/// connection still open), it holds up no decode step past the draft deadline, and leaves the
 /// stream to decode plainly, to the same output.
 #[test]
 fn a_draft_node_drafts_is_paid_and_its_loss_leaves_the_stream_exact() {
@@ -353,22 +354,33 @@ fn a_draft_node_drafts_is_paid_and_its_loss_leaves_the_stream_exact() {
     assert!(tab["metered_block_tokens"].as_u64().unwrap() > 0, "{tab}");
     assert_eq!(tab["owed"], tab["signed"], "every draft session is settled: {tab}");
 
-    // The draft node dies mid-stream: the stream goes on without drafts, exactly.
+    // The draft node hangs mid-stream (SIGSTOP: its connections stay open, nothing answers):
+    // the stream goes on without drafts, exactly.
     let prompt = "in the beginning";
     let long =
         serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 400, "temperature": 0});
     let stream = PausedStream::start(&format!("{api}/completions"), &long, 10);
-    draft_node.0.kill().unwrap(); // SIGKILL
+    let hang = |signal: &str| {
+        let pid = draft_node.0.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    };
+    hang("-STOP");
     let text = stream.finish();
+    hang("-CONT");
+    draft_node.0.kill().unwrap();
     let plain = local_greedy(&model, prompt, 400).unwrap().1;
     assert_eq!(text, plain, "losing the draft node changed the output");
-    // Proof that the draft node died while the stream still needed it.
+    // Proof that the draft node hung while the stream still needed it, and that the step
+    // waited only the draft deadline for it, not the network's request timeout.
+    let within = format!("no answer within {} ms", infergrid::gateway::DRAFT_DEADLINE.as_millis());
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     let noticed = std::iter::from_fn(|| {
         log.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
     })
-    .any(|line| line.contains("the draft node failed"));
-    assert!(noticed, "the draft node was killed after the stream had finished");
+    .find(|line| line.contains("the draft node failed"));
+    let noticed = noticed.expect("the draft node hung after the stream had finished");
+    assert!(noticed.contains(&within), "{noticed}");
 }
 
 /// What [`streams_survive_a_kill`] saw.

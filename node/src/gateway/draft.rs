@@ -6,7 +6,9 @@
 //! correctness; its generation decodes plainly until another draft node answers.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use libp2p::PeerId;
 
@@ -43,6 +45,13 @@ const MIN_ACCEPTANCE: f64 = 0.1;
 
 /// Past this many drafts a tally is halved, so that a node is judged on its recent guesses.
 const TALLY_WINDOW: u64 = 4096;
+
+/// Longest a decode step waits for a draft node's guesses. A draft model guesses a handful of
+/// tokens in tens of milliseconds; guesses later than this could not pay for the wait, and a
+/// node that hangs (its connection still open) would otherwise stall the step for the
+/// network's whole request timeout. Past it the step decodes without drafts and the node is
+/// backed off.
+pub const DRAFT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Drafts of one node verified, and accepted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -138,11 +147,13 @@ impl DraftNodes {
         mut cached: Vec<u32>,
         context: &[u32],
         count: u16,
+        deadline: Option<Duration>,
     ) -> Result<(Vec<u32>, Vec<u32>), HopError> {
         let from = resume_at(&cached, context);
         let tokens = context[from..].iter().map(|&t| i64::from(t)).collect();
         let payload = Payload::Draft { tokens, guesses: count };
-        let answer = self.hops.call(hop, session, from as u32, StepKind::Draft, payload)?;
+        let kind = StepKind::Draft;
+        let answer = self.hops.call_within(hop, session, from as u32, kind, payload, deadline)?;
         // Checked by the client: `count` ids of the vocabulary.
         let Payload::Tokens(ids) = answer.output else {
             return Err(HopError::Invalid(BadAnswer::NotTokens));
@@ -206,23 +217,40 @@ pub struct RemoteDrafter {
     nodes: Arc<DraftNodes>,
     session: u64,
     node: Option<DraftSession>,
-    /// The prompt's draft step, sent while the route runs the prompt ([`Drafter::prepare`]).
-    prompt_step: Option<std::thread::JoinHandle<Option<DraftSession>>>,
+    /// The answer of the prompt's draft step, sent while the route runs the prompt
+    /// ([`Drafter::prepare`]).
+    prompt_step: Option<Receiver<Option<DraftSession>>>,
+}
+
+/// Where a generation's draft session stands before a decode step.
+enum Settled {
+    /// The prompt's draft step is still under way: this step goes without drafts.
+    Pending,
+    /// The session, if a draft node holds one.
+    Ready(Option<DraftSession>),
 }
 
 impl RemoteDrafter {
-    /// The draft session, once the prompt's draft step (if any) has answered.
-    fn settled(&mut self) -> Option<DraftSession> {
-        match self.prompt_step.take() {
-            Some(step) => step.join().ok().flatten(),
-            None => self.node.take(),
+    /// The draft session, unless the prompt's draft step is still under way (a long prompt,
+    /// or a node that hangs: the decode steps go on without drafts rather than wait for it).
+    fn settled(&mut self) -> Settled {
+        let Some(step) = self.prompt_step.take() else {
+            return Settled::Ready(self.node.take());
+        };
+        match step.try_recv() {
+            Ok(session) => Settled::Ready(session),
+            Err(TryRecvError::Empty) => {
+                self.prompt_step = Some(step);
+                Settled::Pending
+            }
+            Err(TryRecvError::Disconnected) => Settled::Ready(None),
         }
     }
 }
 
 impl Drafter for RemoteDrafter {
     fn draft(&mut self, context: &[u32], max: usize) -> Vec<u32> {
-        let session = self.settled();
+        let Settled::Ready(session) = self.settled() else { return Vec::new() };
         let room = self.nodes.context_length.saturating_sub(context.len());
         let count = max.min(room).min(usize::from(MAX_DRAFT_GUESSES));
         if count == 0 || context.is_empty() {
@@ -236,7 +264,14 @@ impl Drafter for RemoteDrafter {
                 None => return Vec::new(),
             },
         };
-        match self.nodes.ask(&hop, self.session, cached, context, count as u16) {
+        match self.nodes.ask(
+            &hop,
+            self.session,
+            cached,
+            context,
+            count as u16,
+            Some(DRAFT_DEADLINE),
+        ) {
             Ok((cached, guesses)) => {
                 self.node = Some((hop, cached));
                 guesses
@@ -271,15 +306,19 @@ impl Drafter for RemoteDrafter {
             return;
         };
         let (nodes, session, prompt) = (self.nodes.clone(), self.session, prompt.to_vec());
-        self.prompt_step = Some(std::thread::spawn(move || {
-            match nodes.ask(&hop, session, Vec::new(), &prompt, 1) {
+        let (answered, answer) = std::sync::mpsc::channel();
+        self.prompt_step = Some(answer);
+        // No deadline but the network's: nothing waits on this step.
+        std::thread::spawn(move || {
+            let settled = match nodes.ask(&hop, session, Vec::new(), &prompt, 1, None) {
                 Ok((cached, _)) => Some((hop, cached)),
                 Err(e) => {
                     nodes.failed(hop, session, &e);
                     None
                 }
-            }
-        }));
+            };
+            let _ = answered.send(settled);
+        });
     }
 }
 
@@ -294,7 +333,7 @@ impl Drop for RemoteDrafter {
             // The prompt's step may still be under way: closed once it has answered.
             (None, Some(step)) => {
                 std::thread::spawn(move || {
-                    if let Ok(Some((hop, _))) = step.join() {
+                    if let Ok(Some((hop, _))) = step.recv() {
                         nodes.close(hop, session);
                     }
                 });

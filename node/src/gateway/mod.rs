@@ -9,7 +9,7 @@ mod remote;
 mod verify;
 
 pub use directory::{Directory, TermsBook};
-pub use draft::{DraftNodes, RemoteDrafter};
+pub use draft::{DRAFT_DEADLINE, DraftNodes, RemoteDrafter};
 pub use hops::{Answer, HopClient, HopError};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport, RoutingStatus};
 pub use verify::{BadAnswer, ExpectedShape, SignatureCheck, input_rows};
