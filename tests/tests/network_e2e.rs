@@ -371,16 +371,18 @@ fn a_draft_node_drafts_is_paid_and_its_loss_leaves_the_stream_exact() {
     draft_node.0.kill().unwrap();
     let plain = local_greedy(&model, prompt, 400).unwrap().1;
     assert_eq!(text, plain, "losing the draft node changed the output");
-    // Proof that the draft node hung while the stream still needed it, and that the step
-    // waited only the draft deadline for it, not the network's request timeout.
-    let within = format!("no answer within {} ms", infergrid::gateway::DRAFT_DEADLINE.as_millis());
+    // Proof that the draft node hung while the stream still needed it, and that the decode
+    // step waited only the draft deadline for it, not the network's request timeout.
+    let within = format!(
+        "the draft node gave no guesses within {} ms",
+        infergrid::gateway::DRAFT_DEADLINE.as_millis()
+    );
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     let noticed = std::iter::from_fn(|| {
         log.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
     })
-    .find(|line| line.contains("the draft node failed"));
-    let noticed = noticed.expect("the draft node hung after the stream had finished");
-    assert!(noticed.contains(&within), "{noticed}");
+    .any(|line| line.contains(&within));
+    assert!(noticed, "the draft node hung after the stream had finished");
 }
 
 /// What [`streams_survive_a_kill`] saw.

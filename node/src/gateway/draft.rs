@@ -6,7 +6,7 @@
 //! correctness; its generation decodes plainly until another draft node answers.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ impl DraftNodes {
 
     /// The drafter of the generation `session` (its session id on the draft node too).
     pub fn drafter(self: &Arc<Self>, session: u64) -> RemoteDrafter {
-        RemoteDrafter { nodes: self.clone(), session, node: None, prompt_step: None }
+        RemoteDrafter { nodes: self.clone(), session, node: None, under_way: None }
     }
 
     /// Pays what is agreed to draft nodes whose account may differ from this gateway's (an
@@ -147,13 +147,11 @@ impl DraftNodes {
         mut cached: Vec<u32>,
         context: &[u32],
         count: u16,
-        deadline: Option<Duration>,
     ) -> Result<(Vec<u32>, Vec<u32>), HopError> {
         let from = resume_at(&cached, context);
         let tokens = context[from..].iter().map(|&t| i64::from(t)).collect();
         let payload = Payload::Draft { tokens, guesses: count };
-        let kind = StepKind::Draft;
-        let answer = self.hops.call_within(hop, session, from as u32, kind, payload, deadline)?;
+        let answer = self.hops.call(hop, session, from as u32, StepKind::Draft, payload)?;
         // Checked by the client: `count` ids of the vocabulary.
         let Payload::Tokens(ids) = answer.output else {
             return Err(HopError::Invalid(BadAnswer::NotTokens));
@@ -210,6 +208,53 @@ impl DraftNodes {
 /// holds, in order.
 type DraftSession = (Hop, Vec<u32>);
 
+/// A draft step's outcome, from the thread that sent it: the node, and what it answered
+/// (what its session holds afterwards, and the guesses).
+type StepOutcome = (Hop, Result<(Vec<u32>, Vec<u32>), HopError>);
+
+impl DraftNodes {
+    /// Sends a draft step in a thread of its own, so that the generation need not wait for
+    /// it: the step is paid and checked as any, whenever it ends (the network's request
+    /// timeout bounds it), and its outcome comes through the receiver.
+    fn send(
+        self: &Arc<Self>,
+        hop: Hop,
+        session: u64,
+        cached: Vec<u32>,
+        context: Vec<u32>,
+        count: u16,
+    ) -> Receiver<StepOutcome> {
+        let (outcome, receiver) = std::sync::mpsc::channel();
+        let nodes = self.clone();
+        std::thread::spawn(move || {
+            let answer = nodes.ask(&hop, session, cached, &context, count);
+            let _ = outcome.send((hop, answer));
+        });
+        receiver
+    }
+
+    /// What `session` on the node holds after a step's `outcome`, if anything, and the
+    /// guesses. A lost session starts again at the next step, without a back-off (evicted
+    /// under load); any other failure backs the node off and closes the session there.
+    fn conclude(
+        self: &Arc<Self>,
+        session: u64,
+        (hop, answer): StepOutcome,
+    ) -> (Option<DraftSession>, Vec<u32>) {
+        match answer {
+            Ok((cached, guesses)) => (Some((hop, cached)), guesses),
+            Err(HopError::SessionLost(reason)) => {
+                tracing::debug!(peer = %hop.peer, "the draft session was lost: {reason}");
+                (Some((hop, Vec::new())), Vec::new())
+            }
+            Err(e) => {
+                self.failed(hop, session, &e);
+                (None, Vec::new())
+            }
+        }
+    }
+}
+
 /// One generation's guesses from a draft node: its own session there, which follows the
 /// generation's context (a step at an earlier position rolls it back, so rejected guesses
 /// cost nothing to undo). Closed, and the draft node paid, when the generation ends.
@@ -217,30 +262,31 @@ pub struct RemoteDrafter {
     nodes: Arc<DraftNodes>,
     session: u64,
     node: Option<DraftSession>,
-    /// The answer of the prompt's draft step, sent while the route runs the prompt
-    /// ([`Drafter::prepare`]).
-    prompt_step: Option<Receiver<Option<DraftSession>>>,
+    /// A draft step still under way: the prompt's ([`Drafter::prepare`]), a session's catch-up
+    /// on a whole context, or one that missed [`DRAFT_DEADLINE`]. Decode steps go without
+    /// drafts until it ends.
+    under_way: Option<Receiver<StepOutcome>>,
 }
 
 /// Where a generation's draft session stands before a decode step.
 enum Settled {
-    /// The prompt's draft step is still under way: this step goes without drafts.
+    /// A draft step is still under way: this decode step goes without drafts.
     Pending,
     /// The session, if a draft node holds one.
     Ready(Option<DraftSession>),
 }
 
 impl RemoteDrafter {
-    /// The draft session, unless the prompt's draft step is still under way (a long prompt,
-    /// or a node that hangs: the decode steps go on without drafts rather than wait for it).
+    /// The draft session, unless a step of it is still under way.
     fn settled(&mut self) -> Settled {
-        let Some(step) = self.prompt_step.take() else {
+        let Some(step) = self.under_way.take() else {
             return Settled::Ready(self.node.take());
         };
         match step.try_recv() {
-            Ok(session) => Settled::Ready(session),
+            // Its guesses are for an earlier context: only the session is kept.
+            Ok(outcome) => Settled::Ready(self.nodes.conclude(self.session, outcome).0),
             Err(TryRecvError::Empty) => {
-                self.prompt_step = Some(step);
+                self.under_way = Some(step);
                 Settled::Pending
             }
             Err(TryRecvError::Disconnected) => Settled::Ready(None),
@@ -264,29 +310,30 @@ impl Drafter for RemoteDrafter {
                 None => return Vec::new(),
             },
         };
-        match self.nodes.ask(
-            &hop,
-            self.session,
-            cached,
-            context,
-            count as u16,
-            Some(DRAFT_DEADLINE),
-        ) {
-            Ok((cached, guesses)) => {
-                self.node = Some((hop, cached));
+        let (nodes, session, context) = (&self.nodes, self.session, context.to_vec());
+        if cached.is_empty() {
+            // A new session (a node picked, or the last one's lost) takes in the whole
+            // context first, which may take a while: in the background, as the prompt does.
+            self.under_way = Some(nodes.send(hop, session, cached, context, 1));
+            return Vec::new();
+        }
+        let step = nodes.send(hop, session, cached, context, count as u16);
+        match step.recv_timeout(DRAFT_DEADLINE) {
+            Ok(outcome) => {
+                let (node, guesses) = nodes.conclude(session, outcome);
+                self.node = node;
                 guesses
             }
-            Err(HopError::SessionLost(reason)) => {
-                // Evicted under load: the session starts again at the next step, no back-off.
-                tracing::debug!(peer = %hop.peer, "the draft session was lost: {reason}");
-                self.node = Some((hop, Vec::new()));
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    peer = %hop.peer,
+                    "the draft node gave no guesses within {} ms: decoding without drafts until it answers",
+                    DRAFT_DEADLINE.as_millis()
+                );
+                self.under_way = Some(step);
                 Vec::new()
             }
-            Err(e) => {
-                // This step decodes without drafts; the next asks another draft node, if any.
-                self.nodes.failed(hop, self.session, &e);
-                Vec::new()
-            }
+            Err(RecvTimeoutError::Disconnected) => Vec::new(),
         }
     }
 
@@ -305,35 +352,24 @@ impl Drafter for RemoteDrafter {
         let Some(hop) = self.nodes.pick(prompt.len() + usize::from(MAX_DRAFT_GUESSES)) else {
             return;
         };
-        let (nodes, session, prompt) = (self.nodes.clone(), self.session, prompt.to_vec());
-        let (answered, answer) = std::sync::mpsc::channel();
-        self.prompt_step = Some(answer);
-        // No deadline but the network's: nothing waits on this step.
-        std::thread::spawn(move || {
-            let settled = match nodes.ask(&hop, session, Vec::new(), &prompt, 1, None) {
-                Ok((cached, _)) => Some((hop, cached)),
-                Err(e) => {
-                    nodes.failed(hop, session, &e);
-                    None
-                }
-            };
-            let _ = answered.send(settled);
-        });
+        self.under_way = Some(self.nodes.send(hop, self.session, Vec::new(), prompt.to_vec(), 1));
     }
 }
 
 impl Drop for RemoteDrafter {
     /// Closes the session on the draft node, in the background (see
-    /// [`DraftNodes::close_detached`]).
+    /// [`DraftNodes::close_detached`]); one whose step is still under way, once it ends (a
+    /// Close sent meanwhile could come before the step, which would open the session again).
     fn drop(&mut self) {
-        let (nodes, session, node, prompt_step) =
-            (self.nodes.clone(), self.session, self.node.take(), self.prompt_step.take());
-        match (node, prompt_step) {
+        let (nodes, session, node, under_way) =
+            (self.nodes.clone(), self.session, self.node.take(), self.under_way.take());
+        match (node, under_way) {
             (Some((hop, _)), _) => nodes.close_detached(hop, session),
-            // The prompt's step may still be under way: closed once it has answered.
             (None, Some(step)) => {
                 std::thread::spawn(move || {
-                    if let Ok(Some((hop, _))) = step.recv() {
+                    if let Ok(outcome) = step.recv()
+                        && let (Some((hop, _)), _) = nodes.conclude(session, outcome)
+                    {
                         nodes.close(hop, session);
                     }
                 });

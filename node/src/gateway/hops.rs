@@ -146,21 +146,6 @@ impl HopClient {
         kind: StepKind,
         payload: Payload,
     ) -> Result<Answer, HopError> {
-        self.call_within(hop, session, position, kind, payload, None)
-    }
-
-    /// [`HopClient::call`], waiting at most `deadline` for each answer (else the network's
-    /// request timeout): past it the step fails as one whose answer was lost, since the node
-    /// may still run it.
-    pub fn call_within(
-        &self,
-        hop: &Hop,
-        session: u64,
-        position: u32,
-        kind: StepKind,
-        payload: Payload,
-        deadline: Option<Duration>,
-    ) -> Result<Answer, HopError> {
         // Encoder steps are whole requests; decoder requests settle on their Close step.
         let settle = kind == StepKind::Close || matches!(payload, Payload::Masked { .. });
         let mut request = InferRequest {
@@ -188,7 +173,7 @@ impl HopClient {
         let expected = (kind != StepKind::Close)
             .then(|| ExpectedShape::of(&request.payload, self.output_width(hop.last_block)));
         let sent = Instant::now();
-        let (result, lost) = self.exchange(hop, terms, request, expected, deadline);
+        let (result, lost) = self.exchange(hop, terms, request, expected);
         if result.is_ok() {
             let took = sent.elapsed();
             tracing::debug!(
@@ -225,13 +210,12 @@ impl HopClient {
         terms: Option<NodeTerms>,
         request: InferRequest,
         expected: Option<ExpectedShape>,
-        deadline: Option<Duration>,
     ) -> (Result<Answer, HopError>, bool) {
         // Only a paid step can be refused for payment and retried; only it keeps a copy.
         let retry = terms.is_some().then(|| request.clone());
         let (request_hash, units, kind) =
             (request.request_hash(), step_units(&request), request.kind);
-        let mut response = self.runtime.block_on(self.send(hop.peer, request, deadline));
+        let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
         if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
             (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
@@ -245,7 +229,7 @@ impl HopClient {
             if let Some(metrics) = &self.metrics {
                 metrics.voucher_signed();
             }
-            response = self.runtime.block_on(self.send(hop.peer, request, deadline));
+            response = self.runtime.block_on(self.net.request(hop.peer, request));
         }
         if kind == StepKind::Decode
             && terms.is_some()
@@ -260,24 +244,6 @@ impl HopClient {
         }
         let lost = matches!(response, Err(ref e) if e.may_have_run());
         (self.judge(hop, expected, request_hash, response), lost)
-    }
-
-    /// Sends `request` to `peer` and waits for its answer, at most `deadline` when set.
-    async fn send(
-        &self,
-        peer: libp2p::PeerId,
-        request: InferRequest,
-        deadline: Option<Duration>,
-    ) -> Result<InferResponse, NetError> {
-        let answer = self.net.request(peer, request);
-        let Some(deadline) = deadline else { return answer.await };
-        tokio::time::timeout(deadline, answer).await.unwrap_or_else(|_| {
-            Err(NetError::Request {
-                peer,
-                reason: format!("no answer within {} ms", deadline.as_millis()),
-                answer_lost: true,
-            })
-        })
     }
 
     /// What a response means for the step: a checked answer, or why it failed.

@@ -109,6 +109,9 @@ pub(super) fn relay_config(service: &RelayService) -> relay::Config {
 /// do, fails only when it runs out.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Addresses an AutoNAT server dials back for one probe, one after another.
+const DIAL_BACKS: usize = 4;
+
 /// AutoNAT as a server (dialing others back) and, when `probe`, as a client asking connected
 /// peers to dial it back: only a peer that would act on the verdict (one with relays to
 /// reserve on, or a relay without a known address) probes, since every dial-back costs the
@@ -125,12 +128,14 @@ pub(super) fn autonat_config(probe: bool) -> autonat::v1::Config {
         confidence_max: 3,
         only_global_ips: false,
         use_connected: probe,
-        // A probe's request must outlive the server's dial-back by a margin, on both ends: a
-        // NAT that drops the dial-back fails it only at DIAL_TIMEOUT, and its answer
-        // (DialError, the one answer that says "private") is lost with a stream timed out
-        // first. With equal timeouts a peer behind NAT may never get a verdict, so never
-        // reserves on a relay nor registers an address, and says nothing.
-        timeout: DIAL_TIMEOUT * 3,
+        // A probe's request must outlive the server's dial-backs, on both ends (the server's
+        // side of the stream times out too): a NAT that drops a dial-back fails it only at
+        // DIAL_TIMEOUT, the addresses are dialed in turn, and the answer (DialError, the one
+        // that says "private") is lost with a stream timed out first. With a request timeout
+        // no longer than one dial, a peer behind NAT could go without a verdict, so without
+        // a relay reservation or a registered address, and silently.
+        max_peer_addresses: DIAL_BACKS,
+        timeout: DIAL_TIMEOUT * (DIAL_BACKS as u32 + 1),
         ..Default::default()
     }
 }
@@ -412,9 +417,10 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_outlives_the_dial_back_it_asks_for() {
-        // Else a dial-back dropped by a NAT is answered after the request timed out.
-        assert!(autonat_config(true).timeout >= DIAL_TIMEOUT * 2);
+    fn a_probe_outlives_the_dial_backs_it_asks_for() {
+        // Else dial-backs dropped by a NAT are answered after the request timed out.
+        let config = autonat_config(true);
+        assert!(config.timeout > DIAL_TIMEOUT * config.max_peer_addresses as u32, "{config:?}");
     }
 
     #[test]

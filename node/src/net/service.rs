@@ -835,12 +835,18 @@ impl EventLoop {
                 self.reservations.on_status(status, public);
                 self.reserve();
             }
+            // Only requests that got no answer: no server or no address to ask is not
+            // unanswered, and an answer counts towards the verdict.
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::OutboundProbe(
-                autonat::v1::OutboundProbeEvent::Error { peer, error, .. },
+                autonat::v1::OutboundProbeEvent::Error {
+                    peer,
+                    error: autonat::v1::OutboundProbeError::OutboundRequest(failure),
+                    ..
+                },
             ))) => {
-                tracing::debug!(?peer, ?error, "AutoNAT: probe unanswered");
+                tracing::debug!(?peer, ?failure, "AutoNAT: probe unanswered");
                 self.unanswered.count += 1;
-                self.unanswered.last = Some(format!("{error:?}"));
+                self.unanswered.last = Some(failure.to_string());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
