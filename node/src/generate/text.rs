@@ -1,4 +1,5 @@
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use tokenizers::Tokenizer;
 
@@ -221,10 +222,13 @@ pub fn generate_speculating(
                 }
                 _ => Vec::new(),
             };
+            // A step without drafts costs its model step: time spent waiting for drafts that
+            // never came (a draft node past its deadline) would make plain steps look dear.
+            let waited_in_vain = if draft.is_empty() { started.elapsed() } else { Duration::ZERO };
             let step: Vec<i64> =
                 input.iter().copied().chain(draft.iter().map(|&t| t as i64)).collect();
             let logits = model.logits(session, position, &step)?;
-            let took = started.elapsed();
+            let took = started.elapsed() - waited_in_vain;
             let Some(first) = logits.rows().checked_sub(draft.len() + 1) else {
                 return Err(GenerationError::NoLogits);
             };
