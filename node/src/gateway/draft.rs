@@ -49,8 +49,8 @@ const TALLY_WINDOW: u64 = 4096;
 /// Longest a decode step waits for a draft node's guesses. A draft model guesses a handful of
 /// tokens in tens of milliseconds; guesses later than this could not pay for the wait, and a
 /// node that hangs (its connection still open) would otherwise stall the step for the
-/// network's whole request timeout. Past it the step decodes without drafts and the node is
-/// backed off.
+/// network's whole request timeout. Past it the decode step goes without drafts, as do the
+/// next ones until the draft step, which goes on in the background, has ended.
 pub const DRAFT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Drafts of one node verified, and accepted.
@@ -163,6 +163,47 @@ impl DraftNodes {
         Ok((cached, guesses))
     }
 
+    /// Sends a draft step in a thread of its own, so that the generation need not wait for
+    /// it: the step is paid and checked as any, whenever it ends (the network's request
+    /// timeout bounds it), and its outcome comes through the receiver.
+    fn send(
+        self: &Arc<Self>,
+        hop: Hop,
+        session: u64,
+        cached: Vec<u32>,
+        context: Vec<u32>,
+        count: u16,
+    ) -> Receiver<StepOutcome> {
+        let (outcome, receiver) = std::sync::mpsc::channel();
+        let nodes = self.clone();
+        std::thread::spawn(move || {
+            let answer = nodes.ask(&hop, session, cached, &context, count);
+            let _ = outcome.send((hop, answer));
+        });
+        receiver
+    }
+
+    /// What `session` on the node holds after a step's `outcome`, if anything, and the
+    /// guesses. A lost session starts again at the next step, without a back-off (evicted
+    /// under load); any other failure backs the node off and closes the session there.
+    fn conclude(
+        self: &Arc<Self>,
+        session: u64,
+        (hop, answer): StepOutcome,
+    ) -> (Option<DraftSession>, Vec<u32>) {
+        match answer {
+            Ok((cached, guesses)) => (Some((hop, cached)), guesses),
+            Err(HopError::SessionLost(reason)) => {
+                tracing::debug!(peer = %hop.peer, "the draft session was lost: {reason}");
+                (Some((hop, Vec::new())), Vec::new())
+            }
+            Err(e) => {
+                self.failed(hop, session, &e);
+                (None, Vec::new())
+            }
+        }
+    }
+
     /// Counts what the verify step kept of `peer`'s latest guesses; a node whose guesses are
     /// almost never right is left out for the rest of the run.
     fn judged(&self, peer: PeerId, drafted: usize, accepted: usize) {
@@ -211,49 +252,6 @@ type DraftSession = (Hop, Vec<u32>);
 /// A draft step's outcome, from the thread that sent it: the node, and what it answered
 /// (what its session holds afterwards, and the guesses).
 type StepOutcome = (Hop, Result<(Vec<u32>, Vec<u32>), HopError>);
-
-impl DraftNodes {
-    /// Sends a draft step in a thread of its own, so that the generation need not wait for
-    /// it: the step is paid and checked as any, whenever it ends (the network's request
-    /// timeout bounds it), and its outcome comes through the receiver.
-    fn send(
-        self: &Arc<Self>,
-        hop: Hop,
-        session: u64,
-        cached: Vec<u32>,
-        context: Vec<u32>,
-        count: u16,
-    ) -> Receiver<StepOutcome> {
-        let (outcome, receiver) = std::sync::mpsc::channel();
-        let nodes = self.clone();
-        std::thread::spawn(move || {
-            let answer = nodes.ask(&hop, session, cached, &context, count);
-            let _ = outcome.send((hop, answer));
-        });
-        receiver
-    }
-
-    /// What `session` on the node holds after a step's `outcome`, if anything, and the
-    /// guesses. A lost session starts again at the next step, without a back-off (evicted
-    /// under load); any other failure backs the node off and closes the session there.
-    fn conclude(
-        self: &Arc<Self>,
-        session: u64,
-        (hop, answer): StepOutcome,
-    ) -> (Option<DraftSession>, Vec<u32>) {
-        match answer {
-            Ok((cached, guesses)) => (Some((hop, cached)), guesses),
-            Err(HopError::SessionLost(reason)) => {
-                tracing::debug!(peer = %hop.peer, "the draft session was lost: {reason}");
-                (Some((hop, Vec::new())), Vec::new())
-            }
-            Err(e) => {
-                self.failed(hop, session, &e);
-                (None, Vec::new())
-            }
-        }
-    }
-}
 
 /// One generation's guesses from a draft node: its own session there, which follows the
 /// generation's context (a step at an earlier position rolls it back, so rejected guesses
