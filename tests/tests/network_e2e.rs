@@ -360,14 +360,14 @@ fn a_draft_node_drafts_is_paid_and_its_loss_leaves_the_stream_exact() {
     let long =
         serde_json::json!({"model": name, "prompt": prompt, "max_tokens": 400, "temperature": 0});
     let stream = PausedStream::start(&format!("{api}/completions"), &long, 10);
-    let hang = |signal: &str| {
+    let signal = |name: &str| {
         let pid = draft_node.0.id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(status.success(), "kill {signal} {pid}");
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success(), "kill {name} {pid}");
     };
-    hang("-STOP");
+    signal("-STOP");
     let text = stream.finish();
-    hang("-CONT");
+    signal("-CONT");
     draft_node.0.kill().unwrap();
     let plain = local_greedy(&model, prompt, 400).unwrap().1;
     assert_eq!(text, plain, "losing the draft node changed the output");

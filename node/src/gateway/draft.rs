@@ -275,6 +275,11 @@ enum Settled {
 }
 
 impl RemoteDrafter {
+    /// Opens the session on `hop` with `context` (one guess, not used), in the background.
+    fn catch_up(&mut self, hop: Hop, context: &[u32]) {
+        self.under_way = Some(self.nodes.send(hop, self.session, Vec::new(), context.to_vec(), 1));
+    }
+
     /// The draft session, unless a step of it is still under way.
     fn settled(&mut self) -> Settled {
         let Some(step) = self.under_way.take() else {
@@ -308,14 +313,14 @@ impl Drafter for RemoteDrafter {
                 None => return Vec::new(),
             },
         };
-        let (nodes, session, context) = (&self.nodes, self.session, context.to_vec());
         if cached.is_empty() {
             // A new session (a node picked, or the last one's lost) takes in the whole
             // context first, which may take a while: in the background, as the prompt does.
-            self.under_way = Some(nodes.send(hop, session, cached, context, 1));
+            self.catch_up(hop, context);
             return Vec::new();
         }
-        let step = nodes.send(hop, session, cached, context, count as u16);
+        let (nodes, session) = (&self.nodes, self.session);
+        let step = nodes.send(hop, session, cached, context.to_vec(), count as u16);
         match step.recv_timeout(DRAFT_DEADLINE) {
             Ok(outcome) => {
                 let (node, guesses) = nodes.conclude(session, outcome);
@@ -350,7 +355,7 @@ impl Drafter for RemoteDrafter {
         let Some(hop) = self.nodes.pick(prompt.len() + usize::from(MAX_DRAFT_GUESSES)) else {
             return;
         };
-        self.under_way = Some(self.nodes.send(hop, self.session, Vec::new(), prompt.to_vec(), 1));
+        self.catch_up(hop, prompt);
     }
 }
 

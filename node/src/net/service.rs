@@ -270,7 +270,6 @@ impl Network {
             paths: paths.clone(),
             reservations,
             unanswered: UnansweredProbes::default(),
-            awaiting_told: Instant::now(),
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
@@ -515,8 +514,6 @@ struct EventLoop {
     paths: Arc<Paths>,
     reservations: Reservations,
     unanswered: UnansweredProbes,
-    /// When a peer waiting on AutoNAT last said so.
-    awaiting_told: Instant,
     connected: Arc<AtomicUsize>,
     metrics: Metrics,
     /// Requests in flight: the peer asked, and where its answer goes.
@@ -579,14 +576,12 @@ impl EventLoop {
         }
     }
 
-    /// Says, every [`VERDICT_PATIENCE`], that a peer with relays has no AutoNAT verdict yet, so
+    /// Says (every [`VERDICT_PATIENCE`]) when a peer with relays has no AutoNAT verdict yet, so
     /// reserves nothing and registers no relayed address, and why its probes went unanswered.
-    fn tell_awaiting(&mut self) {
-        if !self.reservations.awaiting_verdict() || self.awaiting_told.elapsed() < VERDICT_PATIENCE
-        {
+    fn tell_awaiting(&self) {
+        if !self.reservations.awaiting_verdict() {
             return;
         }
-        self.awaiting_told = Instant::now();
         tracing::info!(
             unanswered = self.unanswered.count,
             last = self.unanswered.last.as_deref().unwrap_or("-"),
@@ -678,12 +673,12 @@ impl EventLoop {
         let mut retry = tokio::time::interval(Duration::from_secs(5));
         let mut overdue = tokio::time::interval(MOST_HELD / 4);
         overdue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let patience = tokio::time::Instant::now() + VERDICT_PATIENCE;
+        let mut awaiting = tokio::time::interval_at(patience, VERDICT_PATIENCE);
         loop {
             tokio::select! {
-                _ = retry.tick() => {
-                    self.reserve();
-                    self.tell_awaiting();
-                }
+                _ = retry.tick() => self.reserve(),
+                _ = awaiting.tick() => self.tell_awaiting(),
                 _ = overdue.tick(), if !self.held.is_empty() => self.release_overdue(),
                 event = self.swarm.select_next_some() => self.on_event(event).await,
                 command = self.commands.recv() => match command {
