@@ -71,13 +71,14 @@ def _tensor(name: str, dtype: str, shape: list) -> dict:
 def block_io(cfg: ModelConfig, block: Block) -> tuple[list[dict], list[dict]]:
     """The block's inputs and outputs as manifest entries (symbolic dims: batch, seq, past, total).
 
-    Decoder blocks run a batch of sessions at once: row b holds `past_lengths[b]` cached tokens
-    at the start of `past_*` (the rest of the `past` axis is padding) and `seq` new ones."""
+    Decoder blocks run a batch of sessions at once: row b's first `past_padding[b]` positions of
+    `past_*` are padding, its cached tokens fill the rest of the `past` axis, and `seq` new ones
+    follow."""
     hidden = _tensor("hidden_in", "float32", ["batch", "seq", cfg.hidden_size])
     inputs, outputs = [], []
     if cfg.is_decoder:
         inputs.append(_tensor("input_ids", "int64", ["batch", "seq"]) if block.is_first else hidden)
-        inputs.append(_tensor("past_lengths", "int64", ["batch"]))
+        inputs.append(_tensor("past_padding", "int64", ["batch"]))
         for layer in block.layers:
             for kind in ("key", "value"):
                 inputs.append(_tensor(f"past_{kind}.{layer}", "float32",
@@ -102,10 +103,12 @@ def block_io(cfg: ModelConfig, block: Block) -> tuple[list[dict], list[dict]]:
 def build_decoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family) -> None:
     """Decoder scaffolding: inputs, per-row positions L[b]+arange(S), the mask, layers, outputs.
 
-    Row b's keys are its `past_lengths[b]` = L[b] cached tokens (at the start of the padded past
-    axis of length P), then the S new ones at P..P+S-1: query s may see key t when t < L[b], or
-    when t ≥ P and t − P ≤ s (causal among the new). With one unpadded row (L = P) this is
-    exactly the causal mask t ≤ P + s.
+    Row b's first `past_padding[b]` = Z[b] positions of the past axis (length P) are padding and
+    its L[b] = P − Z[b] cached tokens fill the rest (left padding); the S new ones are at
+    P..P+S-1. Query s may see key t when Z[b] ≤ t < P, or when t ≥ P and t − P ≤ s (causal
+    among the new). Left padding keeps a row's tokens contiguous in `present_*`, so a batch's
+    present is the next step's past as it is. With one unpadded row (Z = 0) this is exactly the
+    causal mask t ≤ P + s.
 
     `family` supplies embed(g, ids, pos), prepare(g, pos) (per-block position tables),
     layer(g, h, layer, allowed, past) → (h, present_k, present_v) and head(g, h)."""
@@ -123,12 +126,14 @@ def build_decoder_block(g: GraphBuilder, cfg: ModelConfig, block: Block, family)
     total_s = g.op("Squeeze", [total, zero_axis], hint="total_scalar")
     zero, one = g.const(0), g.const(1)
     steps = g.op("Range", [zero, seq_s, one], hint="steps")  # [S]
-    lengths = g.op("Unsqueeze", ["past_lengths", g.const([1])], hint="lengths_col")  # [B, 1]
+    padding = g.op("Unsqueeze", ["past_padding", g.const([1])], hint="padding_col")  # [B, 1]
+    lengths = g.op("Sub", [past_s, padding], hint="lengths_col")  # [B, 1]
     pos = g.op("Add", [lengths, g.op("Unsqueeze", [steps, zero_axis], hint="steps_row")], hint="positions")  # [B, S]
     keys = g.op("Range", [zero, total_s, one], hint="key_positions")  # [T]
-    cached = g.op("Less", [keys, g.op("Unsqueeze", [lengths, g.const([2])], hint="lengths_3d")],
-                  hint="key_cached")  # [B, 1, T]
     fresh = g.op("GreaterOrEqual", [keys, past_s], hint="key_fresh")  # [T]
+    cached = g.op("And", [g.op("GreaterOrEqual", [keys, g.op("Unsqueeze", [padding, g.const([2])], hint="padding_3d")],
+                               hint="key_unpadded"),
+                          g.op("Not", [fresh], hint="key_past")], hint="key_cached")  # [B, 1, T]
     causal = g.op("LessOrEqual", [g.op("Sub", [keys, past_s], hint="key_step"),
                                   g.op("Unsqueeze", [steps, g.const([1])], hint="query_steps")],
                   hint="key_causal")  # [S, T]

@@ -42,7 +42,10 @@ class ImportedModel:
         for block, session in zip(self.manifest["blocks"], self.sessions):
             layers = range(block["first_layer"], block["last_layer"] + 1)
             feeds = {block["inputs"][0]["name"]: x}
-            if any(i["name"] == "past_lengths" for i in block["inputs"]):
+            inputs = {i["name"] for i in block["inputs"]}
+            if "past_padding" in inputs:  # one unpadded row
+                feeds["past_padding"] = np.zeros(1, dtype=np.int64)
+            elif "past_lengths" in inputs:  # batched graphs of 2026-12-01
                 feeds["past_lengths"] = np.array([self.cache[block["first_layer"]][0].shape[2]], dtype=np.int64)
             for layer in layers:
                 feeds[f"past_key.{layer}"], feeds[f"past_value.{layer}"] = self.cache[layer]

@@ -206,7 +206,7 @@ fn batched_decoding_matches_each_session_alone() -> anyhow::Result<()> {
         let pipeline = Pipeline::load(&model, &runtime(), CacheLimits::default())?;
         assert!(
             pipeline.blocks().iter().all(|b| b.is_batched()),
-            "{arch}: graphs take past_lengths"
+            "{arch}: graphs take past_padding"
         );
 
         let mut sessions: Vec<Session> = (0..16)
@@ -338,5 +338,73 @@ fn a_batch_mixes_fresh_cached_bad_and_repeated_rows() -> anyhow::Result<()> {
     assert!(close(&second?, &fresh), "the fresh row");
     assert!(matches!(third, Err(infergrid::engine::EngineError::BadInput { .. })), "{third:?}");
     assert!(close(&fourth?, &repeated), "the repeated session's next step");
+    Ok(())
+}
+
+/// Sessions of different lengths stepping together run on their batch's kept present (left
+/// padded, fed back as it is), then leave it: one closes (the others' rows are copied into a
+/// new batch), one runs alone (its row copied out), one rolls back into its row (speculative
+/// decoding). Every answer is the same step on a session run alone.
+#[test]
+fn sessions_in_lockstep_run_on_their_kept_batch_and_leave_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hf =
+        make_checkpoint(dir.path(), "llama", &["--layers", "2", "--seed", "4", "--kv-heads", "2"])?;
+    let model = import(&hf, &dir.path().join("m"), 1)?;
+    let pipeline = Pipeline::load(&model, &runtime(), CacheLimits::default())?;
+    let block = &pipeline.blocks()[0];
+    let tokens = |ids: &[i64]| BlockInput::Tokens(ids.to_vec());
+    let alone = |session: u64| session + 100;
+    let mut position = std::collections::BTreeMap::new();
+    let mut next = std::collections::BTreeMap::new();
+    for (session, prompt) in
+        [(1u64, &[4i64][..]), (2, &[9, 8, 7]), (3, &[1, 2, 3, 4, 5]), (4, &[6, 5])]
+    {
+        let logits = block.forward(session, 0, tokens(prompt))?;
+        block.forward(alone(session), 0, tokens(prompt))?;
+        position.insert(session, prompt.len());
+        next.insert(session, argmax(logits.last_row()));
+    }
+    let mut largest_gap = 0f64;
+    let mut step_together = |sessions: &[u64]| -> anyhow::Result<()> {
+        let steps = sessions
+            .iter()
+            .map(|&s| BatchStep { session: s, position: position[&s], input: tokens(&[next[&s]]) })
+            .collect();
+        for (&s, out) in sessions.iter().zip(block.forward_batch(steps)) {
+            let out = out?;
+            let expected = block.forward(alone(s), position[&s], tokens(&[next[&s]]))?;
+            largest_gap = largest_gap.max(max_abs_diff(out.data(), expected.data()));
+            *position.get_mut(&s).unwrap() += 1;
+            next.insert(s, argmax(out.last_row()));
+        }
+        Ok(())
+    };
+    for _ in 0..6 {
+        step_together(&[1, 2, 3, 4])?;
+    }
+    assert_eq!(
+        block.kept_batches(),
+        5,
+        "after the first, each lockstep call ran on the kept batch"
+    );
+    // The same sessions in another order are still the kept batch.
+    step_together(&[4, 2, 1, 3])?;
+    assert_eq!(block.kept_batches(), 6);
+    block.close(2);
+    step_together(&[1, 3, 4])?; // copied out of the old batch into a new one
+    step_together(&[1, 3, 4])?; // kept again
+    assert_eq!(block.kept_batches(), 7);
+    assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
+
+    // Session 1 runs alone: its row is copied out of the batch.
+    let out = block.forward(1, position[&1], tokens(&[next[&1]]))?;
+    let expected = block.forward(alone(1), position[&1], tokens(&[next[&1]]))?;
+    assert!(max_abs_diff(out.data(), expected.data()) < 1e-4, "session 1 alone after its batch");
+    // Session 3 rolls back two positions inside its row, as after rejected drafts.
+    let back = position[&3] - 2;
+    let out = block.forward(3, back, tokens(&[42]))?;
+    let expected = block.forward(alone(3), back, tokens(&[42]))?;
+    assert!(max_abs_diff(out.data(), expected.data()) < 1e-4, "session 3 rolled back in its row");
     Ok(())
 }

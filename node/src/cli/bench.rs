@@ -219,10 +219,10 @@ pub fn random_llama(
 }
 
 /// Whether the import in `dir` is a decoder from before batch-capable graphs (its blocks
-/// lack `past_lengths`): its nodes would run every session's steps one at a time.
+/// lack `past_padding`): its nodes would run every session's steps one at a time.
 pub fn predates_batching(dir: &Path) -> bool {
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap_or_default();
-    manifest.contains("past_key") && !manifest.contains("past_lengths")
+    manifest.contains("past_key") && !manifest.contains("past_padding")
 }
 
 /// Imports `source` (`--hf DIR` or `--gguf FILE`) in `blocks` blocks into `dir`, unless an

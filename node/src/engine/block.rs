@@ -1,10 +1,12 @@
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
-use super::kv::{CacheLimits, KvStore};
+use super::batch::{BatchCache, left_pad};
+use super::kv::{Cache, CacheLimits, KvEntry, KvStore};
 use super::{Activation, BlockInput, EngineError, Runtime};
 use crate::model::{BlockSpec, ModelConfig, ModelManifest};
 
@@ -25,11 +27,13 @@ pub struct BlockRunner {
     is_decoder: bool,
     is_first: bool,
     is_last: bool,
-    /// Whether the graph takes `past_lengths`: a batch-capable decoder graph (older imports
-    /// run one session per call).
-    batched: bool,
+    /// How the graph is told where each row's cached tokens are (only `past_padding` graphs
+    /// are run batched).
+    rows: RowInput,
     session: Mutex<Session>,
     kv: Mutex<KvStore>,
+    /// Batched calls that ran on the previous call's present as it was (no copy).
+    kept_batches: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockRunner {
@@ -79,9 +83,16 @@ impl BlockRunner {
         }
         let mut builder = runtime.session_builder().map_err(|e| EngineError::load(&graph, e))?;
         let session = builder.commit_from_file(&graph).map_err(|e| EngineError::load(&graph, e))?;
-        let batched = session.inputs().iter().any(|input| input.name() == PAST_LENGTHS);
+        let has = |name: &str| session.inputs().iter().any(|input| input.name() == name);
+        let rows = if has(PAST_PADDING) {
+            RowInput::Padding
+        } else if has(PAST_LENGTHS) {
+            RowInput::Lengths
+        } else {
+            RowInput::None
+        };
         Ok(Self {
-            batched,
+            rows,
             is_first: index == 0,
             is_last: index + 1 == manifest.blocks.len(),
             is_decoder: manifest.architecture.is_decoder(),
@@ -89,6 +100,7 @@ impl BlockRunner {
             spec,
             session: Mutex::new(session),
             kv: Mutex::new(KvStore::new(limits)),
+            kept_batches: AtomicU64::new(0),
         })
     }
 
@@ -114,7 +126,13 @@ impl BlockRunner {
 
     /// Whether steps of several sessions can run in one call ([`BlockRunner::forward_batch`]).
     pub fn is_batched(&self) -> bool {
-        self.batched
+        self.rows == RowInput::Padding
+    }
+
+    /// Batched calls so far that ran on the previous batch's present as it was: the same
+    /// sessions stepping together, no cache copied.
+    pub fn kept_batches(&self) -> u64 {
+        self.kept_batches.load(Ordering::Relaxed)
     }
 
     /// Bytes of weights of this block.
@@ -158,15 +176,23 @@ impl BlockRunner {
         if needed > self.config.max_positions {
             return Err(EngineError::ContextOverflow { needed, limit: self.config.max_positions });
         }
+        let block = self.spec.index;
         let cached = self.kv.lock().expect("kv lock").take(session, position, steps)?;
+        // A session leaving its batch gets a copy of its row, outside the cache's lock.
+        let cached =
+            cached.map(KvEntry::into_own).transpose().map_err(|e| EngineError::run(block, e))?;
 
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
         inputs.push(self.main_input(input)?);
-        if self.batched {
-            let lengths = lengths_tensor(self.spec.index, &[position as i64])?;
-            inputs.push((PAST_LENGTHS.into(), lengths));
+        // One unpadded row.
+        match self.rows {
+            RowInput::Padding => inputs.push((PAST_PADDING.into(), int64s(block, &[0])?)),
+            RowInput::Lengths => {
+                inputs.push((PAST_LENGTHS.into(), int64s(block, &[position as i64])?))
+            }
+            RowInput::None => {}
         }
-        let mut past = cached.map(|entry| entry.layers.into_iter());
+        let mut past = cached.map(Vec::into_iter);
         for layer in self.spec.layers() {
             let (key, value) = match past.as_mut().and_then(Iterator::next) {
                 Some(kv) => kv,
@@ -176,7 +202,6 @@ impl BlockRunner {
             inputs.push((format!("past_value.{layer}").into(), value.into()));
         }
 
-        let block = self.spec.index;
         let mut ort_session = self.session.lock().expect("session lock");
         let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
         let mut present = Vec::with_capacity(self.spec.layers().count());
@@ -200,7 +225,7 @@ impl BlockRunner {
         drop(outputs);
         drop(ort_session);
         let activation = to_activation(block, &out)?;
-        self.kv.lock().expect("kv lock").put(session, present, needed);
+        self.kv.lock().expect("kv lock").put(session, Cache::Own(present), needed);
         Ok(activation)
     }
 
@@ -212,7 +237,7 @@ impl BlockRunner {
     /// steps of another width than the first run one by one.
     pub fn forward_batch(&self, steps: Vec<BatchStep>) -> Vec<Result<Activation, EngineError>> {
         let width = steps.first().map(|s| s.input.len()).unwrap_or(0);
-        if !self.batched || steps.len() < 2 || steps.iter().any(|s| s.input.len() != width) {
+        if !self.is_batched() || steps.len() < 2 || steps.iter().any(|s| s.input.len() != width) {
             return steps
                 .into_iter()
                 .map(|s| self.forward(s.session, s.position, s.input))
@@ -241,7 +266,7 @@ impl BlockRunner {
                 // Its cache was taken for the batch: run it alone, with the cache put back.
                 let (index, step, cached) = rows.pop().expect("one row");
                 if let Some(entry) = cached {
-                    self.kv.lock().expect("kv lock").put(step.session, entry.layers, entry.tokens);
+                    self.kv.lock().expect("kv lock").put(step.session, entry.cache, entry.tokens);
                 }
                 results[index] = Some(self.forward(step.session, step.position, step.input));
             }
@@ -249,7 +274,7 @@ impl BlockRunner {
                 let indices: Vec<usize> = rows.iter().map(|(i, _, _)| *i).collect();
                 match self.run_rows(rows, width) {
                     Ok(outputs) => {
-                        for (index, output) in indices.into_iter().zip(outputs) {
+                        for (index, output) in outputs {
                             results[index] = Some(Ok(output));
                         }
                     }
@@ -273,7 +298,7 @@ impl BlockRunner {
     }
 
     /// Checks one row of a batch and takes its cache.
-    fn admit_row(&self, step: &BatchStep) -> Result<Option<super::kv::KvEntry>, EngineError> {
+    fn admit_row(&self, step: &BatchStep) -> Result<Option<KvEntry>, EngineError> {
         if !self.is_decoder {
             return Err(EngineError::WrongKind {
                 found: "encoder",
@@ -288,43 +313,31 @@ impl BlockRunner {
         self.kv.lock().expect("kv lock").take(step.session, step.position, steps)
     }
 
-    /// The batched call proper: pads the rows' caches, runs, and puts each row's grown cache
-    /// back; returns each row's output `[1, S, W]`.
+    /// The batched call proper: runs the rows on their batch's kept present, or on a new
+    /// padded past of their caches, and keeps the call's present as the rows' caches; returns
+    /// each row's output `[1, S, W]` with the row's index (`rows[_].0`).
     fn run_rows(
         &self,
-        rows: Vec<(usize, BatchStep, Option<super::kv::KvEntry>)>,
+        mut rows: Vec<(usize, BatchStep, Option<KvEntry>)>,
         steps: usize,
-    ) -> Result<Vec<Activation>, EngineError> {
+    ) -> Result<Vec<(usize, Activation)>, EngineError> {
         let block = self.spec.index;
-        let (batch, heads, dim) = (rows.len(), self.config.num_kv_heads, self.config.head_dim);
-        let padded = rows.iter().map(|(_, step, _)| step.position).max().unwrap_or(0);
-        let lengths: Vec<i64> = rows.iter().map(|(_, step, _)| step.position as i64).collect();
-        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::new();
-        inputs.push(self.batch_input(rows.iter().map(|(_, step, _)| &step.input), batch, steps)?);
-        inputs.push((PAST_LENGTHS.into(), lengths_tensor(block, &lengths)?));
-        for (j, layer) in self.spec.layers().enumerate() {
-            for (kind, pick) in [("key", 0), ("value", 1)] {
-                let caches = rows
-                    .iter()
-                    .map(|(_, step, cached)| {
-                        cached
-                            .as_ref()
-                            .map(|entry| {
-                                let value =
-                                    if pick == 0 { &entry.layers[j].0 } else { &entry.layers[j].1 };
-                                let (_, data) = value
-                                    .try_extract_tensor::<f32>()
-                                    .map_err(|e| EngineError::run(block, e))?;
-                                Ok((step.position, data))
-                            })
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<_>, EngineError>>()?;
-                let past = super::batch::pad_past(&caches, heads, padded, dim);
-                let tensor = Tensor::from_array(([batch, heads, padded, dim], past))
-                    .map_err(|e| EngineError::run(block, e))?;
-                inputs.push((format!("past_{kind}.{layer}").into(), tensor.into()));
+        let batch = rows.len();
+        let past = match kept_batch(&mut rows) {
+            Some(kept) => {
+                self.kept_batches.fetch_add(1, Ordering::Relaxed);
+                kept
             }
+            None => Arc::new(self.padded_past(&rows)?),
+        };
+        let padding = past.padding.clone();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'_>)> = Vec::new();
+        inputs.push(self.batch_input(rows.iter().map(|(_, step, _)| &step.input), batch, steps)?);
+        let padding_values: Vec<i64> = padding.iter().map(|&z| z as i64).collect();
+        inputs.push((PAST_PADDING.into(), int64s(block, &padding_values)?));
+        for (layer, (key, value)) in self.spec.layers().zip(&past.layers) {
+            inputs.push((format!("past_key.{layer}").into(), key.into()));
+            inputs.push((format!("past_value.{layer}").into(), value.into()));
         }
         let mut ort_session = self.session.lock().expect("session lock");
         let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
@@ -355,48 +368,64 @@ impl BlockRunner {
                 return Err(EngineError::run(block, reason));
             }
         };
-        let present_len = batch * heads * (padded + steps) * dim;
+        // A graph that returned presents of another shape fails the batch, not later steps.
+        let (heads, dim) = (self.config.num_kv_heads, self.config.head_dim);
+        let total = padding[0] + rows[0].1.position + steps;
+        let expected = [batch, heads, total, dim].map(|d| d as i64);
         for (key, value) in &presents {
             for v in [key, value] {
-                let (_, data) =
+                let (shape, _) =
                     v.try_extract_tensor::<f32>().map_err(|e| EngineError::run(block, e))?;
-                if data.len() != present_len {
-                    let reason = format!(
-                        "graph returned a present cache of {} values, not {present_len}",
-                        data.len()
-                    );
+                if shape[..] != expected {
+                    let reason =
+                        format!("graph returned a present cache {shape:?}, not {expected:?}");
                     return Err(EngineError::run(block, reason));
                 }
             }
         }
-        let geometry = (heads, padded, steps, dim);
+        let kept = Arc::new(BatchCache { layers: presents, padding });
         let mut results = Vec::with_capacity(batch);
-        let mut kv = Vec::with_capacity(batch);
-        for (b, (_, step, _)) in rows.iter().enumerate() {
+        let mut grown = Vec::with_capacity(batch);
+        for (b, (index, step, _)) in rows.iter().enumerate() {
             let row = out.data()[b * steps * width..(b + 1) * steps * width].to_vec();
-            results.push(
-                Activation::new(vec![1, steps, width], row)
-                    .map_err(|e| EngineError::run(block, e))?,
-            );
-            let mut layers = Vec::with_capacity(presents.len());
-            for (key, value) in &presents {
-                let unpad = |v: &DynValue| -> Result<DynValue, EngineError> {
-                    let (_, data) =
-                        v.try_extract_tensor::<f32>().map_err(|e| EngineError::run(block, e))?;
-                    let grown = super::batch::unpad_present(data, b, step.position, geometry);
-                    Tensor::from_array(([1, heads, step.position + steps, dim], grown))
-                        .map(|t| t.into_dyn())
-                        .map_err(|e| EngineError::run(block, e))
-                };
-                layers.push((unpad(key)?, unpad(value)?));
-            }
-            kv.push((step.session, layers, step.position + steps));
+            let output = Activation::new(vec![1, steps, width], row)
+                .map_err(|e| EngineError::run(block, e))?;
+            results.push((*index, output));
+            let entry = Cache::Row { batch: Arc::clone(&kept), row: b };
+            grown.push((step.session, entry, step.position + steps));
         }
         let mut store = self.kv.lock().expect("kv lock");
-        for (session, layers, tokens) in kv {
-            store.put(session, layers, tokens);
+        for (session, cache, tokens) in grown {
+            store.put(session, cache, tokens);
         }
         Ok(results)
+    }
+
+    /// A new left-padded past for `rows` (`[B, KV, P, D]` per layer, P the most tokens any row
+    /// has cached) copied from their caches, and each row's padding.
+    fn padded_past(
+        &self,
+        rows: &[(usize, BatchStep, Option<KvEntry>)],
+    ) -> Result<BatchCache, EngineError> {
+        let block = self.spec.index;
+        let (batch, heads, dim) = (rows.len(), self.config.num_kv_heads, self.config.head_dim);
+        let padded = rows.iter().map(|(_, step, _)| step.position).max().unwrap_or(0);
+        let padding = rows.iter().map(|(_, step, _)| padded - step.position).collect();
+        let layer_past = |j: usize, value: bool| -> Result<DynValue, EngineError> {
+            let spans = rows
+                .iter()
+                .map(|(_, _, cached)| cached.as_ref().map(|entry| entry.span(j, value)).transpose())
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| EngineError::run(block, e))?;
+            let past = left_pad(&spans, heads, padded, dim);
+            Tensor::from_array(([batch, heads, padded, dim], past))
+                .map(|t| t.into_dyn())
+                .map_err(|e| EngineError::run(block, e))
+        };
+        let layers = (0..self.spec.layers().count())
+            .map(|j| Ok((layer_past(j, false)?, layer_past(j, true)?)))
+            .collect::<Result<_, EngineError>>()?;
+        Ok(BatchCache { layers, padding })
     }
 
     /// The rows' token ids `[B, S]` or hidden states `[B, S, H]` as the block's main input.
@@ -529,14 +558,46 @@ impl BlockRunner {
     }
 }
 
-/// The input of a batch-capable decoder graph giving each row's cached tokens.
+/// How a decoder graph is told where each row's cached tokens are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowInput {
+    /// `past_padding`: the padding positions in front of each row's tokens (batch-capable).
+    Padding,
+    /// `past_lengths`: each row's tokens, at the start of its axis (graphs imported
+    /// 2026-12-01 to 12-02). Run one session per call, where the two agree.
+    Lengths,
+    /// No such input: graphs from before batching, one session per call.
+    None,
+}
+
+const PAST_PADDING: &str = "past_padding";
 const PAST_LENGTHS: &str = "past_lengths";
 
-fn lengths_tensor(
-    block: usize,
-    lengths: &[i64],
-) -> Result<SessionInputValue<'static>, EngineError> {
-    Tensor::from_array(([lengths.len()], lengths.to_vec()))
+/// The batch whose present every row's cache is a row of, when `rows` are exactly that
+/// batch's rows (sorted here into its row order): its present tensors are this step's past as
+/// they are. `None` for any other set of rows.
+fn kept_batch(rows: &mut [(usize, BatchStep, Option<KvEntry>)]) -> Option<Arc<BatchCache>> {
+    let batch_row = |cached: &Option<KvEntry>| match cached.as_ref().map(|entry| &entry.cache) {
+        Some(Cache::Row { batch, row }) => Some((Arc::clone(batch), *row)),
+        _ => None,
+    };
+    let (first, _) = batch_row(&rows.first()?.2)?;
+    if first.padding.len() != rows.len() {
+        return None;
+    }
+    let mut seen = vec![false; rows.len()];
+    for (_, _, cached) in rows.iter() {
+        let (batch, row) = batch_row(cached)?;
+        if !Arc::ptr_eq(&batch, &first) || std::mem::replace(&mut seen[row], true) {
+            return None;
+        }
+    }
+    rows.sort_by_key(|(_, _, cached)| batch_row(cached).map(|(_, row)| row));
+    Some(first)
+}
+
+fn int64s(block: usize, values: &[i64]) -> Result<SessionInputValue<'static>, EngineError> {
+    Tensor::from_array(([values.len()], values.to_vec()))
         .map(Into::into)
         .map_err(|e| EngineError::run(block, e))
 }

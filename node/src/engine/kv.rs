@@ -1,42 +1,79 @@
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use ort::value::{DynValue, Tensor};
 
 use super::EngineError;
+use super::batch::{BatchCache, RowSpan, left_pad};
 
-/// One session's cached keys and values in one block: `(key, value)` per layer, exactly the
-/// `present_*` tensors ORT returned last, fed back as `past_*` without a copy.
+/// Where one session's cached keys and values are.
+pub(crate) enum Cache {
+    /// Its own `(key, value)` per layer, `[1, KV, L, D]`: the `present_*` tensors ORT returned
+    /// for its last unbatched step, fed back as `past_*` without a copy.
+    Own(Vec<(DynValue, DynValue)>),
+    /// Row `row` of a batched call's present tensors, shared with the other rows' sessions.
+    Row { batch: Arc<BatchCache>, row: usize },
+}
+
+/// One session's cache in one block.
 pub(crate) struct KvEntry {
-    pub layers: Vec<(DynValue, DynValue)>,
+    pub cache: Cache,
     pub tokens: usize,
     last_used: u64,
 }
 
 impl KvEntry {
-    /// Every layer's keys and values for the first `keep` positions only.
-    fn first_positions(&self, keep: usize) -> Result<Vec<(DynValue, DynValue)>, String> {
-        self.layers.iter().map(|(k, v)| Ok((truncated(k, keep)?, truncated(v, keep)?))).collect()
+    /// The session's tokens in layer `layer`'s key (`value == false`) or value tensor; an
+    /// error, not a panic, for a tensor of another shape than the cache's.
+    pub(crate) fn span(&self, layer: usize, value: bool) -> Result<RowSpan<'_>, String> {
+        let (layers, row, padding) = match &self.cache {
+            Cache::Own(layers) => (layers, 0, 0),
+            Cache::Row { batch, row } => (&batch.layers, *row, batch.padding[*row]),
+        };
+        let pair = layers.get(layer).ok_or_else(|| format!("no cache for layer {layer}"))?;
+        let tensor = if value { &pair.1 } else { &pair.0 };
+        let (shape, data) = tensor.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+        let &[rows, heads, total, dim] = &shape[..] else {
+            return Err(format!("a cache of shape {shape:?}, not [rows, heads, len, dim]"));
+        };
+        let [rows, heads, total, dim] = [rows, heads, total, dim].map(|d| d as usize);
+        if row >= rows || data.len() != rows * heads * total * dim || padding + self.tokens != total
+        {
+            return Err(format!(
+                "a cache of shape {shape:?} does not hold row {row}'s {} tokens after {padding} padding",
+                self.tokens
+            ));
+        }
+        Ok(RowSpan { data, heads, dim, row, total, start: padding, len: self.tokens })
     }
-}
 
-/// A `[1, heads, len, dim]` cache tensor cut to `[1, heads, keep, dim]`; an error, not a
-/// panic under the cache's lock, for any other shape or `keep > len`.
-fn truncated(cache: &DynValue, keep: usize) -> Result<DynValue, String> {
-    let (shape, data) = cache.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
-    let &[1, heads, len, dim] = &shape[..] else {
-        return Err(format!("a cache of shape {shape:?}, not [1, heads, len, dim]"));
-    };
-    let (heads, len, dim) = (heads as usize, len as usize, dim as usize);
-    if keep > len || dim == 0 || data.len() != heads * len * dim {
-        return Err(format!("cannot keep {keep} positions of a cache of shape {shape:?}"));
+    /// The session's cache as tensors of its own, `[1, heads, L, dim]` per layer: the tensors
+    /// themselves when they already are, else a copy of its row (a session leaving its batch).
+    pub(crate) fn into_own(self) -> Result<Vec<(DynValue, DynValue)>, String> {
+        match self.cache {
+            Cache::Own(layers) => Ok(layers),
+            Cache::Row { .. } => self.first_tokens(self.tokens),
+        }
     }
-    let mut kept = Vec::with_capacity(heads * keep * dim);
-    for head in data.chunks_exact(len * dim) {
-        kept.extend_from_slice(&head[..keep * dim]);
+
+    /// A copy of the session's first `keep` tokens, `[1, heads, keep, dim]` per layer.
+    fn first_tokens(&self, keep: usize) -> Result<Vec<(DynValue, DynValue)>, String> {
+        if keep > self.tokens {
+            return Err(format!("cannot keep {keep} of {} cached tokens", self.tokens));
+        }
+        let count = match &self.cache {
+            Cache::Own(layers) => layers.len(),
+            Cache::Row { batch, .. } => batch.layers.len(),
+        };
+        let copy = |layer: usize, value: bool| -> Result<DynValue, String> {
+            let span = RowSpan { len: keep, ..self.span(layer, value)? };
+            let values = left_pad(&[Some(span)], span.heads, keep, span.dim);
+            Tensor::from_array(([1, span.heads, keep, span.dim], values))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
+        };
+        (0..count).map(|layer| Ok((copy(layer, false)?, copy(layer, true)?))).collect()
     }
-    Tensor::from_array(([1, heads, keep, dim], kept))
-        .map(|t| t.into_dyn())
-        .map_err(|e| e.to_string())
 }
 
 /// The KV caches of every session a block serves, bounded in sessions and in tokens.
@@ -95,8 +132,10 @@ impl KvStore {
                 return Err(EngineError::PositionMismatch { session, cached, requested: position });
             }
             if entry.tokens > position {
-                match entry.first_positions(position) {
-                    Ok(layers) => Some(KvEntry { layers, tokens: position, ..entry }),
+                match entry.first_tokens(position) {
+                    Ok(layers) => {
+                        Some(KvEntry { cache: Cache::Own(layers), tokens: position, ..entry })
+                    }
                     Err(reason) => {
                         self.entries.insert(session, entry);
                         return Err(EngineError::Rollback { session, reason });
@@ -111,10 +150,10 @@ impl KvStore {
     }
 
     /// Stores the cache after a step.
-    pub(crate) fn put(&mut self, session: u64, layers: Vec<(DynValue, DynValue)>, tokens: usize) {
+    pub(crate) fn put(&mut self, session: u64, cache: Cache, tokens: usize) {
         self.clock += 1;
         self.evicted.retain(|&id| id != session);
-        self.entries.insert(session, KvEntry { layers, tokens, last_used: self.clock });
+        self.entries.insert(session, KvEntry { cache, tokens, last_used: self.clock });
     }
 
     /// Drops a session's cache; returns whether it existed.
@@ -170,7 +209,7 @@ mod tests {
         let mut store = KvStore::new(CacheLimits { max_sessions: 2, max_tokens: 100 });
         for session in 1..=3 {
             assert!(store.take(session, 0, 10).unwrap().is_none());
-            store.put(session, Vec::new(), 10);
+            store.put(session, Cache::Own(Vec::new()), 10);
         }
         assert_eq!(store.usage(), (2, 20));
         assert!(matches!(store.take(1, 10, 1), Err(EngineError::SessionEvicted(1))));
@@ -182,7 +221,7 @@ mod tests {
         assert_eq!(store.take(3, 10, 1).unwrap().map(|e| e.tokens), Some(10));
         // A position inside the cache rolls the session back to it (the tensors' cut is
         // checked on real caches by the speculation tests).
-        store.put(3, Vec::new(), 10);
+        store.put(3, Cache::Own(Vec::new()), 10);
         assert_eq!(store.take(3, 4, 1).unwrap().map(|e| e.tokens), Some(4));
         assert!(matches!(
             store.take(4, 0, 101),
@@ -195,10 +234,10 @@ mod tests {
         let mut store = KvStore::new(CacheLimits { max_sessions: 10, max_tokens: 30 });
         for session in 1..=3 {
             store.take(session, 0, 10).unwrap();
-            store.put(session, Vec::new(), 10);
+            store.put(session, Cache::Own(Vec::new()), 10);
         }
         store.take(4, 0, 15).unwrap();
-        store.put(4, Vec::new(), 15);
+        store.put(4, Cache::Own(Vec::new()), 15);
         assert_eq!(store.usage(), (2, 25));
         assert!(matches!(store.take(1, 10, 1), Err(EngineError::SessionEvicted(1))));
     }
