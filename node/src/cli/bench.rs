@@ -61,7 +61,8 @@ pub struct EngineBench {
     /// Intra-op threads for both engines.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Measurement rounds; the best of each side is reported.
+    /// Measurement rounds; the best of each side is reported (with --batch: the median of
+    /// the rounds' ratios, each round timing both sides back to back).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     #[arg(long, default_value = "cpu")]

@@ -9,6 +9,8 @@ use anyhow::ensure;
 use infergrid::engine::{BatchStep, BlockInput, BlockRunner, CacheLimits, Pipeline, Runtime};
 use infergrid::generate::argmax;
 
+use super::bench_load::median;
+
 pub fn run(
     model: &Path,
     runtime: &Runtime,
@@ -35,23 +37,38 @@ pub fn run(
     let prompts: Vec<Vec<i64>> = (0..sessions as i64)
         .map(|s| (0..prompt_len as i64).map(|i| (7 + 31 * i + 13 * s) % vocab).collect())
         .collect();
-    let (mut alone, mut together) = (0f64, 0f64);
+    // Each round times both sides back to back, the first side alternating, and gives one
+    // ratio: this machine's speed drifts by tens of percent over a minute, which a ratio of
+    // best-of speeds taken at different times would carry, and a ratio within a round cancels.
+    ensure!(rounds > 0, "--rounds must be at least 1");
+    let (mut alone, mut together, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut alone_ids, mut together_ids) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         eprintln!("bench: batch round {}/{rounds}", round + 1);
-        let (speed, ids) = decode_sessions(block, &prompts, decode, false)?;
-        (alone, alone_ids) = (alone.max(speed), ids);
-        let (speed, ids) = decode_sessions(block, &prompts, decode, true)?;
-        (together, together_ids) = (together.max(speed), ids);
+        for batched in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let (speed, ids) = decode_sessions(block, &prompts, decode, batched)?;
+            if batched {
+                together.push(speed);
+                together_ids = ids;
+            } else {
+                alone.push(speed);
+                alone_ids = ids;
+            }
+        }
+        ratios.push(together[round] / alone[round]);
     }
     let same = alone_ids == together_ids;
     println!(
-        "batched decoding, {} (one block, {sessions} sessions, {decode} steps, best of {rounds})",
+        "batched decoding, {} (one block, {sessions} sessions, {decode} steps, {rounds} rounds)",
         pipeline.manifest().name
     );
     println!(
-        "  {sessions} sessions together {together:.1} tok/s | one at a time {alone:.1} tok/s | ratio {:.2}x | greedy ids {}",
-        together / alone,
+        "  {sessions} sessions together {:.1} tok/s | one at a time {:.1} tok/s | ratio {:.2}x (median of the rounds' ratios, {:.2}-{:.2}) | greedy ids {}",
+        median(together.clone()),
+        median(alone.clone()),
+        median(ratios.clone()),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
         if same { "identical" } else { "DIFFER" }
     );
     ensure!(same, "batched and one-at-a-time greedy ids differ");

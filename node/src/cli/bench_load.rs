@@ -107,7 +107,8 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> Leve
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value of `values` (the mean of the two middle ones for an even count).
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     if values.len().is_multiple_of(2) {
