@@ -343,8 +343,9 @@ fn a_batch_mixes_fresh_cached_bad_and_repeated_rows() -> anyhow::Result<()> {
 
 /// Sessions of different lengths stepping together run on their batch's kept present (left
 /// padded, fed back as it is), then leave it: one closes (the others' rows are copied into a
-/// new batch), one runs alone (its row copied out), one rolls back into its row (speculative
-/// decoding). Every answer is the same step on a session run alone.
+/// new batch), one pauses while the others go on (its row copied out) and then runs alone, one
+/// rolls back into its row (speculative decoding). Every answer is the same step on a session
+/// run alone.
 #[test]
 fn sessions_in_lockstep_run_on_their_kept_batch_and_leave_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -395,13 +396,16 @@ fn sessions_in_lockstep_run_on_their_kept_batch_and_leave_it() -> anyhow::Result
     step_together(&[1, 3, 4])?; // copied out of the old batch into a new one
     step_together(&[1, 3, 4])?; // kept again
     assert_eq!(block.kept_batches(), 7);
+    // Sessions 3 and 4 go on without 1, which is given a copy of its row of the batch they left.
+    step_together(&[3, 4])?;
+    assert_eq!(block.kept_batches(), 7);
     assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
-
-    // Session 1 runs alone: its row is copied out of the batch.
+    // Session 1 runs alone on that copy.
     let out = block.forward(1, position[&1], tokens(&[next[&1]]))?;
     let expected = block.forward(alone(1), position[&1], tokens(&[next[&1]]))?;
     assert!(max_abs_diff(out.data(), expected.data()) < 1e-4, "session 1 alone after its batch");
-    // Session 3 rolls back two positions inside its row, as after rejected drafts.
+    // Session 3 rolls back two positions inside its row of the last batch, as after rejected
+    // drafts.
     let back = position[&3] - 2;
     let out = block.forward(3, back, tokens(&[42]))?;
     let expected = block.forward(alone(3), back, tokens(&[42]))?;

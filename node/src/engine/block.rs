@@ -394,9 +394,26 @@ impl BlockRunner {
             let entry = Cache::Row { batch: Arc::clone(&kept), row: b };
             grown.push((step.session, entry, step.position + steps));
         }
+        // The batches these rows leave. A session of one that is not in this batch (it paused,
+        // or ran alone) would keep all of that batch's rows resident for its own: it gets a
+        // copy of its row instead, so that a session's cache costs what it counts.
+        let mut left: Vec<Arc<BatchCache>> = Vec::new();
+        for (_, _, cached) in rows {
+            if let Some(KvEntry { cache: Cache::Row { batch, .. }, .. }) = cached
+                && !left.iter().any(|seen| Arc::ptr_eq(seen, &batch))
+            {
+                left.push(batch);
+            }
+        }
+        drop(past);
         let mut store = self.kv.lock().expect("kv lock");
         for (session, cache, tokens) in grown {
             store.put(session, cache, tokens);
+        }
+        for batch in left {
+            if Arc::strong_count(&batch) > 1 {
+                store.detach_rows_of(&batch);
+            }
         }
         Ok(results)
     }

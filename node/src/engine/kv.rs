@@ -156,6 +156,24 @@ impl KvStore {
         self.entries.insert(session, KvEntry { cache, tokens, last_used: self.clock });
     }
 
+    /// Gives every session whose cache is a row of `batch` a copy of its own, so that the
+    /// batch's tensors are freed once the caller drops it. A row that cannot be copied (not
+    /// the cache's shape: never for the engine's own tensors) is dropped with its session.
+    pub(crate) fn detach_rows_of(&mut self, batch: &Arc<BatchCache>) {
+        self.entries.retain(|_, entry| match &entry.cache {
+            Cache::Row { batch: of, .. } if Arc::ptr_eq(of, batch) => {
+                match entry.first_tokens(entry.tokens) {
+                    Ok(layers) => {
+                        entry.cache = Cache::Own(layers);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => true,
+        });
+    }
+
     /// Drops a session's cache; returns whether it existed.
     pub(crate) fn close(&mut self, session: u64) -> bool {
         self.entries.remove(&session).is_some()
@@ -226,6 +244,24 @@ mod tests {
         assert!(matches!(
             store.take(4, 0, 101),
             Err(EngineError::CacheFull { needed: 101, limit: 100 })
+        ));
+    }
+
+    #[test]
+    fn detached_rows_let_their_batch_go() {
+        let mut store = KvStore::new(CacheLimits::default());
+        let batch = Arc::new(BatchCache { layers: Vec::new(), padding: vec![0, 2] });
+        let other = Arc::new(BatchCache { layers: Vec::new(), padding: vec![0] });
+        store.put(1, Cache::Row { batch: Arc::clone(&batch), row: 0 }, 4);
+        store.put(2, Cache::Row { batch: Arc::clone(&batch), row: 1 }, 2);
+        store.put(3, Cache::Row { batch: Arc::clone(&other), row: 0 }, 3);
+        store.detach_rows_of(&batch);
+        assert_eq!(Arc::strong_count(&batch), 1, "no session holds the batch any more");
+        assert_eq!(Arc::strong_count(&other), 2, "another batch's row is left alone");
+        assert_eq!(store.usage(), (3, 9));
+        assert!(matches!(
+            store.take(2, 2, 1),
+            Ok(Some(KvEntry { cache: Cache::Own(_), tokens: 2, .. }))
         ));
     }
 
