@@ -52,7 +52,7 @@ pub struct EngineBench {
     /// Tokens of the greedy completion timed with --devnet.
     #[arg(long, default_value_t = 64)]
     http_tokens: usize,
-    /// Prompt tokens for the prefill.
+    /// Prompt tokens for the prefill (with --batch: the longest prompt; the others are shorter, down to half).
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
     /// Decode steps timed.

@@ -33,9 +33,14 @@ pub fn run(
         model.display()
     );
     let vocab = pipeline.manifest().config.vocab_size as i64;
-    // Each session its own prompt (ort-baseline's recipe, shifted), so rows differ.
-    let prompts: Vec<Vec<i64>> = (0..sessions as i64)
-        .map(|s| (0..prompt_len as i64).map(|i| (7 + 31 * i + 13 * s) % vocab).collect())
+    // Each session its own prompt (ort-baseline's recipe, shifted), so rows differ, and of its
+    // own length (from --prompt-len down to half of it), so the batch carries padding as a
+    // real one does.
+    let prompts: Vec<Vec<i64>> = (0..sessions)
+        .map(|s| {
+            let len = prompt_len - prompt_len * s / (2 * sessions);
+            (0..len as i64).map(|i| (7 + 31 * i + 13 * s as i64) % vocab).collect()
+        })
         .collect();
     // Each round times both sides back to back, the first side alternating, and gives one
     // ratio: this machine's speed drifts by tens of percent over a minute, which a ratio of

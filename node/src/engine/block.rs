@@ -394,9 +394,9 @@ impl BlockRunner {
             let entry = Cache::Row { batch: Arc::clone(&kept), row: b };
             grown.push((step.session, entry, step.position + steps));
         }
-        // The batches these rows leave. A session of one that is not in this batch (it paused,
-        // or ran alone) would keep all of that batch's rows resident for its own: it gets a
-        // copy of its row instead, so that a session's cache costs what it counts.
+        // The batches these rows leave. A session of one that is not in this batch (it paused)
+        // would keep all of that batch's rows resident, and counted against the cache's bound,
+        // for its own: it gets a copy of its row instead.
         let mut left: Vec<Arc<BatchCache>> = Vec::new();
         for (_, _, cached) in rows {
             if let Some(KvEntry { cache: Cache::Row { batch, .. }, .. }) = cached
@@ -406,13 +406,21 @@ impl BlockRunner {
             }
         }
         drop(past);
-        let mut store = self.kv.lock().expect("kv lock");
-        for (session, cache, tokens) in grown {
-            store.put(session, cache, tokens);
-        }
-        for batch in left {
-            if Arc::strong_count(&batch) > 1 {
-                store.detach_rows_of(&batch);
+        let stragglers = {
+            let mut store = self.kv.lock().expect("kv lock");
+            for (session, cache, tokens) in grown {
+                store.put(session, cache, tokens);
+            }
+            left.into_iter()
+                .filter(|batch| Arc::strong_count(batch) > 1)
+                .map(|batch| (store.rows_of(&batch), batch))
+                .collect::<Vec<_>>()
+        };
+        // Copied outside the cache's lock; a session that stepped meanwhile keeps its new cache.
+        for (rows, batch) in stragglers {
+            for (session, row, tokens) in rows {
+                let own = KvEntry::copy_row(&batch, row, tokens);
+                self.kv.lock().expect("kv lock").detach(session, (&batch, row, tokens), own);
             }
         }
         Ok(results)

@@ -56,6 +56,17 @@ impl KvEntry {
         }
     }
 
+    /// A copy of row `row` of `batch`, holding `tokens`, as caches of its own.
+    pub(crate) fn copy_row(
+        batch: &Arc<BatchCache>,
+        row: usize,
+        tokens: usize,
+    ) -> Result<Vec<(DynValue, DynValue)>, String> {
+        let view =
+            KvEntry { cache: Cache::Row { batch: Arc::clone(batch), row }, tokens, last_used: 0 };
+        view.first_tokens(tokens)
+    }
+
     /// A copy of the session's first `keep` tokens, `[1, heads, keep, dim]` per layer.
     fn first_tokens(&self, keep: usize) -> Result<Vec<(DynValue, DynValue)>, String> {
         if keep > self.tokens {
@@ -156,22 +167,35 @@ impl KvStore {
         self.entries.insert(session, KvEntry { cache, tokens, last_used: self.clock });
     }
 
-    /// Gives every session whose cache is a row of `batch` a copy of its own, so that the
-    /// batch's tensors are freed once the caller drops it. A row that cannot be copied (not
-    /// the cache's shape: never for the engine's own tensors) is dropped with its session.
-    pub(crate) fn detach_rows_of(&mut self, batch: &Arc<BatchCache>) {
-        self.entries.retain(|_, entry| match &entry.cache {
-            Cache::Row { batch: of, .. } if Arc::ptr_eq(of, batch) => {
-                match entry.first_tokens(entry.tokens) {
-                    Ok(layers) => {
-                        entry.cache = Cache::Own(layers);
-                        true
-                    }
-                    Err(_) => false,
-                }
+    /// The sessions whose caches are rows of `batch`, as `(session, row, tokens)`.
+    pub(crate) fn rows_of(&self, batch: &Arc<BatchCache>) -> Vec<(u64, usize, usize)> {
+        let rows = self.entries.iter().filter_map(|(&session, entry)| match &entry.cache {
+            Cache::Row { batch: of, row } if Arc::ptr_eq(of, batch) => {
+                Some((session, *row, entry.tokens))
             }
-            _ => true,
+            _ => None,
         });
+        rows.collect()
+    }
+
+    /// Gives `session` `own`, a copy of its row `row` of `batch` holding `tokens`, if that is
+    /// still its cache (it may have stepped since the copy was made); a row that could not be
+    /// copied (`Err`) is evicted.
+    pub(crate) fn detach(
+        &mut self,
+        session: u64,
+        (batch, row, tokens): (&Arc<BatchCache>, usize, usize),
+        own: Result<Vec<(DynValue, DynValue)>, String>,
+    ) {
+        let Some(entry) = self.entries.get_mut(&session) else { return };
+        let Cache::Row { batch: of, row: at } = &entry.cache else { return };
+        if !Arc::ptr_eq(of, batch) || *at != row || entry.tokens != tokens {
+            return;
+        }
+        match own {
+            Ok(layers) => entry.cache = Cache::Own(layers),
+            Err(_) => self.evict(session),
+        }
     }
 
     /// Drops a session's cache; returns whether it existed.
@@ -179,9 +203,24 @@ impl KvStore {
         self.entries.remove(&session).is_some()
     }
 
-    /// Sessions cached and tokens held.
+    /// Sessions cached, and positions held: a session's own cache counts its tokens; a batch
+    /// counts whole (every row, padding included) while any session holds a row of it, since
+    /// that is what stays resident.
     pub(crate) fn usage(&self) -> (usize, usize) {
-        (self.entries.len(), self.entries.values().map(|e| e.tokens).sum())
+        let mut batches: Vec<&Arc<BatchCache>> = Vec::new();
+        let mut held = 0;
+        for entry in self.entries.values() {
+            match &entry.cache {
+                Cache::Own(_) => held += entry.tokens,
+                Cache::Row { batch, row } => {
+                    if !batches.iter().any(|seen| Arc::ptr_eq(seen, batch)) {
+                        batches.push(batch);
+                        held += batch.padding.len() * (batch.padding[*row] + entry.tokens);
+                    }
+                }
+            }
+        }
+        (self.entries.len(), held)
     }
 
     /// Tokens that can still be cached without evicting anyone.
@@ -195,12 +234,17 @@ impl KvStore {
             let Some((&oldest, _)) = self.entries.iter().min_by_key(|(_, e)| e.last_used) else {
                 break;
             };
-            self.entries.remove(&oldest);
-            if self.evicted.len() == EVICTED_MEMORY {
-                self.evicted.pop_front();
-            }
-            self.evicted.push_back(oldest);
+            self.evict(oldest);
         }
+    }
+
+    /// Drops a session's cache, remembering it for [`EngineError::SessionEvicted`].
+    fn evict(&mut self, session: u64) {
+        self.entries.remove(&session);
+        if self.evicted.len() == EVICTED_MEMORY {
+            self.evicted.pop_front();
+        }
+        self.evicted.push_back(session);
     }
 }
 
@@ -208,7 +252,8 @@ impl KvStore {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
     pub max_sessions: usize,
-    /// Tokens summed over all sessions.
+    /// Positions held over all sessions: own caches' tokens, and batches kept whole
+    /// ([`KvStore::usage`]).
     pub max_tokens: usize,
 }
 
@@ -248,21 +293,34 @@ mod tests {
     }
 
     #[test]
-    fn detached_rows_let_their_batch_go() {
+    fn batches_count_whole_while_held_and_detached_rows_let_them_go() {
         let mut store = KvStore::new(CacheLimits::default());
-        let batch = Arc::new(BatchCache { layers: Vec::new(), padding: vec![0, 2] });
+        // Two rows of 3 positions (row 1 has 1 padding position), and another batch of one.
+        let batch = Arc::new(BatchCache { layers: Vec::new(), padding: vec![0, 1] });
         let other = Arc::new(BatchCache { layers: Vec::new(), padding: vec![0] });
-        store.put(1, Cache::Row { batch: Arc::clone(&batch), row: 0 }, 4);
+        store.put(1, Cache::Row { batch: Arc::clone(&batch), row: 0 }, 3);
         store.put(2, Cache::Row { batch: Arc::clone(&batch), row: 1 }, 2);
-        store.put(3, Cache::Row { batch: Arc::clone(&other), row: 0 }, 3);
-        store.detach_rows_of(&batch);
+        store.put(3, Cache::Row { batch: Arc::clone(&other), row: 0 }, 4);
+        store.put(4, Cache::Own(Vec::new()), 5);
+        assert_eq!(store.usage(), (4, 2 * 3 + 4 + 5));
+        // Session 1 closed: its row stays resident, and counted, while session 2 holds the batch.
+        store.close(1);
+        assert_eq!(store.usage(), (3, 2 * 3 + 4 + 5));
+        assert_eq!(store.rows_of(&batch), vec![(2, 1, 2)]);
+        // A copy made for a row the session has since left is not taken.
+        store.detach(2, (&batch, 1, 3), Ok(Vec::new()));
+        assert_eq!(Arc::strong_count(&batch), 2);
+        store.detach(2, (&batch, 1, 2), KvEntry::copy_row(&batch, 1, 2));
         assert_eq!(Arc::strong_count(&batch), 1, "no session holds the batch any more");
         assert_eq!(Arc::strong_count(&other), 2, "another batch's row is left alone");
-        assert_eq!(store.usage(), (3, 9));
+        assert_eq!(store.usage(), (3, 2 + 4 + 5));
         assert!(matches!(
             store.take(2, 2, 1),
             Ok(Some(KvEntry { cache: Cache::Own(_), tokens: 2, .. }))
         ));
+        // A row that cannot be copied is evicted, and said so.
+        store.detach(3, (&other, 0, 4), Err("no such shape".into()));
+        assert!(matches!(store.take(3, 4, 1), Err(EngineError::SessionEvicted(3))));
     }
 
     #[test]
