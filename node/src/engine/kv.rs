@@ -28,7 +28,13 @@ impl KvEntry {
     pub(crate) fn span(&self, layer: usize, value: bool) -> Result<RowSpan<'_>, String> {
         let (layers, row, padding) = match &self.cache {
             Cache::Own(layers) => (layers, 0, 0),
-            Cache::Row { batch, row } => (&batch.layers, *row, batch.padding[*row]),
+            Cache::Row { batch, row } => {
+                let padding = batch
+                    .padding
+                    .get(*row)
+                    .ok_or_else(|| format!("no row {row} in a batch of {}", batch.padding.len()))?;
+                (&batch.layers, *row, *padding)
+            }
         };
         let pair = layers.get(layer).ok_or_else(|| format!("no cache for layer {layer}"))?;
         let tensor = if value { &pair.1 } else { &pair.0 };

@@ -112,7 +112,7 @@ impl NodeMetrics {
         let kv_tokens_used = Family::<BlockLabels, Gauge>::default();
         registry.register(
             "kv_cache_tokens_used",
-            "KV cache tokens held, by block",
+            "KV cache positions held, by block (a batch kept for its sessions counts whole, padding included)",
             kv_tokens_used.clone(),
         );
         let kv_tokens_free = Family::<BlockLabels, Gauge>::default();
