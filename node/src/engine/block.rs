@@ -204,24 +204,7 @@ impl BlockRunner {
 
         let mut ort_session = self.session.lock().expect("session lock");
         let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
-        let mut present = Vec::with_capacity(self.spec.layers().count());
-        for layer in self.spec.layers() {
-            let key = outputs.remove(format!("present_key.{layer}"));
-            let value = outputs.remove(format!("present_value.{layer}"));
-            match (key, value) {
-                (Some(k), Some(v)) => present.push((k, v)),
-                _ => {
-                    return Err(EngineError::run(
-                        block,
-                        format!("graph returned no present cache for layer {layer}"),
-                    ));
-                }
-            }
-        }
-        let main = if self.is_last { "logits" } else { "hidden_out" };
-        let out = outputs
-            .remove(main)
-            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
+        let (out, present) = self.decoder_outputs(&mut outputs)?;
         drop(outputs);
         drop(ort_session);
         let activation = to_activation(block, &out)?;
@@ -341,28 +324,14 @@ impl BlockRunner {
         }
         let mut ort_session = self.session.lock().expect("session lock");
         let mut outputs = ort_session.run(inputs).map_err(|e| EngineError::run(block, e))?;
-        let main = if self.is_last { "logits" } else { "hidden_out" };
-        let out = outputs
-            .remove(main)
-            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
-        let out = to_activation(block, &out)?;
-        let mut presents = Vec::new();
-        for layer in self.spec.layers() {
-            let key = outputs.remove(format!("present_key.{layer}"));
-            let value = outputs.remove(format!("present_value.{layer}"));
-            let (Some(key), Some(value)) = (key, value) else {
-                return Err(EngineError::run(
-                    block,
-                    format!("graph returned no present cache for layer {layer}"),
-                ));
-            };
-            presents.push((key, value));
-        }
+        let (out, presents) = self.decoder_outputs(&mut outputs)?;
         drop(outputs);
         drop(ort_session);
+        let out = to_activation(block, &out)?;
         let width = match out.shape() {
             [b, s, w] if *b == batch && *s == steps => *w,
             shape => {
+                let main = self.main_output();
                 let reason =
                     format!("graph returned {main} {shape:?} for a batch of {batch} × {steps}");
                 return Err(EngineError::run(block, reason));
@@ -394,17 +363,7 @@ impl BlockRunner {
             let entry = Cache::Row { batch: Arc::clone(&kept), row: b };
             grown.push((step.session, entry, step.position + steps));
         }
-        // The batches these rows leave. A session of one that is not in this batch (it paused)
-        // would keep all of that batch's rows resident, and counted against the cache's bound,
-        // for its own: it gets a copy of its row instead.
-        let mut left: Vec<Arc<BatchCache>> = Vec::new();
-        for (_, _, cached) in rows {
-            if let Some(KvEntry { cache: Cache::Row { batch, .. }, .. }) = cached
-                && !left.iter().any(|seen| Arc::ptr_eq(seen, &batch))
-            {
-                left.push(batch);
-            }
-        }
+        let left = batches_left(rows);
         drop(past);
         let stragglers = {
             let mut store = self.kv.lock().expect("kv lock");
@@ -416,14 +375,50 @@ impl BlockRunner {
                 .map(|batch| (store.rows_of(&batch), batch))
                 .collect::<Vec<_>>()
         };
-        // Copied outside the cache's lock; a session that stepped meanwhile keeps its new cache.
         for (rows, batch) in stragglers {
-            for (session, row, tokens) in rows {
-                let own = KvEntry::copy_row(&batch, row, tokens);
-                self.kv.lock().expect("kv lock").detach(session, (&batch, row, tokens), own);
-            }
+            self.detach(&batch, rows);
         }
         Ok(results)
+    }
+
+    /// Gives the sessions left behind by `batch` (`(session, row, tokens)` of each) copies
+    /// of their rows, so that the batch's tensors are freed: a session that is not in the
+    /// batch which replaced it (it paused) would keep all its rows resident, and counted
+    /// against the cache's bound, for its own. Copied outside the cache's lock; a session
+    /// that stepped meanwhile keeps its new cache.
+    fn detach(&self, batch: &Arc<BatchCache>, rows: Vec<(u64, usize, usize)>) {
+        for (session, row, tokens) in rows {
+            let own = KvEntry::copy_row(batch, row, tokens);
+            self.kv.lock().expect("kv lock").detach(session, (batch, row, tokens), own);
+        }
+    }
+
+    /// The name of a decoder block's main output.
+    fn main_output(&self) -> &'static str {
+        if self.is_last { "logits" } else { "hidden_out" }
+    }
+
+    /// A decoder call's main output and its `(present_key, present_value)` per layer.
+    fn decoder_outputs(
+        &self,
+        outputs: &mut ort::session::SessionOutputs<'_>,
+    ) -> Result<(DynValue, Vec<(DynValue, DynValue)>), EngineError> {
+        let block = self.spec.index;
+        let mut present = Vec::with_capacity(self.spec.layers().count());
+        for layer in self.spec.layers() {
+            let key = outputs.remove(format!("present_key.{layer}"));
+            let value = outputs.remove(format!("present_value.{layer}"));
+            let (Some(key), Some(value)) = (key, value) else {
+                let reason = format!("graph returned no present cache for layer {layer}");
+                return Err(EngineError::run(block, reason));
+            };
+            present.push((key, value));
+        }
+        let main = self.main_output();
+        let out = outputs
+            .remove(main)
+            .ok_or_else(|| EngineError::run(block, format!("graph returned no {main}")))?;
+        Ok((out, present))
     }
 
     /// A new left-padded past for `rows` (`[B, KV, P, D]` per layer, P the most tokens any row
@@ -597,6 +592,19 @@ enum RowInput {
 
 const PAST_PADDING: &str = "past_padding";
 const PAST_LENGTHS: &str = "past_lengths";
+
+/// The batches the rows' caches were rows of, each once.
+fn batches_left(rows: Vec<(usize, BatchStep, Option<KvEntry>)>) -> Vec<Arc<BatchCache>> {
+    let mut left: Vec<Arc<BatchCache>> = Vec::new();
+    for (_, _, cached) in rows {
+        if let Some(KvEntry { cache: Cache::Row { batch, .. }, .. }) = cached
+            && !left.iter().any(|seen| Arc::ptr_eq(seen, &batch))
+        {
+            left.push(batch);
+        }
+    }
+    left
+}
 
 /// The batch whose present every row's cache is a row of, when `rows` are exactly that
 /// batch's rows (sorted here into its row order): its present tensors are this step's past as
