@@ -120,8 +120,8 @@ pub(super) fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs every level `rounds` times against a devnet of `nodes` node processes serving
 /// `model`, the levels alternating within each round (so that the machine's slow spells fall
-/// on all of them alike); reports each level's median tokens/s over the rounds, its ratio to
-/// the first level's median, and latencies over all its streams.
+/// on all of them alike); reports each level's median tokens/s over the rounds, the median of
+/// its rounds' ratios to the first level, and latencies over all its streams.
 pub fn run(
     model: &Path,
     nodes: usize,
@@ -154,10 +154,15 @@ pub fn run(
         "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "errors"
     );
-    let mut one_user = None;
+    let first_level: Vec<f64> = runs[0].iter().map(|r| r.tokens_per_second).collect();
     for (&users, level) in levels.iter().zip(runs) {
         let rate = median(level.iter().map(|r| r.tokens_per_second).collect());
-        let ratio = rate / *one_user.get_or_insert(rate);
+        // Each round's ratio to the first level run just before it: this machine's speed
+        // drifts by tens of percent between rounds, and a ratio of medians taken from
+        // different rounds carries that drift.
+        let ratio = median(
+            level.iter().zip(&first_level).map(|(r, first)| r.tokens_per_second / first).collect(),
+        );
         let errors: usize = level.iter().map(|r| r.errors).sum();
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();
@@ -175,7 +180,8 @@ pub fn run(
     }
     println!(
         "(tokens/s: all users' streamed tokens over the level's wall time, the median of {rounds} rounds \
-         in which the levels alternate; × one: against the first level; latencies over every round; times in ms)"
+         in which the levels alternate; × one: the median over rounds of the level's tokens/s ÷ the first level's in \
+         the same round; latencies over every round; times in ms)"
     );
     Ok(())
 }
