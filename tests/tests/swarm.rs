@@ -436,6 +436,44 @@ async fn a_peer_speaking_another_version_is_routed_around_not_banned() -> anyhow
     Ok(())
 }
 
+/// A peer that does not speak our protocol is told so at negotiation, whatever the request's
+/// size: one position, or hidden states well past the stream's 256 KiB window. (Under lazy
+/// negotiation, tried and dropped, the long request was still being written when the peer
+/// reset the stream, and the refusal read as a failed peer that may have run the step.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_refusing_our_version_is_told_apart_whatever_the_request_size() -> anyhow::Result<()>
+{
+    use infergrid::net::NetError;
+    use infergrid_e2e::versions::speaking_only;
+    let (client, _inbound) = network(None)?;
+    let (other, other_addr, task) = speaking_only("/infergrid/infer/4", None).await?;
+    client.dial(other, other_addr).await?;
+    for positions in [1usize, 4096] {
+        let width = 64;
+        let hidden = infergrid::engine::Activation::new(
+            vec![1, positions, width],
+            vec![0.5; positions * width],
+        )?;
+        let request = InferRequest {
+            model_id: [3; 32],
+            first_block: 0,
+            last_block: 0,
+            session: 1,
+            position: 0,
+            kind: StepKind::Prefill,
+            payment: None,
+            payload: Payload::Tensor(hidden),
+        };
+        let result = client.request(other, request).await;
+        assert!(
+            matches!(&result, Err(e @ NetError::Unsupported { .. }) if !e.may_have_run()),
+            "{positions} positions: {result:?}"
+        );
+    }
+    task.abort();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_peers_staked_on_chain_are_admitted_and_routed_to() -> anyhow::Result<()> {
     use infergrid::chain::connect_reader;

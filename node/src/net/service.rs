@@ -487,14 +487,7 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
             })
         })
         .map_err(|e| e.to_string())?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(Duration::from_secs(300))
-                // A stream's first message goes out with its protocol's proposal instead of
-                // a round trip later: every inference step opens a stream, and the wait for
-                // the peer's confirmation was a round trip and a thread wake-up per hop.
-                // A peer that refuses the protocol is still told apart (`outbound_error`).
-                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
-        })
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .with_connection_timeout(nat::DIAL_TIMEOUT)
         .build();
     Ok(swarm)
@@ -1060,18 +1053,8 @@ fn outbound_error(
     error: request_response::OutboundFailure,
     protocol: &StreamProtocol,
 ) -> NetError {
-    // With lazy negotiation (see `build_swarm`) a peer refusing the protocol shows up as the
-    // negotiation's failure on the first read of the answer, not at the upgrade.
-    let refused = |e: &std::io::Error| {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
-            .is_some_and(|e| matches!(e, libp2p::core::upgrade::NegotiationError::Failed))
-    };
     match error {
         request_response::OutboundFailure::UnsupportedProtocols => {
-            NetError::Unsupported { peer, protocol: protocol.to_string() }
-        }
-        request_response::OutboundFailure::Io(e) if refused(&e) => {
             NetError::Unsupported { peer, protocol: protocol.to_string() }
         }
         other => NetError::Request {

@@ -5,8 +5,9 @@
 //! inference step. Upstream futures-timer keeps every delay on one global helper thread that
 //! each new or dropped delay wakes with a futex; with many small steps those wake-ups and the
 //! helper's context switches were ~6% of all CPU in `bench swarm --concurrency 8`. Tokio's
-//! timer, which every libp2p task here already runs under, registers a delay on the worker
-//! that polls it, without waking any thread.
+//! timer, which every libp2p task here already runs under, keeps delays in the runtime's own
+//! wheel: registering or dropping one takes a lock, and wakes the timer's driver only when the
+//! delay is due before the driver's next wake-up (libp2p's timeouts, of seconds, rarely are).
 //!
 //! A delay created outside a tokio runtime (nothing in InferGrid does, but a dependency might)
 //! runs on a timer thread of its own, started on first use, as upstream's does.
@@ -19,6 +20,9 @@ use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::time::{Instant, Sleep};
+
+/// The longest delay: what `tokio::time::sleep` caps its durations at.
+const HORIZON: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// A future that completes once its duration has elapsed.
 #[derive(Debug)]
@@ -39,9 +43,10 @@ impl Delay {
         Delay { sleep: Box::pin(sleep) }
     }
 
-    /// Makes the delay complete `dur` from now instead, whether or not it has completed.
+    /// Makes the delay complete `dur` from now instead, whether or not it has completed. A
+    /// duration past tokio's horizon (~30 years) is capped there, as [`Delay::new`]'s is.
     pub fn reset(&mut self, dur: Duration) {
-        self.sleep.as_mut().reset(Instant::now() + dur);
+        self.sleep.as_mut().reset(Instant::now() + dur.min(HORIZON));
     }
 }
 
@@ -84,6 +89,9 @@ mod tests {
         delay.reset(Duration::from_millis(40));
         (&mut delay).await;
         assert!(start.elapsed() >= Duration::from_millis(60));
+        // Upstream's reset to "never" must not overflow the clock.
+        delay.reset(Duration::MAX);
+        assert!(futures_poll_once(&mut delay).is_pending());
     }
 
     #[test]
@@ -92,6 +100,12 @@ mod tests {
         let delay = Delay::new(Duration::from_millis(20));
         futures_executor_block_on(delay);
         assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    /// Polls `future` once with a waker that does nothing.
+    fn futures_poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(future).poll(&mut cx)
     }
 
     /// Polls a future to completion on this thread, as a non-tokio executor would.
