@@ -42,6 +42,21 @@ fn serve_with(
     serve_blocks(manifest, runtime, blocks, admission, None, B256::repeat_byte(key))
 }
 
+/// A step of session 1 at position 0 through block 0 of a made-up model: for peers that only
+/// carry or refuse messages, and never look the model up.
+fn unrouted_step(kind: StepKind, payload: Payload) -> InferRequest {
+    InferRequest {
+        model_id: [3; 32],
+        first_block: 0,
+        last_block: 0,
+        session: 1,
+        position: 0,
+        kind,
+        payment: None,
+        payload,
+    }
+}
+
 fn step(
     manifest: &ModelManifest,
     blocks: (u16, u16),
@@ -454,16 +469,7 @@ async fn a_peer_refusing_our_version_is_told_apart_whatever_the_request_size() -
             vec![1, positions, width],
             vec![0.5; positions * width],
         )?;
-        let request = InferRequest {
-            model_id: [3; 32],
-            first_block: 0,
-            last_block: 0,
-            session: 1,
-            position: 0,
-            kind: StepKind::Prefill,
-            payment: None,
-            payload: Payload::Tensor(hidden),
-        };
+        let request = unrouted_step(StepKind::Prefill, Payload::Tensor(hidden));
         let result = client.request(other, request).await;
         assert!(
             matches!(&result, Err(e @ NetError::Unsupported { .. }) if !e.may_have_run()),
@@ -579,16 +585,7 @@ async fn requests_cross_quic_as_well_as_tcp() -> anyhow::Result<()> {
         vec![1, 1, 8],
         (0..8).map(|v| v as f32).collect(),
     )?);
-    let request = InferRequest {
-        model_id: [3; 32],
-        first_block: 0,
-        last_block: 0,
-        session: 1,
-        position: 0,
-        kind: StepKind::Decode,
-        payment: None,
-        payload: payload.clone(),
-    };
+    let request = unrouted_step(StepKind::Decode, payload.clone());
     assert_eq!(
         client.request(server_peer, request).await?,
         InferResponse::Ok { output: payload, signature: [1; 65], account: None }
