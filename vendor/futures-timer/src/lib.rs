@@ -5,10 +5,10 @@
 //! inference step. Upstream futures-timer keeps every delay on one global helper thread that
 //! each new or dropped delay wakes with a futex; with many small steps those wake-ups were
 //! nearly half of all context switches in `bench swarm --concurrency 8` (355k with upstream,
-//! 195k with this crate, for the same work). Tokio's
-//! timer, which every libp2p task here already runs under, keeps delays in the runtime's own
-//! wheel: registering or dropping one takes a lock, and wakes the timer's driver only when the
-//! delay is due before the driver's next wake-up (libp2p's timeouts, of seconds, rarely are).
+//! 195k with this crate, for the same work). Tokio's timer, which every libp2p task here
+//! already runs under, keeps delays in the runtime's own wheel: registering or dropping one
+//! takes a lock, and wakes the timer's driver only when the delay is due before the driver's
+//! next wake-up (libp2p's timeouts, of seconds, rarely are).
 //!
 //! A delay created outside a tokio runtime (nothing in InferGrid does, but a dependency might)
 //! runs on a timer thread of its own, started on first use, as upstream's does. One created in
@@ -36,13 +36,9 @@ pub struct Delay {
 impl Delay {
     /// A delay that completes `dur` from now.
     pub fn new(dur: Duration) -> Delay {
-        let sleep = if Handle::try_current().is_ok() {
-            tokio::time::sleep(dur)
-        } else {
-            let _entered = fallback_timer().enter();
-            tokio::time::sleep(dur)
-        };
-        Delay { sleep: Box::pin(sleep) }
+        // Outside any runtime, the delay registers with the fallback timer's.
+        let _entered = Handle::try_current().is_err().then(|| fallback_timer().enter());
+        Delay { sleep: Box::pin(tokio::time::sleep(dur)) }
     }
 
     /// Makes the delay complete `dur` from now instead, whether or not it has completed. A
@@ -80,6 +76,7 @@ fn fallback_timer() -> &'static Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use std::time::Instant as StdInstant;
 
     #[tokio::test]
@@ -93,41 +90,14 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(60));
         // Upstream's reset to "never" must not overflow the clock.
         delay.reset(Duration::MAX);
-        assert!(poll_once(&mut delay).is_pending());
+        assert!((&mut delay).now_or_never().is_none());
     }
 
     #[test]
     fn outside_a_runtime_runs_on_the_fallback_timer() {
         let start = StdInstant::now();
-        let delay = Delay::new(Duration::from_millis(20));
-        block_on_this_thread(delay);
+        // futures' executor, not tokio's: no runtime is entered.
+        futures::executor::block_on(Delay::new(Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20));
-    }
-
-    /// Polls `future` once with a waker that does nothing.
-    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        Pin::new(future).poll(&mut cx)
-    }
-
-    /// Polls a future to completion on this thread, as a non-tokio executor would.
-    fn block_on_this_thread<F: Future>(future: F) -> F::Output {
-        use std::sync::Arc;
-        use std::task::Wake;
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Arc::new(Unpark(std::thread::current())).into();
-        let mut cx = Context::from_waker(&waker);
-        let mut future = std::pin::pin!(future);
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            std::thread::park();
-        }
     }
 }
