@@ -917,3 +917,124 @@ async fn oversized_and_lying_frames_from_a_stranger_are_refused_and_others_unaff
     assert_eq!(logits, local.step(1, 2, &[3])?);
     Ok(())
 }
+
+/// Eight sessions stepping at once through `Network::step`: their steps to the node travel
+/// together (`/infergrid/steps/1`), and every session's greedy ids and logits equal an
+/// unbatched run of its own in one process.
+#[tokio::test(flavor = "multi_thread")]
+async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> anyhow::Result<()> {
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "3", "--seed", "7"], 1)?;
+    let (client, _inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 6)?;
+    client.dial(node.peer, node.addr.clone()).await?;
+    let manifest = Arc::new(manifest);
+    let vocab = manifest.config.vocab_size;
+    let argmax =
+        |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+
+    let mut sessions = tokio::task::JoinSet::new();
+    for s in 0..8u64 {
+        let (client, peer, manifest) = (client.clone(), node.peer, manifest.clone());
+        sessions.spawn(async move {
+            let prompt: Vec<i64> = (0..1 + s as i64).map(|t| 3 + 7 * s as i64 + t).collect();
+            let mut position = 0u32;
+            let (mut input, mut ids, mut rows) = (prompt.clone(), Vec::new(), Vec::new());
+            for i in 0..12 {
+                let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
+                let request = InferRequest {
+                    session: s,
+                    ..step(&manifest, (0, 0), position, kind, Payload::Tokens(input.clone()))
+                };
+                let answer_bytes = 512 + 4 * input.len() * vocab;
+                let Payload::Tensor(logits) =
+                    output(client.step(peer, request, answer_bytes).await?)
+                else {
+                    panic!("expected logits")
+                };
+                position += input.len() as u32;
+                let next = argmax(logits.last_row());
+                rows.push(logits.last_row().to_vec());
+                ids.push(next);
+                input = vec![next];
+            }
+            anyhow::Ok((prompt, ids, rows))
+        });
+    }
+    let mut largest_gap = 0f32;
+    while let Some(done) = sessions.join_next().await {
+        let (prompt, ids, rows) = done??;
+        let alone = 9_000 + prompt.len() as u64;
+        let mut logits = local.step(alone, 0, &prompt)?;
+        for (i, (&id, row)) in ids.iter().zip(&rows).enumerate() {
+            assert_eq!(argmax(logits.last_row()), id, "session with prompt {prompt:?}: step {i}");
+            let gap =
+                row.iter().zip(logits.last_row()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            largest_gap = largest_gap.max(gap);
+            logits = local.step(alone, prompt.len() + i, &[id])?;
+        }
+    }
+    let (messages, steps) = client.steps_sent();
+    eprintln!(
+        "8 sessions × 12 steps: {steps} steps in {messages} messages of steps; largest logit gap {largest_gap:.2e}"
+    );
+    assert!(steps <= 8 * 12, "a step was sent twice");
+    assert!(steps > messages, "no two sessions' steps ever shared a message");
+    assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
+    Ok(())
+}
+
+/// What a stranger can put in a message of steps: too many steps, or bytes that are no
+/// envelope, are refused whole with one `Malformed` answer; a step that does not decode is
+/// refused on its own while the others are answered (here `NotAdmitted`); the node goes on
+/// serving its admitted peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow::Result<()> {
+    use infergrid::net::steps::{MAX_STEPS_PER_MESSAGE, decode_answers, encode_steps};
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
+        llama_fixture(&["--layers", "2", "--seed", "8"], 1)?;
+    let (user, _user_inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[user.local_peer()], 7)?;
+    user.dial(node.peer, node.addr.clone()).await?;
+    let prefill = |session| InferRequest {
+        session,
+        ..step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(vec![1, 2]))
+    };
+    let ask = |bytes: Vec<u8>| {
+        infergrid_e2e::versions::ask_over(STEPS, node.peer, node.addr.clone(), bytes)
+    };
+    const STEPS: &str = "/infergrid/steps/1";
+    let refusals = |bytes: Vec<u8>| -> anyhow::Result<Vec<(ErrorCode, String)>> {
+        Ok(decode_answers(&bytes)?
+            .into_iter()
+            .map(|answer| match answer {
+                InferResponse::Err(e) => (e.code, e.message),
+                InferResponse::Ok { .. } => panic!("a stranger was served"),
+            })
+            .collect())
+    };
+
+    let too_many: Vec<InferRequest> = (0..=MAX_STEPS_PER_MESSAGE as u64).map(prefill).collect();
+    let answers = refusals(ask(encode_steps(&too_many)).await?.expect("the node speaks it"))?;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, ErrorCode::Malformed);
+    assert!(answers[0].1.contains("65 steps in one message"), "{}", answers[0].1);
+
+    let mut one_spoiled = encode_steps(&[prefill(1), prefill(2)]);
+    let second = 6 + 4 + prefill(1).encoded_len() + 4;
+    one_spoiled[second] = b'X';
+    let answers = refusals(ask(one_spoiled).await?.expect("the node speaks it"))?;
+    let codes: Vec<ErrorCode> = answers.iter().map(|(code, _)| *code).collect();
+    assert_eq!(codes, [ErrorCode::NotAdmitted, ErrorCode::Malformed], "{answers:?}");
+
+    let answers = refusals(ask(b"not a message of steps".to_vec()).await?.expect("speaks it"))?;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].0, ErrorCode::Malformed, "{answers:?}");
+
+    // The admitted peer is served, exactly.
+    let Payload::Tensor(logits) = output(user.step(node.peer, prefill(5), 1 << 16).await?) else {
+        panic!("expected logits")
+    };
+    assert_eq!(logits, local.step(5, 0, &[1, 2])?);
+    Ok(())
+}

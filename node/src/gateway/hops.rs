@@ -24,6 +24,10 @@ use crate::telemetry::GatewayMetrics;
 /// its first ping within a round trip of the connection.
 const FIRST_CONTACT: Duration = Duration::from_secs(3);
 
+/// An answer's bytes besides its payload, with room to spare: status, signature, the node's
+/// account (`wire.md`, "InferResponse").
+const ANSWER_HEADER: usize = 512;
+
 /// Why a hop failed.
 #[derive(Debug)]
 pub enum HopError {
@@ -215,7 +219,9 @@ impl HopClient {
         let retry = terms.is_some().then(|| request.clone());
         let (request_hash, units, kind) =
             (request.request_hash(), step_units(&request), request.kind);
-        let mut response = self.runtime.block_on(self.net.request(hop.peer, request));
+        // Steps of other sessions to the same node may share its message.
+        let answer_bytes = ANSWER_HEADER + expected.map_or(0, |shape| shape.payload_bytes());
+        let mut response = self.runtime.block_on(self.net.step(hop.peer, request, answer_bytes));
         if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
             (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
@@ -229,7 +235,7 @@ impl HopClient {
             if let Some(metrics) = &self.metrics {
                 metrics.voucher_signed();
             }
-            response = self.runtime.block_on(self.net.request(hop.peer, request));
+            response = self.runtime.block_on(self.net.step(hop.peer, request, answer_bytes));
         }
         if kind == StepKind::Decode
             && terms.is_some()

@@ -70,6 +70,16 @@ impl ExpectedShape {
         }
     }
 
+    /// The encoded size of a payload of this shape.
+    pub fn payload_bytes(&self) -> usize {
+        match *self {
+            // Tag, rank, three dimensions, the values.
+            ExpectedShape::Tensor { rows, width } => 2 + 3 * 4 + 4 * rows * width,
+            // Tag, count, the ids.
+            ExpectedShape::Guesses { count, .. } => 5 + 8 * count,
+        }
+    }
+
     /// Checks `output` against the shape, and that every value is finite (a tensor) or a
     /// token of the vocabulary (guesses).
     pub fn check(&self, output: &Payload) -> Result<(), BadAnswer> {

@@ -326,6 +326,8 @@ pub enum CodecError {
     Trailing(usize),
     #[error("error message is not UTF-8")]
     Utf8,
+    #[error("{0} steps in one message, 1..={max} allowed", max = super::steps::MAX_STEPS_PER_MESSAGE)]
+    StepCount(usize),
     /// A request over a protocol version this node no longer serves.
     #[error(
         "{retired}{RETIRED_MARK}this node speaks {current} (protocol-spec/wire.md, \"Versions\"); upgrade"
@@ -338,6 +340,13 @@ impl InferRequest {
         self.encode_with(self.payment.as_ref())
     }
 
+    /// The length of [`InferRequest::encode`]'s bytes, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        const HEADER: usize = 4 + 1 + 32 + 2 + 2 + 8 + 4 + 1;
+        const VOUCHER: usize = 32 + 32 + 65;
+        HEADER + if self.payment.is_some() { VOUCHER } else { 0 } + payload_len(&self.payload)
+    }
+
     /// What a node's `Response` signature binds (`wire.md`, "Response signature"): keccak-256
     /// of the request encoded with the payment field empty. The answer depends on the
     /// computation asked for, not on how it was paid, so a validator can commit the hashes of
@@ -347,7 +356,7 @@ impl InferRequest {
     }
 
     fn encode_with(&self, payment: Option<&SignedVoucher>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + payload_len(&self.payload));
+        let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(REQUEST_MAGIC);
         out.push(self.kind as u8);
         out.extend_from_slice(&self.model_id);
@@ -575,20 +584,20 @@ fn decode_payload_nested(r: &mut Reader<'_>, inside_mask: bool) -> Result<Payloa
 }
 
 /// A bounds-checked cursor.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
+    pub(super) fn new(bytes: &'a [u8]) -> Result<Self, CodecError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(CodecError::TooLarge(bytes.len()));
         }
         Ok(Self { bytes, at: 0 })
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self
             .at
             .checked_add(n)
@@ -599,13 +608,13 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
+    pub(super) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, CodecError> {
+    pub(super) fn u16(&mut self) -> Result<u16, CodecError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(super) fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, CodecError> {
@@ -616,7 +625,7 @@ impl<'a> Reader<'a> {
         Ok(U256::from_be_slice(self.take(32)?))
     }
 
-    fn finish(self) -> Result<(), CodecError> {
+    pub(super) fn finish(self) -> Result<(), CodecError> {
         match self.bytes.len() - self.at {
             0 => Ok(()),
             n => Err(CodecError::Trailing(n)),
@@ -707,6 +716,7 @@ mod tests {
     proptest! {
         #[test]
         fn requests_round_trip(req in request()) {
+            prop_assert_eq!(req.encoded_len(), req.encode().len());
             prop_assert_eq!(InferRequest::decode(&req.encode()), Ok(req));
         }
 

@@ -28,9 +28,11 @@ macro_rules! wire_enum {
 pub mod codec;
 mod hold;
 pub mod nat;
+mod outbox;
 pub mod pieces;
 mod protocol;
 mod service;
+pub mod steps;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
 pub use service::{

@@ -1,7 +1,7 @@
 //! The swarm: one [`NetworkBehaviour`] of small behaviours, driven by one event loop that
 //! talks to the rest of the node through channels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,10 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{CodecError, InferRequest, InferResponse};
 use super::hold::{Holds, MOST_HELD};
 use super::nat::{self, Paths, Reachability, Reservations};
+use super::outbox::{Outbox, StepSize};
 use super::pieces::{
     PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
 };
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
+use super::steps::{STEPS_PROTOCOL, StepsCodec, StepsSent};
+
+mod steps;
+
+use steps::StepReply;
 
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
@@ -59,6 +65,8 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     infer: request_response::Behaviour<InferCodec>,
+    /// Several steps in one message (`/infergrid/steps/1`).
+    steps: request_response::Behaviour<StepsCodec>,
     pieces: request_response::Behaviour<PiecesCodec>,
     /// Reservations on relays and connections through them, for a peer behind NAT.
     relay_client: relay::client::Behaviour,
@@ -142,9 +150,21 @@ enum Command {
         request: InferRequest,
         reply: oneshot::Sender<Result<InferResponse, NetError>>,
     },
+    /// A step that may travel with others (see [`Network::step`]).
+    Step {
+        peer: PeerId,
+        request: InferRequest,
+        size: StepSize,
+        reply: StepReply,
+    },
     Respond {
         channel: request_response::ResponseChannel<InferResponse>,
         response: InferResponse,
+    },
+    /// The answers to a message of steps, in its order.
+    RespondSteps {
+        channel: request_response::ResponseChannel<Vec<InferResponse>>,
+        responses: Vec<InferResponse>,
     },
     Provide {
         key: Vec<u8>,
@@ -208,6 +228,7 @@ pub struct Network {
     reachability: tokio::sync::watch::Receiver<Reachability>,
     connected: Arc<AtomicUsize>,
     metrics: Arc<Registry>,
+    steps_sent: StepsSent,
 }
 
 /// How to start the network.
@@ -252,6 +273,7 @@ impl Network {
         let mut registry = Registry::default();
         let swarm = build_swarm(&config, &mut registry).map_err(NetError::Start)?;
         let metrics = Metrics::new(&mut registry);
+        let steps_sent = StepsSent::registered(&mut registry);
         let local_peer = *swarm.local_peer_id();
         let (commands, command_rx) = mpsc::channel(256);
         let (inbound_tx, inbound) = mpsc::channel(256);
@@ -273,6 +295,10 @@ impl Network {
             connected: connected.clone(),
             metrics,
             pending: HashMap::new(),
+            pending_steps: HashMap::new(),
+            outbox: Outbox::default(),
+            steps_peers: HashSet::new(),
+            steps_sent: steps_sent.clone(),
             answering: HashMap::new(),
             held: Holds::default(),
             pending_pieces: HashMap::new(),
@@ -284,8 +310,16 @@ impl Network {
         event_loop.start(&config).map_err(NetError::Start)?;
         tokio::spawn(event_loop.run());
         let metrics = Arc::new(registry);
-        let network =
-            Network { commands, local_peer, rtts, paths, reachability, connected, metrics };
+        let network = Network {
+            commands,
+            local_peer,
+            rtts,
+            paths,
+            reachability,
+            connected,
+            metrics,
+            steps_sent,
+        };
         Ok((network, inbound))
     }
 
@@ -315,6 +349,11 @@ impl Network {
         self.metrics.clone()
     }
 
+    /// Messages of steps sent so far, and the steps they carried (see [`Network::step`]).
+    pub fn steps_sent(&self) -> (u64, u64) {
+        self.steps_sent.read()
+    }
+
     /// Peers with at least one open connection now.
     pub fn connected_peers(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
@@ -337,6 +376,27 @@ impl Network {
     ) -> Result<InferResponse, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Request { peer, request, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends one step of a session and waits for its answer, as [`Network::request`] does,
+    /// but lets it travel with the steps of other sessions to the same peer in one message
+    /// (`/infergrid/steps/1`, `wire.md`), when the peer speaks that protocol: while a message
+    /// of steps to the peer is being answered, the next waits for the steps queued meanwhile.
+    /// `answer_bytes` is the size the answer is expected to have; a step whose request or
+    /// answer is too large to share a message goes on its own.
+    pub async fn step(
+        &self,
+        peer: PeerId,
+        request: InferRequest,
+        answer_bytes: usize,
+    ) -> Result<InferResponse, NetError> {
+        let size = StepSize { request: request.encoded_len(), answer: answer_bytes };
+        if !size.fits() {
+            return self.request(peer, request).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Step { peer, request, size, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
@@ -472,6 +532,13 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                         .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
                 ),
+                steps: request_response::Behaviour::with_codec(
+                    StepsCodec,
+                    [(STEPS_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
+                        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
+                ),
                 relay_client,
                 relay: config
                     .nat
@@ -517,7 +584,14 @@ struct EventLoop {
     connected: Arc<AtomicUsize>,
     metrics: Metrics,
     /// Requests in flight: the peer asked, and where its answer goes.
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<InferResponse, NetError>>)>,
+    pending: HashMap<OutboundRequestId, (PeerId, StepReply)>,
+    /// Messages of steps in flight: the peer asked, and where each step's answer goes.
+    pending_steps: HashMap<OutboundRequestId, (PeerId, Vec<StepReply>)>,
+    /// Steps waiting to go together, per peer.
+    outbox: Outbox<(InferRequest, StepReply)>,
+    /// Connected peers whose identify lists [`STEPS_PROTOCOL`].
+    steps_peers: HashSet<PeerId>,
+    steps_sent: StepsSent,
     /// Inference requests of each peer being answered.
     answering: HashMap<PeerId, usize>,
     /// New requests to a peer whose relayed connections are being let go for a direct one,
@@ -606,7 +680,8 @@ impl EventLoop {
         }
         let superseded = self.paths.superseded(&peer);
         let answering = self.answering.get(&peer).is_some_and(|n| *n > 0);
-        if superseded.is_empty() || answering || self.pending.values().any(|(p, _)| *p == peer) {
+        let asking = self.outbox.is_busy(&peer) || self.pending.values().any(|(p, _)| *p == peer);
+        if superseded.is_empty() || answering || asking {
             return;
         }
         for connection in &superseded {
@@ -676,8 +751,11 @@ impl EventLoop {
         let patience = tokio::time::Instant::now() + VERDICT_PATIENCE;
         let mut awaiting = tokio::time::interval_at(patience, VERDICT_PATIENCE);
         loop {
+            let lingering = self.outbox.next_deadline();
             tokio::select! {
                 _ = retry.tick() => self.reserve(),
+                _ = tokio::time::sleep_until(lingering.unwrap_or_else(Instant::now).into()),
+                    if lingering.is_some() => self.send_lingering(),
                 _ = awaiting.tick() => self.tell_awaiting(),
                 _ = overdue.tick(), if !self.held.is_empty() => self.release_overdue(),
                 event = self.swarm.select_next_some() => self.on_event(event).await,
@@ -694,8 +772,14 @@ impl EventLoop {
         match command {
             Command::Dial { peer, addr } => self.dial(peer, addr),
             Command::Request { peer, request, reply } => self.send_request(peer, request, reply),
+            Command::Step { peer, request, size, reply } => {
+                self.send_step(peer, request, size, reply)
+            }
             Command::Respond { channel, response } => {
                 let _ = behaviour.infer.send_response(channel, response);
+            }
+            Command::RespondSteps { channel, responses } => {
+                let _ = behaviour.steps.send_response(channel, responses);
             }
             Command::Provide { key } => {
                 let _ = behaviour.kad.start_providing(kad::RecordKey::new(&key));
@@ -789,6 +873,8 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
                 if num_established == 0 {
                     self.connected.fetch_sub(1, Ordering::Relaxed);
+                    // It may come back another version.
+                    self.steps_peers.remove(&peer_id);
                     self.held.direct_again(&peer_id);
                 }
                 self.paths.closed(peer_id, connection_id);
@@ -895,15 +981,8 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Infer(
                 request_response::Event::ResponseSent { peer, .. }
                 | request_response::Event::InboundFailure { peer, .. },
-            )) => {
-                if let Some(count) = self.answering.get_mut(&peer) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        self.answering.remove(&peer);
-                    }
-                }
-                self.drop_superseded(peer);
-            }
+            )) => self.answered(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Steps(event)) => self.on_steps(event).await,
             SwarmEvent::Behaviour(BehaviourEvent::Pieces(event)) => self.on_pieces(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -927,6 +1006,11 @@ impl EventLoop {
                     );
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
+                }
+                if info.protocols.contains(&STEPS_PROTOCOL) {
+                    self.steps_peers.insert(peer_id);
+                } else {
+                    self.steps_peers.remove(&peer_id);
                 }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -969,6 +1053,17 @@ impl EventLoop {
 }
 
 impl EventLoop {
+    /// A request from `peer` was answered (or its stream failed).
+    fn answered(&mut self, peer: PeerId) {
+        if let Some(count) = self.answering.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.answering.remove(&peer);
+            }
+        }
+        self.drop_superseded(peer);
+    }
+
     /// Hands a gossip message to the node if it keeps up, else drops it: announcements come
     /// again every few seconds and evidence while its vote runs, and a reader that is slow
     /// (or, on a fetch's own network, absent) must not stall the swarm, whose timeouts and
