@@ -110,12 +110,7 @@ impl ExpectedShape {
 
 /// Rows a step's output has: one per position of its input.
 pub fn input_rows(payload: &Payload) -> usize {
-    match payload {
-        Payload::Empty => 0,
-        Payload::Tokens(ids) | Payload::Draft { tokens: ids, .. } => ids.len(),
-        Payload::Tensor(tensor) => tensor.shape().get(1).copied().unwrap_or(0),
-        Payload::Masked { input, .. } => input_rows(input),
-    }
+    payload.positions()
 }
 
 /// Checks answer signatures against the operators registered on-chain.

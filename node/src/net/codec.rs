@@ -77,6 +77,18 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// The positions a step with this payload runs: its output has one row per position.
+    pub fn positions(&self) -> usize {
+        match self {
+            Payload::Empty => 0,
+            Payload::Tokens(ids) | Payload::Draft { tokens: ids, .. } => ids.len(),
+            Payload::Tensor(tensor) => tensor.shape().get(1).copied().unwrap_or(0),
+            Payload::Masked { input, .. } => input.positions(),
+        }
+    }
+}
+
 /// The most tokens one draft step may ask for: a draft step runs them one after another, so
 /// it must stay short (a verify step checks no more than this either).
 pub const MAX_DRAFT_GUESSES: u16 = 16;

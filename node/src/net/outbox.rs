@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::codec::MAX_MESSAGE_BYTES;
+use super::codec::{MAX_DRAFT_GUESSES, MAX_MESSAGE_BYTES};
 use super::steps::{MAX_STEPS_PER_MESSAGE, envelope_bytes};
 
 /// Messages of steps in flight to one peer at a time.
@@ -28,19 +28,25 @@ pub const LINGER: Duration = Duration::from_millis(1);
 /// the others.
 const ACTIVE: Duration = Duration::from_millis(50);
 
-/// A step's encoded request, and the size its answer is expected to have.
+/// The most positions a step may run to share a message: a decode step, a verify step of the
+/// longest draft, a Close, a short prompt. A longer prefill goes alone, so that the decode
+/// steps of other sessions do not wait for its compute.
+const MOST_SHARED_POSITIONS: usize = MAX_DRAFT_GUESSES as usize + 1;
+
+/// A step's positions, its encoded request, and the size its answer is expected to have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepSize {
+    pub positions: usize,
     pub request: usize,
     pub answer: usize,
 }
 
 impl StepSize {
-    /// Whether a step this large may share a message at all; a larger one travels alone on
-    /// the single-step protocol.
-    pub fn fits(&self) -> bool {
+    /// Whether a step may share a message at all; a longer or larger one travels alone on the
+    /// single-step protocol.
+    pub fn shares(&self) -> bool {
         let most = MESSAGE_BUDGET - envelope_bytes(1);
-        self.request <= most && self.answer <= most
+        self.positions <= MOST_SHARED_POSITIONS && self.request <= most && self.answer <= most
     }
 }
 
@@ -102,7 +108,7 @@ impl<T> Default for Outbox<T> {
 }
 
 impl<T> Outbox<T> {
-    /// A step of `session` for `peer` (which [`StepSize::fits`]); `last` when the session
+    /// A step of `session` for `peer` (which [`StepSize::shares`]); `last` when the session
     /// sends the peer nothing after it (its Close). The message to send now, or `None` when it
     /// waits for the message in flight, or for the other active sessions' steps until
     /// [`Outbox::next_deadline`].
@@ -177,7 +183,7 @@ impl<T> Outbox<T> {
 mod tests {
     use super::*;
 
-    const SMALL: StepSize = StepSize { request: 100, answer: 2048 };
+    const SMALL: StepSize = StepSize { positions: 1, request: 100, answer: 2048 };
 
     #[test]
     fn a_lone_session_never_waits_and_steps_wait_for_the_message_in_flight() {
@@ -253,14 +259,16 @@ mod tests {
 
         // Answers expected to be large: as many as the budget holds, and at least one.
         let (mut outbox, peer) = (Outbox::default(), PeerId::random());
-        let large = StepSize { request: 100, answer: MESSAGE_BUDGET / 3 };
-        assert!(large.fits());
+        let large = StepSize { positions: 1, request: 100, answer: MESSAGE_BUDGET / 3 };
+        assert!(large.shares());
         assert_eq!(outbox.submit(peer, (0, false), 0, SMALL, now), Some(vec![0]));
         for step in 1..=4 {
             assert_eq!(outbox.submit(peer, (step as u64, false), step, large, now), None);
         }
         assert_eq!(outbox.answered(&peer), Some(vec![1, 2]));
         assert_eq!(outbox.answered(&peer), Some(vec![3, 4]));
-        assert!(!StepSize { request: MESSAGE_BUDGET, answer: 0 }.fits());
+        assert!(!StepSize { positions: 1, request: MESSAGE_BUDGET, answer: 0 }.shares());
+        let prefill = StepSize { positions: MOST_SHARED_POSITIONS + 1, request: 100, answer: 100 };
+        assert!(!prefill.shares(), "a long prefill goes alone");
     }
 }

@@ -90,6 +90,9 @@ pub const MAX_MEMORY_FRACTION: f64 = 0.9;
 /// Inbound request streams one connection may have open at once (libp2p's default, stated):
 /// more are reset before anything is read from them.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Messages of steps (`/infergrid/steps/1`) answered at once per connection: an honest client
+/// keeps one in flight per node, and each may be 64 MiB.
+pub const MAX_STEP_MESSAGES_PER_CONNECTION: usize = 4;
 /// Pieces a seeder reads from disk or is still writing out, at once; more requests are
 /// answered `Busy`. With [`MAX_PIECE_BYTES`](crate::model::pieces::MAX_PIECE_BYTES) this
 /// bounds what pieces in flight hold in memory (64 MiB).
@@ -383,16 +386,20 @@ impl Network {
     /// but lets it travel with the steps of other sessions to the same peer in one message
     /// (`/infergrid/steps/1`, `wire.md`), when the peer speaks that protocol: while a message
     /// of steps to the peer is being answered, the next waits for the steps queued meanwhile.
-    /// `answer_bytes` is the size the answer is expected to have; a step whose request or
-    /// answer is too large to share a message goes on its own.
+    /// `answer_bytes` is the size the answer is expected to have; a step too long (a prefill
+    /// of more than 17 positions) or too large to share a message goes on its own.
     pub async fn step(
         &self,
         peer: PeerId,
         request: InferRequest,
         answer_bytes: usize,
     ) -> Result<InferResponse, NetError> {
-        let size = StepSize { request: request.encoded_len(), answer: answer_bytes };
-        if !size.fits() {
+        let size = StepSize {
+            positions: request.payload.positions(),
+            request: request.encoded_len(),
+            answer: answer_bytes,
+        };
+        if !size.shares() {
             return self.request(peer, request).await;
         }
         let (reply, rx) = oneshot::channel();
@@ -537,7 +544,7 @@ fn build_swarm(config: &NetConfig, registry: &mut Registry) -> Result<Swarm<Beha
                     [(STEPS_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(config.request_timeout)
-                        .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
+                        .with_max_concurrent_streams(MAX_STEP_MESSAGES_PER_CONNECTION),
                 ),
                 relay_client,
                 relay: config

@@ -11,9 +11,9 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use tokio::sync::mpsc;
 
-use super::Challenger;
 use super::faults::FoundFault;
 use super::rounds::RoundEvent;
+use super::{Challenger, SessionOutcome};
 use crate::chain::ValidationClient;
 use crate::engine::Pipeline;
 use crate::gateway::{HopClient, TermsBook};
@@ -149,7 +149,8 @@ impl ChallengeLoop {
         }
     }
 
-    /// Sends every session of `set` at random times over the first `spread` of `epoch`.
+    /// Sends every session of `set` at random times over the first `spread` of `epoch`, in
+    /// bursts of sessions running at once (see [`bursts`]), each along a route of its own.
     async fn challenge(&self, epoch: u64, set: Arc<ChallengeSet>) {
         // The round is scheduled now, not after the last session: a session running late
         // must not push the commitments out of their window.
@@ -157,66 +158,108 @@ impl ChallengeLoop {
         self.metrics.challenging(epoch);
         let start = self.clock.genesis + epoch * self.clock.duration;
         let window = self.clock.duration as f64 * self.rate.spread;
-        let mut times: Vec<f64> = {
-            let mut rng = rand::rng();
-            (0..set.sessions.len()).map(|_| rng.random_range(0.0..window)).collect()
-        };
-        times.sort_by(f64::total_cmp);
-        let (mut passed, mut failed) = (0usize, 0usize);
-        for (index, offset) in times.into_iter().enumerate() {
+        let bursts = bursts(set.sessions.len(), window, &mut rand::rng());
+        let mut tally = Tally::default();
+        for (offset, sessions) in bursts {
             sleep_until(&self.time, start + offset as u64).await;
             if self.time.now() >= start + window.ceil() as u64 {
-                tracing::info!("epoch {epoch}: session {index} left out: too late in the epoch");
-                self.metrics.session(SessionEnd::LeftOut);
-                continue;
-            }
-            let route = {
-                let candidates = self.candidates.lock().expect("candidates");
-                random_route(&candidates, self.pipeline.blocks().len() as u16)
-            };
-            let Some(route) = route else {
                 tracing::info!(
-                    "epoch {epoch}: no staked nodes cover every block; session {index} left out"
+                    "epoch {epoch}: sessions {sessions:?} left out: too late in the epoch"
                 );
-                self.metrics.session(SessionEnd::LeftOut);
+                sessions.iter().for_each(|_| self.metrics.session(SessionEnd::LeftOut));
                 continue;
-            };
-            let rounds = self.rounds.clone();
-            let (set_for_run, hops) = (set.clone(), self.hops.clone());
-            let operators = self.operators.clone();
-            let judge = self.judge;
-            let outcome = tokio::task::spawn_blocking(move || {
-                let challenger = Challenger { hops: &hops, judge, operators };
-                challenger.run(&set_for_run, index, &route, epoch, |node, passed| {
-                    let _ = rounds.send(RoundEvent::Judged { epoch, node, passed });
-                })
-            })
-            .await;
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    tracing::warn!("epoch {epoch}: session {index} failed: {e}");
-                    self.metrics.session(SessionEnd::Stopped);
-                    continue;
-                }
-            };
-            passed += outcome.passed;
-            failed += outcome.failures.len() + outcome.unsigned.len();
-            self.metrics.judged(outcome.passed, outcome.failures.len(), outcome.unsigned.len());
-            match &outcome.stopped {
-                Some(why) => {
-                    tracing::warn!("epoch {epoch}: session {index} stopped early: {why}");
-                    self.metrics.session(SessionEnd::Stopped);
-                }
-                None => self.metrics.session(SessionEnd::Completed),
             }
-            for failure in outcome.failures {
-                let _ = self.faults.send(FoundFault { epoch, set: set.clone(), failure });
+            let mut running = tokio::task::JoinSet::new();
+            for index in sessions {
+                let route = {
+                    let candidates = self.candidates.lock().expect("candidates");
+                    random_route(&candidates, self.pipeline.blocks().len() as u16)
+                };
+                let Some(route) = route else {
+                    tracing::info!(
+                        "epoch {epoch}: no staked nodes cover every block; session {index} left out"
+                    );
+                    self.metrics.session(SessionEnd::LeftOut);
+                    continue;
+                };
+                let rounds = self.rounds.clone();
+                let (set, hops) = (set.clone(), self.hops.clone());
+                let operators = self.operators.clone();
+                let judge = self.judge;
+                running.spawn_blocking(move || {
+                    let challenger = Challenger { hops: &hops, judge, operators };
+                    let outcome = challenger.run(&set, index, &route, epoch, |node, passed| {
+                        let _ = rounds.send(RoundEvent::Judged { epoch, node, passed });
+                    });
+                    (index, outcome)
+                });
+            }
+            while let Some(done) = running.join_next().await {
+                match done {
+                    Ok((index, outcome)) => self.account(epoch, &set, index, outcome, &mut tally),
+                    Err(e) => {
+                        tracing::warn!("epoch {epoch}: a session failed: {e}");
+                        self.metrics.session(SessionEnd::Stopped);
+                    }
+                }
             }
         }
+        let Tally { passed, failed } = tally;
         tracing::warn!("epoch {epoch}: challenges sent; {passed} answers right, {failed} wrong");
         let _ = self.rounds.send(RoundEvent::Challenged { epoch });
     }
+
+    /// Counts a finished session's answers and reports its wrong ones.
+    fn account(
+        &self,
+        epoch: u64,
+        set: &Arc<ChallengeSet>,
+        index: usize,
+        outcome: SessionOutcome,
+        tally: &mut Tally,
+    ) {
+        tally.passed += outcome.passed;
+        tally.failed += outcome.failures.len() + outcome.unsigned.len();
+        self.metrics.judged(outcome.passed, outcome.failures.len(), outcome.unsigned.len());
+        match &outcome.stopped {
+            Some(why) => {
+                tracing::warn!("epoch {epoch}: session {index} stopped early: {why}");
+                self.metrics.session(SessionEnd::Stopped);
+            }
+            None => self.metrics.session(SessionEnd::Completed),
+        }
+        for failure in outcome.failures {
+            let _ = self.faults.send(FoundFault { epoch, set: set.clone(), failure });
+        }
+    }
+}
+
+/// Answers judged right and wrong over an epoch's sessions.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+/// The most challenge sessions sent at once.
+const MOST_AT_ONCE: usize = 8;
+
+/// The epoch's `sessions` in bursts of 1 to [`MOST_AT_ONCE`] (uniformly drawn; the last takes
+/// what is left), each at a random offset within `window` seconds, in time order. A burst's
+/// sessions run at once, so their steps to a node they share share messages (`wire.md`,
+/// "Several steps in one message") as a busy gateway's users' do: a node cannot confine
+/// cheating to messages of several steps. Each still takes a route of its own, so that as
+/// many nodes are challenged as before.
+fn bursts(sessions: usize, window: f64, rng: &mut impl Rng) -> Vec<(f64, Vec<usize>)> {
+    let mut bursts = Vec::new();
+    let mut next = 0;
+    while next < sessions {
+        let size = rng.random_range(1..=MOST_AT_ONCE).min(sessions - next);
+        bursts.push((rng.random_range(0.0..window), (next..next + size).collect()));
+        next += size;
+    }
+    bursts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    bursts
 }
 
 /// A route through every block, each hop drawn at random among the candidates serving its
@@ -244,5 +287,29 @@ pub async fn sleep_until(time: &ChainClock, unix_secs: u64) {
             return;
         }
         tokio::time::sleep(Duration::from_secs((unix_secs - now).min(5))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_session_goes_once_in_bursts_of_one_to_the_most_in_time_order() {
+        let mut rng = rand::rng();
+        for sessions in [0, 1, 7, 40] {
+            let bursts = bursts(sessions, 30.0, &mut rng);
+            let sent: Vec<usize> = bursts.iter().flat_map(|(_, burst)| burst.clone()).collect();
+            let mut sorted = sent.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..sessions).collect::<Vec<_>>(), "each session exactly once");
+            assert!(bursts.iter().all(|(_, burst)| (1..=MOST_AT_ONCE).contains(&burst.len())));
+            assert!(bursts.iter().all(|(offset, _)| (0.0..30.0).contains(offset)));
+            assert!(bursts.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
+        }
+        // Over many draws, bursts of every size from one to the most occur.
+        let sizes: std::collections::HashSet<usize> =
+            bursts(2000, 30.0, &mut rng).iter().map(|(_, burst)| burst.len()).collect();
+        assert!((1..MOST_AT_ONCE).all(|size| sizes.contains(&size)), "{sizes:?}");
     }
 }
