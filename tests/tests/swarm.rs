@@ -802,26 +802,64 @@ async fn concurrent_decode_steps_are_batched_and_answered_as_alone() -> anyhow::
     let (client, _inbound) = network(None)?;
     let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 4)?;
     client.dial(node.peer, node.addr.clone()).await?;
-    let manifest = Arc::new(manifest);
-    let argmax =
-        |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+    let prompt = |s: i64| (0..2 + s).map(|t| 5 + 11 * s + t).collect();
+    let sessions =
+        greedy_sessions(&client, node.peer, Arc::new(manifest), prompt, 10, Send::Alone).await?;
+    let largest_gap = largest_gap_to_alone(&local, &sessions)?;
+    let (batches, steps, largest) = node.server.batcher.stats().read();
+    eprintln!(
+        "8 concurrent sessions: {steps} decode steps in {batches} engine calls (largest {largest}); largest logit gap {largest_gap:.2e}"
+    );
+    assert_eq!(steps, 8 * 9, "every decode step went through the batcher");
+    assert!(largest >= 2, "no two sessions' steps ever shared an engine call");
+    assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
+    Ok(())
+}
 
+/// How a session's steps go to the node.
+#[derive(Debug, Clone, Copy)]
+enum Send {
+    /// A stream each (`Network::request`).
+    Alone,
+    /// With other sessions' steps to the node (`Network::step`).
+    Shared,
+}
+
+/// What one greedy session sent and got: its prompt, the ids it chose, each step's last row
+/// of logits.
+type GreedyRun = (Vec<i64>, Vec<i64>, Vec<Vec<f32>>);
+
+/// Eight sessions (prompts from `prompt`) decoding greedily at once through block 0 of a
+/// one-block node, `steps` steps each (the prefill first).
+async fn greedy_sessions(
+    client: &Network,
+    peer: PeerId,
+    manifest: Arc<ModelManifest>,
+    prompt: fn(i64) -> Vec<i64>,
+    steps: usize,
+    send: Send,
+) -> anyhow::Result<Vec<GreedyRun>> {
+    let vocab = manifest.config.vocab_size;
     let mut sessions = tokio::task::JoinSet::new();
     for s in 0..8u64 {
-        let (client, peer, manifest) = (client.clone(), node.peer, manifest.clone());
+        let (client, manifest) = (client.clone(), manifest.clone());
         sessions.spawn(async move {
-            let prompt: Vec<i64> = (0..2 + s as i64).map(|t| 5 + 11 * s as i64 + t).collect();
+            let prompt = prompt(s as i64);
             let mut position = 0u32;
             let (mut input, mut ids, mut rows) = (prompt.clone(), Vec::new(), Vec::new());
-            for i in 0..10 {
+            for i in 0..steps {
                 let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
                 let request = InferRequest {
                     session: s,
                     ..step(&manifest, (0, 0), position, kind, Payload::Tokens(input.clone()))
                 };
-                let Payload::Tensor(logits) = output(client.request(peer, request).await?) else {
-                    panic!("expected logits")
+                let answer = match send {
+                    Send::Alone => client.request(peer, request).await?,
+                    Send::Shared => {
+                        client.step(peer, request, 512 + 4 * input.len() * vocab).await?
+                    }
                 };
+                let Payload::Tensor(logits) = output(answer) else { panic!("expected logits") };
                 position += input.len() as u32;
                 let next = argmax(logits.last_row());
                 rows.push(logits.last_row().to_vec());
@@ -831,12 +869,28 @@ async fn concurrent_decode_steps_are_batched_and_answered_as_alone() -> anyhow::
             anyhow::Ok((prompt, ids, rows))
         });
     }
-    let mut largest_gap = 0f32;
+    let mut runs = Vec::new();
     while let Some(done) = sessions.join_next().await {
-        let (prompt, ids, rows) = done??;
+        runs.push(done??);
+    }
+    Ok(runs)
+}
+
+fn argmax(row: &[f32]) -> i64 {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64
+}
+
+/// Checks each session's ids against the same session run alone in one process, and returns
+/// the largest difference of a logit.
+fn largest_gap_to_alone(
+    local: &infergrid::engine::Pipeline,
+    sessions: &[GreedyRun],
+) -> anyhow::Result<f32> {
+    let mut largest_gap = 0f32;
+    for (prompt, ids, rows) in sessions {
         let alone = 9_000 + prompt.len() as u64;
-        let mut logits = local.step(alone, 0, &prompt)?;
-        for (i, (&id, row)) in ids.iter().zip(&rows).enumerate() {
+        let mut logits = local.step(alone, 0, prompt)?;
+        for (i, (&id, row)) in ids.iter().zip(rows).enumerate() {
             assert_eq!(argmax(logits.last_row()), id, "session with prompt {prompt:?}: step {i}");
             let gap =
                 row.iter().zip(logits.last_row()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -844,14 +898,7 @@ async fn concurrent_decode_steps_are_batched_and_answered_as_alone() -> anyhow::
             logits = local.step(alone, prompt.len() + i, &[id])?;
         }
     }
-    let (batches, steps, largest) = node.server.batcher.stats().read();
-    eprintln!(
-        "8 concurrent sessions: {steps} decode steps in {batches} engine calls (largest {largest}); largest logit gap {largest_gap:.2e}"
-    );
-    assert_eq!(steps, 8 * 9, "every decode step went through the batcher");
-    assert!(largest >= 2, "no two sessions' steps ever shared an engine call");
-    assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
-    Ok(())
+    Ok(largest_gap)
 }
 
 /// A stranger (not admitted, not paying) sends a frame near the wire's 64 MiB limit, then one
@@ -933,59 +980,14 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while client.steps_sent().0 == 0 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "no identify from the node in 10 s");
-        let close = InferRequest {
-            session: 99,
-            ..step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty)
-        };
-        output(client.step(node.peer, close, 512).await?);
+        let close = step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty);
+        output(client.step(node.peer, InferRequest { session: 99, ..close }, 512).await?);
     }
     let before = client.steps_sent();
-    let manifest = Arc::new(manifest);
-    let vocab = manifest.config.vocab_size;
-    let argmax =
-        |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
-
-    let mut sessions = tokio::task::JoinSet::new();
-    for s in 0..8u64 {
-        let (client, peer, manifest) = (client.clone(), node.peer, manifest.clone());
-        sessions.spawn(async move {
-            let prompt: Vec<i64> = (0..1 + s as i64).map(|t| 3 + 7 * s as i64 + t).collect();
-            let mut position = 0u32;
-            let (mut input, mut ids, mut rows) = (prompt.clone(), Vec::new(), Vec::new());
-            for i in 0..12 {
-                let kind = if i == 0 { StepKind::Prefill } else { StepKind::Decode };
-                let request = InferRequest {
-                    session: s,
-                    ..step(&manifest, (0, 0), position, kind, Payload::Tokens(input.clone()))
-                };
-                let answer_bytes = 512 + 4 * input.len() * vocab;
-                let Payload::Tensor(logits) =
-                    output(client.step(peer, request, answer_bytes).await?)
-                else {
-                    panic!("expected logits")
-                };
-                position += input.len() as u32;
-                let next = argmax(logits.last_row());
-                rows.push(logits.last_row().to_vec());
-                ids.push(next);
-                input = vec![next];
-            }
-            anyhow::Ok((prompt, ids, rows))
-        });
-    }
-    let mut largest_gap = 0f32;
-    while let Some(done) = sessions.join_next().await {
-        let (prompt, ids, rows) = done??;
-        let alone = 9_000 + prompt.len() as u64;
-        let mut logits = local.step(alone, 0, &prompt)?;
-        for (i, (&id, row)) in ids.iter().zip(&rows).enumerate() {
-            assert_eq!(argmax(logits.last_row()), id, "session with prompt {prompt:?}: step {i}");
-            let gap =
-                row.iter().zip(logits.last_row()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            largest_gap = largest_gap.max(gap);
-            logits = local.step(alone, prompt.len() + i, &[id])?;
-        }
-    }
+    let prompt = |s: i64| (0..1 + s).map(|t| 3 + 7 * s + t).collect();
+    let sessions =
+        greedy_sessions(&client, node.peer, Arc::new(manifest), prompt, 12, Send::Shared).await?;
+    let largest_gap = largest_gap_to_alone(&local, &sessions)?;
     let (messages, steps) = (client.steps_sent().0 - before.0, client.steps_sent().1 - before.1);
     eprintln!(
         "8 sessions × 12 steps: {steps} steps in {messages} messages of steps; largest logit gap {largest_gap:.2e}"
