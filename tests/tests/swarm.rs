@@ -609,7 +609,7 @@ fn serve_empty_answers(key: u8) -> anyhow::Result<(PeerId, libp2p::Multiaddr, Ei
         let _swarm = net; // keeps the swarm running as long as requests come
         while let Some(message) = inbound.recv().await {
             if let Inbound::Request { request: Ok(request), reply, .. } = message {
-                let rows = infergrid::gateway::input_rows(&request.payload);
+                let rows = request.payload.positions();
                 let output = Payload::Tensor(Activation::new(vec![1, rows, 0], vec![]).unwrap());
                 let attestation = ResponseAttestation {
                     request_hash: request.request_hash(),

@@ -66,7 +66,7 @@ impl ExpectedShape {
             Payload::Draft { guesses, .. } => {
                 ExpectedShape::Guesses { count: usize::from(*guesses), vocab: width }
             }
-            payload => ExpectedShape::Tensor { rows: input_rows(payload), width },
+            payload => ExpectedShape::Tensor { rows: payload.positions(), width },
         }
     }
 
@@ -106,11 +106,6 @@ impl ExpectedShape {
             (ExpectedShape::Guesses { .. }, _) => Err(BadAnswer::NotTokens),
         }
     }
-}
-
-/// Rows a step's output has: one per position of its input.
-pub fn input_rows(payload: &Payload) -> usize {
-    payload.positions()
 }
 
 /// Checks answer signatures against the operators registered on-chain.
@@ -187,8 +182,8 @@ mod tests {
         assert_eq!(logits.check(&tensor(vec![1, 1, 8], f32::NAN)), Err(BadAnswer::NotFinite));
         assert_eq!(logits.check(&tensor(vec![1, 1, 8], f32::INFINITY)), Err(BadAnswer::NotFinite));
         assert_eq!(logits.check(&Payload::Tokens(vec![1])), Err(BadAnswer::NotTensor));
-        assert_eq!(input_rows(&Payload::Tokens(vec![1, 2, 3])), 3);
-        assert_eq!(input_rows(&tensor(vec![1, 5, 4], 0.0)), 5);
+        assert_eq!(Payload::Tokens(vec![1, 2, 3]).positions(), 3);
+        assert_eq!(tensor(vec![1, 5, 4], 0.0).positions(), 5);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use alloy::primitives::{Address, B256};
 
 use crate::eip712::{Domain, keccak256};
 use crate::engine::{Activation, BlockInput, EngineError, Pipeline, run_chain};
-use crate::gateway::input_rows;
 use crate::net::codec::{InferRequest, InferResponse, Payload, StepKind, payload_bytes};
 use crate::validate::ResponseAttestation;
 
@@ -180,7 +179,7 @@ impl FaultEvidence {
             if !matches!(request.payload, Payload::Tokens(_) | Payload::Tensor(_)) {
                 return not_one(format!("step {index} carries no tokens or hidden states"));
             }
-            position += input_rows(&request.payload) as u64;
+            position += request.payload.positions() as u64;
             let signer = step.attestation().signer(domain, &step.signature);
             if signer.ok() != Some(self.node) {
                 return Err(EvidenceError::Unsigned { step: index, node: self.node });
