@@ -179,9 +179,10 @@ struct Tabs {
 /// A payer's channels and vouchers.
 ///
 /// Three kinds of lock: `tabs`, held for moments (accounting, never across I/O); one per
-/// node in `chain_work`, held while that node's channel is opened or topped up, so that a
-/// slow transaction holds up payments to that node only (they need its deposit), never the
-/// vouchers of the others; and `deposits`, held across each approve-and-deposit pair of
+/// node in `chain_work`, held while that node's channel is opened or topped up and a voucher
+/// to it is written and signed, so that a slow transaction holds up the vouchers to that node
+/// only (they need its deposit), never those of the others, and steps signing nothing not at
+/// all; and `deposits`, held across each approve-and-deposit pair of
 /// transactions, because `approve` sets the token allowance rather than adding to it: two
 /// channels funded at once would both spend one allowance.
 pub struct Wallet {
@@ -243,15 +244,25 @@ impl Wallet {
     ) -> Result<Option<SignedVoucher>, WalletError> {
         let threshold = node.tariff.price_per_token * U256::from(self.config.sign_every_tokens);
         let ahead = force || node.tariff.amount(units) >= threshold;
-        self.pay(node, units, |tab| {
+        let due = |tab: &Open| {
             let ahead_units = if ahead { units } else { 0 };
             let owed = tab.owed(tab.in_flight + ahead_units);
             let unpaid = owed.saturating_sub(tab.signed);
             let due =
                 force || !tab.introduced || (!unpaid.is_zero() && (settle || unpaid >= threshold));
             due.then_some(owed)
-        })
-        .await
+        };
+        // Most steps sign nothing: they go in flight under the tabs lock alone, not behind
+        // the node's chain work, where another session's voucher may be being written to disk
+        // (a busy gateway's sessions stepping together would all wait for it). One that
+        // finds a voucher due decides again there, once that voucher is counted as signed.
+        if let Some(tab) = self.tabs.lock().await.open.get_mut(&node.operator)
+            && due(tab).is_none()
+        {
+            tab.in_flight += units;
+            return Ok(None);
+        }
+        self.pay(node, units, due).await
     }
 
     /// The node refused a step already in flight for lack of payment (it restarted, keeps a
