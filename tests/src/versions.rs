@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
@@ -58,9 +59,13 @@ impl request_response::Codec for RawCodec {
 
 type RawSwarm = Swarm<request_response::Behaviour<RawCodec>>;
 
-fn raw_swarm(protocol: &'static str, support: ProtocolSupport) -> anyhow::Result<RawSwarm> {
+fn raw_swarm(
+    identity: Keypair,
+    protocol: &'static str,
+    support: ProtocolSupport,
+) -> anyhow::Result<RawSwarm> {
     let protocols = [(StreamProtocol::new(protocol), support)];
-    Ok(libp2p::SwarmBuilder::with_new_identity()
+    Ok(libp2p::SwarmBuilder::with_existing_identity(identity)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_| {
@@ -81,7 +86,18 @@ pub async fn ask_over(
     addr: Multiaddr,
     request: Vec<u8>,
 ) -> anyhow::Result<Result<Vec<u8>, String>> {
-    let mut swarm = raw_swarm(protocol, ProtocolSupport::Outbound)?;
+    ask_over_as(Keypair::generate_ed25519(), protocol, peer, addr, request).await
+}
+
+/// [`ask_over`] as the peer of `identity` (one the node admits, say).
+pub async fn ask_over_as(
+    identity: Keypair,
+    protocol: &'static str,
+    peer: PeerId,
+    addr: Multiaddr,
+    request: Vec<u8>,
+) -> anyhow::Result<Result<Vec<u8>, String>> {
+    let mut swarm = raw_swarm(identity, protocol, ProtocolSupport::Outbound)?;
     swarm.add_peer_address(peer, addr);
     swarm.behaviour_mut().send_request(&peer, request);
     loop {
@@ -106,7 +122,7 @@ pub async fn speaking_only(
     protocol: &'static str,
     answer: Option<Vec<u8>>,
 ) -> anyhow::Result<(PeerId, Multiaddr, tokio::task::JoinHandle<()>)> {
-    let mut swarm = raw_swarm(protocol, ProtocolSupport::Inbound)?;
+    let mut swarm = raw_swarm(Keypair::generate_ed25519(), protocol, ProtocolSupport::Inbound)?;
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let addr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {

@@ -1002,6 +1002,82 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
 /// envelope, are refused whole with one `Malformed` answer; a step that does not decode is
 /// refused on its own while the others are answered (here `NotAdmitted`); the node goes on
 /// serving its admitted peer.
+/// No peer can make a node compute answers it could not send (a few thousand token ids ask
+/// for gigabytes of logits): a step whose answer alone would not fit in a message, and the
+/// steps of a message whose answers together would not, are refused before payment and
+/// compute; the largest prompt chunk a gateway sends is still answered, and so is every step
+/// of the message that fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> anyhow::Result<()> {
+    use infergrid::gateway::RemoteModelConfig;
+    use infergrid::net::steps::{
+        MAX_MESSAGE_ANSWER_VALUE_BYTES, MAX_STEPS_PER_MESSAGE, decode_answers, encode_steps,
+    };
+    const VOCAB: usize = 32_768;
+    // 512 positions of its logits are more than a message holds.
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local } = llama_fixture(
+        &["--layers", "1", "--vocab", "32768", "--max-pos", "1024", "--seed", "8"],
+        1,
+    )?;
+    let sender = identity::Keypair::generate_ed25519();
+    let (user, _user_inbound) = network(None)?;
+    let clients = [user.local_peer(), sender.public().to_peer_id()];
+    let node = serve(&manifest, &runtime, 0..=0, &clients, 7)?;
+    user.dial(node.peer, node.addr.clone()).await?;
+    let tokens = |positions: usize| (0..positions as i64).map(|i| i % 500 + 1).collect::<Vec<_>>();
+    let prefill = |session, positions| InferRequest {
+        session,
+        ..step(&manifest, (0, 0), 0, StepKind::Prefill, Payload::Tokens(tokens(positions)))
+    };
+    let refusal = |answer: InferResponse| match answer {
+        InferResponse::Err(e) => (e.code, e.message),
+        InferResponse::Ok { output, .. } => panic!("answered with {:?}", output.positions()),
+    };
+
+    let chunk = RemoteModelConfig::for_model(&manifest, 0).prefill_chunk();
+    let Payload::Tensor(logits) = output(user.request(node.peer, prefill(1, chunk)).await?) else {
+        panic!("expected logits")
+    };
+    assert_eq!(logits.shape(), [1, chunk, VOCAB]);
+    let (code, message) = refusal(user.request(node.peer, prefill(2, 600)).await?);
+    assert_eq!(code, ErrorCode::BadInput, "{message}");
+    assert!(message.contains("600 positions") && message.contains("fewer positions"), "{message}");
+
+    // 64 steps of 9 positions, 1.1 MiB of logits each: 56 fit in one message's answers.
+    let each = 9 * VOCAB * 4;
+    let fit = MAX_MESSAGE_ANSWER_VALUE_BYTES / each;
+    assert!(fit < MAX_STEPS_PER_MESSAGE);
+    let steps: Vec<InferRequest> =
+        (0..MAX_STEPS_PER_MESSAGE as u64).map(|session| prefill(10 + session, 9)).collect();
+    const STEPS: &str = "/infergrid/steps/1";
+    let bytes = infergrid_e2e::versions::ask_over_as(
+        sender,
+        STEPS,
+        node.peer,
+        node.addr.clone(),
+        encode_steps(&steps),
+    )
+    .await?
+    .expect("the node speaks it");
+    let answers = decode_answers(&bytes)?;
+    assert_eq!(answers.len(), MAX_STEPS_PER_MESSAGE);
+    let reference = local.step(10, 0, &tokens(9))?;
+    for (index, answer) in answers.into_iter().enumerate() {
+        if index < fit {
+            let Payload::Tensor(logits) = output(answer) else { panic!("expected logits") };
+            assert_eq!(logits.shape(), [1, 9, VOCAB]);
+            if index == 0 {
+                assert_eq!(logits, reference);
+            }
+        } else {
+            let (code, message) = refusal(answer);
+            assert_eq!(code, ErrorCode::BadInput, "{message}");
+            assert!(message.contains("send it in another message"), "{message}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow::Result<()> {
     use infergrid::net::steps::{MAX_STEPS_PER_MESSAGE, decode_answers, encode_steps};

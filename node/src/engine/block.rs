@@ -119,6 +119,16 @@ impl BlockRunner {
         self.is_last
     }
 
+    /// The values per position of this block's output: the vocabulary for a decoder's last
+    /// block (logits), the hidden size otherwise (hidden states, an encoder's embeddings).
+    pub fn output_width(&self) -> usize {
+        if self.is_last && self.is_decoder {
+            self.config.vocab_size
+        } else {
+            self.config.hidden_size
+        }
+    }
+
     /// The longest sequence the model takes (manifest `config.max_positions`).
     pub fn max_positions(&self) -> usize {
         self.config.max_positions

@@ -133,9 +133,8 @@ impl RemoteModelConfig {
     /// Positions per prefill step: [`PREFILL_CHUNK`], or fewer when a step's answer (`S × W`
     /// float32 for the widest output, logits or hidden states) would not fit in one message.
     pub fn prefill_chunk(&self) -> usize {
-        // The response's header (84 bytes, `wire.md`, "Size note") and the transport's
-        // framing, with room to spare.
-        let room = (crate::net::codec::MAX_MESSAGE_BYTES - (64 << 10)) / 4;
+        // The most a node answers in one message.
+        let room = crate::net::codec::MAX_ANSWER_VALUE_BYTES / 4;
         let widest = self.output_width.max(self.hidden_size).max(1);
         (room / widest).clamp(1, PREFILL_CHUNK)
     }
@@ -712,8 +711,10 @@ mod tests {
         // A 152k vocabulary: 110 positions of logits fit in 64 MiB, 111 would not.
         let big = config(152_064, 896).prefill_chunk();
         assert_eq!(big, 110);
-        let bytes = |s: usize| 84 + 4 * s * 152_064;
+        // An Ok answer with an Account (`wire.md`, "Size note"); a node takes its values.
+        let bytes = |s: usize| 255 + 4 * s * 152_064;
         assert!(bytes(big) <= crate::net::codec::MAX_MESSAGE_BYTES);
+        assert!(4 * big * 152_064 <= crate::net::codec::MAX_ANSWER_VALUE_BYTES);
         assert!(bytes(big + 1) > crate::net::codec::MAX_MESSAGE_BYTES);
     }
 }

@@ -12,6 +12,10 @@ use crate::pay::{SignedVoucher, Voucher};
 
 /// Largest encoded request or response accepted.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The most bytes of values one answer may carry: a whole message, less room for the answer's
+/// other bytes (at most 256) and the transport's framing. A node refuses a step whose answer
+/// would carry more before paying for or computing it (`wire.md`, "Size note").
+pub const MAX_ANSWER_VALUE_BYTES: usize = MAX_MESSAGE_BYTES - (64 << 10);
 /// Highest tensor rank on the wire.
 pub const MAX_RANK: usize = 4;
 /// Longest error message carried.

@@ -26,7 +26,7 @@ use super::pieces::{
     PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
 };
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
-use super::steps::{STEPS_PROTOCOL, StepsCodec, StepsSent};
+use super::steps::{AnswerRoom, STEPS_PROTOCOL, StepsCodec, StepsSent};
 
 mod steps;
 
@@ -130,11 +130,13 @@ pub const SWARM_ID: &str = "/infergrid/id/1";
 /// Something the network delivers to the node.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A peer's request; answer through `reply` (dropping it answers nothing).
+    /// A peer's request; answer through `reply` (dropping it answers nothing). A step of a
+    /// message of several shares the message's `room` for answers with the others.
     Request {
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
         reply: oneshot::Sender<InferResponse>,
+        room: Option<Arc<AnswerRoom>>,
     },
     /// A peer's load announcement.
     Announcement { from: PeerId, announcement: Announcement },
@@ -967,7 +969,10 @@ impl EventLoop {
                                 let _ = respond.send(Command::Respond { channel, response }).await;
                             }
                         });
-                        let _ = self.inbound.send(Inbound::Request { peer, request, reply }).await;
+                        let _ = self
+                            .inbound
+                            .send(Inbound::Request { peer, request, reply, room: None })
+                            .await;
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some((_, reply)) = self.pending.remove(&request_id) {

@@ -5,6 +5,8 @@
 //! hashes, payment and evidence do not change; what is shared is the stream, its negotiation
 //! and its framing, which cost more than a decode step's own bytes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +20,33 @@ pub const STEPS_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/steps
 
 /// The most steps one message carries: the gateway's default limit on sessions at once.
 pub const MAX_STEPS_PER_MESSAGE: usize = 64;
+
+/// The most bytes of values the answers to one message may carry together: a whole message,
+/// less room for every answer's other bytes (64 refusals of up to 4 KiB of text) and the
+/// envelope.
+pub const MAX_MESSAGE_ANSWER_VALUE_BYTES: usize = MAX_MESSAGE_BYTES - (512 << 10);
+
+/// What is left of a message's [`MAX_MESSAGE_ANSWER_VALUE_BYTES`] for its answers: the node
+/// takes each step's share in the message's order, before any of them runs, and refuses a
+/// step that does not fit, so that a message cannot make it hold answers it could not send
+/// (a few thousand token ids ask for gigabytes of logits).
+#[derive(Debug)]
+pub struct AnswerRoom(AtomicUsize);
+
+impl Default for AnswerRoom {
+    fn default() -> Self {
+        Self(AtomicUsize::new(MAX_MESSAGE_ANSWER_VALUE_BYTES))
+    }
+}
+
+impl AnswerRoom {
+    /// Takes `bytes` of the room if that many are left; says whether it did.
+    pub fn take(&self, bytes: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes))
+            .is_ok()
+    }
+}
 
 const STEPS_MAGIC: &[u8; 4] = b"IGB1";
 const ANSWERS_MAGIC: &[u8; 4] = b"IGA1";
@@ -178,6 +207,20 @@ impl libp2p::request_response::Codec for StepsCodec {
 mod tests {
     use super::*;
     use crate::net::codec::{ErrorCode, Payload, StepKind, WireError};
+
+    #[test]
+    fn a_message_s_answers_take_its_room_until_it_is_full() {
+        let room = AnswerRoom::default();
+        let half = MAX_MESSAGE_ANSWER_VALUE_BYTES / 2;
+        assert!(room.take(half));
+        assert!(room.take(half));
+        // What does not fit takes nothing: a smaller answer after it still fits.
+        let left = MAX_MESSAGE_ANSWER_VALUE_BYTES - 2 * half;
+        assert!(!room.take(left + 1));
+        assert!(room.take(left));
+        assert!(!room.take(1));
+        assert!(room.take(0), "steps answered without values always fit");
+    }
 
     fn step(session: u64) -> InferRequest {
         InferRequest {

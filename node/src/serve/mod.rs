@@ -24,9 +24,10 @@ use crate::engine::{BlockInput, BlockRunner, EncoderMask, EngineError, run_chain
 use crate::generate::argmax;
 use crate::net::Inbound;
 use crate::net::codec::{
-    CodecError, ErrorCode, InferRequest, InferResponse, MAX_DRAFT_GUESSES, Payload, StepKind,
-    WireError, payload_bytes,
+    CodecError, ErrorCode, InferRequest, InferResponse, MAX_ANSWER_VALUE_BYTES, MAX_DRAFT_GUESSES,
+    Payload, StepKind, WireError, payload_bytes,
 };
+use crate::net::steps::{AnswerRoom, MAX_MESSAGE_ANSWER_VALUE_BYTES};
 use crate::pay::Collector;
 use crate::pay::meter::{positions, step_units};
 use crate::telemetry::{NodeMetrics, StepOutcome};
@@ -134,7 +135,12 @@ impl BlockServer {
     /// Answers requests until the network stops.
     pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
         while let Some(message) = inbound.recv().await {
-            if let Inbound::Request { peer, request, reply } = message {
+            if let Inbound::Request { peer, request, reply, room } = message {
+                // Here, in the order of the message, before its steps run concurrently.
+                let fits_message = match (&request, room) {
+                    (Ok(request), Some(room)) => self.takes_room(request, &room),
+                    _ => true,
+                };
                 let server = self.clone();
                 // The gateway's session id is on the wire: its logs and this node's name
                 // the same session.
@@ -145,7 +151,7 @@ impl BlockServer {
                 let span = tracing::info_span!("step", %peer, session, kind, position);
                 let step = async move {
                     let started = Instant::now();
-                    let response = server.handle(peer, request).await;
+                    let response = server.handle(peer, request, fits_message).await;
                     let took = started.elapsed();
                     let outcome = match &response {
                         InferResponse::Ok { .. } => {
@@ -175,6 +181,7 @@ impl BlockServer {
         self: &Arc<Self>,
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
+        fits_message: bool,
     ) -> InferResponse {
         let request = match request {
             Ok(request) => request,
@@ -219,6 +226,9 @@ impl BlockServer {
             );
         }
         if let Err(refusal) = self.check_draft_step(&request) {
+            return InferResponse::Err(refusal);
+        }
+        if let Err(refusal) = self.check_answer_size(&request, fits_message) {
             return InferResponse::Err(refusal);
         }
         // Refused before payment and compute: a busy node or a peer over its quota costs
@@ -364,6 +374,62 @@ impl BlockServer {
             (_, StepKind::Draft) => bad("a draft step carries a draft payload"),
             _ => Ok(()),
         }
+    }
+
+    /// The bytes of values in the answer to `request`: `[1, S, W]` float32 for a step through
+    /// the blocks (`W` its last block's output width), none for a Close, a few ids for a draft
+    /// step; none for a span this node does not serve (it is refused before this matters).
+    fn answer_values(&self, request: &InferRequest) -> usize {
+        let served = usize::from(request.last_block)
+            .checked_sub(usize::from(self.first_block))
+            .and_then(|index| self.blocks.get(index));
+        match (&request.payload, served) {
+            (Payload::Tokens(_) | Payload::Tensor(_) | Payload::Masked { .. }, Some(last))
+                if request.kind != StepKind::Close =>
+            {
+                request.payload.positions().saturating_mul(last.output_width()).saturating_mul(4)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Takes the answer's values out of its message's `room` (one that alone exceeds what an
+    /// answer may carry is refused as such, and takes nothing); says whether they fit.
+    fn takes_room(&self, request: &InferRequest, room: &AnswerRoom) -> bool {
+        let values = self.answer_values(request);
+        values > MAX_ANSWER_VALUE_BYTES || room.take(values)
+    }
+
+    /// A step whose answer could not be sent is refused before payment and compute: alone,
+    /// over what one answer may carry (a long prompt's logits; the client chunks it), or, in
+    /// a message of steps, over what is left of the message's room after the steps before it.
+    fn check_answer_size(
+        &self,
+        request: &InferRequest,
+        fits_message: bool,
+    ) -> Result<(), WireError> {
+        let values = self.answer_values(request);
+        if values > MAX_ANSWER_VALUE_BYTES {
+            return Err(WireError::new(
+                ErrorCode::BadInput,
+                format!(
+                    "the answer to {} positions would carry {values} bytes of values, over the \
+                     {MAX_ANSWER_VALUE_BYTES} one answer may: send fewer positions per step",
+                    request.payload.positions()
+                ),
+            ));
+        }
+        if !fits_message {
+            return Err(WireError::new(
+                ErrorCode::BadInput,
+                format!(
+                    "with the answers to the steps before it, this step's would carry more than \
+                     the {MAX_MESSAGE_ANSWER_VALUE_BYTES} bytes of values one message's answers \
+                     may: send it in another message"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Books the step against the peer's quota (a Close releases the session), and frees

@@ -2,6 +2,7 @@
 //! [`Outbox`] and go together; messages of steps from others are handed to the node one step
 //! at a time, as single requests are, and their answers go back together, in order.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::PeerId;
@@ -11,7 +12,7 @@ use tokio::sync::oneshot;
 use super::{Command, EventLoop, Inbound, NetError, outbound_error};
 use crate::net::codec::{CodecError, ErrorCode, InferRequest, InferResponse, StepKind, WireError};
 use crate::net::outbox::StepSize;
-use crate::net::steps::{STEPS_PROTOCOL, Steps};
+use crate::net::steps::{AnswerRoom, STEPS_PROTOCOL, Steps};
 
 /// Where the answer to one step goes.
 pub(super) type StepReply = oneshot::Sender<Result<InferResponse, NetError>>;
@@ -121,10 +122,12 @@ impl EventLoop {
             }
         };
         let mut answers = Vec::with_capacity(steps.len());
+        let room = Arc::new(AnswerRoom::default());
         for request in steps {
             let (reply, answer) = oneshot::channel();
             answers.push(answer);
-            let _ = self.inbound.send(Inbound::Request { peer, request, reply }).await;
+            let room = Some(room.clone());
+            let _ = self.inbound.send(Inbound::Request { peer, request, reply, room }).await;
         }
         let respond = self.respond.clone();
         tokio::spawn(async move {
