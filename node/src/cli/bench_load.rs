@@ -107,6 +107,13 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> Leve
     }
 }
 
+/// The 99th percentile of a round's inter-token gaps, in ms.
+fn gap_p99(run: &LevelRun) -> f64 {
+    let mut gaps = run.gaps.clone();
+    gaps.sort();
+    percentile(&gaps, 0.99)
+}
+
 /// The middle value of `values` (the mean of the two middle ones for an even count).
 pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -151,10 +158,11 @@ pub fn run(
         }
     }
     println!(
-        "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "errors"
+        "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "× one", "errors"
     );
     let first_level: Vec<f64> = runs[0].iter().map(|r| r.tokens_per_second).collect();
+    let first_tails: Vec<f64> = runs[0].iter().map(gap_p99).collect();
     for (&users, level) in levels.iter().zip(runs) {
         let rate = median(level.iter().map(|r| r.tokens_per_second).collect());
         // Each round's ratio to the first level run just before it: this machine's speed
@@ -163,6 +171,9 @@ pub fn run(
         let ratio = median(
             level.iter().zip(&first_level).map(|(r, first)| r.tokens_per_second / first).collect(),
         );
+        // The same for the inter-token p99, each round's against the first level's.
+        let tail_ratio =
+            median(level.iter().zip(&first_tails).map(|(r, first)| gap_p99(r) / first).collect());
         let errors: usize = level.iter().map(|r| r.errors).sum();
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();
@@ -171,7 +182,8 @@ pub fn run(
         };
         let (first, gaps) = (sorted(|r| &r.first_tokens), sorted(|r| &r.gaps));
         println!(
-            "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {errors:>7}",
+            "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {tail_ratio:>7.2} \
+             {errors:>7}",
             percentile(&first, 0.5),
             percentile(&first, 0.99),
             percentile(&gaps, 0.5),
@@ -180,8 +192,8 @@ pub fn run(
     }
     println!(
         "(tokens/s: all users' streamed tokens over the level's wall time, the median of {rounds} rounds \
-         in which the levels alternate; × one: the median over rounds of the level's tokens/s ÷ the first level's in \
-         the same round; latencies over every round; times in ms)"
+         in which the levels alternate; × one: the median over rounds of the level's tokens/s, or of its \
+         inter-token p99, ÷ the first level's in the same round; latencies over every round; times in ms)"
     );
     Ok(())
 }

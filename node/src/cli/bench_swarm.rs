@@ -44,7 +44,7 @@ pub struct SwarmBench {
     #[arg(long, default_value_t = 64)]
     stream_tokens: usize,
     /// Times every --concurrency level is run, the levels alternating; each level reports its
-    /// median tokens/s.
+    /// median tokens/s, and the medians of its rounds' ratios to the first level's.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Where --concurrency and --nat keep their devnets' files.
