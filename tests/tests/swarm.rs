@@ -998,15 +998,12 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     Ok(())
 }
 
-/// What a stranger can put in a message of steps: too many steps, or bytes that are no
-/// envelope, are refused whole with one `Malformed` answer; a step that does not decode is
-/// refused on its own while the others are answered (here `NotAdmitted`); the node goes on
-/// serving its admitted peer.
 /// No peer can make a node compute answers it could not send (a few thousand token ids ask
 /// for gigabytes of logits): a step whose answer alone would not fit in a message, and the
 /// steps of a message whose answers together would not, are refused before payment and
 /// compute; the largest prompt chunk a gateway sends is still answered, and so is every step
-/// of the message that fits.
+/// of the message that fits, and a draft step feeding more tokens than an answer's logits may
+/// hold (the node feeds them in parts).
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> anyhow::Result<()> {
     use infergrid::gateway::RemoteModelConfig;
@@ -1042,6 +1039,18 @@ async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> any
     let (code, message) = refusal(user.request(node.peer, prefill(2, 600)).await?);
     assert_eq!(code, ErrorCode::BadInput, "{message}");
     assert!(message.contains("600 positions") && message.contains("fewer positions"), "{message}");
+    // A draft step answers a few ids whatever it feeds: the node runs 600 tokens in parts of
+    // what one answer's logits may hold, and guesses what the whole context gives.
+    let (mut guesses, mut fed, mut position) = (Vec::new(), tokens(600), 0);
+    for _ in 0..3 {
+        let logits = local.step(99, position, &fed)?;
+        let next = i64::from(infergrid::generate::argmax(logits.last_row()));
+        (position, fed) = (position + fed.len(), vec![next]);
+        guesses.push(next);
+    }
+    let draft = Payload::Draft { tokens: tokens(600), guesses: 3 };
+    let draft = InferRequest { session: 3, ..step(&manifest, (0, 0), 0, StepKind::Draft, draft) };
+    assert_eq!(output(user.request(node.peer, draft).await?), Payload::Tokens(guesses));
 
     // 64 steps of 9 positions, 1.1 MiB of logits each: 56 fit in one message's answers.
     let each = 9 * VOCAB * 4;
@@ -1078,6 +1087,10 @@ async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> any
     Ok(())
 }
 
+/// What a stranger can put in a message of steps: too many steps, or bytes that are no
+/// envelope, are refused whole with one `Malformed` answer; a step that does not decode is
+/// refused on its own while the others are answered (here `NotAdmitted`); the node goes on
+/// serving its admitted peer.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow::Result<()> {
     use infergrid::net::steps::{MAX_STEPS_PER_MESSAGE, decode_answers, encode_steps};

@@ -171,9 +171,15 @@ pub fn run(
         let ratio = median(
             level.iter().zip(&first_level).map(|(r, first)| r.tokens_per_second / first).collect(),
         );
-        // The same for the inter-token p99, each round's against the first level's.
-        let tail_ratio =
-            median(level.iter().zip(&first_tails).map(|(r, first)| gap_p99(r) / first).collect());
+        // The same for the inter-token p99, each round's against the first level's (a round
+        // without gaps, all its streams failed, has no ratio).
+        let tail_ratios: Vec<f64> = level
+            .iter()
+            .zip(&first_tails)
+            .map(|(r, first)| gap_p99(r) / first)
+            .filter(|ratio| ratio.is_finite())
+            .collect();
+        let tail_ratio = if tail_ratios.is_empty() { f64::NAN } else { median(tail_ratios) };
         let errors: usize = level.iter().map(|r| r.errors).sum();
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();

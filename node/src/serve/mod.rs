@@ -376,9 +376,10 @@ impl BlockServer {
         }
     }
 
-    /// The bytes of values in the answer to `request`: `[1, S, W]` float32 for a step through
-    /// the blocks (`W` its last block's output width), none for a Close, a few ids for a draft
-    /// step; none for a span this node does not serve (it is refused before this matters).
+    /// The bytes of values in the answer to `request` (`wire.md`, "Answers' size"): `[1, S, W]`
+    /// float32 for a Tokens, Tensor or Masked payload of any kind but Close (`W` the output
+    /// width of its span's last block), whatever the step's answer turns out to be; none for a
+    /// Close, a draft payload (a few ids), or a span this node does not serve.
     fn answer_values(&self, request: &InferRequest) -> usize {
         let served = usize::from(request.last_block)
             .checked_sub(usize::from(self.first_block))
@@ -423,9 +424,9 @@ impl BlockServer {
             return Err(WireError::new(
                 ErrorCode::BadInput,
                 format!(
-                    "with the answers to the steps before it, this step's would carry more than \
-                     the {MAX_MESSAGE_ANSWER_VALUE_BYTES} bytes of values one message's answers \
-                     may: send it in another message"
+                    "with the answers to the steps before it in its message, this step's would \
+                     carry more than the {MAX_MESSAGE_ANSWER_VALUE_BYTES} bytes of values one \
+                     message's answers may: send it in another message, or alone"
                 ),
             ));
         }
@@ -512,16 +513,27 @@ fn guess(
     tokens: Vec<i64>,
     count: u16,
 ) -> Result<Vec<i64>, EngineError> {
+    // A long context is fed in parts of at most as many positions as one answer's logits may
+    // hold: only each part's last row is used, and the whole context's logits at once would
+    // hold gigabytes for a few thousand tokens.
+    let last = span.last().expect("a draft span has blocks");
+    let part = (MAX_ANSWER_VALUE_BYTES / 4 / last.output_width().max(1)).max(1);
     let mut guesses = Vec::with_capacity(usize::from(count));
     let mut input = tokens;
     while guesses.len() < usize::from(count) {
-        let fed = input.len();
-        let logits = run_chain(span.iter().copied(), BlockInput::Tokens(input), |block, input| {
-            block.forward(session, position, input)
-        })?;
+        let mut logits = None;
+        for fed in input.chunks(part) {
+            let fed = fed.to_vec();
+            let positions = fed.len();
+            logits =
+                Some(run_chain(span.iter().copied(), BlockInput::Tokens(fed), |block, input| {
+                    block.forward(session, position, input)
+                })?);
+            position += positions;
+        }
+        let logits = logits.expect("a draft step feeds at least one token");
         let next = i64::from(argmax(logits.last_row()));
         guesses.push(next);
-        position += fed;
         input = vec![next];
     }
     Ok(guesses)
