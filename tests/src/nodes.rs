@@ -106,10 +106,11 @@ impl Node {
         let blocks: Vec<Arc<BlockRunner>> = blocks
             .map(|i| BlockRunner::load(manifest, i, runtime, CacheLimits::default()).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        let metrics = infergrid::telemetry::NodeMetrics::new(None);
         let server = Arc::new(BlockServer {
             model_id: manifest.id().0,
             first_block: blocks[0].spec().index as u16,
-            batcher: Batcher::start(blocks.clone(), 32),
+            batcher: Batcher::start(blocks.clone(), 32, metrics.clone()),
             blocks,
             attester: Attester {
                 signer: operator.clone(),
@@ -122,7 +123,7 @@ impl Node {
             decode_ms: Default::default(),
             load: LoadGuard::new(limits),
             cheat,
-            metrics: infergrid::telemetry::NodeMetrics::new(None),
+            metrics,
             answer_delay: Default::default(),
             registered: Default::default(),
         });

@@ -129,6 +129,10 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
             generated as f64 - n
         );
         assert_eq!(at(r#"infergrid_node_steps_total{kind="close",outcome="ok"}"#), n);
+        // Requests one after another: every decode step ran in an engine call of its own.
+        let decoded = generated as f64 - n;
+        assert_eq!(at("infergrid_node_batch_steps_sum"), decoded);
+        assert_eq!(at("infergrid_node_batch_steps_count"), decoded);
         assert!(at("infergrid_node_peers_connected") >= 1.0, "node {i} is connected");
         let (inbound, outbound) = libp2p_traffic(&node);
         assert!(inbound > 0.0 && outbound > 0.0, "node {i} libp2p: {inbound} in, {outbound} out");

@@ -228,10 +228,11 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
         let (net, inbound, addr) = spawn_net(Some(port))?;
         let blocks =
             vec![Arc::new(BlockRunner::load(&manifest, index, &runtime, CacheLimits::default())?)];
+        let metrics = infergrid::telemetry::NodeMetrics::new(None);
         let server = Arc::new(BlockServer {
             model_id,
             first_block: index as u16,
-            batcher: Batcher::start(blocks.clone(), 32),
+            batcher: Batcher::start(blocks.clone(), 32, metrics.clone()),
             blocks,
             attester: Attester {
                 signer: Eip712Signer::from_bytes(&alloy::primitives::B256::repeat_byte(
@@ -247,7 +248,7 @@ async fn pipeline_speed(args: &SwarmBench) -> anyhow::Result<(f64, f64)> {
             decode_ms: Default::default(),
             load: Default::default(),
             cheat: None,
-            metrics: infergrid::telemetry::NodeMetrics::new(None),
+            metrics,
             answer_delay: Default::default(),
             registered: Default::default(),
         });

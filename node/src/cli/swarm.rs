@@ -433,7 +433,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         model_id,
         first_block: first as u16,
         blocks: blocks.clone(),
-        batcher: Batcher::start(blocks.clone(), args.limits.max_batch as usize),
+        batcher: Batcher::start(blocks.clone(), args.limits.max_batch as usize, metrics.clone()),
         attester: Attester {
             signer: operator,
             domain: validation_domain(deployment.chain_id, deployment.contracts.validation),

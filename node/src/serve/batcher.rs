@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::engine::{Activation, BatchStep, BlockInput, BlockRunner, EngineError};
+use crate::telemetry::NodeMetrics;
 
 /// One decode step waiting for a batch: its session (cache key), position, the blocks it runs
 /// (indices into the server's blocks), its input and where its answer goes.
@@ -61,16 +62,16 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Batcher {
-    /// Starts the worker over `blocks`, running at most `max_batch` steps per call. The worker
-    /// ends when the batcher is dropped.
-    pub fn start(blocks: Vec<Arc<BlockRunner>>, max_batch: usize) -> Self {
+    /// Starts the worker over `blocks`, running at most `max_batch` steps per call, each
+    /// call's size counted in `metrics`. The worker ends when the batcher is dropped.
+    pub fn start(blocks: Vec<Arc<BlockRunner>>, max_batch: usize, metrics: NodeMetrics) -> Self {
         let (queue, steps) = std::sync::mpsc::channel();
         let max_batch = max_batch.max(1);
         let stats = Arc::new(BatchStats::default());
         let counted = stats.clone();
         std::thread::Builder::new()
             .name("decode-batcher".into())
-            .spawn(move || work(&blocks, &steps, max_batch, &counted))
+            .spawn(move || work(&blocks, &steps, max_batch, &counted, &metrics))
             .expect("spawning the decode batcher");
         Self { queue, stats }
     }
@@ -103,6 +104,7 @@ fn work(
     steps: &Receiver<Pending>,
     max_batch: usize,
     stats: &BatchStats,
+    metrics: &NodeMetrics,
 ) {
     while let Ok(first) = steps.recv() {
         let mut batch = vec![first];
@@ -119,6 +121,7 @@ fn work(
         }
         for ((first, last), group) in by_span {
             stats.count(group.len());
+            metrics.batch(group.len());
             // A panic in a batch (a poisoned lock, a malformed graph) fails that batch's steps,
             // not the batcher: every later step still runs.
             // (Its steps' reply channels drop with it: each waiting step gets an error.)

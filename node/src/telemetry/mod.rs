@@ -95,6 +95,7 @@ mod tests {
         node.step("decode", StepOutcome::Answered, Duration::from_millis(2));
         node.step("prefill", StepOutcome::Refused("payment_required"), Duration::ZERO);
         node.voucher_received();
+        node.batch(6);
         node.redemption(U256::from(7_000), 90_000);
         let figures = ChannelFigures { channels: 1, metered: 7, ..Default::default() };
         let now =
@@ -125,6 +126,9 @@ mod tests {
             r#"infergrid_gateway_node_owed_wei{operator="0x0101010101010101010101010101010101010101"} 7000.0"#,
             r#"infergrid_node_steps_total{kind="prefill",outcome="payment_required"} 1"#,
             "infergrid_node_step_seconds_count 1",
+            "infergrid_node_batch_steps_sum 6.0",
+            r#"infergrid_node_batch_steps_bucket{le="4.0"} 0"#,
+            r#"infergrid_node_batch_steps_bucket{le="8.0"} 1"#,
             "infergrid_node_redemption_gas_total 90000",
             r#"infergrid_node_kv_cache_tokens_free{block="0"} 100"#,
             "infergrid_validator_epoch 4",

@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::wei;
@@ -53,6 +53,7 @@ pub struct NodeMetrics {
     exposition: super::Exposition,
     steps: Family<StepLabels, Counter>,
     step_seconds: Histogram,
+    batch_steps: Histogram,
     vouchers_received: Counter,
     redemptions: Counter,
     redeemed_by_node: Counter<f64, AtomicU64>,
@@ -80,6 +81,12 @@ impl NodeMetrics {
             "Answered steps, from admission to the signed answer (engine and batching included)",
             Unit::Seconds,
             step_seconds.clone(),
+        );
+        let batch_steps = Histogram::new(exponential_buckets(1.0, 2.0, 7));
+        registry.register(
+            "batch_steps",
+            "Decode steps per engine call (sessions stepping together run in one call)",
+            batch_steps.clone(),
         );
         let vouchers_received = Counter::default();
         registry.register(
@@ -151,6 +158,7 @@ impl NodeMetrics {
             exposition: super::Exposition::new(registry, network),
             steps,
             step_seconds,
+            batch_steps,
             vouchers_received,
             redemptions,
             redeemed_by_node,
@@ -177,6 +185,11 @@ impl NodeMetrics {
             StepOutcome::Refused(code) => code,
         };
         self.steps.get_or_create(&StepLabels { kind: kind.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// The batcher ran `steps` decode steps in one engine call.
+    pub fn batch(&self, steps: usize) {
+        self.batch_steps.observe(steps as f64);
     }
 
     pub fn voucher_received(&self) {
