@@ -180,9 +180,8 @@ struct Tabs {
 ///
 /// Three kinds of lock: `tabs`, held for moments (accounting, never across I/O); one per
 /// node in `chain_work`, held while that node's channel is opened or topped up and a voucher
-/// to it is written and signed, so that a slow transaction holds up the vouchers to that node
-/// only (they need its deposit), never those of the others, and steps signing nothing not at
-/// all; and `deposits`, held across each approve-and-deposit pair of
+/// to it is written and signed, so that a slow transaction holds up only the vouchers to that
+/// node (they need its deposit), not those to the others nor steps that sign nothing; and `deposits`, held across each approve-and-deposit pair of
 /// transactions, because `approve` sets the token allowance rather than adding to it: two
 /// channels funded at once would both spend one allowance.
 pub struct Wallet {

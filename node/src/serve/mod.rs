@@ -514,8 +514,8 @@ fn guess(
     count: u16,
 ) -> Result<Vec<i64>, EngineError> {
     // A long context is fed in parts of at most as many positions as one answer's logits may
-    // hold: only each part's last row is used, and the whole context's logits at once would
-    // hold gigabytes for a few thousand tokens.
+    // hold: only the last part's last row is used, and the whole context's logits at once
+    // would take gigabytes for a few thousand tokens.
     let last = span.last().expect("a draft span has blocks");
     let part = (MAX_ANSWER_VALUE_BYTES / 4 / last.output_width().max(1)).max(1);
     let mut guesses = Vec::with_capacity(usize::from(count));
