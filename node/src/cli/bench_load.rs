@@ -107,6 +107,20 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> Leve
     }
 }
 
+/// The median over rounds of `figure` of a level's round ÷ that of the first level's in the same
+/// round: this machine's speed drifts by tens of percent between rounds, and a ratio of figures
+/// taken from different rounds carries that drift. A round without the figure (all its
+/// streams failed) has no ratio.
+fn ratio_by_round(level: &[LevelRun], first: &[LevelRun], figure: fn(&LevelRun) -> f64) -> f64 {
+    let ratios: Vec<f64> = level
+        .iter()
+        .zip(first)
+        .map(|(run, first)| figure(run) / figure(first))
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    if ratios.is_empty() { f64::NAN } else { median(ratios) }
+}
+
 /// The 99th percentile of a round's inter-token gaps, in ms.
 fn gap_p99(run: &LevelRun) -> f64 {
     let mut gaps = run.gaps.clone();
@@ -161,25 +175,11 @@ pub fn run(
         "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
         "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "× one", "errors"
     );
-    let first_level: Vec<f64> = runs[0].iter().map(|r| r.tokens_per_second).collect();
-    let first_tails: Vec<f64> = runs[0].iter().map(gap_p99).collect();
-    for (&users, level) in levels.iter().zip(runs) {
+    let first_level = &runs[0];
+    for (&users, level) in levels.iter().zip(&runs) {
         let rate = median(level.iter().map(|r| r.tokens_per_second).collect());
-        // Each round's ratio to the first level run just before it: this machine's speed
-        // drifts by tens of percent between rounds, and a ratio of medians taken from
-        // different rounds carries that drift.
-        let ratio = median(
-            level.iter().zip(&first_level).map(|(r, first)| r.tokens_per_second / first).collect(),
-        );
-        // The same for the inter-token p99, each round's against the first level's (a round
-        // without gaps, all its streams failed, has no ratio).
-        let tail_ratios: Vec<f64> = level
-            .iter()
-            .zip(&first_tails)
-            .map(|(r, first)| gap_p99(r) / first)
-            .filter(|ratio| ratio.is_finite())
-            .collect();
-        let tail_ratio = if tail_ratios.is_empty() { f64::NAN } else { median(tail_ratios) };
+        let ratio = ratio_by_round(level, first_level, |r| r.tokens_per_second);
+        let tail_ratio = ratio_by_round(level, first_level, gap_p99);
         let errors: usize = level.iter().map(|r| r.errors).sum();
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();

@@ -137,9 +137,9 @@ impl BlockServer {
         while let Some(message) = inbound.recv().await {
             if let Inbound::Request { peer, request, reply, room } = message {
                 // Here, in the order of the message, before its steps run concurrently.
-                let fits_message = match (&request, room) {
-                    (Ok(request), Some(room)) => self.takes_room(request, &room),
-                    _ => true,
+                let answer_size = match &request {
+                    Ok(request) => self.check_answer_size(request, room.as_deref()),
+                    Err(_) => Ok(()),
                 };
                 let server = self.clone();
                 // The gateway's session id is on the wire: its logs and this node's name
@@ -151,7 +151,7 @@ impl BlockServer {
                 let span = tracing::info_span!("step", %peer, session, kind, position);
                 let step = async move {
                     let started = Instant::now();
-                    let response = server.handle(peer, request, fits_message).await;
+                    let response = server.handle(peer, request, answer_size).await;
                     let took = started.elapsed();
                     let outcome = match &response {
                         InferResponse::Ok { .. } => {
@@ -181,7 +181,7 @@ impl BlockServer {
         self: &Arc<Self>,
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
-        fits_message: bool,
+        answer_size: Result<(), WireError>,
     ) -> InferResponse {
         let request = match request {
             Ok(request) => request,
@@ -228,7 +228,7 @@ impl BlockServer {
         if let Err(refusal) = self.check_draft_step(&request) {
             return InferResponse::Err(refusal);
         }
-        if let Err(refusal) = self.check_answer_size(&request, fits_message) {
+        if let Err(refusal) = answer_size {
             return InferResponse::Err(refusal);
         }
         // Refused before payment and compute: a busy node or a peer over its quota costs
@@ -394,20 +394,14 @@ impl BlockServer {
         }
     }
 
-    /// Takes the answer's values out of its message's `room` (one that alone exceeds what an
-    /// answer may carry is refused as such, and takes nothing); says whether they fit.
-    fn takes_room(&self, request: &InferRequest, room: &AnswerRoom) -> bool {
-        let values = self.answer_values(request);
-        values > MAX_ANSWER_VALUE_BYTES || room.take(values)
-    }
-
     /// A step whose answer could not be sent is refused before payment and compute: alone,
     /// over what one answer may carry (a long prompt's logits; the client chunks it), or, in
-    /// a message of steps, over what is left of the message's room after the steps before it.
+    /// a message of steps, over what is left of the message's `room` after the steps before
+    /// it (a step refused alone takes none of it).
     fn check_answer_size(
         &self,
         request: &InferRequest,
-        fits_message: bool,
+        room: Option<&AnswerRoom>,
     ) -> Result<(), WireError> {
         let values = self.answer_values(request);
         if values > MAX_ANSWER_VALUE_BYTES {
@@ -420,7 +414,7 @@ impl BlockServer {
                 ),
             ));
         }
-        if !fits_message {
+        if room.is_some_and(|room| !room.take(values)) {
             return Err(WireError::new(
                 ErrorCode::BadInput,
                 format!(
