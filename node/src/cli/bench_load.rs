@@ -1,6 +1,7 @@
 //! `bench swarm --concurrency 1,8,…`: many users streaming through a devnet's gateway at once.
 //! Per level: aggregate tokens/s (and its ratio to one stream's), time to first token and
-//! inter-token latency (p50/p99), errors.
+//! inter-token latency (p50/p99), errors, and the CPU time a token costs the gateway and the
+//! nodes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -74,16 +75,74 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e3
 }
 
+/// CPU time (user and system, of every thread, ended ones included) the devnet's gateway and
+/// node processes have used, in seconds. Unlike latencies, it hardly moves with the machine's
+/// speed of the moment (time stolen by other guests is not counted), so its ratio between
+/// levels shows what batching saves, and where the rest goes.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    gateway: f64,
+    nodes: f64,
+}
+
+impl CpuUse {
+    /// The use so far of the gateway and nodes the devnet process `devnet` started, read from
+    /// `/proc` (Linux); `None` where there is none to read.
+    fn of_devnet(devnet: u32) -> Option<Self> {
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut used = CpuUse::default();
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let dir = entry.path();
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+            let Some((parent, cpu_ticks)) = parent_and_cpu_ticks(&stat) else { continue };
+            if parent != devnet {
+                continue;
+            }
+            let seconds = cpu_ticks as f64 / ticks;
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            match cmdline.split(|&b| b == 0).nth(1) {
+                Some(b"gateway") => used.gateway += seconds,
+                Some(b"node") => used.nodes += seconds,
+                _ => continue,
+            }
+            found = true;
+        }
+        found.then_some(used)
+    }
+
+    /// Milliseconds of CPU per token from `before` to `self`, gateway and nodes.
+    fn per_token(self, before: CpuUse, tokens: usize) -> (f64, f64) {
+        let per = |now: f64, then: f64| (now - then) * 1e3 / tokens as f64;
+        (per(self.gateway, before.gateway), per(self.nodes, before.nodes))
+    }
+}
+
+/// A process's parent and its CPU time so far (user and system, in clock ticks) from its
+/// `/proc/<pid>/stat` line. The command name, in parentheses, may hold spaces and parentheses
+/// itself: fields are counted after its last `)` (state, parent, …, utime and stime are the
+/// 14th and 15th of the line).
+fn parent_and_cpu_ticks(stat: &str) -> Option<(u32, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((u32::try_from(number(1)?).ok()?, number(11)? + number(12)?))
+}
+
 /// One level's streams in one round.
 struct LevelRun {
     tokens_per_second: f64,
     first_tokens: Vec<Duration>,
     gaps: Vec<Duration>,
     errors: usize,
+    /// CPU ms per streamed token: the gateway's, and all nodes' together (NaN: unknown).
+    cpu_per_token: (f64, f64),
 }
 
-/// `users` streams at once, each of `max_tokens` tokens.
-fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> LevelRun {
+/// `users` streams at once, each of `max_tokens` tokens, through the devnet process `devnet`.
+fn run_level(address: &str, name: &str, users: usize, max_tokens: usize, devnet: u32) -> LevelRun {
+    let cpu_before = CpuUse::of_devnet(devnet);
     let started = Instant::now();
     let timings: Vec<StreamTiming> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..users)
@@ -99,11 +158,17 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize) -> Leve
     if let Some(error) = timings.iter().find_map(|t| t.error.as_ref()) {
         eprintln!("bench: {users} users: first error: {error}");
     }
+    let tokens = timings.iter().map(|t| t.tokens).sum::<usize>();
+    let cpu_per_token = match (cpu_before, CpuUse::of_devnet(devnet)) {
+        (Some(before), Some(after)) if tokens > 0 => after.per_token(before, tokens),
+        _ => (f64::NAN, f64::NAN),
+    };
     LevelRun {
-        tokens_per_second: timings.iter().map(|t| t.tokens).sum::<usize>() as f64 / wall,
+        tokens_per_second: tokens as f64 / wall,
         first_tokens: timings.iter().filter_map(|t| t.first_token).collect(),
         gaps: timings.iter().flat_map(|t| t.gaps.iter().copied()).collect(),
         errors: timings.iter().filter(|t| t.error.is_some()).count(),
+        cpu_per_token,
     }
 }
 
@@ -158,7 +223,7 @@ pub fn run(
         model.display()
     );
     anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
-    let (_devnet, address) = super::bench_http::start_devnet(model, nodes, &[], work)?;
+    let (devnet, address) = super::bench_http::start_devnet(model, nodes, &[], work)?;
     // One warm-up stream: channels opened, caches and connections warm.
     let warm = stream_once(&address, &name, "warm up", 8);
     if let Some(e) = warm.error {
@@ -168,12 +233,22 @@ pub fn run(
     for round in 1..=rounds {
         eprintln!("bench: round {round} of {rounds}");
         for (level, &users) in levels.iter().enumerate() {
-            runs[level].push(run_level(&address, &name, users, max_tokens));
+            runs[level].push(run_level(&address, &name, users, max_tokens, devnet.0.id()));
         }
     }
     println!(
-        "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "users", "tok/s", "× one", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "× one", "errors"
+        "{:>6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>9}",
+        "users",
+        "tok/s",
+        "× one",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "ITL p99",
+        "× one",
+        "errors",
+        "CPU gw",
+        "CPU nodes"
     );
     let first_level = &runs[0];
     for (&users, level) in levels.iter().zip(&runs) {
@@ -181,6 +256,8 @@ pub fn run(
         let ratio = ratio_by_round(level, first_level, |r| r.tokens_per_second);
         let tail_ratio = ratio_by_round(level, first_level, gap_p99);
         let errors: usize = level.iter().map(|r| r.errors).sum();
+        let cpu = |part: fn(&LevelRun) -> f64| median(level.iter().map(part).collect());
+        let (cpu_gateway, cpu_nodes) = (cpu(|r| r.cpu_per_token.0), cpu(|r| r.cpu_per_token.1));
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();
             all.sort();
@@ -189,7 +266,7 @@ pub fn run(
         let (first, gaps) = (sorted(|r| &r.first_tokens), sorted(|r| &r.gaps));
         println!(
             "{users:>6} {rate:>10.1} {ratio:>7.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {tail_ratio:>7.2} \
-             {errors:>7}",
+             {errors:>7} {cpu_gateway:>9.2} {cpu_nodes:>9.2}",
             percentile(&first, 0.5),
             percentile(&first, 0.99),
             percentile(&gaps, 0.5),
@@ -199,7 +276,42 @@ pub fn run(
     println!(
         "(tokens/s: all users' streamed tokens over the level's wall time, the median of {rounds} rounds \
          in which the levels alternate; × one: the median over rounds of the level's tokens/s, or of its \
-         inter-token p99, ÷ the first level's in the same round; latencies over every round; times in ms)"
+         inter-token p99, ÷ the first level's in the same round; latencies over every round; times in ms; \
+         CPU: ms of CPU time per streamed token, the gateway's and all nodes' together, the median of \
+         the rounds)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_the_parent_and_cpu_ticks_whatever_the_command_name() {
+        let line = "4242 (tokio (rt) worker) S 17 4242 17 0 -1 4194560 1200 0 0 0 350 25 0 0 20 0 9 \
+                    0 1234 567890 321 18446744073709551615 1 1 0 0 0 0 0 4096 17663 0 0 0 17 1 0 0";
+        assert_eq!(parent_and_cpu_ticks(line), Some((17, 375)));
+        assert_eq!(parent_and_cpu_ticks("4242 (short) S 17"), None);
+        assert_eq!(parent_and_cpu_ticks("no parenthesis at all"), None);
+    }
+
+    #[test]
+    fn this_process_is_found_under_its_parent_and_its_cpu_time_grows_as_it_works() {
+        let read = || {
+            let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
+            parent_and_cpu_ticks(&stat).expect("parsed")
+        };
+        let (parent, ticks) = read();
+        assert_eq!(parent, std::os::unix::process::parent_id());
+        // Busy work until a clock tick more is counted (or 10 s pass).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut spin = 0u64;
+        while read().1 == ticks && Instant::now() < deadline {
+            for i in 0..100_000u64 {
+                spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(read().1 > ticks, "no CPU time counted after 10 s of busy work");
+    }
 }
