@@ -137,12 +137,29 @@ impl HopClient {
         self.bans.lock().expect("bans")
     }
 
+    /// The runtime this client's network runs on.
+    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// [`HopClient::call_async`], from a thread that may block (not a runtime worker).
+    pub fn call(
+        &self,
+        hop: &Hop,
+        session: u64,
+        position: u32,
+        kind: StepKind,
+        payload: Payload,
+    ) -> Result<Answer, HopError> {
+        self.runtime.block_on(self.call_async(hop, session, position, kind, payload))
+    }
+
     /// Sends one step to one hop, paying for it when this client pays, and checks the answer
     /// (shape and values, and the operator's signature when this client verifies). An answer
     /// failing its checks is `HopError::Invalid` and unpaid; a malformed one forbids the peer
     /// for good, a signature that does not check backs it off. A node never heard from is
     /// not paid (nor a channel opened to it) until it answers a ping.
-    pub fn call(
+    pub async fn call_async(
         &self,
         hop: &Hop,
         session: u64,
@@ -165,11 +182,11 @@ impl HopClient {
         let units = step_units(&request);
         let terms = self.terms(hop)?;
         if let Some(terms) = terms {
-            self.reachable_before_paying(hop, terms)?;
+            self.reachable_before_paying(hop, terms).await?;
             // An encoder request is whole (no Close step follows to settle it), so it is paid
             // with its own voucher, ahead of the answer.
             let ahead = matches!(request.payload, Payload::Masked { .. });
-            request.payment = self.voucher(terms, units, settle, ahead)?;
+            request.payment = self.voucher(terms, units, settle, ahead).await?;
             if let (Some(metrics), Some(_)) = (&self.metrics, &request.payment) {
                 metrics.voucher_signed();
             }
@@ -177,7 +194,7 @@ impl HopClient {
         let expected = (kind != StepKind::Close)
             .then(|| ExpectedShape::of(&request.payload, self.output_width(hop.last_block)));
         let sent = Instant::now();
-        let (result, lost) = self.exchange(hop, terms, request, expected);
+        let (result, lost) = self.exchange(hop, terms, request, expected).await;
         if result.is_ok() {
             let took = sent.elapsed();
             tracing::debug!(
@@ -194,11 +211,9 @@ impl HopClient {
         if let (Some(terms), Some((wallet, _))) = (terms, &self.payer) {
             let operator = terms.operator;
             match &result {
-                Ok(answer) => {
-                    self.runtime.block_on(wallet.record(terms, units, answer.account.as_deref()))
-                }
-                Err(_) if lost => self.runtime.block_on(wallet.lose(operator, units)),
-                Err(_) => self.runtime.block_on(wallet.release(operator, units)),
+                Ok(answer) => wallet.record(terms, units, answer.account.as_deref()).await,
+                Err(_) if lost => wallet.lose(operator, units).await,
+                Err(_) => wallet.release(operator, units).await,
             }
         }
         result
@@ -208,7 +223,7 @@ impl HopClient {
     /// refusal of a paid step is answered with a voucher for everything in flight and the
     /// step sent once more. Also says whether the answer was lost: no answer came (a
     /// timeout, a dropped stream), so the node may have run the step.
-    fn exchange(
+    async fn exchange(
         &self,
         hop: &Hop,
         terms: Option<NodeTerms>,
@@ -221,21 +236,21 @@ impl HopClient {
             (request.request_hash(), step_units(&request), request.kind);
         // Steps of other sessions to the same node may share its message.
         let answer_bytes = ANSWER_HEADER + expected.map_or(0, |shape| shape.payload_bytes());
-        let mut response = self.runtime.block_on(self.net.step(hop.peer, request, answer_bytes));
+        let mut response = self.net.step(hop.peer, request, answer_bytes).await;
         if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
             (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
         {
             // The node may have restarted, keeps a smaller credit, or got this run's vouchers
             // out of order: pay for everything in flight now and retry once.
-            match self.repay(terms, units, e.account.as_deref()) {
+            match self.repay(terms, units, e.account.as_deref()).await {
                 Ok(voucher) => request.payment = Some(voucher),
                 Err(e) => return (Err(e), false),
             }
             if let Some(metrics) = &self.metrics {
                 metrics.voucher_signed();
             }
-            response = self.runtime.block_on(self.net.step(hop.peer, request, answer_bytes));
+            response = self.net.step(hop.peer, request, answer_bytes).await;
         }
         if kind == StepKind::Decode
             && terms.is_some()
@@ -304,9 +319,9 @@ impl HopClient {
     /// A node this run has no channel to yet is paid only once it has answered a ping
     /// (waiting up to [`FIRST_CONTACT`] for one): opening its channel deposits funds, which a
     /// node nobody can reach must not lock up until the channel's close window ends.
-    fn reachable_before_paying(&self, hop: &Hop, terms: NodeTerms) -> Result<(), HopError> {
+    async fn reachable_before_paying(&self, hop: &Hop, terms: NodeTerms) -> Result<(), HopError> {
         let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        if self.runtime.block_on(wallet.has_channel(terms.operator)) {
+        if wallet.has_channel(terms.operator).await {
             return Ok(());
         }
         let deadline = Instant::now() + FIRST_CONTACT;
@@ -317,7 +332,7 @@ impl HopClient {
                     FIRST_CONTACT.as_secs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
@@ -360,7 +375,7 @@ impl HopClient {
         }
     }
 
-    fn voucher(
+    async fn voucher(
         &self,
         terms: NodeTerms,
         units: u64,
@@ -368,21 +383,17 @@ impl HopClient {
         force: bool,
     ) -> Result<Option<SignedVoucher>, HopError> {
         let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        self.runtime
-            .block_on(wallet.voucher(terms, units, settle, force))
-            .map_err(|e| cannot_pay(&terms, e))
+        wallet.voucher(terms, units, settle, force).await.map_err(|e| cannot_pay(&terms, e))
     }
 
-    fn repay(
+    async fn repay(
         &self,
         terms: NodeTerms,
         units: u64,
         account: Option<&Account>,
     ) -> Result<SignedVoucher, HopError> {
         let (wallet, _) = self.payer.as_ref().expect("only called when paying");
-        self.runtime
-            .block_on(wallet.repay(terms, units, account))
-            .map_err(|e| cannot_pay(&terms, e))
+        wallet.repay(terms, units, account).await.map_err(|e| cannot_pay(&terms, e))
     }
 
     /// Asks the node of `hop` for its account of this client's channel and pays what is

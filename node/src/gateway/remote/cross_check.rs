@@ -343,7 +343,8 @@ impl RemoteModel {
         Ok(truth)
     }
 
-    /// A step to `hop`, unless it has left the directory.
+    /// A step to `hop`, unless it has left the directory ([`super::Router::call_routable`]), from
+    /// the session's thread.
     pub(super) fn call_routable(
         &self,
         hop: &Hop,
@@ -352,14 +353,8 @@ impl RemoteModel {
         kind: StepKind,
         payload: &Payload,
     ) -> Result<Payload, StepFailure> {
-        // A node jailed, unstaked or fallen below the minimum reputation mid-session is left
-        // at once: its answers are no longer trusted or paid for.
-        if !self.routable(&hop.peer) {
-            return Err(StepFailure::Peer(
-                "left the directory (jailed, unstaked or below the minimum reputation)".into(),
-            ));
-        }
-        self.call(hop, session, position, kind, payload.clone())
+        let call = self.router.call_routable(hop, session, position, kind, payload);
+        self.router.hops.runtime().block_on(call)
     }
 
     /// Ends hop `index`'s witness's part in the session (the caller has set it aside).
