@@ -8,6 +8,7 @@
 //! - [`tools`]: where `scripts/setup` put anvil, forge and `libonnxruntime`.
 
 pub mod api;
+pub mod blocking;
 pub mod chain;
 pub mod dashboard;
 pub mod devnet;

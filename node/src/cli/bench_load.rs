@@ -76,9 +76,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// CPU time (user and system, of every thread, ended ones included) the devnet's gateway and
-/// node processes have used, in seconds. Unlike latencies, it hardly moves with the machine's
-/// speed of the moment (time stolen by other guests is not counted), so its ratio between
-/// levels shows what batching saves, and where the rest goes.
+/// node processes have used, in seconds. It moves less than latencies with the machine's speed
+/// of the moment (a kernel that accounts steal time leaves out what other guests took, though
+/// contention still inflates it), so its ratio between levels shows what batching saves, and
+/// where the rest goes. The devnet process itself, which forwards its children's logs, is not
+/// counted.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuUse {
     gateway: f64,
@@ -87,12 +89,16 @@ struct CpuUse {
 
 impl CpuUse {
     /// The use so far of the gateway and nodes the devnet process `devnet` started, read from
-    /// `/proc` (Linux); `None` where there is none to read.
+    /// `/proc` (Linux); `None` where there is none to read, or no gateway or no node.
     fn of_devnet(devnet: u32) -> Option<Self> {
         // SAFETY: sysconf only reads a system constant.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks <= 0 {
+            return None;
+        }
+        let ticks = ticks as f64;
         let mut used = CpuUse::default();
-        let mut found = false;
+        let (mut gateways, mut nodes) = (0, 0);
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let dir = entry.path();
             let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
@@ -103,13 +109,14 @@ impl CpuUse {
             let seconds = cpu_ticks as f64 / ticks;
             let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
             match cmdline.split(|&b| b == 0).nth(1) {
-                Some(b"gateway") => used.gateway += seconds,
-                Some(b"node") => used.nodes += seconds,
-                _ => continue,
+                Some(b"gateway") => {
+                    (used.gateway, gateways) = (used.gateway + seconds, gateways + 1)
+                }
+                Some(b"node") => (used.nodes, nodes) = (used.nodes + seconds, nodes + 1),
+                _ => {}
             }
-            found = true;
         }
-        found.then_some(used)
+        (gateways > 0 && nodes > 0).then_some(used)
     }
 
     /// Milliseconds of CPU per token from `before` to `self`, gateway and nodes.
@@ -177,13 +184,14 @@ fn run_level(address: &str, name: &str, users: usize, max_tokens: usize, devnet:
 /// taken from different rounds carries that drift. A round without the figure (all its
 /// streams failed) has no ratio.
 fn ratio_by_round(level: &[LevelRun], first: &[LevelRun], figure: fn(&LevelRun) -> f64) -> f64 {
-    let ratios: Vec<f64> = level
-        .iter()
-        .zip(first)
-        .map(|(run, first)| figure(run) / figure(first))
-        .filter(|ratio| ratio.is_finite())
-        .collect();
-    if ratios.is_empty() { f64::NAN } else { median(ratios) }
+    median_of_known(level.iter().zip(first).map(|(run, first)| figure(run) / figure(first)))
+}
+
+/// The median of the finite `values` (NaN when there are none): rounds that could not measure
+/// a figure leave it out.
+fn median_of_known(values: impl Iterator<Item = f64>) -> f64 {
+    let known: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    if known.is_empty() { f64::NAN } else { median(known) }
 }
 
 /// The 99th percentile of a round's inter-token gaps, in ms.
@@ -256,7 +264,7 @@ pub fn run(
         let ratio = ratio_by_round(level, first_level, |r| r.tokens_per_second);
         let tail_ratio = ratio_by_round(level, first_level, gap_p99);
         let errors: usize = level.iter().map(|r| r.errors).sum();
-        let cpu = |part: fn(&LevelRun) -> f64| median(level.iter().map(part).collect());
+        let cpu = |part: fn(&LevelRun) -> f64| median_of_known(level.iter().map(part));
         let (cpu_gateway, cpu_nodes) = (cpu(|r| r.cpu_per_token.0), cpu(|r| r.cpu_per_token.1));
         let sorted = |times: fn(&LevelRun) -> &Vec<Duration>| {
             let mut all: Vec<Duration> = level.iter().flat_map(times).copied().collect();

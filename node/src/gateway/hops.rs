@@ -11,6 +11,7 @@ use alloy::primitives::{Address, B256};
 use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck};
+use crate::blocking::without_stalling;
 use crate::engine::EngineError;
 use crate::net::codec::{Account, ErrorCode, InferRequest, InferResponse, Payload, StepKind};
 use crate::net::{NetError, Network};
@@ -20,9 +21,13 @@ use crate::route::{Bans, Candidate, Hop};
 use crate::telemetry::GatewayMetrics;
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
-/// [`HopClient::call`]): the directory dials every node it lists, and a reachable one answers
+/// [`HopClient::call_async`]): the directory dials every node it lists, and a reachable one answers
 /// its first ping within a round trip of the connection.
 const FIRST_CONTACT: Duration = Duration::from_secs(3);
+
+/// Answers larger than this are checked without stalling the runtime's worker (see
+/// [`HopClient::check_answer`]).
+const LARGE_ANSWER: usize = 1 << 20;
 
 /// An answer's bytes besides its payload, with room to spare: status, signature, the node's
 /// account (`wire.md`, "InferResponse").
@@ -77,7 +82,8 @@ pub struct HopClient {
 
 impl HopClient {
     /// A client for the model of `config`, neither paying nor checking signatures. Must be
-    /// created inside a tokio runtime; calls block on it (from blocking threads).
+    /// created inside a tokio runtime: [`HopClient::call_async`] runs on it, and
+    /// [`HopClient::call`] blocks on it (from blocking threads).
     pub fn new(net: Network, config: &RemoteModelConfig) -> Self {
         Self {
             net,
@@ -351,13 +357,21 @@ impl HopClient {
         output: &Payload,
         signature: &[u8; 65],
     ) -> Result<Option<u64>, BadAnswer> {
-        if let Some(expected) = expected {
-            expected.check(output)?;
+        let checks = || {
+            if let Some(expected) = expected {
+                expected.check(output)?;
+            }
+            self.signatures
+                .as_ref()
+                .map(|check| check.check(&hop.peer, request_hash, output, signature))
+                .transpose()
+        };
+        // A decode step's answer is checked in microseconds; a prefill chunk's logits (up to
+        // the message limit) take far longer to scan and hash, off the runtime's worker.
+        match expected.is_some_and(|shape| shape.payload_bytes() > LARGE_ANSWER) {
+            true => without_stalling(checks),
+            false => checks(),
         }
-        self.signatures
-            .as_ref()
-            .map(|check| check.check(&hop.peer, request_hash, output, signature))
-            .transpose()
     }
 
     /// What this client owes each node it paid, when it pays.

@@ -11,6 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::meter::{SETTLED_TERMS_BYTES, Tariff, decode_settled_terms, encode_settled_terms};
 use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
+use crate::blocking::without_stalling;
 
 /// channel id (32 bytes, big-endian) → [`ChannelRecord::encode`].
 const CHANNELS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("channels");
@@ -123,12 +124,12 @@ impl Ledger {
     }
 
     /// Writes several channels' records in one durable commit, without stalling the async
-    /// tasks that share the calling worker thread (see [`store::durably`]).
+    /// tasks that share the calling worker thread (see [`without_stalling`]).
     pub fn put_all<'a>(
         &self,
         records: impl IntoIterator<Item = (U256, &'a ChannelRecord)>,
     ) -> Result<(), StoreError> {
-        store::durably(|| {
+        without_stalling(|| {
             let txn = self.db.begin_write()?;
             {
                 let mut table = txn.open_table(CHANNELS)?;
@@ -156,7 +157,7 @@ impl Ledger {
         channels: impl IntoIterator<Item = U256>,
         block: u64,
     ) -> Result<(), StoreError> {
-        store::durably(|| {
+        without_stalling(|| {
             let txn = self.db.begin_write()?;
             {
                 let mut table = txn.open_table(PENDING)?;
@@ -189,7 +190,7 @@ impl Ledger {
         let settled: Vec<U256> =
             pending.iter().filter(|(_, block)| is_final(**block)).map(|(id, _)| *id).collect();
         if !settled.is_empty() {
-            store::durably(|| {
+            without_stalling(|| {
                 let txn = self.db.begin_write()?;
                 {
                     let mut table = txn.open_table(PENDING)?;

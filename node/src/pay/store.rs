@@ -9,16 +9,6 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 const META: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("meta");
 const DEPLOYMENT: &str = "deployment";
 
-/// Runs a durable write (an fsync: milliseconds) so that it does not stall the async tasks
-/// sharing the calling thread: on a worker of a multi-threaded tokio runtime, the worker
-/// hands its other tasks over first (`block_in_place`); anywhere else the write just runs.
-pub fn durably<T>(write: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_threaded = Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if multi_threaded { tokio::task::block_in_place(write) } else { write() }
-}
-
 /// Why a payment store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

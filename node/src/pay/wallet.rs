@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use super::meter::{SETTLED_TERMS_BYTES, Tariff, decode_settled_terms, encode_settled_terms};
 use super::store::{self, StoreError};
 use super::{SignedVoucher, Voucher};
+use crate::blocking::without_stalling;
 use crate::chain::{ChainError, Channels, Token};
 use crate::eip712::{Domain, Eip712Signer};
 use crate::net::codec::Account;
@@ -563,10 +564,13 @@ impl Wallet {
         if let Some(tariff) = count.tariff {
             encode_settled_terms(count.settled, tariff, &mut value);
         }
-        let txn = self.db.begin_write()?;
-        txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        // A voucher is signed from a session's route task, on a runtime worker.
+        without_stalling(|| {
+            let txn = self.db.begin_write()?;
+            txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The stored (channel, signed amount, count) of `operator`'s node.
