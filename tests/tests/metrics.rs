@@ -173,6 +173,14 @@ fn metrics_count_what_requests_did_and_match_the_ledger_and_the_chain() {
     let mentions = |lines: &[String], session: &str, what: &str| {
         lines.iter().any(|l| l.contains(&format!("session={session}")) && l.contains(what))
     };
+    // Vouchers signed mid-stream too (the first to each node, with a step's route on the
+    // runtime), not only those of the Close steps.
+    let signed: Vec<&String> =
+        gateway_lines.iter().filter(|l| l.contains("voucher signed")).collect();
+    assert!(
+        signed.iter().all(|l| l.contains("session=")),
+        "a voucher without its session: {signed:#?}"
+    );
     for id in &ids {
         let session = id.strip_prefix("cmpl-").unwrap();
         for what in ["generating", "routed", "voucher signed", "finished"] {
