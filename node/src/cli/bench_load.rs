@@ -106,15 +106,14 @@ impl CpuUse {
             if parent != devnet {
                 continue;
             }
-            let seconds = cpu_ticks as f64 / ticks;
             let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-            match cmdline.split(|&b| b == 0).nth(1) {
-                Some(b"gateway") => {
-                    (used.gateway, gateways) = (used.gateway + seconds, gateways + 1)
-                }
-                Some(b"node") => (used.nodes, nodes) = (used.nodes + seconds, nodes + 1),
-                _ => {}
-            }
+            let (total, count) = match cmdline.split(|&b| b == 0).nth(1) {
+                Some(b"gateway") => (&mut used.gateway, &mut gateways),
+                Some(b"node") => (&mut used.nodes, &mut nodes),
+                _ => continue,
+            };
+            *total += cpu_ticks as f64 / ticks;
+            *count += 1;
         }
         (gateways > 0 && nodes > 0).then_some(used)
     }

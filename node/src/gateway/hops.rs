@@ -368,9 +368,10 @@ impl HopClient {
         };
         // A decode step's answer is checked in microseconds; a prefill chunk's logits (up to
         // the message limit) take far longer to scan and hash, off the runtime's worker.
-        match expected.is_some_and(|shape| shape.payload_bytes() > LARGE_ANSWER) {
-            true => without_stalling(checks),
-            false => checks(),
+        if expected.is_some_and(|shape| shape.payload_bytes() > LARGE_ANSWER) {
+            without_stalling(checks)
+        } else {
+            checks()
         }
     }
 

@@ -182,9 +182,10 @@ struct Tabs {
 /// Three kinds of lock: `tabs`, held for moments (accounting, never across I/O); one per
 /// node in `chain_work`, held while that node's channel is opened or topped up and a voucher
 /// to it is written and signed, so that a slow transaction holds up only the vouchers to that
-/// node (they need its deposit), not those to the others nor steps that sign nothing; and `deposits`, held across each approve-and-deposit pair of
-/// transactions, because `approve` sets the token allowance rather than adding to it: two
-/// channels funded at once would both spend one allowance.
+/// node (they need its deposit), not those to the others nor steps that sign nothing; and
+/// `deposits`, held across each approve-and-deposit pair of transactions, because `approve`
+/// sets the token allowance rather than adding to it: two channels funded at once would both
+/// spend one allowance.
 pub struct Wallet {
     payer: Eip712Signer,
     domain: Domain,
@@ -564,7 +565,7 @@ impl Wallet {
         if let Some(tariff) = count.tariff {
             encode_settled_terms(count.settled, tariff, &mut value);
         }
-        // A voucher is signed from a session's route task, on a runtime worker.
+        // Vouchers are signed, and channels opened, from sessions' route tasks: runtime workers.
         without_stalling(|| {
             let txn = self.db.begin_write()?;
             txn.open_table(TABS)?.insert(&operator.0.0, value.as_slice())?;
