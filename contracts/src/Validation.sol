@@ -48,7 +48,13 @@ contract Validation is EIP712, ReentrancyGuardTransient {
     struct Evidence {
         bytes32 requestHash; // the challenge request
         bytes32 outputHash; // what the node answered
-        bytes nodeSignature; // node operator's EIP-712 signature over Response(requestHash, outputHash, epoch)
+        // node operator's EIP-712 signature over Response(requestHash, outputHash, epoch) or, with an answerProof,
+        // over Responses(root, epoch)
+        bytes nodeSignature;
+        // Merkle proof of answerLeaf(requestHash, outputHash) under the root the node signed as Responses(root, epoch)
+        // for a message of several answers; empty when the node signed this answer alone as
+        // Response(requestHash, outputHash, epoch)
+        bytes32[] answerProof;
         bytes32 expectedOutputHash; // the answer in the reporter's committed challenge set
         bytes32[] proof; // Merkle proof of leaf(requestHash, expectedOutputHash) against the reporter's root
     }
@@ -119,6 +125,9 @@ contract Validation is EIP712, ReentrancyGuardTransient {
     /// @notice EIP-712 type hash of `Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)`.
     bytes32 public constant RESPONSE_TYPEHASH =
         keccak256("Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)");
+    /// @notice EIP-712 type hash of `Responses(bytes32 root,uint64 epoch)`: a node's one signature over the Merkle
+    ///         root of the answers (`answerLeaf`) to a message of several steps.
+    bytes32 public constant RESPONSES_TYPEHASH = keccak256("Responses(bytes32 root,uint64 epoch)");
     uint256 private constant BPS = 10_000;
 
     IERC20 public immutable token;
@@ -466,7 +475,7 @@ contract Validation is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- faults
 
-    /// @notice The EIP-712 digest a node's operator key signs for each answer it returns.
+    /// @notice The EIP-712 digest a node's operator key signs for an answer it returns alone.
     /// @param requestHash Hash of the request.
     /// @param outputHash Hash of the node's output.
     /// @param epoch The epoch in which the node answered.
@@ -475,12 +484,31 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         return _hashTypedDataV4(keccak256(abi.encode(RESPONSE_TYPEHASH, requestHash, outputHash, epoch)));
     }
 
+    /// @notice The EIP-712 digest a node's operator key signs, once, for the answers to a message of several steps.
+    /// @param root Root of the OpenZeppelin standard Merkle tree (sorted-pair keccak) over the answers' `answerLeaf`s.
+    /// @param epoch The epoch in which the node answered.
+    /// @return The digest.
+    function responsesDigest(bytes32 root, uint64 epoch) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(RESPONSES_TYPEHASH, root, epoch)));
+    }
+
+    /// @notice The leaf of one answer in the tree a node signs over a message of answers: OpenZeppelin's
+    ///         double-hashed standard leaf of `(requestHash, outputHash)`, like a challenge-set leaf.
+    /// @param requestHash Hash of the request.
+    /// @param outputHash Hash of the node's output.
+    /// @return The leaf.
+    function answerLeaf(bytes32 requestHash, bytes32 outputHash) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(requestHash, outputHash))));
+    }
+
     /// @notice Reports a node that, during `epoch`, signed an answer differing from the expected answer in the
     ///         caller's challenge set for `epoch` (committed before the epoch began). Accepted until the epoch's
     ///         reveal window closes. Pulls `reportBond`; the caller's stake counts as the first guilty vote.
     /// @param node The node's operator.
     /// @param epoch The epoch the node signed into its answer, whose challenge root holds the challenge.
-    /// @param evidence The challenge, the node's signed answer and the Merkle proof.
+    /// @param evidence The challenge, the node's signed answer (signed alone as a `Response`, or with the proof of
+    ///        its `answerLeaf` under the root of a `Responses` signed over a message of several answers) and the
+    ///        Merkle proof of the expected answer against the caller's challenge root.
     /// @return reportId The new report's id (ids start at 1).
     function reportFault(address node, uint64 epoch, Evidence calldata evidence)
         external
@@ -791,7 +819,8 @@ contract Validation is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev Checks that `node` is registered and signed, for `epoch`, an answer other than the one the caller's
-    ///      root for `epoch` commits to.
+    ///      root for `epoch` commits to. The node signed the answer alone (`Response`, empty `answerProof`) or
+    ///      signed the root its `answerProof` folds `answerLeaf` into (`Responses`, non-empty `answerProof`).
     function _checkEvidence(address node, uint64 epoch, Evidence calldata evidence) private view {
         bytes32 root = _challengeRoots[msg.sender][epoch];
         if (root == bytes32(0)) revert NoChallengeRoot();
@@ -799,8 +828,15 @@ contract Validation is EIP712, ReentrancyGuardTransient {
         if (evidence.outputHash == evidence.expectedOutputHash) revert OutputMatchesExpected();
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(evidence.requestHash, evidence.expectedOutputHash))));
         if (!MerkleProof.verifyCalldata(evidence.proof, root, leaf)) revert InvalidProof();
-        (address signer, ECDSA.RecoverError error,) =
-            ECDSA.tryRecover(responseDigest(evidence.requestHash, evidence.outputHash, epoch), evidence.nodeSignature);
+        bytes32 digest = evidence.answerProof.length == 0
+            ? responseDigest(evidence.requestHash, evidence.outputHash, epoch)
+            : responsesDigest(
+                MerkleProof.processProofCalldata(
+                    evidence.answerProof, answerLeaf(evidence.requestHash, evidence.outputHash)
+                ),
+                epoch
+            );
+        (address signer, ECDSA.RecoverError error,) = ECDSA.tryRecover(digest, evidence.nodeSignature);
         if (error != ECDSA.RecoverError.NoError || signer != node) revert InvalidNodeSignature();
     }
 

@@ -59,6 +59,7 @@ contract AttacksTest is Fixture {
             requestHash: REQUEST,
             outputHash: output,
             nodeSignature: signature(nodeKey, validation.responseDigest(REQUEST, output, E)),
+            answerProof: new bytes32[](0),
             expectedOutputHash: expected,
             proof: proof
         });
@@ -472,6 +473,7 @@ contract AttacksTest is Fixture {
             requestHash: REQUEST,
             outputHash: ANSWER,
             nodeSignature: signature(targetKey, validation.responseDigest(REQUEST, ANSWER, epoch)),
+            answerProof: new bytes32[](0),
             expectedOutputHash: EXPECTED,
             proof: proof
         });

@@ -12,6 +12,9 @@ contract ValidationTest is Fixture {
     bytes32 internal constant EXPECTED = keccak256("expected output");
     bytes32 internal constant WRONG = keccak256("wrong output");
     bytes32 internal constant SALT = keccak256("salt");
+    /// @dev Other answers of the message whose answer to REQUEST the node signed in one `Responses`.
+    bytes32 internal constant STEP_REQUEST = keccak256("another step's request");
+    bytes32 internal constant STEP_OUTPUT = keccak256("another step's output");
     uint256 internal constant NODE_STAKE = 1_000 ether;
     /// @dev Roots are committed in setUp, during epoch 0, for epoch E, which the tests then run in.
     uint64 internal constant E = 1;
@@ -63,9 +66,102 @@ contract ValidationTest is Fixture {
             requestHash: REQUEST,
             outputHash: output,
             nodeSignature: signature(nodeKey, validation.responseDigest(REQUEST, output, E)),
+            answerProof: new bytes32[](0),
             expectedOutputHash: EXPECTED,
             proof: proof
         });
+    }
+
+    /// @dev Sorted-pair keccak, computed here rather than by OpenZeppelin's `Hashes`.
+    function _pair(bytes32 a, bytes32 b) internal pure returns (bytes32) {
+        return a < b ? keccak256(abi.encodePacked(a, b)) : keccak256(abi.encodePacked(b, a));
+    }
+
+    /// @dev The leaf of one answer, computed here rather than by `Validation.answerLeaf`.
+    function _answerLeaf(bytes32 requestHash, bytes32 outputHash) internal pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(requestHash, outputHash))));
+    }
+
+    /// @dev The EIP-712 domain separator of `validation`, computed here.
+    function _domainSeparator() internal view returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("InferGrid Validation"),
+                keccak256("1"),
+                block.chainid,
+                address(validation)
+            )
+        );
+    }
+
+    /// @dev Leaves of a four-answer message: the node's WRONG answer to REQUEST first.
+    function _fourLeaves() internal pure returns (bytes32[4] memory leaves) {
+        leaves[0] = _answerLeaf(REQUEST, WRONG);
+        leaves[1] = _answerLeaf(STEP_REQUEST, STEP_OUTPUT);
+        leaves[2] = _answerLeaf(keccak256("step 3 request"), keccak256("step 3 output"));
+        leaves[3] = _answerLeaf(keccak256("step 4 request"), keccak256("step 4 output"));
+    }
+
+    /// @dev Root of the four-leaf tree ((l0 l1) (l2 l3)) and the proof of leaf `index`.
+    function _fourLeafTree(uint256 index) internal pure returns (bytes32 batchRoot, bytes32[] memory batchProof) {
+        bytes32[4] memory l = _fourLeaves();
+        bytes32 left = _pair(l[0], l[1]);
+        bytes32 right = _pair(l[2], l[3]);
+        batchRoot = _pair(left, right);
+        batchProof = new bytes32[](2);
+        batchProof[0] = l[index ^ 1];
+        batchProof[1] = index < 2 ? right : left;
+    }
+
+    /// @dev The node's WRONG answer to REQUEST in a two-answer message: the root it signs and the answer's proof.
+    function _twoAnswerTree() internal pure returns (bytes32 batchRoot, bytes32[] memory batchProof) {
+        bytes32 sibling = _answerLeaf(STEP_REQUEST, STEP_OUTPUT);
+        batchRoot = _pair(_answerLeaf(REQUEST, WRONG), sibling);
+        batchProof = new bytes32[](1);
+        batchProof[0] = sibling;
+    }
+
+    /// @dev Evidence of the WRONG answer to REQUEST, signed by `key` as `Responses(batchRoot, epoch)`.
+    function _batchEvidence(uint256 key, bytes32 batchRoot, uint64 epoch, bytes32[] memory batchProof)
+        internal
+        view
+        returns (Validation.Evidence memory evidence)
+    {
+        evidence = _evidence(WRONG);
+        evidence.nodeSignature = signature(key, validation.responsesDigest(batchRoot, epoch));
+        evidence.answerProof = batchProof;
+    }
+
+    function _expectRejectedSignature(Validation.Evidence memory evidence) internal {
+        vm.prank(validators[0]);
+        vm.expectRevert(Validation.InvalidNodeSignature.selector);
+        validation.reportFault(node, E, evidence);
+    }
+
+    /// @dev Reports `evidence` from validators[0] and checks the report and its events, as for a lone `Response`.
+    function _reportAndCheck(Validation.Evidence memory evidence) internal returns (uint256 id) {
+        uint256 reporterBefore = btt.balanceOf(validators[0]);
+        vm.expectEmit(address(validation));
+        emit Validation.FaultReported(1, node, validators[0], E, REQUEST, WRONG, EXPECTED);
+        vm.expectEmit(address(validation));
+        emit Validation.FaultVoted(1, validators[0], true, MIN_VALIDATOR_STAKE);
+        vm.prank(validators[0]);
+        id = validation.reportFault(node, E, evidence);
+        vm.assertEq(id, 1, "first id");
+        vm.assertEq(validation.faultReportCount(), 1, "count");
+        vm.assertEq(validation.reportIdOf(node, REQUEST, validators[0]), id, "keyed by reporter");
+        vm.assertTrue(validation.hasVoted(id, validators[0]), "reporter voted");
+        vm.assertEq(btt.balanceOf(validators[0]), reporterBefore - REPORT_BOND, "bond pulled");
+        Validation.FaultReport memory report = validation.getFaultReport(id);
+        vm.assertEq(report.node, node, "node");
+        vm.assertEq(report.reporter, validators[0], "reporter");
+        vm.assertEq(uint256(report.epoch), E, "epoch");
+        vm.assertEq(uint256(report.reportedAt), vm.getBlockTimestamp(), "reportedAt");
+        vm.assertEq(report.requestHash, REQUEST, "requestHash");
+        vm.assertEq(report.snapshotTotal, 3 * MIN_VALIDATOR_STAKE, "snapshot total");
+        vm.assertEq(report.guiltyStake, MIN_VALIDATOR_STAKE, "guilty stake");
+        vm.assertEq(uint256(report.status), 0, "pending");
     }
 
     function _report() internal returns (uint256) {
@@ -628,15 +724,7 @@ contract ValidationTest is Fixture {
     }
 
     function test_responseDigest_matchesEip712() public view {
-        bytes32 domain = keccak256(
-            abi.encode(
-                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
-                keccak256("InferGrid Validation"),
-                keccak256("1"),
-                block.chainid,
-                address(validation)
-            )
-        );
+        bytes32 domain = _domainSeparator();
         bytes32 structHash = keccak256(
             abi.encode(keccak256("Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)"), REQUEST, WRONG, E)
         );
@@ -644,6 +732,179 @@ contract ValidationTest is Fixture {
             validation.responseDigest(REQUEST, WRONG, E),
             keccak256(abi.encodePacked("\x19\x01", domain, structHash)),
             "digest"
+        );
+    }
+
+    // ---------------------------------------------------------------- one signature over a message of answers
+
+    function test_reportFault_batchSignatureOverTwoAnswers() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _twoAnswerTree();
+        uint256 id = _reportAndCheck(_batchEvidence(nodeKey, batchRoot, E, batchProof));
+        uint256 reporterBefore = btt.balanceOf(validators[0]);
+        vm.prank(validators[1]);
+        validation.voteOnFault(id, true);
+        uint256 slash = NODE_STAKE / 10; // slashBps 1000
+        vm.expectEmit(address(validation));
+        emit Validation.FaultFinalized(id, true, slash, slash / 2);
+        vm.prank(validators[2]);
+        validation.voteOnFault(id, true);
+        vm.assertEq(uint256(validation.getFaultReport(id).status), 1, "guilty");
+        vm.assertEq(validation.provenBy(node, REQUEST), id, "proven");
+        vm.assertEq(registry.stakeOf(node), NODE_STAKE - slash, "slashed");
+        vm.assertFalse(registry.isActive(node), "jailed");
+        vm.assertEq(btt.balanceOf(validators[0]), reporterBefore + slash / 2 + REPORT_BOND, "reward + bond back");
+        vm.assertEq(btt.balanceOf(treasury), slash - slash / 2, "treasury share");
+        vm.assertEq(validation.reputationOf(node), 0, "reputation zeroed");
+    }
+
+    function test_reportFault_batchSignatureOverFourAnswers() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _fourLeafTree(0);
+        vm.assertEq(batchProof.length, 2, "proof of a four-leaf tree");
+        _reportAndCheck(_batchEvidence(nodeKey, batchRoot, E, batchProof));
+    }
+
+    function test_reportFault_batchSignatureOverFourAnswers_lastLeaf() public {
+        // The node's answer as the last of four leaves: the proof folds it from the other side of both pairs.
+        bytes32[4] memory l = _fourLeaves();
+        (l[0], l[3]) = (l[3], l[0]);
+        bytes32 left = _pair(l[0], l[1]);
+        bytes32 batchRoot = _pair(left, _pair(l[2], l[3]));
+        bytes32[] memory batchProof = new bytes32[](2);
+        batchProof[0] = l[2];
+        batchProof[1] = left;
+        _reportAndCheck(_batchEvidence(nodeKey, batchRoot, E, batchProof));
+    }
+
+    function test_reportFault_batchSignatureRevertsWithoutAnswerProof() public {
+        (bytes32 batchRoot,) = _twoAnswerTree();
+        _expectRejectedSignature(_batchEvidence(nodeKey, batchRoot, E, new bytes32[](0)));
+        // Not even over a one-answer tree, whose root is the leaf: a lone answer is signed as a `Response`.
+        _expectRejectedSignature(_batchEvidence(nodeKey, _answerLeaf(REQUEST, WRONG), E, new bytes32[](0)));
+    }
+
+    function test_reportFault_singleSignatureRevertsWithAnswerProof() public {
+        (, bytes32[] memory batchProof) = _twoAnswerTree();
+        Validation.Evidence memory evidence = _evidence(WRONG); // signed as Response(REQUEST, WRONG, E)
+        evidence.answerProof = batchProof;
+        _expectRejectedSignature(evidence);
+        // Nor with any other proof: a non-empty proof always recovers from a Responses digest.
+        evidence.answerProof = new bytes32[](1);
+        _expectRejectedSignature(evidence);
+    }
+
+    function test_reportFault_batchSignatureRevertsOnGarbledProof() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _fourLeafTree(0);
+        Validation.Evidence memory evidence = _batchEvidence(nodeKey, batchRoot, E, batchProof);
+        evidence.answerProof[1] ^= bytes32(uint256(1));
+        _expectRejectedSignature(evidence);
+        evidence.answerProof[1] ^= bytes32(uint256(1));
+        evidence.answerProof[0] ^= bytes32(uint256(1) << 255);
+        _expectRejectedSignature(evidence);
+        // Dropping or adding a level changes the root too.
+        bytes32[] memory shortProof = new bytes32[](1);
+        shortProof[0] = batchProof[0];
+        evidence.answerProof = shortProof;
+        _expectRejectedSignature(evidence);
+        bytes32[] memory longProof = new bytes32[](3);
+        (longProof[0], longProof[1]) = (batchProof[0], batchProof[1]);
+        evidence.answerProof = longProof;
+        _expectRejectedSignature(evidence);
+    }
+
+    function test_reportFault_batchSignatureRevertsForAnotherAnswer() public {
+        (bytes32 batchRoot, bytes32[] memory ownProof) = _fourLeafTree(0);
+        (, bytes32[] memory otherProof) = _fourLeafTree(1);
+        // The proof of another answer of the message, with that answer's output claimed for REQUEST.
+        Validation.Evidence memory evidence = _batchEvidence(nodeKey, batchRoot, E, otherProof);
+        evidence.outputHash = STEP_OUTPUT;
+        evidence.nodeSignature = signature(nodeKey, validation.responsesDigest(batchRoot, E));
+        _expectRejectedSignature(evidence);
+        // The proof of the node's real answer, with another output claimed.
+        evidence.answerProof = ownProof;
+        evidence.outputHash = keccak256("an answer the node never gave");
+        _expectRejectedSignature(evidence);
+        // The other answer's own request and output verify, but its request is not the committed challenge.
+        evidence.requestHash = STEP_REQUEST;
+        evidence.outputHash = STEP_OUTPUT;
+        evidence.answerProof = otherProof;
+        vm.prank(validators[0]);
+        vm.expectRevert(Validation.InvalidProof.selector);
+        validation.reportFault(node, E, evidence);
+    }
+
+    function test_reportFault_batchSignatureRevertsForAnInnerNodeAsAnswer() public {
+        // A reporter claims the children of an inner node of the node's tree as (requestHash, outputHash): their
+        // `abi.encode` is that node's 64-byte preimage, so a single-hashed leaf would fold to the signed root.
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _fourLeafTree(0);
+        bytes32[4] memory l = _fourLeaves();
+        (bytes32 a, bytes32 b) = l[0] < l[1] ? (l[0], l[1]) : (l[1], l[0]);
+        bytes32[] memory innerProof = new bytes32[](1);
+        innerProof[0] = batchProof[1];
+        vm.assertEq(_pair(keccak256(abi.encode(a, b)), innerProof[0]), batchRoot, "single hash would verify");
+        // The reporter's root, committed for the next epoch, holds the made-up challenge (a, EXPECTED).
+        uint64 next = E + 1;
+        (bytes32 rigged, bytes32[] memory riggedProof) =
+            twoLeafTree(challengeLeaf(a, EXPECTED), keccak256("another leaf"));
+        vm.prank(validators[0]);
+        validation.commitChallengeRoot(next, rigged);
+        vm.warp(validation.epochEnd(E));
+        Validation.Evidence memory evidence = Validation.Evidence({
+            requestHash: a,
+            outputHash: b,
+            nodeSignature: signature(nodeKey, validation.responsesDigest(batchRoot, next)),
+            answerProof: innerProof,
+            expectedOutputHash: EXPECTED,
+            proof: riggedProof
+        });
+        vm.prank(validators[0]);
+        vm.expectRevert(Validation.InvalidNodeSignature.selector);
+        validation.reportFault(node, next, evidence);
+    }
+
+    function test_reportFault_batchSignatureRevertsForAnotherKey() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _twoAnswerTree();
+        (, uint256 otherKey) = makeAccount("impostor");
+        _expectRejectedSignature(_batchEvidence(otherKey, batchRoot, E, batchProof));
+    }
+
+    function test_reportFault_batchSignatureRevertsForAnotherEpoch() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _twoAnswerTree();
+        _expectRejectedSignature(_batchEvidence(nodeKey, batchRoot, E - 1, batchProof));
+        _expectRejectedSignature(_batchEvidence(nodeKey, batchRoot, E + 1, batchProof));
+    }
+
+    function test_reportFault_batchChecksChallengeProofFirst() public {
+        (bytes32 batchRoot, bytes32[] memory batchProof) = _twoAnswerTree();
+        Validation.Evidence memory evidence = _batchEvidence(nodeKey, batchRoot, E, batchProof);
+        evidence.proof[0] ^= bytes32(uint256(1));
+        vm.prank(validators[0]);
+        vm.expectRevert(Validation.InvalidProof.selector);
+        validation.reportFault(node, E, evidence);
+    }
+
+    function test_answerLeafAndResponsesDigest_matchEip712() public view {
+        vm.assertEq(
+            validation.RESPONSES_TYPEHASH(),
+            0x67be074bc5fdb701084c1278d27c029e8f57dfa107c723e1603de9110d596780,
+            "type hash (cast keccak)"
+        );
+        vm.assertEq(
+            validation.RESPONSES_TYPEHASH(), keccak256("Responses(bytes32 root,uint64 epoch)"), "type hash (keccak)"
+        );
+        vm.assertEq(
+            validation.answerLeaf(REQUEST, WRONG),
+            keccak256(bytes.concat(keccak256(abi.encodePacked(REQUEST, WRONG)))),
+            "leaf: double-hashed abi.encode(bytes32, bytes32)"
+        );
+        (bytes32 batchRoot,) = _twoAnswerTree();
+        bytes32 structHash = keccak256(abi.encode(keccak256("Responses(bytes32 root,uint64 epoch)"), batchRoot, E));
+        vm.assertEq(
+            validation.responsesDigest(batchRoot, E),
+            keccak256(abi.encodePacked("\x19\x01", _domainSeparator(), structHash)),
+            "digest"
+        );
+        vm.assertTrue(
+            validation.responsesDigest(batchRoot, E) != validation.responseDigest(REQUEST, WRONG, E), "distinct types"
         );
     }
 

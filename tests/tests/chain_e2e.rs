@@ -11,7 +11,8 @@ use infergrid::eip712::Eip712Signer;
 use infergrid::identity::{NodeIdentity, peer_id_ownership_digest};
 use infergrid::pay::{SignedVoucher, Voucher, channels_domain};
 use infergrid::validate::{
-    ChainClock, ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain,
+    ChainClock, MerkleTree, ResponseAttestation, answer_proofs, challenge_leaf, seal_answers,
+    validation_domain,
 };
 use infergrid_e2e::{Chain, btt, dev, word};
 
@@ -225,10 +226,9 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     let challenges: Vec<(B256, B256)> = (0..4)
         .map(|i| (word(&format!("prompt {i}")), word(&format!("expected output {i}"))))
         .collect();
-    let tree = ChallengeTree::new(
-        challenges.iter().map(|(req, out)| challenge_leaf(*req, *out)).collect(),
-    )
-    .expect("non-empty");
+    let tree =
+        MerkleTree::new(challenges.iter().map(|(req, out)| challenge_leaf(*req, *out)).collect())
+            .expect("non-empty");
     reverted_with(
         clients[0].validation.commit_challenge_root(epoch - 1, tree.root()).await,
         "EpochStarted",
@@ -278,14 +278,42 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
         c.validation.commit_result(honest.address, epoch, commitment).await?;
     }
 
+    // The node answered the challenge in one message of steps with two other sessions': its
+    // signature is the message's seal, and the evidence carries the answer's proof under it.
+    let message = [
+        (word("another session's step"), word("its output")),
+        (request_hash, attestation.output_hash),
+        (word("a third session's step"), word("its output too")),
+    ];
+    let seal = seal_answers(&v_domain, &node_signer, epoch, &message).expect("answers");
+    let answer_proof = answer_proofs(&message).swap_remove(1);
+    assert!(!answer_proof.is_empty());
     // A validator reports the fault with evidence; two more vote guilty: quorum.
     let evidence = Validation::Evidence {
         requestHash: request_hash,
         outputHash: attestation.output_hash,
-        nodeSignature: Bytes::copy_from_slice(&signature),
+        nodeSignature: Bytes::copy_from_slice(&seal),
+        answerProof: answer_proof,
         expectedOutputHash: expected,
         proof: tree.proof(2).expect("leaf 2"),
     };
+    // The seal is no signature of the answer alone, nor of another answer of the message;
+    // the answer's own signature is no seal.
+    for (signature, answer_proof) in [
+        (seal, Vec::new()),
+        (seal, answer_proofs(&message).swap_remove(0)),
+        (signature, evidence.answerProof.clone()),
+    ] {
+        let forged = Validation::Evidence {
+            nodeSignature: Bytes::copy_from_slice(&signature),
+            answerProof: answer_proof,
+            ..evidence.clone()
+        };
+        reverted_with(
+            clients[0].validation.report_fault(cheat.address, epoch, forged).await,
+            "InvalidNodeSignature",
+        );
+    }
     let mut bad_proof = evidence.clone();
     bad_proof.proof = tree.proof(1).expect("leaf 1");
     reverted_with(
@@ -296,6 +324,7 @@ async fn validator_quorum_scores_slashes_and_jails() -> anyhow::Result<()> {
     let mut other_epoch = evidence.clone();
     let signed_later = ResponseAttestation { epoch: epoch + 1, ..attestation };
     other_epoch.nodeSignature = Bytes::copy_from_slice(&signed_later.sign(&v_domain, &node_signer));
+    other_epoch.answerProof = Vec::new();
     reverted_with(
         clients[0].validation.report_fault(cheat.address, epoch, other_epoch).await,
         "InvalidNodeSignature",

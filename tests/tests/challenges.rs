@@ -187,6 +187,7 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
         clock: NODE_EPOCHS,
         time: ChainClock::default(),
         operators: operators.clone(),
+        seals: Default::default(),
     };
     let config = RemoteModelConfig::for_model(&manifest, 0);
     let hops = HopClient::new(client.clone(), &config).verifying(check.clone());
@@ -224,7 +225,7 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
         let request_hash = reported.request.request_hash();
         let attestation = ResponseAttestation { request_hash, output_hash, epoch: 0 };
         assert_eq!(
-            attestation.signer(&check.domain, &reported.signature)?,
+            attestation.sealed_by(&check.domain, &reported.seal)?,
             cheater.operator.address()
         );
         assert!(failure.reportable, "signed for the challenge set's epoch");

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use alloy::primitives::B256;
 use infergrid::eip712::keccak256;
-use infergrid::validate::{ChallengeTree, challenge_leaf, fold_proof};
+use infergrid::validate::{MerkleTree, challenge_leaf, fold_proof};
 use infergrid_e2e::models::repo_root;
 
 #[test]
@@ -33,7 +33,7 @@ fn challenge_roots_and_proofs_equal_openzeppelins_standard_merkle_tree() {
 
     for (set, expected) in sets.iter().zip(&reference) {
         let leaves: Vec<B256> = set.iter().map(|&(r, e)| challenge_leaf(r, e)).collect();
-        let tree = ChallengeTree::new(leaves.clone()).unwrap();
+        let tree = MerkleTree::new(leaves.clone()).unwrap();
         let n = set.len();
         assert_eq!(tree.root().to_string(), expected["root"].as_str().unwrap(), "root of {n}");
         for (i, leaf) in leaves.iter().enumerate() {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alloy::primitives::B256;
@@ -14,7 +15,7 @@ use infergrid::net::codec::{
 };
 use infergrid::net::{NetConfig, Network};
 use infergrid::serve::Admission;
-use infergrid::validate::{ResponseAttestation, validation_domain};
+use infergrid::validate::{AnswerSeal, ResponseAttestation, validation_domain};
 use infergrid_e2e::models::{LlamaFixture, import, llama_fixture, make_checkpoint};
 use infergrid_e2e::nodes::{NODE_EPOCHS, Served, network, serve_blocks};
 use libp2p::{PeerId, identity};
@@ -599,6 +600,8 @@ fn serve_empty_answers(key: u8) -> anyhow::Result<(PeerId, libp2p::Multiaddr, Ei
     use infergrid::eip712::keccak256;
     use infergrid::engine::Activation;
     use infergrid::net::Inbound;
+    use infergrid::net::steps::SealedAnswers;
+    use infergrid::validate::seal_answers;
     let port = infergrid_e2e::procs::free_port();
     let (net, mut inbound) = network(Some(port))?;
     let peer = net.local_peer();
@@ -607,17 +610,35 @@ fn serve_empty_answers(key: u8) -> anyhow::Result<(PeerId, libp2p::Multiaddr, Ei
     let domain = validation_domain(31337, alloy::primitives::Address::repeat_byte(7));
     tokio::spawn(async move {
         let _swarm = net; // keeps the swarm running as long as requests come
+        let empty = |request: &InferRequest| {
+            let output = Payload::Tensor(
+                Activation::new(vec![1, request.payload.positions(), 0], vec![]).unwrap(),
+            );
+            ((request.request_hash(), keccak256(&payload_bytes(&output))), output)
+        };
         while let Some(message) = inbound.recv().await {
-            if let Inbound::Request { request: Ok(request), reply, .. } = message {
-                let rows = request.payload.positions();
-                let output = Payload::Tensor(Activation::new(vec![1, rows, 0], vec![]).unwrap());
-                let attestation = ResponseAttestation {
-                    request_hash: request.request_hash(),
-                    output_hash: keccak256(&payload_bytes(&output)),
-                    epoch: 0,
-                };
-                let signature = attestation.sign(&domain, &signer);
-                let _ = reply.send(InferResponse::Ok { output, signature, account: None });
+            match message {
+                Inbound::Request { request: Ok(request), reply, .. } => {
+                    let ((request_hash, output_hash), output) = empty(&request);
+                    let attestation = ResponseAttestation { request_hash, output_hash, epoch: 0 };
+                    let signature = attestation.sign(&domain, &signer);
+                    let _ = reply.send(InferResponse::Ok { output, signature, account: None });
+                }
+                // Signed once for the message, as a node does.
+                Inbound::Steps { steps, reply, .. } => {
+                    let (signed, answers): (Vec<_>, Vec<_>) = steps
+                        .iter()
+                        .map(|step| {
+                            let (hashes, output) = empty(step.as_ref().expect("a step"));
+                            let answer =
+                                InferResponse::Ok { output, signature: [0; 65], account: None };
+                            (hashes, answer)
+                        })
+                        .unzip();
+                    let seal = seal_answers(&domain, &signer, 0, &signed).expect("answers");
+                    let _ = reply.send(SealedAnswers { answers, seal });
+                }
+                _ => {}
             }
         }
     });
@@ -673,6 +694,7 @@ async fn malformed_and_forged_answers_are_refused_banned_and_routed_around() -> 
         clock: NODE_EPOCHS,
         time: infergrid::validate::ChainClock::default(),
         operators,
+        seals: Default::default(),
     };
     let config =
         RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 3) };
@@ -817,12 +839,14 @@ async fn concurrent_decode_steps_are_batched_and_answered_as_alone() -> anyhow::
 }
 
 /// How a session's steps go to the node.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Send {
     /// A stream each (`Network::request`).
     Alone,
-    /// With other sessions' steps to the node (`Network::step`).
-    Shared,
+    /// With other sessions' steps to the node (`Network::step`), every answer's signature
+    /// checked by `check` (alone, or the message's seal by the answer's proof), and the
+    /// answers that came with a proof counted in `sealed`.
+    Shared { check: infergrid::gateway::SignatureCheck, sealed: Arc<AtomicUsize> },
 }
 
 /// What one greedy session sent and got: its prompt, the ids it chose, each step's last row
@@ -842,7 +866,7 @@ async fn greedy_sessions(
     let vocab = manifest.config.vocab_size;
     let mut sessions = tokio::task::JoinSet::new();
     for s in 0..8u64 {
-        let (client, manifest) = (client.clone(), manifest.clone());
+        let (client, manifest, send) = (client.clone(), manifest.clone(), send.clone());
         sessions.spawn(async move {
             let prompt = prompt(s as i64);
             let mut position = 0u32;
@@ -853,10 +877,20 @@ async fn greedy_sessions(
                     session: s,
                     ..step(&manifest, (0, 0), position, kind, Payload::Tokens(input.clone()))
                 };
-                let answer = match send {
+                let answer = match &send {
                     Send::Alone => client.request(peer, request).await?,
-                    Send::Shared => {
-                        client.step(peer, request, 512 + 4 * input.len() * vocab).await?
+                    Send::Shared { check, sealed } => {
+                        let request_hash = request.request_hash();
+                        let answer =
+                            client.step(peer, request, 512 + 4 * input.len() * vocab).await?;
+                        if let InferResponse::Ok { output, signature, .. } = &answer.response {
+                            let seal = AnswerSeal { signature: *signature, proof: answer.proof };
+                            check.check(&peer, request_hash, output, &seal)?;
+                            if !seal.proof.is_empty() {
+                                sealed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        answer.response
                     }
                 };
                 let Payload::Tensor(logits) = output(answer) else { panic!("expected logits") };
@@ -966,10 +1000,13 @@ async fn oversized_and_lying_frames_from_a_stranger_are_refused_and_others_unaff
 }
 
 /// Eight sessions stepping at once through `Network::step`: their steps to the node travel
-/// together (`/infergrid/steps/1`), and every session's greedy ids and logits equal an
+/// together (`/infergrid/steps/2`), and every session's greedy ids and logits equal an
 /// unbatched run of its own in one process.
 #[tokio::test(flavor = "multi_thread")]
 async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> anyhow::Result<()> {
+    use infergrid::gateway::SignatureCheck;
+    use infergrid::pay::NodeTerms;
+    use infergrid::pay::meter::Tariff;
     let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
         llama_fixture(&["--layers", "3", "--seed", "7"], 1)?;
     let (client, _inbound) = network(None)?;
@@ -981,12 +1018,23 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     while client.steps_sent().0 == 0 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "no identify from the node in 10 s");
         let close = step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty);
-        output(client.step(node.peer, InferRequest { session: 99, ..close }, 512).await?);
+        output(client.step(node.peer, InferRequest { session: 99, ..close }, 512).await?.response);
     }
     let before = client.steps_sent();
     let prompt = |s: i64| (0..1 + s).map(|t| 3 + 7 * s + t).collect();
+    let tariff = Tariff { price_per_token: alloy::primitives::U256::from(1), span_blocks: 1 };
+    let terms = NodeTerms { operator: node.operator.address(), tariff };
+    let check = SignatureCheck {
+        domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        clock: NODE_EPOCHS,
+        time: infergrid::validate::ChainClock::default(),
+        operators: Arc::new(std::sync::Mutex::new([(node.peer, terms)].into())),
+        seals: Default::default(),
+    };
+    let sealed = Arc::new(AtomicUsize::new(0));
+    let send = Send::Shared { check, sealed: sealed.clone() };
     let sessions =
-        greedy_sessions(&client, node.peer, Arc::new(manifest), prompt, 12, Send::Shared).await?;
+        greedy_sessions(&client, node.peer, Arc::new(manifest), prompt, 12, send).await?;
     let largest_gap = largest_gap_to_alone(&local, &sessions)?;
     let (messages, steps) = (client.steps_sent().0 - before.0, client.steps_sent().1 - before.1);
     eprintln!(
@@ -994,6 +1042,10 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     );
     assert_eq!(steps, 8 * 12, "every step went in a message of steps, once");
     assert!(steps > messages, "no two sessions' steps ever shared a message");
+    // Every answer checked: those that shared a message by its seal and their proof.
+    let sealed = sealed.load(Ordering::Relaxed);
+    eprintln!("{sealed} answers signed with others of their message");
+    assert!(sealed >= 2, "no answer was signed with another's");
     assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
     Ok(())
 }
@@ -1058,7 +1110,7 @@ async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> any
     assert!(fit < MAX_STEPS_PER_MESSAGE);
     let steps: Vec<InferRequest> =
         (0..MAX_STEPS_PER_MESSAGE as u64).map(|session| prefill(10 + session, 9)).collect();
-    const STEPS: &str = "/infergrid/steps/1";
+    const STEPS: &str = "/infergrid/steps/2";
     let bytes = infergrid_e2e::versions::ask_over_as(
         sender,
         STEPS,
@@ -1068,7 +1120,7 @@ async fn answers_too_large_to_send_are_refused_before_they_are_computed() -> any
     )
     .await?
     .expect("the node speaks it");
-    let answers = decode_answers(&bytes)?;
+    let answers = decode_answers(&bytes)?.answers;
     assert_eq!(answers.len(), MAX_STEPS_PER_MESSAGE);
     let reference = local.step(10, 0, &tokens(9))?;
     for (index, answer) in answers.into_iter().enumerate() {
@@ -1106,9 +1158,10 @@ async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow:
     let ask = |bytes: Vec<u8>| {
         infergrid_e2e::versions::ask_over(STEPS, node.peer, node.addr.clone(), bytes)
     };
-    const STEPS: &str = "/infergrid/steps/1";
+    const STEPS: &str = "/infergrid/steps/2";
     let refusals = |bytes: Vec<u8>| -> anyhow::Result<Vec<(ErrorCode, String)>> {
         Ok(decode_answers(&bytes)?
+            .answers
             .into_iter()
             .map(|answer| match answer {
                 InferResponse::Err(e) => (e.code, e.message),
@@ -1135,7 +1188,8 @@ async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow:
     assert_eq!(answers[0].0, ErrorCode::Malformed, "{answers:?}");
 
     // The admitted peer is served, exactly.
-    let Payload::Tensor(logits) = output(user.step(node.peer, prefill(5), 1 << 16).await?) else {
+    let Payload::Tensor(logits) = output(user.step(node.peer, prefill(5), 1 << 16).await?.response)
+    else {
         panic!("expected logits")
     };
     assert_eq!(logits, local.step(5, 0, &[1, 2])?);

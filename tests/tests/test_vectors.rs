@@ -23,7 +23,7 @@ use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
 use infergrid::net::{Announcement, block_key, files_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Voucher, channels_domain};
-use infergrid::validate::{ChallengeTree, ResponseAttestation, challenge_leaf, validation_domain};
+use infergrid::validate::{MerkleTree, ResponseAttestation, challenge_leaf, validation_domain};
 use infergrid_e2e::models::repo_root;
 use serde_json::{Value, json};
 
@@ -108,7 +108,7 @@ fn vectors() -> Value {
         })
         .collect();
     let leaves: Vec<B256> = challenges.iter().map(|&(r, e)| challenge_leaf(r, e)).collect();
-    let tree = ChallengeTree::new(leaves.clone()).unwrap();
+    let tree = MerkleTree::new(leaves.clone()).unwrap();
 
     // A node registered for blocks 1-2 (n = 2) at 3·10^12 wei a token, asked for a prompt of
     // 5, two decode steps, a verify step of 1 + 3 drafts on block 2 alone, and a close.

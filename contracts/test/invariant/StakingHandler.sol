@@ -149,6 +149,7 @@ contract StakingHandler is Test {
             requestHash: request,
             outputHash: output,
             nodeSignature: signature(operatorKeys[n], validation.responseDigest(request, output, epoch)),
+            answerProof: new bytes32[](0),
             expectedOutputHash: expected,
             proof: _proof(epoch, n)
         });

@@ -14,11 +14,12 @@ use super::verify::{BadAnswer, ExpectedShape, SignatureCheck};
 use crate::blocking::without_stalling;
 use crate::engine::EngineError;
 use crate::net::codec::{Account, ErrorCode, InferRequest, InferResponse, Payload, StepKind};
-use crate::net::{NetError, Network};
+use crate::net::{NetError, Network, StepAnswer};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Candidate, Hop};
 use crate::telemetry::GatewayMetrics;
+use crate::validate::AnswerSeal;
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
 /// [`HopClient::call_async`]): the directory dials every node it lists, and a reachable one answers
@@ -55,8 +56,9 @@ pub enum HopError {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub output: Payload,
-    /// The operator's `Response` signature over `request_hash` and the output.
-    pub signature: [u8; 65],
+    /// The operator's signature over `request_hash` and the output: alone, or with the
+    /// other answers of its message and this one's proof.
+    pub seal: AnswerSeal,
     pub request_hash: B256,
     /// The epoch the operator signed for, when this client checks signatures.
     pub epoch: Option<u64>,
@@ -243,8 +245,11 @@ impl HopClient {
         // Steps of other sessions to the same node may share its message.
         let answer_bytes = ANSWER_HEADER + expected.map_or(0, |shape| shape.payload_bytes());
         let mut response = self.net.step(hop.peer, request, answer_bytes).await;
-        if let (Some(terms), Some(mut request), Ok(InferResponse::Err(e))) =
-            (terms, retry, &response)
+        if let (
+            Some(terms),
+            Some(mut request),
+            Ok(StepAnswer { response: InferResponse::Err(e), .. }),
+        ) = (terms, retry, &response)
             && e.code == ErrorCode::PaymentRequired
         {
             // The node may have restarted, keeps a smaller credit, or got this run's vouchers
@@ -260,7 +265,7 @@ impl HopClient {
         }
         if kind == StepKind::Decode
             && terms.is_some()
-            && matches!(response, Ok(InferResponse::Ok { .. }))
+            && matches!(response, Ok(StepAnswer { response: InferResponse::Ok { .. }, .. }))
             && self
                 .drop_answers
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -279,30 +284,34 @@ impl HopClient {
         hop: &Hop,
         expected: Option<ExpectedShape>,
         request_hash: B256,
-        response: Result<InferResponse, NetError>,
+        response: Result<StepAnswer, NetError>,
     ) -> Result<Answer, HopError> {
+        let (response, proof) = match response {
+            Ok(StepAnswer { response, proof }) => (Ok(response), proof),
+            Err(e) => (Err(e), Vec::new()),
+        };
         match response {
             Ok(InferResponse::Ok { output, signature, account }) => {
-                let epoch =
-                    match self.check_answer(hop, expected, request_hash, &output, &signature) {
-                        Ok(epoch) => epoch,
-                        Err(bad) => {
-                            // Not used and not paid for. A malformed answer is nothing an honest
-                            // node sends: it is not asked again. A signature that does not check
-                            // may be clock skew around an epoch boundary, or a directory refresh
-                            // racing the answer: the peer backs off like a failed one.
-                            if bad.is_malformed() {
-                                tracing::warn!(peer = %hop.peer, "banned for good: {bad}");
-                                self.bans().forbid(hop.peer);
-                            } else {
-                                tracing::warn!(peer = %hop.peer, "refused its answer: {bad}");
-                                self.bans().fail(hop.peer);
-                            }
-                            return Err(HopError::Invalid(bad));
+                let seal = AnswerSeal { signature, proof };
+                let epoch = match self.check_answer(hop, expected, request_hash, &output, &seal) {
+                    Ok(epoch) => epoch,
+                    Err(bad) => {
+                        // Not used and not paid for. A malformed answer is nothing an honest
+                        // node sends: it is not asked again. A signature that does not check
+                        // may be clock skew around an epoch boundary, or a directory refresh
+                        // racing the answer: the peer backs off like a failed one.
+                        if bad.is_malformed() {
+                            tracing::warn!(peer = %hop.peer, "banned for good: {bad}");
+                            self.bans().forbid(hop.peer);
+                        } else {
+                            tracing::warn!(peer = %hop.peer, "refused its answer: {bad}");
+                            self.bans().fail(hop.peer);
                         }
-                    };
+                        return Err(HopError::Invalid(bad));
+                    }
+                };
                 self.bans().succeed(&hop.peer);
-                Ok(Answer { output, signature, request_hash, epoch, account })
+                Ok(Answer { output, seal, request_hash, epoch, account })
             }
             Ok(InferResponse::Err(e)) if e.code == ErrorCode::BadInput => {
                 Err(HopError::Fatal(Box::new(EngineError::BadInput {
@@ -355,7 +364,7 @@ impl HopClient {
         expected: Option<ExpectedShape>,
         request_hash: alloy::primitives::B256,
         output: &Payload,
-        signature: &[u8; 65],
+        seal: &AnswerSeal,
     ) -> Result<Option<u64>, BadAnswer> {
         let checks = || {
             if let Some(expected) = expected {
@@ -363,7 +372,7 @@ impl HopClient {
             }
             self.signatures
                 .as_ref()
-                .map(|check| check.check(&hop.peer, request_hash, output, signature))
+                .map(|check| check.check(&hop.peer, request_hash, output, seal))
                 .transpose()
         };
         // A decode step's answer is checked in microseconds; a prefill chunk's logits (up to

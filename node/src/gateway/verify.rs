@@ -1,16 +1,20 @@
 //! Checks every answer before the gateway uses it or pays for it. A node's output must have
 //! the shape the next hop (hidden states) or the sampler (logits) needs, hold only finite
-//! values, and carry its operator's EIP-712 `Response` signature — the evidence a validator
-//! can later take on-chain. An answer failing any check is treated like a dead peer: the node
+//! values, and carry its operator's EIP-712 signature — the evidence a validator can later
+//! take on-chain: its own `Response` signature, or its message's `Responses` signature and its
+//! proof under it. An answer failing any check is treated like a dead peer: the node
 //! is banned, the step fails over, and the step is not paid for.
 
-use alloy::primitives::B256;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use alloy::primitives::{Address, B256};
 use libp2p::PeerId;
 
 use super::TermsBook;
 use crate::eip712::{Domain, keccak256};
 use crate::net::codec::{Payload, payload_bytes};
-use crate::validate::{ChainClock, EpochClock, ResponseAttestation};
+use crate::validate::{AnswerSeal, ChainClock, EpochClock, ResponseAttestation};
 
 /// Why an answer is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,19 +122,57 @@ pub struct SignatureCheck {
     pub time: ChainClock,
     /// The operator of every routable peer.
     pub operators: TermsBook,
+    /// Messages' signatures already checked.
+    pub seals: SealCache,
+}
+
+/// The signatures of messages of answers already checked, so that the other answers of a
+/// message cost a proof (a few hashes), not a secp256k1 recovery each: (root, signature) →
+/// (signer, epoch), the last [`SEALS_KEPT`] of them. Only signatures that recovered to the
+/// operator asked for are kept, so a stranger's entry can match no one else's answer.
+#[derive(Debug, Clone, Default)]
+pub struct SealCache(Arc<Mutex<SealEntries>>);
+
+/// Messages in flight at once are at most one per node and client: a few hundred suffice.
+const SEALS_KEPT: usize = 256;
+
+type SealKey = (B256, [u8; 65]);
+
+#[derive(Debug, Default)]
+struct SealEntries {
+    checked: HashMap<SealKey, (Address, u64)>,
+    order: VecDeque<SealKey>,
+}
+
+impl SealCache {
+    fn get(&self, key: &SealKey) -> Option<(Address, u64)> {
+        self.0.lock().expect("seals").checked.get(key).copied()
+    }
+
+    fn insert(&self, key: SealKey, signed: (Address, u64)) {
+        let mut seals = self.0.lock().expect("seals");
+        if seals.checked.insert(key, signed).is_none() {
+            seals.order.push_back(key);
+        }
+        while seals.order.len() > SEALS_KEPT {
+            let oldest = seals.order.pop_front().expect("over the limit");
+            seals.checked.remove(&oldest);
+        }
+    }
 }
 
 impl SignatureCheck {
-    /// Checks that `signature` is the peer's operator signing `Response(request_hash,
-    /// keccak(output), epoch)` for the current epoch or a neighbouring one (the node's and the
-    /// gateway's view of the chain's time may straddle an epoch boundary), and returns the
-    /// epoch it signed for: a fault report must name it.
+    /// Checks that `seal` is the peer's operator signing `Response(request_hash,
+    /// keccak(output), epoch)`, or `Responses(root, epoch)` for the root the seal's proof
+    /// leads to from that answer's leaf, for the current epoch or a neighbouring one (the
+    /// node's and the gateway's view of the chain's time may straddle an epoch boundary), and
+    /// returns the epoch it signed for: a fault report must name it.
     pub fn check(
         &self,
         peer: &PeerId,
         request_hash: B256,
         output: &Payload,
-        signature: &[u8; 65],
+        seal: &AnswerSeal,
     ) -> Result<u64, BadAnswer> {
         let operator = self
             .operators
@@ -141,15 +183,26 @@ impl SignatureCheck {
             .ok_or(BadAnswer::UnknownOperator)?;
         let output_hash = keccak256(&payload_bytes(output));
         let epoch = self.clock.epoch_at(self.time.now());
+        let attestation = |epoch| ResponseAttestation { request_hash, output_hash, epoch };
+        let key = (attestation(epoch).root(&seal.proof), seal.signature);
+        let sealed = !seal.proof.is_empty();
+        if sealed
+            && let Some((signer, signed)) = self.seals.get(&key)
+            && signer == operator
+        {
+            return Ok(signed);
+        }
         // The current epoch first: it is the one nearly every answer is signed for.
-        [epoch, epoch.saturating_sub(1), epoch + 1]
+        let signed = [epoch, epoch.saturating_sub(1), epoch + 1]
             .into_iter()
             .find(|&e| {
-                ResponseAttestation { request_hash, output_hash, epoch: e }
-                    .signer(&self.domain, signature)
-                    .is_ok_and(|signer| signer == operator)
+                attestation(e).sealed_by(&self.domain, seal).is_ok_and(|signer| signer == operator)
             })
-            .ok_or(BadAnswer::Signature { operator, epoch })
+            .ok_or(BadAnswer::Signature { operator, epoch })?;
+        if sealed {
+            self.seals.insert(key, (operator, signed));
+        }
+        Ok(signed)
     }
 }
 
@@ -201,10 +254,8 @@ mod tests {
         assert!(wrong(vec![9, 9, 9]).is_malformed());
     }
 
-    #[test]
-    fn only_the_operators_signature_for_a_near_epoch_passes() {
-        let operator = Eip712Signer::from_bytes(&B256::repeat_byte(7)).unwrap();
-        let stranger = Eip712Signer::from_bytes(&B256::repeat_byte(9)).unwrap();
+    /// A check knowing one peer, run by `operator`.
+    fn checking(operator: &Eip712Signer) -> (SignatureCheck, PeerId) {
         let peer = PeerId::random();
         let terms = NodeTerms {
             operator: operator.address(),
@@ -215,13 +266,25 @@ mod tests {
             clock: EpochClock { genesis: 0, duration: 60 },
             time: ChainClock::default(),
             operators: Arc::new(Mutex::new(HashMap::from([(peer, terms)]))),
+            seals: SealCache::default(),
         };
+        (check, peer)
+    }
+
+    #[test]
+    fn only_the_operators_signature_for_a_near_epoch_passes() {
+        let operator = Eip712Signer::from_bytes(&B256::repeat_byte(7)).unwrap();
+        let stranger = Eip712Signer::from_bytes(&B256::repeat_byte(9)).unwrap();
+        let (check, peer) = checking(&operator);
         let output = tensor(vec![1, 1, 4], 1.0);
         let request_hash = B256::repeat_byte(3);
         let epoch = check.clock.epoch_at(check.time.now());
         let sign = |signer: &Eip712Signer, epoch: u64, output: &Payload| {
             let output_hash = keccak256(&payload_bytes(output));
-            ResponseAttestation { request_hash, output_hash, epoch }.sign(&check.domain, signer)
+            AnswerSeal::alone(
+                ResponseAttestation { request_hash, output_hash, epoch }
+                    .sign(&check.domain, signer),
+            )
         };
         assert_eq!(
             check.check(&peer, request_hash, &output, &sign(&operator, epoch, &output)),
@@ -235,7 +298,7 @@ mod tests {
             sign(&stranger, epoch, &output),
             sign(&operator, epoch + 5, &output),
             sign(&operator, epoch, &tensor(vec![1, 1, 4], 2.0)),
-            [0u8; 65],
+            AnswerSeal::alone([0u8; 65]),
         ];
         for signature in wrong {
             assert!(matches!(
@@ -247,5 +310,71 @@ mod tests {
             check.check(&PeerId::random(), request_hash, &output, &sign(&operator, epoch, &output)),
             Err(BadAnswer::UnknownOperator)
         );
+    }
+
+    #[test]
+    fn a_message_s_signature_checks_each_answer_by_its_proof_and_once() {
+        use crate::validate::{answer_proofs, seal_answers};
+        let operator = Eip712Signer::from_bytes(&B256::repeat_byte(7)).unwrap();
+        let stranger = Eip712Signer::from_bytes(&B256::repeat_byte(9)).unwrap();
+        let (check, peer) = checking(&operator);
+        let epoch = check.clock.epoch_at(check.time.now());
+        let outputs: Vec<Payload> = (0..3).map(|i| tensor(vec![1, 1, 4], i as f32)).collect();
+        let requests: Vec<B256> = (0..3).map(|i| B256::repeat_byte(i + 1)).collect();
+        let answers: Vec<(B256, B256)> = requests
+            .iter()
+            .zip(&outputs)
+            .map(|(&request, output)| (request, keccak256(&payload_bytes(output))))
+            .collect();
+        let proofs = answer_proofs(&answers);
+        let signed_by = |signer: &Eip712Signer, epoch: u64| {
+            seal_answers(&check.domain, signer, epoch, &answers).unwrap()
+        };
+        let seal =
+            |signature: [u8; 65], i: usize| AnswerSeal { signature, proof: proofs[i].clone() };
+        let signature = signed_by(&operator, epoch);
+        for i in 0..3 {
+            assert_eq!(
+                check.check(&peer, requests[i], &outputs[i], &seal(signature, i)),
+                Ok(epoch)
+            );
+        }
+        // Recovered once, for the first answer; the others were a proof each.
+        let root =
+            ResponseAttestation { request_hash: requests[0], output_hash: answers[0].1, epoch }
+                .root(&proofs[0]);
+        assert_eq!(check.seals.get(&(root, signature)), Some((operator.address(), epoch)));
+        assert_eq!(check.seals.0.lock().unwrap().order.len(), 1);
+
+        // An answer under another's proof, the signature without a proof, a stranger's or
+        // another epoch's signature: none checks, and none is remembered.
+        let refused = |request: B256, output: &Payload, seal: AnswerSeal| {
+            matches!(check.check(&peer, request, output, &seal), Err(BadAnswer::Signature { .. }))
+        };
+        assert!(refused(requests[0], &outputs[0], seal(signature, 1)));
+        assert!(refused(requests[1], &outputs[0], seal(signature, 0)));
+        assert!(refused(requests[0], &outputs[0], AnswerSeal::alone(signature)));
+        assert!(refused(requests[0], &outputs[0], seal(signed_by(&stranger, epoch), 0)));
+        assert!(refused(requests[0], &outputs[0], seal(signed_by(&operator, epoch + 5), 0)));
+        assert_eq!(check.seals.0.lock().unwrap().order.len(), 1);
+        // What one operator's signature proved is not taken for another's answers.
+        let (other, other_peer) = checking(&stranger);
+        let other = SignatureCheck { seals: check.seals.clone(), ..other };
+        assert!(matches!(
+            other.check(&other_peer, requests[0], &outputs[0], &seal(signature, 0)),
+            Err(BadAnswer::Signature { .. })
+        ));
+    }
+
+    #[test]
+    fn the_seal_cache_keeps_only_the_latest() {
+        let cache = SealCache::default();
+        for i in 0..SEALS_KEPT + 10 {
+            cache.insert((B256::from(U256::from(i)), [0; 65]), (Address::ZERO, i as u64));
+        }
+        assert_eq!(cache.get(&(B256::from(U256::from(9)), [0; 65])), None);
+        assert_eq!(cache.get(&(B256::from(U256::from(10)), [0; 65])), Some((Address::ZERO, 10)));
+        let entries = cache.0.lock().unwrap();
+        assert_eq!((entries.order.len(), entries.checked.len()), (SEALS_KEPT, SEALS_KEPT));
     }
 }

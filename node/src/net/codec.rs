@@ -334,6 +334,8 @@ pub enum CodecError {
     UnknownReason { code: u16, reason: u8 },
     #[error("unknown account flag {0}")]
     UnknownAccountFlag(u8),
+    #[error("an answer in a message of steps carries a signature of its own")]
+    SignedInMessage,
     #[error("tensor rank {0} outside 1..={MAX_RANK}")]
     Rank(u8),
     #[error("message of {0} bytes exceeds the limit")]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use alloy::primitives::B256;
 use futures::StreamExt;
 use libp2p::metrics::{Metrics, Recorder, Registry};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -26,7 +27,7 @@ use super::pieces::{
     PIECES_PROTOCOL, PieceRequest, PieceResponse, PieceSource, PiecesCodec, Refusal,
 };
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
-use super::steps::{AnswerRoom, STEPS_PROTOCOL, StepsCodec, StepsSent};
+use super::steps::{STEPS_PROTOCOL, SealedAnswers, Steps, StepsCodec, StepsSent};
 
 mod steps;
 
@@ -35,7 +36,7 @@ use steps::StepReply;
 const ANNOUNCE_TOPIC: &str = "infergrid/announce/1";
 /// Fault evidence (`validation.md`, "Evidence exchange"). Every peer relays it, so validators
 /// that are connected only through nodes still reach each other.
-const EVIDENCE_TOPIC: &str = "infergrid/evidence/2";
+const EVIDENCE_TOPIC: &str = "infergrid/evidence/3";
 /// Largest gossip message: fault evidence carries a session's hidden states.
 pub const MAX_GOSSIP_BYTES: usize = 16 << 20;
 
@@ -65,7 +66,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     infer: request_response::Behaviour<InferCodec>,
-    /// Several steps in one message (`/infergrid/steps/1`).
+    /// Several steps in one message (`/infergrid/steps/2`).
     steps: request_response::Behaviour<StepsCodec>,
     pieces: request_response::Behaviour<PiecesCodec>,
     /// Reservations on relays and connections through them, for a peer behind NAT.
@@ -90,7 +91,7 @@ pub const MAX_MEMORY_FRACTION: f64 = 0.9;
 /// Inbound request streams one connection may have open at once (libp2p's default, stated):
 /// more are reset before anything is read from them.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
-/// Messages of steps (`/infergrid/steps/1`) answered at once per connection: an honest client
+/// Messages of steps (`/infergrid/steps/2`) answered at once per connection: an honest client
 /// keeps one in flight per node, and each may be 64 MiB.
 pub const MAX_STEP_MESSAGES_PER_CONNECTION: usize = 4;
 /// Pieces a seeder reads from disk or is still writing out, at once; more requests are
@@ -127,17 +128,34 @@ pub enum NetError {
 /// disconnected and kept out of the DHT.
 pub const SWARM_ID: &str = "/infergrid/id/1";
 
+/// A node's answer to one step, with the proof of its leaf under the signature of its
+/// message when it came in a message of several (`wire.md`, "Response signature"); empty
+/// when its own signature covers it alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepAnswer {
+    pub response: InferResponse,
+    pub proof: Vec<B256>,
+}
+
+impl StepAnswer {
+    /// An answer signed on its own.
+    pub fn alone(response: InferResponse) -> Self {
+        Self { response, proof: Vec::new() }
+    }
+}
+
 /// Something the network delivers to the node.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A peer's request; answer through `reply` (dropping it answers nothing). A step of a
-    /// message of several shares the message's `room` for answers with the others.
+    /// A peer's request; answer through `reply` (dropping it answers nothing).
     Request {
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
         reply: oneshot::Sender<InferResponse>,
-        room: Option<Arc<AnswerRoom>>,
     },
+    /// A peer's message of several steps (`/infergrid/steps/2`); answer all of them, in
+    /// order and signed once, through `reply` (dropping it answers every step `Internal`).
+    Steps { peer: PeerId, steps: Steps, reply: oneshot::Sender<SealedAnswers> },
     /// A peer's load announcement.
     Announcement { from: PeerId, announcement: Announcement },
     /// Fault evidence published by `from` (unchecked bytes: check them against the chain).
@@ -153,7 +171,7 @@ enum Command {
     Request {
         peer: PeerId,
         request: InferRequest,
-        reply: oneshot::Sender<Result<InferResponse, NetError>>,
+        reply: StepReply,
     },
     /// A step that may travel with others (see [`Network::step`]).
     Step {
@@ -168,8 +186,8 @@ enum Command {
     },
     /// The answers to a message of steps, in its order.
     RespondSteps {
-        channel: request_response::ResponseChannel<Vec<InferResponse>>,
-        responses: Vec<InferResponse>,
+        channel: request_response::ResponseChannel<SealedAnswers>,
+        answers: SealedAnswers,
     },
     Provide {
         key: Vec<u8>,
@@ -381,28 +399,29 @@ impl Network {
     ) -> Result<InferResponse, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Request { peer, request, reply }).await?;
-        rx.await.map_err(|_| NetError::Stopped)?
+        Ok(rx.await.map_err(|_| NetError::Stopped)??.response)
     }
 
     /// Sends one step of a session and waits for its answer, as [`Network::request`] does,
     /// but lets it travel with the steps of other sessions to the same peer in one message
-    /// (`/infergrid/steps/1`, `wire.md`), when the peer speaks that protocol: while a message
+    /// (`/infergrid/steps/2`, `wire.md`), when the peer speaks that protocol: while a message
     /// of steps to the peer is being answered, the next waits for the steps queued meanwhile.
     /// `answer_bytes` is the size the answer is expected to have; a step too long (a prefill
-    /// of more than 17 positions) or too large to share a message goes on its own.
+    /// of more than 17 positions) or too large to share a message goes on its own. An answer
+    /// that came in a message of several carries its proof under the message's signature.
     pub async fn step(
         &self,
         peer: PeerId,
         request: InferRequest,
         answer_bytes: usize,
-    ) -> Result<InferResponse, NetError> {
+    ) -> Result<StepAnswer, NetError> {
         let size = StepSize {
             positions: request.payload.positions(),
             request: request.encoded_len(),
             answer: answer_bytes,
         };
         if !size.shares() {
-            return self.request(peer, request).await;
+            return self.request(peer, request).await.map(StepAnswer::alone);
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Step { peer, request, size, reply }).await?;
@@ -594,8 +613,9 @@ struct EventLoop {
     metrics: Metrics,
     /// Requests in flight: the peer asked, and where its answer goes.
     pending: HashMap<OutboundRequestId, (PeerId, StepReply)>,
-    /// Messages of steps in flight: the peer asked, and where each step's answer goes.
-    pending_steps: HashMap<OutboundRequestId, (PeerId, Vec<StepReply>)>,
+    /// Messages of steps in flight: the peer asked, and each step's request hash and where
+    /// its answer goes.
+    pending_steps: HashMap<OutboundRequestId, (PeerId, Vec<(B256, StepReply)>)>,
     /// Steps waiting to go together, per peer.
     outbox: Outbox<(InferRequest, StepReply)>,
     /// Connected peers whose identify lists [`STEPS_PROTOCOL`].
@@ -616,7 +636,7 @@ struct EventLoop {
 }
 
 /// An inference request not sent yet, and where its answer goes.
-type HeldRequest = (InferRequest, oneshot::Sender<Result<InferResponse, NetError>>);
+type HeldRequest = (InferRequest, StepReply);
 
 impl EventLoop {
     fn start(&mut self, config: &NetConfig) -> Result<(), String> {
@@ -701,12 +721,7 @@ impl EventLoop {
     }
 
     /// Sends an inference request, or holds it while `peer`'s relayed connections drain.
-    fn send_request(
-        &mut self,
-        peer: PeerId,
-        request: InferRequest,
-        reply: oneshot::Sender<Result<InferResponse, NetError>>,
-    ) {
+    fn send_request(&mut self, peer: PeerId, request: InferRequest, reply: StepReply) {
         // Requests held too long go first, in order.
         self.release_overdue();
         let item = (request, reply);
@@ -787,8 +802,8 @@ impl EventLoop {
             Command::Respond { channel, response } => {
                 let _ = behaviour.infer.send_response(channel, response);
             }
-            Command::RespondSteps { channel, responses } => {
-                let _ = behaviour.steps.send_response(channel, responses);
+            Command::RespondSteps { channel, answers } => {
+                let _ = behaviour.steps.send_response(channel, answers);
             }
             Command::Provide { key } => {
                 let _ = behaviour.kad.start_providing(kad::RecordKey::new(&key));
@@ -969,14 +984,11 @@ impl EventLoop {
                                 let _ = respond.send(Command::Respond { channel, response }).await;
                             }
                         });
-                        let _ = self
-                            .inbound
-                            .send(Inbound::Request { peer, request, reply, room: None })
-                            .await;
+                        let _ = self.inbound.send(Inbound::Request { peer, request, reply }).await;
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some((_, reply)) = self.pending.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
+                            let _ = reply.send(Ok(StepAnswer::alone(response)));
                         }
                         self.drop_superseded(peer);
                     }

@@ -1,9 +1,12 @@
-//! Several steps in one message (`/infergrid/steps/1`, `wire.md`, "Several steps in one
+//! Several steps in one message (`/infergrid/steps/2`, `wire.md`, "Several steps in one
 //! message"): a gateway serving many users sends the steps its sessions have for one node
 //! together, and the node answers them together. Each step is exactly an `/infergrid/infer/3`
-//! request, answered exactly as if it had come on a stream of its own, so signatures, request
-//! hashes, payment and evidence do not change; what is shared is the stream, its negotiation
-//! and its framing, which cost more than a decode step's own bytes.
+//! request, answered as if it had come on a stream of its own, so request hashes, payment and
+//! outputs do not change. What is shared is the stream, its negotiation and its framing, which
+//! cost more than a decode step's own bytes, and the signature: the node signs its answers
+//! once, as `Responses(root, epoch)` over the Merkle tree of their leaves, instead of one
+//! `Response` each — a secp256k1 signature and its recovery cost more than a small decode
+//! step's compute.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,7 +19,7 @@ use super::codec::{CodecError, InferRequest, InferResponse, MAX_MESSAGE_BYTES, R
 use super::protocol::{invalid_data, invalid_input, read_limited, write_message};
 
 /// The versioned protocol id.
-pub const STEPS_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/steps/1");
+pub const STEPS_PROTOCOL: StreamProtocol = StreamProtocol::new("/infergrid/steps/2");
 
 /// The most steps one message carries: the gateway's default limit on sessions at once.
 pub const MAX_STEPS_PER_MESSAGE: usize = 64;
@@ -49,12 +52,31 @@ impl AnswerRoom {
 }
 
 const STEPS_MAGIC: &[u8; 4] = b"IGB1";
-const ANSWERS_MAGIC: &[u8; 4] = b"IGA1";
+const ANSWERS_MAGIC: &[u8; 4] = b"IGA2";
 
-/// Bytes the envelope adds to a message of `count` steps or answers: magic, count, and each
-/// item's length.
+/// Bytes the envelope adds to a message of `count` steps: magic, count, and each item's
+/// length (answers add the message's signature, [`SEAL_BYTES`]).
 pub const fn envelope_bytes(count: usize) -> usize {
     4 + 2 + 4 * count
+}
+
+/// The message's signature after its answers: `r ‖ s ‖ v`.
+pub const SEAL_BYTES: usize = 65;
+
+/// The answers to a message of steps, in its order, and the node's one signature over the Ok
+/// ones among them (`seal_answers`): all zeros when none is Ok. Each Ok answer's own
+/// signature field is all zeros.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedAnswers {
+    pub answers: Vec<InferResponse>,
+    pub seal: [u8; 65],
+}
+
+impl SealedAnswers {
+    /// A message refused whole: one refusal, nothing signed.
+    pub fn refused(refusal: super::codec::WireError) -> Self {
+        Self { answers: vec![InferResponse::Err(refusal)], seal: [0; 65] }
+    }
 }
 
 /// The steps of one message, each decoded on its own: a step that does not decode is
@@ -71,19 +93,30 @@ pub fn encode_steps(steps: &[InferRequest]) -> Vec<u8> {
 /// [`MAX_STEPS_PER_MESSAGE`], that many length-prefixed items, nothing after); each item is
 /// then decoded as a request of its own.
 pub fn decode_steps(bytes: &[u8]) -> Result<Steps, CodecError> {
-    Ok(unframe(STEPS_MAGIC, bytes)?.into_iter().map(InferRequest::decode).collect())
+    let (items, _) = unframe(STEPS_MAGIC, bytes, 0)?;
+    Ok(items.into_iter().map(InferRequest::decode).collect())
 }
 
-/// Encodes the answers to a message of steps, in the steps' order.
-pub fn encode_answers(answers: &[InferResponse]) -> Vec<u8> {
-    let encoded: Vec<Vec<u8>> = answers.iter().map(InferResponse::encode).collect();
-    frame(ANSWERS_MAGIC, &encoded)
+/// Encodes the answers to a message of steps, in the steps' order, then their signature.
+pub fn encode_answers(sealed: &SealedAnswers) -> Vec<u8> {
+    let encoded: Vec<Vec<u8>> = sealed.answers.iter().map(InferResponse::encode).collect();
+    let mut out = frame(ANSWERS_MAGIC, &encoded);
+    out.extend_from_slice(&sealed.seal);
+    out
 }
 
-/// Decodes the answers to a message of steps; any item that does not decode fails them all,
-/// as one garbled response would.
-pub fn decode_answers(bytes: &[u8]) -> Result<Vec<InferResponse>, CodecError> {
-    unframe(ANSWERS_MAGIC, bytes)?.into_iter().map(InferResponse::decode).collect()
+/// Decodes the answers to a message of steps; any item that does not decode, or an Ok one
+/// that carries a signature of its own, fails them all, as one garbled response would.
+pub fn decode_answers(bytes: &[u8]) -> Result<SealedAnswers, CodecError> {
+    let (items, seal) = unframe(ANSWERS_MAGIC, bytes, SEAL_BYTES)?;
+    let answers = items.into_iter().map(InferResponse::decode).collect::<Result<Vec<_>, _>>()?;
+    if answers
+        .iter()
+        .any(|a| matches!(a, InferResponse::Ok { signature, .. } if *signature != [0; 65]))
+    {
+        return Err(CodecError::SignedInMessage);
+    }
+    Ok(SealedAnswers { answers, seal: seal.try_into().expect("SEAL_BYTES") })
 }
 
 fn frame(magic: &[u8; 4], items: &[Vec<u8>]) -> Vec<u8> {
@@ -98,8 +131,13 @@ fn frame(magic: &[u8; 4], items: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// The items of an envelope, checked whole before any is decoded.
-fn unframe<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, CodecError> {
+/// The items of an envelope and the `trailer` bytes after them, checked whole before any is
+/// decoded.
+fn unframe<'a>(
+    magic: &[u8; 4],
+    bytes: &'a [u8],
+    trailer: usize,
+) -> Result<(Vec<&'a [u8]>, &'a [u8]), CodecError> {
     let mut r = Reader::new(bytes)?;
     if r.take(4)? != magic {
         return Err(CodecError::BadMagic);
@@ -114,8 +152,9 @@ fn unframe<'a>(magic: &[u8; 4], bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, CodecE
             r.take(len)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let trailer = r.take(trailer)?;
     r.finish()?;
-    Ok(items)
+    Ok((items, trailer))
 }
 
 /// Messages of steps this peer sent, and the steps they carried: their ratio is how many
@@ -134,7 +173,7 @@ impl StepsSent {
         let registry = registry.sub_registry_with_prefix("infergrid_steps");
         registry.register(
             "messages",
-            "Messages of several steps sent (/infergrid/steps/1)",
+            "Messages of several steps sent (/infergrid/steps/2)",
             sent.messages.clone(),
         );
         registry.register("sent", "Steps sent in messages of steps", sent.steps.clone());
@@ -161,7 +200,7 @@ pub struct StepsCodec;
 impl libp2p::request_response::Codec for StepsCodec {
     type Protocol = StreamProtocol;
     type Request = Result<Steps, CodecError>;
-    type Response = Vec<InferResponse>;
+    type Response = SealedAnswers;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -242,15 +281,32 @@ mod tests {
         );
         let decoded = decode_steps(&bytes).unwrap();
         assert_eq!(decoded, steps.into_iter().map(Ok).collect::<Steps>());
-        let answers = vec![
-            InferResponse::Ok {
-                output: Payload::Tokens(vec![1]),
-                signature: [3; 65],
-                account: None,
-            },
-            InferResponse::Err(WireError::new(ErrorCode::Overloaded, "busy")),
-        ];
-        assert_eq!(decode_answers(&encode_answers(&answers)), Ok(answers));
+        let ok = InferResponse::Ok {
+            output: Payload::Tokens(vec![1]),
+            signature: [0; 65],
+            account: None,
+        };
+        let sealed = SealedAnswers {
+            answers: vec![ok, InferResponse::Err(WireError::new(ErrorCode::Overloaded, "busy"))],
+            seal: [3; 65],
+        };
+        let bytes = encode_answers(&sealed);
+        assert_eq!(bytes[bytes.len() - SEAL_BYTES..], [3; 65]);
+        assert_eq!(decode_answers(&bytes), Ok(sealed.clone()));
+        // The message's signature is whole, and nothing follows it.
+        assert_eq!(decode_answers(&bytes[..bytes.len() - 1]), Err(CodecError::Truncated));
+        assert_eq!(decode_answers(&[&bytes[..], &[0]].concat()), Err(CodecError::Trailing(1)));
+    }
+
+    #[test]
+    fn an_answer_signed_on_its_own_inside_a_message_is_refused() {
+        let signed = InferResponse::Ok {
+            output: Payload::Tokens(vec![1]),
+            signature: [3; 65],
+            account: None,
+        };
+        let sealed = SealedAnswers { answers: vec![signed], seal: [3; 65] };
+        assert_eq!(decode_answers(&encode_answers(&sealed)), Err(CodecError::SignedInMessage));
     }
 
     #[test]
@@ -289,8 +345,8 @@ mod tests {
     #[test]
     fn one_garbled_answer_fails_them_all() {
         let answers = vec![InferResponse::Err(WireError::new(ErrorCode::Overloaded, "busy")); 2];
-        let mut bytes = encode_answers(&answers);
-        let last = bytes.len() - 1;
+        let mut bytes = encode_answers(&SealedAnswers { answers, seal: [0; 65] });
+        let last = bytes.len() - 1 - SEAL_BYTES;
         bytes[last] = 9; // the second answer's account flag
         assert_eq!(decode_answers(&bytes), Err(CodecError::UnknownAccountFlag(9)));
     }

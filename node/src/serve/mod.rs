@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use alloy::primitives::B256;
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::eip712::{Domain, Eip712Signer, keccak256};
@@ -27,11 +27,11 @@ use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, MAX_ANSWER_VALUE_BYTES, MAX_DRAFT_GUESSES,
     Payload, StepKind, WireError, payload_bytes,
 };
-use crate::net::steps::{AnswerRoom, MAX_MESSAGE_ANSWER_VALUE_BYTES};
+use crate::net::steps::{AnswerRoom, MAX_MESSAGE_ANSWER_VALUE_BYTES, SealedAnswers, Steps};
 use crate::pay::Collector;
 use crate::pay::meter::{positions, step_units};
 use crate::telemetry::{NodeMetrics, StepOutcome};
-use crate::validate::{ChainClock, EpochClock, ResponseAttestation};
+use crate::validate::{ChainClock, EpochClock, ResponseAttestation, seal_answers};
 
 /// Who may send this node requests without paying.
 #[derive(Debug, Clone)]
@@ -86,6 +86,20 @@ impl Attester {
         }
         .sign(&self.domain, &self.signer)
     }
+
+    /// Signs the Ok answers of one message at once, `(requestHash, outputHash)` each in the
+    /// message's order, for the current epoch: all zeros when there is none.
+    pub fn seal(&self, answers: &[(B256, B256)]) -> [u8; 65] {
+        let epoch = self.clock.epoch_at(self.time.now());
+        seal_answers(&self.domain, &self.signer, epoch, answers).unwrap_or([0; 65])
+    }
+}
+
+/// Whether an answer is signed on its own or with the others of its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    Alone,
+    WithMessage,
 }
 
 /// The blocks `first..=last` of one model, served to the swarm.
@@ -135,45 +149,104 @@ impl BlockServer {
     /// Answers requests until the network stops.
     pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
         while let Some(message) = inbound.recv().await {
-            if let Inbound::Request { peer, request, reply, room } = message {
-                // Here, in the order of the message, before its steps run concurrently.
-                let answer_size = match &request {
-                    Ok(request) => self.check_answer_size(request, room.as_deref()),
-                    Err(_) => Ok(()),
-                };
-                let server = self.clone();
-                // The gateway's session id is on the wire: its logs and this node's name
-                // the same session.
-                let (kind, session, position) = match &request {
-                    Ok(r) => (r.kind.name(), r.session, r.position),
-                    Err(_) => ("malformed", 0, 0),
-                };
-                let span = tracing::info_span!("step", %peer, session, kind, position);
-                let step = async move {
-                    let started = Instant::now();
-                    let response = server.handle(peer, request, answer_size).await;
-                    let took = started.elapsed();
-                    let outcome = match &response {
-                        InferResponse::Ok { .. } => {
-                            tracing::debug!(ms = took.as_secs_f64() * 1e3, "answered");
-                            StepOutcome::Answered
-                        }
-                        InferResponse::Err(e) => {
-                            // Any peer can send refusable steps: at `debug`, so that it cannot
-                            // fill the log (the metrics count them by code).
-                            tracing::debug!(code = e.code.name(), "refused: {}", e.message);
-                            StepOutcome::Refused(e.code.name())
-                        }
-                    };
-                    server.metrics.step(kind, outcome, took);
-                    if !server.answer_delay.is_zero() {
-                        tokio::time::sleep(server.answer_delay).await;
-                    }
-                    let _ = reply.send(response);
-                };
-                tokio::spawn(step.instrument(span));
+            match message {
+                Inbound::Request { peer, request, reply } => {
+                    let step = self.answer(peer, request, None, Signing::Alone);
+                    tokio::spawn(async move {
+                        let _ = reply.send(step.await);
+                    });
+                }
+                Inbound::Steps { peer, steps, reply } => self.answer_message(peer, steps, reply),
+                Inbound::Announcement { .. } | Inbound::Evidence { .. } => {}
             }
         }
+    }
+
+    /// Answers a message of steps: each step as if alone, all of them concurrently (so that
+    /// they batch), then signs the Ok answers once (`wire.md`, "Several steps in one
+    /// message").
+    fn answer_message(
+        self: &Arc<Self>,
+        peer: PeerId,
+        steps: Steps,
+        reply: oneshot::Sender<SealedAnswers>,
+    ) {
+        let room = AnswerRoom::default();
+        let request_hashes: Vec<Option<B256>> =
+            steps.iter().map(|step| step.as_ref().ok().map(InferRequest::request_hash)).collect();
+        // Each step takes its share of the room here, in the message's order.
+        let answering: Vec<_> = steps
+            .into_iter()
+            .map(|step| tokio::spawn(self.answer(peer, step, Some(&room), Signing::WithMessage)))
+            .collect();
+        let attester = self.attester.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(answering.len());
+            for step in answering {
+                // A step whose task died still has its place in the message.
+                answers.push(step.await.unwrap_or_else(|e| {
+                    refuse(ErrorCode::Internal, format!("inference task failed: {e}"))
+                }));
+            }
+            let signed: Vec<(B256, B256)> = request_hashes
+                .iter()
+                .zip(&answers)
+                .filter_map(|(request_hash, answer)| match (request_hash, answer) {
+                    (Some(request_hash), InferResponse::Ok { output, .. }) => {
+                        Some((*request_hash, keccak256(&payload_bytes(output))))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let seal = attester.seal(&signed);
+            let _ = reply.send(SealedAnswers { answers, seal });
+        });
+    }
+
+    /// The answer to one step, in its span, counted in the metrics: its size checked against
+    /// the message's `room` now (in the message's order), the rest when awaited.
+    fn answer(
+        self: &Arc<Self>,
+        peer: PeerId,
+        request: Result<InferRequest, CodecError>,
+        room: Option<&AnswerRoom>,
+        signing: Signing,
+    ) -> impl Future<Output = InferResponse> + Send + 'static {
+        let answer_size = match &request {
+            Ok(request) => self.check_answer_size(request, room),
+            Err(_) => Ok(()),
+        };
+        let server = self.clone();
+        // The gateway's session id is on the wire: its logs and this node's name the same
+        // session.
+        let (kind, session, position) = match &request {
+            Ok(r) => (r.kind.name(), r.session, r.position),
+            Err(_) => ("malformed", 0, 0),
+        };
+        let span = tracing::info_span!("step", %peer, session, kind, position);
+        let step = async move {
+            let started = Instant::now();
+            let response = server.handle(peer, request, answer_size, signing).await;
+            let took = started.elapsed();
+            let outcome = match &response {
+                InferResponse::Ok { .. } => {
+                    tracing::debug!(ms = took.as_secs_f64() * 1e3, "answered");
+                    StepOutcome::Answered
+                }
+                InferResponse::Err(e) => {
+                    // Any peer can send refusable steps: at `debug`, so that it cannot fill
+                    // the log (the metrics count them by code).
+                    tracing::debug!(code = e.code.name(), "refused: {}", e.message);
+                    StepOutcome::Refused(e.code.name())
+                }
+            };
+            server.metrics.step(kind, outcome, took);
+            if !server.answer_delay.is_zero() {
+                tokio::time::sleep(server.answer_delay).await;
+            }
+            response
+        };
+        step.instrument(span)
     }
 
     /// The answer to one request.
@@ -182,6 +255,7 @@ impl BlockServer {
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
         answer_size: Result<(), WireError>,
+        signing: Signing,
     ) -> InferResponse {
         let request = match request {
             Ok(request) => request,
@@ -313,7 +387,11 @@ impl BlockServer {
                     StepKind::Close => tracing::info!("session closed"),
                     _ => {}
                 }
-                let signature = self.attester.attest(request_hash, &output);
+                let signature = match signing {
+                    Signing::Alone => self.attester.attest(request_hash, &output),
+                    // Signed with the others of its message, once all are answered.
+                    Signing::WithMessage => [0; 65],
+                };
                 // The payer's account as it stands after this step, so that it sees (and can
                 // settle) any difference from its own count.
                 let account = match (&self.collector, charge) {

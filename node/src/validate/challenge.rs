@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use alloy::primitives::B256;
 
-use super::{ChallengeTree, challenge_leaf};
+use super::{MerkleTree, challenge_leaf};
 use crate::eip712::keccak256;
 use crate::engine::{Activation, BlockInput, EngineError, Pipeline};
 use crate::generate::argmax;
@@ -113,7 +113,7 @@ pub struct ChallengeRef {
 pub struct ChallengeSet {
     pub model_id: [u8; 32],
     pub sessions: Vec<ChallengeSession>,
-    tree: ChallengeTree,
+    tree: MerkleTree,
     by_request: HashMap<B256, ChallengeRef>,
 }
 
@@ -162,7 +162,7 @@ impl ChallengeSet {
                 }
             }
         }
-        ChallengeTree::new(leaves).map(|tree| Self { model_id, sessions, tree, by_request })
+        MerkleTree::new(leaves).map(|tree| Self { model_id, sessions, tree, by_request })
     }
 
     /// The root to commit before the epoch.

@@ -15,19 +15,20 @@ use alloy::primitives::{Address, B256};
 use crate::eip712::{Domain, keccak256};
 use crate::engine::{Activation, BlockInput, EngineError, Pipeline, run_chain};
 use crate::net::codec::{InferRequest, InferResponse, Payload, StepKind, payload_bytes};
-use crate::validate::ResponseAttestation;
+use crate::validate::{AnswerSeal, MAX_ANSWER_PROOF, ResponseAttestation};
 
-const MAGIC: &[u8; 4] = b"IGE2";
+const MAGIC: &[u8; 4] = b"IGE3";
 /// Most steps one piece of evidence carries (a session's steps on one span).
 pub const MAX_EVIDENCE_STEPS: usize = 4096;
 
 /// One step the node answered: the request (without payment), its output and the operator's
-/// `Response` signature for `epoch`.
+/// seal over it for `epoch` (its `Response` signature, or its message's `Responses`
+/// signature and the answer's proof).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedStep {
     pub request: InferRequest,
     pub output: Payload,
-    pub signature: [u8; 65],
+    pub seal: AnswerSeal,
     pub epoch: u64,
 }
 
@@ -78,9 +79,10 @@ impl FaultEvidence {
         self.steps.last().expect("evidence has steps")
     }
 
-    /// `IGE2 | node (20) | steps (u32 LE) | per step: epoch (u64 LE), request length (u32 LE),
+    /// `IGE3 | node (20) | steps (u32 LE) | per step: epoch (u64 LE), request length (u32 LE),
     /// request (wire encoding, no payment), response length (u32 LE), response (wire
-    /// encoding of the signed output)`.
+    /// encoding of the output with the seal's signature), proof length (u8, at most
+    /// [`MAX_ANSWER_PROOF`]), proof (32 bytes each)`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(self.node.as_slice());
@@ -90,13 +92,17 @@ impl FaultEvidence {
             let request = InferRequest { payment: None, ..step.request.clone() }.encode();
             let response = InferResponse::Ok {
                 output: step.output.clone(),
-                signature: step.signature,
+                signature: step.seal.signature,
                 account: None,
             }
             .encode();
             for part in [request, response] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(&part);
+            }
+            out.push(step.seal.proof.len() as u8);
+            for sibling in &step.seal.proof {
+                out.extend_from_slice(sibling.as_slice());
             }
         }
         out
@@ -133,7 +139,18 @@ impl FaultEvidence {
                 Ok(InferResponse::Err(_)) => return Err(malformed("a step holds a refusal")),
                 Err(e) => return Err(EvidenceError::Malformed(format!("a response: {e}"))),
             };
-            steps.push(SignedStep { request, output, signature, epoch });
+            let siblings = usize::from(take(1)?[0]);
+            if siblings > MAX_ANSWER_PROOF {
+                return Err(malformed("an answer's proof is too long"));
+            }
+            let proof =
+                (0..siblings).map(|_| take(32).map(B256::from_slice)).collect::<Result<_, _>>()?;
+            steps.push(SignedStep {
+                request,
+                output,
+                seal: AnswerSeal { signature, proof },
+                epoch,
+            });
         }
         if !rest.is_empty() {
             return Err(malformed("trailing bytes"));
@@ -180,7 +197,7 @@ impl FaultEvidence {
                 return not_one(format!("step {index} carries no tokens or hidden states"));
             }
             position += request.payload.positions() as u64;
-            let signer = step.attestation().signer(domain, &step.signature);
+            let signer = step.attestation().sealed_by(domain, &step.seal);
             if signer.ok() != Some(self.node) {
                 return Err(EvidenceError::Unsigned { step: index, node: self.node });
             }
@@ -241,8 +258,8 @@ mod tests {
             payload,
         };
         let output = Payload::Tensor(Activation::new(vec![1, 1, 2], vec![0.5, -1.0]).unwrap());
-        let mut step = SignedStep { request, output, signature: [0; 65], epoch: 3 };
-        step.signature = step.attestation().sign(&domain(), node);
+        let mut step = SignedStep { request, output, seal: AnswerSeal::alone([0; 65]), epoch: 3 };
+        step.seal = AnswerSeal::alone(step.attestation().sign(&domain(), node));
         step
     }
 
@@ -323,5 +340,37 @@ mod tests {
         // Evidence about another node.
         let stranger = FaultEvidence { node: forger.address(), ..evidence.clone() };
         assert_eq!(refused(&stranger), EvidenceError::NotThisReport("another node"));
+    }
+
+    #[test]
+    fn a_step_sealed_with_its_message_checks_by_its_proof() {
+        use crate::validate::{answer_proofs, seal_answers};
+        let node = Eip712Signer::from_bytes(&B256::repeat_byte(5)).unwrap();
+        let mut evidence = session(&node);
+        // The reported step was answered in one message with two other sessions' steps.
+        let reported = evidence.reported().attestation();
+        let answers = [
+            (B256::repeat_byte(1), B256::repeat_byte(2)),
+            (reported.request_hash, reported.output_hash),
+            (B256::repeat_byte(3), B256::repeat_byte(4)),
+        ];
+        let signature = seal_answers(&domain(), &node, reported.epoch, &answers).unwrap();
+        let proofs = answer_proofs(&answers);
+        assert!(!proofs[1].is_empty());
+        evidence.steps[2].seal = AnswerSeal { signature, proof: proofs[1].clone() };
+        assert_eq!(FaultEvidence::decode(&evidence.encode()).unwrap(), evidence);
+        assert_eq!(evidence.check(&domain(), &report(&evidence)), Ok(()));
+
+        // Another answer's proof, or none, does not lead to what the node signed.
+        let unsigned = EvidenceError::Unsigned { step: 2, node: node.address() };
+        let mut wrong = evidence.clone();
+        wrong.steps[2].seal.proof = proofs[0].clone();
+        assert_eq!(wrong.check(&domain(), &report(&wrong)), Err(unsigned.clone()));
+        wrong.steps[2].seal.proof.clear();
+        assert_eq!(wrong.check(&domain(), &report(&wrong)), Err(unsigned));
+        // A proof longer than any message's tree is not evidence.
+        let mut long = evidence.clone();
+        long.steps[2].seal.proof = vec![B256::ZERO; MAX_ANSWER_PROOF + 1];
+        assert!(matches!(FaultEvidence::decode(&long.encode()), Err(EvidenceError::Malformed(_))));
     }
 }

@@ -2,21 +2,22 @@ use alloy::primitives::B256;
 
 use crate::eip712::keccak256;
 
-/// A Merkle tree over a validator's challenge set, built exactly as OpenZeppelin's
+/// A Merkle tree (over a validator's challenge set, or a node's answers to one message of
+/// steps), built exactly as OpenZeppelin's
 /// `StandardMerkleTree` (`@openzeppelin/merkle-tree`) builds one, so that its root and proofs
 /// equal that library's for the same leaves: the leaves sorted, laid out as a complete binary
 /// tree in one array (leaf `k` of the sorted order at `2n − 2 − k`, the children of node `i`
 /// at `2i + 1` and `2i + 2`), each parent the keccak of its two children in sorted order —
 /// what `MerkleProof.verify` checks on-chain.
 #[derive(Debug, Clone)]
-pub struct ChallengeTree {
+pub struct MerkleTree {
     /// The `2n − 1` nodes, the root first.
     nodes: Vec<B256>,
     /// Where each leaf, in the order given, sits in `nodes`.
     positions: Vec<usize>,
 }
 
-impl ChallengeTree {
+impl MerkleTree {
     /// Builds the tree; `None` for an empty set, which has no root to commit.
     pub fn new(leaves: Vec<B256>) -> Option<Self> {
         if leaves.is_empty() {
@@ -38,7 +39,7 @@ impl ChallengeTree {
         Some(Self { nodes, positions })
     }
 
-    /// The root a validator commits on-chain.
+    /// The root a validator commits on-chain, or a node signs over its answers.
     pub fn root(&self) -> B256 {
         self.nodes[0]
     }
@@ -78,13 +79,13 @@ mod tests {
     fn every_proof_folds_to_the_root() {
         for n in 1..=9u8 {
             let leaves: Vec<B256> = (0..n).map(|i| keccak256(&[i])).collect();
-            let tree = ChallengeTree::new(leaves.clone()).unwrap();
+            let tree = MerkleTree::new(leaves.clone()).unwrap();
             for (i, leaf) in leaves.iter().enumerate() {
                 assert_eq!(fold_proof(*leaf, &tree.proof(i).unwrap()), tree.root(), "n={n} i={i}");
             }
             assert!(tree.proof(n as usize).is_none());
             assert_ne!(fold_proof(keccak256(b"not a leaf"), &tree.proof(0).unwrap()), tree.root());
         }
-        assert!(ChallengeTree::new(Vec::new()).is_none());
+        assert!(MerkleTree::new(Vec::new()).is_none());
     }
 }

@@ -13,6 +13,9 @@ pub use challenge::{ChallengeRef, ChallengeSession, ChallengeSet, ChallengeStep}
 pub use epoch::{ChainClock, EpochClock};
 pub use evidence::{EvidenceError, FaultEvidence, MAX_EVIDENCE_STEPS, ReportedFault, SignedStep};
 pub use judge::{DEFAULT_TOLERANCE, Judge, Verdict, relative_error};
-pub use merkle::{ChallengeTree, fold_proof};
-pub use response::{ResponseAttestation, challenge_leaf, validation_domain};
+pub use merkle::{MerkleTree, fold_proof};
+pub use response::{
+    AnswerSeal, MAX_ANSWER_PROOF, ResponseAttestation, answer_proofs, challenge_leaf,
+    responses_digest, seal_answers, validation_domain,
+};
 pub use results::{NodeResult, ResultBook, ResultBookError, Sent, Stage};

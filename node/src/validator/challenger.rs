@@ -99,7 +99,7 @@ impl Challenger<'_> {
                         signed[at].push(SignedStep {
                             request,
                             output: answer.output,
-                            signature: answer.signature,
+                            seal: answer.seal,
                             epoch: signed_epoch,
                         });
                         if verdict.passed() {

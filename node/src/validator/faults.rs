@@ -122,7 +122,8 @@ impl FaultDesk {
             let evidence = Validation::Evidence {
                 requestHash: reported_step.request.request_hash(),
                 outputHash: keccak256(&payload_bytes(&reported_step.output)),
-                nodeSignature: reported_step.signature.to_vec().into(),
+                nodeSignature: reported_step.seal.signature.to_vec().into(),
+                answerProof: reported_step.seal.proof.clone(),
                 expectedOutputHash: failure.challenge.expected_output_hash,
                 proof: set.proof(&failure.challenge),
             };

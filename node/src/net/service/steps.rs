@@ -1,21 +1,26 @@
 //! The event loop's side of [`STEPS_PROTOCOL`]: steps to a peer that speaks it wait in the
-//! [`Outbox`] and go together; messages of steps from others are handed to the node one step
-//! at a time, as single requests are, and their answers go back together, in order.
+//! [`Outbox`] and go together, and each answer that comes back gets its proof under the
+//! message's signature; messages of steps from others go to the node whole, and its sealed
+//! answers go back together, in order.
 
-use std::sync::Arc;
 use std::time::Instant;
 
+use alloy::primitives::B256;
 use libp2p::PeerId;
 use libp2p::request_response::{self, ResponseChannel};
 use tokio::sync::oneshot;
 
-use super::{Command, EventLoop, Inbound, NetError, outbound_error};
-use crate::net::codec::{CodecError, ErrorCode, InferRequest, InferResponse, StepKind, WireError};
+use super::{Command, EventLoop, Inbound, NetError, StepAnswer, outbound_error};
+use crate::eip712::keccak256;
+use crate::net::codec::{
+    CodecError, ErrorCode, InferRequest, InferResponse, StepKind, WireError, payload_bytes,
+};
 use crate::net::outbox::StepSize;
-use crate::net::steps::{AnswerRoom, STEPS_PROTOCOL, Steps};
+use crate::net::steps::{STEPS_PROTOCOL, SealedAnswers, Steps};
+use crate::validate::answer_proofs;
 
 /// Where the answer to one step goes.
-pub(super) type StepReply = oneshot::Sender<Result<InferResponse, NetError>>;
+pub(super) type StepReply = oneshot::Sender<Result<StepAnswer, NetError>>;
 
 impl EventLoop {
     /// Sends a step with others to `peer` when it speaks [`STEPS_PROTOCOL`] (as its identify
@@ -46,8 +51,13 @@ impl EventLoop {
     }
 
     fn send_steps(&mut self, peer: PeerId, message: Vec<(InferRequest, StepReply)>) {
-        let (steps, replies): (Steps, Vec<StepReply>) =
-            message.into_iter().map(|(request, reply)| (Ok(request), reply)).unzip();
+        let (steps, replies): (Steps, Vec<(B256, StepReply)>) = message
+            .into_iter()
+            .map(|(request, reply)| {
+                let request_hash = request.request_hash();
+                (Ok(request), (request_hash, reply))
+            })
+            .unzip();
         tracing::trace!(%peer, steps = steps.len(), "sending steps together");
         self.steps_sent.count(steps.len());
         let id = self.swarm.behaviour_mut().steps.send_request(&peer, Ok(steps));
@@ -64,7 +74,7 @@ impl EventLoop {
 
     pub(super) async fn on_steps(
         &mut self,
-        event: request_response::Event<Result<Steps, CodecError>, Vec<InferResponse>>,
+        event: request_response::Event<Result<Steps, CodecError>, SealedAnswers>,
     ) {
         match event {
             request_response::Event::Message {
@@ -88,7 +98,7 @@ impl EventLoop {
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some((_, replies)) = self.pending_steps.remove(&request_id) {
                     let error = outbound_error(peer, error, &STEPS_PROTOCOL);
-                    for reply in replies {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
@@ -99,14 +109,14 @@ impl EventLoop {
         }
     }
 
-    /// Hands each step of a message to the node as a request of its own; their answers go
-    /// back in one message once all are in. A message whose envelope does not decode is
-    /// refused whole, with one `Malformed` answer.
+    /// Hands a message of steps to the node; its sealed answers go back in one message once
+    /// all are in. A message whose envelope does not decode is refused whole, with one
+    /// `Malformed` answer.
     async fn answer_steps(
         &mut self,
         peer: PeerId,
         steps: Result<Steps, CodecError>,
-        channel: ResponseChannel<Vec<InferResponse>>,
+        channel: ResponseChannel<SealedAnswers>,
     ) {
         let steps = match steps {
             Ok(steps) => steps,
@@ -117,51 +127,68 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .steps
-                    .send_response(channel, vec![InferResponse::Err(refusal)]);
+                    .send_response(channel, SealedAnswers::refused(refusal));
                 return;
             }
         };
-        let mut answers = Vec::with_capacity(steps.len());
-        let room = Arc::new(AnswerRoom::default());
-        for request in steps {
-            let (reply, answer) = oneshot::channel();
-            answers.push(answer);
-            let room = Some(room.clone());
-            let _ = self.inbound.send(Inbound::Request { peer, request, reply, room }).await;
-        }
+        let count = steps.len();
+        let (reply, sealed) = oneshot::channel();
+        let _ = self.inbound.send(Inbound::Steps { peer, steps, reply }).await;
         let respond = self.respond.clone();
         tokio::spawn(async move {
-            let mut responses = Vec::with_capacity(answers.len());
-            for answer in answers {
-                // A step the node dropped unanswered still has its place in the message.
-                responses.push(answer.await.unwrap_or_else(|_| {
+            // A message the node dropped unanswered is still answered, step by step.
+            let answers = sealed.await.unwrap_or_else(|_| SealedAnswers {
+                answers: vec![
                     InferResponse::Err(WireError::new(
                         ErrorCode::Internal,
-                        "the step was not answered",
-                    ))
-                }));
-            }
-            let _ = respond.send(Command::RespondSteps { channel, responses }).await;
+                        "the step was not answered"
+                    ));
+                    count
+                ],
+                seal: [0; 65],
+            });
+            let _ = respond.send(Command::RespondSteps { channel, answers }).await;
         });
     }
 }
 
-/// Gives each step its answer; answers that do not match the steps in number fail them all,
-/// as a garbled response would (none is known to be whose).
-fn deliver(peer: PeerId, replies: Vec<StepReply>, answers: Vec<InferResponse>) {
+/// Gives each step its answer, each Ok one with its proof under the message's signature
+/// (built from the step's request hash and the output as received: the node signed the same
+/// leaves, or the signature does not check); answers that do not match the steps in number
+/// fail them all, as a garbled response would (none is known to be whose).
+fn deliver(peer: PeerId, replies: Vec<(B256, StepReply)>, sealed: SealedAnswers) {
+    let SealedAnswers { answers, seal } = sealed;
     if answers.len() != replies.len() {
         let error = NetError::Request {
             peer,
             reason: format!("{} answers to a message of {} steps", answers.len(), replies.len()),
             answer_lost: false,
         };
-        for reply in replies {
+        for (_, reply) in replies {
             let _ = reply.send(Err(error.clone()));
         }
         return;
     }
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(Ok(answer));
+    let signed: Vec<(B256, B256)> = replies
+        .iter()
+        .zip(&answers)
+        .filter_map(|((request_hash, _), answer)| match answer {
+            InferResponse::Ok { output, .. } => {
+                Some((*request_hash, keccak256(&payload_bytes(output))))
+            }
+            InferResponse::Err(_) => None,
+        })
+        .collect();
+    let mut proofs = answer_proofs(&signed).into_iter();
+    for ((_, reply), mut response) in replies.into_iter().zip(answers) {
+        let proof = match &mut response {
+            InferResponse::Ok { signature, .. } => {
+                *signature = seal;
+                proofs.next().expect("a proof per Ok answer")
+            }
+            InferResponse::Err(_) => Vec::new(),
+        };
+        let _ = reply.send(Ok(StepAnswer { response, proof }));
     }
 }
 
@@ -174,17 +201,59 @@ mod tests {
         InferResponse::Ok { output: Payload::Tokens(vec![id]), signature: [0; 65], account: None }
     }
 
+    fn sealed(answers: Vec<InferResponse>) -> SealedAnswers {
+        SealedAnswers { answers, seal: [9; 65] }
+    }
+
     #[test]
-    fn each_step_gets_its_own_answer_or_all_fail_together() {
+    fn each_step_gets_its_own_answer_and_proof_or_all_fail_together() {
+        use crate::validate::fold_proof;
         let peer = PeerId::random();
-        let (replies, mut answers): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
-        deliver(peer, replies, vec![answer(1), answer(2)]);
-        assert_eq!(answers[0].try_recv().unwrap().unwrap(), answer(1));
-        assert_eq!(answers[1].try_recv().unwrap().unwrap(), answer(2));
+        let busy = InferResponse::Err(WireError::new(ErrorCode::Overloaded, "busy"));
+        let hashes = [B256::repeat_byte(1), B256::repeat_byte(2), B256::repeat_byte(3)];
+        let (replies, mut answers): (Vec<_>, Vec<_>) = hashes
+            .iter()
+            .map(|&hash| {
+                let (reply, answer) = oneshot::channel();
+                ((hash, reply), answer)
+            })
+            .unzip();
+        deliver(peer, replies, sealed(vec![answer(1), busy.clone(), answer(3)]));
+        let mut got: Vec<StepAnswer> =
+            answers.iter_mut().map(|a| a.try_recv().unwrap().unwrap()).collect();
+        // The refusal is not signed and has no proof; each Ok answer carries the message's
+        // signature and a proof that folds its own leaf to the same root.
+        assert_eq!(got[1], StepAnswer::alone(busy));
+        let leaf = |hash: B256, id: i64| {
+            crate::validate::ResponseAttestation {
+                request_hash: hash,
+                output_hash: keccak256(&payload_bytes(&Payload::Tokens(vec![id]))),
+                epoch: 0,
+            }
+            .leaf()
+        };
+        let first = got.remove(0);
+        let third = got.remove(1);
+        for answer in [&first, &third] {
+            assert!(
+                matches!(answer.response, InferResponse::Ok { signature, .. } if signature == [9; 65])
+            );
+            assert_eq!(answer.proof.len(), 1);
+        }
+        assert_eq!(
+            fold_proof(leaf(hashes[0], 1), &first.proof),
+            fold_proof(leaf(hashes[2], 3), &third.proof)
+        );
+        assert_eq!(first.proof, vec![leaf(hashes[2], 3)]);
 
         // One answer to two steps: neither is known to be whose, and neither was lost.
-        let (replies, answers): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
-        deliver(peer, replies, vec![answer(1)]);
+        let (replies, answers): (Vec<_>, Vec<_>) = (0..2)
+            .map(|_| {
+                let (reply, answer) = oneshot::channel();
+                ((B256::ZERO, reply), answer)
+            })
+            .unzip();
+        deliver(peer, replies, sealed(vec![answer(1)]));
         for mut answer in answers {
             let error = answer.try_recv().unwrap().unwrap_err();
             assert!(!error.may_have_run(), "{error}");
