@@ -187,7 +187,6 @@ async fn the_challenger_counts_each_hop_and_keeps_a_cheats_signed_answers() -> a
         clock: NODE_EPOCHS,
         time: ChainClock::default(),
         operators: operators.clone(),
-        seals: Default::default(),
     };
     let config = RemoteModelConfig::for_model(&manifest, 0);
     let hops = HopClient::new(client.clone(), &config).verifying(check.clone());

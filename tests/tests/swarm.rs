@@ -694,7 +694,6 @@ async fn malformed_and_forged_answers_are_refused_banned_and_routed_around() -> 
         clock: NODE_EPOCHS,
         time: infergrid::validate::ChainClock::default(),
         operators,
-        seals: Default::default(),
     };
     let config =
         RemoteModelConfig { eos_ids: Vec::new(), ..RemoteModelConfig::for_model(&manifest, 3) };
@@ -881,14 +880,21 @@ async fn greedy_sessions(
                     Send::Alone => client.request(peer, request).await?,
                     Send::Shared { check, sealed } => {
                         let request_hash = request.request_hash();
-                        let answer =
-                            client.step(peer, request, 512 + 4 * input.len() * vocab).await?;
+                        let answer_bytes = 512 + 4 * input.len() * vocab;
+                        let answer = client.step(peer, request, request_hash, answer_bytes).await?;
                         if let InferResponse::Ok { output, signature, .. } = &answer.response {
-                            let seal = AnswerSeal { signature: *signature, proof: answer.proof };
-                            check.check(&peer, request_hash, output, &seal)?;
-                            if !seal.proof.is_empty() {
-                                sealed.fetch_add(1, Ordering::Relaxed);
-                            }
+                            let output_hash = infergrid::eip712::keccak256(&payload_bytes(output));
+                            let (proof, memo) = match &answer.in_message {
+                                Some(sealed_with_others) => {
+                                    sealed.fetch_add(1, Ordering::Relaxed);
+                                    assert_eq!(sealed_with_others.output_hash, output_hash);
+                                    let memo = Some(&*sealed_with_others.memo);
+                                    (sealed_with_others.proof.clone(), memo)
+                                }
+                                None => (Vec::new(), None),
+                            };
+                            let seal = AnswerSeal { signature: *signature, proof };
+                            check.check(&peer, request_hash, output_hash, &seal, memo)?;
                         }
                         answer.response
                     }
@@ -1018,7 +1024,9 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     while client.steps_sent().0 == 0 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "no identify from the node in 10 s");
         let close = step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty);
-        output(client.step(node.peer, InferRequest { session: 99, ..close }, 512).await?.response);
+        let close = InferRequest { session: 99, ..close };
+        let request_hash = close.request_hash();
+        output(client.step(node.peer, close, request_hash, 512).await?.response);
     }
     let before = client.steps_sent();
     let prompt = |s: i64| (0..1 + s).map(|t| 3 + 7 * s + t).collect();
@@ -1029,7 +1037,6 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
         clock: NODE_EPOCHS,
         time: infergrid::validate::ChainClock::default(),
         operators: Arc::new(std::sync::Mutex::new([(node.peer, terms)].into())),
-        seals: Default::default(),
     };
     let sealed = Arc::new(AtomicUsize::new(0));
     let send = Send::Shared { check, sealed: sealed.clone() };
@@ -1188,7 +1195,9 @@ async fn a_bad_message_of_steps_is_refused_and_spoils_no_other_step() -> anyhow:
     assert_eq!(answers[0].0, ErrorCode::Malformed, "{answers:?}");
 
     // The admitted peer is served, exactly.
-    let Payload::Tensor(logits) = output(user.step(node.peer, prefill(5), 1 << 16).await?.response)
+    let request_hash = prefill(5).request_hash();
+    let Payload::Tensor(logits) =
+        output(user.step(node.peer, prefill(5), request_hash, 1 << 16).await?.response)
     else {
         panic!("expected logits")
     };

@@ -14,9 +14,7 @@ use infergrid::chain::{
 };
 use infergrid::eip712::Eip712Signer;
 use infergrid::engine::{BlockRunner, CacheLimits, Device, Pipeline, Runtime};
-use infergrid::gateway::{
-    Directory, DraftNodes, RemoteModel, RemoteModelConfig, SealCache, SignatureCheck,
-};
+use infergrid::gateway::{Directory, DraftNodes, RemoteModel, RemoteModelConfig, SignatureCheck};
 use infergrid::generate::{ChatFormat, check_draft};
 use infergrid::identity::NodeIdentity;
 use infergrid::model::{ModelManifest, verify_block_files};
@@ -960,7 +958,6 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         clock: validation.epoch_clock().await?,
         time: chain_time(&account.provider, "gateway").await?,
         operators: directory.terms(),
-        seals: SealCache::default(),
     };
     let drafts_from = match (draft_model, draft_directory) {
         (Some(model), _) => DraftSource::Model(model),

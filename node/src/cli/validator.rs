@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use infergrid::chain::audit::format_tokens;
 use infergrid::chain::{Account, Deployment, Registry, ValidationClient};
-use infergrid::gateway::{Directory, HopClient, RemoteModelConfig, SealCache, SignatureCheck};
+use infergrid::gateway::{Directory, HopClient, RemoteModelConfig, SignatureCheck};
 use infergrid::generate::{ChatFormat, ChatMessage};
 use infergrid::identity::NodeIdentity;
 use infergrid::net::{Inbound, NetConfig, Network};
@@ -258,7 +258,6 @@ async fn run_validator(
         clock,
         time: time.clone(),
         operators: directory.terms(),
-        seals: SealCache::default(),
     };
     let hops = HopClient::new(net.clone(), &RemoteModelConfig::for_model(&manifest, 1))
         .paying(wallet, directory.terms())

@@ -12,14 +12,16 @@ use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck};
 use crate::blocking::without_stalling;
+use crate::eip712::keccak256;
 use crate::engine::EngineError;
+use crate::net::codec::payload_bytes;
 use crate::net::codec::{Account, ErrorCode, InferRequest, InferResponse, Payload, StepKind};
-use crate::net::{NetError, Network, StepAnswer};
+use crate::net::{InMessage, NetError, Network, StepAnswer};
 use crate::pay::meter::step_units;
 use crate::pay::{NodeTerms, SignedVoucher, Tab, Wallet};
 use crate::route::{Bans, Candidate, Hop};
 use crate::telemetry::GatewayMetrics;
-use crate::validate::AnswerSeal;
+use crate::validate::{AnswerSeal, SealMemo};
 
 /// How long a node never heard from gets to answer a ping before it is paid (see
 /// [`HopClient::call_async`]): the directory dials every node it lists, and a reachable one answers
@@ -244,7 +246,7 @@ impl HopClient {
             (request.request_hash(), step_units(&request), request.kind);
         // Steps of other sessions to the same node may share its message.
         let answer_bytes = ANSWER_HEADER + expected.map_or(0, |shape| shape.payload_bytes());
-        let mut response = self.net.step(hop.peer, request, answer_bytes).await;
+        let mut response = self.net.step(hop.peer, request, request_hash, answer_bytes).await;
         if let (
             Some(terms),
             Some(mut request),
@@ -261,7 +263,7 @@ impl HopClient {
             if let Some(metrics) = &self.metrics {
                 metrics.voucher_signed();
             }
-            response = self.net.step(hop.peer, request, answer_bytes).await;
+            response = self.net.step(hop.peer, request, request_hash, answer_bytes).await;
         }
         if kind == StepKind::Decode
             && terms.is_some()
@@ -286,14 +288,21 @@ impl HopClient {
         request_hash: B256,
         response: Result<StepAnswer, NetError>,
     ) -> Result<Answer, HopError> {
-        let (response, proof) = match response {
-            Ok(StepAnswer { response, proof }) => (Ok(response), proof),
-            Err(e) => (Err(e), Vec::new()),
+        let (response, in_message) = match response {
+            Ok(StepAnswer { response, in_message }) => (Ok(response), in_message),
+            Err(e) => (Err(e), None),
         };
         match response {
             Ok(InferResponse::Ok { output, signature, account }) => {
-                let seal = AnswerSeal { signature, proof };
-                let epoch = match self.check_answer(hop, expected, request_hash, &output, &seal) {
+                let (seal, hashed) = match in_message {
+                    Some(InMessage { proof, output_hash, memo }) => {
+                        (AnswerSeal { signature, proof }, Some((output_hash, memo)))
+                    }
+                    None => (AnswerSeal::alone(signature), None),
+                };
+                let checked =
+                    self.check_answer(hop, expected, request_hash, &output, &seal, hashed);
+                let epoch = match checked {
                     Ok(epoch) => epoch,
                     Err(bad) => {
                         // Not used and not paid for. A malformed answer is nothing an honest
@@ -357,7 +366,8 @@ impl HopClient {
         if last_block + 1 == self.num_blocks { self.output_width } else { self.hidden_size }
     }
 
-    /// An answer's shape and values (`expected`, none for a Close) and signature.
+    /// An answer's shape and values (`expected`, none for a Close) and signature (an answer
+    /// of a message of several with its output's hash and its message's memo).
     fn check_answer(
         &self,
         hop: &Hop,
@@ -365,15 +375,19 @@ impl HopClient {
         request_hash: alloy::primitives::B256,
         output: &Payload,
         seal: &AnswerSeal,
+        in_message: Option<(B256, Arc<SealMemo>)>,
     ) -> Result<Option<u64>, BadAnswer> {
         let checks = || {
             if let Some(expected) = expected {
                 expected.check(output)?;
             }
-            self.signatures
-                .as_ref()
-                .map(|check| check.check(&hop.peer, request_hash, output, seal))
-                .transpose()
+            let Some(check) = &self.signatures else { return Ok(None) };
+            // An answer of a message was hashed for its proof already.
+            let (output_hash, memo) = match in_message {
+                Some((output_hash, memo)) => (output_hash, Some(memo)),
+                None => (keccak256(&payload_bytes(output)), None),
+            };
+            check.check(&hop.peer, request_hash, output_hash, seal, memo.as_deref()).map(Some)
         };
         // A decode step's answer is checked in microseconds; a prefill chunk's logits (up to
         // the message limit) take far longer to scan and hash, off the runtime's worker.

@@ -12,4 +12,4 @@ pub use directory::{Directory, TermsBook};
 pub use draft::{DRAFT_DEADLINE, DraftNodes, RemoteDrafter};
 pub use hops::{Answer, HopClient, HopError};
 pub use remote::{Failover, RemoteModel, RemoteModelConfig, RouteReport, RoutingStatus};
-pub use verify::{BadAnswer, ExpectedShape, SealCache, SignatureCheck};
+pub use verify::{BadAnswer, ExpectedShape, SignatureCheck};

@@ -5,16 +5,13 @@
 //! proof under it. An answer failing any check is treated like a dead peer: the node
 //! is banned, the step fails over, and the step is not paid for.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-
-use alloy::primitives::{Address, B256};
+use alloy::primitives::B256;
 use libp2p::PeerId;
 
 use super::TermsBook;
-use crate::eip712::{Domain, keccak256};
-use crate::net::codec::{Payload, payload_bytes};
-use crate::validate::{AnswerSeal, ChainClock, EpochClock, ResponseAttestation};
+use crate::eip712::Domain;
+use crate::net::codec::Payload;
+use crate::validate::{AnswerSeal, ChainClock, EpochClock, ResponseAttestation, SealMemo};
 
 /// Why an answer is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,57 +119,23 @@ pub struct SignatureCheck {
     pub time: ChainClock,
     /// The operator of every routable peer.
     pub operators: TermsBook,
-    /// Messages' signatures already checked.
-    pub seals: SealCache,
-}
-
-/// The signatures of messages of answers already checked, so that the other answers of a
-/// message cost a proof (a few hashes), not a secp256k1 recovery each: (root, signature) →
-/// (signer, epoch), the last [`SEALS_KEPT`] of them. Only signatures that recovered to the
-/// operator asked for are kept, so a stranger's entry can match no one else's answer.
-#[derive(Debug, Clone, Default)]
-pub struct SealCache(Arc<Mutex<SealEntries>>);
-
-/// Messages in flight at once are at most one per node and client: a few hundred suffice.
-const SEALS_KEPT: usize = 256;
-
-type SealKey = (B256, [u8; 65]);
-
-#[derive(Debug, Default)]
-struct SealEntries {
-    checked: HashMap<SealKey, (Address, u64)>,
-    order: VecDeque<SealKey>,
-}
-
-impl SealCache {
-    fn get(&self, key: &SealKey) -> Option<(Address, u64)> {
-        self.0.lock().expect("seals").checked.get(key).copied()
-    }
-
-    fn insert(&self, key: SealKey, signed: (Address, u64)) {
-        let mut seals = self.0.lock().expect("seals");
-        if seals.checked.insert(key, signed).is_none() {
-            seals.order.push_back(key);
-        }
-        while seals.order.len() > SEALS_KEPT {
-            let oldest = seals.order.pop_front().expect("over the limit");
-            seals.checked.remove(&oldest);
-        }
-    }
 }
 
 impl SignatureCheck {
-    /// Checks that `seal` is the peer's operator signing `Response(request_hash,
-    /// keccak(output), epoch)`, or `Responses(root, epoch)` for the root the seal's proof
-    /// leads to from that answer's leaf, for the current epoch or a neighbouring one (the
-    /// node's and the gateway's view of the chain's time may straddle an epoch boundary), and
-    /// returns the epoch it signed for: a fault report must name it.
+    /// Checks that `seal` is the peer's operator signing `Response(request_hash, output_hash,
+    /// epoch)`, or `Responses(root, epoch)` for the root the seal's proof leads to from that
+    /// answer's leaf, for the current epoch or a neighbouring one (the node's and the gateway's
+    /// view of the chain's time may straddle an epoch boundary), and returns the epoch it
+    /// signed for: a fault report must name it. An answer of a message of several shares the
+    /// message's `memo`: the first of its answers checked recovers the seal's signer, the
+    /// others only fold their proof to the same root.
     pub fn check(
         &self,
         peer: &PeerId,
         request_hash: B256,
-        output: &Payload,
+        output_hash: B256,
         seal: &AnswerSeal,
+        memo: Option<&SealMemo>,
     ) -> Result<u64, BadAnswer> {
         let operator = self
             .operators
@@ -181,28 +144,36 @@ impl SignatureCheck {
             .get(peer)
             .map(|terms| terms.operator)
             .ok_or(BadAnswer::UnknownOperator)?;
-        let output_hash = keccak256(&payload_bytes(output));
         let epoch = self.clock.epoch_at(self.time.now());
+        let near = |signed: u64| signed.abs_diff(epoch) <= 1;
         let attestation = |epoch| ResponseAttestation { request_hash, output_hash, epoch };
-        let key = (attestation(epoch).root(&seal.proof), seal.signature);
-        let sealed = !seal.proof.is_empty();
-        if sealed
-            && let Some((signer, signed)) = self.seals.get(&key)
-            && signer == operator
-        {
-            return Ok(signed);
+        let recover = || {
+            // The current epoch first: it is the one nearly every answer is signed for.
+            [epoch, epoch.saturating_sub(1), epoch + 1]
+                .into_iter()
+                .find(|&e| {
+                    attestation(e)
+                        .sealed_by(&self.domain, seal)
+                        .is_ok_and(|signer| signer == operator)
+                })
+                .ok_or(BadAnswer::Signature { operator, epoch })
+        };
+        let Some(memo) = memo.filter(|_| !seal.proof.is_empty()) else { return recover() };
+        let root = attestation(epoch).root(&seal.proof);
+        let mut mine = None;
+        let found = memo.0.get_or_init(|| {
+            let result = recover();
+            let found = result.as_ref().ok().map(|&signed| (root, operator, signed));
+            mine = Some(result);
+            found
+        });
+        match (mine, found) {
+            (Some(result), _) => result,
+            (None, &Some((r, o, signed))) if r == root && o == operator && near(signed) => {
+                Ok(signed)
+            }
+            (None, _) => recover(),
         }
-        // The current epoch first: it is the one nearly every answer is signed for.
-        let signed = [epoch, epoch.saturating_sub(1), epoch + 1]
-            .into_iter()
-            .find(|&e| {
-                attestation(e).sealed_by(&self.domain, seal).is_ok_and(|signer| signer == operator)
-            })
-            .ok_or(BadAnswer::Signature { operator, epoch })?;
-        if sealed {
-            self.seals.insert(key, (operator, signed));
-        }
-        Ok(signed)
     }
 }
 
@@ -214,8 +185,9 @@ mod tests {
     use alloy::primitives::{Address, U256};
 
     use super::*;
-    use crate::eip712::Eip712Signer;
+    use crate::eip712::{Eip712Signer, keccak256};
     use crate::engine::Activation;
+    use crate::net::codec::payload_bytes;
     use crate::pay::NodeTerms;
     use crate::pay::meter::Tariff;
 
@@ -266,9 +238,12 @@ mod tests {
             clock: EpochClock { genesis: 0, duration: 60 },
             time: ChainClock::default(),
             operators: Arc::new(Mutex::new(HashMap::from([(peer, terms)]))),
-            seals: SealCache::default(),
         };
         (check, peer)
+    }
+
+    fn hash(output: &Payload) -> B256 {
+        keccak256(&payload_bytes(output))
     }
 
     #[test]
@@ -280,20 +255,17 @@ mod tests {
         let request_hash = B256::repeat_byte(3);
         let epoch = check.clock.epoch_at(check.time.now());
         let sign = |signer: &Eip712Signer, epoch: u64, output: &Payload| {
-            let output_hash = keccak256(&payload_bytes(output));
+            let output_hash = hash(output);
             AnswerSeal::alone(
                 ResponseAttestation { request_hash, output_hash, epoch }
                     .sign(&check.domain, signer),
             )
         };
-        assert_eq!(
-            check.check(&peer, request_hash, &output, &sign(&operator, epoch, &output)),
-            Ok(epoch)
-        );
-        assert_eq!(
-            check.check(&peer, request_hash, &output, &sign(&operator, epoch + 1, &output)),
-            Ok(epoch + 1)
-        );
+        let checked = |peer: &PeerId, seal: &AnswerSeal| {
+            check.check(peer, request_hash, hash(&output), seal, None)
+        };
+        assert_eq!(checked(&peer, &sign(&operator, epoch, &output)), Ok(epoch));
+        assert_eq!(checked(&peer, &sign(&operator, epoch + 1, &output)), Ok(epoch + 1));
         let wrong = [
             sign(&stranger, epoch, &output),
             sign(&operator, epoch + 5, &output),
@@ -301,30 +273,23 @@ mod tests {
             AnswerSeal::alone([0u8; 65]),
         ];
         for signature in wrong {
-            assert!(matches!(
-                check.check(&peer, request_hash, &output, &signature),
-                Err(BadAnswer::Signature { .. })
-            ));
+            assert!(matches!(checked(&peer, &signature), Err(BadAnswer::Signature { .. })));
         }
         assert_eq!(
-            check.check(&PeerId::random(), request_hash, &output, &sign(&operator, epoch, &output)),
+            checked(&PeerId::random(), &sign(&operator, epoch, &output)),
             Err(BadAnswer::UnknownOperator)
         );
     }
 
     #[test]
-    fn a_message_s_signature_checks_each_answer_by_its_proof_and_once() {
+    fn a_message_s_seal_checks_each_answer_by_its_proof_and_is_recovered_once() {
         use crate::validate::{answer_proofs, seal_answers};
         let operator = Eip712Signer::from_bytes(&B256::repeat_byte(7)).unwrap();
         let stranger = Eip712Signer::from_bytes(&B256::repeat_byte(9)).unwrap();
         let (check, peer) = checking(&operator);
         let epoch = check.clock.epoch_at(check.time.now());
-        let outputs: Vec<Payload> = (0..3).map(|i| tensor(vec![1, 1, 4], i as f32)).collect();
-        let requests: Vec<B256> = (0..3).map(|i| B256::repeat_byte(i + 1)).collect();
-        let answers: Vec<(B256, B256)> = requests
-            .iter()
-            .zip(&outputs)
-            .map(|(&request, output)| (request, keccak256(&payload_bytes(output))))
+        let answers: Vec<(B256, B256)> = (0..3u8)
+            .map(|i| (B256::repeat_byte(i + 1), hash(&tensor(vec![1, 1, 4], f32::from(i)))))
             .collect();
         let proofs = answer_proofs(&answers);
         let signed_by = |signer: &Eip712Signer, epoch: u64| {
@@ -333,48 +298,56 @@ mod tests {
         let seal =
             |signature: [u8; 65], i: usize| AnswerSeal { signature, proof: proofs[i].clone() };
         let signature = signed_by(&operator, epoch);
-        for i in 0..3 {
-            assert_eq!(
-                check.check(&peer, requests[i], &outputs[i], &seal(signature, i)),
-                Ok(epoch)
-            );
-        }
-        // Recovered once, for the first answer; the others were a proof each.
-        let root =
-            ResponseAttestation { request_hash: requests[0], output_hash: answers[0].1, epoch }
-                .root(&proofs[0]);
-        assert_eq!(check.seals.get(&(root, signature)), Some((operator.address(), epoch)));
-        assert_eq!(check.seals.0.lock().unwrap().order.len(), 1);
-
-        // An answer under another's proof, the signature without a proof, a stranger's or
-        // another epoch's signature: none checks, and none is remembered.
-        let refused = |request: B256, output: &Payload, seal: AnswerSeal| {
-            matches!(check.check(&peer, request, output, &seal), Err(BadAnswer::Signature { .. }))
+        let checked = |i: usize, seal: &AnswerSeal, memo: &SealMemo| {
+            check.check(&peer, answers[i].0, answers[i].1, seal, Some(memo))
         };
-        assert!(refused(requests[0], &outputs[0], seal(signature, 1)));
-        assert!(refused(requests[1], &outputs[0], seal(signature, 0)));
-        assert!(refused(requests[0], &outputs[0], AnswerSeal::alone(signature)));
-        assert!(refused(requests[0], &outputs[0], seal(signed_by(&stranger, epoch), 0)));
-        assert!(refused(requests[0], &outputs[0], seal(signed_by(&operator, epoch + 5), 0)));
-        assert_eq!(check.seals.0.lock().unwrap().order.len(), 1);
-        // What one operator's signature proved is not taken for another's answers.
+
+        // Each answer checks by its proof; the first check leaves the seal's signer for the
+        // others.
+        let memo = SealMemo::default();
+        for i in 0..3 {
+            assert_eq!(checked(i, &seal(signature, i), &memo), Ok(epoch));
+        }
+        let root =
+            ResponseAttestation { request_hash: answers[0].0, output_hash: answers[0].1, epoch }
+                .root(&proofs[0]);
+        assert_eq!(memo.0.get(), Some(&Some((root, operator.address(), epoch))));
+        // Reused, not recovered: a memo saying epoch + 1 is believed for this root...
+        let planted = SealMemo::default();
+        planted.0.set(Some((root, operator.address(), epoch + 1))).unwrap();
+        assert_eq!(checked(1, &seal(signature, 1), &planted), Ok(epoch + 1));
+        // ...but not for another root, another operator or a far epoch: those recover.
+        for (r, o, e) in [
+            (B256::ZERO, operator.address(), epoch + 1),
+            (root, stranger.address(), epoch + 1),
+            (root, operator.address(), epoch + 5),
+        ] {
+            let planted = SealMemo::default();
+            planted.0.set(Some((r, o, e))).unwrap();
+            assert_eq!(checked(1, &seal(signature, 1), &planted), Ok(epoch));
+        }
+
+        // An answer under another's proof, the seal without a proof, a stranger's or another
+        // epoch's seal: none checks, and a message whose first checked answer failed still
+        // checks its honest answers, each on its own.
+        let memo = SealMemo::default();
+        let refused = |i: usize, seal: AnswerSeal| {
+            matches!(checked(i, &seal, &memo), Err(BadAnswer::Signature { .. }))
+        };
+        assert!(refused(0, seal(signature, 1)));
+        assert_eq!(memo.0.get(), Some(&None));
+        assert!(refused(1, seal(signature, 0)));
+        assert!(refused(0, AnswerSeal::alone(signature)));
+        assert!(refused(0, seal(signed_by(&stranger, epoch), 0)));
+        assert!(refused(0, seal(signed_by(&operator, epoch + 5), 0)));
+        assert_eq!(checked(2, &seal(signature, 2), &memo), Ok(epoch));
+        // What one operator's seal proved is not taken for another peer's answers.
         let (other, other_peer) = checking(&stranger);
-        let other = SignatureCheck { seals: check.seals.clone(), ..other };
+        let memo = SealMemo::default();
+        assert_eq!(checked(0, &seal(signature, 0), &memo), Ok(epoch));
         assert!(matches!(
-            other.check(&other_peer, requests[0], &outputs[0], &seal(signature, 0)),
+            other.check(&other_peer, answers[1].0, answers[1].1, &seal(signature, 1), Some(&memo)),
             Err(BadAnswer::Signature { .. })
         ));
-    }
-
-    #[test]
-    fn the_seal_cache_keeps_only_the_latest() {
-        let cache = SealCache::default();
-        for i in 0..SEALS_KEPT + 10 {
-            cache.insert((B256::from(U256::from(i)), [0; 65]), (Address::ZERO, i as u64));
-        }
-        assert_eq!(cache.get(&(B256::from(U256::from(9)), [0; 65])), None);
-        assert_eq!(cache.get(&(B256::from(U256::from(10)), [0; 65])), Some((Address::ZERO, 10)));
-        let entries = cache.0.lock().unwrap();
-        assert_eq!((entries.order.len(), entries.checked.len()), (SEALS_KEPT, SEALS_KEPT));
     }
 }

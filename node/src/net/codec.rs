@@ -82,6 +82,11 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The length of the payload's encoding (tag included).
+    pub fn encoded_len(&self) -> usize {
+        payload_len(self)
+    }
+
     /// The positions a step with this payload runs: its output has one row per position.
     pub fn positions(&self) -> usize {
         match self {

@@ -36,6 +36,6 @@ pub mod steps;
 
 pub use protocol::{INFER_PROTOCOL, InferCodec};
 pub use service::{
-    Announcement, Inbound, NatConfig, NetConfig, NetError, Network, PeerRtts, SWARM_ID, StepAnswer,
-    block_key, files_key, peer_of,
+    Announcement, InMessage, Inbound, NatConfig, NetConfig, NetError, Network, PeerRtts, SWARM_ID,
+    StepAnswer, block_key, files_key, peer_of,
 };

@@ -28,6 +28,7 @@ use super::pieces::{
 };
 use super::protocol::{INFER_PROTOCOL, InferCodec, RETIRED_INFER_PROTOCOLS};
 use super::steps::{STEPS_PROTOCOL, SealedAnswers, Steps, StepsCodec, StepsSent};
+use crate::validate::SealMemo;
 
 mod steps;
 
@@ -128,19 +129,30 @@ pub enum NetError {
 /// disconnected and kept out of the DHT.
 pub const SWARM_ID: &str = "/infergrid/id/1";
 
-/// A node's answer to one step, with the proof of its leaf under the signature of its
-/// message when it came in a message of several (`wire.md`, "Response signature"); empty
-/// when its own signature covers it alone.
-#[derive(Debug, Clone, PartialEq)]
+/// A node's answer to one step; one that came in a message of several Ok answers carries
+/// what checking it against the message's seal takes (`wire.md`, "Several answers, one
+/// signature"). Its signature field holds its own signature, or the message's seal.
+#[derive(Debug, Clone)]
 pub struct StepAnswer {
     pub response: InferResponse,
+    pub in_message: Option<InMessage>,
+}
+
+/// An Ok answer signed together with the others of its message.
+#[derive(Debug, Clone)]
+pub struct InMessage {
+    /// The proof of the answer's leaf under the root the seal signs.
     pub proof: Vec<B256>,
+    /// keccak-256 of the output's payload bytes, hashed once for the proof.
+    pub output_hash: B256,
+    /// Shared by the message's answers: the seal's signer, once one of them is checked.
+    pub memo: Arc<SealMemo>,
 }
 
 impl StepAnswer {
     /// An answer signed on its own.
     pub fn alone(response: InferResponse) -> Self {
-        Self { response, proof: Vec::new() }
+        Self { response, in_message: None }
     }
 }
 
@@ -177,6 +189,8 @@ enum Command {
     Step {
         peer: PeerId,
         request: InferRequest,
+        /// The gateway's own hash of `request`, for the proofs of a message's answers.
+        request_hash: B256,
         size: StepSize,
         reply: StepReply,
     },
@@ -413,6 +427,7 @@ impl Network {
         &self,
         peer: PeerId,
         request: InferRequest,
+        request_hash: B256,
         answer_bytes: usize,
     ) -> Result<StepAnswer, NetError> {
         let size = StepSize {
@@ -424,7 +439,7 @@ impl Network {
             return self.request(peer, request).await.map(StepAnswer::alone);
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Step { peer, request, size, reply }).await?;
+        self.send(Command::Step { peer, request, request_hash, size, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
@@ -617,7 +632,7 @@ struct EventLoop {
     /// its answer goes.
     pending_steps: HashMap<OutboundRequestId, (PeerId, Vec<(B256, StepReply)>)>,
     /// Steps waiting to go together, per peer.
-    outbox: Outbox<(InferRequest, StepReply)>,
+    outbox: Outbox<(InferRequest, B256, StepReply)>,
     /// Connected peers whose identify lists [`STEPS_PROTOCOL`].
     steps_peers: HashSet<PeerId>,
     steps_sent: StepsSent,
@@ -796,8 +811,8 @@ impl EventLoop {
         match command {
             Command::Dial { peer, addr } => self.dial(peer, addr),
             Command::Request { peer, request, reply } => self.send_request(peer, request, reply),
-            Command::Step { peer, request, size, reply } => {
-                self.send_step(peer, request, size, reply)
+            Command::Step { peer, request, request_hash, size, reply } => {
+                self.send_step(peer, request, request_hash, size, reply)
             }
             Command::Respond { channel, response } => {
                 let _ = behaviour.infer.send_response(channel, response);

@@ -78,13 +78,9 @@ pub struct Attester {
 impl Attester {
     /// Signs (keccak-256 of the encoded request, keccak-256 of the encoded output, the
     /// current epoch).
-    pub fn attest(&self, request_hash: B256, output: &Payload) -> [u8; 65] {
-        ResponseAttestation {
-            request_hash,
-            output_hash: keccak256(&payload_bytes(output)),
-            epoch: self.clock.epoch_at(self.time.now()),
-        }
-        .sign(&self.domain, &self.signer)
+    pub fn attest(&self, request_hash: B256, output_hash: B256) -> [u8; 65] {
+        let epoch = self.clock.epoch_at(self.time.now());
+        ResponseAttestation { request_hash, output_hash, epoch }.sign(&self.domain, &self.signer)
     }
 
     /// Signs the Ok answers of one message at once, `(requestHash, outputHash)` each in the
@@ -153,7 +149,7 @@ impl BlockServer {
                 Inbound::Request { peer, request, reply } => {
                     let step = self.answer(peer, request, None, Signing::Alone);
                     tokio::spawn(async move {
-                        let _ = reply.send(step.await);
+                        let _ = reply.send(step.await.0);
                     });
                 }
                 Inbound::Steps { peer, steps, reply } => self.answer_message(peer, steps, reply),
@@ -172,8 +168,6 @@ impl BlockServer {
         reply: oneshot::Sender<SealedAnswers>,
     ) {
         let room = AnswerRoom::default();
-        let request_hashes: Vec<Option<B256>> =
-            steps.iter().map(|step| step.as_ref().ok().map(InferRequest::request_hash)).collect();
         // Each step takes its share of the room here, in the message's order.
         let answering: Vec<_> = steps
             .into_iter()
@@ -182,36 +176,31 @@ impl BlockServer {
         let attester = self.attester.clone();
         tokio::spawn(async move {
             let mut answers = Vec::with_capacity(answering.len());
+            let mut signed = Vec::with_capacity(answering.len());
             for step in answering {
                 // A step whose task died still has its place in the message.
-                answers.push(step.await.unwrap_or_else(|e| {
-                    refuse(ErrorCode::Internal, format!("inference task failed: {e}"))
-                }));
+                let (answer, leaf) = step.await.unwrap_or_else(|e| {
+                    (refuse(ErrorCode::Internal, format!("inference task failed: {e}")), None)
+                });
+                answers.push(answer);
+                signed.extend(leaf);
             }
-            let signed: Vec<(B256, B256)> = request_hashes
-                .iter()
-                .zip(&answers)
-                .filter_map(|(request_hash, answer)| match (request_hash, answer) {
-                    (Some(request_hash), InferResponse::Ok { output, .. }) => {
-                        Some((*request_hash, keccak256(&payload_bytes(output))))
-                    }
-                    _ => None,
-                })
-                .collect();
             let seal = attester.seal(&signed);
             let _ = reply.send(SealedAnswers { answers, seal });
         });
     }
 
     /// The answer to one step, in its span, counted in the metrics: its size checked against
-    /// the message's `room` now (in the message's order), the rest when awaited.
+    /// the message's `room` now (in the message's order), the rest when awaited; an Ok answer
+    /// signed alone, or returned unsigned with its `(requestHash, outputHash)` for its
+    /// message's seal (hashed here, in the step's own task).
     fn answer(
         self: &Arc<Self>,
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
         room: Option<&AnswerRoom>,
         signing: Signing,
-    ) -> impl Future<Output = InferResponse> + Send + 'static {
+    ) -> impl Future<Output = (InferResponse, Option<(B256, B256)>)> + Send + 'static {
         let answer_size = match &request {
             Ok(request) => self.check_answer_size(request, room),
             Err(_) => Ok(()),
@@ -226,7 +215,21 @@ impl BlockServer {
         let span = tracing::info_span!("step", %peer, session, kind, position);
         let step = async move {
             let started = Instant::now();
-            let response = server.handle(peer, request, answer_size, signing).await;
+            let mut request_hash = None;
+            let mut response = server.handle(peer, request, answer_size, &mut request_hash).await;
+            let leaf = match (&mut response, request_hash) {
+                (InferResponse::Ok { output, signature, .. }, Some(request_hash)) => {
+                    let output_hash = keccak256(&payload_bytes(output));
+                    match signing {
+                        Signing::Alone => {
+                            *signature = server.attester.attest(request_hash, output_hash);
+                            None
+                        }
+                        Signing::WithMessage => Some((request_hash, output_hash)),
+                    }
+                }
+                _ => None,
+            };
             let took = started.elapsed();
             let outcome = match &response {
                 InferResponse::Ok { .. } => {
@@ -244,18 +247,19 @@ impl BlockServer {
             if !server.answer_delay.is_zero() {
                 tokio::time::sleep(server.answer_delay).await;
             }
-            response
+            (response, leaf)
         };
         step.instrument(span)
     }
 
-    /// The answer to one request.
+    /// The answer to one request, unsigned; `request_hash` is set once the request is
+    /// admitted and paid for (the caller signs an Ok answer with it).
     pub async fn handle(
         self: &Arc<Self>,
         peer: PeerId,
         request: Result<InferRequest, CodecError>,
         answer_size: Result<(), WireError>,
-        signing: Signing,
+        request_hash: &mut Option<B256>,
     ) -> InferResponse {
         let request = match request {
             Ok(request) => request,
@@ -343,7 +347,8 @@ impl BlockServer {
             }
             _ => None,
         };
-        let request_hash = request.request_hash();
+        // Hashed only once admitted: a refused step is not signed.
+        *request_hash = Some(request.request_hash());
         let (kind, wire_session, position) = (request.kind, request.session, request.position);
         let span_blocks = (request.last_block - request.first_block + 1) as f64;
         // What is announced is one position's cost: verify steps of several are not timed.
@@ -387,11 +392,6 @@ impl BlockServer {
                     StepKind::Close => tracing::info!("session closed"),
                     _ => {}
                 }
-                let signature = match signing {
-                    Signing::Alone => self.attester.attest(request_hash, &output),
-                    // Signed with the others of its message, once all are answered.
-                    Signing::WithMessage => [0; 65],
-                };
                 // The payer's account as it stands after this step, so that it sees (and can
                 // settle) any difference from its own count.
                 let account = match (&self.collector, charge) {
@@ -400,7 +400,8 @@ impl BlockServer {
                     }
                     _ => None,
                 };
-                InferResponse::Ok { output, signature, account }
+                // Signed by the caller, alone or with the others of its message.
+                InferResponse::Ok { output, signature: [0; 65], account }
             }
             Ok(Err(e)) => InferResponse::Err(e),
             Err(e) => refuse(ErrorCode::Internal, format!("inference task failed: {e}")),

@@ -100,7 +100,7 @@ impl FaultEvidence {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(&part);
             }
-            out.push(step.seal.proof.len() as u8);
+            out.push(u8::try_from(step.seal.proof.len()).expect("a proof of at most 6 siblings"));
             for sibling in &step.seal.proof {
                 out.extend_from_slice(sibling.as_slice());
             }

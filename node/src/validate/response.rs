@@ -19,6 +19,7 @@ pub static RESPONSES_TYPEHASH: LazyLock<B256> =
 /// The most siblings an answer's proof may have: a message holds at most 64 answers, whose
 /// tree is 6 levels deep; more is not a proof any node made.
 pub const MAX_ANSWER_PROOF: usize = 6;
+const _: () = assert!(1 << MAX_ANSWER_PROOF >= crate::net::steps::MAX_STEPS_PER_MESSAGE);
 
 /// The EIP-712 domain of a `Validation` deployment.
 pub fn validation_domain(chain_id: u64, validation: Address) -> Domain {
@@ -95,6 +96,13 @@ impl AnswerSeal {
         Self { signature, proof: Vec::new() }
     }
 }
+
+/// Whom a message's seal was found signed by, and for which root and epoch, the first time one
+/// of its answers was checked: the message's other answers lead to the same root, so their
+/// checks reuse it instead of recovering the signature again. One per message, shared by its
+/// answers; a check that finds another root, operator or a far epoch recovers for itself.
+#[derive(Debug, Default)]
+pub struct SealMemo(pub std::sync::OnceLock<Option<(B256, Address, u64)>>);
 
 /// The digest of `Responses(root, epoch)`, identical to `Validation.responsesDigest`.
 pub fn responses_digest(domain: &Domain, root: B256, epoch: u64) -> B256 {

@@ -3,6 +3,7 @@
 //! message's signature; messages of steps from others go to the node whole, and its sealed
 //! answers go back together, in order.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use alloy::primitives::B256;
@@ -10,14 +11,15 @@ use libp2p::PeerId;
 use libp2p::request_response::{self, ResponseChannel};
 use tokio::sync::oneshot;
 
-use super::{Command, EventLoop, Inbound, NetError, StepAnswer, outbound_error};
+use super::{Command, EventLoop, InMessage, Inbound, NetError, StepAnswer, outbound_error};
+use crate::blocking::without_stalling;
 use crate::eip712::keccak256;
 use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, StepKind, WireError, payload_bytes,
 };
 use crate::net::outbox::StepSize;
 use crate::net::steps::{STEPS_PROTOCOL, SealedAnswers, Steps};
-use crate::validate::answer_proofs;
+use crate::validate::{SealMemo, answer_proofs};
 
 /// Where the answer to one step goes.
 pub(super) type StepReply = oneshot::Sender<Result<StepAnswer, NetError>>;
@@ -29,6 +31,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         request: InferRequest,
+        request_hash: B256,
         size: StepSize,
         reply: StepReply,
     ) {
@@ -37,7 +40,7 @@ impl EventLoop {
         }
         let session = (request.session, request.kind == StepKind::Close);
         if let Some(message) =
-            self.outbox.submit(peer, session, (request, reply), size, Instant::now())
+            self.outbox.submit(peer, session, (request, request_hash, reply), size, Instant::now())
         {
             self.send_steps(peer, message);
         }
@@ -50,13 +53,10 @@ impl EventLoop {
         }
     }
 
-    fn send_steps(&mut self, peer: PeerId, message: Vec<(InferRequest, StepReply)>) {
+    fn send_steps(&mut self, peer: PeerId, message: Vec<(InferRequest, B256, StepReply)>) {
         let (steps, replies): (Steps, Vec<(B256, StepReply)>) = message
             .into_iter()
-            .map(|(request, reply)| {
-                let request_hash = request.request_hash();
-                (Ok(request), (request_hash, reply))
-            })
+            .map(|(request, request_hash, reply)| (Ok(request), (request_hash, reply)))
             .unzip();
         tracing::trace!(%peer, steps = steps.len(), "sending steps together");
         self.steps_sent.count(steps.len());
@@ -152,16 +152,20 @@ impl EventLoop {
     }
 }
 
-/// Gives each step its answer, each Ok one with its proof under the message's signature
-/// (built from the step's request hash and the output as received: the node signed the same
-/// leaves, or the signature does not check); answers that do not match the steps in number
-/// fail them all, as a garbled response would (none is known to be whose).
+/// Gives each step its answer; answers that do not match the steps in number fail them all,
+/// as a garbled response would (none is known to be whose). Each Ok answer of several gets
+/// its proof under the message's seal, built from the step's request hash and the output as
+/// received (the node signed the same leaves, or the seal does not check) — hashing
+/// megabytes of a prefill chunk's logits off the event loop.
 fn deliver(peer: PeerId, replies: Vec<(B256, StepReply)>, sealed: SealedAnswers) {
-    let SealedAnswers { answers, seal } = sealed;
-    if answers.len() != replies.len() {
+    if sealed.answers.len() != replies.len() {
         let error = NetError::Request {
             peer,
-            reason: format!("{} answers to a message of {} steps", answers.len(), replies.len()),
+            reason: format!(
+                "{} answers to a message of {} steps",
+                sealed.answers.len(),
+                replies.len()
+            ),
             answer_lost: false,
         };
         for (_, reply) in replies {
@@ -169,26 +173,57 @@ fn deliver(peer: PeerId, replies: Vec<(B256, StepReply)>, sealed: SealedAnswers)
         }
         return;
     }
-    let signed: Vec<(B256, B256)> = replies
+    let output_bytes: usize = sealed
+        .answers
         .iter()
-        .zip(&answers)
-        .filter_map(|((request_hash, _), answer)| match answer {
-            InferResponse::Ok { output, .. } => {
-                Some((*request_hash, keccak256(&payload_bytes(output))))
-            }
-            InferResponse::Err(_) => None,
+        .map(|answer| match answer {
+            InferResponse::Ok { output, .. } => output.encoded_len(),
+            InferResponse::Err(_) => 0,
         })
-        .collect();
-    let mut proofs = answer_proofs(&signed).into_iter();
+        .sum();
+    if output_bytes > LARGE_OUTPUTS {
+        tokio::spawn(async move { without_stalling(|| answer_each(replies, sealed)) });
+    } else {
+        answer_each(replies, sealed);
+    }
+}
+
+/// Outputs the event loop hashes itself: a decode step's hidden state or logits.
+const LARGE_OUTPUTS: usize = 1 << 20;
+
+fn answer_each(replies: Vec<(B256, StepReply)>, sealed: SealedAnswers) {
+    let SealedAnswers { answers, seal } = sealed;
+    let oks = answers.iter().filter(|a| matches!(a, InferResponse::Ok { .. })).count();
+    // One Ok answer is signed alone: its seal is its own `Response` signature.
+    let mut in_message = if oks > 1 {
+        let signed: Vec<(B256, B256)> = replies
+            .iter()
+            .zip(&answers)
+            .filter_map(|((request_hash, _), answer)| match answer {
+                InferResponse::Ok { output, .. } => {
+                    Some((*request_hash, keccak256(&payload_bytes(output))))
+                }
+                InferResponse::Err(_) => None,
+            })
+            .collect();
+        let memo = Arc::new(SealMemo::default());
+        let proofs = answer_proofs(&signed).into_iter();
+        signed
+            .into_iter()
+            .zip(proofs)
+            .map(|((_, output_hash), proof)| InMessage { proof, output_hash, memo: memo.clone() })
+            .collect()
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     for ((_, reply), mut response) in replies.into_iter().zip(answers) {
-        let proof = match &mut response {
-            InferResponse::Ok { signature, .. } => {
-                *signature = seal;
-                proofs.next().expect("a proof per Ok answer")
-            }
-            InferResponse::Err(_) => Vec::new(),
-        };
-        let _ = reply.send(Ok(StepAnswer { response, proof }));
+        let mut answer_in_message = None;
+        if let InferResponse::Ok { signature, .. } = &mut response {
+            *signature = seal;
+            answer_in_message = in_message.next();
+        }
+        let _ = reply.send(Ok(StepAnswer { response, in_message: answer_in_message }));
     }
 }
 
@@ -205,54 +240,70 @@ mod tests {
         SealedAnswers { answers, seal: [9; 65] }
     }
 
+    fn leaf(hash: B256, id: i64) -> B256 {
+        crate::validate::ResponseAttestation {
+            request_hash: hash,
+            output_hash: keccak256(&payload_bytes(&Payload::Tokens(vec![id]))),
+            epoch: 0,
+        }
+        .leaf()
+    }
+
+    /// Replies to steps of the given request hashes, and where their answers arrive.
+    type Arrivals = Vec<oneshot::Receiver<Result<StepAnswer, NetError>>>;
+
+    fn steps(hashes: &[B256]) -> (Vec<(B256, StepReply)>, Arrivals) {
+        hashes
+            .iter()
+            .map(|&hash| {
+                let (reply, answer) = oneshot::channel();
+                ((hash, reply), answer)
+            })
+            .unzip()
+    }
+
     #[test]
     fn each_step_gets_its_own_answer_and_proof_or_all_fail_together() {
         use crate::validate::fold_proof;
         let peer = PeerId::random();
         let busy = InferResponse::Err(WireError::new(ErrorCode::Overloaded, "busy"));
         let hashes = [B256::repeat_byte(1), B256::repeat_byte(2), B256::repeat_byte(3)];
-        let (replies, mut answers): (Vec<_>, Vec<_>) = hashes
-            .iter()
-            .map(|&hash| {
-                let (reply, answer) = oneshot::channel();
-                ((hash, reply), answer)
-            })
-            .unzip();
+        let (replies, mut answers) = steps(&hashes);
         deliver(peer, replies, sealed(vec![answer(1), busy.clone(), answer(3)]));
         let mut got: Vec<StepAnswer> =
             answers.iter_mut().map(|a| a.try_recv().unwrap().unwrap()).collect();
-        // The refusal is not signed and has no proof; each Ok answer carries the message's
-        // signature and a proof that folds its own leaf to the same root.
-        assert_eq!(got[1], StepAnswer::alone(busy));
-        let leaf = |hash: B256, id: i64| {
-            crate::validate::ResponseAttestation {
-                request_hash: hash,
-                output_hash: keccak256(&payload_bytes(&Payload::Tokens(vec![id]))),
-                epoch: 0,
-            }
-            .leaf()
-        };
+        // The refusal is not signed and is in no tree; each Ok answer carries the message's
+        // seal, its output's hash, a proof that folds its own leaf to the same root, and the
+        // message's one memo.
+        assert_eq!(got[1].response, busy);
+        assert!(got[1].in_message.is_none());
+        let third = got.remove(2);
         let first = got.remove(0);
-        let third = got.remove(1);
         for answer in [&first, &third] {
             assert!(
                 matches!(answer.response, InferResponse::Ok { signature, .. } if signature == [9; 65])
             );
-            assert_eq!(answer.proof.len(), 1);
         }
+        let (first, third) = (first.in_message.unwrap(), third.in_message.unwrap());
+        assert_eq!(first.output_hash, keccak256(&payload_bytes(&Payload::Tokens(vec![1]))));
+        assert_eq!(first.proof, vec![leaf(hashes[2], 3)]);
         assert_eq!(
             fold_proof(leaf(hashes[0], 1), &first.proof),
             fold_proof(leaf(hashes[2], 3), &third.proof)
         );
-        assert_eq!(first.proof, vec![leaf(hashes[2], 3)]);
+        assert!(Arc::ptr_eq(&first.memo, &third.memo));
+
+        // One Ok answer among refusals is signed alone: no proof to give.
+        let (replies, mut answers) = steps(&hashes[..2]);
+        deliver(peer, replies, sealed(vec![busy.clone(), answer(2)]));
+        let lone = answers[1].try_recv().unwrap().unwrap();
+        assert!(lone.in_message.is_none());
+        assert!(
+            matches!(lone.response, InferResponse::Ok { signature, .. } if signature == [9; 65])
+        );
 
         // One answer to two steps: neither is known to be whose, and neither was lost.
-        let (replies, answers): (Vec<_>, Vec<_>) = (0..2)
-            .map(|_| {
-                let (reply, answer) = oneshot::channel();
-                ((B256::ZERO, reply), answer)
-            })
-            .unzip();
+        let (replies, answers) = steps(&[B256::ZERO; 2]);
         deliver(peer, replies, sealed(vec![answer(1)]));
         for mut answer in answers {
             let error = answer.try_recv().unwrap().unwrap_err();
