@@ -15,6 +15,7 @@ from . import secp256k1
 DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 VOUCHER_TYPE = b"Voucher(uint256 channelId,uint256 cumulativeAmount)"
 RESPONSE_TYPE = b"Response(bytes32 requestHash,bytes32 outputHash,uint64 epoch)"
+RESPONSES_TYPE = b"Responses(bytes32 root,uint64 epoch)"
 OWNERSHIP_TYPE = b"PeerIdOwnership(address operator)"
 
 CHANNELS_NAME = "InferGrid PaymentChannels"
@@ -84,6 +85,10 @@ def voucher_struct_hash(channel_id: int, cumulative_amount: int) -> bytes:
 
 def response_struct_hash(request_hash: bytes, output_hash: bytes, epoch: int) -> bytes:
     return keccak256(keccak256(RESPONSE_TYPE) + request_hash + output_hash + word(epoch))
+
+
+def responses_struct_hash(root: bytes, epoch: int) -> bytes:
+    return keccak256(keccak256(RESPONSES_TYPE) + root + word(epoch))
 
 
 def ownership_struct_hash(operator: str) -> bytes:

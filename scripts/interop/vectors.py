@@ -171,6 +171,22 @@ def check_challenge_tree(v: dict, all_vectors: dict, f: Fields) -> None:
         f.same(f"proofs[{i}] verifies", True, merkle.verify(proof, tree.root(), leaf))
 
 
+def check_sealed_answers(v: dict, all_vectors: dict, f: Fields) -> None:
+    domain = _domain(v["domain"], eip712.VALIDATION_NAME)
+    leaves = [merkle.leaf(_bytes(a), _bytes(b)) for a, b in v["answers"]]
+    for i, leaf in enumerate(leaves):
+        f.same(f"leaves[{i}]", v["leaves"][i], _hex(leaf))
+    tree = merkle.Tree(leaves)
+    f.same("root", v["root"], _hex(tree.root()))
+    for i, leaf in enumerate(leaves):
+        f.same(f"proofs[{i}]", v["proofs"][i], [_hex(p) for p in tree.proof(leaf)])
+    digest = domain.digest(eip712.responses_struct_hash(tree.root(), v["epoch"]))
+    f.same("digest", v["digest"], _hex(digest))
+    f.same("signature", v["signature"], _hex(eip712.sign(_key_secret(all_vectors, "operator"), digest)))
+    f.same("signer", v["signer"], eip712.recover_address(digest, _bytes(v["signature"])))
+    f.same("signer is keys.operator", all_vectors["keys"]["operator"]["address"], v["signer"])
+
+
 def check_model_id(v: dict, all_vectors: dict, f: Fields) -> None:
     f.same("placeholder", v["placeholder"], modelid.PLACEHOLDER)
     f.same("modelId", v["modelId"], modelid.derived_model_id(v["manifestText"].encode(), v["modelId"]))
@@ -241,6 +257,7 @@ CHECKS = {
     "dht": check_dht,
     "announcement": check_announcement,
     "challengeTree": check_challenge_tree,
+    "sealedAnswers": check_sealed_answers,
     "modelId": check_model_id,
     "pieces": check_pieces,
     "resultCommitment": check_result_commitment,

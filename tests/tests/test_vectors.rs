@@ -23,7 +23,10 @@ use infergrid::net::pieces::{PieceRequest, PieceResponse, Refusal};
 use infergrid::net::{Announcement, block_key, files_key};
 use infergrid::pay::meter::Tariff;
 use infergrid::pay::{Voucher, channels_domain};
-use infergrid::validate::{MerkleTree, ResponseAttestation, challenge_leaf, validation_domain};
+use infergrid::validate::{
+    MerkleTree, ResponseAttestation, answer_leaf, answer_proofs, challenge_leaf, responses_digest,
+    seal_answers, validation_domain,
+};
 use infergrid_e2e::models::repo_root;
 use serde_json::{Value, json};
 
@@ -109,6 +112,16 @@ fn vectors() -> Value {
         .collect();
     let leaves: Vec<B256> = challenges.iter().map(|&(r, e)| challenge_leaf(r, e)).collect();
     let tree = MerkleTree::new(leaves.clone()).unwrap();
+
+    // The Ok answers of one message of steps, signed once by the operator for epoch 7.
+    let answered: Vec<(B256, B256)> = (0..3)
+        .map(|i| {
+            (keccak256(format!("step {i}").as_bytes()), keccak256(format!("output {i}").as_bytes()))
+        })
+        .collect();
+    let answer_leaves: Vec<B256> = answered.iter().map(|&(r, o)| answer_leaf(r, o)).collect();
+    let answer_root = MerkleTree::new(answer_leaves.clone()).unwrap().root();
+    let seal = seal_answers(&validation, &operator, 7, &answered).unwrap();
 
     // A node registered for blocks 1-2 (n = 2) at 3·10^12 wei a token, asked for a prompt of
     // 5, two decode steps, a verify step of 1 + 3 drafts on block 2 alone, and a close.
@@ -269,6 +282,18 @@ fn vectors() -> Value {
             "requestHash": draft.request_hash().to_string(),
             "blockTokens": infergrid::pay::meter::step_units(&draft),
             "answer": {"tokens": [5, 6, 7, 8], "outputHash": keccak256(&payload_bytes(&guesses)).to_string()},
+        },
+        "sealedAnswers": {
+            "spec": "wire.md, Several answers, one signature",
+            "domain": domain_json(&validation),
+            "epoch": 7,
+            "answers": answered.iter().map(|(r, o)| [r.to_string(), o.to_string()]).collect::<Vec<_>>(),
+            "leaves": answer_leaves.iter().map(B256::to_string).collect::<Vec<_>>(),
+            "root": answer_root.to_string(),
+            "proofs": answer_proofs(&answered).iter().map(|proof| proof.iter().map(B256::to_string).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "digest": responses_digest(&validation, answer_root, 7).to_string(),
+            "signer": operator.address().to_string(),
+            "signature": hex(seal),
         },
         "challengeTree": {
             "spec": "validation.md, Challenge sets",

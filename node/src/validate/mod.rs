@@ -15,7 +15,7 @@ pub use evidence::{EvidenceError, FaultEvidence, MAX_EVIDENCE_STEPS, ReportedFau
 pub use judge::{DEFAULT_TOLERANCE, Judge, Verdict, relative_error};
 pub use merkle::{MerkleTree, fold_proof};
 pub use response::{
-    AnswerSeal, MAX_ANSWER_PROOF, ResponseAttestation, SealMemo, answer_proofs, challenge_leaf,
-    responses_digest, seal_answers, validation_domain,
+    AnswerSeal, MAX_ANSWER_PROOF, ResponseAttestation, SealMemo, answer_leaf, answer_proofs,
+    challenge_leaf, responses_digest, seal_answers, validation_domain,
 };
 pub use results::{NodeResult, ResultBook, ResultBookError, Sent, Stage};
