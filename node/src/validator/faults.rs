@@ -163,7 +163,9 @@ impl FaultDesk {
             Cheat::perturbing(1.0, 1).apply(&mut reported.output);
             tracing::warn!("TESTING: publishing forged evidence for report {id}");
             let _ = self.net.publish_evidence(forged.encode()).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The genuine copy replaces it in each voter's pool: held back past a voter's next
+            // poll, so that every voter that finds the report meanwhile checks the forged one.
+            tokio::time::sleep(POLL + Duration::from_secs(1)).await;
         }
         let bytes = evidence.encode();
         loop {
