@@ -188,9 +188,13 @@ fn deliver(peer: PeerId, replies: Vec<(B256, StepReply)>, sealed: SealedAnswers)
     }
 }
 
-/// Outputs the event loop hashes itself: a decode step's hidden state or logits.
+/// The most bytes of a message's outputs the event loop hashes itself (decode steps' hidden
+/// states or logits); a message of more (prefill chunks' logits) is hashed in a task of its
+/// own.
 const LARGE_OUTPUTS: usize = 1 << 20;
 
+/// Sends each step its answer, with what checking it against the message's seal takes when it
+/// is one of several Ok answers.
 fn answer_each(replies: Vec<(B256, StepReply)>, sealed: SealedAnswers) {
     let SealedAnswers { answers, seal } = sealed;
     let oks = answers.iter().filter(|a| matches!(a, InferResponse::Ok { .. })).count();
