@@ -159,8 +159,9 @@ def check_announcement(v: dict, all_vectors: dict, f: Fields) -> None:
     f.same("peer_id", all_vectors["identity"]["peerId"], fields["peer_id"])
 
 
-def check_challenge_tree(v: dict, all_vectors: dict, f: Fields) -> None:
-    leaves = [merkle.leaf(_bytes(a), _bytes(b)) for a, b in v["values"]]
+def _check_tree(pairs: list, v: dict, f: Fields) -> merkle.Tree:
+    """The vector's leaves, root and proofs: OpenZeppelin's tree over the double-hashed pairs."""
+    leaves = [merkle.leaf(_bytes(a), _bytes(b)) for a, b in pairs]
     for i, leaf in enumerate(leaves):
         f.same(f"leaves[{i}]", v["leaves"][i], _hex(leaf))
     tree = merkle.Tree(leaves)
@@ -169,17 +170,16 @@ def check_challenge_tree(v: dict, all_vectors: dict, f: Fields) -> None:
         proof = tree.proof(leaf)
         f.same(f"proofs[{i}]", v["proofs"][i], [_hex(p) for p in proof])
         f.same(f"proofs[{i}] verifies", True, merkle.verify(proof, tree.root(), leaf))
+    return tree
+
+
+def check_challenge_tree(v: dict, all_vectors: dict, f: Fields) -> None:
+    _check_tree(v["values"], v, f)
 
 
 def check_sealed_answers(v: dict, all_vectors: dict, f: Fields) -> None:
     domain = _domain(v["domain"], eip712.VALIDATION_NAME)
-    leaves = [merkle.leaf(_bytes(a), _bytes(b)) for a, b in v["answers"]]
-    for i, leaf in enumerate(leaves):
-        f.same(f"leaves[{i}]", v["leaves"][i], _hex(leaf))
-    tree = merkle.Tree(leaves)
-    f.same("root", v["root"], _hex(tree.root()))
-    for i, leaf in enumerate(leaves):
-        f.same(f"proofs[{i}]", v["proofs"][i], [_hex(p) for p in tree.proof(leaf)])
+    tree = _check_tree(v["answers"], v, f)
     digest = domain.digest(eip712.responses_struct_hash(tree.root(), v["epoch"]))
     f.same("digest", v["digest"], _hex(digest))
     f.same("signature", v["signature"], _hex(eip712.sign(_key_secret(all_vectors, "operator"), digest)))
