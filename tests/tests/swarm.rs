@@ -1010,34 +1010,15 @@ async fn oversized_and_lying_frames_from_a_stranger_are_refused_and_others_unaff
 /// unbatched run of its own in one process.
 #[tokio::test(flavor = "multi_thread")]
 async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> anyhow::Result<()> {
-    use infergrid::gateway::SignatureCheck;
-    use infergrid::pay::NodeTerms;
-    use infergrid::pay::meter::Tariff;
     let LlamaFixture { dir: _model_dir, manifest, runtime, local } =
         llama_fixture(&["--layers", "3", "--seed", "7"], 1)?;
     let (client, _inbound) = network(None)?;
     let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 6)?;
     client.dial(node.peer, node.addr.clone()).await?;
-    // Steps go in messages of steps once the node's identify says it speaks the protocol:
-    // until then, Close steps of a session never opened.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while client.steps_sent().0 == 0 {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no identify from the node in 10 s");
-        let close = step(&manifest, (0, 0), 0, StepKind::Close, Payload::Empty);
-        let close = InferRequest { session: 99, ..close };
-        let request_hash = close.request_hash();
-        output(client.step(node.peer, close, request_hash, 512).await?.response);
-    }
+    until_steps_go_together(&client, node.peer, &manifest).await?;
     let before = client.steps_sent();
     let prompt = |s: i64| (0..1 + s).map(|t| 3 + 7 * s + t).collect();
-    let tariff = Tariff { price_per_token: alloy::primitives::U256::from(1), span_blocks: 1 };
-    let terms = NodeTerms { operator: node.operator.address(), tariff };
-    let check = SignatureCheck {
-        domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
-        clock: NODE_EPOCHS,
-        time: infergrid::validate::ChainClock::default(),
-        operators: Arc::new(std::sync::Mutex::new([(node.peer, terms)].into())),
-    };
+    let check = checking(node.peer, node.operator.address());
     let sealed = Arc::new(AtomicUsize::new(0));
     let send = Send::Shared { check, sealed: sealed.clone() };
     let sessions =
@@ -1054,6 +1035,98 @@ async fn steps_of_many_sessions_travel_together_and_are_answered_as_alone() -> a
     eprintln!("{sealed} answers signed with others of their message");
     assert!(sealed >= 2, "no answer was signed with another's");
     assert!(largest_gap < 1e-4, "batched logits drift {largest_gap}");
+    Ok(())
+}
+
+/// Steps go in messages of steps once the node's identify says it speaks the protocol: until
+/// then, Close steps of a session never opened.
+async fn until_steps_go_together(
+    client: &Network,
+    node: PeerId,
+    manifest: &ModelManifest,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.steps_sent().0 == 0 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no identify from the node in 10 s");
+        let close = step(manifest, (0, 0), 0, StepKind::Close, Payload::Empty);
+        let close = InferRequest { session: 99, ..close };
+        let request_hash = close.request_hash();
+        output(client.step(node, close, request_hash, 512).await?.response);
+    }
+    Ok(())
+}
+
+/// A gateway's check of answers from `node`, whose registered operator is `operator`.
+fn checking(
+    node: PeerId,
+    operator: alloy::primitives::Address,
+) -> infergrid::gateway::SignatureCheck {
+    use infergrid::pay::NodeTerms;
+    use infergrid::pay::meter::Tariff;
+    let tariff = Tariff { price_per_token: alloy::primitives::U256::from(1), span_blocks: 1 };
+    infergrid::gateway::SignatureCheck {
+        domain: validation_domain(31337, alloy::primitives::Address::repeat_byte(7)),
+        clock: NODE_EPOCHS,
+        time: infergrid::validate::ChainClock::default(),
+        operators: Arc::new(std::sync::Mutex::new([(node, NodeTerms { operator, tariff })].into())),
+    }
+}
+
+/// A node whose messages are sealed by a key other than its registered operator's: every
+/// answer is refused, those signed with others of their message included, while the same
+/// answers check against the key that did sign them.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_sealed_by_another_key_than_the_operator_s_are_refused() -> anyhow::Result<()> {
+    use infergrid::gateway::BadAnswer;
+    let LlamaFixture { dir: _model_dir, manifest, runtime, local: _local } =
+        llama_fixture(&["--layers", "2", "--seed", "9"], 1)?;
+    let (client, _inbound) = network(None)?;
+    let node = serve(&manifest, &runtime, 0..=0, &[client.local_peer()], 5)?;
+    client.dial(node.peer, node.addr.clone()).await?;
+    until_steps_go_together(&client, node.peer, &manifest).await?;
+
+    // Eight sessions' prompts at once: they share messages, each sealed once.
+    let mut asked = tokio::task::JoinSet::new();
+    for session in 0..8u64 {
+        let client = client.clone();
+        let prompt = Payload::Tokens((0..3).map(|t| 5 + session as i64 + t).collect());
+        let request =
+            InferRequest { session, ..step(&manifest, (0, 0), 0, StepKind::Prefill, prompt) };
+        let peer = node.peer;
+        asked.spawn(async move {
+            let request_hash = request.request_hash();
+            anyhow::Ok((request_hash, client.step(peer, request, request_hash, 1 << 16).await?))
+        });
+    }
+    let registered =
+        checking(node.peer, Eip712Signer::from_bytes(&B256::repeat_byte(9))?.address());
+    let signer = checking(node.peer, node.operator.address());
+    let (mut with_others, mut answers) = (0, 0);
+    while let Some(done) = asked.join_next().await {
+        let (request_hash, answer) = done??;
+        let InferResponse::Ok { output, signature, .. } = answer.response else {
+            panic!("the node refused a step")
+        };
+        answers += 1;
+        let output_hash = infergrid::eip712::keccak256(&payload_bytes(&output));
+        let (proof, memo) = match &answer.in_message {
+            Some(in_message) => {
+                with_others += 1;
+                (in_message.proof.clone(), Some(&*in_message.memo))
+            }
+            None => (Vec::new(), None),
+        };
+        let seal = AnswerSeal { signature, proof };
+        let refused = registered.check(&node.peer, request_hash, output_hash, &seal, memo);
+        assert!(matches!(refused, Err(BadAnswer::Signature { .. })), "{refused:?}");
+        // The refused checks left the message's memo empty: this one recovers for itself.
+        signer.check(&node.peer, request_hash, output_hash, &seal, memo)?;
+    }
+    eprintln!(
+        "{answers} answers refused, {with_others} of them signed with others of their message"
+    );
+    assert_eq!(answers, 8);
+    assert!(with_others >= 2, "no two answers shared a message");
     Ok(())
 }
 
