@@ -11,7 +11,7 @@ use alloy::primitives::{Address, B256};
 use super::TermsBook;
 use super::remote::RemoteModelConfig;
 use super::verify::{BadAnswer, ExpectedShape, SignatureCheck};
-use crate::blocking::without_stalling;
+use crate::blocking::{STALLING_BYTES, without_stalling};
 use crate::eip712::keccak256;
 use crate::engine::EngineError;
 use crate::net::codec::payload_bytes;
@@ -27,10 +27,6 @@ use crate::validate::{AnswerSeal, SealMemo};
 /// [`HopClient::call_async`]): the directory dials every node it lists, and a reachable one answers
 /// its first ping within a round trip of the connection.
 const FIRST_CONTACT: Duration = Duration::from_secs(3);
-
-/// Answers larger than this are checked without stalling the runtime's worker (see
-/// [`HopClient::check_answer`]).
-const LARGE_ANSWER: usize = 1 << 20;
 
 /// An answer's bytes besides its payload, with room to spare: status, signature, the node's
 /// account (`wire.md`, "InferResponse").
@@ -391,7 +387,7 @@ impl HopClient {
         };
         // A decode step's answer is checked in microseconds; a prefill chunk's logits (up to
         // the message limit) take far longer to scan and hash, off the runtime's worker.
-        if expected.is_some_and(|shape| shape.payload_bytes() > LARGE_ANSWER) {
+        if expected.is_some_and(|shape| shape.payload_bytes() > STALLING_BYTES) {
             without_stalling(checks)
         } else {
             checks()

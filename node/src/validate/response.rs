@@ -140,11 +140,12 @@ pub fn seal_answers(
 /// Each answer's proof under the root [`seal_answers`] signs for the same answers (empty
 /// ones for a lone answer, whose signature covers it alone).
 pub fn answer_proofs(answers: &[(B256, B256)]) -> Vec<Vec<B256>> {
-    match answer_tree(answers) {
-        Some(tree) if answers.len() > 1 => {
-            (0..answers.len()).map(|i| tree.proof(i).expect("a leaf of the tree")).collect()
+    match answers {
+        [] | [_] => vec![Vec::new(); answers.len()],
+        many => {
+            let tree = answer_tree(many).expect("answers");
+            (0..many.len()).map(|i| tree.proof(i).expect("a leaf of the tree")).collect()
         }
-        _ => vec![Vec::new(); answers.len()],
     }
 }
 

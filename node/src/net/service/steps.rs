@@ -12,7 +12,7 @@ use libp2p::request_response::{self, ResponseChannel};
 use tokio::sync::oneshot;
 
 use super::{Command, EventLoop, InMessage, Inbound, NetError, StepAnswer, outbound_error};
-use crate::blocking::without_stalling;
+use crate::blocking::{STALLING_BYTES, without_stalling};
 use crate::eip712::keccak256;
 use crate::net::codec::{
     CodecError, ErrorCode, InferRequest, InferResponse, StepKind, WireError, payload_bytes,
@@ -181,17 +181,13 @@ fn deliver(peer: PeerId, replies: Vec<(B256, StepReply)>, sealed: SealedAnswers)
             InferResponse::Err(_) => 0,
         })
         .sum();
-    if output_bytes > LARGE_OUTPUTS {
+    // Decode steps' outputs are hashed here; prefill chunks' logits in a task of their own.
+    if output_bytes > STALLING_BYTES {
         tokio::spawn(async move { without_stalling(|| answer_each(replies, sealed)) });
     } else {
         answer_each(replies, sealed);
     }
 }
-
-/// The most bytes of a message's outputs the event loop hashes itself (decode steps' hidden
-/// states or logits); a message of more (prefill chunks' logits) is hashed in a task of its
-/// own.
-const LARGE_OUTPUTS: usize = 1 << 20;
 
 /// Sends each step its answer, with what checking it against the message's seal takes when it
 /// is one of several Ok answers.
